@@ -1,0 +1,44 @@
+# genserve: `make serve` serves the shipped model store; `make test` runs lint and tests.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: serve test lint pytest benchmark clean
+
+# torch is pinned to the CPU build (torch==2.13.0) in pyproject.toml; an unpinned
+# torch would pull a multi-GB CUDA build.
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+
+$(VENV)/.installed-serve: pyproject.toml | $(BIN)/activate
+	$(BIN)/pip install "torch==2.13.0"
+	$(BIN)/pip install -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/activate
+	$(BIN)/pip install "torch==2.13.0"
+	$(BIN)/pip install -e ".[dev]"
+	touch $@ $(VENV)/.installed-serve
+
+serve: $(VENV)/.installed-serve
+	$(BIN)/genserve serve --host $(HOST) --port $(PORT) --models models
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/lint-deploy.sh
+
+pytest: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest
+
+test: lint pytest
+
+benchmark: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/pixelcnn_sampling.py
+	$(BIN)/python benchmarks/pixelcnn_scoring.py
+	$(BIN)/python benchmarks/pixelcnn_nll.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

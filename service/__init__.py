@@ -1,0 +1,1 @@
+"""genserve online: store -> engine -> protocols. Never imports `training`."""

@@ -1,0 +1,167 @@
+"""The engine: validates requests against a model's manifest and runs its procedures.
+
+The REST and gRPC adapters call only this class. Work runs off the event loop
+in threads; the runtimes release the GIL while they compute.
+"""
+
+import asyncio
+import math
+
+import numpy as np
+
+from service.engine import procedures
+from service.engine.errors import InvalidInput, MissingCapability, UnknownModel
+from service.engine.runtimes import TensorFunction, load_function
+from service.settings import Settings
+from service.store import ModelEntry, ModelStore
+
+
+class LoadedModel:
+    """A store entry with its functions loaded into a runtime."""
+
+    def __init__(self, entry: ModelEntry, runtime: str, threads: int):
+        self.entry = entry
+        self.manifest = entry.manifest
+        self.data = self.manifest["data"]
+        self.shape = list(self.data["shape"])
+        self.capabilities = self.manifest["capabilities"]
+        self.functions: dict[str, TensorFunction] = {
+            name: load_function(name, spec, entry.directory, runtime, threads)
+            for name, spec in self.manifest["functions"].items()
+        }
+
+    def describe(self) -> dict:
+        m = self.manifest
+        return {
+            "name": m["name"], "version": m["version"], "family": m["family"],
+            "description": m.get("description", ""), "capabilities": sorted(self.capabilities),
+            "data": self.data, "metrics": m["metrics"], "batching": m["batching"],
+        }
+
+    def capability(self, name: str) -> dict:
+        if name not in self.capabilities:
+            raise MissingCapability(f"model {self.manifest['name']!r} cannot {name}; "
+                                    f"it can {sorted(self.capabilities)}", field="model")
+        return self.capabilities[name]
+
+
+def check_levels(x: np.ndarray, shape: list[int], levels: int, field: str) -> np.ndarray:
+    """x [B, *shape] integers in 0..levels-1, or InvalidInput naming the field."""
+    if list(x.shape[1:]) != shape:
+        raise InvalidInput(f"{field}: each input must have shape {shape}, got {list(x.shape[1:])}", field=field)
+    if x.size and (x.min() < 0 or x.max() >= levels):
+        bad = int(np.argmax(((x < 0) | (x >= levels)).reshape(len(x), -1).any(axis=1)))
+        raise InvalidInput(f"{field}[{bad}]: values must be integers in 0..{levels - 1}", field=f"{field}[{bad}]")
+    return x.astype(np.int64)
+
+
+class Engine:
+    def __init__(self, store: ModelStore, settings: Settings):
+        self.settings = settings
+        self.models = {
+            name: LoadedModel(entry, settings.runtime, settings.intra_op_threads)
+            for name, entry in store.entries.items()
+        }
+
+    def ready(self) -> bool:
+        return True
+
+    def model(self, name: str) -> LoadedModel:
+        if name not in self.models:
+            raise UnknownModel(f"unknown model {name!r}; known: {sorted(self.models)}", field="model")
+        return self.models[name]
+
+    def list_models(self) -> list[dict]:
+        return [m.describe() for m in self.models.values()]
+
+    def describe(self, name: str) -> dict:
+        return self.model(name).describe()
+
+    def data_spec(self, name: str) -> dict:
+        m = self.model(name)
+        return {**m.data, "num_classes": len(m.data.get("classes", []))}
+
+    def _labels(self, m: LoadedModel, label: int | None, rngs: list[np.random.Generator]) -> np.ndarray | None:
+        """label for every row: the given one, or drawn from the class prior (exact ancestral sampling)."""
+        classes = m.data.get("classes")
+        if not classes:
+            if label is not None:
+                raise InvalidInput(f"model {m.manifest['name']!r} takes no label", field="label")
+            return None
+        if label is not None:
+            if not 0 <= label < len(classes):
+                raise InvalidInput(f"label must be in 0..{len(classes) - 1}", field="label")
+            return np.full(len(rngs), label, np.int64)
+        prior = np.asarray(m.data["class_prior"])
+        return np.array([rng.choice(len(classes), p=prior / prior.sum()) for rng in rngs], np.int64)
+
+    def _generate(self, m: LoadedModel, capability: str, seed: int, rows: int, temperature: float,
+                  label: int | None, observed=None, mask=None) -> np.ndarray:
+        cap = m.capability(capability)
+        rngs = procedures.row_generators(seed, rows)
+        labels = self._labels(m, label, rngs)
+        return procedures.autoregressive(
+            m.functions[cap["function"]], cap, m.shape, rngs, np.full(rows, temperature, np.float32),
+            label=labels, observed=observed, mask=mask,
+        )
+
+    async def sample(self, name: str, n: int, seed: int, temperature: float, label: int | None) -> np.ndarray:
+        """[n, *shape] int64 samples; sample i depends only on (seed, i)."""
+        m = self.model(name)
+        m.capability("sample")
+        return await asyncio.to_thread(self._generate, m, "sample", seed, n, temperature, label)
+
+    async def complete(self, name: str, x: np.ndarray, mask: np.ndarray, n: int, seed: int,
+                       temperature: float, label: int | None = None) -> np.ndarray:
+        """x, mask [B, *shape] (mask 1 = observed) -> [B, n, *shape]; observed values are kept exactly."""
+        m = self.model(name)
+        m.capability("complete")
+        x = check_levels(x, m.shape, m.data["levels"], "inputs")
+        if mask.ndim == len(m.shape):  # one mask for every input
+            mask = np.broadcast_to(mask, x.shape)
+        mask = check_levels(mask, m.shape, 2, "mask")
+        if len(mask) != len(x):
+            raise InvalidInput(f"mask: give one mask, or one per input ({len(x)})", field="mask")
+        rows_x, rows_mask = np.repeat(x, n, axis=0), np.repeat(mask, n, axis=0)
+        out = await asyncio.to_thread(self._generate, m, "complete", seed, len(rows_x), temperature, label,
+                                      rows_x, rows_mask)
+        return out.reshape(len(x), n, *m.shape)
+
+    async def score(self, name: str, x: np.ndarray, labels: list[int | None] | None = None) -> list[dict]:
+        """x [B, *shape] -> per input: log-likelihood (nats), bits/dim, method and anomaly flags."""
+        m = self.model(name)
+        cap = m.capability("score")
+        x = check_levels(x, m.shape, m.data["levels"], "inputs")
+        labels = [None] * len(x) if labels is None else labels
+        if len(labels) != len(x):
+            raise InvalidInput(f"labels: give one per input ({len(x)}), or none", field="labels")
+        log_p = await asyncio.to_thread(self._log_prob, m, cap, x, labels)
+        return [self._score_result(m, cap, float(lp)) for lp in log_p]
+
+    def _log_prob(self, m: LoadedModel, cap: dict, x: np.ndarray, labels: list[int | None]) -> np.ndarray:
+        given = np.array([lab is not None for lab in labels])
+        log_p = np.empty(len(x))
+        if (~given).any():
+            out = procedures.direct(m.functions[cap["function"]], x=x[~given])
+            log_p[~given] = next(iter(out.values()))
+        if given.any():
+            if "conditional_function" not in cap:
+                raise InvalidInput(f"model {m.manifest['name']!r} scores without labels", field="labels")
+            label = np.array([lab for lab in labels if lab is not None], np.int64)
+            if label.min() < 0 or label.max() >= len(m.data.get("classes", [])):
+                raise InvalidInput(f"labels must be in 0..{len(m.data.get('classes', [])) - 1}", field="labels")
+            out = procedures.direct(m.functions[cap["conditional_function"]], x=x[given], label=label)
+            log_p[given] = next(iter(out.values()))
+        return log_p
+
+    def _score_result(self, m: LoadedModel, cap: dict, log_p: float) -> dict:
+        calibration = m.manifest["calibration"]
+        nll = -log_p
+        percentile = float(np.interp(nll, calibration["values"], calibration["quantiles"])) * 100.0
+        return {
+            "log_likelihood_nats": log_p,
+            "bits_per_dim": nll / (math.prod(m.shape) * math.log(2)),
+            "method": cap.get("method", "exact"),
+            "anomaly": {"score": nll, "percentile": percentile,
+                        "is_anomaly": percentile >= calibration["threshold_quantile"] * 100.0},
+        }

@@ -1,0 +1,75 @@
+"""Runtimes run one exported function: dict of named numpy arrays in, dict out.
+
+onnxruntime is the default; TorchScript is the alternative and the only place
+the service imports torch.
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+DTYPES = {"float32": np.float32, "float64": np.float64, "int64": np.int64, "int32": np.int32,
+          "uint8": np.uint8, "bool": np.bool_}
+
+
+class TensorFunction:
+    """One named function of a model, with its manifest signature."""
+
+    def __init__(self, name: str, entry: dict):
+        self.name = name
+        self.inputs = {spec["name"]: spec for spec in entry["inputs"]}
+        self.output_names = [spec["name"] for spec in entry["outputs"]]
+
+    def __call__(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:
+        missing = set(self.inputs) - set(feeds)
+        if missing:
+            raise KeyError(f"function {self.name} needs inputs {sorted(missing)}")
+        typed = {n: np.ascontiguousarray(feeds[n], dtype=DTYPES[spec["dtype"]]) for n, spec in self.inputs.items()}
+        return dict(zip(self.output_names, self.run(typed)))
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+
+class OnnxFunction(TensorFunction):
+    def __init__(self, name: str, entry: dict, path: Path, threads: int = 0):
+        super().__init__(name, entry)
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+
+    def run(self, feeds):
+        return self.session.run(self.output_names, feeds)
+
+
+class TorchScriptFunction(TensorFunction):
+    def __init__(self, name: str, entry: dict, path: Path, threads: int = 0):
+        super().__init__(name, entry)
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.torch = torch
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.module = torch.jit.load(str(path), map_location=self.device).eval()
+
+    def run(self, feeds):
+        with self.torch.inference_mode():
+            args = [self.torch.from_numpy(v).to(self.device) for v in feeds.values()]
+            out = self.module(*args)
+        out = out if isinstance(out, tuple) else (out,)
+        return [t.cpu().numpy() for t in out]
+
+
+RUNTIMES = {"onnx": OnnxFunction, "torchscript": TorchScriptFunction}
+
+
+def load_function(name: str, entry: dict, directory: Path, runtime: str, threads: int = 0) -> TensorFunction:
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; known: {sorted(RUNTIMES)}")
+    if runtime not in entry["files"]:
+        raise ValueError(f"function {name} has no {runtime} file")
+    return RUNTIMES[runtime](name, entry, directory / entry["files"][runtime], threads)

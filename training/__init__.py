@@ -1,0 +1,1 @@
+"""genserve offline training: data -> nn code -> train -> evaluate -> export."""

@@ -1,0 +1,111 @@
+"""Family -> named tensor functions -> ONNX + TorchScript + manifest.json.
+
+Writes models/<name>/<version>/ with one .onnx and one .pt file per function,
+and a manifest validated by proto/manifest.schema.json. The batch axis (0) of
+every input and output is dynamic.
+"""
+
+import datetime
+import hashlib
+import json
+import subprocess
+import warnings
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import torch
+
+from training.evaluate import evaluate
+from training.families import family_module
+from training.train import load_model
+
+SCHEMA = Path(__file__).resolve().parent.parent / "proto" / "manifest.schema.json"
+DEFAULT_BATCHING = {"max_batch_size": 32, "max_queue_delay_us": 2000, "max_queue_size": 256, "timeout_ms": 60000}
+QUANTILES = [round(q, 3) for q in np.linspace(0, 1, 201)]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def tensor_spec(name: str, t: torch.Tensor) -> dict:
+    return {"name": name, "dtype": str(t.dtype).removeprefix("torch."), "shape": [-1] + list(t.shape[1:])}
+
+
+def export_function(module: torch.nn.Module, inputs: dict, outputs: list[str], out_dir: Path, name: str) -> dict:
+    """Trace one function to <name>.pt and <name>.onnx; returns its manifest entry."""
+    module.eval()
+    args = tuple(inputs.values())
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        results = module(*args)
+        results = results if isinstance(results, tuple) else (results,)
+        traced = torch.jit.trace(module, args, check_trace=False)
+        traced.save(str(out_dir / f"{name}.pt"))
+        torch.onnx.export(
+            module, args, str(out_dir / f"{name}.onnx"), dynamo=False, opset_version=17,
+            input_names=list(inputs), output_names=outputs,
+            dynamic_axes={n: {0: "batch"} for n in [*inputs, *outputs]},
+        )
+    return {
+        "inputs": [tensor_spec(n, t) for n, t in inputs.items()],
+        "outputs": [tensor_spec(n, t) for n, t in zip(outputs, results)],
+        "files": {"onnx": f"{name}.onnx", "torchscript": f"{name}.pt"},
+    }
+
+
+def calibration(held_out_nll: np.ndarray, split_name: str) -> dict:
+    """Quantiles of held-out NLL: a new input's percentile is read off them."""
+    return {
+        "score": "nll_nats", "quantiles": QUANTILES,
+        "values": np.quantile(held_out_nll, QUANTILES).tolist(),
+        "threshold_quantile": 0.99, "n": len(held_out_nll), "split": split_name,
+    }
+
+
+def export(run_dir: Path, models_dir: Path, name: str | None = None, version: int = 1, baseline: bool = True) -> Path:
+    """Export a training run into the model store as <models_dir>/<name>/<version>/.
+
+    The test metrics are measured afresh, with the baseline beside them unless `baseline` is False.
+    """
+    model, config, split = load_model(run_dir)
+    family = family_module(config["family"])
+    name = name or config["family"]
+    out_dir = Path(models_dir) / name / str(version)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = evaluate(run_dir, baseline=baseline)
+    functions, capabilities = family.exported_functions(model, split)
+    entries = {fn: export_function(*spec, out_dir, fn) for fn, spec in functions.items()}
+    files = sorted(f for e in entries.values() for f in e["files"].values())
+    manifest = {
+        "schema_version": 1, "name": name, "version": version, "family": config["family"],
+        "description": (family.__doc__ or "").strip().splitlines()[0],
+        "data": {"kind": "image", "shape": list(split.shape), "levels": split.levels,
+                 "classes": [str(c) for c in range(split.num_classes)],
+                 "class_prior": (np.bincount(split.y_train) / len(split.y_train)).tolist()},
+        "functions": entries,
+        "capabilities": capabilities,
+        "batching": DEFAULT_BATCHING,
+        "files": {f: sha256(out_dir / f) for f in files},
+        "metrics": {k: v for k, v in report.items() if k != "test_nll_per_example"},
+        "calibration": calibration(np.array(report["test_nll_per_example"]), f"{split.name}/test"),
+        "provenance": {
+            "dataset": split.name, "split": split.describe(), "seed": config["train"]["seed"],
+            "config": config, "command": config.get("command"), "git_commit": git_commit(),
+            "exported_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "torch_version": torch.__version__,
+        },
+    }
+    jsonschema.validate(manifest, json.loads(SCHEMA.read_text()))
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return out_dir

@@ -1,0 +1,121 @@
+"""The training loop shared by every family: resumable, with progress and PNGs.
+
+A run directory holds:
+  config.json          the exact config and the command that started the run
+  model.safetensors    the weights after the last finished epoch
+  optimizer.safetensors + state.json   what resuming needs (epoch, history)
+  samples.png          a grid of samples, one row per class
+  loss.png             train and test NLL per epoch
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from training.data import Split, load
+from training.families import family_module
+from training.plots import save_curve, save_grid
+
+
+def load_config(path: Path) -> dict:
+    config = json.loads(Path(path).read_text())
+    for key in ("family", "dataset", "model", "train"):
+        if key not in config:
+            raise ValueError(f"{path}: config lacks the key {key!r}")
+    return config
+
+
+def build_model(config: dict, split: Split) -> torch.nn.Module:
+    return family_module(config["family"]).build(config["model"], split)
+
+
+def load_model(run_dir: Path) -> tuple[torch.nn.Module, dict, Split]:
+    """The model of a finished (or interrupted) run, in eval mode, with its config and data."""
+    config = json.loads((Path(run_dir) / "config.json").read_text())
+    split = load(config["dataset"])
+    model = build_model(config, split)
+    model.load_state_dict(load_file(Path(run_dir) / "model.safetensors"))
+    return model.eval(), config, split
+
+
+def _save_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    flat = {f"{i}.{k}": v for i, s in optimizer.state_dict()["state"].items() for k, v in s.items()}
+    save_file({k: v.contiguous() for k, v in flat.items()}, path)
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    state: dict[int, dict] = {}
+    for key, value in load_file(path).items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
+
+
+@torch.no_grad()
+def mean_nll(family, model, x: np.ndarray, y: np.ndarray, batch_size: int = 100) -> float:
+    """Mean loss over a dataset, in nats per example."""
+    model.eval()
+    total = 0.0
+    for i in range(0, len(x), batch_size):
+        xb, yb = torch.from_numpy(x[i: i + batch_size]).long(), torch.from_numpy(y[i: i + batch_size])
+        total += family.loss(model, xb, yb).item() * len(xb)
+    return total / len(x)
+
+
+def _epoch(family, model, optimizer, split: Split, settings: dict, epoch: int) -> float:
+    model.train()
+    n = min(len(split.x_train), settings.get("max_train", len(split.x_train)))
+    order = np.random.default_rng(settings["seed"] + epoch).permutation(n)
+    batch_size, total = settings["batch_size"], 0.0
+    bar = tqdm(range(0, n, batch_size), desc=f"epoch {epoch + 1}/{settings['epochs']}", leave=False)
+    for start in bar:
+        idx = order[start: start + batch_size]
+        x, y = torch.from_numpy(split.x_train[idx]).long(), torch.from_numpy(split.y_train[idx])
+        loss = family.loss(model, x, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(idx)
+        bar.set_postfix(nll=f"{loss.item():.2f}")
+    return total / n
+
+
+def train(config_path: Path, run_dir: Path, epochs: int | None = None) -> Path:
+    """Train (or resume) the run in `run_dir` to the configured number of epochs."""
+    config = load_config(config_path)
+    if epochs is not None:
+        config["train"]["epochs"] = epochs
+    config["command"] = " ".join(["genserve"] + sys.argv[1:]) if sys.argv[0].endswith("genserve") else None
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    settings, family, split = config["train"], family_module(config["family"]), load(config["dataset"])
+    torch.manual_seed(settings["seed"])
+    model = build_model(config, split)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings["lr"])
+    state = {"epoch": 0, "history": []}
+    if (run_dir / "state.json").exists():
+        state = json.loads((run_dir / "state.json").read_text())
+        model.load_state_dict(load_file(run_dir / "model.safetensors"))
+        _load_optimizer(optimizer, run_dir / "optimizer.safetensors")
+        print(f"resuming {run_dir} after epoch {state['epoch']}")
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+    for epoch in range(state["epoch"], settings["epochs"]):
+        for group in optimizer.param_groups:
+            group["lr"] = settings["lr"] * settings.get("lr_decay", 1.0) ** epoch
+        train_nll = _epoch(family, model, optimizer, split, settings, epoch)
+        test_nll = mean_nll(family, model, split.x_test, split.y_test)
+        state["history"].append({"epoch": epoch + 1, "train_nll": train_nll, "test_nll": test_nll})
+        state["epoch"] = epoch + 1
+        print(f"epoch {epoch + 1}: train NLL {train_nll:.2f}  test NLL {test_nll:.2f} nats (given the label)")
+        save_file(model.state_dict(), run_dir / "model.safetensors")
+        _save_optimizer(optimizer, run_dir / "optimizer.safetensors")
+        (run_dir / "state.json").write_text(json.dumps(state, indent=2))
+        save_curve(state["history"], run_dir / "loss.png")
+    grid = family.sample_grid(model.eval(), torch.Generator().manual_seed(settings["seed"]))
+    save_grid(grid.numpy(), split.levels, run_dir / "samples.png")
+    return run_dir
