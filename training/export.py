@@ -59,7 +59,7 @@ def export_function(module: torch.nn.Module, inputs: dict, outputs: list[str], o
         )
     return {
         "inputs": [tensor_spec(n, t) for n, t in inputs.items()],
-        "outputs": [tensor_spec(n, t) for n, t in zip(outputs, results)],
+        "outputs": [tensor_spec(n, t) for n, t in zip(outputs, results, strict=True)],
         "files": {"onnx": f"{name}.onnx", "torchscript": f"{name}.pt"},
     }
 

@@ -25,7 +25,7 @@ class TensorFunction:
         if missing:
             raise KeyError(f"function {self.name} needs inputs {sorted(missing)}")
         typed = {n: np.ascontiguousarray(feeds[n], dtype=DTYPES[spec["dtype"]]) for n, spec in self.inputs.items()}
-        return dict(zip(self.output_names, self.run(typed)))
+        return dict(zip(self.output_names, self.run(typed), strict=True))
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         raise NotImplementedError

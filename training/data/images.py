@@ -45,7 +45,7 @@ def _stratified_split(y: np.ndarray, n_test: int, seed: int) -> tuple[np.ndarray
     for k in np.argsort(-(counts / len(y) * n_test - quota))[: n_test - quota.sum()]:
         quota[k] += 1  # largest remainders get the leftover test slots
     test = np.concatenate(
-        [rng.permutation(np.flatnonzero(y == c))[:q] for c, q in zip(classes, quota)]
+        [rng.permutation(np.flatnonzero(y == c))[:q] for c, q in zip(classes, quota, strict=True)]
     )
     train = np.setdiff1d(np.arange(len(y)), test)
     return rng.permutation(train), np.sort(test)

@@ -156,12 +156,15 @@ class RowStep(nn.Module):
         }
 
     def vertical_row(self, x_prev, x_hist, v_hist, started, label):
-        """Advance the vertical stacks by the finished row x_prev [B, W] -> links [L] of [B, 2C, 1, W] and new caches."""
+        """Advance the vertical stacks by the finished row x_prev [B, W].
+
+        Returns links (L of [B, 2C, 1, W]) and the new caches.
+        """
         v_in = self.model.scale(x_prev)[:, None, None, :]  # [B, 1, 1, W]
         keep = started[:, None, None, None]
         hists, links = [x_hist] + list(v_hist.unbind(1)), []
         new_hists = []
-        for layer, hist in zip(self.model.layers, hists):
+        for layer, hist in zip(self.model.layers, hists, strict=True):
             window = torch.cat([hist, v_in], dim=2)  # [B, Cin, pad + 1, W]
             v, v_in = layer.vertical(window, layer.conditioning(label)[0])
             links.append(layer.v_to_h(v) * keep)  # zero above row 0, as in shift_down
@@ -180,7 +183,7 @@ class RowStep(nn.Module):
         for j in range(self.model.config.width):
             prefix = torch.stack(columns + [torch.zeros_like(mask[:, j])], dim=1)  # [B, j+1]; column j is unseen
             h = self.model.scale(prefix)[:, None, None, :]  # [B, 1, 1, j+1]
-            for layer, link, cond_h in zip(self.model.layers, links, conds):
+            for layer, link, cond_h in zip(self.model.layers, links, conds, strict=True):
                 h = layer.horizontal(h, link[..., : j + 1], cond_h)
             logits = self.model.head(h[..., j:])[:, :, 0, 0]  # [B, levels]
             drawn = categorical.sample(logits, noise[:, j], temperature)
@@ -203,7 +206,7 @@ def sample_fast(model: PixelCNN, label, noise, temperature, observed=None, mask=
     row, rows = torch.zeros(b, width, dtype=torch.long), []
     for i in range(height):
         row, *values = step(row, *state.values(), noise[:, i], temperature, label, observed[:, i], mask[:, i])
-        state = dict(zip(state, values))
+        state = dict(zip(state, values, strict=True))
         rows.append(row)
     return torch.stack(rows, dim=1)[:, None]
 

@@ -1,0 +1,260 @@
+"""The genserve REST API: a thin adapter from HTTP to the engine.
+
+Every model route does the same three things: decode the request (codecs),
+call the engine, encode the answer. The engine is injected, so tests pass a
+fake; it owns models, shapes, value ranges and capabilities, and raises
+EngineError subclasses that errors.py maps to status codes.
+"""
+
+import inspect
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api import codecs, errors, schemas
+from service.api.metrics import ApiMetrics, MetricsMiddleware
+from service.engine.errors import EngineError, InvalidInput, MissingCapability
+from service.settings import Settings
+
+VERSION = "0.1.0"
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": schemas.ErrorResponse, "description": description}
+    for status, description in {
+        400: "the model lacks the capability",
+        404: "unknown model",
+        413: "body too large",
+        422: "invalid request",
+        503: "overloaded or not ready",
+    }.items()
+}
+
+
+def new_seed() -> int:
+    """A fresh seed for a request that did not give one; the response echoes it."""
+    return secrets.randbits(32)
+
+
+# --- body size -----------------------------------------------------------------------------------------------------
+
+
+class BodyLimitMiddleware:
+    """413 for a body over `max_bytes`: by Content-Length up front, else while reading (never reads past the limit)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def _refuse(self, scope: Scope, send: Send, size: str) -> None:
+        message = f"body: {size} is over the limit of {self.max_bytes} bytes"
+        await errors.error_response(413, "payload_too_large", message, "body")(scope, _no_receive, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None:
+            try:
+                too_big = int(declared) > self.max_bytes
+            except ValueError:
+                await errors.error_response(400, "bad_request", "content-length: not an integer")(scope, receive, send)
+                return
+            if too_big:
+                await self._refuse(scope, send, f"Content-Length {declared.decode('latin-1')}")
+                return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away mid-body: nobody to answer
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                await self._refuse(scope, send, "the body read so far")
+                return
+            if not message.get("more_body", False):
+                break
+        await self.app(scope, _replay(b"".join(chunks), receive), send)
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+# --- helpers -------------------------------------------------------------------------------------------------------
+
+
+def _knows(engine: Any, name: str) -> bool:
+    try:
+        engine.describe(name)
+    except EngineError:
+        return False
+    return True
+
+
+def _require(description: dict, capability: str, name: str) -> None:
+    if capability not in description.get("capabilities", []):
+        raise MissingCapability(f"name: model {name!r} has no {capability!r} capability", field="name")
+
+
+def _check_label(label: int | None, spec: dict, field: str) -> None:
+    classes = spec.get("num_classes")
+    if label is None or classes is None or label < classes:
+        return
+    if classes == 0:
+        raise InvalidInput(f"{field}: this model takes no class label", field=field)
+    raise InvalidInput(f"{field}: label {label} out of range, expected 0..{classes - 1}", field=field)
+
+
+def _check_labels(labels: list[int | None] | None, batch: int, spec: dict) -> None:
+    if labels is None:
+        return
+    if len(labels) != batch:
+        raise InvalidInput(f"body.labels: {len(labels)} labels for {batch} inputs", field="body.labels")
+    for i, label in enumerate(labels):
+        _check_label(label, spec, f"body.labels[{i}]")
+
+
+# --- routes --------------------------------------------------------------------------------------------------------
+
+
+def _model_routes(engine: Any, settings: Settings) -> APIRouter:
+    requests = schemas.request_models(settings)
+    SampleRequest, ScoreRequest = requests.sample, requests.score
+    NamedScoreRequest, CompleteRequest = requests.score_named, requests.complete
+    router = APIRouter(responses=_ERRORS)
+
+    def lookup(request: Request, name: str) -> tuple[dict, dict]:
+        description, spec = engine.describe(name), engine.data_spec(name)
+        request.state.model = name  # metrics label, set only for a model the engine knows
+        return description, spec
+
+    @router.get("/v1/models", response_model=schemas.ModelList, tags=["models"])
+    async def list_models() -> dict:
+        return {"models": engine.list_models()}
+
+    @router.get("/v1/models/{name}", response_model=schemas.ModelInfo, tags=["models"])
+    async def describe(name: str, request: Request) -> dict:
+        return lookup(request, name)[0]
+
+    @router.post("/v1/models/{name}/sample", response_model=schemas.SampleResponse, tags=["inference"])
+    async def sample(name: str, body: SampleRequest, request: Request) -> dict:
+        description, spec = lookup(request, name)
+        _require(description, "sample", name)
+        _check_label(body.label, spec, "body.label")
+        codecs.check_format(body.format, spec)
+        seed = new_seed() if body.seed is None else body.seed
+        x = await engine.sample(name, body.n, seed, body.temperature, body.label)  # [n, *shape]
+        samples = codecs.encode_samples(x, spec, body.format)
+        return {"model": name, "version": description["version"], "seed": seed, "samples": samples}
+
+    async def score(name: str, body: Any, request: Request) -> dict:
+        description, spec = lookup(request, name)
+        _require(description, "score", name)
+        x = codecs.decode_inputs(body.inputs, spec)  # [B, *shape]
+        _check_labels(body.labels, len(x), spec)
+        results = await engine.score(name, x, body.labels)
+        return {"model": name, "version": description["version"], "results": results}
+
+    @router.post("/v1/models/{name}/score", response_model=schemas.ScoreResponse, tags=["inference"])
+    async def score_model(name: str, body: ScoreRequest, request: Request) -> dict:
+        return await score(name, body, request)
+
+    @router.post("/score", response_model=schemas.ScoreResponse, tags=["inference"])
+    async def score_named(body: NamedScoreRequest, request: Request) -> dict:
+        return await score(body.model, body, request)
+
+    @router.post("/v1/models/{name}/complete", response_model=schemas.CompleteResponse, tags=["inference"])
+    async def complete(name: str, body: CompleteRequest, request: Request) -> dict:
+        description, spec = lookup(request, name)
+        _require(description, "complete", name)
+        x = codecs.decode_inputs(body.inputs, spec)  # [B, *shape]
+        mask = codecs.decode_mask(body.mask, spec, len(x))  # [B, *shape], 1 = observed
+        codecs.check_format(body.format, spec)
+        seed = new_seed() if body.seed is None else body.seed
+        out = await engine.complete(name, x, mask, body.n, seed, body.temperature)  # [B, n, *shape]
+        completions = [codecs.encode_samples(per_input, spec, body.format) for per_input in out]
+        return {"model": name, "version": description["version"], "seed": seed, "completions": completions}
+
+    return router
+
+
+def _health_routes(engine: Any, metrics: ApiMetrics) -> APIRouter:
+    router = APIRouter(tags=["health"])
+
+    @router.get("/healthz", response_model=schemas.Status)
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @router.get("/readyz", response_model=schemas.Status, responses={503: {"model": schemas.ErrorResponse}})
+    async def readyz() -> Any:
+        if engine.ready():
+            return {"status": "ready"}
+        return errors.error_response(503, "not_ready", "engine: models are not loaded yet")
+
+    @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+    async def prometheus() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    return router
+
+
+# --- the app -------------------------------------------------------------------------------------------------------
+
+
+async def _maybe_await(value: Any) -> None:
+    if inspect.isawaitable(value):
+        await value
+
+
+def _lifespan(engine: Any):
+    """Starts and stops the engine with the app, when the engine has start()/stop() (sync or async)."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if callable(getattr(engine, "start", None)):
+            await _maybe_await(engine.start())
+        try:
+            yield
+        finally:
+            if callable(getattr(engine, "stop", None)):
+                await _maybe_await(engine.stop())
+
+    return lifespan
+
+
+def create_app(engine: Any, settings: Settings | None = None) -> FastAPI:
+    """The REST app over `engine`. Each app has its own metrics registry."""
+    settings = settings or Settings()
+    metrics = ApiMetrics()
+    app = FastAPI(
+        title="genserve",
+        version=VERSION,
+        description="Deep generative models: sampling, exact likelihoods with anomaly flags, inpainting.",
+        lifespan=_lifespan(engine),
+    )
+    app.state.engine, app.state.settings, app.state.metrics = engine, settings, metrics
+    errors.install(app)
+    app.include_router(_health_routes(engine, metrics))
+    app.include_router(_model_routes(engine, settings))
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, root=app, known_model=lambda name: _knows(engine, name))
+    return app

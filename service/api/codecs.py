@@ -1,0 +1,231 @@
+"""Images on the wire <-> integer level arrays.
+
+A request carries each input either as a nested JSON array of integers or as a
+base64 PNG. The engine only sees int64 arrays of the model's data shape, with
+values in 0..levels-1. Every problem raises `InvalidInput` naming the field, so
+the REST layer answers 422 and never 500.
+
+Levels and PNG pixels map linearly: level v <-> pixel round(v * 255 / (levels - 1)).
+For levels=2 that is pixel >= 128 -> 1. The round trip array -> PNG -> array is
+exact for every levels <= 256.
+"""
+
+import base64
+import binascii
+import io
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from service.engine.errors import InvalidInput
+
+_DATA_URL_PREFIX = "data:image/png;base64,"
+_MAX_PNG_LEVELS = 256
+
+
+def _shape(spec: dict) -> tuple[int, ...]:
+    return tuple(int(d) for d in spec["shape"])
+
+
+def _levels(spec: dict) -> int | None:
+    levels = spec.get("levels")
+    return int(levels) if levels is not None else None
+
+
+def accepted_shapes(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """The data shape itself, plus the shape without a leading channel of 1 ([1,H,W] -> [H,W])."""
+    shapes = [shape]
+    if len(shape) > 1 and shape[0] == 1:
+        shapes.append(shape[1:])
+    return shapes
+
+
+def _fmt_shape(shape: tuple[int, ...]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+# --- PNG ---------------------------------------------------------------------------------------------------------
+
+
+def png_layout(shape: tuple[int, ...]) -> str | None:
+    """The PIL mode a data shape maps to: [H,W] or [1,H,W] -> "L", [3,H,W] -> "RGB"; else None."""
+    if len(shape) == 2 or (len(shape) == 3 and shape[0] == 1):
+        return "L"
+    if len(shape) == 3 and shape[0] == 3:
+        return "RGB"
+    return None
+
+
+def to_pixels(levels_array: np.ndarray, levels: int) -> np.ndarray:
+    """Levels 0..levels-1 -> uint8 pixels 0..255."""
+    scale = 255.0 / max(levels - 1, 1)
+    return np.clip(np.rint(levels_array.astype(np.float64) * scale), 0, 255).astype(np.uint8)
+
+
+def to_levels(pixels: np.ndarray, levels: int) -> np.ndarray:
+    """uint8 pixels 0..255 -> int64 levels 0..levels-1 (for levels=2: pixel >= 128 -> 1)."""
+    return np.rint(pixels.astype(np.float64) * (levels - 1) / 255.0).astype(np.int64)
+
+
+def array_to_png(x: np.ndarray, levels: int) -> bytes:
+    """x: [H,W], [1,H,W] or [3,H,W] integer levels -> PNG bytes (grayscale or RGB)."""
+    mode = png_layout(tuple(x.shape))
+    if mode is None:
+        raise ValueError(f"cannot write shape {_fmt_shape(tuple(x.shape))} as PNG")
+    pixels = to_pixels(x, levels)
+    if x.ndim == 3:
+        pixels = pixels[0] if mode == "L" else np.transpose(pixels, (1, 2, 0))  # [H,W] or [H,W,3]
+    out = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def png_to_array(data: bytes, shape: tuple[int, ...], levels: int, field: str = "input") -> np.ndarray:
+    """PNG bytes -> int64 levels of exactly `shape`. Any colour PNG is converted to the model's mode."""
+    mode = png_layout(shape)
+    if mode is None:
+        raise InvalidInput(f"{field}: PNG input is not supported for data of shape {_fmt_shape(shape)}", field=field)
+    height, width = shape[-2], shape[-1]
+    try:
+        image = Image.open(io.BytesIO(data), formats=["PNG"])
+    except Exception as exc:  # PIL raises several types for garbage; all are the client's fault
+        raise InvalidInput(f"{field}: base64 data is not a PNG image", field=field) from exc
+    if image.size != (width, height):  # checked before decoding pixels: no decompression bombs
+        w, h = image.size
+        raise InvalidInput(f"{field}: PNG is {w}x{h} (WxH), the model expects {width}x{height}", field=field)
+    try:
+        pixels = np.asarray(image.convert(mode), dtype=np.uint8)  # [H,W] or [H,W,3]
+    except Exception as exc:
+        raise InvalidInput(f"{field}: PNG image data is corrupt", field=field) from exc
+    pixels = pixels[None] if mode == "L" else np.transpose(pixels, (2, 0, 1))  # [C,H,W]
+    return to_levels(pixels, levels).reshape(shape)
+
+
+def encode_png_b64(x: np.ndarray, levels: int) -> str:
+    return base64.b64encode(array_to_png(x, levels)).decode("ascii")
+
+
+def decode_png_b64(text: str, shape: tuple[int, ...], levels: int, field: str) -> np.ndarray:
+    if text.startswith(_DATA_URL_PREFIX):
+        text = text[len(_DATA_URL_PREFIX) :]
+    try:
+        data = base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidInput(f"{field}: string is not valid base64", field=field) from exc
+    return png_to_array(data, shape, levels, field)
+
+
+# --- nested arrays -----------------------------------------------------------------------------------------------
+
+
+def nested_to_array(value: Any, shape: tuple[int, ...], field: str) -> np.ndarray:
+    """A nested JSON list of integers of an accepted shape -> int64 array of `shape`."""
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise InvalidInput(f"{field}: must be a rectangular nested array of integers", field=field) from exc
+    accepted = accepted_shapes(shape)
+    if arr.shape not in accepted:
+        wanted = " or ".join(_fmt_shape(s) for s in accepted)
+        raise InvalidInput(f"{field}: wrong shape {_fmt_shape(arr.shape)}, expected {wanted}", field=field)
+    if arr.dtype.kind not in "iu":
+        raise InvalidInput(f"{field}: values must be integers", field=field)
+    if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
+        raise InvalidInput(f"{field}: values out of range", field=field)
+    return arr.astype(np.int64).reshape(shape)
+
+
+def check_range(x: np.ndarray, high: int, field: str) -> None:
+    """All values of x in 0..high-1."""
+    if x.size and (x.min() < 0 or x.max() >= high):
+        bad = int(x.min()) if x.min() < 0 else int(x.max())
+        raise InvalidInput(f"{field}: value {bad} out of range, expected 0..{high - 1}", field=field)
+
+
+def decode_image(value: Any, spec: dict, field: str) -> np.ndarray:
+    """One input (base64 PNG or nested ints) -> int64 [*shape] with values in 0..levels-1."""
+    shape, levels = _shape(spec), _levels(spec)
+    if isinstance(value, str):
+        if levels is None or levels > _MAX_PNG_LEVELS:
+            raise InvalidInput(f"{field}: this model takes nested arrays, not PNG", field=field)
+        return decode_png_b64(value, shape, levels, field)
+    if not isinstance(value, list):
+        raise InvalidInput(f"{field}: must be a base64 PNG string or a nested array of integers", field=field)
+    x = nested_to_array(value, shape, field)
+    if levels is not None:
+        check_range(x, levels, field)
+    return x
+
+
+def decode_inputs(values: list[Any], spec: dict, field: str = "body.inputs") -> np.ndarray:
+    """A list of inputs -> int64 [B, *shape]."""
+    if not values:
+        raise InvalidInput(f"{field}: at least one input is required", field=field)
+    return np.stack([decode_image(v, spec, f"{field}[{i}]") for i, v in enumerate(values)])
+
+
+def _decode_mask_one(value: Any, spec: dict, field: str) -> np.ndarray:
+    if isinstance(value, str):
+        return decode_png_b64(value, _shape(spec), 2, field)
+    if not isinstance(value, list):
+        raise InvalidInput(f"{field}: must be a base64 PNG string or a nested array of 0/1", field=field)
+    mask = nested_to_array(value, _shape(spec), field)
+    if mask.size and (mask.min() < 0 or mask.max() > 1):
+        raise InvalidInput(f"{field}: mask values must be 0 (missing) or 1 (observed)", field=field)
+    return mask
+
+
+def _is_single(value: Any, shape: tuple[int, ...]) -> bool:
+    """Whether a mask value is one mask (shared by every input) rather than a list of per-input masks."""
+    if not isinstance(value, list):
+        return True  # a PNG string, or garbage that _decode_mask_one refuses with the right message
+    if value and all(isinstance(v, str) for v in value):
+        return False  # one PNG per input
+    try:
+        return np.shape(value) in accepted_shapes(shape)
+    except (ValueError, TypeError, RecursionError):
+        return False
+
+
+def decode_mask(value: Any, spec: dict, batch: int, field: str = "body.mask") -> np.ndarray:
+    """One mask for every input, or one per input -> int64 [B, *shape] of 0/1 (1 = observed)."""
+    shape = _shape(spec)
+    if _is_single(value, shape):
+        return np.broadcast_to(_decode_mask_one(value, spec, field), (batch, *shape)).copy()
+    if len(value) != batch:
+        wanted = " or ".join(_fmt_shape(s) for s in accepted_shapes(shape))
+        raise InvalidInput(
+            f"{field}: must be one mask of shape {wanted} or a list of {batch} masks (one per input), "
+            f"got a list of {len(value)}",
+            field=field,
+        )
+    return np.stack([_decode_mask_one(v, spec, f"{field}[{i}]") for i, v in enumerate(value)])
+
+
+# --- outputs -----------------------------------------------------------------------------------------------------
+
+
+def check_format(fmt: str, spec: dict, field: str = "body.format") -> None:
+    """Refuse format="png" before any work when the model's data cannot be written as PNG."""
+    if fmt != "png":
+        return
+    levels = _levels(spec)
+    if spec.get("kind", "image") != "image" or png_layout(_shape(spec)) is None:
+        raise InvalidInput(f"{field}: 'png' needs image data of shape [H,W], [1,H,W] or [3,H,W]", field=field)
+    if levels is None or levels > _MAX_PNG_LEVELS:
+        raise InvalidInput(f"{field}: 'png' needs at most {_MAX_PNG_LEVELS} levels", field=field)
+
+
+def encode_sample(x: np.ndarray, spec: dict, fmt: str) -> str | list:
+    """One sample [*shape] -> base64 PNG, or nested ints ([H][W] when the shape is [1,H,W])."""
+    if fmt == "png":
+        return encode_png_b64(x, _levels(spec) or 2)
+    if x.ndim > 1 and x.shape[0] == 1:
+        x = x[0]
+    return np.asarray(x, dtype=np.int64).tolist()
+
+
+def encode_samples(xs: np.ndarray, spec: dict, fmt: str) -> list:
+    """[n, *shape] -> list of n encoded samples."""
+    return [encode_sample(x, spec, fmt) for x in xs]

@@ -1,0 +1,106 @@
+"""Every error leaves the API as {"error": {"code", "message", "field"?}}, and the message names the field.
+
+- RequestValidationError (pydantic, body structure and limits) -> 422 "invalid_request", field like "body.n";
+- EngineError (and the codecs' InvalidInput) -> its .status and .code;
+- Starlette HTTPException (unknown route 404, 405, body parsing 400, 413) -> its status;
+- anything else -> 500 "internal", logged with its traceback.
+"""
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.engine.errors import EngineError, Overloaded
+
+log = logging.getLogger("genserve.api")
+
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "too_many_requests",
+    503: "unavailable",
+}
+_MAX_LISTED = 5  # validation problems listed in one message
+RETRY_AFTER_S = "1"
+
+
+def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if field:
+        error["field"] = field
+    return {"error": error}
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None, headers=None) -> JSONResponse:
+    return JSONResponse(error_body(code, message, field), status_code=status, headers=headers)
+
+
+def field_path(loc: tuple | list) -> str:
+    """("body", "inputs", 1) -> "body.inputs[1]"."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "body"
+
+
+def _describe(error: dict) -> tuple[str, str]:
+    loc = tuple(error.get("loc", ()))
+    if error.get("type") == "json_invalid":  # loc is ("body", character position)
+        position = loc[1] if len(loc) > 1 else "?"
+        reason = (error.get("ctx") or {}).get("error", "invalid JSON")
+        return "body", f"body: invalid JSON at position {position}: {reason}"
+    field = field_path(loc)
+    return field, f"{field}: {error.get('msg', 'invalid value')}"
+
+
+async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    problems = [_describe(e) for e in exc.errors()] or [("body", "body: invalid request")]
+    message = "; ".join(msg for _, msg in problems[:_MAX_LISTED])
+    if len(problems) > _MAX_LISTED:
+        message += f"; and {len(problems) - _MAX_LISTED} more"
+    return error_response(422, "invalid_request", message, problems[0][0])
+
+
+async def _engine(_request: Request, exc: EngineError) -> JSONResponse:
+    message = exc.message
+    if exc.field and exc.field not in message:
+        message = f"{exc.field}: {message}"
+    headers = {"Retry-After": RETRY_AFTER_S} if isinstance(exc, Overloaded) else None
+    return error_response(exc.status, exc.code, message, exc.field, headers)
+
+
+async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    status = exc.status_code
+    code = _HTTP_CODES.get(status, "internal" if status >= 500 else "bad_request")
+    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if status == 400 and not detail.startswith("body"):  # FastAPI could not parse the body at all
+        detail = f"body: {detail}"
+    elif status == 404 and detail == "Not Found":
+        detail = f"path: no route {request.url.path}"
+    elif status == 405:
+        detail = f"method: {request.method} is not allowed on {request.url.path}"
+    return error_response(status, code, detail, headers=getattr(exc, "headers", None))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal", "internal error; it has been logged")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(EngineError, _engine)
+    app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(Exception, _unexpected)

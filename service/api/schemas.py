@@ -1,0 +1,158 @@
+"""Request and response bodies of the REST API.
+
+Request models carry limits from Settings (n, number of inputs), so they are
+built per app by `request_models(settings)`; the limits then appear in the
+OpenAPI schema and violations are ordinary 422 validation errors naming the
+field (e.g. "body.n"). Response models allow extra fields: the contract may
+gain fields, never lose them.
+"""
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+
+from service.settings import Settings
+
+MAX_SEED = 2**63 - 1
+MAX_TEMPERATURE = 10.0
+
+# An image: a base64 PNG, or nested integer levels. The codecs check the structure
+# themselves, so that every problem gets one message naming the input's index.
+Image = Annotated[
+    Any,
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "description": "base64 PNG (grayscale, levels scaled to 0..255)"},
+                {"type": "array", "description": "nested integer levels 0..levels-1, e.g. [H][W] or [1][H][W]"},
+            ]
+        }
+    ),
+]
+Mask = Annotated[
+    Any,
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "description": "base64 PNG; pixel >= 128 means observed"},
+                {"type": "array", "description": "nested 0/1, 1 = observed; one mask for all inputs or one per input"},
+            ]
+        }
+    ),
+]
+Format = Literal["array", "png"]
+Seed = Annotated[int | None, Field(ge=0, le=MAX_SEED, description="random seed; drawn and echoed when absent")]
+Temperature = Annotated[float, Field(gt=0.0, le=MAX_TEMPERATURE, description="sampling temperature")]
+
+
+# --- responses ---------------------------------------------------------------------------------------------------
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorDetail(_Open):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class ModelInfo(_Open):
+    name: str
+    version: int | str
+    family: str
+    capabilities: list[str]
+    data: dict[str, Any]
+    metrics: dict[str, Any] = {}
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class SampleResponse(_Open):
+    model: str
+    version: int | str
+    seed: int
+    samples: list[str | list[Any]]
+
+
+class Anomaly(_Open):
+    score: float | None
+    percentile: float | None
+    is_anomaly: bool | None
+
+
+class ScoreResult(_Open):
+    log_likelihood_nats: float
+    bits_per_dim: float
+    method: str
+    anomaly: Anomaly | None = None
+
+
+class ScoreResponse(_Open):
+    model: str
+    version: int | str
+    results: list[ScoreResult]
+
+
+class CompleteResponse(_Open):
+    model: str
+    version: int | str
+    seed: int
+    completions: list[list[str | list[Any]]]
+
+
+class Status(BaseModel):
+    status: str
+
+
+# --- requests ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RequestModels:
+    sample: type[BaseModel]
+    score: type[BaseModel]
+    score_named: type[BaseModel]
+    complete: type[BaseModel]
+
+
+def request_models(settings: Settings) -> RequestModels:
+    """Request bodies with this deployment's limits baked in."""
+    Samples = Annotated[int, Field(ge=1, le=settings.max_samples_per_request, description="number of samples")]
+    Inputs = Annotated[list[Image], Field(min_length=1, max_length=settings.max_inputs_per_request)]
+    Labels = Annotated[
+        list[Annotated[int, Field(ge=0)] | None] | None,
+        Field(max_length=settings.max_inputs_per_request, description="class label per input; null: marginalize"),
+    ]
+
+    class SampleRequest(BaseModel):
+        n: Samples = 1
+        seed: Seed = None
+        temperature: Temperature = 1.0
+        label: Annotated[int, Field(ge=0)] | None = None
+        format: Format = "array"
+
+    class ScoreRequest(BaseModel):
+        inputs: Inputs
+        labels: Labels = None
+
+    class NamedScoreRequest(ScoreRequest):
+        model: str = Field(description="model name")
+
+    class CompleteRequest(BaseModel):
+        inputs: Inputs
+        mask: Mask
+        n: Samples = 1
+        seed: Seed = None
+        temperature: Temperature = 1.0
+        format: Format = "array"
+
+    return RequestModels(SampleRequest, ScoreRequest, NamedScoreRequest, CompleteRequest)

@@ -1,0 +1,116 @@
+"""Images <-> level arrays: exact PNG round trips, the pixel->level mapping, and refusals that name the field."""
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.api import codecs
+from service.engine.errors import InvalidInput
+
+SPEC2 = {"kind": "image", "shape": [1, 8, 8], "levels": 2}
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@pytest.mark.parametrize("levels", [2, 4, 256])
+@pytest.mark.parametrize("shape", [(1, 8, 8), (8, 8), (3, 5, 6)])
+def test_png_round_trip_is_exact(levels, shape):
+    x = np.random.default_rng(levels).integers(0, levels, size=shape)
+    data = codecs.array_to_png(x, levels)
+    assert Image.open(io.BytesIO(data)).format == "PNG"
+    np.testing.assert_array_equal(codecs.png_to_array(data, shape, levels), x)
+    spec = {"kind": "image", "shape": list(shape), "levels": levels}
+    np.testing.assert_array_equal(codecs.decode_image(codecs.encode_sample(x, spec, "png"), spec, "inputs[0]"), x)
+
+
+def test_binary_levels_scale_to_full_range_and_threshold_at_128():
+    data = codecs.array_to_png(np.array([[0, 1]]), 2)
+    assert np.asarray(Image.open(io.BytesIO(data))).tolist() == [[0, 255]]
+    pixels = np.array([[0, 127, 128, 255]], np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    assert codecs.png_to_array(out.getvalue(), (1, 1, 4), 2).tolist() == [[[0, 0, 1, 1]]]
+    assert codecs.to_levels(np.array([0, 42, 43, 127, 128, 212, 213, 255]), 4).tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+def test_colour_png_is_converted_to_gray():
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    rgb[:, 4:] = 255
+    out = io.BytesIO()
+    Image.fromarray(rgb).save(out, format="PNG")
+    x = codecs.decode_image(b64(out.getvalue()), SPEC2, "inputs[0]")
+    assert x.shape == (1, 8, 8) and x[0, :, :4].max() == 0 and x[0, :, 4:].min() == 1
+
+
+def test_nested_arrays_with_or_without_channel():
+    x = np.random.default_rng(0).integers(0, 2, size=(8, 8))
+    a = codecs.decode_image(x.tolist(), SPEC2, "inputs[0]")
+    b = codecs.decode_image([x.tolist()], SPEC2, "inputs[0]")
+    assert a.dtype == np.int64 and a.shape == (1, 8, 8)
+    np.testing.assert_array_equal(a, b)
+    assert codecs.encode_sample(a, SPEC2, "array") == x.tolist()
+    assert codecs.decode_inputs([x.tolist(), b64(codecs.array_to_png(x, 2))], SPEC2).shape == (2, 1, 8, 8)
+
+
+@pytest.mark.parametrize(
+    "value, words",
+    [
+        ([[0] * 4] * 4, "wrong shape [4, 4]"),
+        ([[0] * 8] * 7 + [[0] * 7], "rectangular"),
+        ([[0.0] * 8] * 8, "integers"),
+        ([[True] * 8] * 8, "integers"),
+        ([["1"] * 8] * 8, "integers"),
+        ([[None] * 8] * 8, "integers"),
+        ([[2**70] * 8] * 8, "integers"),
+        ([[2**63] * 8] * 8, "range"),
+        ([[2] * 8] * 8, "out of range"),
+        ([[-1] * 8] * 8, "out of range"),
+        ({"a": 1}, "base64 PNG string or a nested array"),
+        (3, "base64 PNG string or a nested array"),
+        ("@@@", "not valid base64"),
+        (b64(b"GIF89a not a png"), "not a PNG"),
+        (b64(b"\x89PNG\r\n\x1a\n"), "not a PNG"),
+    ],
+)
+def test_bad_inputs_are_refused_naming_the_field(value, words):
+    with pytest.raises(InvalidInput) as caught:
+        codecs.decode_image(value, SPEC2, "body.inputs[2]")
+    assert caught.value.field == "body.inputs[2]"
+    assert caught.value.message.startswith("body.inputs[2]: ")
+    assert words in caught.value.message
+
+
+def test_png_size_is_checked_before_decoding():
+    out = io.BytesIO()
+    Image.new("L", (4000, 3000)).save(out, format="PNG")
+    with pytest.raises(InvalidInput, match=r"4000x3000 \(WxH\), the model expects 8x8"):
+        codecs.decode_image(b64(out.getvalue()), SPEC2, "inputs[0]")
+
+
+def test_masks_shared_or_per_input():
+    m = np.random.default_rng(1).integers(0, 2, size=(8, 8))
+    shared = codecs.decode_mask(m.tolist(), SPEC2, batch=3)
+    assert shared.shape == (3, 1, 8, 8) and (shared == m).all()
+    np.testing.assert_array_equal(codecs.decode_mask([m.tolist()], SPEC2, batch=3), shared)
+    np.testing.assert_array_equal(codecs.decode_mask(b64(codecs.array_to_png(m, 2)), SPEC2, batch=3), shared)
+    per_input = codecs.decode_mask([m.tolist(), (1 - m).tolist()], SPEC2, batch=2)
+    np.testing.assert_array_equal(per_input[:, 0], np.stack([m, 1 - m]))
+    pngs = [b64(codecs.array_to_png(m, 2)), b64(codecs.array_to_png(1 - m, 2))]
+    np.testing.assert_array_equal(codecs.decode_mask(pngs, SPEC2, batch=2), per_input)
+    with pytest.raises(InvalidInput, match=r"body.mask: must be one mask .* or a list of 2 masks"):
+        codecs.decode_mask([m.tolist()] * 3, SPEC2, batch=2)
+    with pytest.raises(InvalidInput, match=r"body.mask\[1\]: mask values must be 0"):
+        codecs.decode_mask([m.tolist(), (2 * m).tolist()], SPEC2, batch=2)
+
+
+def test_png_format_needs_an_image_spec():
+    codecs.check_format("png", SPEC2)
+    codecs.check_format("array", {"kind": "audio", "shape": [16000], "levels": 256})
+    for spec in ({"kind": "audio", "shape": [16000], "levels": 256}, {"kind": "image", "shape": [1, 8, 8]}):
+        with pytest.raises(InvalidInput, match="body.format"):
+            codecs.check_format("png", spec)

@@ -1,0 +1,170 @@
+"""The maths of the gated PixelCNN: causality, normalisation, fast = naive, export parity."""
+
+import itertools
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from training.distributions import categorical
+from training.families.pixelcnn import (
+    PixelCNN,
+    PixelCNNConfig,
+    RowStep,
+    initial_state,
+    sample_fast,
+    sample_naive,
+)
+
+
+def small_model(height=6, width=7, levels=3, layers=3, dtype=torch.float64) -> PixelCNN:
+    torch.manual_seed(0)
+    config = PixelCNNConfig(height=height, width=width, levels=levels, num_classes=4, channels=6,
+                            n_layers=layers, first_kernel=5, kernel=3, head_channels=8)
+    return PixelCNN(config).to(dtype).eval()
+
+
+def test_every_output_depends_only_on_earlier_pixels():
+    """Causality by input gradients: logits at (i, j) have zero gradient w.r.t. x at (i', j') >= (i, j)."""
+    model = small_model()
+    h, w = model.config.height, model.config.width
+    x = torch.randint(0, 3, (1, 1, h, w)).double().requires_grad_()
+    v = hs = model.scale(x)
+    for layer in model.layers:
+        v, hs = layer(v, hs, torch.tensor([1]))
+    logits = model.head(hs)  # [1, levels, H, W]
+    for i, j in itertools.product(range(h), range(w)):
+        (grad,) = torch.autograd.grad(logits[0, :, i, j].sum(), x, retain_graph=True)
+        seen = grad[0, 0] != 0
+        allowed = torch.zeros(h, w, dtype=torch.bool)
+        allowed[:i] = True
+        allowed[i, :j] = True
+        assert not (seen & ~allowed).any(), f"pixel ({i},{j}) sees the future"
+    # no blind spot: within its reach (+-4 columns here), a pixel sees the row above, up-right
+    # included, and every pixel to its left
+    (grad,) = torch.autograd.grad(logits[0, :, h - 1, 3].sum(), x)
+    assert (grad[0, 0, h - 2] != 0).all() and (grad[0, 0, h - 1, :3] != 0).all()
+
+
+def test_model_distribution_sums_to_one():
+    """Over every 2x2 image with 3 levels (81 of them), p(x | y) and the marginal p(x) sum to 1."""
+    model = small_model(height=2, width=2, levels=3, layers=2)
+    images = torch.tensor(list(itertools.product(range(3), repeat=4))).view(-1, 1, 2, 2)
+    for label in range(4):
+        total = model.log_prob(images, torch.full((81,), label)).exp().sum()
+        assert total.item() == pytest.approx(1.0, abs=1e-9)
+    log_prior = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64).log()
+    assert model.log_prob_marginal(images, log_prior).exp().sum().item() == pytest.approx(1.0, abs=1e-9)
+
+
+def test_marginal_is_logsumexp_over_labels():
+    model = small_model()
+    x = torch.randint(0, 3, (5, 1, 6, 7))
+    log_prior = torch.full((4,), 0.25, dtype=torch.float64).log()
+    per_class = torch.stack([model.log_prob(x, torch.full((5,), k)) for k in range(4)], dim=1)
+    expected = torch.logsumexp(per_class + log_prior, dim=1)
+    assert torch.allclose(model.log_prob_marginal(x, log_prior), expected)
+
+
+def test_categorical_inverse_cdf_matches_probabilities():
+    """Sampling from uniform noise: frequencies match the probabilities (chi-square)."""
+    from scipy.stats import chisquare
+
+    logits = torch.tensor([1.0, -0.5, 0.3, 2.0])
+    u = torch.rand(20000, generator=torch.Generator().manual_seed(3))
+    draws = categorical.sample(logits.expand(20000, 4), u, torch.ones(20000))
+    counts = torch.bincount(draws, minlength=4).numpy()
+    expected = torch.softmax(logits.double(), 0).numpy() * counts.sum()
+    assert chisquare(counts, expected).pvalue > 1e-3
+    assert torch.exp(categorical.log_prob(logits.expand(4, 4), torch.arange(4))).sum().item() == pytest.approx(1.0)
+
+
+def test_fast_sampling_equals_naive_under_the_same_noise():
+    model = small_model()
+    g = torch.Generator().manual_seed(1)
+    noise = torch.rand(4, 6, 7, generator=g, dtype=torch.float64)
+    label, temperature = torch.tensor([0, 1, 2, 3]), torch.tensor([1.0, 1.0, 0.7, 1.5], dtype=torch.float64)
+    fast = sample_fast(model, label, noise, temperature)
+    assert torch.equal(fast, sample_naive(model, label, noise, temperature))
+    assert fast.unique().numel() > 1  # the samples are not degenerate
+
+
+def test_fast_completion_equals_naive_and_keeps_observed_pixels():
+    model = small_model()
+    g = torch.Generator().manual_seed(2)
+    noise = torch.rand(3, 6, 7, generator=g, dtype=torch.float64)
+    observed = torch.randint(0, 3, (3, 6, 7), generator=g)
+    mask = (torch.rand(3, 6, 7, generator=g) < 0.5).long()
+    label, temperature = torch.tensor([0, 1, 2]), torch.ones(3, dtype=torch.float64)
+    fast = sample_fast(model, label, noise, temperature, observed, mask)
+    assert torch.equal(fast, sample_naive(model, label, noise, temperature, observed, mask))
+    assert torch.equal(fast[:, 0][mask > 0], observed[mask > 0])
+
+
+def test_tiny_run_writes_checkpoint_and_pngs(tiny_run):
+    for name in ("model.safetensors", "optimizer.safetensors", "state.json", "config.json",
+                 "samples.png", "loss.png"):
+        assert (tiny_run / name).is_file(), name
+    state = json.loads((tiny_run / "state.json").read_text())
+    assert state["epoch"] == 1 and np.isfinite(state["history"][0]["test_nll"])
+
+
+def test_training_resumes_where_it_stopped(tiny_run, tmp_path):
+    import shutil
+
+    from training.train import train
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    train(tiny_run / "config.json", run, epochs=2)
+    history = json.loads((run / "state.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert history[0] == json.loads((tiny_run / "state.json").read_text())["history"][0]
+
+
+def _onnx(path):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_export_parity_eager_onnx_torchscript(tiny_run, tiny_store):
+    """log_prob agrees across eager, ONNX and TorchScript to 1e-4 (relative)."""
+    from training.train import load_model
+
+    model, _, split = load_model(tiny_run)
+    directory = tiny_store / "pixelcnn" / "1"
+    x = torch.from_numpy(split.x_test[:8]).long()
+    label = torch.from_numpy(split.y_test[:8])
+    eager = model.log_prob(x, label).detach().numpy()
+    onnx_out = _onnx(directory / "log_prob_given_label.onnx").run(None, {"x": x.numpy(), "label": label.numpy()})[0]
+    ts_out = torch.jit.load(str(directory / "log_prob_given_label.pt"))(x, label).detach().numpy()
+    assert np.allclose(onnx_out, eager, rtol=1e-4) and np.allclose(ts_out, eager, rtol=1e-4)
+    prior = torch.full((10,), 0.1).log()
+    marginal = model.log_prob_marginal(x, prior).detach().numpy()
+    assert np.allclose(_onnx(directory / "log_prob.onnx").run(None, {"x": x.numpy()})[0], marginal, rtol=1e-4)
+
+
+def test_exported_sampling_step_matches_eager(tiny_run, tiny_store):
+    """One exported row step (ONNX and TorchScript) gives the eager step's row and state."""
+    from training.train import load_model
+
+    model, _, _ = load_model(tiny_run)
+    step = RowStep(model)
+    b, w = 5, model.config.width
+    g = torch.Generator().manual_seed(4)
+    inputs = {"x_prev": torch.randint(0, 2, (b, w), generator=g), **initial_state(step, b)}
+    inputs["started"] = torch.ones(b)
+    inputs |= {"noise": torch.rand(b, w, generator=g), "temperature": torch.ones(b),
+               "label": torch.arange(b), "observed": torch.zeros(b, w, dtype=torch.long),
+               "mask": torch.zeros(b, w, dtype=torch.long)}
+    with torch.no_grad():
+        eager = [t.numpy() for t in step(*inputs.values())]
+    directory = tiny_store / "pixelcnn" / "1"
+    onnx_out = _onnx(directory / "sample_step.onnx").run(None, {k: v.numpy() for k, v in inputs.items()})
+    with torch.no_grad():
+        ts_out = [t.numpy() for t in torch.jit.load(str(directory / "sample_step.pt"))(*inputs.values())]
+    for got in (onnx_out, ts_out):
+        assert np.array_equal(got[0], eager[0])
+        for a, e in zip(got[1:], eager[1:], strict=True):
+            assert np.allclose(a, e, rtol=1e-4, atol=1e-5)
