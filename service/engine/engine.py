@@ -6,6 +6,7 @@ in threads; the runtimes release the GIL while they compute.
 
 import asyncio
 import math
+from collections.abc import AsyncIterator, Iterator
 
 import numpy as np
 
@@ -95,21 +96,36 @@ class Engine:
         prior = np.asarray(m.data["class_prior"])
         return np.array([rng.choice(len(classes), p=prior / prior.sum()) for rng in rngs], np.int64)
 
-    def _generate(self, m: LoadedModel, capability: str, seed: int, rows: int, temperature: float,
-                  label: int | None, observed=None, mask=None) -> np.ndarray:
+    def _steps(self, m: LoadedModel, capability: str, seed: int, rows: int, temperature: float,
+               label: int | None, observed=None, mask=None) -> Iterator[np.ndarray]:
         cap = m.capability(capability)
         rngs = procedures.row_generators(seed, rows)
         labels = self._labels(m, label, rngs)
-        return procedures.autoregressive(
+        return procedures.autoregressive_steps(
             m.functions[cap["function"]], cap, m.shape, rngs, np.full(rows, temperature, np.float32),
             label=labels, observed=observed, mask=mask,
         )
 
+    async def _run_steps(self, steps: Iterator[np.ndarray]) -> AsyncIterator[np.ndarray]:
+        """Advance `steps` off the event loop, one step per await: a consumer that stops stops the work."""
+        try:
+            while (value := await asyncio.to_thread(next, steps, None)) is not None:
+                yield value
+        finally:
+            steps.close()
+
+    async def sample_stream(self, name: str, n: int, seed: int, temperature: float,
+                            label: int | None) -> AsyncIterator[np.ndarray]:
+        """Yield every step's output [n, *step_shape] as it is generated (an image row, an audio chunk)."""
+        m = self.model(name)
+        async for value in self._run_steps(self._steps(m, "sample", seed, n, temperature, label)):
+            yield value
+
     async def sample(self, name: str, n: int, seed: int, temperature: float, label: int | None) -> np.ndarray:
         """[n, *shape] int64 samples; sample i depends only on (seed, i)."""
         m = self.model(name)
-        m.capability("sample")
-        return await asyncio.to_thread(self._generate, m, "sample", seed, n, temperature, label)
+        values = [v async for v in self._run_steps(self._steps(m, "sample", seed, n, temperature, label))]
+        return np.stack(values, axis=1).reshape(n, *m.shape)
 
     async def complete(self, name: str, x: np.ndarray, mask: np.ndarray, n: int, seed: int,
                        temperature: float, label: int | None = None) -> np.ndarray:
@@ -123,9 +139,9 @@ class Engine:
         if len(mask) != len(x):
             raise InvalidInput(f"mask: give one mask, or one per input ({len(x)})", field="mask")
         rows_x, rows_mask = np.repeat(x, n, axis=0), np.repeat(mask, n, axis=0)
-        out = await asyncio.to_thread(self._generate, m, "complete", seed, len(rows_x), temperature, label,
-                                      rows_x, rows_mask)
-        return out.reshape(len(x), n, *m.shape)
+        steps = self._steps(m, "complete", seed, len(rows_x), temperature, label, rows_x, rows_mask)
+        values = [v async for v in self._run_steps(steps)]
+        return np.stack(values, axis=1).reshape(len(x), n, *m.shape)
 
     async def score(self, name: str, x: np.ndarray, labels: list[int | None] | None = None) -> list[dict]:
         """x [B, *shape] -> per input: log-likelihood (nats), bits/dim, method and anomaly flags."""
@@ -165,3 +181,27 @@ class Engine:
             "anomaly": {"score": nll, "percentile": percentile,
                         "is_anomaly": percentile >= calibration["threshold_quantile"] * 100.0},
         }
+
+    def function_spec(self, name: str, function: str) -> dict:
+        """The manifest entry (inputs, outputs) of one named function; raises UnknownModel."""
+        m = self.model(name)
+        if function not in m.manifest["functions"]:
+            raise UnknownModel(f"model {name!r} has no function {function!r}; it has "
+                               f"{sorted(m.manifest['functions'])}", field="function")
+        return m.manifest["functions"][function]
+
+    async def infer(self, name: str, function: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one named tensor function directly (Open Inference Protocol): inputs by name -> outputs by name."""
+        spec = self.function_spec(name, function)
+        for tensor in spec["inputs"]:
+            if tensor["name"] not in inputs:
+                raise InvalidInput(f"inputs: {function} needs input {tensor['name']!r}", field=tensor["name"])
+            got = list(np.shape(inputs[tensor["name"]]))
+            want = tensor["shape"]
+            if len(got) != len(want) or any(w not in (-1, g) for w, g in zip(want, got, strict=True)):
+                raise InvalidInput(f"{tensor['name']}: shape must be {want} (-1: any), got {got}",
+                                   field=tensor["name"])
+        unknown = set(inputs) - {t["name"] for t in spec["inputs"]}
+        if unknown:
+            raise InvalidInput(f"inputs: {function} has no inputs {sorted(unknown)}", field=sorted(unknown)[0])
+        return await asyncio.to_thread(procedures.direct, self.model(name).functions[function], **inputs)

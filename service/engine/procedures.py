@@ -9,6 +9,8 @@ Randomness enters only through `noise`. Each batch row has its own generator,
 so a row's output depends on its seed alone, never on what else is in the batch.
 """
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from service.engine.runtimes import DTYPES, TensorFunction
@@ -29,7 +31,7 @@ def direct(function: TensorFunction, **inputs: np.ndarray) -> dict[str, np.ndarr
     return function(**inputs)
 
 
-def autoregressive(
+def autoregressive_steps(
     step: TensorFunction,
     capability: dict,
     data_shape: list[int],
@@ -38,11 +40,12 @@ def autoregressive(
     label: np.ndarray | None = None,
     observed: np.ndarray | None = None,
     mask: np.ndarray | None = None,
-) -> np.ndarray:
-    """Run `steps` calls of `step`: rngs and temperature [B] -> samples [B, *data_shape] int64.
+) -> Iterator[np.ndarray]:
+    """Yield each of the `steps` outputs of `step`, [B, *step_shape] int64, as soon as it is computed.
 
-    Where mask is 1, the output takes the observed value (completion); the
-    function clamps it inside the step so later values condition on it.
+    rngs and temperature have one entry per batch row. Where mask is 1, the
+    output takes the observed value (completion); the function clamps it
+    inside the step so later values condition on it.
     """
     batch, steps, step_shape = len(temperature), capability["steps"], capability["step_shape"]
     state = {name: np.zeros([batch, *spec["shape"]], DTYPES[spec["dtype"]])
@@ -52,7 +55,6 @@ def autoregressive(
     observed = observed.reshape(batch, steps, *step_shape)
     mask = mask.reshape(batch, steps, *step_shape)
     x = np.zeros([batch, *step_shape], np.int64)
-    values = []
     for t in range(steps):
         feeds = {"x_prev": x, **state, "noise": uniform_noise(rngs, step_shape),
                  "temperature": temperature, "observed": observed[:, t], "mask": mask[:, t]}
@@ -61,5 +63,4 @@ def autoregressive(
         out = step(**{name: feeds[name] for name in step.inputs})
         x = out["x"]
         state = {name: out[f"next_{name}"] for name in state}
-        values.append(x)
-    return np.stack(values, axis=1).reshape(batch, *data_shape)
+        yield x
