@@ -6,13 +6,14 @@ in threads; the runtimes release the GIL while they compute.
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import numpy as np
 
 from service.engine import procedures
 from service.engine.errors import InvalidInput, MissingCapability, UnknownModel
 from service.engine.runtimes import TensorFunction, load_function
+from service.engine.scheduler import BatchingConfig, ContinuousBatcher, DynamicBatcher
 from service.settings import Settings
 from service.store import ModelEntry, ModelStore
 
@@ -63,6 +64,8 @@ class Engine:
             name: LoadedModel(entry, settings.runtime, settings.intra_op_threads)
             for name, entry in store.entries.items()
         }
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._batchers: dict[tuple[str, str], DynamicBatcher | ContinuousBatcher] = {}
 
     def ready(self) -> bool:
         return True
@@ -96,35 +99,53 @@ class Engine:
         prior = np.asarray(m.data["class_prior"])
         return np.array([rng.choice(len(classes), p=prior / prior.sum()) for rng in rngs], np.int64)
 
-    def _steps(self, m: LoadedModel, capability: str, seed: int, rows: int, temperature: float,
-               label: int | None, observed=None, mask=None) -> Iterator[np.ndarray]:
+    def _batching(self, m: LoadedModel) -> BatchingConfig:
+        """The manifest's batching knobs, with any set in settings taking precedence."""
+        knobs = dict(m.manifest["batching"])
+        for key in knobs:
+            if getattr(self.settings, key) is not None:
+                knobs[key] = getattr(self.settings, key)
+        return BatchingConfig(**knobs)
+
+    def _batcher(self, m: LoadedModel, function: str, capability: dict | None = None):
+        """The model function's scheduler: continuous for a step function, dynamic for one-shot ones."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # schedulers belong to one event loop
+            self._loop, self._batchers = loop, {}
+        key = (m.manifest["name"], function)
+        if key not in self._batchers:
+            fn = m.functions[function]
+
+            def run(feeds):
+                return procedures.direct(fn, **{name: feeds[name] for name in fn.inputs})
+
+            if capability and capability["procedure"] == "autoregressive":
+                outputs = procedures.autoregressive_state_outputs(capability)
+                self._batchers[key] = ContinuousBatcher(run, outputs, self._batching(m))
+            else:
+                self._batchers[key] = DynamicBatcher(run, self._batching(m))
+        return self._batchers[key]
+
+    def _generate(self, m: LoadedModel, capability: str, seed: int, rows: int, temperature: float,
+                  label: int | None, observed=None, mask=None) -> AsyncIterator[np.ndarray]:
+        """Every step's output [rows, *step_shape], from the model's continuous batcher."""
         cap = m.capability(capability)
         rngs = procedures.row_generators(seed, rows)
         labels = self._labels(m, label, rngs)
-        return procedures.autoregressive_steps(
-            m.functions[cap["function"]], cap, m.shape, rngs, np.full(rows, temperature, np.float32),
-            label=labels, observed=observed, mask=mask,
-        )
-
-    async def _run_steps(self, steps: Iterator[np.ndarray]) -> AsyncIterator[np.ndarray]:
-        """Advance `steps` off the event loop, one step per await: a consumer that stops stops the work."""
-        try:
-            while (value := await asyncio.to_thread(next, steps, None)) is not None:
-                yield value
-        finally:
-            steps.close()
+        sequence = procedures.autoregressive(cap, m.shape, rngs, np.full(rows, temperature, np.float32),
+                                             label=labels, observed=observed, mask=mask)
+        return self._batcher(m, cap["function"], cap).generate(sequence)
 
     async def sample_stream(self, name: str, n: int, seed: int, temperature: float,
                             label: int | None) -> AsyncIterator[np.ndarray]:
         """Yield every step's output [n, *step_shape] as it is generated (an image row, an audio chunk)."""
-        m = self.model(name)
-        async for value in self._run_steps(self._steps(m, "sample", seed, n, temperature, label)):
+        async for value in self._generate(self.model(name), "sample", seed, n, temperature, label):
             yield value
 
     async def sample(self, name: str, n: int, seed: int, temperature: float, label: int | None) -> np.ndarray:
-        """[n, *shape] int64 samples; sample i depends only on (seed, i)."""
+        """[n, *shape] int64 samples; sample i depends only on (seed, i), whatever shares its batch."""
         m = self.model(name)
-        values = [v async for v in self._run_steps(self._steps(m, "sample", seed, n, temperature, label))]
+        values = [v async for v in self._generate(m, "sample", seed, n, temperature, label)]
         return np.stack(values, axis=1).reshape(n, *m.shape)
 
     async def complete(self, name: str, x: np.ndarray, mask: np.ndarray, n: int, seed: int,
@@ -139,8 +160,8 @@ class Engine:
         if len(mask) != len(x):
             raise InvalidInput(f"mask: give one mask, or one per input ({len(x)})", field="mask")
         rows_x, rows_mask = np.repeat(x, n, axis=0), np.repeat(mask, n, axis=0)
-        steps = self._steps(m, "complete", seed, len(rows_x), temperature, label, rows_x, rows_mask)
-        values = [v async for v in self._run_steps(steps)]
+        steps = self._generate(m, "complete", seed, len(rows_x), temperature, label, rows_x, rows_mask)
+        values = [v async for v in steps]
         return np.stack(values, axis=1).reshape(len(x), n, *m.shape)
 
     async def score(self, name: str, x: np.ndarray, labels: list[int | None] | None = None) -> list[dict]:
@@ -151,14 +172,14 @@ class Engine:
         labels = [None] * len(x) if labels is None else labels
         if len(labels) != len(x):
             raise InvalidInput(f"labels: give one per input ({len(x)}), or none", field="labels")
-        log_p = await asyncio.to_thread(self._log_prob, m, cap, x, labels)
+        log_p = await self._log_prob(m, cap, x, labels)
         return [self._score_result(m, cap, float(lp)) for lp in log_p]
 
-    def _log_prob(self, m: LoadedModel, cap: dict, x: np.ndarray, labels: list[int | None]) -> np.ndarray:
+    async def _log_prob(self, m: LoadedModel, cap: dict, x: np.ndarray, labels: list[int | None]) -> np.ndarray:
         given = np.array([lab is not None for lab in labels])
         log_p = np.empty(len(x))
         if (~given).any():
-            out = procedures.direct(m.functions[cap["function"]], x=x[~given])
+            out = await self._batcher(m, cap["function"]).submit({"x": x[~given]})
             log_p[~given] = next(iter(out.values()))
         if given.any():
             if "conditional_function" not in cap:
@@ -166,7 +187,7 @@ class Engine:
             label = np.array([lab for lab in labels if lab is not None], np.int64)
             if label.min() < 0 or label.max() >= len(m.data.get("classes", [])):
                 raise InvalidInput(f"labels must be in 0..{len(m.data.get('classes', [])) - 1}", field="labels")
-            out = procedures.direct(m.functions[cap["conditional_function"]], x=x[given], label=label)
+            out = await self._batcher(m, cap["conditional_function"]).submit({"x": x[given], "label": label})
             log_p[given] = next(iter(out.values()))
         return log_p
 
@@ -204,4 +225,4 @@ class Engine:
         unknown = set(inputs) - {t["name"] for t in spec["inputs"]}
         if unknown:
             raise InvalidInput(f"inputs: {function} has no inputs {sorted(unknown)}", field=sorted(unknown)[0])
-        return await asyncio.to_thread(procedures.direct, self.model(name).functions[function], **inputs)
+        return await self._batcher(self.model(name), function).submit(inputs)

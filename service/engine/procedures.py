@@ -9,11 +9,10 @@ Randomness enters only through `noise`. Each batch row has its own generator,
 so a row's output depends on its seed alone, never on what else is in the batch.
 """
 
-from collections.abc import Iterator
-
 import numpy as np
 
 from service.engine.runtimes import DTYPES, TensorFunction
+from service.engine.scheduler import Sequence
 
 
 def row_generators(seed: int, n: int) -> list[np.random.Generator]:
@@ -31,8 +30,7 @@ def direct(function: TensorFunction, **inputs: np.ndarray) -> dict[str, np.ndarr
     return function(**inputs)
 
 
-def autoregressive_steps(
-    step: TensorFunction,
+def autoregressive(
     capability: dict,
     data_shape: list[int],
     rngs: list[np.random.Generator],
@@ -40,27 +38,31 @@ def autoregressive_steps(
     label: np.ndarray | None = None,
     observed: np.ndarray | None = None,
     mask: np.ndarray | None = None,
-) -> Iterator[np.ndarray]:
-    """Yield each of the `steps` outputs of `step`, [B, *step_shape] int64, as soon as it is computed.
+) -> Sequence:
+    """A sequence of `steps` calls of the step function, for a ContinuousBatcher to run.
 
-    rngs and temperature have one entry per batch row. Where mask is 1, the
-    output takes the observed value (completion); the function clamps it
-    inside the step so later values condition on it.
+    rngs and temperature have one entry per row. Step t's output is [B, *step_shape]
+    int64; all of them reshape to [B, *data_shape]. Where mask is 1 the output takes
+    the observed value (completion), clamped inside the step so that later values
+    condition on it.
     """
-    batch, steps, step_shape = len(temperature), capability["steps"], capability["step_shape"]
-    state = {name: np.zeros([batch, *spec["shape"]], DTYPES[spec["dtype"]])
-             for name, spec in capability["state"].items()}
-    observed = np.zeros([batch, *data_shape], np.int64) if observed is None else observed
-    mask = np.zeros([batch, *data_shape], np.int64) if mask is None else mask
-    observed = observed.reshape(batch, steps, *step_shape)
-    mask = mask.reshape(batch, steps, *step_shape)
-    x = np.zeros([batch, *step_shape], np.int64)
-    for t in range(steps):
-        feeds = {"x_prev": x, **state, "noise": uniform_noise(rngs, step_shape),
-                 "temperature": temperature, "observed": observed[:, t], "mask": mask[:, t]}
-        if label is not None:
-            feeds["label"] = label
-        out = step(**{name: feeds[name] for name in step.inputs})
-        x = out["x"]
-        state = {name: out[f"next_{name}"] for name in state}
-        yield x
+    rows, steps, step_shape = len(rngs), capability["steps"], capability["step_shape"]
+    observed = np.zeros([rows, *data_shape], np.int64) if observed is None else observed
+    mask = np.zeros([rows, *data_shape], np.int64) if mask is None else mask
+    observed = observed.reshape(rows, steps, *step_shape)
+    mask = mask.reshape(rows, steps, *step_shape)
+    extra = {} if label is None else {"label": label}
+
+    def feeds(t: int) -> dict[str, np.ndarray]:
+        return {"noise": uniform_noise(rngs, step_shape), "temperature": temperature,
+                "observed": observed[:, t], "mask": mask[:, t], **extra}
+
+    state = {"x_prev": np.zeros([rows, *step_shape], np.int64)}
+    for name, spec in capability["state"].items():
+        state[name] = np.zeros([rows, *spec["shape"]], DTYPES[spec["dtype"]])
+    return Sequence(feeds, state, steps)
+
+
+def autoregressive_state_outputs(capability: dict) -> dict[str, str]:
+    """Which output replaces each carried input after a step: x_prev <- x, s <- next_s."""
+    return {"x_prev": "x", **{name: f"next_{name}" for name in capability["state"]}}

@@ -1,0 +1,209 @@
+"""Schedulers decide what runs; the runtime runs it. Neither imports torch.
+
+DynamicBatcher (Triton style) merges one-shot requests into batches of up to
+`max_batch_size` rows, waiting at most `max_queue_delay_us` for the batch to
+fill. ContinuousBatcher (Orca/vLLM style) runs an autoregressive step function
+over a running batch that sequences join and leave at step boundaries.
+
+Both take `run`, a blocking function of named numpy arrays, and call it off
+the event loop. A full queue raises Overloaded at once; an expired request
+raises DeadlineExceeded; a consumer that goes away frees its rows within one step.
+"""
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.engine.errors import EngineError, Overloaded
+
+Arrays = dict[str, np.ndarray]
+
+
+class DeadlineExceeded(EngineError):
+    status = 504
+    code = "deadline_exceeded"
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    max_batch_size: int = 32
+    max_queue_delay_us: int = 2000
+    max_queue_size: int = 256
+    timeout_ms: int = 60000
+
+
+def rows_of(arrays: Arrays) -> int:
+    return len(next(iter(arrays.values())))
+
+
+@dataclass
+class _Request:
+    inputs: Arrays
+    rows: int
+    deadline: float
+    future: asyncio.Future
+    arrived: float = field(default_factory=time.monotonic)
+
+
+class DynamicBatcher:
+    def __init__(self, run: Callable[[Arrays], Arrays], config: BatchingConfig):
+        self.run, self.config = run, config
+        self.queue: deque[_Request] = deque()
+        self.wakeup = asyncio.Event()
+        self.task: asyncio.Task | None = None
+
+    def queued_rows(self) -> int:
+        return sum(r.rows for r in self.queue)
+
+    async def submit(self, inputs: Arrays, timeout_ms: int | None = None) -> Arrays:
+        """Run `inputs` ([B, ...] each) in some batch; returns this request's [B, ...] outputs."""
+        rows = rows_of(inputs)
+        if self.queued_rows() + rows > self.config.max_queue_size:
+            raise Overloaded(f"queue full ({self.config.max_queue_size} rows); retry later", field="inputs")
+        timeout = (timeout_ms or self.config.timeout_ms) / 1000
+        request = _Request(inputs, rows, time.monotonic() + timeout, asyncio.get_running_loop().create_future())
+        self.queue.append(request)
+        self.wakeup.set()
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._serve())
+        try:
+            return await asyncio.wait_for(asyncio.shield(request.future), timeout)
+        except TimeoutError:
+            raise DeadlineExceeded(f"request timed out after {timeout * 1000:.0f} ms", field="timeout_ms") from None
+        finally:
+            request.future.cancel()  # no-op when done; otherwise the batch loop skips it
+
+    def _take_batch(self) -> list[_Request]:
+        """Pop queued requests, oldest first, up to max_batch_size rows (one oversized request runs alone)."""
+        batch, rows, now = [], 0, time.monotonic()
+        while self.queue and (not batch or rows + self.queue[0].rows <= self.config.max_batch_size):
+            request = self.queue.popleft()
+            if request.future.done() or request.deadline <= now:
+                continue  # cancelled or expired while queued: its caller has already been answered
+            batch.append(request)
+            rows += request.rows
+        return batch
+
+    async def _wait_to_fill(self) -> None:
+        """Wait until the batch is full or the oldest request has waited max_queue_delay_us."""
+        close = self.queue[0].arrived + self.config.max_queue_delay_us / 1e6
+        while self.queued_rows() < self.config.max_batch_size and (left := close - time.monotonic()) > 0:
+            self.wakeup.clear()
+            try:
+                await asyncio.wait_for(self.wakeup.wait(), left)
+            except TimeoutError:
+                break
+
+    async def _serve(self) -> None:
+        while self.queue:
+            await self._wait_to_fill()
+            batch = self._take_batch()
+            if not batch:
+                continue
+            merged = {k: np.concatenate([r.inputs[k] for r in batch]) for k in batch[0].inputs}
+            try:
+                outputs = await asyncio.to_thread(self.run, merged)
+            except Exception as e:  # noqa: BLE001 - the error belongs to every request in the batch
+                for r in batch:
+                    if not r.future.done():
+                        r.future.set_exception(e)
+                continue
+            start = 0
+            for r in batch:
+                if not r.future.done():
+                    r.future.set_result({k: v[start: start + r.rows] for k, v in outputs.items()})
+                start += r.rows
+
+
+@dataclass
+class Sequence:
+    """One request's rows in the running batch: its own state, noise generators and inputs per step."""
+
+    feeds: Callable[[int], Arrays]  # step t -> this sequence's per-step inputs (noise, observed, ...)
+    state: Arrays  # the inputs that carry over between steps, [rows, ...] each
+    steps: int
+    outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
+    t: int = 0
+    cancelled: bool = False
+
+    @property
+    def rows(self) -> int:
+        return rows_of(self.state)
+
+
+
+class ContinuousBatcher:
+    """Runs `run(feeds) -> outputs` once per step over every active sequence.
+
+    `state_names` maps each state input to the output that replaces it after a
+    step (x_prev <- x, h <- next_h, ...). Sequences join when there is room
+    in max_batch_size and leave when done or cancelled, at step boundaries.
+    """
+
+    def __init__(self, run: Callable[[Arrays], Arrays], state_names: dict[str, str], config: BatchingConfig):
+        self.run, self.state_names, self.config = run, state_names, config
+        self.waiting: deque[Sequence] = deque()
+        self.active: list[Sequence] = []
+        self.task: asyncio.Task | None = None
+        self.steps_run = 0
+
+    def running_rows(self) -> int:
+        return sum(s.rows for s in self.active)
+
+    async def generate(self, sequence: Sequence) -> AsyncIterator[np.ndarray]:
+        """Yield the sequence's output of every step; stopping early frees its rows at the next boundary."""
+        if sum(s.rows for s in self.waiting) + sequence.rows > self.config.max_queue_size:
+            raise Overloaded(f"queue full ({self.config.max_queue_size} rows); retry later", field="n")
+        self.waiting.append(sequence)
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._serve())
+        try:
+            for _ in range(sequence.steps):
+                item = await sequence.outbox.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            sequence.cancelled = True
+
+    def _admit(self) -> None:
+        self.active = [s for s in self.active if not s.cancelled]
+        for s in list(self.waiting):
+            if s.cancelled:
+                self.waiting.remove(s)
+            elif not self.active or self.running_rows() + s.rows <= self.config.max_batch_size:
+                self.waiting.remove(s)
+                self.active.append(s)
+
+    async def _serve(self) -> None:
+        while self.waiting or self.active:
+            self._admit()
+            if not self.active:
+                continue
+            batch = list(self.active)
+            per_sequence = [{**s.state, **s.feeds(s.t)} for s in batch]
+            merged = {k: np.concatenate([f[k] for f in per_sequence]) for k in per_sequence[0]}
+            try:
+                outputs = await asyncio.to_thread(self.run, merged)
+            except Exception as e:  # noqa: BLE001 - every sequence in the step shares the failure
+                for s in batch:
+                    s.outbox.put_nowait(e)
+                    s.cancelled = True
+                continue
+            self.steps_run += 1
+            self._scatter(batch, outputs)
+
+    def _scatter(self, batch: list[Sequence], outputs: Arrays) -> None:
+        start = 0
+        for s in batch:
+            mine = {k: v[start: start + s.rows] for k, v in outputs.items()}
+            start += s.rows
+            s.state = {name: mine[out] for name, out in self.state_names.items()}
+            s.t += 1
+            s.outbox.put_nowait(mine["x"])
+            if s.t == s.steps:
+                s.cancelled = True  # finished: leaves at this boundary
