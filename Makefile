@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test lint pytest benchmark clean
+.PHONY: serve test lint pytest benchmark protos clean
 
 # torch is pinned to the CPU build (torch==2.13.0) in pyproject.toml; an unpinned
 # torch would pull a multi-GB CUDA build.
@@ -39,6 +39,10 @@ benchmark: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/pixelcnn_sampling.py
 	$(BIN)/python benchmarks/pixelcnn_scoring.py
 	$(BIN)/python benchmarks/pixelcnn_nll.py
+
+protos: $(VENV)/.installed-dev
+	bash scripts/gen-protos.sh
+	bash scripts/gen-inference-protos.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,380 @@
+"""The genserve gRPC API (genserve.v1.Genserve): a thin adapter from gRPC to the engine.
+
+It mirrors the REST API: the same operations, limits and errors. Every method
+decodes the request (tensors are raw little-endian bytes), calls the engine and
+encodes the answer. EngineErrors become gRPC status codes whose details start
+with the offending field; see proto/genserve/v1/genserve.proto.
+
+Encode and Decode call `engine.encode(name, x, seed)` and
+`engine.decode(name, z, seed)` when the engine has them; until then a model
+with that capability gets UNIMPLEMENTED, and one without it FAILED_PRECONDITION.
+"""
+
+import asyncio
+import json
+import logging
+import math
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+import numpy as np
+
+from service.engine.errors import EngineError, InvalidInput, MissingCapability, Overloaded
+from service.grpc.gen import genserve_pb2 as pb
+from service.grpc.gen import genserve_pb2_grpc as pb_grpc
+from service.settings import Settings
+
+log = logging.getLogger("genserve.grpc")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Genserve"].full_name  # "genserve.v1.Genserve"
+MAX_SEED = 2**63 - 1
+MAX_TEMPERATURE = 10.0
+RETRY_AFTER_S = "1"
+WIRE_DTYPES = {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+               "float16", "float32", "float64"}
+
+
+# --- errors --------------------------------------------------------------------------------------------------------
+
+
+def status_code(exc: EngineError) -> grpc.StatusCode:
+    """The gRPC counterpart of an engine error's HTTP status."""
+    if exc.status == 404:
+        return grpc.StatusCode.NOT_FOUND
+    if isinstance(exc, MissingCapability) or exc.code == "missing_capability":
+        return grpc.StatusCode.FAILED_PRECONDITION
+    if isinstance(exc, Overloaded) or exc.code == "overloaded" or exc.status == 429:
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    if exc.status == 503:
+        return grpc.StatusCode.UNAVAILABLE
+    if exc.status == 504:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    if exc.status == 501:
+        return grpc.StatusCode.UNIMPLEMENTED
+    if exc.status >= 500:
+        return grpc.StatusCode.INTERNAL
+    return grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def abort_with(context: grpc.aio.ServicerContext, exc: EngineError) -> None:
+    """Abort the call with the status for `exc`; details begin with the field, as in REST."""
+    message = exc.message
+    if exc.field and exc.field not in message:
+        message = f"{exc.field}: {message}"
+    metadata = [("genserve-error-code", exc.code)]
+    if exc.field:
+        metadata.append(("genserve-error-field", exc.field))
+    if status_code(exc) == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        metadata.append(("retry-after", RETRY_AFTER_S))
+    await context.abort(status_code(exc), message, trailing_metadata=tuple(metadata))
+
+
+def _cancelled(context: grpc.aio.ServicerContext) -> bool:
+    task = asyncio.current_task()
+    return context.cancelled() or (task is not None and task.cancelling() > 0)
+
+
+@asynccontextmanager
+async def engine_errors(context: grpc.aio.ServicerContext, method: str) -> AsyncIterator[None]:
+    """EngineError -> its status code; anything unexpected -> INTERNAL, logged. A cancelled call stays cancelled."""
+    try:
+        yield
+    except EngineError as exc:
+        await abort_with(context, exc)
+    except grpc.aio.AbortError:
+        raise
+    except Exception as exc:
+        if _cancelled(context):
+            raise asyncio.CancelledError from exc  # the client left while a step ran: nothing to answer
+        log.exception("unhandled error in %s", method)
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error; it has been logged")
+
+
+# --- tensors -------------------------------------------------------------------------------------------------------
+
+
+def to_array(tensor: pb.Tensor, field: str) -> np.ndarray:
+    """A wire Tensor -> numpy array (read-only view of the bytes), or InvalidInput naming the field."""
+    if tensor.dtype not in WIRE_DTYPES:
+        raise InvalidInput(f"{field}.dtype: {tensor.dtype!r} is not one of {sorted(WIRE_DTYPES)}",
+                           field=f"{field}.dtype")
+    dtype = np.dtype(tensor.dtype).newbyteorder("<")
+    shape = [int(d) for d in tensor.shape]
+    if any(d < 0 for d in shape):
+        raise InvalidInput(f"{field}.shape: dimensions must be >= 0, got {shape}", field=f"{field}.shape")
+    want = math.prod(shape) * dtype.itemsize
+    if len(tensor.data) != want:
+        raise InvalidInput(f"{field}.data: {len(tensor.data)} bytes, but {tensor.dtype} {shape} needs {want}",
+                           field=f"{field}.data")
+    return np.frombuffer(tensor.data, dtype).reshape(shape)
+
+
+def to_tensor(x: np.ndarray, dtype: np.dtype | str | None = None) -> pb.Tensor:
+    """numpy array -> wire Tensor (little-endian, C order)."""
+    x = np.asarray(x)
+    dtype = np.dtype(dtype or x.dtype)
+    data = np.ascontiguousarray(x, dtype.newbyteorder("<")).tobytes()
+    return pb.Tensor(dtype=dtype.name, shape=list(x.shape), data=data)
+
+
+def wire_dtype(spec: dict) -> np.dtype:
+    """Samples travel as uint8 when the levels fit, else int64 (the engine's dtype)."""
+    levels = spec.get("levels")
+    return np.dtype(np.uint8) if levels is not None and int(levels) <= 256 else np.dtype(np.int64)
+
+
+def _accepted_shapes(shape: list[int]) -> list[tuple[int, ...]]:
+    """The data shape, plus the shape without a leading channel of 1 ([1,H,W] -> [H,W])."""
+    shapes = [tuple(shape)]
+    if len(shape) > 1 and shape[0] == 1:
+        shapes.append(tuple(shape[1:]))
+    return shapes
+
+
+def data_batch(tensor: pb.Tensor, spec: dict, limit: int, field: str) -> np.ndarray:
+    """Inputs [B, *shape] (integers when the data has levels) -> [B, *shape] int64 or float32."""
+    x = to_array(tensor, field)
+    shape = [int(d) for d in spec["shape"]]
+    accepted = _accepted_shapes(shape)
+    if x.ndim == 0 or tuple(x.shape[1:]) not in accepted:
+        wanted = " or ".join(str([-1, *s]) for s in accepted)
+        raise InvalidInput(f"{field}.shape: {list(x.shape)}, expected [B, *data.shape]: {wanted}", field=field)
+    if not 1 <= len(x) <= limit:
+        raise InvalidInput(f"{field}: give 1..{limit} inputs, got {len(x)}", field=field)
+    if spec.get("levels") is None:
+        return x.astype(np.float32).reshape(len(x), *shape)
+    if x.dtype.kind not in "biu":
+        raise InvalidInput(f"{field}.dtype: values are levels, give an integer dtype, not {x.dtype.name}",
+                           field=f"{field}.dtype")
+    if x.dtype == np.uint64 and x.size and x.max() > np.iinfo(np.int64).max:
+        raise InvalidInput(f"{field}: values out of range", field=field)
+    return x.astype(np.int64).reshape(len(x), *shape)
+
+
+def mask_batch(tensor: pb.Tensor, spec: dict, batch: int, field: str = "mask") -> np.ndarray:
+    """One mask [*shape] for every input, or one per input [B, *shape] -> [B, *shape] int64."""
+    mask = to_array(tensor, field)
+    shape = [int(d) for d in spec["shape"]]
+    if mask.dtype.kind not in "biu":
+        raise InvalidInput(f"{field}.dtype: give an integer or bool dtype, not {mask.dtype.name}",
+                           field=f"{field}.dtype")
+    if tuple(mask.shape) in _accepted_shapes(shape):
+        return np.broadcast_to(mask.astype(np.int64).reshape(shape), (batch, *shape)).copy()
+    if mask.ndim and len(mask) == batch and tuple(mask.shape[1:]) in _accepted_shapes(shape):
+        return mask.astype(np.int64).reshape(batch, *shape)
+    raise InvalidInput(f"{field}.shape: {list(mask.shape)}, expected one mask {shape} or one per input "
+                       f"[{batch}, *{shape}]", field=field)
+
+
+# --- request fields ------------------------------------------------------------------------------------------------
+
+
+def _samples(request: Any, settings: Settings) -> int:
+    n = request.n if request.HasField("n") else 1
+    if not 1 <= n <= settings.max_samples_per_request:
+        raise InvalidInput(f"n: must be in 1..{settings.max_samples_per_request}, got {n}", field="n")
+    return n
+
+
+def _temperature(request: Any) -> float:
+    t = request.temperature if request.HasField("temperature") else 1.0
+    if not 0.0 < t <= MAX_TEMPERATURE:  # also refuses NaN
+        raise InvalidInput(f"temperature: must be in (0, {MAX_TEMPERATURE:g}], got {t}", field="temperature")
+    return t
+
+
+def _seed(request: Any) -> int:
+    """The request's seed, or a fresh one that the response echoes."""
+    if not request.HasField("seed"):
+        return secrets.randbits(32)
+    if request.seed > MAX_SEED:
+        raise InvalidInput(f"seed: must be in 0..{MAX_SEED}, got {request.seed}", field="seed")
+    return request.seed
+
+
+def _labels(request: pb.ScoreRequest, batch: int) -> list[int | None] | None:
+    if not request.labels:
+        return None
+    if len(request.labels) != batch:
+        raise InvalidInput(f"labels: {len(request.labels)} labels for {batch} inputs", field="labels")
+    for i, label in enumerate(request.labels):
+        if label < -1:
+            raise InvalidInput(f"labels[{i}]: {label} is not a class index (or -1 to marginalize)",
+                               field=f"labels[{i}]")
+    return [None if label == -1 else int(label) for label in request.labels]
+
+
+def _require(description: dict, capability: str, name: str) -> None:
+    if capability not in description.get("capabilities", []):
+        raise MissingCapability(f"model: model {name!r} has no {capability!r} capability; it has "
+                                f"{sorted(description.get('capabilities', []))}", field="model")
+
+
+def _struct(value: dict) -> dict:
+    """JSON-safe copy (numpy scalars, paths -> plain values) for google.protobuf.Struct."""
+    return json.loads(json.dumps(value, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
+
+
+def model_info(d: dict) -> pb.ModelInfo:
+    data = d.get("data", {})
+    spec = pb.DataSpec(kind=data.get("kind", ""), shape=[int(s) for s in data.get("shape", [])],
+                       classes=[str(c) for c in data.get("classes", [])])
+    if data.get("levels") is not None:
+        spec.levels = int(data["levels"])
+    if data.get("sample_rate") is not None:
+        spec.sample_rate = int(data["sample_rate"])
+    spec.attributes.update(_struct(data))
+    info = pb.ModelInfo(name=d["name"], version=str(d["version"]), family=d.get("family", ""),
+                        description=d.get("description", ""), capabilities=sorted(d.get("capabilities", [])),
+                        data=spec)
+    info.metrics.update(_struct(d.get("metrics") or {}))
+    info.batching.update(_struct(d.get("batching") or {}))
+    return info
+
+
+def score_result(r: dict) -> pb.ScoreResult:
+    result = pb.ScoreResult(log_likelihood_nats=r["log_likelihood_nats"], bits_per_dim=r["bits_per_dim"],
+                            method=r.get("method", ""))
+    for key, value in (r.get("anomaly") or {}).items():
+        if value is not None and key in ("score", "percentile", "is_anomaly"):
+            setattr(result.anomaly, key, value)
+    return result
+
+
+async def steps_until_cancelled(stream: AsyncIterator[np.ndarray]) -> AsyncIterator[np.ndarray]:
+    """Yield from the engine's step stream; a cancel never interrupts a step mid-thread.
+
+    On cancellation the step in flight finishes (at most one step), then the
+    stream is closed, so the engine starts no further step.
+    """
+    iterator = aiter(stream)
+    try:
+        while True:
+            step = asyncio.ensure_future(anext(iterator))
+            try:
+                value = await asyncio.shield(step)
+            except StopAsyncIteration:
+                return
+            except asyncio.CancelledError:
+                await asyncio.wait([step])
+                if not step.cancelled():
+                    step.exception()  # retrieved: no "exception was never retrieved" warning
+                raise
+            yield value
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+# --- the servicer --------------------------------------------------------------------------------------------------
+
+
+class GenserveServicer(pb_grpc.GenserveServicer):
+    def __init__(self, engine: Any, settings: Settings):
+        self.engine = engine
+        self.settings = settings
+
+    def _lookup(self, name: str, capability: str | None = None) -> tuple[dict, dict]:
+        description, spec = self.engine.describe(name), self.engine.data_spec(name)
+        if capability:
+            _require(description, capability, name)
+        return description, spec
+
+    async def ListModels(self, request, context):
+        async with engine_errors(context, "ListModels"):
+            return pb.ListModelsResponse(models=[model_info(d) for d in self.engine.list_models()])
+
+    async def GetModel(self, request, context):
+        async with engine_errors(context, "GetModel"):
+            return model_info(self.engine.describe(request.model))
+
+    async def Sample(self, request, context):
+        async with engine_errors(context, "Sample"):
+            name = request.model
+            description, spec = self._lookup(name, "sample")
+            n, temperature, seed = _samples(request, self.settings), _temperature(request), _seed(request)
+            label = request.label if request.HasField("label") else None
+            x = await self.engine.sample(name, n, seed, temperature, label)  # [n, *shape]
+            return pb.SampleResponse(model=name, version=str(description["version"]), seed=seed,
+                                     samples=to_tensor(x, wire_dtype(spec)))
+
+    async def SampleStream(self, request, context):
+        async with engine_errors(context, "SampleStream"):
+            name = request.model
+            description, spec = self._lookup(name, "sample")
+            n, temperature, seed = _samples(request, self.settings), _temperature(request), _seed(request)
+            label = request.label if request.HasField("label") else None
+            dtype, version = wire_dtype(spec), str(description["version"])
+            stream = self.engine.sample_stream(name, n, seed, temperature, label)
+            index, steps = 0, 0
+            async for values in steps_until_cancelled(stream):  # [n, *step_shape]
+                # the steps tile the data: prod(shape) / prod(step_shape) of them (28 rows of a 28x28 image)
+                steps = steps or math.prod(spec["shape"]) // max(math.prod(values.shape[1:]), 1)
+                yield pb.SampleChunk(step=index, steps=steps, seed=seed, values=to_tensor(values, dtype),
+                                     model=name, version=version)
+                index += 1
+
+    async def Score(self, request, context):
+        async with engine_errors(context, "Score"):
+            name = request.model
+            description, spec = self._lookup(name, "score")
+            x = data_batch(request.inputs, spec, self.settings.max_inputs_per_request, "inputs")
+            results = await self.engine.score(name, x, _labels(request, len(x)))
+            return pb.ScoreResponse(model=name, version=str(description["version"]),
+                                    results=[score_result(r) for r in results])
+
+    async def Complete(self, request, context):
+        async with engine_errors(context, "Complete"):
+            name = request.model
+            description, spec = self._lookup(name, "complete")
+            x = data_batch(request.inputs, spec, self.settings.max_inputs_per_request, "inputs")
+            mask = mask_batch(request.mask, spec, len(x))
+            n, temperature, seed = _samples(request, self.settings), _temperature(request), _seed(request)
+            out = await self.engine.complete(name, x, mask, n, seed, temperature)  # [B, n, *shape]
+            return pb.CompleteResponse(model=name, version=str(description["version"]), seed=seed,
+                                       completions=to_tensor(out, wire_dtype(spec)))
+
+    async def _engine_method(self, context, capability: str):
+        """The engine's method for a capability the model has; UNIMPLEMENTED while the engine lacks it."""
+        method = getattr(self.engine, capability, None)
+        if method is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"model: this server cannot {capability} yet",
+                                trailing_metadata=(("genserve-error-code", "not_implemented"),
+                                                   ("genserve-error-field", "model")))
+        return method
+
+    async def Encode(self, request, context):
+        async with engine_errors(context, "Encode"):
+            name = request.model
+            description, spec = self._lookup(name, "encode")
+            encode = await self._engine_method(context, "encode")
+            x = data_batch(request.inputs, spec, self.settings.max_inputs_per_request, "inputs")
+            seed = _seed(request)
+            out = await encode(name, x, seed)
+            outputs = out if isinstance(out, dict) else {"z": out}
+            return pb.EncodeResponse(model=name, version=str(description["version"]), seed=seed,
+                                     outputs={key: to_tensor(value) for key, value in outputs.items()})
+
+    async def Decode(self, request, context):
+        async with engine_errors(context, "Decode"):
+            name = request.model
+            description, spec = self._lookup(name, "decode")
+            decode = await self._engine_method(context, "decode")
+            z = to_array(request.latents, "latents")
+            if z.ndim == 0 or not 1 <= len(z) <= self.settings.max_inputs_per_request:
+                raise InvalidInput(f"latents: give [B, ...] with B in 1..{self.settings.max_inputs_per_request}",
+                                   field="latents")
+            seed = _seed(request)
+            x = await decode(name, z.astype(np.float32), seed)  # [B, *shape]
+            return pb.DecodeResponse(model=name, version=str(description["version"]), seed=seed,
+                                     samples=to_tensor(x, wire_dtype(spec)))
+
+
+def add_genserve_servicer(server: grpc.aio.Server, engine: Any, settings: Settings) -> str:
+    """Register genserve.v1.Genserve on `server`; returns its full service name."""
+    pb_grpc.add_GenserveServicer_to_server(GenserveServicer(engine, settings), server)
+    return SERVICE_NAME

@@ -1,0 +1,111 @@
+"""The grpc.aio server: genserve.v1.Genserve, standard health checking, server reflection,
+and the Open Inference Protocol when service.grpc.inference provides it.
+
+`build_grpc_server` only builds and binds; the caller starts it on the event
+loop that also runs uvicorn, and stops it (health turns NOT_SERVING first).
+"""
+
+import asyncio
+import logging
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from service.grpc.genserve_servicer import add_genserve_servicer
+from service.settings import Settings
+
+log = logging.getLogger("genserve.grpc")
+
+HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name  # "grpc.health.v1.Health"
+WATCH_POLL_S = 1.0
+
+
+class EngineHealth(HealthServicer):
+    """grpc.health.v1.Health that tells the engine's readiness: SERVING when engine.ready(), else NOT_SERVING.
+
+    Check asks the engine on every call; Watch polls it while the watch is open.
+    After enter_graceful_shutdown() every service stays NOT_SERVING (drain).
+    """
+
+    def __init__(self, engine: Any, services: list[str], poll_s: float = WATCH_POLL_S):
+        super().__init__()
+        self.engine = engine
+        self.services = ["", *services]
+        self.poll_s = poll_s
+
+    def _status(self) -> int:
+        try:
+            ready = bool(self.engine.ready())
+        except Exception:
+            log.exception("engine.ready() failed; reporting NOT_SERVING")
+            ready = False
+        return health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+
+    async def refresh(self) -> None:
+        status = self._status()
+        for service in self.services:
+            await self.set(service, status)  # ignored once shutting down
+
+    async def Check(self, request, context):
+        if request.service not in self.services:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"service: unknown service {request.service!r}")
+        await self.refresh()
+        return await super().Check(request, context)
+
+    async def Watch(self, request, context):
+        await self.refresh()
+        poller = asyncio.ensure_future(self._poll())
+        try:
+            await super().Watch(request, context)
+        finally:
+            poller.cancel()
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_s)
+            await self.refresh()
+
+
+def _add_inference(server: grpc.aio.Server, engine: Any) -> str | None:
+    """The Open Inference Protocol servicer, when service.grpc.inference is present."""
+    try:
+        from service.grpc.inference import add_inference_servicer
+    except ImportError:
+        return None
+    return add_inference_servicer(server, engine)
+
+
+def _address(host: str, port: int) -> str:
+    if ":" in host and not host.startswith("["):  # an IPv6 literal
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
+def build_grpc_server(engine: Any, settings: Settings, port: int) -> grpc.aio.Server:
+    """A grpc.aio server over `engine`, bound to settings.host:port (0: any free port) but not started.
+
+    The port actually bound is `server.genserve_port`; the health servicer is
+    `server.genserve_health` (await its enter_graceful_shutdown() before a drain).
+    """
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", settings.max_body_bytes),
+        ("grpc.so_reuseport", 0),  # a port in use is an error, not a silently shared socket
+    ])
+    services = [add_genserve_servicer(server, engine, settings)]
+    inference = _add_inference(server, engine)
+    if inference:
+        services.append(inference)
+    health = EngineHealth(engine, services)
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection([*services, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME], server)
+    address = _address(settings.host, port)
+    bound = server.add_insecure_port(address)
+    if not bound:
+        raise RuntimeError(f"gRPC: cannot bind {address}")
+    server.genserve_port = bound
+    server.genserve_health = health
+    log.info("gRPC on %s: %s", _address(settings.host, bound), ", ".join(services))
+    return server
