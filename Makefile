@@ -21,6 +21,11 @@ $(VENV)/.installed-serve: pyproject.toml | $(BIN)/activate
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/activate
 	$(BIN)/pip install "torch==2.13.0"
 	$(BIN)/pip install -e ".[dev]"
+	# tritonclient (tests only) declares protobuf<7, which the grpcio 1.85 stubs cannot use:
+	# install it without its pins; its generated code loads on protobuf 7.
+	$(BIN)/pip install --no-deps "tritonclient==2.73.0"
+	$(BIN)/pip install "python-rapidjson>=0.9.1" "urllib3>=2.0.7" "aiohttp>=3.8.1,<4" \
+		"geventhttpclient>=2.3.3" "greenlet<3.4.0" "packaging>=14.1"
 	touch $@ $(VENV)/.installed-serve
 
 serve: $(VENV)/.installed-serve

@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api import codecs, errors, schemas
+from service.api import codecs, errors, schemas, v2
 from service.api.metrics import ApiMetrics, MetricsMiddleware
 from service.engine.errors import EngineError, InvalidInput, MissingCapability
 from service.settings import Settings
@@ -255,6 +255,7 @@ def create_app(engine: Any, settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(_health_routes(engine, metrics))
     app.include_router(_model_routes(engine, settings))
+    app.include_router(v2.router(engine))  # Open Inference Protocol (KServe V2)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics, root=app, known_model=lambda name: _knows(engine, name))
     return app

@@ -37,6 +37,7 @@ class LoadedModel:
         return {
             "name": m["name"], "version": m["version"], "family": m["family"],
             "description": m.get("description", ""), "capabilities": sorted(self.capabilities),
+            "functions": sorted(m["functions"]),
             "data": self.data, "metrics": m["metrics"], "batching": m["batching"],
         }
 
@@ -222,6 +223,9 @@ class Engine:
             if len(got) != len(want) or any(w not in (-1, g) for w, g in zip(want, got, strict=True)):
                 raise InvalidInput(f"{tensor['name']}: shape must be {want} (-1: any), got {got}",
                                    field=tensor["name"])
+        if len({len(v) for v in inputs.values()}) > 1:
+            raise InvalidInput(f"inputs: every input of {function} needs the same batch size (axis 0)",
+                               field=spec["inputs"][0]["name"])
         unknown = set(inputs) - {t["name"] for t in spec["inputs"]}
         if unknown:
             raise InvalidInput(f"inputs: {function} has no inputs {sorted(unknown)}", field=sorted(unknown)[0])

@@ -69,12 +69,10 @@ class EngineHealth(HealthServicer):
             await self.refresh()
 
 
-def _add_inference(server: grpc.aio.Server, engine: Any) -> str | None:
-    """The Open Inference Protocol servicer, when service.grpc.inference is present."""
-    try:
-        from service.grpc.inference import add_inference_servicer
-    except ImportError:
-        return None
+def _add_inference(server: grpc.aio.Server, engine: Any) -> str:
+    """The Open Inference Protocol servicer (inference.GRPCInferenceService)."""
+    from service.grpc.inference import add_inference_servicer
+
     return add_inference_servicer(server, engine)
 
 
@@ -94,10 +92,7 @@ def build_grpc_server(engine: Any, settings: Settings, port: int) -> grpc.aio.Se
         ("grpc.max_receive_message_length", settings.max_body_bytes),
         ("grpc.so_reuseport", 0),  # a port in use is an error, not a silently shared socket
     ])
-    services = [add_genserve_servicer(server, engine, settings)]
-    inference = _add_inference(server, engine)
-    if inference:
-        services.append(inference)
+    services = [add_genserve_servicer(server, engine, settings), _add_inference(server, engine)]
     health = EngineHealth(engine, services)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection([*services, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME], server)

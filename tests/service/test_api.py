@@ -64,6 +64,13 @@ class FakeEngine:
             "metrics": {"test_nll_nats": 42.0},
         }
 
+    def function_spec(self, name: str, function: str) -> dict:
+        self._model(name)
+        raise UnknownModel(f"model {name!r} has no function {function!r}", field="function")
+
+    async def infer(self, name: str, function: str, inputs: dict) -> dict:
+        self.function_spec(name, function)
+
     def data_spec(self, name: str) -> dict:
         model = self._model(name)
         return {"kind": "image", "shape": SHAPE, "levels": model["levels"], "num_classes": model["num_classes"]}

@@ -1,0 +1,361 @@
+"""The Open Inference Protocol (KServe V2) over REST: `/v2/...`, a thin adapter to the engine.
+
+Every tensor function of a stored model is one V2 model named "<model>.<function>"
+(e.g. "pixelcnn.log_prob"), whose one version is the model's version. Infer takes
+JSON tensors ({"name", "shape", "datatype", "data"}, data flat or nested in
+row-major order) and Triton's binary tensor data extension (the body is the JSON
+header, `Inference-Header-Content-Length` bytes long, then each binary tensor's
+bytes; what tritonclient.http sends by default), and answers in kind.
+
+Errors follow the V2 specification, not genserve's /v1 format: a 4xx/5xx status
+with the body {"error": "<message>"}, the message naming the field at fault
+(400 for a bad request, 404 for an unknown model or version, 503 for a full
+queue or an engine that is not ready, 504 for a timeout). Readiness answers 200
+for true and 400 for false, as the specification says.
+
+POST /v2/repository/index (Triton's model-repository extension) lists the V2
+models, so `tritonclient.http.InferenceServerClient.get_model_repository_index()`
+works.
+"""
+
+import json
+import logging
+import math
+import zlib
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+import genserve
+from service.engine.errors import EngineError, InvalidInput, Overloaded, UnknownModel
+
+log = logging.getLogger("genserve.api.v2")
+
+SERVER_NAME = "genserve"
+EXTENSIONS = ["binary_tensor_data"]
+PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}  # Triton's platform names
+HEADER_LENGTH = "Inference-Header-Content-Length"
+RETRY_AFTER_S = "1"
+DEFAULT_BODY_LIMIT = 8 * 1024 * 1024  # decompressed bytes, for an engine without settings.max_body_bytes
+DATATYPES = {  # manifest dtype (numpy name) -> V2 datatype
+    "bool": "BOOL", "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32", "uint64": "UINT64",
+    "int8": "INT8", "int16": "INT16", "int32": "INT32", "int64": "INT64",
+    "float16": "FP16", "float32": "FP32", "float64": "FP64",
+}
+NUMPY = {v2: np.dtype(name) for name, v2 in DATATYPES.items()}
+
+
+class TooLarge(EngineError):
+    status = 413
+    code = "payload_too_large"
+
+
+def v2_error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def from_engine_error(exc: EngineError) -> JSONResponse:
+    message = exc.message if not exc.field or exc.field in exc.message else f"{exc.field}: {exc.message}"
+    status = 400 if exc.status == 422 else exc.status  # the V2 spec answers a bad request with 400
+    headers = {"Retry-After": RETRY_AFTER_S} if isinstance(exc, Overloaded) else None
+    return v2_error(status, message, headers)
+
+
+# --- V2 models over the engine -------------------------------------------------------------------------------------
+
+
+def v2_datatype(dtype: str) -> str:
+    return DATATYPES.get(dtype, dtype.upper())
+
+
+def tensor_metadata(spec: dict) -> dict:
+    return {"name": spec["name"], "datatype": v2_datatype(spec["dtype"]), "shape": list(spec["shape"])}
+
+
+def resolve(engine: Any, name: str, version: str | None) -> tuple[str, str, dict, str]:
+    """V2 model name and version -> (model, function, function spec, version); UnknownModel if any is unknown."""
+    model, dot, function = name.rpartition(".")
+    if not dot or not model:
+        raise UnknownModel(f"model_name: unknown model {name!r}; V2 models are named <model>.<function>, "
+                           f"e.g. 'pixelcnn.log_prob'", field="model_name")
+    try:
+        description = engine.describe(model)
+        spec = engine.function_spec(model, function)
+    except UnknownModel as e:
+        raise UnknownModel(f"model_name: unknown model {name!r} ({e.message})", field="model_name") from e
+    have = str(description["version"])
+    if version is not None and version != have:
+        raise UnknownModel(f"model_version: model {name!r} has no version {version!r}; it has [{have!r}]",
+                           field="model_version")
+    return model, function, spec, have
+
+
+# --- infer bodies --------------------------------------------------------------------------------------------------
+
+
+def _parse(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
+    """The JSON header and the binary tail of an infer body."""
+    if header_length is None:
+        head, tail = body, b""
+    else:
+        try:
+            n = int(header_length)
+        except ValueError:
+            raise InvalidInput(f"{HEADER_LENGTH}: not an integer: {header_length!r}", field=HEADER_LENGTH) from None
+        if not 0 <= n <= len(body):
+            raise InvalidInput(f"{HEADER_LENGTH}: {n} is outside the body's {len(body)} bytes", field=HEADER_LENGTH)
+        head, tail = body[:n], body[n:]
+    try:
+        doc = json.loads(head)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InvalidInput(f"body: invalid JSON: {e}", field="body") from None
+    if not isinstance(doc, dict):
+        raise InvalidInput("body: must be a JSON object", field="body")
+    return doc, tail
+
+
+def _binary_size(tensor: dict, field: str) -> int | None:
+    size = _object(tensor.get("parameters"), f"{field}.parameters").get("binary_data_size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+        raise InvalidInput(f"{field}.parameters.binary_data_size: must be an integer >= 0", field=field)
+    return size
+
+
+def _tensor_header(tensor: Any, i: int, specs: dict) -> tuple[str, list[int], np.dtype]:
+    if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
+        raise InvalidInput(f"inputs[{i}]: must be an object with a string name", field=f"inputs[{i}]")
+    name = tensor["name"]
+    if name not in specs:
+        raise InvalidInput(f"inputs[{i}].name: no input {name!r}; the model takes {sorted(specs)}",
+                           field=f"inputs[{i}].name")
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                              for d in shape):
+        raise InvalidInput(f"{name}.shape: must be a list of integers >= 0, got {shape!r}", field=name)
+    want = v2_datatype(specs[name]["dtype"])
+    if tensor.get("datatype") != want:
+        raise InvalidInput(f"{name}: datatype must be {want}, got {tensor.get('datatype')!r}", field=name)
+    return name, shape, NUMPY[want]
+
+
+_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}  # JSON value kinds each target kind accepts
+
+
+def _json_array(data: Any, dtype: np.dtype, name: str) -> np.ndarray:
+    """JSON data (flat or nested) as `dtype`: no silent float->int or int->bool casts, no overflow."""
+    try:
+        given = np.asarray(data)
+        if given.size and given.dtype.kind not in _KINDS[dtype.kind]:
+            raise ValueError(f"got {given.dtype.name} values")
+        return np.asarray(data, dtype=dtype)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise InvalidInput(f"{name}.data: not {v2_datatype(dtype.name)} values: {e}", field=name) from None
+
+
+def decode_inputs(doc: dict, tail: bytes, spec: dict) -> dict[str, np.ndarray]:
+    """The request's input tensors by name, checked against the function's spec (names, datatypes, sizes)."""
+    specs = {t["name"]: t for t in spec["inputs"]}
+    tensors = doc.get("inputs")
+    if not isinstance(tensors, list):
+        raise InvalidInput("inputs: must be a list of tensors", field="inputs")
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for i, tensor in enumerate(tensors):
+        name, shape, dtype = _tensor_header(tensor, i, specs)
+        if name in inputs:
+            raise InvalidInput(f"{name}: given twice", field=name)
+        count, size = math.prod(shape), _binary_size(tensor, name)
+        if size is not None:
+            if "data" in tensor:
+                raise InvalidInput(f"{name}: give data or parameters.binary_data_size, not both", field=name)
+            if size != count * dtype.itemsize or offset + size > len(tail):
+                raise InvalidInput(f"{name}: binary_data_size {size} (of {len(tail) - offset} bytes left); shape "
+                                   f"{shape} of {v2_datatype(dtype.name)} needs {count * dtype.itemsize}", field=name)
+            chunk = tail[offset:offset + size]
+            offset += size
+            inputs[name] = np.frombuffer(chunk, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False).reshape(shape)
+            continue
+        if "data" not in tensor:
+            raise InvalidInput(f"{name}.data: missing", field=name)
+        array = _json_array(tensor["data"], dtype, name)
+        if array.size != count:
+            raise InvalidInput(f"{name}.data: {array.size} values for shape {shape} ({count})", field=name)
+        inputs[name] = array.reshape(shape)
+    if offset != len(tail):
+        raise InvalidInput(f"body: {len(tail) - offset} bytes of binary data belong to no input", field="body")
+    return inputs
+
+
+def check_batch(inputs: dict[str, np.ndarray]) -> None:
+    """Every input shares the batch axis (0): the engine batches requests along it."""
+    sizes = [(name, array.shape[0]) for name, array in inputs.items() if array.ndim]
+    for name, rows in sizes[1:]:
+        if rows != sizes[0][1]:
+            raise InvalidInput(f"{name}: batch size (dim 0) is {rows}, but {sizes[0][0]}'s is {sizes[0][1]}",
+                               field=name)
+
+
+def requested_outputs(doc: dict, spec: dict) -> list[tuple[str, bool]]:
+    """(output name, binary?) to answer with, in order: the requested ones, else all of the function's."""
+    names = [t["name"] for t in spec["outputs"]]
+    binary_default = bool(_object(doc.get("parameters"), "parameters").get("binary_data_output", False))
+    wanted = doc.get("outputs")
+    if wanted is None:
+        return [(name, binary_default) for name in names]
+    if not isinstance(wanted, list):
+        raise InvalidInput("outputs: must be a list", field="outputs")
+    result = []
+    for i, output in enumerate(wanted):
+        if not isinstance(output, dict) or output.get("name") not in names:
+            got = output.get("name") if isinstance(output, dict) else output
+            raise InvalidInput(f"outputs[{i}].name: no output {got!r}; the model has {names}",
+                               field=f"outputs[{i}].name")
+        parameters = _object(output.get("parameters"), f"outputs[{i}].parameters")
+        if parameters.get("classification"):
+            raise InvalidInput(f"outputs[{i}].parameters.classification: not supported", field=f"outputs[{i}]")
+        result.append((output["name"], bool(parameters.get("binary_data", binary_default))))
+    return result
+
+
+def encode_response(header: dict, outputs: dict[str, np.ndarray], spec: dict,
+                    wanted: list[tuple[str, bool]]) -> Response:
+    """JSON tensors, or the JSON header followed by the binary ones (with Inference-Header-Content-Length)."""
+    dtypes = {t["name"]: t["dtype"] for t in spec["outputs"]}
+    tensors, chunks = [], []
+    for name, binary in wanted:
+        dtype = dtypes[name] if dtypes[name] in DATATYPES else np.asarray(outputs[name]).dtype.name
+        array = np.ascontiguousarray(outputs[name], dtype=dtype)
+        tensor = {"name": name, "datatype": v2_datatype(array.dtype.name), "shape": list(array.shape)}
+        if binary:
+            chunks.append(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+            tensor["parameters"] = {"binary_data_size": len(chunks[-1])}
+        else:
+            tensor["data"] = array.ravel().tolist()
+        tensors.append(tensor)
+    head = json.dumps({**header, "outputs": tensors}).encode()
+    if not chunks:
+        return Response(head, media_type="application/json")
+    return Response(b"".join([head, *chunks]), media_type="application/octet-stream",
+                    headers={HEADER_LENGTH: str(len(head))})
+
+
+def _decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """A gzip/deflate body inflated to at most `limit` bytes (413 beyond: no zip bombs)."""
+    if encoding in (None, "", "identity"):
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise InvalidInput(f"Content-Encoding: {encoding!r} is not supported (gzip, deflate)", field="Content-Encoding")
+    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    try:
+        out = inflater.decompress(body, limit)
+    except zlib.error as e:
+        raise InvalidInput(f"body: cannot {encoding}-decompress: {e}", field="body") from None
+    if inflater.unconsumed_tail:
+        raise TooLarge(f"body: over the limit of {limit} bytes once decompressed", field="body")
+    return out
+
+
+def _object(value: Any, field: str) -> dict:
+    """An optional JSON object (parameters), {} when absent."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{field}: must be a JSON object", field=field)
+    return value
+
+
+# --- routes --------------------------------------------------------------------------------------------------------
+
+
+def router(engine: Any) -> APIRouter:
+    """The /v2 routes over `engine`. Include it in the app: app.include_router(v2.router(engine))."""
+    r = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
+    body_limit = getattr(getattr(engine, "settings", None), "max_body_bytes", DEFAULT_BODY_LIMIT)
+
+    def platform() -> str:
+        runtime = getattr(getattr(engine, "settings", None), "runtime", "")
+        return PLATFORMS.get(runtime, runtime)
+
+    def lookup(request: Request, name: str, version: str | None) -> tuple[str, str, dict, str]:
+        found = resolve(engine, name, version)
+        request.state.model = found[0]  # metrics label, set only for a model the engine knows
+        return found
+
+    @r.get("")
+    async def server_metadata() -> dict:
+        return {"name": SERVER_NAME, "version": genserve.__version__, "extensions": EXTENSIONS}
+
+    @r.get("/health/live")
+    async def server_live() -> dict:
+        return {"live": True}
+
+    @r.get("/health/ready")
+    async def server_ready() -> Any:
+        if engine.ready():
+            return {"ready": True}
+        return v2_error(400, "server: not ready")
+
+    async def model_metadata(request: Request, model_name: str, model_version: str | None = None) -> Any:
+        try:
+            _, _, spec, version = lookup(request, model_name, model_version)
+        except EngineError as e:
+            return from_engine_error(e)
+        return {"name": model_name, "versions": [version], "platform": platform(),
+                "inputs": [tensor_metadata(t) for t in spec["inputs"]],
+                "outputs": [tensor_metadata(t) for t in spec["outputs"]]}
+
+    async def model_ready(request: Request, model_name: str, model_version: str | None = None) -> Any:
+        try:
+            lookup(request, model_name, model_version)
+        except EngineError as e:
+            return from_engine_error(e)
+        if not engine.ready():
+            return v2_error(400, f"model_name: {model_name!r} is not ready")
+        return {"name": model_name, "ready": True}
+
+    async def infer(request: Request, model_name: str, model_version: str | None = None) -> Any:
+        try:
+            model, function, spec, version = lookup(request, model_name, model_version)
+            body = _decompress(await request.body(), request.headers.get("content-encoding"), body_limit)
+            doc, tail = _parse(body, request.headers.get(HEADER_LENGTH))
+            inputs = decode_inputs(doc, tail, spec)
+            check_batch(inputs)
+            wanted = requested_outputs(doc, spec)
+            outputs = await engine.infer(model, function, inputs)
+        except EngineError as e:
+            return from_engine_error(e)
+        except Exception:
+            log.exception("unhandled error in POST /v2/models/%s/infer", model_name)
+            return v2_error(500, "internal error; it has been logged")
+        header = {"model_name": model_name, "model_version": version}
+        if isinstance(doc.get("id"), str) and doc["id"]:
+            header["id"] = doc["id"]
+        return encode_response(header, outputs, spec, wanted)
+
+    r.add_api_route("/models/{model_name}", model_metadata, methods=["GET"])
+    r.add_api_route("/models/{model_name}/versions/{model_version}", model_metadata, methods=["GET"])
+    r.add_api_route("/models/{model_name}/ready", model_ready, methods=["GET"])
+    r.add_api_route("/models/{model_name}/versions/{model_version}/ready", model_ready, methods=["GET"])
+    r.add_api_route("/models/{model_name}/infer", infer, methods=["POST"])
+    r.add_api_route("/models/{model_name}/versions/{model_version}/infer", infer, methods=["POST"])
+
+    @r.post("/repository/index")
+    async def repository_index(request: Request) -> Any:
+        """Every V2 model; the body may be empty, or {"ready": true} for the ready ones only."""
+        body = await request.body()
+        try:
+            only_ready = bool(json.loads(body).get("ready", False)) if body.strip() else False
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            return v2_error(400, "body: must be empty or a JSON object like {\"ready\": true}")
+        ready = bool(engine.ready())
+        if only_ready and not ready:
+            return []
+        return [
+            {"name": f"{d['name']}.{function}", "version": str(d["version"]),
+             "state": "READY" if ready else "UNAVAILABLE", "reason": "" if ready else "the engine is not ready"}
+            for d in engine.list_models() for function in d.get("functions", [])
+        ]
+
+    return r

@@ -1,0 +1,283 @@
+"""The Open Inference Protocol (KServe V2) over gRPC: `inference.GRPCInferenceService`, a thin adapter to the engine.
+
+Every tensor function of a stored model is one V2 model named "<model>.<function>"
+(e.g. "pixelcnn.log_prob"), whose one version is the model's version. ModelInfer
+takes tensors either as typed `contents` or as `raw_input_contents` (little-endian,
+row-major, what tritonclient sends) and answers in the same form; outputs whose
+type has no typed field (FP16) always travel raw. Engine errors become gRPC
+status codes whose details begin with the field at fault: INVALID_ARGUMENT,
+NOT_FOUND, RESOURCE_EXHAUSTED (queue full), UNAVAILABLE, DEADLINE_EXCEEDED.
+
+RepositoryIndex (Triton's model-repository extension) lists the V2 models, so
+`tritonclient.grpc.InferenceServerClient.get_model_repository_index()` works.
+"""
+
+import asyncio
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import numpy as np
+
+import genserve
+from service.engine.errors import EngineError, InvalidInput, Overloaded, UnknownModel
+from service.grpc.gen_inference import grpc_predict_v2_pb2 as pb
+from service.grpc.gen_inference import grpc_predict_v2_pb2_grpc as pb_grpc
+
+log = logging.getLogger("genserve.grpc.inference")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name  # "inference.GRPCInferenceService"
+SERVER_NAME = "genserve"
+EXTENSIONS = ["binary_tensor_data"]  # the HTTP binary extension; gRPC always has raw contents
+PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}  # Triton's platform names
+RETRY_AFTER_S = "1"
+
+# manifest dtype (numpy name) <-> V2 datatype
+DATATYPES = {
+    "bool": "BOOL", "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32", "uint64": "UINT64",
+    "int8": "INT8", "int16": "INT16", "int32": "INT32", "int64": "INT64",
+    "float16": "FP16", "float32": "FP32", "float64": "FP64",
+}
+NUMPY = {v2: np.dtype(name) for name, v2 in DATATYPES.items()}
+CONTENTS = {  # the InferTensorContents field of each datatype; FP16 has none (raw only)
+    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents",
+}
+
+
+# --- V2 models over the engine -------------------------------------------------------------------------------------
+
+
+def v2_datatype(dtype: str) -> str:
+    return DATATYPES.get(dtype, dtype.upper())
+
+
+def functions(engine: Any, model: str) -> list[str]:
+    """The tensor functions of a stored model, in manifest order."""
+    return list(engine.model(model).manifest["functions"])
+
+
+def resolve(engine: Any, name: str, version: str, field: str = "model_name") -> tuple[str, str, dict, str]:
+    """V2 model name and version -> (model, function, function spec, version); UnknownModel if any is unknown."""
+    model, dot, function = name.rpartition(".")
+    if not dot or not model:
+        raise UnknownModel(f"{field}: unknown model {name!r}; V2 models are named <model>.<function>, "
+                           f"e.g. 'pixelcnn.log_prob'", field=field)
+    try:
+        description = engine.describe(model)
+        spec = engine.function_spec(model, function)
+    except UnknownModel as e:
+        raise UnknownModel(f"{field}: unknown model {name!r} ({e.message})", field=field) from e
+    have = str(description["version"])
+    if version and version != have:
+        field = "model_version" if field == "model_name" else "version"
+        raise UnknownModel(f"{field}: model {name!r} has no version {version!r}; it has [{have!r}]", field=field)
+    return model, function, spec, have
+
+
+def tensor_metadata(spec: dict) -> dict:
+    return {"name": spec["name"], "datatype": v2_datatype(spec["dtype"]), "shape": list(spec["shape"])}
+
+
+def platform(engine: Any) -> str:
+    runtime = getattr(getattr(engine, "settings", None), "runtime", "")
+    return PLATFORMS.get(runtime, runtime)
+
+
+# --- tensors -------------------------------------------------------------------------------------------------------
+
+
+def _element_count(shape: list[int], field: str) -> int:
+    if any(d < 0 for d in shape):
+        raise InvalidInput(f"{field}.shape: dimensions must be >= 0, got {shape}", field=field)
+    return math.prod(shape)
+
+
+def decode_inputs(request: pb.ModelInferRequest, spec: dict) -> dict[str, np.ndarray]:
+    """The request's input tensors by name, checked against the function's spec (names, datatypes, sizes)."""
+    specs = {t["name"]: t for t in spec["inputs"]}
+    raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInput(f"raw_input_contents: {len(raw)} entries for {len(request.inputs)} inputs; "
+                           f"give one per input, in order", field="raw_input_contents")
+    inputs: dict[str, np.ndarray] = {}
+    for i, tensor in enumerate(request.inputs):
+        name = tensor.name
+        if name not in specs:
+            raise InvalidInput(f"inputs[{i}].name: no input {name!r}; the model takes {sorted(specs)}",
+                               field=f"inputs[{i}].name")
+        if name in inputs:
+            raise InvalidInput(f"{name}: given twice", field=name)
+        want = v2_datatype(specs[name]["dtype"])
+        if tensor.datatype != want:
+            raise InvalidInput(f"{name}: datatype must be {want}, got {tensor.datatype!r}", field=name)
+        shape = list(tensor.shape)
+        count, dtype = _element_count(shape, name), NUMPY[want]
+        if raw:
+            if tensor.HasField("contents"):
+                raise InvalidInput(f"{name}.contents: give raw_input_contents or contents, not both", field=name)
+            if len(raw[i]) != count * dtype.itemsize:
+                raise InvalidInput(f"{name}: raw_input_contents[{i}] holds {len(raw[i])} bytes; shape {shape} "
+                                   f"of {want} needs {count * dtype.itemsize}", field=name)
+            inputs[name] = np.frombuffer(raw[i], dtype=dtype.newbyteorder("<")).astype(dtype, copy=False).reshape(shape)
+            continue
+        if want not in CONTENTS:
+            raise InvalidInput(f"{name}: {want} travels only in raw_input_contents", field=name)
+        values = getattr(tensor.contents, CONTENTS[want])
+        if len(values) != count:
+            raise InvalidInput(f"{name}.contents.{CONTENTS[want]}: {len(values)} values for shape {shape} "
+                               f"({count})", field=name)
+        try:
+            inputs[name] = np.array(values, dtype=dtype).reshape(shape)
+        except (OverflowError, ValueError) as e:
+            raise InvalidInput(f"{name}.contents: {e}", field=name) from e
+    return inputs
+
+
+def check_batch(inputs: dict[str, np.ndarray]) -> None:
+    """Every input shares the batch axis (0): the engine batches requests along it."""
+    sizes = [(name, array.shape[0]) for name, array in inputs.items() if array.ndim]
+    for name, rows in sizes[1:]:
+        if rows != sizes[0][1]:
+            raise InvalidInput(f"{name}: batch size (dim 0) is {rows}, but {sizes[0][0]}'s is {sizes[0][1]}",
+                               field=name)
+
+
+def requested_outputs(request: pb.ModelInferRequest, spec: dict) -> list[str]:
+    """The output names to answer with, in order: the requested ones, else all of the function's."""
+    names = [t["name"] for t in spec["outputs"]]
+    if not request.outputs:
+        return names
+    wanted = []
+    for i, output in enumerate(request.outputs):
+        if output.name not in names:
+            raise InvalidInput(f"outputs[{i}].name: no output {output.name!r}; the model has {names}",
+                               field=f"outputs[{i}].name")
+        if "classification" in output.parameters:
+            raise InvalidInput(f"outputs[{i}].parameters.classification: not supported",
+                               field=f"outputs[{i}].parameters")
+        wanted.append(output.name)
+    return wanted
+
+
+def encode_outputs(response: pb.ModelInferResponse, outputs: dict[str, np.ndarray], spec: dict,
+                   wanted: list[str], raw: bool) -> None:
+    """Append the wanted outputs to `response`, raw when asked (or when a datatype has no typed field)."""
+    dtypes = {t["name"]: t["dtype"] for t in spec["outputs"]}
+    arrays = {}
+    for name in wanted:
+        dtype = dtypes[name] if dtypes[name] in DATATYPES else np.asarray(outputs[name]).dtype.name
+        arrays[name] = np.ascontiguousarray(outputs[name], dtype=dtype)
+    raw = raw or any(v2_datatype(a.dtype.name) not in CONTENTS for a in arrays.values())
+    for name, array in arrays.items():
+        datatype = v2_datatype(array.dtype.name)
+        tensor = response.outputs.add(name=name, datatype=datatype, shape=list(array.shape))
+        if raw:
+            response.raw_output_contents.append(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+        else:
+            getattr(tensor.contents, CONTENTS[datatype]).extend(array.ravel().tolist())
+
+
+# --- errors --------------------------------------------------------------------------------------------------------
+
+
+def status_code(exc: EngineError) -> grpc.StatusCode:
+    if exc.status == 404:
+        return grpc.StatusCode.NOT_FOUND
+    if isinstance(exc, Overloaded) or exc.status == 429:
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    if exc.status == 503:
+        return grpc.StatusCode.UNAVAILABLE
+    if exc.status == 504:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    if exc.status >= 500:
+        return grpc.StatusCode.INTERNAL
+    return grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def _answer(context: grpc.aio.ServicerContext, method: str, work: Callable[[], Awaitable[Any]]) -> Any:
+    """Run `work`; an EngineError aborts with its status (details begin with the field), anything else INTERNAL."""
+    try:
+        return await work()
+    except EngineError as exc:
+        message = exc.message if not exc.field or exc.field in exc.message else f"{exc.field}: {exc.message}"
+        code = status_code(exc)
+        metadata = (("retry-after", RETRY_AFTER_S),) if code == grpc.StatusCode.RESOURCE_EXHAUSTED else ()
+        await context.abort(code, message, trailing_metadata=metadata)
+    except (grpc.aio.AbortError, asyncio.CancelledError):
+        raise
+    except Exception:
+        log.exception("unhandled error in %s", method)
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error; it has been logged")
+
+
+# --- the servicer --------------------------------------------------------------------------------------------------
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, engine: Any):
+        self.engine = engine
+
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=bool(self.engine.ready()))
+
+    async def ModelReady(self, request, context):
+        async def work():
+            resolve(self.engine, request.name, request.version, field="name")
+            return pb.ModelReadyResponse(ready=bool(self.engine.ready()))
+
+        return await _answer(context, "ModelReady", work)
+
+    async def ServerMetadata(self, request, context):
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=genserve.__version__, extensions=EXTENSIONS)
+
+    async def ModelMetadata(self, request, context):
+        async def work():
+            _, _, spec, version = resolve(self.engine, request.name, request.version, field="name")
+            return pb.ModelMetadataResponse(
+                name=request.name, versions=[version], platform=platform(self.engine),
+                inputs=[pb.ModelMetadataResponse.TensorMetadata(**tensor_metadata(t)) for t in spec["inputs"]],
+                outputs=[pb.ModelMetadataResponse.TensorMetadata(**tensor_metadata(t)) for t in spec["outputs"]],
+            )
+
+        return await _answer(context, "ModelMetadata", work)
+
+    async def ModelInfer(self, request, context):
+        async def work():
+            model, function, spec, version = resolve(self.engine, request.model_name, request.model_version)
+            inputs = decode_inputs(request, spec)
+            check_batch(inputs)
+            wanted = requested_outputs(request, spec)
+            outputs = await self.engine.infer(model, function, inputs)
+            response = pb.ModelInferResponse(model_name=request.model_name, model_version=version, id=request.id)
+            encode_outputs(response, outputs, spec, wanted, raw=bool(request.raw_input_contents))
+            return response
+
+        return await _answer(context, "ModelInfer", work)
+
+    async def RepositoryIndex(self, request, context):
+        async def work():
+            ready = bool(self.engine.ready())
+            response = pb.RepositoryIndexResponse()
+            if request.ready and not ready:
+                return response
+            for description in self.engine.list_models():
+                for function in functions(self.engine, description["name"]):
+                    response.models.add(name=f"{description['name']}.{function}", version=str(description["version"]),
+                                        state="READY" if ready else "UNAVAILABLE",
+                                        reason="" if ready else "the engine is not ready")
+            return response
+
+        return await _answer(context, "RepositoryIndex", work)
+
+
+def add_inference_servicer(server: grpc.aio.Server, engine: Any) -> str:
+    """Register inference.GRPCInferenceService over `engine` on `server`; returns the service's full name."""
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(engine), server)
+    return SERVICE_NAME
