@@ -48,11 +48,15 @@ class LoadedModel:
         return self.capabilities[name]
 
 
-def check_levels(x: np.ndarray, shape: list[int], levels: int, field: str) -> np.ndarray:
-    """x [B, *shape] integers in 0..levels-1, or InvalidInput naming the field."""
-    if list(x.shape[1:]) != shape:
+def check_levels(x: np.ndarray, shape: list[int] | None, levels: int, field: str) -> np.ndarray:
+    """x [B, *shape] integers in 0..levels-1, or InvalidInput naming the field (shape None: any)."""
+    if shape is not None and list(x.shape[1:]) != shape:
         raise InvalidInput(f"{field}: each input must have shape {shape}, got {list(x.shape[1:])}", field=field)
-    if x.size and (x.min() < 0 or x.max() >= levels):
+    if len(x) == 0:
+        raise InvalidInput(f"{field}: give at least one input", field=field)
+    if not np.issubdtype(x.dtype, np.integer) and not (np.isfinite(x).all() and (x == np.round(x)).all()):
+        raise InvalidInput(f"{field}: values must be integers", field=field)
+    if x.min() < 0 or x.max() >= levels:
         bad = int(np.argmax(((x < 0) | (x >= levels)).reshape(len(x), -1).any(axis=1)))
         raise InvalidInput(f"{field}[{bad}]: values must be integers in 0..{levels - 1}", field=f"{field}[{bad}]")
     return x.astype(np.int64)
@@ -131,6 +135,8 @@ class Engine:
                   label: int | None, observed=None, mask=None) -> AsyncIterator[np.ndarray]:
         """Every step's output [rows, *step_shape], from the model's continuous batcher."""
         cap = m.capability(capability)
+        if rows < 1:
+            raise InvalidInput("n: must be at least 1", field="n")
         rngs = procedures.row_generators(seed, rows)
         labels = self._labels(m, label, rngs)
         sequence = procedures.autoregressive(cap, m.shape, rngs, np.full(rows, temperature, np.float32),
@@ -223,6 +229,10 @@ class Engine:
             if len(got) != len(want) or any(w not in (-1, g) for w, g in zip(want, got, strict=True)):
                 raise InvalidInput(f"{tensor['name']}: shape must be {want} (-1: any), got {got}",
                                    field=tensor["name"])
+        for tensor_name, value in inputs.items():
+            levels = self._input_levels(self.model(name), tensor_name)
+            if levels is not None:
+                check_levels(np.asarray(value), None, levels, tensor_name)
         if len({len(v) for v in inputs.values()}) > 1:
             raise InvalidInput(f"inputs: every input of {function} needs the same batch size (axis 0)",
                                field=spec["inputs"][0]["name"])
@@ -230,3 +240,9 @@ class Engine:
         if unknown:
             raise InvalidInput(f"inputs: {function} has no inputs {sorted(unknown)}", field=sorted(unknown)[0])
         return await self._batcher(self.model(name), function).submit(inputs)
+
+    @staticmethod
+    def _input_levels(m: LoadedModel, tensor: str) -> int | None:
+        """How many integer values an input of the naming conventions may take (None: not checked)."""
+        return {"x": m.data.get("levels"), "observed": m.data.get("levels"), "x_prev": m.data.get("levels"),
+                "mask": 2, "label": len(m.data.get("classes", [])) or None}.get(tensor)

@@ -104,8 +104,8 @@ class DynamicBatcher:
             batch = self._take_batch()
             if not batch:
                 continue
-            merged = {k: np.concatenate([r.inputs[k] for r in batch]) for k in batch[0].inputs}
             try:
+                merged = {k: np.concatenate([r.inputs[k] for r in batch]) for k in batch[0].inputs}
                 outputs = await asyncio.to_thread(self.run, merged)
             except Exception as e:  # noqa: BLE001 - the error belongs to every request in the batch
                 for r in batch:
@@ -185,9 +185,9 @@ class ContinuousBatcher:
             if not self.active:
                 continue
             batch = list(self.active)
-            per_sequence = [{**s.state, **s.feeds(s.t)} for s in batch]
-            merged = {k: np.concatenate([f[k] for f in per_sequence]) for k in per_sequence[0]}
             try:
+                per_sequence = [{**s.state, **s.feeds(s.t)} for s in batch]
+                merged = {k: np.concatenate([f[k] for f in per_sequence]) for k in per_sequence[0]}
                 outputs = await asyncio.to_thread(self.run, merged)
             except Exception as e:  # noqa: BLE001 - every sequence in the step shares the failure
                 for s in batch:

@@ -166,3 +166,15 @@ def test_continuous_batcher_respects_queue_and_batch_limits():
 
     run(main())
     assert max(step.rows) <= 4
+
+
+def test_a_sequence_whose_inputs_fail_gets_the_error_and_the_batcher_lives_on():
+    batcher = ContinuousBatcher(Counter(), {"x_prev": "x"}, BatchingConfig())
+    broken = Sequence(lambda t: {"noise": np.stack([])}, {"x_prev": np.zeros((1, 3), np.int64)}, 3)
+
+    async def main():
+        with pytest.raises(ValueError):
+            await collect(batcher, broken)
+        return await collect(batcher, sequence(0, 1, 3))
+
+    assert run(main()).shape == (1, 3, 3)

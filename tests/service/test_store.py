@@ -1,0 +1,176 @@
+"""The model store over a real export: listing, schema validation, sha256 refusal naming the file, latest version."""
+
+import json
+import shutil
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from service.store import ModelStore, StoreError
+from service.store.store import SCHEMA_PATH
+
+MODEL = "pixelcnn"
+
+
+def _manifest_path(store: Path, version: int = 1) -> Path:
+    return store / MODEL / str(version) / "manifest.json"
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _write(path: Path, manifest: dict) -> None:
+    path.write_text(json.dumps(manifest, indent=2))
+
+
+@pytest.fixture
+def store_copy(tiny_store, tmp_path) -> Path:
+    """A private copy of the tiny store that a test may corrupt."""
+    return Path(shutil.copytree(tiny_store, tmp_path / "models"))
+
+
+def _onnx_files(store: Path) -> list[str]:
+    files = sorted(name for name in _read(_manifest_path(store))["files"] if name.endswith(".onnx"))
+    assert files, "the export lists no .onnx file"
+    return files
+
+
+def test_store_loads_and_lists_the_model(tiny_store):
+    store = ModelStore(tiny_store)
+    assert store.names() == [MODEL]
+    entry = store.entries[MODEL]
+    assert entry.name == MODEL and entry.version == 1
+    assert entry.directory == tiny_store / MODEL / "1"
+    for filename in entry.manifest["files"]:
+        assert entry.path(filename).is_file()
+
+
+def test_manifest_validates_against_the_schema(tiny_store):
+    manifest = _read(_manifest_path(tiny_store))
+    jsonschema.validate(manifest, json.loads(SCHEMA_PATH.read_text()))
+    # every function file of every runtime is covered by a sha256
+    for function in manifest["functions"].values():
+        assert set(function["files"].values()) <= set(manifest["files"])
+    # the schema is not vacuous: it refuses the same manifest without its files
+    broken = {k: v for k, v in manifest.items() if k != "files"}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, json.loads(SCHEMA_PATH.read_text()))
+
+
+@pytest.mark.parametrize("which", [0, -1])
+def test_one_flipped_byte_is_refused_naming_the_file(store_copy, which):
+    filename = _onnx_files(store_copy)[which]
+    path = store_copy / MODEL / "1" / filename
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreError) as info:
+        ModelStore(store_copy)
+    message = str(info.value)
+    assert "sha256" in message
+    assert message.startswith(f"{path}:")  # the corrupted file, and no other, leads the message
+
+
+def test_missing_file_is_refused_naming_the_file(store_copy):
+    filename = _onnx_files(store_copy)[0]
+    (store_copy / MODEL / "1" / filename).unlink()
+    with pytest.raises(StoreError, match="missing") as info:
+        ModelStore(store_copy)
+    assert filename in str(info.value)
+
+
+def test_function_file_without_sha256_is_refused(store_copy):
+    path = _manifest_path(store_copy)
+    manifest = _read(path)
+    function, spec = next(iter(manifest["functions"].items()))
+    filename = spec["files"]["onnx"]
+    del manifest["files"][filename]
+    _write(path, manifest)
+    with pytest.raises(StoreError) as info:
+        ModelStore(store_copy)
+    message = str(info.value)
+    assert filename in message and function in message and "sha256" in message
+
+
+def test_manifest_without_files_is_refused_clearly(store_copy):
+    path = _manifest_path(store_copy)
+    manifest = _read(path)
+    del manifest["files"]
+    _write(path, manifest)
+    with pytest.raises(StoreError) as info:
+        ModelStore(store_copy)
+    message = str(info.value)
+    assert "invalid manifest" in message
+    assert "'files'" in message and "required" in message
+    assert str(path) in message
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda m: m.update(version=0), "invalid manifest"),  # version must be >= 1
+        (lambda m: m["files"].update({"log_prob.onnx": "not-a-sha256"}), "invalid manifest"),
+        (lambda m: m["capabilities"].update(teleport={"procedure": "direct", "function": "x"}), "invalid manifest"),
+        (lambda m: m.update(name="other"), "lies in"),  # name disagrees with the directory
+        (lambda m: m.update(version=3), "lies in"),  # version disagrees with the directory
+    ],
+)
+def test_inconsistent_manifests_are_refused(store_copy, edit, expected):
+    path = _manifest_path(store_copy)
+    manifest = _read(path)
+    edit(manifest)
+    _write(path, manifest)
+    with pytest.raises(StoreError, match=expected):
+        ModelStore(store_copy)
+
+
+def test_manifest_that_is_not_json_is_refused(store_copy):
+    path = _manifest_path(store_copy)
+    path.write_text(path.read_text()[:-10])
+    with pytest.raises(StoreError, match="invalid manifest") as info:
+        ModelStore(store_copy)
+    assert str(path) in str(info.value)
+
+
+def test_store_root_that_is_not_a_directory_is_refused(tmp_path):
+    with pytest.raises(StoreError, match="not a directory"):
+        ModelStore(tmp_path / "nowhere")
+
+
+def _add_version(store: Path, version: int) -> None:
+    target = store / MODEL / str(version)
+    shutil.copytree(store / MODEL / "1", target)
+    manifest = _read(target / "manifest.json")
+    manifest["version"] = version
+    _write(target / "manifest.json", manifest)
+
+
+def test_latest_version_wins(store_copy):
+    _add_version(store_copy, 2)
+    store = ModelStore(store_copy)
+    assert store.names() == [MODEL]
+    entry = store.entries[MODEL]
+    assert entry.version == 2
+    assert entry.directory == store_copy / MODEL / "2"
+    assert entry.manifest["version"] == 2
+
+
+def test_latest_version_is_compared_as_a_number(store_copy):
+    # "10" sorts before "2" as text; version 10 must still win
+    _add_version(store_copy, 2)
+    _add_version(store_copy, 10)
+    entry = ModelStore(store_copy).entries[MODEL]
+    assert entry.version == 10
+    assert entry.directory.name == "10"
+
+
+def test_a_corrupt_older_version_still_refuses_the_store(store_copy):
+    # every version on disk is verified, not just the one served
+    _add_version(store_copy, 2)
+    filename = _onnx_files(store_copy)[0]
+    (store_copy / MODEL / "1" / filename).write_bytes(b"garbage")
+    with pytest.raises(StoreError) as info:
+        ModelStore(store_copy)
+    assert str(store_copy / MODEL / "1" / filename) in str(info.value)
