@@ -41,9 +41,11 @@ pytest: $(VENV)/.installed-dev
 test: lint pytest
 
 benchmark: $(VENV)/.installed-dev
-	$(BIN)/python benchmarks/pixelcnn_sampling.py
-	$(BIN)/python benchmarks/pixelcnn_scoring.py
-	$(BIN)/python benchmarks/pixelcnn_nll.py
+	mkdir -p benchmarks/results
+	for b in sampling scoring nll; do \
+		$(BIN)/python benchmarks/pixelcnn_$$b.py --threads 1 --json benchmarks/results/$$b.json \
+			| tee benchmarks/results/$$b.md || exit 1; \
+	done
 
 protos: $(VENV)/.installed-dev
 	bash scripts/gen-protos.sh

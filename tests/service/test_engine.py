@@ -88,6 +88,27 @@ def test_sample_i_depends_only_on_seed_and_i(engine):
     np.testing.assert_array_equal(two, five[:2])
 
 
+def test_a_request_alone_equals_the_same_request_in_a_busy_mixed_batch(engine, test_images):
+    """Continuous batching: other samples, completions and scores share its steps, not its output."""
+    alone = sample(engine, 3, 11)
+
+    async def busy():
+        async def late():
+            await asyncio.sleep(0.01)
+            return await engine.sample("pixelcnn", 3, 11, 1.0, None)
+
+        mask = np.zeros((1, 28, 28), np.int64)
+        mask[:, :10] = 1
+        results = await asyncio.gather(
+            engine.sample("pixelcnn", 5, 1, 0.7, 2), late(),
+            engine.complete("pixelcnn", test_images[:2], mask, 2, 3, 1.2),
+            engine.score("pixelcnn", test_images[:4]),
+        )
+        return results[1]
+
+    assert np.array_equal(run(busy()), alone)
+
+
 def test_runtimes_agree_on_samples(engines):
     onnx, torchscript = (sample(engines[rt], 3, seed=21) for rt in RUNTIMES)
     np.testing.assert_array_equal(onnx, torchscript)
