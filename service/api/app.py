@@ -211,7 +211,7 @@ def _health_routes(engine: Any, metrics: ApiMetrics) -> APIRouter:
 
     @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
     async def prometheus() -> Response:
-        body, content_type = metrics.render()
+        body, content_type = metrics.render(getattr(getattr(engine, "metrics", None), "registry", None))
         return Response(body, media_type=content_type)
 
     return router

@@ -1,7 +1,8 @@
 """Prometheus metrics of the REST API, in a registry per app (tests build several apps).
 
 genserve_http_requests_total{model, endpoint, code} and
-genserve_http_request_duration_seconds{model, endpoint, code}.
+genserve_http_request_duration_seconds{model, endpoint, code}. /metrics also renders
+the engine's registry (service.engine.metrics) after this one.
 
 `endpoint` is the route template (e.g. "/v1/models/{name}/sample"), never the raw
 path, and `model` is set by a handler only once the engine knows the model, so a
@@ -39,8 +40,10 @@ class ApiMetrics:
         self.requests.labels(model, endpoint, str(code)).inc()
         self.latency.labels(model, endpoint, str(code)).observe(seconds)
 
-    def render(self) -> tuple[bytes, str]:
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+    def render(self, *extra: object) -> tuple[bytes, str]:
+        """This registry's exposition, followed by that of each `extra` that is a registry (e.g. the engine's)."""
+        registries = [self.registry, *(r for r in extra if isinstance(r, CollectorRegistry))]
+        return b"".join(generate_latest(r) for r in registries), CONTENT_TYPE_LATEST
 
 
 def _endpoint(scope: Scope, app: ASGIApp | None) -> str:

@@ -12,6 +12,7 @@ import numpy as np
 
 from service.engine import procedures
 from service.engine.errors import InvalidInput, MissingCapability, UnknownModel
+from service.engine.metrics import EngineMetrics
 from service.engine.runtimes import TensorFunction, load_function
 from service.engine.scheduler import BatchingConfig, ContinuousBatcher, DynamicBatcher
 from service.settings import Settings
@@ -63,8 +64,9 @@ def check_levels(x: np.ndarray, shape: list[int] | None, levels: int, field: str
 
 
 class Engine:
-    def __init__(self, store: ModelStore, settings: Settings):
+    def __init__(self, store: ModelStore, settings: Settings, metrics: EngineMetrics | None = None):
         self.settings = settings
+        self.metrics = metrics if metrics is not None else EngineMetrics()  # its own registry by default
         self.models = {
             name: LoadedModel(entry, settings.runtime, settings.intra_op_threads)
             for name, entry in store.entries.items()
@@ -124,11 +126,12 @@ class Engine:
             def run(feeds):
                 return procedures.direct(fn, **{name: feeds[name] for name in fn.inputs})
 
+            observer = self.metrics.observer(*key)
             if capability and capability["procedure"] == "autoregressive":
                 outputs = procedures.autoregressive_state_outputs(capability)
-                self._batchers[key] = ContinuousBatcher(run, outputs, self._batching(m))
+                self._batchers[key] = ContinuousBatcher(run, outputs, self._batching(m), observer)
             else:
-                self._batchers[key] = DynamicBatcher(run, self._batching(m))
+                self._batchers[key] = DynamicBatcher(run, self._batching(m), observer)
         return self._batchers[key]
 
     def _generate(self, m: LoadedModel, capability: str, seed: int, rows: int, temperature: float,

@@ -8,6 +8,9 @@ over a running batch that sequences join and leave at step boundaries.
 Both take `run`, a blocking function of named numpy arrays, and call it off
 the event loop. A full queue raises Overloaded at once; an expired request
 raises DeadlineExceeded; a consumer that goes away frees its rows within one step.
+
+Both report to an optional Observer (service.engine.metrics records them in
+Prometheus); the default one does nothing, so the schedulers need no prometheus.
 """
 
 import asyncio
@@ -21,6 +24,8 @@ import numpy as np
 from service.engine.errors import EngineError, Overloaded
 
 Arrays = dict[str, np.ndarray]
+
+SUCCESS, REJECTED, CANCELLED, TIMEOUT, ERROR = OUTCOMES = ("success", "rejected", "cancelled", "timeout", "error")
 
 
 class DeadlineExceeded(EngineError):
@@ -40,6 +45,48 @@ def rows_of(arrays: Arrays) -> int:
     return len(next(iter(arrays.values())))
 
 
+class Observer:
+    """What a scheduler tells about its requests, one observer per (model, function). These hooks do nothing.
+
+    Every request is either rejected(), or queued() and then finished() exactly once;
+    dequeued() comes once in between, when it leaves the queue (into a batch, or answered while waiting).
+    """
+
+    def rejected(self) -> None:
+        """Refused at once: the queue was full."""
+
+    def queued(self) -> None:
+        """Accepted into the queue."""
+
+    def dequeued(self) -> None:
+        """Left the queue."""
+
+    def batch(self, rows: int) -> None:
+        """One call of the run function over `rows` rows (failed calls included)."""
+
+    def finished(self, outcome: str, request_s: float, queue_s: float, compute_s: float) -> None:
+        """Answered: outcome in OUTCOMES but REJECTED; seconds since queued, in the queue, and computing."""
+
+    def generated(self, rows: int) -> None:
+        """`rows` sequences ran all their steps (continuous batching)."""
+
+
+def _finish(observer: Observer, request: "_Request | Sequence", outcome: str) -> None:
+    now = time.monotonic()
+    if request.started is None:  # answered while still waiting
+        observer.dequeued()
+        queued = now - request.arrived
+    else:
+        queued = request.started - request.arrived
+    observer.finished(outcome, now - request.arrived, queued, request.compute)
+
+
+def _timed(run: Callable[[Arrays], Arrays], feeds: Arrays) -> tuple[Arrays, float]:
+    start = time.perf_counter()
+    outputs = run(feeds)
+    return outputs, time.perf_counter() - start
+
+
 @dataclass
 class _Request:
     inputs: Arrays
@@ -47,11 +94,14 @@ class _Request:
     deadline: float
     future: asyncio.Future
     arrived: float = field(default_factory=time.monotonic)
+    started: float | None = None  # when it left the queue for a batch
+    compute: float = 0.0  # seconds its batch ran
 
 
 class DynamicBatcher:
-    def __init__(self, run: Callable[[Arrays], Arrays], config: BatchingConfig):
+    def __init__(self, run: Callable[[Arrays], Arrays], config: BatchingConfig, observer: Observer | None = None):
         self.run, self.config = run, config
+        self.observer = observer or Observer()
         self.queue: deque[_Request] = deque()
         self.wakeup = asyncio.Event()
         self.task: asyncio.Task | None = None
@@ -63,19 +113,29 @@ class DynamicBatcher:
         """Run `inputs` ([B, ...] each) in some batch; returns this request's [B, ...] outputs."""
         rows = rows_of(inputs)
         if self.queued_rows() + rows > self.config.max_queue_size:
+            self.observer.rejected()
             raise Overloaded(f"queue full ({self.config.max_queue_size} rows); retry later", field="inputs")
         timeout = (timeout_ms or self.config.timeout_ms) / 1000
         request = _Request(inputs, rows, time.monotonic() + timeout, asyncio.get_running_loop().create_future())
         self.queue.append(request)
+        self.observer.queued()
         self.wakeup.set()
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._serve())
+        outcome = CANCELLED  # unless the await below returns or raises
         try:
-            return await asyncio.wait_for(asyncio.shield(request.future), timeout)
+            outputs = await asyncio.wait_for(asyncio.shield(request.future), timeout)
+            outcome = SUCCESS
+            return outputs
         except TimeoutError:
+            outcome = TIMEOUT
             raise DeadlineExceeded(f"request timed out after {timeout * 1000:.0f} ms", field="timeout_ms") from None
+        except Exception:
+            outcome = ERROR
+            raise
         finally:
             request.future.cancel()  # no-op when done; otherwise the batch loop skips it
+            _finish(self.observer, request, outcome)
 
     def _take_batch(self) -> list[_Request]:
         """Pop queued requests, oldest first, up to max_batch_size rows (one oversized request runs alone)."""
@@ -84,6 +144,8 @@ class DynamicBatcher:
             request = self.queue.popleft()
             if request.future.done() or request.deadline <= now:
                 continue  # cancelled or expired while queued: its caller has already been answered
+            request.started = now
+            self.observer.dequeued()
             batch.append(request)
             rows += request.rows
         return batch
@@ -106,7 +168,8 @@ class DynamicBatcher:
                 continue
             try:
                 merged = {k: np.concatenate([r.inputs[k] for r in batch]) for k in batch[0].inputs}
-                outputs = await asyncio.to_thread(self.run, merged)
+                self.observer.batch(rows_of(merged))
+                outputs, seconds = await asyncio.to_thread(_timed, self.run, merged)
             except Exception as e:  # noqa: BLE001 - the error belongs to every request in the batch
                 for r in batch:
                     if not r.future.done():
@@ -114,6 +177,7 @@ class DynamicBatcher:
                 continue
             start = 0
             for r in batch:
+                r.compute = seconds
                 if not r.future.done():
                     r.future.set_result({k: v[start: start + r.rows] for k, v in outputs.items()})
                 start += r.rows
@@ -129,6 +193,9 @@ class Sequence:
     outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
     t: int = 0
     cancelled: bool = False
+    arrived: float = field(default_factory=time.monotonic)  # reset when it joins a batcher's queue
+    started: float | None = None  # when it joined the running batch
+    compute: float = 0.0  # seconds of the steps it ran in
 
     @property
     def rows(self) -> int:
@@ -144,8 +211,10 @@ class ContinuousBatcher:
     in max_batch_size and leave when done or cancelled, at step boundaries.
     """
 
-    def __init__(self, run: Callable[[Arrays], Arrays], state_names: dict[str, str], config: BatchingConfig):
+    def __init__(self, run: Callable[[Arrays], Arrays], state_names: dict[str, str], config: BatchingConfig,
+                 observer: Observer | None = None):
         self.run, self.state_names, self.config = run, state_names, config
+        self.observer = observer or Observer()
         self.waiting: deque[Sequence] = deque()
         self.active: list[Sequence] = []
         self.task: asyncio.Task | None = None
@@ -157,18 +226,28 @@ class ContinuousBatcher:
     async def generate(self, sequence: Sequence) -> AsyncIterator[np.ndarray]:
         """Yield the sequence's output of every step; stopping early frees its rows at the next boundary."""
         if sum(s.rows for s in self.waiting) + sequence.rows > self.config.max_queue_size:
+            self.observer.rejected()
             raise Overloaded(f"queue full ({self.config.max_queue_size} rows); retry later", field="n")
+        sequence.arrived = time.monotonic()
         self.waiting.append(sequence)
+        self.observer.queued()
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._serve())
+        outcome, answered = CANCELLED, False  # cancelled unless it gets every step's output or an error
         try:
-            for _ in range(sequence.steps):
+            for step in range(sequence.steps):
                 item = await sequence.outbox.get()
                 if isinstance(item, BaseException):
+                    outcome = ERROR
                     raise item
+                if step == sequence.steps - 1:  # answered in full, whenever the consumer comes back
+                    answered = True
+                    _finish(self.observer, sequence, SUCCESS)
                 yield item
         finally:
             sequence.cancelled = True
+            if not answered:
+                _finish(self.observer, sequence, outcome)
 
     def _admit(self) -> None:
         self.active = [s for s in self.active if not s.cancelled]
@@ -177,6 +256,8 @@ class ContinuousBatcher:
                 self.waiting.remove(s)
             elif not self.active or self.running_rows() + s.rows <= self.config.max_batch_size:
                 self.waiting.remove(s)
+                s.started = time.monotonic()
+                self.observer.dequeued()
                 self.active.append(s)
 
     async def _serve(self) -> None:
@@ -188,13 +269,16 @@ class ContinuousBatcher:
             try:
                 per_sequence = [{**s.state, **s.feeds(s.t)} for s in batch]
                 merged = {k: np.concatenate([f[k] for f in per_sequence]) for k in per_sequence[0]}
-                outputs = await asyncio.to_thread(self.run, merged)
+                self.observer.batch(rows_of(merged))
+                outputs, seconds = await asyncio.to_thread(_timed, self.run, merged)
             except Exception as e:  # noqa: BLE001 - every sequence in the step shares the failure
                 for s in batch:
                     s.outbox.put_nowait(e)
                     s.cancelled = True
                 continue
             self.steps_run += 1
+            for s in batch:
+                s.compute += seconds
             self._scatter(batch, outputs)
 
     def _scatter(self, batch: list[Sequence], outputs: Arrays) -> None:
@@ -207,3 +291,4 @@ class ContinuousBatcher:
             s.outbox.put_nowait(mine["x"])
             if s.t == s.steps:
                 s.cancelled = True  # finished: leaves at this boundary
+                self.observer.generated(s.rows)
