@@ -29,22 +29,24 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 import genserve
-from service.engine.errors import EngineError, InvalidInput, Overloaded, UnknownModel
+from service.engine.errors import EngineError, InvalidInput, Overloaded
+from service.engine.oip import (
+    DATATYPES,
+    EXTENSIONS,
+    NUMPY,
+    RETRY_AFTER_S,
+    SERVER_NAME,
+    check_batch,
+    platform,
+    resolve,
+    tensor_metadata,
+    v2_datatype,
+)
 
 log = logging.getLogger("genserve.api.v2")
 
-SERVER_NAME = "genserve"
-EXTENSIONS = ["binary_tensor_data"]
-PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}  # Triton's platform names
 HEADER_LENGTH = "Inference-Header-Content-Length"
-RETRY_AFTER_S = "1"
 DEFAULT_BODY_LIMIT = 8 * 1024 * 1024  # decompressed bytes, for an engine without settings.max_body_bytes
-DATATYPES = {  # manifest dtype (numpy name) -> V2 datatype
-    "bool": "BOOL", "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32", "uint64": "UINT64",
-    "int8": "INT8", "int16": "INT16", "int32": "INT32", "int64": "INT64",
-    "float16": "FP16", "float32": "FP32", "float64": "FP64",
-}
-NUMPY = {v2: np.dtype(name) for name, v2 in DATATYPES.items()}
 
 
 class TooLarge(EngineError):
@@ -64,32 +66,6 @@ def from_engine_error(exc: EngineError) -> JSONResponse:
 
 
 # --- V2 models over the engine -------------------------------------------------------------------------------------
-
-
-def v2_datatype(dtype: str) -> str:
-    return DATATYPES.get(dtype, dtype.upper())
-
-
-def tensor_metadata(spec: dict) -> dict:
-    return {"name": spec["name"], "datatype": v2_datatype(spec["dtype"]), "shape": list(spec["shape"])}
-
-
-def resolve(engine: Any, name: str, version: str | None) -> tuple[str, str, dict, str]:
-    """V2 model name and version -> (model, function, function spec, version); UnknownModel if any is unknown."""
-    model, dot, function = name.rpartition(".")
-    if not dot or not model:
-        raise UnknownModel(f"model_name: unknown model {name!r}; V2 models are named <model>.<function>, "
-                           f"e.g. 'pixelcnn.log_prob'", field="model_name")
-    try:
-        description = engine.describe(model)
-        spec = engine.function_spec(model, function)
-    except UnknownModel as e:
-        raise UnknownModel(f"model_name: unknown model {name!r} ({e.message})", field="model_name") from e
-    have = str(description["version"])
-    if version is not None and version != have:
-        raise UnknownModel(f"model_version: model {name!r} has no version {version!r}; it has [{have!r}]",
-                           field="model_version")
-    return model, function, spec, have
 
 
 # --- infer bodies --------------------------------------------------------------------------------------------------
@@ -188,15 +164,6 @@ def decode_inputs(doc: dict, tail: bytes, spec: dict) -> dict[str, np.ndarray]:
     return inputs
 
 
-def check_batch(inputs: dict[str, np.ndarray]) -> None:
-    """Every input shares the batch axis (0): the engine batches requests along it."""
-    sizes = [(name, array.shape[0]) for name, array in inputs.items() if array.ndim]
-    for name, rows in sizes[1:]:
-        if rows != sizes[0][1]:
-            raise InvalidInput(f"{name}: batch size (dim 0) is {rows}, but {sizes[0][0]}'s is {sizes[0][1]}",
-                               field=name)
-
-
 def requested_outputs(doc: dict, spec: dict) -> list[tuple[str, bool]]:
     """(output name, binary?) to answer with, in order: the requested ones, else all of the function's."""
     names = [t["name"] for t in spec["outputs"]]
@@ -274,10 +241,6 @@ def router(engine: Any) -> APIRouter:
     r = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
     body_limit = getattr(getattr(engine, "settings", None), "max_body_bytes", DEFAULT_BODY_LIMIT)
 
-    def platform() -> str:
-        runtime = getattr(getattr(engine, "settings", None), "runtime", "")
-        return PLATFORMS.get(runtime, runtime)
-
     def lookup(request: Request, name: str, version: str | None) -> tuple[str, str, dict, str]:
         found = resolve(engine, name, version)
         request.state.model = found[0]  # metrics label, set only for a model the engine knows
@@ -302,7 +265,7 @@ def router(engine: Any) -> APIRouter:
             _, _, spec, version = lookup(request, model_name, model_version)
         except EngineError as e:
             return from_engine_error(e)
-        return {"name": model_name, "versions": [version], "platform": platform(),
+        return {"name": model_name, "versions": [version], "platform": platform(engine),
                 "inputs": [tensor_metadata(t) for t in spec["inputs"]],
                 "outputs": [tensor_metadata(t) for t in spec["outputs"]]}
 

@@ -22,25 +22,26 @@ import grpc
 import numpy as np
 
 import genserve
-from service.engine.errors import EngineError, InvalidInput, Overloaded, UnknownModel
+from service.engine.errors import EngineError, InvalidInput, Overloaded
+from service.engine.oip import (
+    DATATYPES,
+    EXTENSIONS,
+    NUMPY,
+    RETRY_AFTER_S,
+    SERVER_NAME,
+    check_batch,
+    platform,
+    resolve,
+    tensor_metadata,
+    v2_datatype,
+)
 from service.grpc.gen_inference import grpc_predict_v2_pb2 as pb
 from service.grpc.gen_inference import grpc_predict_v2_pb2_grpc as pb_grpc
 
 log = logging.getLogger("genserve.grpc.inference")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name  # "inference.GRPCInferenceService"
-SERVER_NAME = "genserve"
-EXTENSIONS = ["binary_tensor_data"]  # the HTTP binary extension; gRPC always has raw contents
-PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}  # Triton's platform names
-RETRY_AFTER_S = "1"
 
-# manifest dtype (numpy name) <-> V2 datatype
-DATATYPES = {
-    "bool": "BOOL", "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32", "uint64": "UINT64",
-    "int8": "INT8", "int16": "INT16", "int32": "INT32", "int64": "INT64",
-    "float16": "FP16", "float32": "FP32", "float64": "FP64",
-}
-NUMPY = {v2: np.dtype(name) for name, v2 in DATATYPES.items()}
 CONTENTS = {  # the InferTensorContents field of each datatype; FP16 has none (raw only)
     "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
     "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
@@ -51,40 +52,9 @@ CONTENTS = {  # the InferTensorContents field of each datatype; FP16 has none (r
 # --- V2 models over the engine -------------------------------------------------------------------------------------
 
 
-def v2_datatype(dtype: str) -> str:
-    return DATATYPES.get(dtype, dtype.upper())
-
-
 def functions(engine: Any, model: str) -> list[str]:
     """The tensor functions of a stored model, in manifest order."""
-    return list(engine.model(model).manifest["functions"])
-
-
-def resolve(engine: Any, name: str, version: str, field: str = "model_name") -> tuple[str, str, dict, str]:
-    """V2 model name and version -> (model, function, function spec, version); UnknownModel if any is unknown."""
-    model, dot, function = name.rpartition(".")
-    if not dot or not model:
-        raise UnknownModel(f"{field}: unknown model {name!r}; V2 models are named <model>.<function>, "
-                           f"e.g. 'pixelcnn.log_prob'", field=field)
-    try:
-        description = engine.describe(model)
-        spec = engine.function_spec(model, function)
-    except UnknownModel as e:
-        raise UnknownModel(f"{field}: unknown model {name!r} ({e.message})", field=field) from e
-    have = str(description["version"])
-    if version and version != have:
-        field = "model_version" if field == "model_name" else "version"
-        raise UnknownModel(f"{field}: model {name!r} has no version {version!r}; it has [{have!r}]", field=field)
-    return model, function, spec, have
-
-
-def tensor_metadata(spec: dict) -> dict:
-    return {"name": spec["name"], "datatype": v2_datatype(spec["dtype"]), "shape": list(spec["shape"])}
-
-
-def platform(engine: Any) -> str:
-    runtime = getattr(getattr(engine, "settings", None), "runtime", "")
-    return PLATFORMS.get(runtime, runtime)
+    return list(engine.describe(model)["functions"])
 
 
 # --- tensors -------------------------------------------------------------------------------------------------------
@@ -135,15 +105,6 @@ def decode_inputs(request: pb.ModelInferRequest, spec: dict) -> dict[str, np.nda
         except (OverflowError, ValueError) as e:
             raise InvalidInput(f"{name}.contents: {e}", field=name) from e
     return inputs
-
-
-def check_batch(inputs: dict[str, np.ndarray]) -> None:
-    """Every input shares the batch axis (0): the engine batches requests along it."""
-    sizes = [(name, array.shape[0]) for name, array in inputs.items() if array.ndim]
-    for name, rows in sizes[1:]:
-        if rows != sizes[0][1]:
-            raise InvalidInput(f"{name}: batch size (dim 0) is {rows}, but {sizes[0][0]}'s is {sizes[0][1]}",
-                               field=name)
 
 
 def requested_outputs(request: pb.ModelInferRequest, spec: dict) -> list[str]:

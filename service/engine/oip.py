@@ -1,0 +1,62 @@
+"""Open Inference Protocol (KServe V2) naming shared by its REST and gRPC adapters.
+
+Every model function is a V2 model named `<model>.<function>`, e.g.
+`pixelcnn.log_prob`, whose version is the model's version.
+"""
+
+from typing import Any
+
+import numpy as np
+
+from service.engine.errors import InvalidInput, UnknownModel
+
+SERVER_NAME = "genserve"
+EXTENSIONS = ["binary_tensor_data"]
+PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}  # Triton's platform names
+RETRY_AFTER_S = "1"
+DATATYPES = {  # manifest dtype (numpy name) -> V2 datatype
+    "bool": "BOOL", "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32", "uint64": "UINT64",
+    "int8": "INT8", "int16": "INT16", "int32": "INT32", "int64": "INT64",
+    "float16": "FP16", "float32": "FP32", "float64": "FP64",
+}
+NUMPY = {v2: np.dtype(name) for name, v2 in DATATYPES.items()}
+
+
+def v2_datatype(dtype: str) -> str:
+    return DATATYPES.get(dtype, dtype.upper())
+
+
+def tensor_metadata(spec: dict) -> dict:
+    return {"name": spec["name"], "datatype": v2_datatype(spec["dtype"]), "shape": list(spec["shape"])}
+
+
+def platform(engine: Any) -> str:
+    runtime = getattr(getattr(engine, "settings", None), "runtime", "")
+    return PLATFORMS.get(runtime, runtime)
+
+
+def resolve(engine: Any, name: str, version: str | None, field: str = "model_name") -> tuple[str, str, dict, str]:
+    """V2 model name and version -> (model, function, function spec, version); UnknownModel if any is unknown."""
+    model, dot, function = name.rpartition(".")
+    if not dot or not model:
+        raise UnknownModel(f"{field}: unknown model {name!r}; V2 models are named <model>.<function>, "
+                           f"e.g. 'pixelcnn.log_prob'", field=field)
+    try:
+        description = engine.describe(model)
+        spec = engine.function_spec(model, function)
+    except UnknownModel as e:
+        raise UnknownModel(f"{field}: unknown model {name!r} ({e.message})", field=field) from e
+    have = str(description["version"])
+    if version and version != have:
+        field = "model_version" if field == "model_name" else "version"
+        raise UnknownModel(f"{field}: model {name!r} has no version {version!r}; it has [{have!r}]", field=field)
+    return model, function, spec, have
+
+
+def check_batch(inputs: dict[str, np.ndarray]) -> None:
+    """Every input shares the batch axis (0): the engine batches requests along it."""
+    sizes = [(name, array.shape[0]) for name, array in inputs.items() if array.ndim]
+    for name, rows in sizes[1:]:
+        if rows != sizes[0][1]:
+            raise InvalidInput(f"{name}: batch size (dim 0) is {rows}, but {sizes[0][0]}'s is {sizes[0][1]}",
+                               field=name)
