@@ -49,7 +49,6 @@ benchmark: $(VENV)/.installed-dev
 
 protos: $(VENV)/.installed-dev
 	bash scripts/gen-protos.sh
-	bash scripts/gen-inference-protos.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,35 +1,43 @@
 #!/usr/bin/env bash
-# Regenerate the committed Python gRPC stubs of the genserve API:
-#   proto/genserve/v1/genserve.proto -> service/grpc/gen/genserve_pb2{.py,.pyi,_grpc.py}
-# protoc writes `from genserve.v1 import genserve_pb2`, which would resolve to
-# our top-level `genserve` package; the import is rewritten to a relative one.
-# The output depends only on the .proto files and the grpcio-tools version, so
-# running this twice changes nothing. Needs grpcio-tools (the dev extra).
+# Regenerate the committed Python gRPC stubs:
+#   proto/genserve/v1/genserve.proto        -> service/grpc/gen/genserve_pb2{.py,.pyi,_grpc.py}
+#   proto/inference/grpc_predict_v2.proto   -> service/grpc/gen_inference/grpc_predict_v2_pb2{.py,.pyi,_grpc.py}
+# protoc writes absolute imports (`from genserve.v1 import genserve_pb2`, which
+# would resolve to our top-level `genserve` package); they are rewritten to
+# relative ones. The output depends only on the .proto files and the
+# grpcio-tools version, so running this twice changes nothing. Needs
+# grpcio-tools (the dev extra).
+#
+# The inference stubs put the `inference.*` messages in protobuf's default
+# descriptor pool, as tritonclient.grpc does with its own copy: never import
+# both into one process (protobuf refuses the duplicate symbols).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-
-if [[ -x .venv/bin/python ]]; then
-    PY=.venv/bin/python
-else
-    PY=python3
-fi
-OUT=service/grpc/gen
+PY=python3
+[[ -x .venv/bin/python ]] && PY=.venv/bin/python
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 
-"$PY" -m grpc_tools.protoc -I proto \
-    --python_out="$TMP" --pyi_out="$TMP" --grpc_python_out="$TMP" \
-    proto/genserve/v1/genserve.proto
+# generate PROTO_DIR STEM OUT: proto/PROTO_DIR/STEM.proto -> OUT/STEM_pb2{.py,.pyi,_grpc.py}
+generate() {
+    local dir=$1 stem=$2 out=$3 package=${1//\//.}
+    "$PY" -m grpc_tools.protoc -I proto \
+        --python_out="$TMP" --pyi_out="$TMP" --grpc_python_out="$TMP" "proto/$dir/$stem.proto"
+    mkdir -p "$out"
+    for f in "${stem}_pb2.py" "${stem}_pb2.pyi" "${stem}_pb2_grpc.py"; do
+        sed -e "s/^from ${package//./\\.} import ${stem}_pb2 as /from . import ${stem}_pb2 as /" \
+            "$TMP/$dir/$f" > "$out/$f"
+    done
+    if grep -n "^from ${dir%%/*}\b\|^import ${dir%%/*}\b" "$out/${stem}"_pb2*.py*; then
+        echo "gen-protos: an absolute import of ${dir%%/*} survived in $out" >&2
+        exit 1
+    fi
+    [[ -f "$out/__init__.py" ]] ||
+        printf '"""Generated gRPC stubs; regenerate with scripts/gen-protos.sh, never edit by hand."""\n' > "$out/__init__.py"
+    echo "gen-protos: wrote $out/${stem}_pb2.py, .pyi, _grpc.py"
+}
 
-mkdir -p "$OUT"
-for f in genserve_pb2.py genserve_pb2.pyi genserve_pb2_grpc.py; do
-    sed -e 's/^from genserve\.v1 import genserve_pb2 as /from . import genserve_pb2 as /' \
-        "$TMP/genserve/v1/$f" > "$OUT/$f"
-done
-if grep -n '^from genserve\b\|^import genserve\b' "$OUT"/genserve_pb2*.py*; then
-    echo "gen-protos: an import of the top-level genserve package survived" >&2
-    exit 1
-fi
-[[ -f "$OUT/__init__.py" ]] || printf '"""Generated gRPC stubs; regenerate with scripts/gen-protos.sh, never edit by hand."""\n' > "$OUT/__init__.py"
-echo "gen-protos: wrote $OUT/genserve_pb2.py, genserve_pb2.pyi, genserve_pb2_grpc.py ($("$PY" -c 'import grpc_tools, importlib.metadata as m; print("grpcio-tools", m.version("grpcio-tools"))'))"
+generate genserve/v1 genserve service/grpc/gen
+generate inference grpc_predict_v2 service/grpc/gen_inference
+"$PY" -c 'import importlib.metadata as m; print("gen-protos: grpcio-tools", m.version("grpcio-tools"))'

@@ -1,1 +1,1 @@
-"""Generated Open Inference Protocol stubs; regenerate with scripts/gen-inference-protos.sh, never edit by hand."""
+"""Generated Open Inference Protocol stubs; regenerate with scripts/gen-protos.sh, never edit by hand."""
