@@ -1,6 +1,7 @@
 """`genserve serve`: build the settings, load the model store, start the engine, serve REST with uvicorn."""
 
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
 
@@ -33,17 +34,54 @@ def run(
 
 
 async def serve(app, engine, settings) -> None:
-    """uvicorn and the grpc.aio server on one event loop; on shutdown gRPC reports NOT_SERVING, then drains."""
+    """uvicorn and the grpc.aio server on one event loop, drained together on SIGTERM/SIGINT.
+
+    On the signal uvicorn closes its listener (a new HTTP client is refused) and finishes in-flight
+    requests, while gRPC at once reports NOT_SERVING, refuses new calls (UNAVAILABLE) and finishes
+    in-flight ones (grace 30 s). Then serve() returns and the process exits 0: uvicorn's own signal
+    handling would re-raise the signal once it is done, killing the process before gRPC has drained.
+    """
+    import signal
+
     import uvicorn
 
     from service.grpc import build_grpc_server
 
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):  # the loop's handlers below stand in for uvicorn's (which re-raise the signal)
+            yield
+
     grpc_server = build_grpc_server(engine, settings, settings.grpc_port)
     await grpc_server.start()
     log.info("gRPC on %s:%d", settings.host, grpc_server.genserve_port)
-    web = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info"))
-    try:
-        await web.serve()  # returns after SIGINT/SIGTERM, once in-flight HTTP requests are done
-    finally:
+    web = Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info"))
+    grpc_drained: asyncio.Task | None = None
+
+    async def drain_grpc() -> None:
         await grpc_server.genserve_health.enter_graceful_shutdown()
         await grpc_server.stop(grace=30)  # in-flight calls finish; new ones are refused
+
+    def start_drain() -> asyncio.Task:
+        nonlocal grpc_drained
+        if grpc_drained is None:
+            grpc_drained = asyncio.ensure_future(drain_grpc())
+        return grpc_drained
+
+    def on_signal(sig: signal.Signals) -> None:
+        log.info("%s: draining", sig.name)
+        if web.should_exit and sig == signal.SIGINT:
+            web.force_exit = True  # a second Ctrl-C stops waiting for HTTP requests
+        web.should_exit = True
+        start_drain()
+
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        await web.serve()  # returns once should_exit is set and in-flight HTTP requests are done
+    finally:
+        await start_drain()
+        for sig in signals:
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,127 @@
+"""SIGTERM drains a real `genserve serve`: in-flight HTTP and gRPC work finishes, new work is refused, exit 0.
+
+Issue 3 ("Processes"): "SIGTERM drains: in-flight requests finish, new ones get 503, and the process exits 0".
+What a new HTTP client sees during the drain is uvicorn's behaviour: it closes its listening socket as soon as
+it starts shutting down, so a fresh connection is refused (there is nobody left to answer 503). The test accepts
+a refused connection or a 503, and nothing else; a new gRPC call must fail with UNAVAILABLE.
+"""
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+
+from service.grpc.gen import genserve_pb2 as pb
+from service.grpc.gen import genserve_pb2_grpc as pb_grpc
+from tests.e2e.test_server import MODEL, REPO, SHAPE, START_TIMEOUT_S, free_port, server_env, stop
+
+N = 256  # samples per slow request: the tiny model samples 28 rows per image, a batch of 256 takes a while
+MIN_SLOW_S = 0.5  # a slow request must take at least this long alone, or "in flight" proves nothing
+EXIT_TIMEOUT_S = 60.0
+
+
+def start_server(models, port: int, grpc_port: int, logs) -> subprocess.Popen:
+    command = [sys.executable, "-m", "genserve", "serve", "--host", "127.0.0.1", "--port", str(port),
+               "--grpc-port", str(grpc_port), "--models", str(models)]
+    env = server_env() | {"GENSERVE_MAX_SAMPLES_PER_REQUEST": str(N)}
+    with open(logs / "stdout", "wb") as out, open(logs / "stderr", "wb") as err:
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+
+
+def wait_ready(process: subprocess.Popen, base: str, logs) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"server exited with {process.returncode}:\n{(logs / 'stderr').read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"server not ready in {START_TIMEOUT_S} s:\n{(logs / 'stderr').read_text()[-3000:]}")
+        time.sleep(0.2)
+
+
+def post_sample(base: str, n: int, seed: int) -> httpx.Response:
+    with httpx.Client(base_url=base, timeout=60.0) as client:  # a connection of its own
+        return client.post(f"/v1/models/{MODEL}/sample", json={"n": n, "seed": seed, "format": "array"})
+
+
+def new_request_outcome(base: str) -> str:
+    """What a brand-new HTTP client sees: 'refused', or 'http <status>'."""
+    try:
+        response = post_sample(base, 1, 0)
+    except httpx.ConnectError:
+        return "refused"
+    return f"http {response.status_code}"
+
+
+def test_sigterm_drains_in_flight_work_refuses_new_work_and_exits_0(tiny_store, tmp_path):
+    port, grpc_port = free_port(), free_port()
+    base, target = f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}"
+    process = start_server(tiny_store, port, grpc_port, tmp_path)
+    pool = ThreadPoolExecutor(max_workers=2)
+    channel = grpc.insecure_channel(target)
+    try:
+        wait_ready(process, base, tmp_path)
+        began = time.monotonic()
+        assert post_sample(base, N, 1).status_code == 200
+        alone_s = time.monotonic() - began
+        assert alone_s >= MIN_SLOW_S, f"n={N} took only {alone_s:.2f} s: too fast to be caught in flight"
+
+        # a slow HTTP request and a gRPC SampleStream, both in flight
+        stub = pb_grpc.GenserveStub(channel)
+        first_chunk = threading.Event()
+
+        def stream() -> list:
+            chunks = []
+            for chunk in stub.SampleStream(pb.SampleRequest(model=MODEL, n=N, seed=2), timeout=60.0):
+                chunks.append(chunk)
+                first_chunk.set()
+            return chunks
+
+        streamed = pool.submit(stream)
+        posted = pool.submit(post_sample, base, N, 3)
+        assert first_chunk.wait(timeout=30.0), "the gRPC stream sent nothing"
+        time.sleep(0.2)  # the HTTP request has reached the server and is sampling
+        assert not posted.done() and not streamed.done(), "the slow requests finished before SIGTERM"
+
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)  # uvicorn notices should_exit within 0.1 s and closes its listener
+        # new work during the drain is refused; the old work is still running, so this is the drain
+        http_outcome = new_request_outcome(base)
+        with grpc.insecure_channel(target) as fresh:
+            try:
+                pb_grpc.GenserveStub(fresh).Sample(pb.SampleRequest(model=MODEL, n=1, seed=0), timeout=10.0)
+                grpc_outcome = "OK"
+            except grpc.RpcError as e:
+                grpc_outcome = e.code().name
+        print(f"during the drain: new HTTP request -> {http_outcome}; new gRPC call -> {grpc_outcome}")
+        still_draining = not posted.done() and not streamed.done() and process.poll() is None
+        assert still_draining, "the drain was over before new requests were tried"
+        assert http_outcome in ("refused", "http 503"), f"a new HTTP request during the drain: {http_outcome}"
+        assert grpc_outcome == "UNAVAILABLE", f"a new gRPC call during the drain: {grpc_outcome}"
+
+        # in-flight work finishes, complete and correct
+        response = posted.result(timeout=60.0)
+        assert response.status_code == 200, response.text
+        samples = np.array(response.json()["samples"])
+        assert samples.shape == (N, *SHAPE) and set(np.unique(samples)) <= {0, 1}
+        chunks = streamed.result(timeout=60.0)
+        assert chunks and len(chunks) == chunks[0].steps == SHAPE[0]
+        assert [c.step for c in chunks] == list(range(len(chunks)))
+        assert all(c.values.shape[0] == N and np.prod(c.values.shape[1:]) * c.steps == np.prod(SHAPE) for c in chunks)
+
+        assert process.wait(timeout=EXIT_TIMEOUT_S) == 0, (tmp_path / "stderr").read_text()[-4000:]
+    finally:
+        channel.close()
+        pool.shutdown(wait=False, cancel_futures=True)
+        stop(process)
