@@ -36,7 +36,6 @@ from service.engine.oip import (
     NUMPY,
     RETRY_AFTER_S,
     SERVER_NAME,
-    check_batch,
     platform,
     resolve,
     tensor_metadata,
@@ -284,7 +283,6 @@ def router(engine: Any) -> APIRouter:
             body = _decompress(await request.body(), request.headers.get("content-encoding"), body_limit)
             doc, tail = _parse(body, request.headers.get(HEADER_LENGTH))
             inputs = decode_inputs(doc, tail, spec)
-            check_batch(inputs)
             wanted = requested_outputs(doc, spec)
             outputs = await engine.infer(model, function, inputs)
         except EngineError as e:

@@ -63,6 +63,15 @@ def check_levels(x: np.ndarray, shape: list[int] | None, levels: int, field: str
     return x.astype(np.int64)
 
 
+def check_batch(inputs: dict[str, np.ndarray]) -> None:
+    """Every input shares the batch axis (0): the batchers merge requests along it."""
+    sizes = [(name, np.shape(array)[0]) for name, array in inputs.items() if np.ndim(array)]
+    for name, rows in sizes[1:]:
+        if rows != sizes[0][1]:
+            raise InvalidInput(f"{name}: batch size (dim 0) is {rows}, but {sizes[0][0]}'s is {sizes[0][1]}",
+                               field=name)
+
+
 class Engine:
     def __init__(self, store: ModelStore, settings: Settings, metrics: EngineMetrics | None = None):
         self.settings = settings
@@ -232,17 +241,16 @@ class Engine:
             if len(got) != len(want) or any(w not in (-1, g) for w, g in zip(want, got, strict=True)):
                 raise InvalidInput(f"{tensor['name']}: shape must be {want} (-1: any), got {got}",
                                    field=tensor["name"])
+        check_batch(inputs)
+        m = self.model(name)
         for tensor_name, value in inputs.items():
-            levels = self._input_levels(self.model(name), tensor_name)
+            levels = self._input_levels(m, tensor_name)
             if levels is not None:
                 check_levels(np.asarray(value), None, levels, tensor_name)
-        if len({len(v) for v in inputs.values()}) > 1:
-            raise InvalidInput(f"inputs: every input of {function} needs the same batch size (axis 0)",
-                               field=spec["inputs"][0]["name"])
         unknown = set(inputs) - {t["name"] for t in spec["inputs"]}
         if unknown:
             raise InvalidInput(f"inputs: {function} has no inputs {sorted(unknown)}", field=sorted(unknown)[0])
-        return await self._batcher(self.model(name), function).submit(inputs)
+        return await self._batcher(m, function).submit(inputs)
 
     @staticmethod
     def _input_levels(m: LoadedModel, tensor: str) -> int | None:

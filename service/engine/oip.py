@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from service.engine.errors import InvalidInput, UnknownModel
+from service.engine.errors import UnknownModel
 
 SERVER_NAME = "genserve"
 EXTENSIONS = ["binary_tensor_data"]
@@ -52,11 +52,3 @@ def resolve(engine: Any, name: str, version: str | None, field: str = "model_nam
         raise UnknownModel(f"{field}: model {name!r} has no version {version!r}; it has [{have!r}]", field=field)
     return model, function, spec, have
 
-
-def check_batch(inputs: dict[str, np.ndarray]) -> None:
-    """Every input shares the batch axis (0): the engine batches requests along it."""
-    sizes = [(name, array.shape[0]) for name, array in inputs.items() if array.ndim]
-    for name, rows in sizes[1:]:
-        if rows != sizes[0][1]:
-            raise InvalidInput(f"{name}: batch size (dim 0) is {rows}, but {sizes[0][0]}'s is {sizes[0][1]}",
-                               field=name)

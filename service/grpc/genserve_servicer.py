@@ -22,9 +22,10 @@ from typing import Any
 import grpc
 import numpy as np
 
-from service.engine.errors import EngineError, InvalidInput, MissingCapability, Overloaded
+from service.engine.errors import EngineError, InvalidInput, MissingCapability
 from service.grpc.gen import genserve_pb2 as pb
 from service.grpc.gen import genserve_pb2_grpc as pb_grpc
+from service.grpc.status import status_code
 from service.settings import Settings
 
 log = logging.getLogger("genserve.grpc")
@@ -38,25 +39,6 @@ WIRE_DTYPES = {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "ui
 
 
 # --- errors --------------------------------------------------------------------------------------------------------
-
-
-def status_code(exc: EngineError) -> grpc.StatusCode:
-    """The gRPC counterpart of an engine error's HTTP status."""
-    if exc.status == 404:
-        return grpc.StatusCode.NOT_FOUND
-    if isinstance(exc, MissingCapability) or exc.code == "missing_capability":
-        return grpc.StatusCode.FAILED_PRECONDITION
-    if isinstance(exc, Overloaded) or exc.code == "overloaded" or exc.status == 429:
-        return grpc.StatusCode.RESOURCE_EXHAUSTED
-    if exc.status == 503:
-        return grpc.StatusCode.UNAVAILABLE
-    if exc.status == 504:
-        return grpc.StatusCode.DEADLINE_EXCEEDED
-    if exc.status == 501:
-        return grpc.StatusCode.UNIMPLEMENTED
-    if exc.status >= 500:
-        return grpc.StatusCode.INTERNAL
-    return grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def abort_with(context: grpc.aio.ServicerContext, exc: EngineError) -> None:

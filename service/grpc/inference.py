@@ -22,14 +22,13 @@ import grpc
 import numpy as np
 
 import genserve
-from service.engine.errors import EngineError, InvalidInput, Overloaded
+from service.engine.errors import EngineError, InvalidInput
 from service.engine.oip import (
     DATATYPES,
     EXTENSIONS,
     NUMPY,
     RETRY_AFTER_S,
     SERVER_NAME,
-    check_batch,
     platform,
     resolve,
     tensor_metadata,
@@ -37,6 +36,7 @@ from service.engine.oip import (
 )
 from service.grpc.gen_inference import grpc_predict_v2_pb2 as pb
 from service.grpc.gen_inference import grpc_predict_v2_pb2_grpc as pb_grpc
+from service.grpc.status import status_code
 
 log = logging.getLogger("genserve.grpc.inference")
 
@@ -145,20 +145,6 @@ def encode_outputs(response: pb.ModelInferResponse, outputs: dict[str, np.ndarra
 # --- errors --------------------------------------------------------------------------------------------------------
 
 
-def status_code(exc: EngineError) -> grpc.StatusCode:
-    if exc.status == 404:
-        return grpc.StatusCode.NOT_FOUND
-    if isinstance(exc, Overloaded) or exc.status == 429:
-        return grpc.StatusCode.RESOURCE_EXHAUSTED
-    if exc.status == 503:
-        return grpc.StatusCode.UNAVAILABLE
-    if exc.status == 504:
-        return grpc.StatusCode.DEADLINE_EXCEEDED
-    if exc.status >= 500:
-        return grpc.StatusCode.INTERNAL
-    return grpc.StatusCode.INVALID_ARGUMENT
-
-
 async def _answer(context: grpc.aio.ServicerContext, method: str, work: Callable[[], Awaitable[Any]]) -> Any:
     """Run `work`; an EngineError aborts with its status (details begin with the field), anything else INTERNAL."""
     try:
@@ -213,7 +199,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async def work():
             model, function, spec, version = resolve(self.engine, request.model_name, request.model_version)
             inputs = decode_inputs(request, spec)
-            check_batch(inputs)
             wanted = requested_outputs(request, spec)
             outputs = await self.engine.infer(model, function, inputs)
             response = pb.ModelInferResponse(model_name=request.model_name, model_version=version, id=request.id)
