@@ -16,11 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import httpx
 import numpy as np
-import pytest
 
 from service.grpc.gen import genserve_pb2 as pb
 from service.grpc.gen import genserve_pb2_grpc as pb_grpc
-from tests.e2e.test_server import MODEL, REPO, SHAPE, START_TIMEOUT_S, free_port, server_env, stop
+from tests.e2e.test_server import MODEL, REPO, SHAPE, free_port, server_env, stop, wait_ready
 
 N = 256  # samples per slow request: the tiny model samples 28 rows per image, a batch of 256 takes a while
 MIN_SLOW_S = 0.5  # a slow request must take at least this long alone, or "in flight" proves nothing
@@ -33,21 +32,6 @@ def start_server(models, port: int, grpc_port: int, logs) -> subprocess.Popen:
     env = server_env() | {"GENSERVE_MAX_SAMPLES_PER_REQUEST": str(N)}
     with open(logs / "stdout", "wb") as out, open(logs / "stderr", "wb") as err:
         return subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
-
-
-def wait_ready(process: subprocess.Popen, base: str, logs) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"server exited with {process.returncode}:\n{(logs / 'stderr').read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"server not ready in {START_TIMEOUT_S} s:\n{(logs / 'stderr').read_text()[-3000:]}")
-        time.sleep(0.2)
 
 
 def post_sample(base: str, n: int, seed: int) -> httpx.Response:

@@ -51,6 +51,22 @@ def stop(process: subprocess.Popen) -> None:
             process.wait(timeout=10)
 
 
+def wait_ready(process: subprocess.Popen, base: str, logs: Path) -> None:
+    """Wait (bounded) until the server at `base` answers /readyz; fail with its stderr if it dies or stalls."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"server exited with {process.returncode}:\n{(logs / 'stderr').read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"server not ready in {START_TIMEOUT_S} s:\n{(logs / 'stderr').read_text()[-3000:]}")
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def server(tiny_store, tmp_path_factory):
     """The base URL of a running server; the process is always stopped at teardown."""
@@ -61,18 +77,7 @@ def server(tiny_store, tmp_path_factory):
                                    stdout=out, stderr=err, stdin=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"server exited with {process.returncode}:\n{(logs / 'stderr').read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready in {START_TIMEOUT_S} s:\n{(logs / 'stderr').read_text()[-3000:]}")
-            time.sleep(0.2)
+        wait_ready(process, base, logs)
         yield base
     finally:
         stop(process)

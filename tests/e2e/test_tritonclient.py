@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.e2e.test_server import stop
+
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "pixelcnn"
 LOG_PROB = f"{MODEL}.log_prob"
@@ -162,16 +164,6 @@ def env() -> dict[str, str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("GENSERVE_")}
     clean.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     return clean
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
