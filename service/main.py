@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 log = logging.getLogger("genserve")
+DRAIN_GRACE_S = 30.0
 
 
 def run(
@@ -17,6 +18,8 @@ def run(
     """Serve the model store in `models` on host:port. Arguments left None come from GENSERVE_* / defaults."""
     from service.api import create_app
     from service.engine.engine import Engine
+    from service.engine.metrics import EngineMetrics
+    from service.engine.workers import WorkerPool
     from service.settings import Settings
     from service.store import ModelStore, StoreError
 
@@ -27,7 +30,10 @@ def run(
         store = ModelStore(settings.models)  # refuses a file whose sha256 differs, and names it
     except StoreError as e:
         raise SystemExit(f"genserve: cannot load the model store: {e}") from e
-    engine = Engine(store, settings)
+    metrics = EngineMetrics()
+    directories = {name: entry.directory for name, entry in store.entries.items()}
+    workers = WorkerPool(directories, settings.runtime, settings.intra_op_threads, metrics.worker_restarted)
+    engine = Engine(store, settings, metrics, runner=workers)
     log.info("model store %s: %s", settings.models, ", ".join(store.names()) or "no models")
     app = create_app(engine, settings)
     asyncio.run(serve(app, engine, settings))
@@ -36,10 +42,12 @@ def run(
 async def serve(app, engine, settings) -> None:
     """uvicorn and the grpc.aio server on one event loop, drained together on SIGTERM/SIGINT.
 
-    On the signal uvicorn closes its listener (a new HTTP client is refused) and finishes in-flight
-    requests, while gRPC at once reports NOT_SERVING, refuses new calls (UNAVAILABLE) and finishes
-    in-flight ones (grace 30 s). Then serve() returns and the process exits 0: uvicorn's own signal
-    handling would re-raise the signal once it is done, killing the process before gRPC has drained.
+    On the signal both stop taking new work and finish what is in flight (grace DRAIN_GRACE_S):
+    HTTP keeps its listener open and answers new requests 503 (service.api.drain) until no request
+    is in flight, then uvicorn stops; gRPC at once reports NOT_SERVING and refuses new calls
+    (UNAVAILABLE). Then the engine workers stop, serve() returns and the process exits 0.
+    uvicorn's own signal handling would re-raise the signal once it is done, killing the
+    process before gRPC has drained, so the loop's handlers stand in for it.
     """
     import signal
 
@@ -52,27 +60,32 @@ async def serve(app, engine, settings) -> None:
         def capture_signals(self):  # the loop's handlers below stand in for uvicorn's (which re-raise the signal)
             yield
 
+    await engine.start()  # the workers load the models in the background; /readyz says when they are up
     grpc_server = build_grpc_server(engine, settings, settings.grpc_port)
     await grpc_server.start()
     log.info("gRPC on %s:%d", settings.host, grpc_server.genserve_port)
     web = Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info"))
-    grpc_drained: asyncio.Task | None = None
+    drained: asyncio.Task | None = None
 
     async def drain_grpc() -> None:
         await grpc_server.genserve_health.enter_graceful_shutdown()
-        await grpc_server.stop(grace=30)  # in-flight calls finish; new ones are refused
+        await grpc_server.stop(grace=DRAIN_GRACE_S)  # in-flight calls finish; new ones are refused
+
+    async def drain_http() -> None:
+        await app.state.drain.finished(DRAIN_GRACE_S)  # new requests get 503 meanwhile
+        web.should_exit = True
 
     def start_drain() -> asyncio.Task:
-        nonlocal grpc_drained
-        if grpc_drained is None:
-            grpc_drained = asyncio.ensure_future(drain_grpc())
-        return grpc_drained
+        nonlocal drained
+        if drained is None:
+            app.state.drain.begin()
+            drained = asyncio.ensure_future(asyncio.gather(drain_grpc(), drain_http()))
+        return drained
 
     def on_signal(sig: signal.Signals) -> None:
         log.info("%s: draining", sig.name)
-        if web.should_exit and sig == signal.SIGINT:
-            web.force_exit = True  # a second Ctrl-C stops waiting for HTTP requests
-        web.should_exit = True
+        if app.state.drain.draining and sig == signal.SIGINT:
+            web.should_exit = web.force_exit = True  # a second Ctrl-C stops waiting for HTTP requests
         start_drain()
 
     loop = asyncio.get_running_loop()
@@ -80,8 +93,9 @@ async def serve(app, engine, settings) -> None:
     for sig in signals:
         loop.add_signal_handler(sig, on_signal, sig)
     try:
-        await web.serve()  # returns once should_exit is set and in-flight HTTP requests are done
+        await web.serve()  # returns once drain_http() has set should_exit
     finally:
         await start_drain()
         for sig in signals:
             loop.remove_signal_handler(sig)
+        await engine.stop()

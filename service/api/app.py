@@ -6,16 +6,16 @@ fake; it owns models, shapes, value ranges and capabilities, and raises
 EngineError subclasses that errors.py maps to status codes.
 """
 
-import inspect
+import asyncio
 import secrets
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import codecs, errors, schemas, v2
+from service.api.drain import Drain, DrainMiddleware
 from service.api.metrics import ApiMetrics, MetricsMiddleware
 from service.engine.errors import EngineError, InvalidInput, MissingCapability
 from service.settings import Settings
@@ -100,6 +100,33 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 # --- helpers -------------------------------------------------------------------------------------------------------
 
+T = TypeVar("T")
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request whose client went away; only the access log sees it
+
+
+class ClientGone(Exception):
+    """The HTTP client disconnected before its answer was ready; its work was cancelled."""
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client disconnects first (the engine then frees its rows within a step)."""
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            raise ClientGone
+        return task.result()
+    finally:
+        watcher.cancel()
+        task.cancel()
+
+
 
 def _knows(engine: Any, name: str) -> bool:
     try:
@@ -161,7 +188,7 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
         _check_label(body.label, spec, "body.label")
         codecs.check_format(body.format, spec)
         seed = new_seed() if body.seed is None else body.seed
-        x = await engine.sample(name, body.n, seed, body.temperature, body.label)  # [n, *shape]
+        x = await unless_disconnected(request, engine.sample(name, body.n, seed, body.temperature, body.label))
         samples = codecs.encode_samples(x, spec, body.format)
         return {"model": name, "version": description["version"], "seed": seed, "samples": samples}
 
@@ -170,7 +197,7 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
         _require(description, "score", name)
         x = codecs.decode_inputs(body.inputs, spec)  # [B, *shape]
         _check_labels(body.labels, len(x), spec)
-        results = await engine.score(name, x, body.labels)
+        results = await unless_disconnected(request, engine.score(name, x, body.labels))
         return {"model": name, "version": description["version"], "results": results}
 
     @router.post("/v1/models/{name}/score", response_model=schemas.ScoreResponse, tags=["inference"])
@@ -189,7 +216,7 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
         mask = codecs.decode_mask(body.mask, spec, len(x))  # [B, *shape], 1 = observed
         codecs.check_format(body.format, spec)
         seed = new_seed() if body.seed is None else body.seed
-        out = await engine.complete(name, x, mask, body.n, seed, body.temperature)  # [B, n, *shape]
+        out = await unless_disconnected(request, engine.complete(name, x, mask, body.n, seed, body.temperature))
         completions = [codecs.encode_samples(per_input, spec, body.format) for per_input in out]
         return {"model": name, "version": description["version"], "seed": seed, "completions": completions}
 
@@ -220,27 +247,6 @@ def _health_routes(engine: Any, metrics: ApiMetrics) -> APIRouter:
 # --- the app -------------------------------------------------------------------------------------------------------
 
 
-async def _maybe_await(value: Any) -> None:
-    if inspect.isawaitable(value):
-        await value
-
-
-def _lifespan(engine: Any):
-    """Starts and stops the engine with the app, when the engine has start()/stop() (sync or async)."""
-
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        if callable(getattr(engine, "start", None)):
-            await _maybe_await(engine.start())
-        try:
-            yield
-        finally:
-            if callable(getattr(engine, "stop", None)):
-                await _maybe_await(engine.stop())
-
-    return lifespan
-
-
 def create_app(engine: Any, settings: Settings | None = None) -> FastAPI:
     """The REST app over `engine`. Each app has its own metrics registry."""
     settings = settings or Settings()
@@ -249,13 +255,15 @@ def create_app(engine: Any, settings: Settings | None = None) -> FastAPI:
         title="genserve",
         version=VERSION,
         description="Deep generative models: sampling, exact likelihoods with anomaly flags, inpainting.",
-        lifespan=_lifespan(engine),
     )
     app.state.engine, app.state.settings, app.state.metrics = engine, settings, metrics
+    app.state.drain = Drain()  # service.main begins it on SIGTERM
     errors.install(app)
+    app.add_exception_handler(ClientGone, lambda _request, _exc: Response(status_code=CLIENT_CLOSED_REQUEST))
     app.include_router(_health_routes(engine, metrics))
     app.include_router(_model_routes(engine, settings))
     app.include_router(v2.router(engine))  # Open Inference Protocol (KServe V2)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(DrainMiddleware, drain=app.state.drain)
     app.add_middleware(MetricsMiddleware, metrics=metrics, root=app, known_model=lambda name: _knows(engine, name))
     return app

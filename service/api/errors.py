@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.engine.errors import EngineError, Overloaded
+from service.engine.errors import RETRY_AFTER_S, EngineError
 
 log = logging.getLogger("genserve.api")
 
@@ -30,7 +30,6 @@ _HTTP_CODES = {
     503: "unavailable",
 }
 _MAX_LISTED = 5  # validation problems listed in one message
-RETRY_AFTER_S = "1"
 
 
 def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
@@ -74,11 +73,8 @@ async def _validation(_request: Request, exc: RequestValidationError) -> JSONRes
 
 
 async def _engine(_request: Request, exc: EngineError) -> JSONResponse:
-    message = exc.message
-    if exc.field and exc.field not in message:
-        message = f"{exc.field}: {message}"
-    headers = {"Retry-After": RETRY_AFTER_S} if isinstance(exc, Overloaded) else None
-    return error_response(exc.status, exc.code, message, exc.field, headers)
+    headers = {"Retry-After": RETRY_AFTER_S} if exc.retry_later else None
+    return error_response(exc.status, exc.code, exc.detail, exc.field, headers)
 
 
 async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

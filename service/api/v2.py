@@ -29,12 +29,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 import genserve
-from service.engine.errors import EngineError, InvalidInput, Overloaded
+from service.engine.errors import RETRY_AFTER_S, EngineError, InvalidInput
 from service.engine.oip import (
     DATATYPES,
     EXTENSIONS,
     NUMPY,
-    RETRY_AFTER_S,
     SERVER_NAME,
     platform,
     resolve,
@@ -58,10 +57,8 @@ def v2_error(status: int, message: str, headers: dict | None = None) -> JSONResp
 
 
 def from_engine_error(exc: EngineError) -> JSONResponse:
-    message = exc.message if not exc.field or exc.field in exc.message else f"{exc.field}: {exc.message}"
     status = 400 if exc.status == 422 else exc.status  # the V2 spec answers a bad request with 400
-    headers = {"Retry-After": RETRY_AFTER_S} if isinstance(exc, Overloaded) else None
-    return v2_error(status, message, headers)
+    return v2_error(status, exc.detail, {"Retry-After": RETRY_AFTER_S} if exc.retry_later else None)
 
 
 # --- V2 models over the engine -------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The engine: validates requests against a model's manifest and runs its procedures.
 
-The REST and gRPC adapters call only this class. Work runs off the event loop
-in threads; the runtimes release the GIL while they compute.
+The REST and gRPC adapters call only this class. Its schedulers batch the work and
+hand each batch to a runner (service.engine.workers): the engine worker processes
+when serving, or this process in tests and benchmarks.
 """
 
 import asyncio
@@ -13,25 +14,21 @@ import numpy as np
 from service.engine import procedures
 from service.engine.errors import InvalidInput, MissingCapability, UnknownModel
 from service.engine.metrics import EngineMetrics
-from service.engine.runtimes import TensorFunction, load_function
 from service.engine.scheduler import BatchingConfig, ContinuousBatcher, DynamicBatcher
+from service.engine.workers import InProcess, WorkerPool
 from service.settings import Settings
 from service.store import ModelEntry, ModelStore
 
 
 class LoadedModel:
-    """A store entry with its functions loaded into a runtime."""
+    """A store entry's manifest, as the engine reads it (the functions themselves load in the runner)."""
 
-    def __init__(self, entry: ModelEntry, runtime: str, threads: int):
+    def __init__(self, entry: ModelEntry):
         self.entry = entry
         self.manifest = entry.manifest
         self.data = self.manifest["data"]
         self.shape = list(self.data["shape"])
         self.capabilities = self.manifest["capabilities"]
-        self.functions: dict[str, TensorFunction] = {
-            name: load_function(name, spec, entry.directory, runtime, threads)
-            for name, spec in self.manifest["functions"].items()
-        }
 
     def describe(self) -> dict:
         m = self.manifest
@@ -73,18 +70,29 @@ def check_batch(inputs: dict[str, np.ndarray]) -> None:
 
 
 class Engine:
-    def __init__(self, store: ModelStore, settings: Settings, metrics: EngineMetrics | None = None):
+    def __init__(self, store: ModelStore, settings: Settings, metrics: EngineMetrics | None = None,
+                 runner: InProcess | WorkerPool | None = None):
+        """`runner` runs the model functions; by default this process loads and runs them itself."""
         self.settings = settings
         self.metrics = metrics if metrics is not None else EngineMetrics()  # its own registry by default
-        self.models = {
-            name: LoadedModel(entry, settings.runtime, settings.intra_op_threads)
-            for name, entry in store.entries.items()
-        }
+        self.models = {name: LoadedModel(entry) for name, entry in store.entries.items()}
+        if runner is None:
+            directories = {name: entry.directory for name, entry in store.entries.items()}
+            runner = InProcess(directories, settings.runtime, settings.intra_op_threads)
+        self.runner = runner
         self._loop: asyncio.AbstractEventLoop | None = None
         self._batchers: dict[tuple[str, str], DynamicBatcher | ContinuousBatcher] = {}
 
+    async def start(self) -> None:
+        """Start the runner (worker processes load the models in the background: see ready())."""
+        await self.runner.start()
+
+    async def stop(self) -> None:
+        await self.runner.stop()
+
     def ready(self) -> bool:
-        return True
+        """True when the models are loaded and a worker can run them."""
+        return self.runner.ready()
 
     def model(self, name: str) -> LoadedModel:
         if name not in self.models:
@@ -130,10 +138,10 @@ class Engine:
             self._loop, self._batchers = loop, {}
         key = (m.manifest["name"], function)
         if key not in self._batchers:
-            fn = m.functions[function]
+            inputs = [tensor["name"] for tensor in m.manifest["functions"][function]["inputs"]]
 
-            def run(feeds):
-                return procedures.direct(fn, **{name: feeds[name] for name in fn.inputs})
+            async def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+                return await self.runner.call(key[0], function, {name: feeds[name] for name in inputs})
 
             observer = self.metrics.observer(*key)
             if capability and capability["procedure"] == "autoregressive":

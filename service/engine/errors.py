@@ -1,5 +1,7 @@
 """Errors the engine raises; every protocol adapter maps them to its own status codes."""
 
+RETRY_AFTER_S = "1"  # the Retry-After (HTTP) / retry-after (gRPC metadata) sent with a 503 / UNAVAILABLE-like refusal
+
 
 class EngineError(Exception):
     """A request the engine refuses. `status` is the HTTP status the REST adapter returns."""
@@ -11,6 +13,16 @@ class EngineError(Exception):
         super().__init__(message)
         self.message = message
         self.field = field
+
+    @property
+    def detail(self) -> str:
+        """The message, beginning with the field it names (REST, V2 and gRPC all answer with this)."""
+        return self.message if not self.field or self.field in self.message else f"{self.field}: {self.message}"
+
+    @property
+    def retry_later(self) -> bool:
+        """A refusal for now (overloaded, draining, a worker restarting): the answer carries Retry-After."""
+        return self.status == 503
 
 
 class UnknownModel(EngineError):
@@ -36,3 +48,10 @@ class Overloaded(EngineError):
 class NotReady(EngineError):
     status = 503
     code = "not_ready"
+
+
+class WorkerLost(EngineError):
+    """The engine worker running the request died, or none is up yet (it is being restarted)."""
+
+    status = 503
+    code = "worker_unavailable"

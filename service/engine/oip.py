@@ -13,7 +13,6 @@ from service.engine.errors import UnknownModel
 SERVER_NAME = "genserve"
 EXTENSIONS = ["binary_tensor_data"]
 PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}  # Triton's platform names
-RETRY_AFTER_S = "1"
 DATATYPES = {  # manifest dtype (numpy name) -> V2 datatype
     "bool": "BOOL", "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32", "uint64": "UINT64",
     "int8": "INT8", "int16": "INT16", "int32": "INT32", "int64": "INT64",

@@ -11,7 +11,7 @@ so a row's output depends on its seed alone, never on what else is in the batch.
 
 import numpy as np
 
-from service.engine.runtimes import DTYPES, TensorFunction
+from service.engine.runtimes import DTYPES
 from service.engine.scheduler import Sequence
 
 
@@ -23,11 +23,6 @@ def row_generators(seed: int, n: int) -> list[np.random.Generator]:
 def uniform_noise(rngs: list[np.random.Generator], shape: list[int]) -> np.ndarray:
     """[len(rngs), *shape] float32 uniform in [0, 1), row r from rngs[r]."""
     return np.stack([rng.random(shape, dtype=np.float32) for rng in rngs])
-
-
-def direct(function: TensorFunction, **inputs: np.ndarray) -> dict[str, np.ndarray]:
-    """One call: exact log-prob, ELBO, encode, decode, critic."""
-    return function(**inputs)
 
 
 def autoregressive(

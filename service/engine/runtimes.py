@@ -32,13 +32,15 @@ class TensorFunction:
 
 
 class OnnxFunction(TensorFunction):
-    def __init__(self, name: str, entry: dict, path: Path, threads: int = 0):
+    def __init__(self, name: str, entry: dict, path: Path, threads: int = 0, device: int | None = None):
         super().__init__(name, entry)
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+        providers: list = ["CPUExecutionProvider"]
+        if device is not None:  # onnxruntime-gpu on a CUDA device
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device}))
         self.session = ort.InferenceSession(str(path), options, providers=providers)
 
     def run(self, feeds):
@@ -46,19 +48,19 @@ class OnnxFunction(TensorFunction):
 
 
 class TorchScriptFunction(TensorFunction):
-    def __init__(self, name: str, entry: dict, path: Path, threads: int = 0):
+    def __init__(self, name: str, entry: dict, path: Path, threads: int = 0, device: int | None = None):
         super().__init__(name, entry)
         import torch
 
         if threads:
             torch.set_num_threads(threads)
         self.torch = torch
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = "cpu" if device is None else f"cuda:{device}"
         self.module = torch.jit.load(str(path), map_location=self.device).eval()
 
     def run(self, feeds):
         with self.torch.inference_mode():
-            args = [self.torch.from_numpy(v).to(self.device) for v in feeds.values()]
+            args = [self.torch.as_tensor(v, device=self.device) for v in feeds.values()]
             out = self.module(*args)
         out = out if isinstance(out, tuple) else (out,)
         return [t.cpu().numpy() for t in out]
@@ -67,9 +69,11 @@ class TorchScriptFunction(TensorFunction):
 RUNTIMES = {"onnx": OnnxFunction, "torchscript": TorchScriptFunction}
 
 
-def load_function(name: str, entry: dict, directory: Path, runtime: str, threads: int = 0) -> TensorFunction:
+def load_function(name: str, entry: dict, directory: Path, runtime: str, threads: int = 0,
+                  device: int | None = None) -> TensorFunction:
+    """One function of a model on `runtime`, on CUDA device `device` or (None) the CPU."""
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; known: {sorted(RUNTIMES)}")
     if runtime not in entry["files"]:
         raise ValueError(f"function {name} has no {runtime} file")
-    return RUNTIMES[runtime](name, entry, directory / entry["files"][runtime], threads)
+    return RUNTIMES[runtime](name, entry, directory / entry["files"][runtime], threads, device)

@@ -5,8 +5,8 @@ DynamicBatcher (Triton style) merges one-shot requests into batches of up to
 fill. ContinuousBatcher (Orca/vLLM style) runs an autoregressive step function
 over a running batch that sequences join and leave at step boundaries.
 
-Both take `run`, a blocking function of named numpy arrays, and call it off
-the event loop. A full queue raises Overloaded at once; an expired request
+Both take `run`, an async function of named numpy arrays (service.engine.workers
+sends it to a worker process). A full queue raises Overloaded at once; an expired request
 raises DeadlineExceeded; a consumer that goes away frees its rows within one step.
 
 Both report to an optional Observer (service.engine.metrics records them in
@@ -16,7 +16,7 @@ Prometheus); the default one does nothing, so the schedulers need no prometheus.
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -81,9 +81,12 @@ def _finish(observer: Observer, request: "_Request | Sequence", outcome: str) ->
     observer.finished(outcome, now - request.arrived, queued, request.compute)
 
 
-def _timed(run: Callable[[Arrays], Arrays], feeds: Arrays) -> tuple[Arrays, float]:
+Run = Callable[[Arrays], Awaitable[Arrays]]
+
+
+async def _timed(run: Run, feeds: Arrays) -> tuple[Arrays, float]:
     start = time.perf_counter()
-    outputs = run(feeds)
+    outputs = await run(feeds)
     return outputs, time.perf_counter() - start
 
 
@@ -99,7 +102,7 @@ class _Request:
 
 
 class DynamicBatcher:
-    def __init__(self, run: Callable[[Arrays], Arrays], config: BatchingConfig, observer: Observer | None = None):
+    def __init__(self, run: Run, config: BatchingConfig, observer: Observer | None = None):
         self.run, self.config = run, config
         self.observer = observer or Observer()
         self.queue: deque[_Request] = deque()
@@ -169,7 +172,7 @@ class DynamicBatcher:
             try:
                 merged = {k: np.concatenate([r.inputs[k] for r in batch]) for k in batch[0].inputs}
                 self.observer.batch(rows_of(merged))
-                outputs, seconds = await asyncio.to_thread(_timed, self.run, merged)
+                outputs, seconds = await _timed(self.run, merged)
             except Exception as e:  # noqa: BLE001 - the error belongs to every request in the batch
                 for r in batch:
                     if not r.future.done():
@@ -211,7 +214,7 @@ class ContinuousBatcher:
     in max_batch_size and leave when done or cancelled, at step boundaries.
     """
 
-    def __init__(self, run: Callable[[Arrays], Arrays], state_names: dict[str, str], config: BatchingConfig,
+    def __init__(self, run: Run, state_names: dict[str, str], config: BatchingConfig,
                  observer: Observer | None = None):
         self.run, self.state_names, self.config = run, state_names, config
         self.observer = observer or Observer()
@@ -262,6 +265,7 @@ class ContinuousBatcher:
 
     async def _serve(self) -> None:
         while self.waiting or self.active:
+            await asyncio.sleep(0)  # a step boundary: consumers read their outputs and may leave before the next step
             self._admit()
             if not self.active:
                 continue
@@ -270,7 +274,7 @@ class ContinuousBatcher:
                 per_sequence = [{**s.state, **s.feeds(s.t)} for s in batch]
                 merged = {k: np.concatenate([f[k] for f in per_sequence]) for k in per_sequence[0]}
                 self.observer.batch(rows_of(merged))
-                outputs, seconds = await asyncio.to_thread(_timed, self.run, merged)
+                outputs, seconds = await _timed(self.run, merged)
             except Exception as e:  # noqa: BLE001 - every sequence in the step shares the failure
                 for s in batch:
                     s.outbox.put_nowait(e)

@@ -25,7 +25,7 @@ import numpy as np
 from service.engine.errors import EngineError, InvalidInput, MissingCapability
 from service.grpc.gen import genserve_pb2 as pb
 from service.grpc.gen import genserve_pb2_grpc as pb_grpc
-from service.grpc.status import status_code
+from service.grpc.status import abort_with
 from service.settings import Settings
 
 log = logging.getLogger("genserve.grpc")
@@ -33,25 +33,11 @@ log = logging.getLogger("genserve.grpc")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Genserve"].full_name  # "genserve.v1.Genserve"
 MAX_SEED = 2**63 - 1
 MAX_TEMPERATURE = 10.0
-RETRY_AFTER_S = "1"
 WIRE_DTYPES = {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
                "float16", "float32", "float64"}
 
 
 # --- errors --------------------------------------------------------------------------------------------------------
-
-
-async def abort_with(context: grpc.aio.ServicerContext, exc: EngineError) -> None:
-    """Abort the call with the status for `exc`; details begin with the field, as in REST."""
-    message = exc.message
-    if exc.field and exc.field not in message:
-        message = f"{exc.field}: {message}"
-    metadata = [("genserve-error-code", exc.code)]
-    if exc.field:
-        metadata.append(("genserve-error-field", exc.field))
-    if status_code(exc) == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        metadata.append(("retry-after", RETRY_AFTER_S))
-    await context.abort(status_code(exc), message, trailing_metadata=tuple(metadata))
 
 
 def _cancelled(context: grpc.aio.ServicerContext) -> bool:

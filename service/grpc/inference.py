@@ -27,7 +27,6 @@ from service.engine.oip import (
     DATATYPES,
     EXTENSIONS,
     NUMPY,
-    RETRY_AFTER_S,
     SERVER_NAME,
     platform,
     resolve,
@@ -36,7 +35,7 @@ from service.engine.oip import (
 )
 from service.grpc.gen_inference import grpc_predict_v2_pb2 as pb
 from service.grpc.gen_inference import grpc_predict_v2_pb2_grpc as pb_grpc
-from service.grpc.status import status_code
+from service.grpc.status import abort_with
 
 log = logging.getLogger("genserve.grpc.inference")
 
@@ -150,10 +149,7 @@ async def _answer(context: grpc.aio.ServicerContext, method: str, work: Callable
     try:
         return await work()
     except EngineError as exc:
-        message = exc.message if not exc.field or exc.field in exc.message else f"{exc.field}: {exc.message}"
-        code = status_code(exc)
-        metadata = (("retry-after", RETRY_AFTER_S),) if code == grpc.StatusCode.RESOURCE_EXHAUSTED else ()
-        await context.abort(code, message, trailing_metadata=metadata)
+        await abort_with(context, exc)
     except (grpc.aio.AbortError, asyncio.CancelledError):
         raise
     except Exception:

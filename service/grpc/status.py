@@ -2,7 +2,7 @@
 
 import grpc
 
-from service.engine.errors import EngineError, MissingCapability, Overloaded
+from service.engine.errors import RETRY_AFTER_S, EngineError, MissingCapability, Overloaded
 
 
 def status_code(exc: EngineError) -> grpc.StatusCode:
@@ -22,3 +22,13 @@ def status_code(exc: EngineError) -> grpc.StatusCode:
     if exc.status >= 500:
         return grpc.StatusCode.INTERNAL
     return grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def abort_with(context: grpc.aio.ServicerContext, exc: EngineError) -> None:
+    """Abort the call with the status for `exc`; details begin with the field, as in REST."""
+    metadata = [("genserve-error-code", exc.code)]
+    if exc.field:
+        metadata.append(("genserve-error-field", exc.field))
+    if exc.retry_later:
+        metadata.append(("retry-after", RETRY_AFTER_S))
+    await context.abort(status_code(exc), exc.detail, trailing_metadata=tuple(metadata))

@@ -1,7 +1,6 @@
 """Engine metrics: the schedulers with numpy step functions and a real EngineMetrics over a fresh registry."""
 
 import asyncio
-import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -27,19 +26,19 @@ MODEL, FUNCTION = "m", "f"
 
 
 class Doubler:
-    """A blocking 'model': doubles x after `delay` seconds, or fails."""
+    """A 'model': doubles x after `delay` seconds, or fails."""
 
     def __init__(self, delay: float = 0.0, fail: bool = False):
         self.delay, self.fail = delay, fail
 
-    def __call__(self, feeds):
-        time.sleep(self.delay)
+    async def __call__(self, feeds):
+        await asyncio.sleep(self.delay)
         if self.fail:
             raise RuntimeError("model exploded")
         return {"y": feeds["x"] * 2}
 
 
-def step(feeds):
+async def step(feeds):
     return {"x": feeds["x_prev"] + 1}
 
 

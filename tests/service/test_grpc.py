@@ -24,7 +24,8 @@ from service.engine.errors import EngineError, InvalidInput, MissingCapability, 
 from service.grpc import build_grpc_server
 from service.grpc.gen import genserve_pb2 as pb
 from service.grpc.gen import genserve_pb2_grpc as pb_grpc
-from service.grpc.genserve_servicer import status_code, steps_until_cancelled, to_array, to_tensor
+from service.grpc.genserve_servicer import steps_until_cancelled, to_array, to_tensor
+from service.grpc.status import status_code
 from service.settings import Settings
 from service.store import ModelStore
 

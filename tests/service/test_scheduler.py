@@ -11,15 +11,15 @@ from service.engine.scheduler import BatchingConfig, ContinuousBatcher, Deadline
 
 
 class Recorder:
-    """A blocking 'model': doubles x, and records the batch sizes it was called with."""
+    """A 'model': doubles x, and records the batch sizes it was called with."""
 
     def __init__(self, delay: float = 0.0, fail: bool = False):
         self.batches: list[int] = []
         self.delay, self.fail = delay, fail
 
-    def __call__(self, feeds):
+    async def __call__(self, feeds):
         self.batches.append(len(feeds["x"]))
-        time.sleep(self.delay)
+        await asyncio.sleep(self.delay)
         if self.fail:
             raise RuntimeError("model exploded")
         return {"y": feeds["x"] * 2}
@@ -81,9 +81,9 @@ class Counter:
         self.rows: list[int] = []
         self.delay = delay
 
-    def __call__(self, feeds):
+    async def __call__(self, feeds):
         self.rows.append(len(feeds["x_prev"]))
-        time.sleep(self.delay)
+        await asyncio.sleep(self.delay)
         return {"x": feeds["x_prev"] + 1 + np.floor(10 * feeds["noise"]).astype(np.int64)}
 
 
