@@ -73,7 +73,7 @@ class InProcess:
 
 def pack(header: dict, arrays: Arrays) -> list:
     """[JSON header with each tensor's name, dtype and shape, then each tensor's raw bytes]."""
-    arrays = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+    arrays = {name: np.asarray(a, order="C") for name, a in arrays.items()}  # (ascontiguousarray makes 0-d 1-d)
     header = {**header, "tensors": [[name, a.dtype.str, list(a.shape)] for name, a in arrays.items()]}
     return [json.dumps(header).encode(), *arrays.values()]
 

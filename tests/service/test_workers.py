@@ -1,0 +1,84 @@
+"""The engine worker pool: the wire format, parity with in-process runs, errors, death and restart."""
+
+import asyncio
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from service.engine.errors import WorkerLost
+from service.engine.workers import InProcess, WorkerPool, pack, unpack
+from service.store import ModelStore
+
+MODEL = "pixelcnn"
+START_TIMEOUT_S = 60.0
+
+
+def test_pack_then_unpack_gives_back_every_tensor_exactly():
+    arrays = {"x": np.arange(24, dtype=np.int64).reshape(2, 3, 4), "t": np.float32(0.5) * np.ones(2, np.float32),
+              "scalar": np.array(7, np.int32), "empty": np.zeros((0, 5), np.float64),
+              "strided": np.arange(10.0)[::2], "flag": np.array([True, False])}
+    frames = [zmq.Frame(bytes(memoryview(f))) for f in pack({"id": 3}, arrays)]
+    header, back = unpack(frames)
+    assert header == {"id": 3}
+    assert list(back) == list(arrays)
+    for name, array in arrays.items():
+        assert back[name].dtype == array.dtype and back[name].shape == array.shape
+        assert np.array_equal(back[name], array)
+
+
+async def wait_up(pool: WorkerPool) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not pool.ready():
+        assert time.monotonic() < deadline, "the worker did not come up"
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def directories(tiny_store):
+    return {name: entry.directory for name, entry in ModelStore(tiny_store).entries.items()}
+
+
+def test_a_worker_process_computes_what_this_process_computes_and_survives_death(directories):
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.integers(0, 2, (3, 1, 28, 28)), "label": np.array([0, 4, 9])}
+    expected = asyncio.run(InProcess(directories, "onnx", 1).call(MODEL, "log_prob_given_label", feeds))
+    restarts = []
+
+    async def main():
+        pool = WorkerPool(directories, "onnx", 1, on_restart=lambda: restarts.append(1))
+        assert not pool.ready()  # nothing spawned yet
+        await pool.start()
+        try:
+            await wait_up(pool)
+            got = await pool.call(MODEL, "log_prob_given_label", feeds)
+            with pytest.raises(RuntimeError, match="label"):  # the runtime's error comes back; the worker lives on
+                await pool.call(MODEL, "log_prob_given_label", {"x": feeds["x"]})
+            assert pool.ready()
+
+            [worker] = pool.workers
+            in_flight = asyncio.ensure_future(pool.call(MODEL, "log_prob", {"x": np.repeat(feeds["x"], 200, 0)}))
+            await asyncio.sleep(0.1)
+            os.kill(worker.process.pid, signal.SIGKILL)
+            killed = time.monotonic()
+            with pytest.raises(WorkerLost):
+                await in_flight
+            failed_after = time.monotonic() - killed
+            assert not pool.ready()
+            with pytest.raises(WorkerLost):  # no worker up: refused at once, not queued forever
+                await pool.call(MODEL, "log_prob_given_label", feeds)
+            await wait_up(pool)
+            again = await pool.call(MODEL, "log_prob_given_label", feeds)
+            return got, again, failed_after, worker
+        finally:
+            await pool.stop()
+
+    got, again, failed_after, worker = asyncio.run(main())
+    assert np.array_equal(got["log_prob"], expected["log_prob"])  # the same runtime, bit for bit
+    assert np.array_equal(again["log_prob"], expected["log_prob"])
+    assert failed_after < 1.0
+    assert restarts == [1]
+    assert not worker.process.is_alive()  # stop() stopped it
