@@ -1,10 +1,10 @@
-"""Open Inference Protocol conformance: unmodified tritonclient (http and grpc) against real genserve servers.
+"""Open Inference Protocol conformance: unmodified tritonclient (http and grpc) against a real genserve server.
 
-A server subprocess runs the /v2 REST router (uvicorn) and inference.GRPCInferenceService
-(grpc.aio) on one event loop, on free ports of 127.0.0.1, over the tiny PixelCNN
-store. tritonclient runs in a client subprocess too: its `inference.*` protobuf
-messages clash with genserve's own stubs in protobuf's default descriptor pool,
-so the two never share a process. Inference must equal the engine's exact
+The server is `genserve serve` over the tiny PixelCNN store, on free ports of
+127.0.0.1 (/v2 over REST, inference.GRPCInferenceService over gRPC). tritonclient
+runs in a client subprocess: its `inference.*` protobuf messages clash with
+genserve's own stubs in protobuf's default descriptor pool, so the two never
+share a process. Inference must equal the engine's exact
 log-likelihoods. Every wait is bounded.
 """
 
@@ -14,62 +14,19 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.e2e.test_server import stop
+from tests.e2e.test_drain import start_server
+from tests.e2e.test_server import free_port, stop, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "pixelcnn"
 LOG_PROB = f"{MODEL}.log_prob"
-START_TIMEOUT_S = 90.0
 CLIENT_TIMEOUT_S = 120.0
 RTOL = 1e-5
-
-SERVER = r"""
-import asyncio, json, os, socket, sys
-
-import grpc
-import uvicorn
-from fastapi import FastAPI
-
-from service.api import v2
-from service.engine.engine import Engine
-from service.grpc.inference import add_inference_servicer
-from service.settings import Settings
-from service.store import ModelStore
-
-
-async def main(store, ports_file):
-    engine = Engine(ModelStore(store), Settings(runtime="onnx", intra_op_threads=1))
-    app = FastAPI()
-    app.include_router(v2.router(engine))
-    grpc_server = grpc.aio.server()
-    add_inference_servicer(grpc_server, engine)
-    grpc_port = grpc_server.add_insecure_port("127.0.0.1:0")
-    await grpc_server.start()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    http = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    serving = asyncio.ensure_future(http.serve(sockets=[sock]))
-    for _ in range(600):
-        if http.started or serving.done():
-            break
-        await asyncio.sleep(0.05)
-    if not http.started:
-        raise SystemExit("uvicorn did not start")
-    with open(ports_file + ".tmp", "w") as f:
-        json.dump({"http": sock.getsockname()[1], "grpc": grpc_port}, f)
-    os.replace(ports_file + ".tmp", ports_file)
-    await serving  # until SIGTERM (uvicorn handles it)
-    await grpc_server.stop(2)
-
-
-asyncio.run(main(sys.argv[1], sys.argv[2]))
-"""
 
 CLIENT = r"""
 import json, sys
@@ -168,22 +125,13 @@ def env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def servers(tiny_store, tmp_path_factory) -> dict[str, str]:
-    """{"http": "127.0.0.1:P", "grpc": "127.0.0.1:Q"} of a running server process, stopped at teardown."""
+    """{"http": "127.0.0.1:P", "grpc": "127.0.0.1:Q"} of a running `genserve serve`, stopped at teardown."""
     logs = tmp_path_factory.mktemp("v2-server")
-    ports_file = logs / "ports.json"
-    with open(logs / "stderr", "wb") as err:
-        process = subprocess.Popen([sys.executable, "-c", SERVER, str(tiny_store), str(ports_file)], cwd=REPO,
-                                   env=env(), stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+    port, grpc_port = free_port(), free_port()
+    process = start_server(tiny_store, port, grpc_port, logs)
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not ports_file.exists():
-            if process.poll() is not None:
-                pytest.fail(f"server exited with {process.returncode}:\n{(logs / 'stderr').read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not up in {START_TIMEOUT_S} s:\n{(logs / 'stderr').read_text()[-3000:]}")
-            time.sleep(0.1)
-        ports = json.loads(ports_file.read_text())
-        yield {kind: f"127.0.0.1:{port}" for kind, port in ports.items()}
+        wait_ready(process, f"http://127.0.0.1:{port}", logs)
+        yield {"http": f"127.0.0.1:{port}", "grpc": f"127.0.0.1:{grpc_port}"}
     finally:
         stop(process)
 
