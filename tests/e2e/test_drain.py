@@ -25,12 +25,15 @@ MIN_SLOW_S = 0.5  # a slow request must take at least this long alone, or "in fl
 EXIT_TIMEOUT_S = 60.0
 
 
-def start_server(models, port: int, grpc_port: int, logs) -> subprocess.Popen:
-    """`genserve serve` on the ports, with room for two slow requests of N samples in one batch."""
+def start_server(models, port: int, grpc_port: int, logs, **settings: str) -> subprocess.Popen:
+    """`genserve serve` on the ports, with room for two slow requests of N samples in one batch.
+
+    settings: more GENSERVE_* environment variables, which win over these.
+    """
     command = [sys.executable, "-m", "genserve", "serve", "--host", "127.0.0.1", "--port", str(port),
                "--grpc-port", str(grpc_port), "--models", str(models)]
     env = server_env() | {"GENSERVE_MAX_SAMPLES_PER_REQUEST": str(N), "GENSERVE_MAX_QUEUE_SIZE": str(2 * N),
-                          "GENSERVE_MAX_BATCH_SIZE": str(2 * N)}
+                          "GENSERVE_MAX_BATCH_SIZE": str(2 * N)} | settings
     with open(logs / "stdout", "wb") as out, open(logs / "stderr", "wb") as err:
         return subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
 
