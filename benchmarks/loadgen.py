@@ -27,8 +27,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from common import fmt, markdown_table, write_json
@@ -49,13 +51,28 @@ def free_port() -> int:
 
 
 class Server:
-    """`genserve serve` in a subprocess on 127.0.0.1; a context manager that always terminates it."""
+    """`genserve serve` in a subprocess on 127.0.0.1; a context manager that always terminates it.
+
+    Subclasses serve something else by overriding command(), environment() and the class attributes.
+    """
+
+    ready_path = "/readyz"  # answers 200 once the server can take requests
+    new_session = False  # True: start it in a process group of its own
 
     def __init__(self, models: str, env: dict[str, str], label: str):
         self.models, self.overrides, self.label = models, env, label
         self.port, self.grpc_port = free_port(), free_port()
         self.process: subprocess.Popen | None = None
         self.log = tempfile.NamedTemporaryFile(prefix="loadgen-server-", suffix=".log", delete=False)
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "genserve", "serve", "--host", "127.0.0.1", "--models", self.models,
+                "--port", str(self.port), "--grpc-port", str(self.grpc_port)]
+
+    def environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GENSERVE_")}
+        env.update(self.overrides, PYTHONUNBUFFERED="1")
+        return env
 
     @property
     def base_url(self) -> str:
@@ -68,21 +85,17 @@ class Server:
     def __enter__(self) -> "Server":
         import httpx
 
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GENSERVE_")}
-        env.update(self.overrides, PYTHONUNBUFFERED="1")
-        command = [sys.executable, "-m", "genserve", "serve", "--host", "127.0.0.1", "--models", self.models,
-                   "--port", str(self.port), "--grpc-port", str(self.grpc_port)]
         knobs = " ".join(f"{k}={v}" for k, v in sorted(self.overrides.items()))
         print(f"starting server ({self.label}): {knobs}; log {self.log.name}", file=sys.stderr)
-        self.process = subprocess.Popen(command, cwd=REPO, env=env, stdin=subprocess.DEVNULL,
-                                        stdout=self.log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(self.command(), cwd=REPO, env=self.environment(), stdin=subprocess.DEVNULL,
+                                        stdout=self.log, stderr=subprocess.STDOUT, start_new_session=self.new_session)
         try:
             deadline = time.monotonic() + READY_TIMEOUT_S
             while True:
                 if self.process.poll() is not None:
                     raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.tail()}")
                 try:
-                    if httpx.get(f"{self.base_url}/readyz", timeout=2.0).status_code == 200:
+                    if httpx.get(f"{self.base_url}{self.ready_path}", timeout=2.0).status_code == 200:
                         return self
                 except httpx.HTTPError:
                     pass
@@ -245,11 +258,15 @@ def stable(a: Window, b: Window, tolerance: float) -> bool:
     return high > 0 and abs(a.throughput - b.throughput) / high <= tolerance
 
 
-async def measure(protocol: str, server: Server, work: Workload, concurrency: int, batching: str,
+async def measure(make_client: Callable[[], Any], protocol: str, concurrency: int, batching: str,
                   args: argparse.Namespace) -> Level:
-    """C closed-loop clients; warm-up, then windows until two consecutive agree (or --max-windows)."""
+    """C closed-loop clients; warm-up, then windows until two consecutive agree (or --max-windows).
+
+    make_client() (called inside the event loop) gives an object with `async call() -> float` (one request, the
+    value it returned) and `async close()`; the C clients share it.
+    """
     level = Level(protocol, concurrency, batching)
-    client = CLIENTS[protocol](server, work, concurrency, args.request_timeout_s)
+    client = make_client()
     done: list[tuple[float, float]] = []  # (finish time, latency) of successful requests
     failed: list[float] = []  # finish times of failed requests
     stop = asyncio.Event()
@@ -295,9 +312,16 @@ async def measure(protocol: str, server: Server, work: Workload, concurrency: in
 
 def run_level(protocol: str, server: Server, work: Workload, concurrency: int, batching: str,
               args: argparse.Namespace) -> Level:
-    level = asyncio.run(measure(protocol, server, work, concurrency, batching, args))
+    def make_client():
+        return CLIENTS[protocol](server, work, concurrency, args.request_timeout_s)
+
+    return report_level(asyncio.run(measure(make_client, protocol, concurrency, batching, args)))
+
+
+def report_level(level: Level) -> Level:
+    """One progress line on stderr."""
     w = level.windows[-1] if level.windows else None
-    print(f"  {protocol} c={concurrency} ({batching}): {fmt(level.throughput)} req/s, "
+    print(f"  {level.protocol} c={level.concurrency} ({level.batching}): {fmt(level.throughput)} req/s, "
           f"p50 {fmt(level.percentile_ms(50))} ms, windows {len(level.windows)}, stable {level.stable}, "
           f"client CPU {level.client_cpu:.2f}"
           + (f", errors {level.errors}: {level.first_error}" if w and level.errors else ""), file=sys.stderr)
