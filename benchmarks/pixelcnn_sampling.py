@@ -34,7 +34,6 @@ from common import (
     write_json,
 )
 
-from training.distributions import categorical
 from training.families.pixelcnn import PixelCNN, sample_fast, sample_naive
 
 METHODS = ["naive", "fast", "onnx", "torchscript"]
@@ -52,14 +51,14 @@ def naive_prefix(model: PixelCNN, label, noise, temperature, pixels: int) -> tor
 
     Pixels past the prefix stay 0. With pixels >= H * W this is `sample_naive` itself.
     """
-    b, height, width = noise.shape
+    b, height, width = noise.shape[:3]
     if pixels >= height * width:
         return sample_naive(model, label, noise, temperature)
     canvas = torch.zeros(b, 1, height, width, dtype=torch.long)
     for p in range(pixels):
         i, j = divmod(p, width)
-        logits = model.logits(canvas, label)[:, i, j]  # [B, levels], the whole network as in sample_naive
-        canvas[:, 0, i, j] = categorical.sample(logits, noise[:, i, j], temperature)
+        params = model.params(canvas, label)[:, i, j]  # [B, channels], the whole network as in sample_naive
+        canvas[:, 0, i, j] = model.output.sample(params, noise[:, i, j], temperature)
     return canvas
 
 

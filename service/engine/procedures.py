@@ -42,6 +42,7 @@ def autoregressive(
     condition on it.
     """
     rows, steps, step_shape = len(rngs), capability["steps"], capability["step_shape"]
+    noise_shape = capability.get("noise_shape", step_shape)  # more uniforms per value for some distributions
     observed = np.zeros([rows, *data_shape], np.int64) if observed is None else observed
     mask = np.zeros([rows, *data_shape], np.int64) if mask is None else mask
     observed = observed.reshape(rows, steps, *step_shape)
@@ -49,7 +50,7 @@ def autoregressive(
     extra = {} if label is None else {"label": label}
 
     def feeds(t: int) -> dict[str, np.ndarray]:
-        return {"noise": uniform_noise(rngs, step_shape), "temperature": temperature,
+        return {"noise": uniform_noise(rngs, noise_shape), "temperature": temperature,
                 "observed": observed[:, t], "mask": mask[:, t], **extra}
 
     state = {"x_prev": np.zeros([rows, *step_shape], np.int64)}

@@ -8,7 +8,6 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from training.distributions import categorical
 from training.families.pixelcnn import (
     PixelCNN,
     PixelCNNConfig,
@@ -18,17 +17,26 @@ from training.families.pixelcnn import (
     sample_naive,
 )
 
+OUTPUTS = ["categorical", "logistic_mixture"]
 
-def small_model(height=6, width=7, levels=3, layers=3, dtype=torch.float64) -> PixelCNN:
+
+def small_model(height=6, width=7, levels=3, layers=3, dtype=torch.float64, output="categorical") -> PixelCNN:
     torch.manual_seed(0)
     config = PixelCNNConfig(height=height, width=width, levels=levels, num_classes=4, channels=6,
-                            n_layers=layers, first_kernel=5, kernel=3, head_channels=8)
+                            n_layers=layers, first_kernel=5, kernel=3, head_channels=8, output=output, mixtures=2)
     return PixelCNN(config).to(dtype).eval()
 
 
-def test_every_output_depends_only_on_earlier_pixels():
-    """Causality by input gradients: logits at (i, j) have zero gradient w.r.t. x at (i', j') >= (i, j)."""
-    model = small_model()
+def uniforms(model: PixelCNN, b: int, generator: torch.Generator) -> torch.Tensor:
+    """[B, H, W, *noise_shape] float64 noise for the model's output distribution."""
+    c = model.config
+    return torch.rand(b, c.height, c.width, *model.output.noise_shape, generator=generator, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("output", OUTPUTS)
+def test_every_output_depends_only_on_earlier_pixels(output):
+    """Causality by input gradients: params at (i, j) have zero gradient w.r.t. x at (i', j') >= (i, j)."""
+    model = small_model(output=output)
     h, w = model.config.height, model.config.width
     x = torch.randint(0, 3, (1, 1, h, w)).double().requires_grad_()
     v = hs = model.scale(x)
@@ -48,9 +56,10 @@ def test_every_output_depends_only_on_earlier_pixels():
     assert (grad[0, 0, h - 2] != 0).all() and (grad[0, 0, h - 1, :3] != 0).all()
 
 
-def test_model_distribution_sums_to_one():
+@pytest.mark.parametrize("output", OUTPUTS)
+def test_model_distribution_sums_to_one(output):
     """Over every 2x2 image with 3 levels (81 of them), p(x | y) and the marginal p(x) sum to 1."""
-    model = small_model(height=2, width=2, levels=3, layers=2)
+    model = small_model(height=2, width=2, levels=3, layers=2, output=output)
     images = torch.tensor(list(itertools.product(range(3), repeat=4))).view(-1, 1, 2, 2)
     for label in range(4):
         total = model.log_prob(images, torch.full((81,), label)).exp().sum()
@@ -68,33 +77,22 @@ def test_marginal_is_logsumexp_over_labels():
     assert torch.allclose(model.log_prob_marginal(x, log_prior), expected)
 
 
-def test_categorical_inverse_cdf_matches_probabilities():
-    """Sampling from uniform noise: frequencies match the probabilities (chi-square)."""
-    from scipy.stats import chisquare
-
-    logits = torch.tensor([1.0, -0.5, 0.3, 2.0])
-    u = torch.rand(20000, generator=torch.Generator().manual_seed(3))
-    draws = categorical.sample(logits.expand(20000, 4), u, torch.ones(20000))
-    counts = torch.bincount(draws, minlength=4).numpy()
-    expected = torch.softmax(logits.double(), 0).numpy() * counts.sum()
-    assert chisquare(counts, expected).pvalue > 1e-3
-    assert torch.exp(categorical.log_prob(logits.expand(4, 4), torch.arange(4))).sum().item() == pytest.approx(1.0)
-
-
-def test_fast_sampling_equals_naive_under_the_same_noise():
-    model = small_model()
+@pytest.mark.parametrize("output", OUTPUTS)
+def test_fast_sampling_equals_naive_under_the_same_noise(output):
+    model = small_model(output=output)
     g = torch.Generator().manual_seed(1)
-    noise = torch.rand(4, 6, 7, generator=g, dtype=torch.float64)
+    noise = uniforms(model, 4, g)
     label, temperature = torch.tensor([0, 1, 2, 3]), torch.tensor([1.0, 1.0, 0.7, 1.5], dtype=torch.float64)
     fast = sample_fast(model, label, noise, temperature)
     assert torch.equal(fast, sample_naive(model, label, noise, temperature))
     assert fast.unique().numel() > 1  # the samples are not degenerate
 
 
-def test_fast_completion_equals_naive_and_keeps_observed_pixels():
-    model = small_model()
+@pytest.mark.parametrize("output", OUTPUTS)
+def test_fast_completion_equals_naive_and_keeps_observed_pixels(output):
+    model = small_model(output=output)
     g = torch.Generator().manual_seed(2)
-    noise = torch.rand(3, 6, 7, generator=g, dtype=torch.float64)
+    noise = uniforms(model, 3, g)
     observed = torch.randint(0, 3, (3, 6, 7), generator=g)
     mask = (torch.rand(3, 6, 7, generator=g) < 0.5).long()
     label, temperature = torch.tensor([0, 1, 2]), torch.ones(3, dtype=torch.float64)
@@ -168,3 +166,31 @@ def test_exported_sampling_step_matches_eager(tiny_run, tiny_store):
         assert np.array_equal(got[0], eager[0])
         for a, e in zip(got[1:], eager[1:], strict=True):
             assert np.allclose(a, e, rtol=1e-4, atol=1e-5)
+
+
+def test_logistic_mixture_pixelcnn_exports_with_parity(tmp_path):
+    """A 256-level logistic-mixture PixelCNN: exported log_prob and row step (ONNX) equal the eager ones."""
+    from training.export import export_function
+    from training.families.pixelcnn import LogProbGivenLabel
+
+    torch.manual_seed(3)
+    config = PixelCNNConfig(height=5, width=6, levels=256, num_classes=3, channels=6, n_layers=2, first_kernel=3,
+                            kernel=3, head_channels=8, output="logistic_mixture", mixtures=3)
+    model = PixelCNN(config).eval()
+    g = torch.Generator().manual_seed(5)
+    b, w = 4, config.width
+    x, label = torch.randint(0, 256, (b, 1, 5, w), generator=g), torch.arange(b) % 3
+    step = RowStep(model)
+    inputs = {"x_prev": torch.randint(0, 256, (b, w), generator=g), **initial_state(step, b)}
+    none = torch.zeros(b, w, dtype=torch.long)
+    inputs |= {"started": torch.ones(b), "noise": torch.rand(b, w, 2, generator=g), "temperature": torch.ones(b),
+               "label": label, "observed": none, "mask": none}
+    export_function(LogProbGivenLabel(model), {"x": x, "label": label}, ["log_prob"], tmp_path, "lp")
+    export_function(step, inputs, ["x", "next_x_hist", "next_v_hist", "next_started"], tmp_path, "step")
+    with torch.no_grad():
+        eager_lp = model.log_prob(x, label).numpy()
+        eager_step = [t.numpy() for t in step(*inputs.values())]
+    onnx_lp = _onnx(tmp_path / "lp.onnx").run(None, {"x": x.numpy(), "label": label.numpy()})[0]
+    assert np.allclose(onnx_lp, eager_lp, rtol=1e-4)
+    onnx_step = _onnx(tmp_path / "step.onnx").run(None, {k: v.numpy() for k, v in inputs.items()})
+    assert np.array_equal(onnx_step[0], eager_step[0]) and len(np.unique(eager_step[0])) > 1

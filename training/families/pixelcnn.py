@@ -10,6 +10,11 @@ is cached across rows: each layer keeps the last few rows of its input, so a
 new row costs one row of vertical convolutions. Inside a row, pixel j runs the
 horizontal stack over columns 0..j only, the only ones that can affect it.
 Both are exact: `sample_fast` equals `sample_naive` under the same noise.
+
+Each pixel's distribution over its `levels` values is a categorical (`output:
+"categorical"`, the default: binarized data) or the discretized logistic
+mixture of PixelCNN++ (`output: "logistic_mixture"`: 256-level data, 3K
+parameters per pixel instead of 256, and two uniforms of noise per pixel).
 """
 
 from dataclasses import asdict, dataclass
@@ -18,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.distributions import categorical
+from training.distributions import categorical, logistic_mixture
 
 
 @dataclass
@@ -32,9 +37,44 @@ class PixelCNNConfig:
     first_kernel: int = 7
     kernel: int = 3
     head_channels: int = 64
+    output: str = "categorical"  # or "logistic_mixture"
+    mixtures: int = 5  # components of the logistic mixture
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class CategoricalOutput:
+    """One logit per level; one uniform per pixel."""
+
+    noise_shape: tuple[int, ...] = ()
+
+    def __init__(self, config: PixelCNNConfig):
+        self.channels = config.levels
+
+    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return categorical.log_prob(params, x)
+
+    def sample(self, params: torch.Tensor, u: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+        return categorical.sample(params, u, temperature)
+
+
+class LogisticMixtureOutput:
+    """3K parameters (mixture logits, means, log scales); two uniforms per pixel (component, value)."""
+
+    noise_shape = (2,)
+
+    def __init__(self, config: PixelCNNConfig):
+        self.channels, self.levels = 3 * config.mixtures, config.levels
+
+    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return logistic_mixture.log_prob(params, x, self.levels)
+
+    def sample(self, params: torch.Tensor, u: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+        return logistic_mixture.sample(params, u, temperature, self.levels)
+
+
+OUTPUTS = {"categorical": CategoricalOutput, "logistic_mixture": LogisticMixtureOutput}
 
 
 def gate(x: torch.Tensor) -> torch.Tensor:
@@ -97,6 +137,9 @@ class PixelCNN(nn.Module):
         super().__init__()
         self.config = config
         c = config
+        if c.output not in OUTPUTS:
+            raise ValueError(f"model.output: {c.output!r} is not one of {sorted(OUTPUTS)}")
+        self.output = OUTPUTS[c.output](c)
         self.layers = nn.ModuleList(
             GatedLayer(1 if i == 0 else c.channels, c.channels,
                        c.first_kernel if i == 0 else c.kernel, c.num_classes, first=i == 0)
@@ -104,7 +147,7 @@ class PixelCNN(nn.Module):
         )
         self.head = nn.Sequential(
             nn.ReLU(), nn.Conv2d(c.channels, c.head_channels, 1),
-            nn.ReLU(), nn.Conv2d(c.head_channels, c.levels, 1),
+            nn.ReLU(), nn.Conv2d(c.head_channels, self.output.channels, 1),
         )
 
     def scale(self, x: torch.Tensor) -> torch.Tensor:
@@ -112,8 +155,8 @@ class PixelCNN(nn.Module):
         dtype = self.head[-1].weight.dtype
         return x.to(dtype) * (2.0 / (self.config.levels - 1)) - 1.0
 
-    def logits(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        """x [B, 1, H, W] levels, label [B] -> logits [B, H, W, levels]."""
+    def params(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """x [B, 1, H, W] levels, label [B] -> each pixel's distribution parameters [B, H, W, channels]."""
         v = h = self.scale(x)
         for layer in self.layers:
             v, h = layer(v, h, label)
@@ -121,7 +164,7 @@ class PixelCNN(nn.Module):
 
     def log_prob(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         """log p(x | label) in nats: x [B, 1, H, W], label [B] -> [B]."""
-        return categorical.log_prob(self.logits(x, label), x[:, 0]).sum(dim=(1, 2))
+        return self.output.log_prob(self.params(x, label), x[:, 0]).sum(dim=(1, 2))
 
     def log_prob_marginal(self, x: torch.Tensor, log_prior: torch.Tensor) -> torch.Tensor:
         """log p(x) = log sum_y p(x | y) p(y), exactly: x [B, 1, H, W], log_prior [K] -> [B]."""
@@ -172,7 +215,7 @@ class RowStep(nn.Module):
         return links, new_hists[0], torch.stack(new_hists[1:], dim=1)
 
     def forward(self, x_prev, x_hist, v_hist, started, noise, temperature, label, observed, mask):
-        """x_prev, observed, mask [B, W] int64; noise [B, W] uniform; temperature [B]; label [B].
+        """x_prev, observed, mask [B, W] int64; noise [B, W, *noise_shape] uniform; temperature [B]; label [B].
 
         Returns (row [B, W] int64, x_hist, v_hist, started). Where mask is 1 the
         row takes the observed value (completion); elsewhere it is sampled.
@@ -185,8 +228,8 @@ class RowStep(nn.Module):
             h = self.model.scale(prefix)[:, None, None, :]  # [B, 1, 1, j+1]
             for layer, link, cond_h in zip(self.model.layers, links, conds, strict=True):
                 h = layer.horizontal(h, link[..., : j + 1], cond_h)
-            logits = self.model.head(h[..., j:])[:, :, 0, 0]  # [B, levels]
-            drawn = categorical.sample(logits, noise[:, j], temperature)
+            params = self.model.head(h[..., j:])[:, :, 0, 0]  # [B, channels]
+            drawn = self.model.output.sample(params, noise[:, j], temperature)
             columns.append(torch.where(mask[:, j] > 0, observed[:, j], drawn))
         return torch.stack(columns, dim=1), x_hist, v_hist, torch.ones_like(started)
 
@@ -198,8 +241,8 @@ def initial_state(step: RowStep, batch: int) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def sample_fast(model: PixelCNN, label, noise, temperature, observed=None, mask=None) -> torch.Tensor:
-    """label [B], noise [B, H, W], temperature [B] -> images [B, 1, H, W] int64, one RowStep per row."""
-    b, height, width = noise.shape
+    """label [B], noise [B, H, W, *noise_shape], temperature [B] -> images [B, 1, H, W] int64, a RowStep per row."""
+    b, height, width = noise.shape[:3]
     observed = torch.zeros(b, height, width, dtype=torch.long) if observed is None else observed
     mask = torch.zeros_like(observed) if mask is None else mask
     step, state = RowStep(model), initial_state(RowStep(model), b)
@@ -214,12 +257,12 @@ def sample_fast(model: PixelCNN, label, noise, temperature, observed=None, mask=
 @torch.no_grad()
 def sample_naive(model: PixelCNN, label, noise, temperature, observed=None, mask=None) -> torch.Tensor:
     """Reference sampler: the whole network on the whole canvas, once per pixel."""
-    b, height, width = noise.shape
+    b, height, width = noise.shape[:3]
     canvas = torch.zeros(b, 1, height, width, dtype=torch.long)
     for i in range(height):
         for j in range(width):
-            logits = model.logits(canvas, label)[:, i, j]  # [B, levels]
-            pixel = categorical.sample(logits, noise[:, i, j], temperature)
+            params = model.params(canvas, label)[:, i, j]  # [B, channels]
+            pixel = model.output.sample(params, noise[:, i, j], temperature)
             if mask is not None:
                 pixel = torch.where(mask[:, i, j] > 0, observed[:, i, j], pixel)
             canvas[:, 0, i, j] = pixel
@@ -237,7 +280,7 @@ def sample_grid(model: PixelCNN, generator: torch.Generator, per_class: int = 8)
     """Samples for every class, class by class: [num_classes * per_class, 1, H, W] int64."""
     c = model.config
     label = torch.arange(c.num_classes).repeat_interleave(per_class)
-    noise = torch.rand(len(label), c.height, c.width, generator=generator)
+    noise = torch.rand(len(label), c.height, c.width, *model.output.noise_shape, generator=generator)
     return sample_fast(model, label, noise, torch.ones(len(label)))
 
 
@@ -281,13 +324,14 @@ def exported_functions(model: PixelCNN, split) -> tuple[dict, dict]:
         "log_prob": (LogProb(model, class_prior), {"x": x}, ["log_prob"]),
         "log_prob_given_label": (LogProbGivenLabel(model), {"x": x, "label": label}, ["log_prob"]),
         "sample_step": (step, {
-            "x_prev": row, **state, "noise": torch.rand(b, c.width), "temperature": torch.ones(b),
+            "x_prev": row, **state, "noise": torch.rand(b, c.width, *model.output.noise_shape),
+            "temperature": torch.ones(b),
             "label": label, "observed": row, "mask": row,
         }, ["x"] + [f"next_{name}" for name in state]),
     }
     shapes = {name: {"dtype": "float32", "shape": shape} for name, shape in step.state_shapes().items()}
     autoregressive = {"procedure": "autoregressive", "function": "sample_step", "steps": c.height,
-                      "step_shape": [c.width], "state": shapes}
+                      "step_shape": [c.width], "noise_shape": [c.width, *model.output.noise_shape], "state": shapes}
     capabilities = {
         "sample": autoregressive,
         "complete": autoregressive,
