@@ -32,7 +32,8 @@ def run(
         raise SystemExit(f"genserve: cannot load the model store: {e}") from e
     metrics = EngineMetrics()
     directories = {name: entry.directory for name, entry in store.entries.items()}
-    workers = WorkerPool(directories, settings.runtime, settings.intra_op_threads, metrics.worker_restarted)
+    workers = WorkerPool(directories, settings.runtime, settings.intra_op_threads, metrics.worker_restarted,
+                         settings.worker_call_timeout_s, settings.worker_wait_s)
     engine = Engine(store, settings, metrics, runner=workers)
     log.info("model store %s: %s", settings.models, ", ".join(store.names()) or "no models")
     app = create_app(engine, settings)
@@ -45,7 +46,8 @@ async def serve(app, engine, settings) -> None:
     On the signal both stop taking new work and finish what is in flight (grace DRAIN_GRACE_S):
     HTTP keeps its listener open and answers new requests 503 (service.api.drain) until no request
     is in flight, then uvicorn stops; gRPC at once reports NOT_SERVING and refuses new calls
-    (UNAVAILABLE). Then the engine workers stop, serve() returns and the process exits 0.
+    (UNAVAILABLE). Then the engine workers stop, serve() returns and the process exits 0. A second
+    signal stops waiting for in-flight work.
     uvicorn's own signal handling would re-raise the signal once it is done, killing the
     process before gRPC has drained, so the loop's handlers stand in for it.
     """
@@ -60,32 +62,35 @@ async def serve(app, engine, settings) -> None:
         def capture_signals(self):  # the loop's handlers below stand in for uvicorn's (which re-raise the signal)
             yield
 
-    await engine.start()  # the workers load the models in the background; /readyz says when they are up
     grpc_server = build_grpc_server(engine, settings, settings.grpc_port)
-    await grpc_server.start()
-    log.info("gRPC on %s:%d", settings.host, grpc_server.genserve_port)
-    web = Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info"))
-    drained: asyncio.Task | None = None
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info",
+                            timeout_graceful_shutdown=int(DRAIN_GRACE_S))
+    web = Server(config)
+    drained: asyncio.Future | None = None
 
     async def drain_grpc() -> None:
         await grpc_server.genserve_health.enter_graceful_shutdown()
-        await grpc_server.stop(grace=DRAIN_GRACE_S)  # in-flight calls finish; new ones are refused
+        await grpc_server.stop(grace=DRAIN_GRACE_S)  # in-flight calls finish (within the grace); new ones are refused
 
     async def drain_http() -> None:
         await app.state.drain.finished(DRAIN_GRACE_S)  # new requests get 503 meanwhile
         web.should_exit = True
 
-    def start_drain() -> asyncio.Task:
+    def start_drain() -> asyncio.Future:
         nonlocal drained
         if drained is None:
             app.state.drain.begin()
-            drained = asyncio.ensure_future(asyncio.gather(drain_grpc(), drain_http()))
+            drained = asyncio.gather(drain_grpc(), drain_http())
         return drained
 
     def on_signal(sig: signal.Signals) -> None:
+        if drained is not None:  # a second signal: stop waiting for in-flight work
+            log.info("%s again: stopping now", sig.name)
+            web.should_exit = web.force_exit = True
+            app.state.drain.stop_waiting()
+            asyncio.ensure_future(grpc_server.stop(grace=None))
+            return
         log.info("%s: draining", sig.name)
-        if app.state.drain.draining and sig == signal.SIGINT:
-            web.should_exit = web.force_exit = True  # a second Ctrl-C stops waiting for HTTP requests
         start_drain()
 
     loop = asyncio.get_running_loop()
@@ -93,9 +98,12 @@ async def serve(app, engine, settings) -> None:
     for sig in signals:
         loop.add_signal_handler(sig, on_signal, sig)
     try:
+        await engine.start()  # the workers load the models in the background; /readyz says when they are up
+        await grpc_server.start()
+        log.info("gRPC on %s:%d", settings.host, grpc_server.genserve_port)
         await web.serve()  # returns once drain_http() has set should_exit
-    finally:
         await start_drain()
+    finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
         await engine.stop()

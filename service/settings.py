@@ -18,6 +18,8 @@ class Settings(BaseSettings):
     max_inputs_per_request: int = 256  # inputs per score/complete request
     max_body_bytes: int = 8 * 1024 * 1024  # larger bodies get 413
     intra_op_threads: int = 0  # 0: the runtime's default
+    worker_call_timeout_s: float = 300.0  # an engine worker silent this long over one call is killed and restarted
+    worker_wait_s: float = 30.0  # while no worker is up, how long a call waits for one before 503
     # Overrides of the manifest's batching knobs, for every model.
     max_batch_size: int | None = None
     max_queue_delay_us: int | None = None

@@ -6,15 +6,14 @@ fake; it owns models, shapes, value ranges and capabilities, and raises
 EngineError subclasses that errors.py maps to status codes.
 """
 
-import asyncio
 import secrets
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import codecs, errors, schemas, v2
+from service.api.disconnect import CLIENT_CLOSED_REQUEST, ClientGone, unless_disconnected
 from service.api.drain import Drain, DrainMiddleware
 from service.api.metrics import ApiMetrics, MetricsMiddleware
 from service.engine.errors import EngineError, InvalidInput, MissingCapability
@@ -99,34 +98,6 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 # --- helpers -------------------------------------------------------------------------------------------------------
-
-T = TypeVar("T")
-CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request whose client went away; only the access log sees it
-
-
-class ClientGone(Exception):
-    """The HTTP client disconnected before its answer was ready; its work was cancelled."""
-
-
-async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Await `work`, cancelling it if the client disconnects first (the engine then frees its rows within a step)."""
-    task = asyncio.ensure_future(work)
-
-    async def disconnected() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watcher = asyncio.ensure_future(disconnected())
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if not task.done():
-            raise ClientGone
-        return task.result()
-    finally:
-        watcher.cancel()
-        task.cancel()
-
-
 
 def _knows(engine: Any, name: str) -> bool:
     try:

@@ -26,6 +26,10 @@ class Drain:
     def begin(self) -> None:
         self.draining = True
 
+    def stop_waiting(self) -> None:
+        """Let finished() return now, whatever is still in flight."""
+        self.idle.set()
+
     async def finished(self, timeout_s: float) -> bool:
         """Wait until no HTTP request is in flight (True), or timeout_s passed (False)."""
         try:

@@ -29,6 +29,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 import genserve
+from service.api.disconnect import unless_disconnected
 from service.engine.errors import RETRY_AFTER_S, EngineError, InvalidInput
 from service.engine.oip import (
     DATATYPES,
@@ -281,7 +282,7 @@ def router(engine: Any) -> APIRouter:
             doc, tail = _parse(body, request.headers.get(HEADER_LENGTH))
             inputs = decode_inputs(doc, tail, spec)
             wanted = requested_outputs(doc, spec)
-            outputs = await engine.infer(model, function, inputs)
+            outputs = await unless_disconnected(request, engine.infer(model, function, inputs))
         except EngineError as e:
             return from_engine_error(e)
         except Exception:

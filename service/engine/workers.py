@@ -8,8 +8,10 @@ WorkerPool starts one worker process per visible CUDA device, else one CPU worke
 travels over zmq (ipc://) as a JSON header frame and one raw buffer frame per tensor: no
 pickle on the hot path, and the receiver wraps the frames without copying them. When a worker
 dies its in-flight calls fail at once with WorkerLost (503; gRPC UNAVAILABLE) and it is started
-again; until it is up, ready() is False and calls fail fast. Requests still queued in a
-scheduler are not lost: they run on the restarted worker.
+again; a worker that takes longer than call_timeout_s over one call is killed, which takes the
+same path. While no worker is up, ready() is False and a new call waits (at most
+wait_for_worker_s) for one to come back, so requests still queued in a scheduler run on the
+restarted worker instead of failing.
 """
 
 import asyncio
@@ -89,19 +91,22 @@ def unpack(frames: list) -> tuple[dict, Arrays]:
 # --- the worker process ----------------------------------------------------------------------------------------------
 
 
-def worker_main(address: str, directories: dict[str, str], runtime: str, threads: int, device: int | None) -> None:
-    """Entry point of a worker process: load the models, then answer calls until the API process goes away."""
+def worker_main(address: str, directories: dict[str, str], runtime: str, threads: int, device: int | None,
+                parent: int) -> None:
+    """Entry point of a worker process: load the models, then answer calls until the API process `parent` goes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C drains the API process, which then stops its workers
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s worker[{os.getpid()}]: %(message)s")
     functions = load_functions({m: Path(d) for m, d in directories.items()}, runtime, threads, device)
-    asyncio.run(_answer_calls(address, functions, os.getppid()))
+    asyncio.run(_answer_calls(address, functions, parent))
 
 
 async def _answer_calls(address: str, functions: dict[tuple[str, str], TensorFunction], parent: int) -> None:
     import zmq
     import zmq.asyncio
 
-    socket = zmq.asyncio.Context().socket(zmq.DEALER)
+    context = zmq.asyncio.Context()
+    socket = context.socket(zmq.DEALER)
+    socket.setsockopt(zmq.LINGER, 0)  # an answer nobody will read never holds up the exit
     socket.connect(address)
     await socket.send_multipart(pack({"ready": True}, {}))
     pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="run")
@@ -122,6 +127,7 @@ async def _answer_calls(address: str, functions: dict[tuple[str, str], TensorFun
             task = asyncio.create_task(answer(await socket.recv_multipart(copy=False)))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
+    context.destroy(linger=0)
 
 
 # --- the API side ----------------------------------------------------------------------------------------------------
@@ -149,9 +155,8 @@ def visible_cuda_devices(runtime: str) -> list[int]:
 class Worker:
     """One worker process (restarted when it dies) and the socket the API process talks to it on."""
 
-    def __init__(self, device: int | None, spawn: Callable[[str, int | None], multiprocessing.Process],
-                 on_restart: Callable[[], None], sockets_dir: str):
-        self.device, self.spawn, self.on_restart, self.sockets_dir = device, spawn, on_restart, sockets_dir
+    def __init__(self, device: int | None, pool: "WorkerPool"):
+        self.device, self.pool = device, pool
         self.label = "cpu" if device is None else f"cuda:{device}"
         self.up = False
         self.stopping = False
@@ -162,6 +167,7 @@ class Worker:
         self.process: multiprocessing.Process | None = None
         self.started_at = 0.0
         self.socket = None
+        self.address = ""
         self.reader: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -170,15 +176,16 @@ class Worker:
         import zmq.asyncio
 
         self.generation += 1
-        address = f"ipc://{self.sockets_dir}/{self.label.replace(':', '')}-{self.generation}"
+        self.address = f"{self.pool.sockets_dir}/{self.label.replace(':', '')}-{self.generation}"
         self.socket = zmq.asyncio.Context.instance().socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.bind(address)
-        self.process = self.spawn(address, self.device)
+        self.socket.bind(f"ipc://{self.address}")
+        self.process = self.pool.spawn(f"ipc://{self.address}", self.device)
         self.process.start()
         self.started_at = time.monotonic()
         asyncio.get_running_loop().add_reader(self.process.sentinel, self._died)
         self.reader = asyncio.create_task(self._read())
+        self.reader.add_done_callback(self._reader_ended)
         log.info("engine worker %s: started, pid %d", self.label, self.process.pid)
 
     async def _read(self) -> None:
@@ -186,6 +193,7 @@ class Worker:
             header, outputs = unpack(await self.socket.recv_multipart(copy=False))
             if header.get("ready"):
                 self.up, self.failed_starts = True, 0
+                self.pool.worker_up.set()
                 log.info("engine worker %s: ready in %.1f s", self.label, time.monotonic() - self.started_at)
                 continue
             future = self.pending.pop(header["id"], None)
@@ -196,6 +204,12 @@ class Worker:
             else:
                 future.set_result(outputs)
 
+    def _reader_ended(self, reader: asyncio.Task) -> None:
+        """The reader never ends on its own; if it failed, the worker is unreachable: kill it (and restart)."""
+        if not reader.cancelled() and reader.exception() is not None:
+            log.error("engine worker %s: reading its answers failed (%r); killing it", self.label, reader.exception())
+            self.process.kill()
+
     def _died(self) -> None:
         """The process exited: fail its in-flight calls now, then start it again (unless stopping)."""
         asyncio.get_running_loop().remove_reader(self.process.sentinel)
@@ -204,6 +218,7 @@ class Worker:
         self.up = False
         self.reader.cancel()
         self.socket.close()
+        Path(self.address).unlink(missing_ok=True)
         lost = WorkerLost(f"engine worker {self.label} exited (code {code}) while running this request; "
                           "retry shortly")
         for future in self.pending.values():
@@ -214,7 +229,7 @@ class Worker:
             return
         log.error("engine worker %s: exited with code %s; restarting", self.label, code)
         self.failed_starts = 0 if was_up else self.failed_starts + 1
-        self.on_restart()
+        self.pool.on_restart()
         delay = RESTART_BACKOFF_S[min(self.failed_starts, len(RESTART_BACKOFF_S) - 1)]
         asyncio.get_running_loop().call_later(delay, lambda: None if self.stopping else self.start())
 
@@ -223,9 +238,20 @@ class Worker:
         future = asyncio.get_running_loop().create_future()
         self.pending[call_id] = future
         try:
-            await self.socket.send_multipart(pack({"id": call_id, "model": model, "function": function}, feeds),
-                                             copy=False)
-            return await future
+            try:
+                await self.socket.send_multipart(pack({"id": call_id, "model": model, "function": function}, feeds),
+                                                 copy=False)
+            except (asyncio.CancelledError, Exception):
+                if future.done() and not future.cancelled() and future.exception() is not None:
+                    raise future.exception() from None  # the worker died mid-send and closed the socket
+                raise
+            return await asyncio.wait_for(future, self.pool.call_timeout_s)
+        except TimeoutError:
+            log.error("engine worker %s: no answer in %.0f s; killing it", self.label, self.pool.call_timeout_s)
+            self.up = False  # not ready from now on, not only once _died() has run
+            self.process.kill()  # _died() fails every call in flight and restarts it
+            raise WorkerLost(f"engine worker {self.label} did not answer in {self.pool.call_timeout_s:.0f} s and "
+                             "was restarted; retry shortly") from None
         finally:
             self.pending.pop(call_id, None)
 
@@ -242,16 +268,18 @@ class WorkerPool:
     """One worker process per visible CUDA device, else one CPU worker."""
 
     def __init__(self, directories: dict[str, Path], runtime: str, threads: int = 0,
-                 on_restart: Callable[[], None] = lambda: None):
-        """on_restart() is called each time a worker that died is started again."""
+                 on_restart: Callable[[], None] = lambda: None, call_timeout_s: float = 300.0,
+                 wait_for_worker_s: float = 30.0):
+        """on_restart() is called each time a worker dies and is started again."""
         self.directories = {model: str(directory) for model, directory in directories.items()}
         self.runtime, self.threads, self.on_restart = runtime, threads, on_restart
+        self.call_timeout_s, self.wait_for_worker_s = call_timeout_s, wait_for_worker_s
         self.sockets_dir = tempfile.mkdtemp(prefix="genserve-")
-        self.workers = [Worker(device, self._spawn, on_restart, self.sockets_dir)
-                        for device in (visible_cuda_devices(runtime) or [None])]
+        self.worker_up = asyncio.Event()  # set whenever a worker reports its models loaded
+        self.workers = [Worker(device, self) for device in (visible_cuda_devices(runtime) or [None])]
 
-    def _spawn(self, address: str, device: int | None) -> multiprocessing.Process:
-        args = (address, self.directories, self.runtime, self.threads, device)
+    def spawn(self, address: str, device: int | None) -> multiprocessing.Process:
+        args = (address, self.directories, self.runtime, self.threads, device, os.getpid())
         return multiprocessing.get_context("spawn").Process(target=worker_main, args=args, daemon=True,
                                                             name=f"genserve-worker-{device}")
 
@@ -265,9 +293,13 @@ class WorkerPool:
         return all(worker.up for worker in self.workers)
 
     async def call(self, model: str, function: str, feeds: Arrays) -> Arrays:
-        up = [worker for worker in self.workers if worker.up]
-        if not up:
-            raise WorkerLost("no engine worker is up (starting or restarting); retry shortly")
+        deadline = time.monotonic() + self.wait_for_worker_s
+        while not (up := [worker for worker in self.workers if worker.up]):
+            self.worker_up.clear()
+            try:  # starting or restarting: wait for it, bounded
+                await asyncio.wait_for(self.worker_up.wait(), max(deadline - time.monotonic(), 0.0))
+            except TimeoutError:
+                raise WorkerLost(f"no engine worker came up in {self.wait_for_worker_s:.0f} s; retry later") from None
         worker = min(up, key=lambda w: len(w.pending))  # the least busy device
         return await worker.call(model, function, feeds)
 

@@ -68,10 +68,15 @@ def test_a_worker_process_computes_what_this_process_computes_and_survives_death
                 await in_flight
             failed_after = time.monotonic() - killed
             assert not pool.ready()
-            with pytest.raises(WorkerLost):  # no worker up: refused at once, not queued forever
-                await pool.call(MODEL, "log_prob_given_label", feeds)
+            again = await pool.call(MODEL, "log_prob_given_label", feeds)  # waits for the restarted worker
+            assert pool.ready()
+
+            pool.call_timeout_s = 0.01  # a worker silent for longer over one call is killed and restarted
+            with pytest.raises(WorkerLost, match="did not answer"):
+                await pool.call(MODEL, "log_prob", {"x": np.repeat(feeds["x"], 200, 0)})
+            pool.call_timeout_s = 60.0
             await wait_up(pool)
-            again = await pool.call(MODEL, "log_prob_given_label", feeds)
+            assert len(restarts) == 2
             return got, again, failed_after, worker
         finally:
             await pool.stop()
@@ -80,5 +85,4 @@ def test_a_worker_process_computes_what_this_process_computes_and_survives_death
     assert np.array_equal(got["log_prob"], expected["log_prob"])  # the same runtime, bit for bit
     assert np.array_equal(again["log_prob"], expected["log_prob"])
     assert failed_after < 1.0
-    assert restarts == [1]
     assert not worker.process.is_alive()  # stop() stopped it
