@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny PixelCNN trained in seconds and exported into a temporary store."""
+"""Shared fixtures: tiny models trained in seconds and exported into temporary stores."""
 
 import json
 from pathlib import Path
@@ -6,41 +6,45 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-TINY_CONFIG = REPO / "training" / "configs" / "pixelcnn-tiny.json"
-TINY_GRAY_CONFIG = REPO / "training" / "configs" / "pixelcnn-gray-tiny.json"
+CONFIGS = REPO / "training" / "configs"
+
+
+def train_tiny(config: str, tmp_path_factory) -> Path:
+    """A run of training/configs/<config>.json in a temporary directory."""
+    from training.train import train
+
+    return train(CONFIGS / f"{config}.json", tmp_path_factory.mktemp("runs") / config)
+
+
+def export_tiny(run: Path, name: str, tmp_path_factory) -> Path:
+    """A temporary model store holding `run` exported as `name` (version 1, no baseline)."""
+    from training.export import export
+
+    store = tmp_path_factory.mktemp("models")
+    out = export(run, store, name=name, baseline=False)
+    assert json.loads((out / "manifest.json").read_text())["name"] == name
+    return store
 
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
-    from training.train import train
-
-    return train(TINY_CONFIG, tmp_path_factory.mktemp("runs") / "pixelcnn-tiny")
+    """A tiny binarized PixelCNN."""
+    return train_tiny("pixelcnn-tiny", tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def tiny_store(tiny_run, tmp_path_factory) -> Path:
     """A model store holding one model, `pixelcnn`, exported from the tiny run."""
-    from training.export import export
-
-    store = tmp_path_factory.mktemp("models")
-    out = export(tiny_run, store, name="pixelcnn", baseline=False)
-    assert json.loads((out / "manifest.json").read_text())["name"] == "pixelcnn"
-    return store
+    return export_tiny(tiny_run, "pixelcnn", tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def tiny_gray_run(tmp_path_factory) -> Path:
-    """A tiny 256-level PixelCNN with the logistic-mixture output, trained in seconds."""
-    from training.train import train
-
-    return train(TINY_GRAY_CONFIG, tmp_path_factory.mktemp("runs") / "pixelcnn-gray-tiny")
+    """A tiny 256-level PixelCNN with the logistic-mixture output."""
+    return train_tiny("pixelcnn-gray-tiny", tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def tiny_gray_store(tiny_gray_run, tmp_path_factory) -> Path:
     """A model store holding `pixelcnn-gray`, exported from the tiny gray run."""
-    from training.export import export
-
-    store = tmp_path_factory.mktemp("gray-models")
-    export(tiny_gray_run, store, name="pixelcnn-gray", baseline=False)
-    return store
+    return export_tiny(tiny_gray_run, "pixelcnn-gray", tmp_path_factory)

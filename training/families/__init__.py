@@ -3,7 +3,7 @@ sample_grid(model, generator) and exported_functions(model, split)."""
 
 import importlib
 
-FAMILIES = ("pixelcnn",)
+FAMILIES = ("pixelcnn", "pixelrnn")
 
 
 def family_module(name: str):
