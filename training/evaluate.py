@@ -40,12 +40,13 @@ def evaluate(run_dir: Path, baseline: bool = True) -> dict:
         "test_bits_per_dim": float(nll.mean() / (dims * math.log(2))),
         "test_nll_per_example": nll.tolist(),
     }
+    baseline = baseline and split.levels == 2  # the Bernoulli mixture models binary images only
     if baseline:
         from training.baselines import fit_baseline
 
         report["baseline"] = fit_baseline(split)
     (Path(run_dir) / "eval.json").write_text(json.dumps(report, indent=2))
-    print(f"{config['family']} on {split.name} test ({len(nll)} images): "
+    print(f"{config['family']} on {split.name} test ({len(nll)} examples): "
           f"{report['test_nll_nats']:.2f} ± {report['test_nll_stderr']:.2f} nats, "
           f"{report['test_bits_per_dim']:.4f} bits/dim")
     if baseline:

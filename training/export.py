@@ -16,6 +16,7 @@ import jsonschema
 import numpy as np
 import torch
 
+from training.data import Split, TextSplit
 from training.evaluate import evaluate
 from training.families import family_module
 from training.train import load_model
@@ -73,6 +74,15 @@ def calibration(held_out_nll: np.ndarray, split_name: str) -> dict:
     }
 
 
+def data_spec(split: Split) -> dict:
+    """The manifest's `data`: images carry their classes and class prior, text its vocabulary."""
+    spec = {"shape": list(split.shape), "levels": split.levels}
+    if isinstance(split, TextSplit):
+        return {"kind": "text", **spec, "vocabulary": list(split.vocabulary)}
+    return {"kind": "image", **spec, "classes": [str(c) for c in range(split.num_classes)],
+            "class_prior": (np.bincount(split.y_train, minlength=split.num_classes) / len(split.y_train)).tolist()}
+
+
 def export(run_dir: Path, models_dir: Path, name: str | None = None, version: int = 1, baseline: bool = True) -> Path:
     """Export a training run into the model store as <models_dir>/<name>/<version>/.
 
@@ -90,9 +100,7 @@ def export(run_dir: Path, models_dir: Path, name: str | None = None, version: in
     manifest = {
         "schema_version": 1, "name": name, "version": version, "family": config["family"],
         "description": (family.__doc__ or "").strip().splitlines()[0],
-        "data": {"kind": "image", "shape": list(split.shape), "levels": split.levels,
-                 "classes": [str(c) for c in range(split.num_classes)],
-                 "class_prior": (np.bincount(split.y_train) / len(split.y_train)).tolist()},
+        "data": data_spec(split),
         "functions": entries,
         "capabilities": capabilities,
         "batching": DEFAULT_BATCHING,

@@ -4,7 +4,7 @@ A run directory holds:
   config.json          the exact config and the command that started the run
   model.safetensors    the weights after the last finished epoch
   optimizer.safetensors + state.json   what resuming needs (epoch, history)
-  samples.png          a grid of samples, one row per class
+  samples.png          a grid of samples, one row per class (samples.txt for text)
   loss.png             train and test NLL per epoch
 """
 
@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from training.data import Split, load
+from training.data import Split, TextSplit, load
 from training.families import family_module
 from training.plots import save_curve, save_grid
 
@@ -116,6 +116,14 @@ def train(config_path: Path, run_dir: Path, epochs: int | None = None) -> Path:
         _save_optimizer(optimizer, run_dir / "optimizer.safetensors")
         (run_dir / "state.json").write_text(json.dumps(state, indent=2))
         save_curve(state["history"], run_dir / "loss.png")
-    grid = family.sample_grid(model.eval(), torch.Generator().manual_seed(settings["seed"]))
-    save_grid(grid.numpy(), split.levels, run_dir / "samples.png")
+    _save_samples(family, model.eval(), split, run_dir, torch.Generator().manual_seed(settings["seed"]))
     return run_dir
+
+
+def _save_samples(family, model, split: Split, run_dir: Path, generator: torch.Generator) -> None:
+    """samples.txt for text (a few continuations), samples.png for images (one row per class)."""
+    if isinstance(split, TextSplit):
+        texts = family.sample_text(model, generator)
+        (run_dir / "samples.txt").write_text("\n\n---\n\n".join(texts))
+    else:
+        save_grid(family.sample_grid(model, generator).numpy(), split.levels, run_dir / "samples.png")

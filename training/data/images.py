@@ -86,11 +86,3 @@ def digits() -> Split:
     train, test = _stratified_split(y, n_test=len(y) // 10, seed=SPLIT_SEED)
     return Split("digits", x[train], y[train], x[test], y[test], levels=17)
 
-
-DATASETS = {"mnist5k": mnist5k, "mnist5k-binarized": mnist5k_binarized, "digits": digits}
-
-
-def load(name: str) -> Split:
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}")
-    return DATASETS[name]()

@@ -1,9 +1,10 @@
 """One module per model family. Each exposes build(config), loss(model, x, y),
-sample_grid(model, generator) and exported_functions(model, split)."""
+exported_functions(model, split), and sample_grid(model, generator) (images)
+or sample_text(model, generator) (text) for the run's samples."""
 
 import importlib
 
-FAMILIES = ("pixelcnn", "pixelrnn")
+FAMILIES = ("pixelcnn", "pixelrnn", "charrnn")
 
 
 def family_module(name: str):
