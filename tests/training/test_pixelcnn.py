@@ -171,7 +171,7 @@ def test_exported_sampling_step_matches_eager(tiny_run, tiny_store):
 def test_logistic_mixture_pixelcnn_exports_with_parity(tmp_path):
     """A 256-level logistic-mixture PixelCNN: exported log_prob and row step (ONNX) equal the eager ones."""
     from training.export import export_function
-    from training.families.pixelcnn import LogProbGivenLabel
+    from training.families.raster import LogProbGivenLabel
 
     torch.manual_seed(3)
     config = PixelCNNConfig(height=5, width=6, levels=256, num_classes=3, channels=6, n_layers=2, first_kernel=3,

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from training.families.pixelrnn import (
-    LogProbGivenLabel,
     PixelRNN,
     PixelRNNConfig,
     RowStep,
@@ -20,6 +19,7 @@ from training.families.pixelrnn import (
     sample_fast,
     sample_naive,
 )
+from training.families.raster import LogProbGivenLabel
 
 REPO = Path(__file__).resolve().parent.parent.parent
 TINY_CONFIG = REPO / "training" / "configs" / "pixelrnn-tiny.json"

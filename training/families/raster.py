@@ -1,0 +1,124 @@
+"""What the raster-order image families (PixelCNN, PixelRNN) share: one image row per sampling step.
+
+A family's model has `config` (height, width, num_classes), `output` (a per-pixel distribution with
+`noise_shape` and `sample`), `head` (its last layer sets the dtype), `params(x, label)` and
+`log_prob(x, label)`. Its `RowStep(model)` module is the exported step: inputs x_prev, <state...>,
+noise, temperature, label, observed, mask; outputs the row and next_<state...>; `state_shapes()`
+gives each state tensor's shape without the batch axis.
+"""
+
+import torch
+from torch import nn
+
+
+def log_prob_marginal(model: nn.Module, x: torch.Tensor, log_prior: torch.Tensor) -> torch.Tensor:
+    """log p(x) = log sum_y p(x | y) p(y), exactly: x [B, 1, H, W], log_prior [K] -> [B]."""
+    k = log_prior.shape[0]
+    labels = torch.arange(k) + torch.zeros_like(x[:, :1, 0, 0])  # [B, K], batch-size agnostic for export
+    per_class = model.log_prob(x.repeat_interleave(k, dim=0), labels.reshape(-1)).view(-1, k)
+    return torch.logsumexp(per_class + log_prior, dim=1)
+
+
+def initial_state(step: nn.Module, batch: int) -> dict[str, torch.Tensor]:
+    """Zero state for `batch` rows, in the model's dtype."""
+    dtype = step.model.head[-1].weight.dtype
+    return {name: torch.zeros([batch] + shape, dtype=dtype) for name, shape in step.state_shapes().items()}
+
+
+@torch.no_grad()
+def sample_fast(step: nn.Module, label, noise, temperature, observed=None, mask=None) -> torch.Tensor:
+    """label [B], noise [B, H, W, *noise_shape], temperature [B] -> images [B, 1, H, W] int64, one step per row.
+
+    Where mask [B, H, W] is 1 the image keeps `observed` (completion).
+    """
+    b, height, width = noise.shape[:3]
+    observed = torch.zeros(b, height, width, dtype=torch.long) if observed is None else observed
+    mask = torch.zeros_like(observed) if mask is None else mask
+    state = initial_state(step, b)
+    row, rows = torch.zeros(b, width, dtype=torch.long), []
+    for i in range(height):
+        row, *values = step(row, *state.values(), noise[:, i], temperature, label, observed[:, i], mask[:, i])
+        state = dict(zip(state, values, strict=True))
+        rows.append(row)
+    return torch.stack(rows, dim=1)[:, None]
+
+
+@torch.no_grad()
+def sample_naive(model: nn.Module, label, noise, temperature, observed=None, mask=None) -> torch.Tensor:
+    """Reference sampler: the whole network on the whole canvas, once per pixel."""
+    b, height, width = noise.shape[:3]
+    canvas = torch.zeros(b, 1, height, width, dtype=torch.long)
+    for i in range(height):
+        for j in range(width):
+            params = model.params(canvas, label)[:, i, j]  # [B, channels]
+            pixel = model.output.sample(params, noise[:, i, j], temperature)
+            if mask is not None:
+                pixel = torch.where(mask[:, i, j] > 0, observed[:, i, j], pixel)
+            canvas[:, 0, i, j] = pixel
+    return canvas
+
+
+def sample_grid(step: nn.Module, generator: torch.Generator, per_class: int = 8) -> torch.Tensor:
+    """Samples for every class, class by class: [num_classes * per_class, 1, H, W] int64."""
+    model = step.model
+    c = model.config
+    label = torch.arange(c.num_classes).repeat_interleave(per_class)
+    noise = torch.rand(len(label), c.height, c.width, *model.output.noise_shape, generator=generator)
+    return sample_fast(step, label, noise, torch.ones(len(label)))
+
+
+class LogProb(nn.Module):
+    """Exported `log_prob`: x [B, 1, H, W] int64 -> log p(x) [B], marginal over the class prior."""
+
+    def __init__(self, model: nn.Module, class_prior: torch.Tensor):
+        super().__init__()
+        self.model = model
+        self.register_buffer("log_prior", class_prior.log())
+
+    def forward(self, x):
+        return log_prob_marginal(self.model, x, self.log_prior)
+
+
+class LogProbGivenLabel(nn.Module):
+    """Exported `log_prob_given_label`: x [B, 1, H, W] int64, label [B] -> log p(x | label) [B]."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, label):
+        return self.model.log_prob(x, label)
+
+
+def exported_functions(step: nn.Module, split) -> tuple[dict, dict]:
+    """(functions, capabilities): each function is (module, example inputs by name, output names).
+
+    Unlabelled scores marginalise over the training split's class frequencies.
+    """
+    model = step.model
+    c, b = model.config, 2
+    class_prior = torch.bincount(torch.from_numpy(split.y_train), minlength=c.num_classes).double()
+    class_prior = (class_prior / class_prior.sum()).float()
+    x = torch.zeros(b, 1, c.height, c.width, dtype=torch.long)
+    row = torch.zeros(b, c.width, dtype=torch.long)
+    state = initial_state(step, b)
+    label = torch.zeros(b, dtype=torch.long)
+    noise_shape = [c.width, *model.output.noise_shape]
+    functions = {
+        "log_prob": (LogProb(model, class_prior), {"x": x}, ["log_prob"]),
+        "log_prob_given_label": (LogProbGivenLabel(model), {"x": x, "label": label}, ["log_prob"]),
+        "sample_step": (step, {
+            "x_prev": row, **state, "noise": torch.rand(b, *noise_shape), "temperature": torch.ones(b),
+            "label": label, "observed": row, "mask": row,
+        }, ["x"] + [f"next_{name}" for name in state]),
+    }
+    shapes = {name: {"dtype": "float32", "shape": shape} for name, shape in step.state_shapes().items()}
+    autoregressive = {"procedure": "autoregressive", "function": "sample_step", "steps": c.height,
+                      "step_shape": [c.width], "noise_shape": noise_shape, "state": shapes}
+    capabilities = {
+        "sample": autoregressive,
+        "complete": autoregressive,
+        "score": {"procedure": "direct", "function": "log_prob",
+                  "conditional_function": "log_prob_given_label", "method": "exact"},
+    }
+    return functions, capabilities
