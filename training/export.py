@@ -39,12 +39,20 @@ def git_commit() -> str | None:
         return None
 
 
-def tensor_spec(name: str, t: torch.Tensor) -> dict:
-    return {"name": name, "dtype": str(t.dtype).removeprefix("torch."), "shape": [-1] + list(t.shape[1:])}
+def tensor_spec(name: str, t: torch.Tensor, dynamic: dict[int, str]) -> dict:
+    """The manifest entry of a tensor; its dynamic axes (batch, and any in `dynamic`) are -1."""
+    shape = [-1 if axis == 0 or axis in dynamic else size for axis, size in enumerate(t.shape)]
+    return {"name": name, "dtype": str(t.dtype).removeprefix("torch."), "shape": shape}
 
 
-def export_function(module: torch.nn.Module, inputs: dict, outputs: list[str], out_dir: Path, name: str) -> dict:
-    """Trace one function to <name>.pt and <name>.onnx; returns its manifest entry."""
+def export_function(out_dir: Path, name: str, module: torch.nn.Module, inputs: dict, outputs: list[str],
+                    dynamic: dict[str, dict[int, str]] | None = None) -> dict:
+    """Trace one function to <name>.pt and <name>.onnx; returns its manifest entry.
+
+    Axis 0 of every tensor is the batch; `dynamic` names more variable axes by tensor, e.g. {"x": {1: "time"}}.
+    """
+    dynamic = dynamic or {}
+    axes = {n: {0: "batch", **dynamic.get(n, {})} for n in [*inputs, *outputs]}
     module.eval()
     args = tuple(inputs.values())
     with torch.no_grad(), warnings.catch_warnings():
@@ -56,22 +64,29 @@ def export_function(module: torch.nn.Module, inputs: dict, outputs: list[str], o
         torch.onnx.export(
             module, args, str(out_dir / f"{name}.onnx"), dynamo=False, opset_version=17,
             input_names=list(inputs), output_names=outputs,
-            dynamic_axes={n: {0: "batch"} for n in [*inputs, *outputs]},
+            dynamic_axes=axes,
         )
     return {
-        "inputs": [tensor_spec(n, t) for n, t in inputs.items()],
-        "outputs": [tensor_spec(n, t) for n, t in zip(outputs, results, strict=True)],
+        "inputs": [tensor_spec(n, t, axes[n]) for n, t in inputs.items()],
+        "outputs": [tensor_spec(n, t, axes[n]) for n, t in zip(outputs, results, strict=True)],
         "files": {"onnx": f"{name}.onnx", "torchscript": f"{name}.pt"},
     }
 
 
-def calibration(held_out_nll: np.ndarray, split_name: str) -> dict:
+def calibration(held_out_nll: np.ndarray, split_name: str, score: str = "nll_nats") -> dict:
     """Quantiles of held-out NLL: a new input's percentile is read off them."""
     return {
-        "score": "nll_nats", "quantiles": QUANTILES,
+        "score": score, "quantiles": QUANTILES,
         "values": np.quantile(held_out_nll, QUANTILES).tolist(),
         "threshold_quantile": 0.99, "n": len(held_out_nll), "split": split_name,
     }
+
+
+def held_out_calibration(test_nll: np.ndarray, split: Split) -> dict:
+    """Per input for images; per character for text, whose inputs may have any length."""
+    if isinstance(split, TextSplit):
+        return calibration(test_nll / split.shape[0], f"{split.name}/test", score="nll_nats_per_char")
+    return calibration(test_nll, f"{split.name}/test")
 
 
 def data_spec(split: Split) -> dict:
@@ -95,7 +110,7 @@ def export(run_dir: Path, models_dir: Path, name: str | None = None, version: in
     out_dir.mkdir(parents=True, exist_ok=True)
     report = evaluate(run_dir, baseline=baseline)
     functions, capabilities = family.exported_functions(model, split)
-    entries = {fn: export_function(*spec, out_dir, fn) for fn, spec in functions.items()}
+    entries = {fn: export_function(out_dir, fn, *spec) for fn, spec in functions.items()}
     files = sorted(f for e in entries.values() for f in e["files"].values())
     manifest = {
         "schema_version": 1, "name": name, "version": version, "family": config["family"],
@@ -106,7 +121,7 @@ def export(run_dir: Path, models_dir: Path, name: str | None = None, version: in
         "batching": DEFAULT_BATCHING,
         "files": {f: sha256(out_dir / f) for f in files},
         "metrics": {k: v for k, v in report.items() if k != "test_nll_per_example"},
-        "calibration": calibration(np.array(report["test_nll_per_example"]), f"{split.name}/test"),
+        "calibration": held_out_calibration(np.array(report["test_nll_per_example"]), split),
         "provenance": {
             "dataset": split.name, "split": split.describe(), "seed": config["train"]["seed"],
             "config": config, "command": config.get("command"), "git_commit": git_commit(),

@@ -198,7 +198,7 @@ def exported(tmp_path_factory):
                   np.zeros(2, np.int64), levels=7, num_classes=0)
     functions, capabilities = charrnn.exported_functions(model, split)
     out = tmp_path_factory.mktemp("charrnn")
-    entries = {name: export_function(*spec, out, name) for name, spec in functions.items()}
+    entries = {name: export_function(out, name, *spec) for name, spec in functions.items()}
     return model, out, entries, capabilities
 
 
@@ -303,3 +303,24 @@ def test_tiny_config_trains_one_epoch():
     assert np.isfinite(nll) and nll < 128 * np.log(96) * 1.05
     samples = charrnn.sample_text(model.eval(), torch.Generator().manual_seed(0), n=2, length=20)
     assert len(samples) == 2 and all(len(s) == 20 and set(s) <= set(text.VOCABULARY) for s in samples)
+
+
+def test_tiny_run_exports_a_text_manifest_whose_log_prob_takes_any_length(tmp_path):
+    """export(): kind text with the vocabulary, per-character calibration, and log_prob over any sequence length."""
+    from training.export import export
+    from training.train import load_model, train
+
+    run = train(Path(__file__).parents[2] / "training" / "configs" / "charrnn-tiny.json", tmp_path / "run")
+    assert (run / "samples.txt").read_text().strip()
+    out = export(run, tmp_path / "models", name="charrnn")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["data"]["kind"] == "text" and "".join(manifest["data"]["vocabulary"]) == text.VOCABULARY
+    assert manifest["calibration"]["score"] == "nll_nats_per_char"
+    assert manifest["functions"]["log_prob"]["inputs"][0]["shape"] == [-1, -1]
+    model = load_model(run)[0]
+    session = ort.InferenceSession(str(out / "log_prob.onnx"), providers=["CPUExecutionProvider"])
+    for snippet in ["def f(x):\n    return x", "a"]:
+        x = torch.from_numpy(text.encode(snippet))[None]
+        with torch.no_grad():
+            expected = model.log_prob(x).numpy()
+        assert np.allclose(session.run(None, {"x": x.numpy()})[0], expected, rtol=1e-4)

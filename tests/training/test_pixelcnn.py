@@ -185,8 +185,8 @@ def test_logistic_mixture_pixelcnn_exports_with_parity(tmp_path):
     none = torch.zeros(b, w, dtype=torch.long)
     inputs |= {"started": torch.ones(b), "noise": torch.rand(b, w, 2, generator=g), "temperature": torch.ones(b),
                "label": label, "observed": none, "mask": none}
-    export_function(LogProbGivenLabel(model), {"x": x, "label": label}, ["log_prob"], tmp_path, "lp")
-    export_function(step, inputs, ["x", "next_x_hist", "next_v_hist", "next_started"], tmp_path, "step")
+    export_function(tmp_path, "lp", LogProbGivenLabel(model), {"x": x, "label": label}, ["log_prob"])
+    export_function(tmp_path, "step", step, inputs, ["x", "next_x_hist", "next_v_hist", "next_started"])
     with torch.no_grad():
         eager_lp = model.log_prob(x, label).numpy()
         eager_step = [t.numpy() for t in step(*inputs.values())]

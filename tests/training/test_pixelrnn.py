@@ -134,8 +134,8 @@ def test_exports_with_parity(tmp_path):
     inputs |= {"noise": torch.rand(b, w, generator=g), "temperature": torch.tensor([1.0, 1.0, 0.5, 2.0]),
                "label": label, "observed": torch.randint(0, 2, (b, w), generator=g),
                "mask": (torch.rand(b, w, generator=g) < 0.3).long()}
-    export_function(LogProbGivenLabel(model), {"x": x, "label": label}, ["log_prob"], tmp_path, "lp")
-    export_function(step, inputs, ["x", "next_h", "next_c"], tmp_path, "step")
+    export_function(tmp_path, "lp", LogProbGivenLabel(model), {"x": x, "label": label}, ["log_prob"])
+    export_function(tmp_path, "step", step, inputs, ["x", "next_h", "next_c"])
     with torch.no_grad():
         eager_lp = model.log_prob(x, label).numpy()
         eager_step = [t.numpy() for t in step(*inputs.values())]

@@ -177,13 +177,13 @@ def sample_text(model: CharRNN, generator: torch.Generator, n: int = 4, length: 
 
 
 def exported_functions(model: CharRNN, split) -> tuple[dict, dict]:
-    """(functions, capabilities): each function is (module, example inputs by name, output names)."""
+    """(functions, capabilities): each function is (module, example inputs by name, output names, dynamic axes)."""
     b, seq_len = 2, split.shape[0]
     step = Step(model)
     state = initial_state(step, b)
     one = torch.zeros(b, 1, dtype=torch.long)
     functions = {
-        "log_prob": (model, {"x": torch.zeros(b, seq_len, dtype=torch.long)}, ["log_prob"]),
+        "log_prob": (model, {"x": torch.zeros(b, seq_len, dtype=torch.long)}, ["log_prob"], {"x": {1: "time"}}),
         "sample_step": (step, {
             "x_prev": torch.full((b, 1), model.bos, dtype=torch.long), **state,
             "noise": torch.rand(b, 1), "temperature": torch.ones(b), "top_k": torch.zeros(b, dtype=torch.long),
