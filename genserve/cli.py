@@ -20,7 +20,7 @@ def _train(args: argparse.Namespace) -> None:
 
     config = args.config or Path(__file__).parent.parent / "training" / "configs" / f"{args.family}.json"
     run_dir = train(Path(config), Path(args.run_dir or f"runs/{args.family}"), epochs=args.epochs)
-    print(f"checkpoint, samples.png and loss.png in {run_dir}")
+    print(f"checkpoint, samples (png or txt) and loss.png in {run_dir}")
 
 
 def _export(args: argparse.Namespace) -> None:
