@@ -17,22 +17,14 @@ from training.families.pixelrnn import (
     RowStep,
     initial_state,
     sample_fast,
-    sample_naive,
 )
 from training.families.raster import LogProbGivenLabel
 
 REPO = Path(__file__).resolve().parent.parent.parent
 TINY_CONFIG = REPO / "training" / "configs" / "pixelrnn-tiny.json"
-OUTPUTS = ["categorical", "logistic_mixture"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Many tiny sequential ops: one intra-op thread is much faster than two on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_model(height=6, width=7, levels=3, layers=3, dtype=torch.float64, output="categorical") -> PixelRNN:
@@ -40,12 +32,6 @@ def small_model(height=6, width=7, levels=3, layers=3, dtype=torch.float64, outp
     config = PixelRNNConfig(height=height, width=width, levels=levels, num_classes=4, channels=6,
                             n_layers=layers, first_kernel=5, kernel=3, head_channels=8, output=output, mixtures=2)
     return PixelRNN(config).to(dtype).eval()
-
-
-def uniforms(model: PixelRNN, b: int, generator: torch.Generator) -> torch.Tensor:
-    """[B, H, W, *noise_shape] float64 noise for the model's output distribution."""
-    c = model.config
-    return torch.rand(b, c.height, c.width, *model.output.noise_shape, generator=generator, dtype=torch.float64)
 
 
 def test_every_output_depends_only_on_earlier_pixels():
@@ -67,50 +53,6 @@ def test_every_output_depends_only_on_earlier_pixels():
     assert (grad[0, 0, h - 2, :6] != 0).all() and (grad[0, 0, h - 1, :3] != 0).all()
     (grad,) = torch.autograd.grad(logits[0, :, 2, w - 1].sum(), x)
     assert grad[0, 0, 1, w - 1] != 0
-
-
-@pytest.mark.parametrize("output", OUTPUTS)
-def test_model_distribution_sums_to_one(output):
-    """Over every 2x2 image with 3 levels (81 of them), p(x | y) and the marginal p(x) sum to 1."""
-    model = small_model(height=2, width=2, levels=3, layers=2, output=output)
-    images = torch.tensor(list(itertools.product(range(3), repeat=4))).view(-1, 1, 2, 2)
-    for label in range(4):
-        total = model.log_prob(images, torch.full((81,), label)).exp().sum()
-        assert total.item() == pytest.approx(1.0, abs=1e-9)
-    log_prior = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64).log()
-    assert model.log_prob_marginal(images, log_prior).exp().sum().item() == pytest.approx(1.0, abs=1e-9)
-
-
-def test_marginal_is_logsumexp_over_labels():
-    model = small_model()
-    x = torch.randint(0, 3, (5, 1, 6, 7))
-    log_prior = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64).log()
-    per_class = torch.stack([model.log_prob(x, torch.full((5,), k)) for k in range(4)], dim=1)
-    expected = torch.logsumexp(per_class + log_prior, dim=1)
-    assert torch.allclose(model.log_prob_marginal(x, log_prior), expected)
-
-
-@pytest.mark.parametrize("output", OUTPUTS)
-def test_fast_sampling_equals_naive_under_the_same_noise(output):
-    model = small_model(output=output)
-    g = torch.Generator().manual_seed(1)
-    noise = uniforms(model, 4, g)
-    label, temperature = torch.tensor([0, 1, 2, 3]), torch.tensor([1.0, 1.0, 0.7, 1.5], dtype=torch.float64)
-    fast = sample_fast(model, label, noise, temperature)
-    assert torch.equal(fast, sample_naive(model, label, noise, temperature))
-    assert fast.unique().numel() > 1  # the samples are not degenerate
-
-
-def test_fast_completion_equals_naive_and_keeps_observed_pixels():
-    model = small_model()
-    g = torch.Generator().manual_seed(2)
-    noise = uniforms(model, 3, g)
-    observed = torch.randint(0, 3, (3, 6, 7), generator=g)
-    mask = (torch.rand(3, 6, 7, generator=g) < 0.5).long()
-    label, temperature = torch.tensor([0, 1, 2]), torch.ones(3, dtype=torch.float64)
-    fast = sample_fast(model, label, noise, temperature, observed, mask)
-    assert torch.equal(fast, sample_naive(model, label, noise, temperature, observed, mask))
-    assert torch.equal(fast[:, 0][mask > 0], observed[mask > 0])
 
 
 def _onnx(path):
