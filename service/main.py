@@ -18,6 +18,7 @@ def run(
     """Serve the model store in `models` on host:port. Arguments left None come from GENSERVE_* / defaults."""
     from service.api import create_app
     from service.engine.engine import Engine
+    from service.engine.errors import EngineError
     from service.engine.metrics import EngineMetrics
     from service.engine.workers import WorkerPool
     from service.settings import Settings
@@ -34,7 +35,10 @@ def run(
     directories = {name: entry.directory for name, entry in store.entries.items()}
     workers = WorkerPool(directories, settings.runtime, settings.intra_op_threads, metrics.worker_restarted,
                          settings.worker_call_timeout_s, settings.worker_wait_s)
-    engine = Engine(store, settings, metrics, runner=workers)
+    try:
+        engine = Engine(store, settings, metrics, runner=workers)
+    except EngineError as e:
+        raise SystemExit(f"genserve: cannot serve the model store: {e.detail}") from e
     log.info("model store %s: %s", settings.models, ", ".join(store.names()) or "no models")
     app = create_app(engine, settings)
     asyncio.run(serve(app, engine, settings))
@@ -63,8 +67,8 @@ async def serve(app, engine, settings) -> None:
             yield
 
     grpc_server = build_grpc_server(engine, settings, settings.grpc_port)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info",
-                            timeout_graceful_shutdown=int(DRAIN_GRACE_S))
+    # drain_http() has waited for in-flight requests; uvicorn then only closes idle connections
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5)
     web = Server(config)
     drained: asyncio.Future | None = None
 
@@ -73,7 +77,8 @@ async def serve(app, engine, settings) -> None:
         await grpc_server.stop(grace=DRAIN_GRACE_S)  # in-flight calls finish (within the grace); new ones are refused
 
     async def drain_http() -> None:
-        await app.state.drain.finished(DRAIN_GRACE_S)  # new requests get 503 meanwhile
+        if not await app.state.drain.finished(DRAIN_GRACE_S):  # new requests get 503 meanwhile
+            log.warning("drain: HTTP requests still in flight after %.0f s; stopping anyway", DRAIN_GRACE_S)
         web.should_exit = True
 
     def start_drain() -> asyncio.Future:

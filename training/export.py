@@ -2,7 +2,7 @@
 
 Writes models/<name>/<version>/ with one .onnx and one .pt file per function,
 and a manifest validated by proto/manifest.schema.json. The batch axis (0) of
-every input and output is dynamic.
+every input and output is dynamic, and a family may name more (a text's length).
 """
 
 import datetime
@@ -101,7 +101,8 @@ def data_spec(split: Split) -> dict:
 def export(run_dir: Path, models_dir: Path, name: str | None = None, version: int = 1, baseline: bool = True) -> Path:
     """Export a training run into the model store as <models_dir>/<name>/<version>/.
 
-    The test metrics are measured afresh, with the baseline beside them unless `baseline` is False.
+    The test metrics are measured afresh, with the baseline beside them unless `baseline` is False
+    (there is one for binary images only).
     """
     model, config, split = load_model(run_dir)
     family = family_module(config["family"])

@@ -12,12 +12,14 @@ from collections.abc import AsyncIterator
 import numpy as np
 
 from service.engine import procedures
-from service.engine.errors import InvalidInput, MissingCapability, UnknownModel
+from service.engine.errors import InvalidInput, MissingCapability, UnknownModel, UnsupportedModel
 from service.engine.metrics import EngineMetrics
 from service.engine.scheduler import BatchingConfig, ContinuousBatcher, DynamicBatcher
 from service.engine.workers import InProcess, WorkerPool
 from service.settings import Settings
 from service.store import ModelEntry, ModelStore
+
+SERVED_KINDS = ("image",)  # text (char-RNN) and audio need their codecs first
 
 
 class LoadedModel:
@@ -27,6 +29,9 @@ class LoadedModel:
         self.entry = entry
         self.manifest = entry.manifest
         self.data = self.manifest["data"]
+        if self.data["kind"] not in SERVED_KINDS:
+            raise UnsupportedModel(f"model {entry.name!r}: {self.data['kind']} data is not served yet "
+                                   f"(served: {', '.join(SERVED_KINDS)}); remove it from the store", field="model")
         self.shape = list(self.data["shape"])
         self.capabilities = self.manifest["capabilities"]
 

@@ -55,3 +55,10 @@ class WorkerLost(EngineError):
 
     status = 503
     code = "worker_unavailable"
+
+
+class UnsupportedModel(EngineError):
+    """A model in the store that this engine cannot serve yet; the server refuses to start with it."""
+
+    status = 500
+    code = "unsupported_model"

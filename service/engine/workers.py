@@ -37,7 +37,7 @@ from service.engine.runtimes import TensorFunction, load_function
 log = logging.getLogger("genserve.workers")
 
 Arrays = dict[str, np.ndarray]
-RESTART_BACKOFF_S = (0.0, 1.0, 2.0, 5.0, 10.0)  # after the 1st, 2nd, ... consecutive failed start
+RESTART_BACKOFF_S = (0.0, 1.0, 2.0, 5.0, 10.0)  # restart delay: a worker that was up died, then 1, 2, ... failed starts
 
 
 def load_functions(directories: dict[str, Path], runtime: str, threads: int,

@@ -46,12 +46,12 @@ def worker_pid(logs) -> int:
 
 
 def metric(base: str, name: str, **labels) -> float:
-    """The value of one sample in /metrics (0 when absent)."""
+    """The value of one sample in /metrics; a missing series fails the test."""
     for line in httpx.get(f"{base}/metrics", timeout=5.0).text.splitlines():
         series, _, value = line.rpartition(" ")
         if series.split("{")[0] == name and all(f'{k}="{v}"' in series for k, v in labels.items()):
             return float(value)
-    return 0.0
+    pytest.fail(f"/metrics has no {name} {labels}")
 
 
 def steps_run(base: str) -> float:
@@ -110,6 +110,7 @@ def test_a_killed_worker_fails_in_flight_requests_fast_restarts_and_serves_again
 
 def test_a_client_that_disconnects_has_its_rows_freed_within_a_step(server):
     base = server[0]
+    assert post_sample(base, 2, 5).status_code == 200  # the sample_step series exist from here on
     steps_before = steps_run(base)
     with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
         with httpx.Client(base_url=base, timeout=httpx.Timeout(60.0, read=0.5)) as client:
@@ -122,4 +123,4 @@ def test_a_client_that_disconnects_has_its_rows_freed_within_a_step(server):
     assert 0 < steps < SHAPE[0], f"the abandoned request ran {steps:.0f} of its {SHAPE[0]} steps"
     assert metric(base, "genserve_inference_request_total", model=MODEL, function="sample_step",
                   outcome="cancelled") == 1
-    assert post_sample(base, 2, 5).status_code == 200  # the batcher lives on
+    assert post_sample(base, 2, 6).status_code == 200  # the batcher lives on

@@ -84,8 +84,19 @@ def test_a_full_queue_refuses_at_once_and_an_expired_request_gets_504(serve):
     base, _ = serve(GENSERVE_TIMEOUT_MS="1")  # no batch of the marginal log_prob takes under 1 ms
     response, _ = score_http(base, images(64, 0))
     assert response.status_code == 504, response.text
-    assert response.json()["error"] == {"code": "deadline_exceeded", "field": "timeout_ms",
-                                        "message": response.json()["error"]["message"]}
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == ("deadline_exceeded", "timeout_ms") and "timed out" in error["message"]
+
+
+def largest_bound_exceeded(base: str) -> float:
+    """The largest batch-size bucket bound that some sample step's rows exceeded (0 if none)."""
+    counts = {}
+    for line in httpx.get(f"{base}/metrics", timeout=5.0).text.splitlines():
+        if line.startswith("genserve_inference_batch_size_bucket{") and 'function="sample_step"' in line:
+            bound = line.split('le="')[1].split('"')[0]
+            counts[float(bound)] = float(line.rpartition(" ")[2])
+    total = counts[float("inf")]
+    return max((bound for bound, count in counts.items() if count < total), default=0.0)
 
 
 def grpc_sample(target: str, n: int, seed: int) -> np.ndarray:
@@ -117,4 +128,6 @@ def test_a_seed_gives_the_same_samples_alone_and_inside_a_busy_mixed_batch(serve
         assert mixed_http.result(timeout=120).json()["samples"] == alone_http
         assert np.array_equal(mixed_grpc.result(timeout=120), alone_grpc)
         assert all(f.result(timeout=120).status_code == 200 for f in busy)
+    # the proof that they shared a batch: some step ran more rows than the busy request alone (N // 2)
+    assert largest_bound_exceeded(base) >= N // 2
     assert np.array_equal(np.array(alone_http), alone_grpc.reshape(3, *SHAPE))  # one engine behind both protocols

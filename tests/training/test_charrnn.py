@@ -3,7 +3,6 @@ top-k and temperature sampling, export parity."""
 
 import itertools
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -231,24 +230,6 @@ def test_export_parity_log_prob(exported):
     assert np.allclose(ts_other_length, eager_other_length, rtol=1e-4)  # TorchScript is length-agnostic
 
 
-def test_onnx_log_prob_with_a_dynamic_sequence_axis(tmp_path):
-    """What export_function needs for text scoring: axis 1 of x dynamic too. The graph itself is length-agnostic."""
-    model = small_model(levels=7, hidden=12, dtype=torch.float32)
-    x = torch.zeros(2, 10, dtype=torch.long)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), str(tmp_path / "lp.onnx"), dynamo=False, opset_version=17,
-                          input_names=["x"], output_names=["log_prob"],
-                          dynamic_axes={"x": {0: "batch", 1: "time"}, "log_prob": {0: "batch"}})
-    session = _onnx(tmp_path / "lp.onnx")
-    g = torch.Generator().manual_seed(6)
-    for length in (1, 3, 25):
-        x = torch.randint(0, 7, (4, length), generator=g)
-        with torch.no_grad():
-            eager = model.log_prob(x).numpy()
-        assert np.allclose(session.run(None, {"x": x.numpy()})[0], eager, rtol=1e-4)
-
-
 def test_export_parity_sample_step(exported):
     model, out, _, _ = exported
     g = torch.Generator().manual_seed(7)
@@ -307,6 +288,10 @@ def test_tiny_config_trains_one_epoch():
 
 def test_tiny_run_exports_a_text_manifest_whose_log_prob_takes_any_length(tmp_path):
     """export(): kind text with the vocabulary, per-character calibration, and log_prob over any sequence length."""
+    from service.engine.engine import Engine
+    from service.engine.errors import UnsupportedModel
+    from service.settings import Settings
+    from service.store import ModelStore
     from training.export import export
     from training.train import load_model, train
 
@@ -315,7 +300,10 @@ def test_tiny_run_exports_a_text_manifest_whose_log_prob_takes_any_length(tmp_pa
     out = export(run, tmp_path / "models", name="charrnn")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["data"]["kind"] == "text" and "".join(manifest["data"]["vocabulary"]) == text.VOCABULARY
+    per_char = np.array(json.loads((run / "eval.json").read_text())["test_nll_per_example"]) / 128
     assert manifest["calibration"]["score"] == "nll_nats_per_char"
+    assert np.allclose(np.interp(0.5, manifest["calibration"]["quantiles"], manifest["calibration"]["values"]),
+                       np.median(per_char), rtol=1e-6)
     assert manifest["functions"]["log_prob"]["inputs"][0]["shape"] == [-1, -1]
     model = load_model(run)[0]
     session = ort.InferenceSession(str(out / "log_prob.onnx"), providers=["CPUExecutionProvider"])
@@ -324,3 +312,5 @@ def test_tiny_run_exports_a_text_manifest_whose_log_prob_takes_any_length(tmp_pa
         with torch.no_grad():
             expected = model.log_prob(x).numpy()
         assert np.allclose(session.run(None, {"x": x.numpy()})[0], expected, rtol=1e-4)
+    with pytest.raises(UnsupportedModel, match="text data is not served yet"):  # until the service has text codecs
+        Engine(ModelStore(tmp_path / "models"), Settings())

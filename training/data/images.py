@@ -25,7 +25,7 @@ class Split:
     num_classes: int = 10
 
     @property
-    def shape(self) -> tuple[int, int, int]:
+    def shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
 
     def describe(self) -> dict:

@@ -28,7 +28,6 @@ from torch import nn
 
 from training.distributions import categorical
 
-BOS = 96  # the start token of pydoc-text's 96-character vocabulary; in general BOS = levels
 DEFAULT_STEPS = 200  # characters a sample request generates unless it says otherwise
 
 
@@ -177,7 +176,7 @@ def sample_text(model: CharRNN, generator: torch.Generator, n: int = 4, length: 
 
 
 def exported_functions(model: CharRNN, split) -> tuple[dict, dict]:
-    """(functions, capabilities): each function is (module, example inputs by name, output names, dynamic axes)."""
+    """(functions, capabilities): each function is (module, example inputs, output names[, dynamic axes by input])."""
     b, seq_len = 2, split.shape[0]
     step = Step(model)
     state = initial_state(step, b)

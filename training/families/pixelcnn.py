@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.distributions import categorical, logistic_mixture
 from training.families import raster
 
 
@@ -43,39 +42,6 @@ class PixelCNNConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-class CategoricalOutput:
-    """One logit per level; one uniform per pixel."""
-
-    noise_shape: tuple[int, ...] = ()
-
-    def __init__(self, config: PixelCNNConfig):
-        self.channels = config.levels
-
-    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return categorical.log_prob(params, x)
-
-    def sample(self, params: torch.Tensor, u: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
-        return categorical.sample(params, u, temperature)
-
-
-class LogisticMixtureOutput:
-    """3K parameters (mixture logits, means, log scales); two uniforms per pixel (component, value)."""
-
-    noise_shape = (2,)
-
-    def __init__(self, config: PixelCNNConfig):
-        self.channels, self.levels = 3 * config.mixtures, config.levels
-
-    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return logistic_mixture.log_prob(params, x, self.levels)
-
-    def sample(self, params: torch.Tensor, u: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
-        return logistic_mixture.sample(params, u, temperature, self.levels)
-
-
-OUTPUTS = {"categorical": CategoricalOutput, "logistic_mixture": LogisticMixtureOutput}
 
 
 def gate(x: torch.Tensor) -> torch.Tensor:
@@ -138,9 +104,9 @@ class PixelCNN(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        if c.output not in OUTPUTS:
-            raise ValueError(f"model.output: {c.output!r} is not one of {sorted(OUTPUTS)}")
-        self.output = OUTPUTS[c.output](c)
+        if c.output not in raster.OUTPUTS:
+            raise ValueError(f"model.output: {c.output!r} is not one of {sorted(raster.OUTPUTS)}")
+        self.output = raster.OUTPUTS[c.output](c)
         self.layers = nn.ModuleList(
             GatedLayer(1 if i == 0 else c.channels, c.channels,
                        c.first_kernel if i == 0 else c.kernel, c.num_classes, first=i == 0)

@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.families import raster
-from training.families.pixelcnn import OUTPUTS
 
 
 @dataclass
@@ -101,9 +100,9 @@ class PixelRNN(nn.Module):
     def __init__(self, config: PixelRNNConfig):
         super().__init__()
         self.config = c = config
-        if c.output not in OUTPUTS:
-            raise ValueError(f"model.output: {c.output!r} is not one of {sorted(OUTPUTS)}")
-        self.output = OUTPUTS[c.output](c)
+        if c.output not in raster.OUTPUTS:
+            raise ValueError(f"model.output: {c.output!r} is not one of {sorted(raster.OUTPUTS)}")
+        self.output = raster.OUTPUTS[c.output](c)
         self.layers = nn.ModuleList(
             RowLSTMLayer(1 if n == 0 else c.channels, c.channels, c.first_kernel if n == 0 else c.kernel,
                          c.kernel, c.num_classes, first=n == 0)

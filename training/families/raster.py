@@ -1,5 +1,9 @@
 """What the raster-order image families (PixelCNN, PixelRNN) share: one image row per sampling step.
 
+Each pixel's distribution over `levels` values is a categorical (binarized data) or PixelCNN++'s
+discretized logistic mixture (256-level data: 3K parameters instead of 256, two uniforms per pixel);
+config.output picks one of OUTPUTS.
+
 A family's model has `config` (height, width, num_classes), `output` (a per-pixel distribution with
 `noise_shape` and `sample`), `head` (its last layer sets the dtype), `params(x, label)` and
 `log_prob(x, label)`. Its `RowStep(model)` module is the exported step: inputs x_prev, <state...>,
@@ -9,6 +13,41 @@ gives each state tensor's shape without the batch axis.
 
 import torch
 from torch import nn
+
+from training.distributions import categorical, logistic_mixture
+
+
+class CategoricalOutput:
+    """One logit per level; one uniform per pixel."""
+
+    noise_shape: tuple[int, ...] = ()
+
+    def __init__(self, config):
+        self.channels = config.levels
+
+    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return categorical.log_prob(params, x)
+
+    def sample(self, params: torch.Tensor, u: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+        return categorical.sample(params, u, temperature)
+
+
+class LogisticMixtureOutput:
+    """3K parameters (mixture logits, means, log scales); two uniforms per pixel (component, value)."""
+
+    noise_shape = (2,)
+
+    def __init__(self, config):
+        self.channels, self.levels = 3 * config.mixtures, config.levels
+
+    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return logistic_mixture.log_prob(params, x, self.levels)
+
+    def sample(self, params: torch.Tensor, u: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+        return logistic_mixture.sample(params, u, temperature, self.levels)
+
+
+OUTPUTS = {"categorical": CategoricalOutput, "logistic_mixture": LogisticMixtureOutput}
 
 
 def log_prob_marginal(model: nn.Module, x: torch.Tensor, log_prior: torch.Tensor) -> torch.Tensor:
