@@ -7,7 +7,8 @@ over a running batch that sequences join and leave at step boundaries.
 
 Both take `run`, an async function of named numpy arrays (service.engine.workers
 sends it to a worker process). A full queue raises Overloaded at once; an expired request
-raises DeadlineExceeded; a consumer that goes away frees its rows within one step.
+raises DeadlineExceeded (both batchers: a sequence's deadline covers all its steps); a consumer
+that goes away frees its rows within one step.
 
 Both report to an optional Observer (service.engine.metrics records them in
 Prometheus); the default one does nothing, so the schedulers need no prometheus.
@@ -227,7 +228,10 @@ class ContinuousBatcher:
         return sum(s.rows for s in self.active)
 
     async def generate(self, sequence: Sequence) -> AsyncIterator[np.ndarray]:
-        """Yield the sequence's output of every step; stopping early frees its rows at the next boundary."""
+        """Yield the sequence's output of every step; stopping early frees its rows at the next boundary.
+
+        A sequence not done timeout_ms after it arrived raises DeadlineExceeded and is freed the same way.
+        """
         if sum(s.rows for s in self.waiting) + sequence.rows > self.config.max_queue_size:
             self.observer.rejected()
             raise Overloaded(f"queue full ({self.config.max_queue_size} rows); retry later", field="n")
@@ -237,9 +241,15 @@ class ContinuousBatcher:
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._serve())
         outcome, answered = CANCELLED, False  # cancelled unless it gets every step's output or an error
+        deadline = sequence.arrived + self.config.timeout_ms / 1000
         try:
             for step in range(sequence.steps):
-                item = await sequence.outbox.get()
+                try:
+                    item = await asyncio.wait_for(sequence.outbox.get(), max(deadline - time.monotonic(), 0.0))
+                except TimeoutError:
+                    outcome = TIMEOUT
+                    raise DeadlineExceeded(f"request timed out after {self.config.timeout_ms} ms",
+                                           field="timeout_ms") from None
                 if isinstance(item, BaseException):
                     outcome = ERROR
                     raise item

@@ -178,3 +178,19 @@ def test_a_sequence_whose_inputs_fail_gets_the_error_and_the_batcher_lives_on():
         return await collect(batcher, sequence(0, 1, 3))
 
     assert run(main()).shape == (1, 3, 3)
+
+
+def test_a_sequence_past_its_deadline_gets_504_and_frees_its_rows_within_one_step():
+    step = Counter(delay=0.01)
+    batcher = ContinuousBatcher(step, {"x_prev": "x"}, BatchingConfig(timeout_ms=100))
+
+    async def main():
+        with pytest.raises(DeadlineExceeded):
+            await collect(batcher, sequence(0, 3, 1000))  # would take about 10 s
+        expired_at = len(step.rows)
+        await asyncio.sleep(0.05)
+        return expired_at
+
+    expired_at = run(main())
+    assert len(step.rows) <= expired_at + 1  # at most the step in flight ran after the deadline
+    assert expired_at < 100  # it stopped long before its 1000 steps
