@@ -1,12 +1,12 @@
-"""The maths of the gated PixelCNN: causality, normalisation, fast = naive, export parity."""
+"""The gated PixelCNN: no blind spot, training and resuming, export parity (the shared maths: test_raster.py)."""
 
-import itertools
 import json
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from test_raster import params_and_input
 
 from training.families.pixelcnn import (
     PixelCNN,
@@ -26,25 +26,13 @@ def small_model(height=6, width=7, levels=3, layers=3, dtype=torch.float64, outp
 
 
 @pytest.mark.parametrize("output", OUTPUTS)
-def test_every_output_depends_only_on_earlier_pixels(output):
-    """Causality by input gradients: params at (i, j) have zero gradient w.r.t. x at (i', j') >= (i, j)."""
+def test_no_blind_spot(output):
+    """Within its reach (+-4 columns here), a pixel sees the row above, up-right included, and every pixel to
+    its left (causality itself is tested for every family in test_raster.py)."""
     model = small_model(output=output)
-    h, w = model.config.height, model.config.width
-    x = torch.randint(0, 3, (1, 1, h, w)).double().requires_grad_()
-    v = hs = model.scale(x)
-    for layer in model.layers:
-        v, hs = layer(v, hs, torch.tensor([1]))
-    logits = model.head(hs)  # [1, levels, H, W]
-    for i, j in itertools.product(range(h), range(w)):
-        (grad,) = torch.autograd.grad(logits[0, :, i, j].sum(), x, retain_graph=True)
-        seen = grad[0, 0] != 0
-        allowed = torch.zeros(h, w, dtype=torch.bool)
-        allowed[:i] = True
-        allowed[i, :j] = True
-        assert not (seen & ~allowed).any(), f"pixel ({i},{j}) sees the future"
-    # no blind spot: within its reach (+-4 columns here), a pixel sees the row above, up-right
-    # included, and every pixel to its left
-    (grad,) = torch.autograd.grad(logits[0, :, h - 1, 3].sum(), x)
+    params, x = params_and_input(model)
+    h = model.config.height
+    (grad,) = torch.autograd.grad(params[0, h - 1, 3].sum(), x)
     assert (grad[0, 0, h - 2] != 0).all() and (grad[0, 0, h - 1, :3] != 0).all()
 
 

@@ -1,8 +1,7 @@
-"""The maths of the Row LSTM (PixelRNN): causality, normalisation, fast = naive, export parity, served end to end."""
+"""The Row LSTM (PixelRNN): its reach, export parity, served end to end (the shared maths: test_raster.py)."""
 
 import asyncio
 import functools
-import itertools
 import json
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from test_raster import params_and_input
 
 from training.families.pixelrnn import (
     PixelRNN,
@@ -23,7 +23,6 @@ from training.families.raster import LogProbGivenLabel
 REPO = Path(__file__).resolve().parent.parent.parent
 TINY_CONFIG = REPO / "training" / "configs" / "pixelrnn-tiny.json"
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -34,24 +33,15 @@ def small_model(height=6, width=7, levels=3, layers=3, dtype=torch.float64, outp
     return PixelRNN(config).to(dtype).eval()
 
 
-def test_every_output_depends_only_on_earlier_pixels():
-    """Causality by input gradients: params at (i, j) have zero gradient w.r.t. x at (i', j') >= (i, j)."""
+def test_a_pixel_sees_the_row_above_and_its_left_and_rows_see_the_last_pixel_above():
+    """Within reach, a pixel sees the row above (up-right included) and the pixels to its left; the last pixel
+    of a row is seen by the next row (the first layer's row-above convolution). Causality: test_raster.py."""
     model = small_model()
+    params, x = params_and_input(model)
     h, w = model.config.height, model.config.width
-    x = torch.randint(0, 3, (1, 1, h, w)).double().requires_grad_()
-    logits = model.head(model.features(model.scale(x), torch.tensor([1])))  # [1, levels, H, W]
-    for i, j in itertools.product(range(h), range(w)):
-        (grad,) = torch.autograd.grad(logits[0, :, i, j].sum(), x, retain_graph=True)
-        seen = grad[0, 0] != 0
-        allowed = torch.zeros(h, w, dtype=torch.bool)
-        allowed[:i] = True
-        allowed[i, :j] = True
-        assert not (seen & ~allowed).any(), f"pixel ({i},{j}) sees the future"
-    # within reach, a pixel sees the row above (up-right included) and the pixels to its left; the last
-    # pixel of a row is seen by the next row (the first layer's row-above convolution)
-    (grad,) = torch.autograd.grad(logits[0, :, h - 1, 3].sum(), x, retain_graph=True)
+    (grad,) = torch.autograd.grad(params[0, h - 1, 3].sum(), x, retain_graph=True)
     assert (grad[0, 0, h - 2, :6] != 0).all() and (grad[0, 0, h - 1, :3] != 0).all()
-    (grad,) = torch.autograd.grad(logits[0, :, 2, w - 1].sum(), x)
+    (grad,) = torch.autograd.grad(params[0, 2, w - 1].sum(), x)
     assert grad[0, 0, 1, w - 1] != 0
 
 

@@ -1,7 +1,8 @@
 """The maths every raster-order image family must satisfy, for each family and output distribution.
 
-The distribution sums to 1, the marginal is the logsumexp over labels, and fast sampling (one row step
-per row) equals naive sampling (the whole network once per pixel) under the same noise, completion included.
+Each pixel's parameters depend only on earlier pixels, the distribution sums to 1, the marginal is the
+logsumexp over labels, and fast sampling (one row step per row) equals naive sampling (the whole network
+once per pixel) under the same noise, completion included.
 """
 
 import itertools
@@ -32,6 +33,28 @@ def uniforms(model, b: int, generator: torch.Generator) -> torch.Tensor:
     """[B, H, W, *noise_shape] float64 noise for the model's output distribution."""
     c = model.config
     return torch.rand(b, c.height, c.width, *model.output.noise_shape, generator=generator, dtype=torch.float64)
+
+
+def params_and_input(model) -> tuple[torch.Tensor, torch.Tensor]:
+    """(params [1, H, W, channels], x [1, 1, H, W]): x a random image whose gradient the params carry."""
+    h, w = model.config.height, model.config.width
+    x = torch.randint(0, 3, (1, 1, h, w)).double().requires_grad_()
+    return model.params(x, torch.tensor([1])), x
+
+
+@pytest.mark.parametrize(("family", "output"), CASES)
+def test_every_output_depends_only_on_earlier_pixels(family, output):
+    """Causality by input gradients: params at (i, j) have zero gradient w.r.t. x at (i', j') >= (i, j)."""
+    model = small_model(family, output)
+    params, x = params_and_input(model)
+    h, w = model.config.height, model.config.width
+    for i, j in itertools.product(range(h), range(w)):
+        (grad,) = torch.autograd.grad(params[0, i, j].sum(), x, retain_graph=True)
+        seen = grad[0, 0] != 0
+        allowed = torch.zeros(h, w, dtype=torch.bool)
+        allowed[:i] = True
+        allowed[i, :j] = True
+        assert not (seen & ~allowed).any(), f"pixel ({i},{j}) sees the future"
 
 
 @pytest.mark.parametrize(("family", "output"), CASES)
