@@ -122,6 +122,10 @@ class PixelCNN(nn.Module):
         dtype = self.head[-1].weight.dtype
         return x.to(dtype) * (2.0 / (self.config.levels - 1)) - 1.0
 
+    def row_step(self) -> "RowStep":
+        """The exported sampling step: one image row per call."""
+        return RowStep(self)
+
     def params(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         """x [B, 1, H, W] levels, label [B] -> each pixel's distribution parameters [B, H, W, channels]."""
         v = h = self.scale(x)
@@ -205,20 +209,8 @@ def build(model_config: dict, split) -> PixelCNN:
                                    num_classes=split.num_classes, **model_config))
 
 
-def sample_fast(model: PixelCNN, label, noise, temperature, observed=None, mask=None) -> torch.Tensor:
-    """label [B], noise [B, H, W, *noise_shape], temperature [B] -> images [B, 1, H, W] int64, a RowStep per row."""
-    return raster.sample_fast(RowStep(model), label, noise, temperature, observed, mask)
-
-
-def sample_grid(model: PixelCNN, generator: torch.Generator, per_class: int = 8) -> torch.Tensor:
-    """Samples for every class, class by class: [num_classes * per_class, 1, H, W] int64."""
-    return raster.sample_grid(RowStep(model), generator, per_class)
-
-
-def exported_functions(model: PixelCNN, split) -> tuple[dict, dict]:
-    """(functions, capabilities) of the model: log_prob, log_prob_given_label and the row step."""
-    return raster.exported_functions(RowStep(model), split)
-
-
+exported_functions = raster.exported_functions
 initial_state = raster.initial_state
+sample_fast = raster.sample_fast
+sample_grid = raster.sample_grid
 sample_naive = raster.sample_naive

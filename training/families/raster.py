@@ -5,8 +5,8 @@ discretized logistic mixture (256-level data: 3K parameters instead of 256, two 
 config.output picks one of OUTPUTS.
 
 A family's model has `config` (height, width, num_classes), `output` (a per-pixel distribution with
-`noise_shape` and `sample`), `head` (its last layer sets the dtype), `params(x, label)` and
-`log_prob(x, label)`. Its `RowStep(model)` module is the exported step: inputs x_prev, <state...>,
+`noise_shape` and `sample`), `head` (its last layer sets the dtype), `params(x, label)`,
+`log_prob(x, label)` and `row_step()`, its RowStep module: the exported step, with inputs x_prev, <state...>,
 noise, temperature, label, observed, mask; outputs the row and next_<state...>; `state_shapes()`
 gives each state tensor's shape without the batch axis.
 """
@@ -65,11 +65,12 @@ def initial_state(step: nn.Module, batch: int) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def sample_fast(step: nn.Module, label, noise, temperature, observed=None, mask=None) -> torch.Tensor:
+def sample_fast(model: nn.Module, label, noise, temperature, observed=None, mask=None) -> torch.Tensor:
     """label [B], noise [B, H, W, *noise_shape], temperature [B] -> images [B, 1, H, W] int64, one step per row.
 
     Where mask [B, H, W] is 1 the image keeps `observed` (completion).
     """
+    step = model.row_step()
     b, height, width = noise.shape[:3]
     observed = torch.zeros(b, height, width, dtype=torch.long) if observed is None else observed
     mask = torch.zeros_like(observed) if mask is None else mask
@@ -97,13 +98,12 @@ def sample_naive(model: nn.Module, label, noise, temperature, observed=None, mas
     return canvas
 
 
-def sample_grid(step: nn.Module, generator: torch.Generator, per_class: int = 8) -> torch.Tensor:
+def sample_grid(model: nn.Module, generator: torch.Generator, per_class: int = 8) -> torch.Tensor:
     """Samples for every class, class by class: [num_classes * per_class, 1, H, W] int64."""
-    model = step.model
     c = model.config
     label = torch.arange(c.num_classes).repeat_interleave(per_class)
     noise = torch.rand(len(label), c.height, c.width, *model.output.noise_shape, generator=generator)
-    return sample_fast(step, label, noise, torch.ones(len(label)))
+    return sample_fast(model, label, noise, torch.ones(len(label)))
 
 
 class LogProb(nn.Module):
@@ -129,12 +129,12 @@ class LogProbGivenLabel(nn.Module):
         return self.model.log_prob(x, label)
 
 
-def exported_functions(step: nn.Module, split) -> tuple[dict, dict]:
+def exported_functions(model: nn.Module, split) -> tuple[dict, dict]:
     """(functions, capabilities): each function is (module, example inputs by name, output names).
 
     Unlabelled scores marginalise over the training split's class frequencies.
     """
-    model = step.model
+    step = model.row_step()
     c, b = model.config, 2
     class_prior = torch.bincount(torch.from_numpy(split.y_train), minlength=c.num_classes).double()
     class_prior = (class_prior / class_prior.sum()).float()
