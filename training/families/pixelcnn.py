@@ -99,28 +99,16 @@ class GatedLayer(nn.Module):
         return v_out, self.horizontal(h_in, link, cond_h)
 
 
-class PixelCNN(nn.Module):
+class PixelCNN(raster.RasterModel):
     def __init__(self, config: PixelCNNConfig):
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         c = config
-        if c.output not in raster.OUTPUTS:
-            raise ValueError(f"model.output: {c.output!r} is not one of {sorted(raster.OUTPUTS)}")
-        self.output = raster.OUTPUTS[c.output](c)
         self.layers = nn.ModuleList(
             GatedLayer(1 if i == 0 else c.channels, c.channels,
                        c.first_kernel if i == 0 else c.kernel, c.num_classes, first=i == 0)
             for i in range(c.n_layers)
         )
-        self.head = nn.Sequential(
-            nn.ReLU(), nn.Conv2d(c.channels, c.head_channels, 1),
-            nn.ReLU(), nn.Conv2d(c.head_channels, self.output.channels, 1),
-        )
-
-    def scale(self, x: torch.Tensor) -> torch.Tensor:
-        """Integer levels 0..L-1 -> floats in [-1, 1]."""
-        dtype = self.head[-1].weight.dtype
-        return x.to(dtype) * (2.0 / (self.config.levels - 1)) - 1.0
+        self.head = self.make_head()
 
     def row_step(self) -> "RowStep":
         """The exported sampling step: one image row per call."""
@@ -132,19 +120,6 @@ class PixelCNN(nn.Module):
         for layer in self.layers:
             v, h = layer(v, h, label)
         return self.head(h).permute(0, 2, 3, 1)
-
-    def log_prob(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        """log p(x | label) in nats: x [B, 1, H, W], label [B] -> [B]."""
-        return self.output.log_prob(self.params(x, label), x[:, 0]).sum(dim=(1, 2))
-
-    def log_prob_marginal(self, x: torch.Tensor, log_prior: torch.Tensor) -> torch.Tensor:
-        """log p(x) = log sum_y p(x | y) p(y), exactly: x [B, 1, H, W], log_prior [K] -> [B]."""
-        return raster.log_prob_marginal(self, x, log_prior)
-
-
-def loss(model: PixelCNN, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """Mean negative log-likelihood in nats per image."""
-    return -model.log_prob(x, label).mean()
 
 
 class RowStep(nn.Module):
@@ -210,6 +185,7 @@ def build(model_config: dict, split) -> PixelCNN:
 
 
 exported_functions = raster.exported_functions
+loss = raster.loss
 initial_state = raster.initial_state
 sample_fast = raster.sample_fast
 sample_grid = raster.sample_grid

@@ -96,27 +96,16 @@ class RowLSTMLayer(nn.Module):
         return torch.cat(rows, dim=2)
 
 
-class PixelRNN(nn.Module):
+class PixelRNN(raster.RasterModel):
     def __init__(self, config: PixelRNNConfig):
-        super().__init__()
-        self.config = c = config
-        if c.output not in raster.OUTPUTS:
-            raise ValueError(f"model.output: {c.output!r} is not one of {sorted(raster.OUTPUTS)}")
-        self.output = raster.OUTPUTS[c.output](c)
+        super().__init__(config)
+        c = config
         self.layers = nn.ModuleList(
             RowLSTMLayer(1 if n == 0 else c.channels, c.channels, c.first_kernel if n == 0 else c.kernel,
                          c.kernel, c.num_classes, first=n == 0)
             for n in range(c.n_layers)
         )
-        self.head = nn.Sequential(
-            nn.ReLU(), nn.Conv2d(c.channels, c.head_channels, 1),
-            nn.ReLU(), nn.Conv2d(c.head_channels, self.output.channels, 1),
-        )
-
-    def scale(self, x: torch.Tensor) -> torch.Tensor:
-        """Integer levels 0..L-1 -> floats in [-1, 1]."""
-        dtype = self.head[-1].weight.dtype
-        return x.to(dtype) * (2.0 / (self.config.levels - 1)) - 1.0
+        self.head = self.make_head()
 
     def features(self, s: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         """s [B, 1, H, W] scaled input, label [B] -> the head's input [B, C, H, W]."""
@@ -132,19 +121,6 @@ class PixelRNN(nn.Module):
     def params(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         """x [B, 1, H, W] levels, label [B] -> each pixel's distribution parameters [B, H, W, channels]."""
         return self.head(self.features(self.scale(x), label)).permute(0, 2, 3, 1)
-
-    def log_prob(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        """log p(x | label) in nats: x [B, 1, H, W], label [B] -> [B]."""
-        return self.output.log_prob(self.params(x, label), x[:, 0]).sum(dim=(1, 2))
-
-    def log_prob_marginal(self, x: torch.Tensor, log_prior: torch.Tensor) -> torch.Tensor:
-        """log p(x) = log sum_y p(x | y) p(y), exactly: x [B, 1, H, W], log_prior [K] -> [B]."""
-        return raster.log_prob_marginal(self, x, log_prior)
-
-
-def loss(model: PixelRNN, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """Mean negative log-likelihood in nats per image."""
-    return -model.log_prob(x, label).mean()
 
 
 class RowStep(nn.Module):
@@ -196,6 +172,7 @@ def build(model_config: dict, split) -> PixelRNN:
 
 
 exported_functions = raster.exported_functions
+loss = raster.loss
 initial_state = raster.initial_state
 sample_fast = raster.sample_fast
 sample_grid = raster.sample_grid

@@ -50,12 +50,44 @@ class LogisticMixtureOutput:
 OUTPUTS = {"categorical": CategoricalOutput, "logistic_mixture": LogisticMixtureOutput}
 
 
-def log_prob_marginal(model: nn.Module, x: torch.Tensor, log_prior: torch.Tensor) -> torch.Tensor:
-    """log p(x) = log sum_y p(x | y) p(y), exactly: x [B, 1, H, W], log_prior [K] -> [B]."""
-    k = log_prior.shape[0]
-    labels = torch.arange(k) + torch.zeros_like(x[:, :1, 0, 0])  # [B, K], batch-size agnostic for export
-    per_class = model.log_prob(x.repeat_interleave(k, dim=0), labels.reshape(-1)).view(-1, k)
-    return torch.logsumexp(per_class + log_prior, dim=1)
+class RasterModel(nn.Module):
+    """A raster family's network: its config, per-pixel output distribution, and the likelihoods of params().
+
+    A subclass builds its layers, then its head with make_head(), and defines params(x, label).
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        if config.output not in OUTPUTS:
+            raise ValueError(f"model.output: {config.output!r} is not one of {sorted(OUTPUTS)}")
+        self.config, self.output = config, OUTPUTS[config.output](config)
+
+    def make_head(self) -> nn.Sequential:
+        """Features [B, channels, H, W] -> each pixel's distribution parameters [B, output.channels, H, W]."""
+        c = self.config
+        return nn.Sequential(nn.ReLU(), nn.Conv2d(c.channels, c.head_channels, 1),
+                             nn.ReLU(), nn.Conv2d(c.head_channels, self.output.channels, 1))
+
+    def scale(self, x: torch.Tensor) -> torch.Tensor:
+        """Integer levels 0..L-1 -> floats in [-1, 1]."""
+        dtype = self.head[-1].weight.dtype
+        return x.to(dtype) * (2.0 / (self.config.levels - 1)) - 1.0
+
+    def log_prob(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """log p(x | label) in nats: x [B, 1, H, W], label [B] -> [B]."""
+        return self.output.log_prob(self.params(x, label), x[:, 0]).sum(dim=(1, 2))
+
+    def log_prob_marginal(self, x: torch.Tensor, log_prior: torch.Tensor) -> torch.Tensor:
+        """log p(x) = log sum_y p(x | y) p(y), exactly: x [B, 1, H, W], log_prior [K] -> [B]."""
+        k = log_prior.shape[0]
+        labels = torch.arange(k) + torch.zeros_like(x[:, :1, 0, 0])  # [B, K], batch-size agnostic for export
+        per_class = self.log_prob(x.repeat_interleave(k, dim=0), labels.reshape(-1)).view(-1, k)
+        return torch.logsumexp(per_class + log_prior, dim=1)
+
+
+def loss(model: RasterModel, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood in nats per image."""
+    return -model.log_prob(x, label).mean()
 
 
 def initial_state(step: nn.Module, batch: int) -> dict[str, torch.Tensor]:
@@ -115,7 +147,7 @@ class LogProb(nn.Module):
         self.register_buffer("log_prior", class_prior.log())
 
     def forward(self, x):
-        return log_prob_marginal(self.model, x, self.log_prior)
+        return self.model.log_prob_marginal(x, self.log_prior)
 
 
 class LogProbGivenLabel(nn.Module):
