@@ -48,3 +48,15 @@ def tiny_gray_run(tmp_path_factory) -> Path:
 def tiny_gray_store(tiny_gray_run, tmp_path_factory) -> Path:
     """A model store holding `pixelcnn-gray`, exported from the tiny gray run."""
     return export_tiny(tiny_gray_run, "pixelcnn-gray", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_text_run(tmp_path_factory) -> Path:
+    """A tiny char-RNN on pydoc-text."""
+    return train_tiny("charrnn-tiny", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_text_store(tiny_text_run, tmp_path_factory) -> Path:
+    """A model store holding `charrnn`, exported from the tiny text run."""
+    return export_tiny(tiny_text_run, "charrnn", tmp_path_factory)

@@ -6,10 +6,14 @@ fake; it owns models, shapes, value ranges and capabilities, and raises
 EngineError subclasses that errors.py maps to status codes.
 """
 
+import json
 import secrets
+from collections.abc import AsyncIterator
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.responses import StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import codecs, errors, schemas, v2
@@ -130,6 +134,34 @@ def _check_labels(labels: list[int | None] | None, batch: int, spec: dict) -> No
         _check_label(label, spec, f"body.labels[{i}]")
 
 
+def _event(name: str, data: dict) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+async def _events(first: np.ndarray, stream: AsyncIterator[np.ndarray], spec: dict, fmt: str,
+                  done: dict) -> AsyncIterator[bytes]:
+    """Server-sent events: `chunk` {"step", "values" or "text": one entry per sample}, then `done`
+    (or `error` {"error": ...} if generation fails midway)."""
+    key = "text" if fmt == "text" else "values"
+    step, values = 0, first
+    try:
+        while True:
+            yield _event("chunk", {"step": step, key: codecs.encode_samples(values, spec, fmt)})
+            step += 1
+            values = await anext(stream, None)
+            if values is None:
+                break
+    except EngineError as exc:
+        yield _event("error", errors.error_body(exc.code, exc.detail, exc.field))
+        return
+    yield _event("done", {**done, "steps": step})
+
+
+def _generation(body: Any, spec: dict) -> dict:
+    """The sequence-model knobs of a sample request, as engine keyword arguments."""
+    return {"length": body.length, "top_k": body.top_k, "prompt": codecs.decode_prompt(body.prompt, spec)}
+
+
 # --- routes --------------------------------------------------------------------------------------------------------
 
 
@@ -157,11 +189,29 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
         description, spec = lookup(request, name)
         _require(description, "sample", name)
         _check_label(body.label, spec, "body.label")
-        codecs.check_format(body.format, spec)
+        fmt = codecs.output_format(body.format, spec)
         seed = new_seed() if body.seed is None else body.seed
-        x = await unless_disconnected(request, engine.sample(name, body.n, seed, body.temperature, body.label))
-        samples = codecs.encode_samples(x, spec, body.format)
+        x = await unless_disconnected(request, engine.sample(name, body.n, seed, body.temperature, body.label,
+                                                             **_generation(body, spec)))
+        samples = codecs.encode_samples(x, spec, fmt)
         return {"model": name, "version": description["version"], "seed": seed, "samples": samples}
+
+    @router.post("/v1/models/{name}/sample/stream", tags=["inference"], response_class=StreamingResponse,
+                 responses={200: {"content": {"text/event-stream": {}},
+                                  "description": "server-sent events: `chunk` per step, then `done`"}})
+    async def sample_stream(name: str, body: SampleRequest, request: Request) -> StreamingResponse:
+        """Sample, streamed as server-sent events while it is generated (characters, image rows)."""
+        description, spec = lookup(request, name)
+        _require(description, "sample", name)
+        _check_label(body.label, spec, "body.label")
+        fmt = codecs.output_format(body.format, spec)
+        if fmt == "png":
+            raise InvalidInput("body.format: a stream sends rows as 'array', not 'png'", field="body.format")
+        seed = new_seed() if body.seed is None else body.seed
+        stream = engine.sample_stream(name, body.n, seed, body.temperature, body.label, **_generation(body, spec))
+        first = await unless_disconnected(request, anext(stream))  # errors before the first event stay HTTP errors
+        done = {"model": name, "version": description["version"], "seed": seed}
+        return StreamingResponse(_events(first, stream, spec, fmt, done), media_type="text/event-stream")
 
     async def score(name: str, body: Any, request: Request) -> dict:
         description, spec = lookup(request, name)
@@ -183,12 +233,13 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
     async def complete(name: str, body: CompleteRequest, request: Request) -> dict:
         description, spec = lookup(request, name)
         _require(description, "complete", name)
-        x = codecs.decode_inputs(body.inputs, spec)  # [B, *shape]
-        mask = codecs.decode_mask(body.mask, spec, len(x))  # [B, *shape], 1 = observed
-        codecs.check_format(body.format, spec)
+        x = codecs.decode_inputs(body.inputs, spec)  # [B, *shape], or B texts' ids
+        mask = codecs.decode_mask(body.mask, spec, len(x))  # [B, *shape], 1 = observed; None for text
+        fmt = codecs.output_format(body.format, spec)
         seed = new_seed() if body.seed is None else body.seed
-        out = await unless_disconnected(request, engine.complete(name, x, mask, body.n, seed, body.temperature))
-        completions = [codecs.encode_samples(per_input, spec, body.format) for per_input in out]
+        out = await unless_disconnected(request, engine.complete(name, x, mask, body.n, seed, body.temperature,
+                                                                 length=body.length, top_k=body.top_k))
+        completions = [codecs.encode_samples(per_input, spec, fmt) for per_input in out]
         return {"model": name, "version": description["version"], "seed": seed, "completions": completions}
 
     return router

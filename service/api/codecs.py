@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from service.engine import text
 from service.engine.errors import InvalidInput
 
 _DATA_URL_PREFIX = "data:image/png;base64,"
@@ -158,11 +159,29 @@ def decode_image(value: Any, spec: dict, field: str) -> np.ndarray:
     return x
 
 
-def decode_inputs(values: list[Any], spec: dict, field: str = "body.inputs") -> np.ndarray:
-    """A list of inputs -> int64 [B, *shape]."""
+def decode_text(value: Any, spec: dict, field: str) -> np.ndarray:
+    """One text input -> int64 [len] character ids of the model's vocabulary."""
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"{field}: must be a non-empty string of text", field=field)
+    return text.encode(value, spec["vocabulary"], field)
+
+
+def decode_inputs(values: list[Any], spec: dict, field: str = "body.inputs") -> np.ndarray | list[np.ndarray]:
+    """A list of inputs -> int64 [B, *shape]; for text, B id arrays of their own lengths."""
     if not values:
         raise InvalidInput(f"{field}: at least one input is required", field=field)
+    if spec.get("kind") == "text":
+        return [decode_text(v, spec, f"{field}[{i}]") for i, v in enumerate(values)]
     return np.stack([decode_image(v, spec, f"{field}[{i}]") for i, v in enumerate(values)])
+
+
+def decode_prompt(prompt: str | None, spec: dict, field: str = "body.prompt") -> np.ndarray | None:
+    """A text model's prompt -> int64 ids; other models take none."""
+    if prompt is None:
+        return None
+    if spec.get("kind") != "text":
+        raise InvalidInput(f"{field}: only text models take a prompt", field=field)
+    return text.encode(prompt, spec["vocabulary"], field)
 
 
 def _decode_mask_one(value: Any, spec: dict, field: str) -> np.ndarray:
@@ -188,8 +207,17 @@ def _is_single(value: Any, shape: tuple[int, ...]) -> bool:
         return False
 
 
-def decode_mask(value: Any, spec: dict, batch: int, field: str = "body.mask") -> np.ndarray:
-    """One mask for every input, or one per input -> int64 [B, *shape] of 0/1 (1 = observed)."""
+def decode_mask(value: Any, spec: dict, batch: int, field: str = "body.mask") -> np.ndarray | None:
+    """One mask for every input, or one per input -> int64 [B, *shape] of 0/1 (1 = observed).
+
+    Text models continue each input and take none (None).
+    """
+    if spec.get("kind") == "text":
+        if value is not None:
+            raise InvalidInput(f"{field}: text models continue each input and take no mask", field=field)
+        return None
+    if value is None:
+        raise InvalidInput(f"{field}: required for image models (1 = observed, 0 = fill in)", field=field)
     shape = _shape(spec)
     if _is_single(value, shape):
         return np.broadcast_to(_decode_mask_one(value, spec, field), (batch, *shape)).copy()
@@ -206,21 +234,31 @@ def decode_mask(value: Any, spec: dict, batch: int, field: str = "body.mask") ->
 # --- outputs -----------------------------------------------------------------------------------------------------
 
 
-def check_format(fmt: str, spec: dict, field: str = "body.format") -> None:
-    """Refuse format="png" before any work when the model's data cannot be written as PNG."""
-    if fmt != "png":
-        return
-    levels = _levels(spec)
-    if spec.get("kind", "image") != "image" or png_layout(_shape(spec)) is None:
-        raise InvalidInput(f"{field}: 'png' needs image data of shape [H,W], [1,H,W] or [3,H,W]", field=field)
-    if levels is None or levels > _MAX_PNG_LEVELS:
-        raise InvalidInput(f"{field}: 'png' needs at most {_MAX_PNG_LEVELS} levels", field=field)
+FORMATS = {"image": ("array", "png"), "text": ("text", "array")}  # the first is the default
+
+
+def output_format(fmt: str | None, spec: dict, field: str = "body.format") -> str:
+    """The requested output format (absent: the data kind's default), refused before any work if it cannot apply."""
+    kind = spec.get("kind", "image")
+    allowed = FORMATS.get(kind, ("array",))
+    fmt = allowed[0] if fmt is None else fmt
+    if fmt not in allowed:
+        raise InvalidInput(f"{field}: {kind} models answer in {' or '.join(repr(f) for f in allowed)}", field=field)
+    if fmt == "png":
+        levels = _levels(spec)
+        if png_layout(_shape(spec)) is None:
+            raise InvalidInput(f"{field}: 'png' needs image data of shape [H,W], [1,H,W] or [3,H,W]", field=field)
+        if levels is None or levels > _MAX_PNG_LEVELS:
+            raise InvalidInput(f"{field}: 'png' needs at most {_MAX_PNG_LEVELS} levels", field=field)
+    return fmt
 
 
 def encode_sample(x: np.ndarray, spec: dict, fmt: str) -> str | list:
-    """One sample [*shape] -> base64 PNG, or nested ints ([H][W] when the shape is [1,H,W])."""
+    """One sample [*shape] -> base64 PNG, text, or nested ints ([H][W] when the shape is [1,H,W])."""
     if fmt == "png":
         return encode_png_b64(x, _levels(spec) or 2)
+    if fmt == "text":
+        return text.decode(x, spec["vocabulary"])
     if x.ndim > 1 and x.shape[0] == 1:
         x = x[0]
     return np.asarray(x, dtype=np.int64).tolist()

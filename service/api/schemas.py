@@ -17,14 +17,15 @@ from service.settings import Settings
 MAX_SEED = 2**63 - 1
 MAX_TEMPERATURE = 10.0
 
-# An image: a base64 PNG, or nested integer levels. The codecs check the structure
-# themselves, so that every problem gets one message naming the input's index.
-Image = Annotated[
+# An input: for an image model a base64 PNG or nested integer levels, for a text model a string.
+# The codecs check the structure themselves, so that every problem gets one message naming the input's index.
+Input = Annotated[
     Any,
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "string", "description": "base64 PNG (grayscale, levels scaled to 0..255)"},
+                {"type": "string", "description": "text (text models), or base64 PNG (grayscale, levels scaled "
+                                                  "to 0..255)"},
                 {"type": "array", "description": "nested integer levels 0..levels-1, e.g. [H][W] or [1][H][W]"},
             ]
         }
@@ -41,7 +42,11 @@ Mask = Annotated[
         }
     ),
 ]
-Format = Literal["array", "png"]
+Format = Annotated[Literal["array", "png", "text"] | None,
+                   Field(description="array (integer levels), png (images) or text (text models); "
+                                     "absent: text for text models, array otherwise")]
+TopK = Annotated[int | None, Field(ge=0, description="text models: sample among the k likeliest characters "
+                                                     "(0 or absent: all)")]
 Seed = Annotated[int | None, Field(ge=0, le=MAX_SEED, description="random seed; drawn and echoed when absent")]
 Temperature = Annotated[float, Field(gt=0.0, le=MAX_TEMPERATURE, description="sampling temperature")]
 
@@ -127,7 +132,10 @@ class RequestModels:
 def request_models(settings: Settings) -> RequestModels:
     """Request bodies with this deployment's limits baked in."""
     Samples = Annotated[int, Field(ge=1, le=settings.max_samples_per_request, description="number of samples")]
-    Inputs = Annotated[list[Image], Field(min_length=1, max_length=settings.max_inputs_per_request)]
+    Inputs = Annotated[list[Input], Field(min_length=1, max_length=settings.max_inputs_per_request)]
+    Length = Annotated[int | None, Field(ge=1, le=settings.max_sequence_length,
+                                         description="text models: characters to generate after the prompt or "
+                                                     "input (absent: the model's default)")]
     Labels = Annotated[
         list[Annotated[int, Field(ge=0)] | None] | None,
         Field(max_length=settings.max_inputs_per_request, description="class label per input; null: marginalize"),
@@ -138,7 +146,12 @@ def request_models(settings: Settings) -> RequestModels:
         seed: Seed = None
         temperature: Temperature = 1.0
         label: Annotated[int, Field(ge=0)] | None = None
-        format: Format = "array"
+        format: Format = None
+        length: Length = None
+        top_k: TopK = None
+        prompt: Annotated[str | None, Field(max_length=settings.max_sequence_length,
+                                            description="text models: the text to continue; samples start "
+                                                        "with it")] = None
 
     class ScoreRequest(BaseModel):
         inputs: Inputs
@@ -149,10 +162,13 @@ def request_models(settings: Settings) -> RequestModels:
 
     class CompleteRequest(BaseModel):
         inputs: Inputs
-        mask: Mask
+        mask: Annotated[Mask | None, Field(description="images: which values are observed (required); text "
+                                                       "models continue each input and take none")] = None
         n: Samples = 1
         seed: Seed = None
         temperature: Temperature = 1.0
-        format: Format = "array"
+        format: Format = None
+        length: Length = None
+        top_k: TopK = None
 
     return RequestModels(SampleRequest, ScoreRequest, NamedScoreRequest, CompleteRequest)

@@ -19,7 +19,8 @@ from service.engine.workers import InProcess, WorkerPool
 from service.settings import Settings
 from service.store import ModelEntry, ModelStore
 
-SERVED_KINDS = ("image",)  # text (char-RNN) and audio need their codecs first
+SERVED_KINDS = ("image", "text")  # audio needs its codecs first
+SEQUENCE_KINDS = ("text", "audio")  # any length: generation takes a length and a prompt, scoring any length
 
 
 class LoadedModel:
@@ -34,6 +35,10 @@ class LoadedModel:
                                    f"(served: {', '.join(SERVED_KINDS)}); remove it from the store", field="model")
         self.shape = list(self.data["shape"])
         self.capabilities = self.manifest["capabilities"]
+        self.is_sequence = self.data["kind"] in SEQUENCE_KINDS
+
+    def function_inputs(self, function: str) -> list[str]:
+        return [tensor["name"] for tensor in self.manifest["functions"][function]["inputs"]]
 
     def describe(self) -> dict:
         m = self.manifest
@@ -62,6 +67,19 @@ def check_levels(x: np.ndarray, shape: list[int] | None, levels: int, field: str
     if x.min() < 0 or x.max() >= levels:
         bad = int(np.argmax(((x < 0) | (x >= levels)).reshape(len(x), -1).any(axis=1)))
         raise InvalidInput(f"{field}[{bad}]: values must be integers in 0..{levels - 1}", field=f"{field}[{bad}]")
+    return x.astype(np.int64)
+
+
+def check_sequence(x: np.ndarray, levels: int, field: str) -> np.ndarray:
+    """A non-empty 1-D sequence of integers in 0..levels-1 -> int64, or InvalidInput naming the field and position."""
+    x = np.asarray(x)
+    if x.ndim != 1 or len(x) == 0:
+        raise InvalidInput(f"{field}: give a non-empty sequence", field=field)
+    if not np.issubdtype(x.dtype, np.integer):
+        raise InvalidInput(f"{field}: values must be integers", field=field)
+    bad = np.flatnonzero((x < 0) | (x >= levels))
+    if len(bad):
+        raise InvalidInput(f"{field}: value {x[bad[0]]} at position {bad[0]} is not in 0..{levels - 1}", field=field)
     return x.astype(np.int64)
 
 
@@ -136,14 +154,17 @@ class Engine:
                 knobs[key] = getattr(self.settings, key)
         return BatchingConfig(**knobs)
 
-    def _batcher(self, m: LoadedModel, function: str, capability: dict | None = None):
-        """The model function's scheduler: continuous for a step function, dynamic for one-shot ones."""
+    def _batcher(self, m: LoadedModel, function: str, capability: dict | None = None, length: int | None = None):
+        """The model function's scheduler: continuous for a step function, dynamic for one-shot ones.
+
+        Inputs of a sequence model batch only with inputs of the same `length`: one dynamic batcher per length.
+        """
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # schedulers belong to one event loop
             self._loop, self._batchers = loop, {}
         key = (m.manifest["name"], function)
-        if key not in self._batchers:
-            inputs = [tensor["name"] for tensor in m.manifest["functions"][function]["inputs"]]
+        if (*key, length) not in self._batchers:
+            inputs = m.function_inputs(function)
 
             async def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
                 return await self.runner.call(key[0], function, {name: feeds[name] for name in inputs})
@@ -151,41 +172,111 @@ class Engine:
             observer = self.metrics.observer(*key)
             if capability and capability["procedure"] == "autoregressive":
                 outputs = procedures.autoregressive_state_outputs(capability)
-                self._batchers[key] = ContinuousBatcher(run, outputs, self._batching(m), observer)
+                self._batchers[(*key, length)] = ContinuousBatcher(run, outputs, self._batching(m), observer)
             else:
-                self._batchers[key] = DynamicBatcher(run, self._batching(m), observer)
-        return self._batchers[key]
+                self._batchers[(*key, length)] = DynamicBatcher(run, self._batching(m), observer)
+        return self._batchers[(*key, length)]
+
+    def _per_row(self, m: LoadedModel, function: str, label: int | None, top_k: int | None,
+                 rngs: list[np.random.Generator]) -> dict[str, np.ndarray]:
+        """The step's per-row inputs besides noise and temperature: label, top_k (0: no top-k cut)."""
+        per_row = {}
+        labels = self._labels(m, label, rngs)
+        if labels is not None:
+            per_row["label"] = labels
+        if "top_k" in m.function_inputs(function):
+            per_row["top_k"] = np.full(len(rngs), top_k or 0, np.int64)
+        elif top_k is not None:
+            raise InvalidInput(f"top_k: model {m.manifest['name']!r} does not take top_k", field="top_k")
+        return per_row
+
+    def _plan(self, m: LoadedModel, cap: dict, prompt: np.ndarray | None, length: int | None,
+              rows: int) -> tuple[int, np.ndarray | None, np.ndarray | None, int]:
+        """(steps, observed, mask, values): a sequence model generates `length` values after the prompt.
+
+        observed and mask are [rows, steps * values per step], 1 over the prompt; images take neither.
+        """
+        per_step = math.prod(cap["step_shape"])
+        if not m.is_sequence:
+            for field, value in (("length", length), ("prompt", prompt)):
+                if value is not None:
+                    raise InvalidInput(f"{field}: model {m.manifest['name']!r} generates fixed-shape "
+                                       f"{m.data['kind']} data", field=field)
+            return cap["steps"], None, None, cap["steps"] * per_step
+        prompt = np.zeros(0, np.int64) if prompt is None or len(prompt) == 0 else \
+            check_sequence(prompt, m.data["levels"], "prompt")
+        length = cap["steps"] * per_step if length is None else length
+        if length < 1:
+            raise InvalidInput("length: must be at least 1", field="length")
+        values = len(prompt) + length
+        if values > self.settings.max_sequence_length:
+            raise InvalidInput(f"length: prompt and continuation are {values} values, over the limit of "
+                               f"{self.settings.max_sequence_length}", field="length")
+        steps = math.ceil(values / per_step)
+        observed = np.zeros((rows, steps * per_step), np.int64)
+        observed[:, : len(prompt)] = prompt
+        mask = (np.arange(steps * per_step) < len(prompt)).astype(np.int64)
+        return steps, observed, np.broadcast_to(mask, observed.shape), values
 
     def _generate(self, m: LoadedModel, capability: str, seed: int, rows: int, temperature: float,
-                  label: int | None, observed=None, mask=None) -> AsyncIterator[np.ndarray]:
+                  label: int | None, observed=None, mask=None, steps: int | None = None,
+                  top_k: int | None = None, rngs: list[np.random.Generator] | None = None
+                  ) -> AsyncIterator[np.ndarray]:
         """Every step's output [rows, *step_shape], from the model's continuous batcher."""
         cap = m.capability(capability)
         if rows < 1:
             raise InvalidInput("n: must be at least 1", field="n")
-        rngs = procedures.row_generators(seed, rows)
-        labels = self._labels(m, label, rngs)
-        sequence = procedures.autoregressive(cap, m.shape, rngs, np.full(rows, temperature, np.float32),
-                                             label=labels, observed=observed, mask=mask)
+        rngs = procedures.row_generators(seed, rows) if rngs is None else rngs
+        per_row = self._per_row(m, cap["function"], label, top_k, rngs)
+        sequence = procedures.autoregressive(cap, rngs, np.full(rows, temperature, np.float32), steps,
+                                             per_row, observed, mask)
         return self._batcher(m, cap["function"], cap).generate(sequence)
 
-    async def sample_stream(self, name: str, n: int, seed: int, temperature: float,
-                            label: int | None) -> AsyncIterator[np.ndarray]:
-        """Yield every step's output [n, *step_shape] as it is generated (an image row, an audio chunk)."""
-        async for value in self._generate(self.model(name), "sample", seed, n, temperature, label):
+    async def sample_stream(self, name: str, n: int, seed: int, temperature: float, label: int | None, *,
+                            length: int | None = None, top_k: int | None = None,
+                            prompt: np.ndarray | None = None) -> AsyncIterator[np.ndarray]:
+        """Yield every step's output as it is generated: [n, *step_shape] (an image row), or for a sequence
+        model [n, values] (characters, audio samples), starting with the prompt; they add up to sample's output."""
+        m = self.model(name)
+        steps, observed, mask, values = self._plan(m, m.capability("sample"), prompt, length, n)
+        emitted = 0
+        async for value in self._generate(m, "sample", seed, n, temperature, label, observed, mask, steps, top_k):
+            if m.is_sequence:  # the last step may run past the requested length
+                value = value.reshape(n, -1)[:, : values - emitted]
+                emitted += value.shape[1]
             yield value
 
-    async def sample(self, name: str, n: int, seed: int, temperature: float, label: int | None) -> np.ndarray:
-        """[n, *shape] int64 samples; sample i depends only on (seed, i), whatever shares its batch."""
-        m = self.model(name)
-        values = [v async for v in self._generate(m, "sample", seed, n, temperature, label)]
-        return np.stack(values, axis=1).reshape(n, *m.shape)
+    async def sample(self, name: str, n: int, seed: int, temperature: float, label: int | None, *,
+                     length: int | None = None, top_k: int | None = None,
+                     prompt: np.ndarray | None = None) -> np.ndarray:
+        """[n, *shape] int64 samples, or [n, len(prompt) + length] for a sequence model (the prompt first).
 
-    async def complete(self, name: str, x: np.ndarray, mask: np.ndarray, n: int, seed: int,
-                       temperature: float, label: int | None = None) -> np.ndarray:
-        """x, mask [B, *shape] (mask 1 = observed) -> [B, n, *shape]; observed values are kept exactly."""
+        Sample i depends only on (seed, i), whatever shares its batch.
+        """
+        m = self.model(name)
+        steps, observed, mask, values = self._plan(m, m.capability("sample"), prompt, length, n)
+        chunks = [v async for v in self._generate(m, "sample", seed, n, temperature, label, observed, mask,
+                                                  steps, top_k)]
+        x = np.stack(chunks, axis=1).reshape(n, -1)[:, :values]
+        return x if m.is_sequence else x.reshape(n, *m.shape)
+
+    async def complete(self, name: str, x: np.ndarray | list[np.ndarray], mask: np.ndarray | None, n: int,
+                       seed: int, temperature: float, label: int | None = None, *, length: int | None = None,
+                       top_k: int | None = None) -> np.ndarray | list[np.ndarray]:
+        """Fill in each input n times; observed values are kept exactly.
+
+        Images: x, mask [B, *shape] (mask 1 = observed) -> [B, n, *shape]. Sequence models continue each
+        prefix x[b] [T_b] by `length` values (no mask) -> per input [n, T_b + length].
+        """
         m = self.model(name)
         m.capability("complete")
+        if m.is_sequence:
+            if mask is not None:
+                raise InvalidInput(f"mask: model {name!r} continues each input and takes no mask", field="mask")
+            return await self._continue(m, x, n, seed, temperature, label, length, top_k)
         x = check_levels(x, m.shape, m.data["levels"], "inputs")
+        if mask is None:
+            raise InvalidInput("mask: image completion needs a mask (1 = observed)", field="mask")
         if mask.ndim == len(m.shape):  # one mask for every input
             mask = np.broadcast_to(mask, x.shape)
         mask = check_levels(mask, m.shape, 2, "mask")
@@ -196,22 +287,67 @@ class Engine:
         values = [v async for v in steps]
         return np.stack(values, axis=1).reshape(len(x), n, *m.shape)
 
-    async def score(self, name: str, x: np.ndarray, labels: list[int | None] | None = None) -> list[dict]:
-        """x [B, *shape] -> per input: log-likelihood (nats), bits/dim, method and anomaly flags."""
+    async def _continue(self, m: LoadedModel, prefixes: list[np.ndarray], n: int, seed: int, temperature: float,
+                        label: int | None, length: int | None, top_k: int | None) -> list[np.ndarray]:
+        """Each prefix [T_b] continued n times -> per prefix [n, T_b + length]; row b*n + i uses generator b*n + i."""
+        if len(prefixes) == 0:
+            raise InvalidInput("inputs: give at least one input", field="inputs")
+        if n < 1:
+            raise InvalidInput("n: must be at least 1", field="n")
+        rngs = procedures.row_generators(seed, len(prefixes) * n)
+        cap = m.capability("complete")
+
+        prefixes = [check_sequence(prefix, m.data["levels"], f"inputs[{b}]") for b, prefix in enumerate(prefixes)]
+        plans = [self._plan(m, cap, prefix, length, n) for prefix in prefixes]
+
+        async def one(b: int, steps: int, observed: np.ndarray, mask: np.ndarray, values: int) -> np.ndarray:
+            chunks = [v async for v in self._generate(m, "complete", seed, n, temperature, label, observed, mask,
+                                                      steps, top_k, rngs[b * n: (b + 1) * n])]
+            return np.stack(chunks, axis=1).reshape(n, -1)[:, :values]
+
+        return list(await asyncio.gather(*(one(b, *plan) for b, plan in enumerate(plans))))
+
+    async def score(self, name: str, x: np.ndarray | list[np.ndarray],
+                    labels: list[int | None] | None = None) -> list[dict]:
+        """x [B, *shape] (a sequence model: B arrays of any length) -> per input: log-likelihood (nats),
+        bits per dimension (per character, per audio sample), method and anomaly flags."""
         m = self.model(name)
         cap = m.capability("score")
-        x = check_levels(x, m.shape, m.data["levels"], "inputs")
+        if m.is_sequence:
+            if len(x) == 0:
+                raise InvalidInput("inputs: give at least one input", field="inputs")
+            x = [check_sequence(xi, m.data["levels"], f"inputs[{b}]") for b, xi in enumerate(x)]
+        else:
+            x = check_levels(x, m.shape, m.data["levels"], "inputs")
         labels = [None] * len(x) if labels is None else labels
         if len(labels) != len(x):
             raise InvalidInput(f"labels: give one per input ({len(x)}), or none", field="labels")
         log_p = await self._log_prob(m, cap, x, labels)
-        return [self._score_result(m, cap, float(lp)) for lp in log_p]
+        sizes = [len(xi) if m.is_sequence else math.prod(m.shape) for xi in x]
+        return [self._score_result(m, cap, float(lp), size) for lp, size in zip(log_p, sizes, strict=True)]
 
-    async def _log_prob(self, m: LoadedModel, cap: dict, x: np.ndarray, labels: list[int | None]) -> np.ndarray:
+    async def _log_prob(self, m: LoadedModel, cap: dict, x, labels: list[int | None]) -> np.ndarray:
+        """log p(x) per input; sequence models batch inputs of equal length together."""
+        if not m.is_sequence:
+            return await self._log_prob_batch(m, cap, x, labels)
+        by_length: dict[int, list[int]] = {}
+        for b, xi in enumerate(x):
+            by_length.setdefault(len(xi), []).append(b)
+        groups = list(by_length.values())
+        parts = await asyncio.gather(*(
+            self._log_prob_batch(m, cap, np.stack([x[b] for b in group]), [labels[b] for b in group])
+            for group in groups))
+        log_p = np.empty(len(x))
+        for group, part in zip(groups, parts, strict=True):
+            log_p[group] = part
+        return log_p
+
+    async def _log_prob_batch(self, m: LoadedModel, cap: dict, x: np.ndarray, labels: list[int | None]) -> np.ndarray:
+        length = x.shape[1] if m.is_sequence else None
         given = np.array([lab is not None for lab in labels])
         log_p = np.empty(len(x))
         if (~given).any():
-            out = await self._batcher(m, cap["function"]).submit({"x": x[~given]})
+            out = await self._batcher(m, cap["function"], length=length).submit({"x": x[~given]})
             log_p[~given] = next(iter(out.values()))
         if given.any():
             if "conditional_function" not in cap:
@@ -219,19 +355,22 @@ class Engine:
             label = np.array([lab for lab in labels if lab is not None], np.int64)
             if label.min() < 0 or label.max() >= len(m.data.get("classes", [])):
                 raise InvalidInput(f"labels must be in 0..{len(m.data.get('classes', [])) - 1}", field="labels")
-            out = await self._batcher(m, cap["conditional_function"]).submit({"x": x[given], "label": label})
+            out = await self._batcher(m, cap["conditional_function"], length=length).submit(
+                {"x": x[given], "label": label})
             log_p[given] = next(iter(out.values()))
         return log_p
 
-    def _score_result(self, m: LoadedModel, cap: dict, log_p: float) -> dict:
+    def _score_result(self, m: LoadedModel, cap: dict, log_p: float, size: int) -> dict:
+        """The score of one input of `size` values; text and audio calibrate per value, images per input."""
         calibration = m.manifest["calibration"]
         nll = -log_p
-        percentile = float(np.interp(nll, calibration["values"], calibration["quantiles"])) * 100.0
+        score = nll / size if m.is_sequence else nll
+        percentile = float(np.interp(score, calibration["values"], calibration["quantiles"])) * 100.0
         return {
             "log_likelihood_nats": log_p,
-            "bits_per_dim": nll / (math.prod(m.shape) * math.log(2)),
+            "bits_per_dim": nll / (size * math.log(2)),
             "method": cap.get("method", "exact"),
-            "anomaly": {"score": nll, "percentile": percentile,
+            "anomaly": {"score": score, "score_kind": calibration["score"], "percentile": percentile,
                         "is_anomaly": percentile >= calibration["threshold_quantile"] * 100.0},
         }
 

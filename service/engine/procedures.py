@@ -3,7 +3,7 @@
 The service knows algorithms, not architectures. Each procedure reads what it
 needs from the capability entry of the manifest. Conventions for the names of
 an autoregressive step function's tensors:
-  inputs  x_prev, <state...>, noise, temperature, [label], [observed, mask]
+  inputs  x_prev, <state...>, noise, temperature, [label], [top_k], [observed, mask]
   outputs x, next_<state...>
 Randomness enters only through `noise`. Each batch row has its own generator,
 so a row's output depends on its seed alone, never on what else is in the batch.
@@ -27,33 +27,33 @@ def uniform_noise(rngs: list[np.random.Generator], shape: list[int]) -> np.ndarr
 
 def autoregressive(
     capability: dict,
-    data_shape: list[int],
     rngs: list[np.random.Generator],
     temperature: np.ndarray,
-    label: np.ndarray | None = None,
+    steps: int | None = None,
+    per_row: dict[str, np.ndarray] | None = None,
     observed: np.ndarray | None = None,
     mask: np.ndarray | None = None,
 ) -> Sequence:
-    """A sequence of `steps` calls of the step function, for a ContinuousBatcher to run.
+    """A sequence of `steps` calls of the step function (default: the capability's), for a ContinuousBatcher.
 
-    rngs and temperature have one entry per row. Step t's output is [B, *step_shape]
-    int64; all of them reshape to [B, *data_shape]. Where mask is 1 the output takes
-    the observed value (completion), clamped inside the step so that later values
-    condition on it.
+    rngs, temperature and each per_row input (label, top_k) have one entry per row. Step t's output is
+    [B, *step_shape] int64. observed and mask hold [B, steps * prod(step_shape)] values in generation order
+    (any shape with that many values per row); where mask is 1 the output takes the observed value
+    (completion, a prompt), clamped inside the step so that later values condition on it.
     """
-    rows, steps, step_shape = len(rngs), capability["steps"], capability["step_shape"]
+    rows, step_shape = len(rngs), capability["step_shape"]
+    steps = capability["steps"] if steps is None else steps
     noise_shape = capability.get("noise_shape", step_shape)  # more uniforms per value for some distributions
-    observed = np.zeros([rows, *data_shape], np.int64) if observed is None else observed
-    mask = np.zeros([rows, *data_shape], np.int64) if mask is None else mask
-    observed = observed.reshape(rows, steps, *step_shape)
-    mask = mask.reshape(rows, steps, *step_shape)
-    extra = {} if label is None else {"label": label}
+    layout = [rows, steps, *step_shape]
+    observed = np.zeros(layout, np.int64) if observed is None else observed.reshape(layout)
+    mask = np.zeros(layout, np.int64) if mask is None else mask.reshape(layout)
+    per_row = per_row or {}
 
     def feeds(t: int) -> dict[str, np.ndarray]:
         return {"noise": uniform_noise(rngs, noise_shape), "temperature": temperature,
-                "observed": observed[:, t], "mask": mask[:, t], **extra}
+                "observed": observed[:, t], "mask": mask[:, t], **per_row}
 
-    state = {"x_prev": np.zeros([rows, *step_shape], np.int64)}
+    state = {"x_prev": np.full([rows, *step_shape], capability.get("x_prev_init", 0), np.int64)}
     for name, spec in capability["state"].items():
         state[name] = np.zeros([rows, *spec["shape"]], DTYPES[spec["dtype"]])
     return Sequence(feeds, state, steps)

@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from service.engine import text
 from service.engine.errors import EngineError, InvalidInput, MissingCapability
 from service.grpc.gen import genserve_pb2 as pb
 from service.grpc.gen import genserve_pb2_grpc as pb_grpc
@@ -175,6 +176,35 @@ def _labels(request: pb.ScoreRequest, batch: int) -> list[int | None] | None:
     return [None if label == -1 else int(label) for label in request.labels]
 
 
+def _generation(request: pb.SampleRequest, spec: dict) -> dict:
+    """The text-model knobs of a sample request, as engine keyword arguments (absent: None)."""
+    prompt = request.prompt if request.HasField("prompt") else None
+    if prompt is not None and spec.get("kind") != "text":
+        raise InvalidInput("prompt: only text models take a prompt", field="prompt")
+    return {"length": request.length if request.HasField("length") else None,
+            "top_k": request.top_k if request.HasField("top_k") else None,
+            "prompt": None if prompt is None else text.encode(prompt, spec["vocabulary"], "prompt")}
+
+
+def _texts(request: Any, spec: dict, limit: int) -> list[np.ndarray] | None:
+    """A text model's `texts` -> B id arrays; None for other models (which must not send any)."""
+    if spec.get("kind") != "text":
+        if request.texts:
+            raise InvalidInput("texts: only text models take texts; send `inputs`", field="texts")
+        return None
+    if not 1 <= len(request.texts) <= limit:
+        raise InvalidInput(f"texts: give 1..{limit} texts, got {len(request.texts)}", field="texts")
+    for i, value in enumerate(request.texts):
+        if not value:
+            raise InvalidInput(f"texts[{i}]: empty text", field=f"texts[{i}]")
+    return [text.encode(value, spec["vocabulary"], f"texts[{i}]") for i, value in enumerate(request.texts)]
+
+
+def _decoded(rows: np.ndarray, spec: dict) -> list[str]:
+    """[n, T] ids -> n texts for a text model; [] for others."""
+    return [text.decode(row, spec["vocabulary"]) for row in rows] if spec.get("kind") == "text" else []
+
+
 def _require(description: dict, capability: str, name: str) -> None:
     if capability not in description.get("capabilities", []):
         raise MissingCapability(f"model: model {name!r} has no {capability!r} capability; it has "
@@ -266,9 +296,9 @@ class GenserveServicer(pb_grpc.GenserveServicer):
             description, spec = self._lookup(name, "sample")
             n, temperature, seed = _samples(request, self.settings), _temperature(request), _seed(request)
             label = request.label if request.HasField("label") else None
-            x = await self.engine.sample(name, n, seed, temperature, label)  # [n, *shape]
+            x = await self.engine.sample(name, n, seed, temperature, label, **_generation(request, spec))
             return pb.SampleResponse(model=name, version=str(description["version"]), seed=seed,
-                                     samples=to_tensor(x, wire_dtype(spec)))
+                                     samples=to_tensor(x, wire_dtype(spec)), texts=_decoded(x, spec))
 
     async def SampleStream(self, request, context):
         async with engine_errors(context, "SampleStream"):
@@ -277,20 +307,24 @@ class GenserveServicer(pb_grpc.GenserveServicer):
             n, temperature, seed = _samples(request, self.settings), _temperature(request), _seed(request)
             label = request.label if request.HasField("label") else None
             dtype, version = wire_dtype(spec), str(description["version"])
-            stream = self.engine.sample_stream(name, n, seed, temperature, label)
+            stream = self.engine.sample_stream(name, n, seed, temperature, label, **_generation(request, spec))
             index, steps = 0, 0
             async for values in steps_until_cancelled(stream):  # [n, *step_shape]
-                # the steps tile the data: prod(shape) / prod(step_shape) of them (28 rows of a 28x28 image)
-                steps = steps or math.prod(spec["shape"]) // max(math.prod(values.shape[1:]), 1)
+                # images: the steps tile the data, prod(shape) / prod(step_shape) of them (28 rows of a 28x28
+                # image); text: one character per step, as many as asked for (0: not known up front)
+                steps = steps or (0 if spec.get("kind") == "text" else
+                                  math.prod(spec["shape"]) // max(math.prod(values.shape[1:]), 1))
                 yield pb.SampleChunk(step=index, steps=steps, seed=seed, values=to_tensor(values, dtype),
-                                     model=name, version=version)
+                                     model=name, version=version, texts=_decoded(values, spec))
                 index += 1
 
     async def Score(self, request, context):
         async with engine_errors(context, "Score"):
             name = request.model
             description, spec = self._lookup(name, "score")
-            x = data_batch(request.inputs, spec, self.settings.max_inputs_per_request, "inputs")
+            x = _texts(request, spec, self.settings.max_inputs_per_request)
+            if x is None:
+                x = data_batch(request.inputs, spec, self.settings.max_inputs_per_request, "inputs")
             results = await self.engine.score(name, x, _labels(request, len(x)))
             return pb.ScoreResponse(model=name, version=str(description["version"]),
                                     results=[score_result(r) for r in results])
@@ -299,9 +333,16 @@ class GenserveServicer(pb_grpc.GenserveServicer):
         async with engine_errors(context, "Complete"):
             name = request.model
             description, spec = self._lookup(name, "complete")
+            n, temperature, seed = _samples(request, self.settings), _temperature(request), _seed(request)
+            prefixes = _texts(request, spec, self.settings.max_inputs_per_request)
+            if prefixes is not None:
+                knobs = {"length": request.length if request.HasField("length") else None,
+                         "top_k": request.top_k if request.HasField("top_k") else None}
+                out = await self.engine.complete(name, prefixes, None, n, seed, temperature, **knobs)
+                return pb.CompleteResponse(model=name, version=str(description["version"]), seed=seed,
+                                           texts=[t for rows in out for t in _decoded(rows, spec)])
             x = data_batch(request.inputs, spec, self.settings.max_inputs_per_request, "inputs")
             mask = mask_batch(request.mask, spec, len(x))
-            n, temperature, seed = _samples(request, self.settings), _temperature(request), _seed(request)
             out = await self.engine.complete(name, x, mask, n, seed, temperature)  # [B, n, *shape]
             return pb.CompleteResponse(model=name, version=str(description["version"]), seed=seed,
                                        completions=to_tensor(out, wire_dtype(spec)))

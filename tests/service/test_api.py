@@ -75,10 +75,23 @@ class FakeEngine:
         model = self._model(name)
         return {"kind": "image", "shape": SHAPE, "levels": model["levels"], "num_classes": model["num_classes"]}
 
-    async def sample(self, name: str, n: int, seed: int, temperature: float, label: int | None) -> np.ndarray:
+    @staticmethod
+    def _fixed_shape(**knobs) -> None:
+        """The fake's models are images: like the real engine, they refuse the sequence-model knobs."""
+        for field, value in knobs.items():
+            if value is not None:
+                raise InvalidInput(f"{field}: images have a fixed shape", field=field)
+
+    async def sample(self, name: str, n: int, seed: int, temperature: float, label: int | None,
+                     **knobs) -> np.ndarray:
         model = self._capability(name, "sample")
+        self._fixed_shape(**knobs)
         self.calls.append(("sample", name, n, seed, temperature, label))
         return np.random.default_rng(seed).integers(0, model["levels"], size=(n, *SHAPE), dtype=np.int64)
+
+    async def sample_stream(self, name: str, n: int, seed: int, temperature: float, label: int | None, **knobs):
+        for row in (await self.sample(name, n, seed, temperature, label, **knobs)).transpose(2, 0, 1, 3):
+            yield row  # [n, 1, W]: one image row per step
 
     async def score(self, name: str, x: np.ndarray, labels: list[int | None] | None) -> list[dict]:
         model = self._capability(name, "score")
@@ -93,10 +106,13 @@ class FakeEngine:
         return results
 
     async def complete(
-        self, name: str, x: np.ndarray, mask: np.ndarray, n: int, seed: int, temperature: float
+        self, name: str, x: np.ndarray, mask: np.ndarray | None, n: int, seed: int, temperature: float, **knobs
     ) -> np.ndarray:
         model = self._capability(name, "complete")
+        self._fixed_shape(**knobs)
         self._check(x, model["levels"], "inputs")
+        if mask is None:
+            raise InvalidInput("mask: image completion needs a mask", field="mask")
         self._check(mask, 2, "mask")
         self.calls.append(("complete", name, x.copy(), mask.copy(), n, seed))
         noise = np.random.default_rng(seed).integers(0, model["levels"], size=(len(x), n, *SHAPE), dtype=np.int64)
@@ -357,10 +373,10 @@ def test_unknown_route_and_method(client):
 
 
 def test_engine_errors_keep_their_status_and_field(client, engine):
-    async def overloaded(*_args):
+    async def overloaded(*_args, **_kwargs):
         raise Overloaded("queue is full", field="model")
 
-    async def invalid(*_args):
+    async def invalid(*_args, **_kwargs):
         raise InvalidInput("values must be integers in 0..1", field="inputs[3]")
 
     engine.sample = overloaded
@@ -373,7 +389,7 @@ def test_engine_errors_keep_their_status_and_field(client, engine):
 
 
 def test_unexpected_error_is_a_logged_500(engine, caplog):
-    async def broken(*_args):
+    async def broken(*_args, **_kwargs):
         raise RuntimeError("bug")
 
     engine.sample = broken

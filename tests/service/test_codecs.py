@@ -11,6 +11,7 @@ from service.api import codecs
 from service.engine.errors import InvalidInput
 
 SPEC2 = {"kind": "image", "shape": [1, 8, 8], "levels": 2}
+TEXT = {"kind": "text", "shape": [16], "levels": 4, "vocabulary": ["\n", "a", "b", "c"]}
 
 
 def b64(data: bytes) -> str:
@@ -109,8 +110,31 @@ def test_masks_shared_or_per_input():
 
 
 def test_png_format_needs_an_image_spec():
-    codecs.check_format("png", SPEC2)
-    codecs.check_format("array", {"kind": "audio", "shape": [16000], "levels": 256})
+    assert codecs.output_format("png", SPEC2) == "png"
+    assert codecs.output_format("array", {"kind": "audio", "shape": [16000], "levels": 256}) == "array"
     for spec in ({"kind": "audio", "shape": [16000], "levels": 256}, {"kind": "image", "shape": [1, 8, 8]}):
         with pytest.raises(InvalidInput, match="body.format"):
-            codecs.check_format("png", spec)
+            codecs.output_format("png", spec)
+
+
+def test_formats_default_by_kind_and_text_round_trips():
+    assert codecs.output_format(None, SPEC2) == "array"
+    assert codecs.output_format(None, TEXT) == "text"
+    with pytest.raises(InvalidInput, match="body.format: text models answer in 'text' or 'array'"):
+        codecs.output_format("png", TEXT)
+    with pytest.raises(InvalidInput, match="body.format"):
+        codecs.output_format("text", SPEC2)
+    ids = codecs.decode_inputs(["ab\n", "c"], TEXT)
+    assert [i.tolist() for i in ids] == [[1, 2, 0], [3]]
+    assert codecs.encode_samples(np.array([[1, 2, 0, 3]]), TEXT, "text") == ["ab\nc"]
+    assert codecs.decode_prompt("cab", TEXT).tolist() == [3, 1, 2]
+    for bad, match in (([""], r"body.inputs\[0\]: must be a non-empty string"),
+                       (["a", "aé"], r"body.inputs\[1\]: character 'é' at position 1 is not in the model's")):
+        with pytest.raises(InvalidInput, match=match):
+            codecs.decode_inputs(bad, TEXT)
+    with pytest.raises(InvalidInput, match="body.prompt: only text models"):
+        codecs.decode_prompt("a", SPEC2)
+    with pytest.raises(InvalidInput, match="body.mask: text models continue each input and take no mask"):
+        codecs.decode_mask([1], TEXT, batch=1)
+    with pytest.raises(InvalidInput, match="body.mask: required for image models"):
+        codecs.decode_mask(None, SPEC2, batch=1)

@@ -66,8 +66,8 @@ class Wrapped:
             raise self.raises
         return await self._engine.sample(*args, **kwargs)
 
-    async def sample_stream(self, *args) -> AsyncIterator[np.ndarray]:
-        stream = self._engine.sample_stream(*args)
+    async def sample_stream(self, *args, **kwargs) -> AsyncIterator[np.ndarray]:
+        stream = self._engine.sample_stream(*args, **kwargs)
         try:
             async for values in stream:
                 self.produced += 1

@@ -286,16 +286,12 @@ def test_tiny_config_trains_one_epoch():
     assert len(samples) == 2 and all(len(s) == 20 and set(s) <= set(text.VOCABULARY) for s in samples)
 
 
-def test_tiny_run_exports_a_text_manifest_whose_log_prob_takes_any_length(tmp_path):
+def test_tiny_run_exports_a_text_manifest_whose_log_prob_takes_any_length(tiny_text_run, tmp_path):
     """export(): kind text with the vocabulary, per-character calibration, and log_prob over any sequence length."""
-    from service.engine.engine import Engine
-    from service.engine.errors import UnsupportedModel
-    from service.settings import Settings
-    from service.store import ModelStore
     from training.export import export
-    from training.train import load_model, train
+    from training.train import load_model
 
-    run = train(Path(__file__).parents[2] / "training" / "configs" / "charrnn-tiny.json", tmp_path / "run")
+    run = tiny_text_run
     assert (run / "samples.txt").read_text().strip()
     out = export(run, tmp_path / "models", name="charrnn")
     manifest = json.loads((out / "manifest.json").read_text())
@@ -312,5 +308,3 @@ def test_tiny_run_exports_a_text_manifest_whose_log_prob_takes_any_length(tmp_pa
         with torch.no_grad():
             expected = model.log_prob(x).numpy()
         assert np.allclose(session.run(None, {"x": x.numpy()})[0], expected, rtol=1e-4)
-    with pytest.raises(UnsupportedModel, match="text data is not served yet"):  # until the service has text codecs
-        Engine(ModelStore(tmp_path / "models"), Settings())
