@@ -20,6 +20,7 @@ from service.api import codecs, errors, schemas, v2
 from service.api.disconnect import CLIENT_CLOSED_REQUEST, ClientGone, unless_disconnected
 from service.api.drain import Drain, DrainMiddleware
 from service.api.metrics import ApiMetrics, MetricsMiddleware
+from service.engine import audio
 from service.engine.errors import EngineError, InvalidInput, MissingCapability
 from service.settings import Settings
 
@@ -157,9 +158,37 @@ async def _events(first: np.ndarray, stream: AsyncIterator[np.ndarray], spec: di
     yield _event("done", {**done, "steps": step})
 
 
+def _length(body: Any, spec: dict) -> int | None:
+    """Values to generate: `length`, or for audio `seconds` at the model's sample rate."""
+    if body.seconds is None:
+        return body.length
+    if spec.get("kind") != "audio":
+        raise InvalidInput("body.seconds: only audio models take seconds; give length", field="body.seconds")
+    if body.length is not None:
+        raise InvalidInput("body.seconds: give seconds or length, not both", field="body.seconds")
+    return max(1, round(body.seconds * int(spec["sample_rate"])))
+
+
 def _generation(body: Any, spec: dict) -> dict:
     """The sequence-model knobs of a sample request, as engine keyword arguments."""
-    return {"length": body.length, "top_k": body.top_k, "prompt": codecs.decode_prompt(body.prompt, spec)}
+    return {"length": _length(body, spec), "top_k": body.top_k, "prompt": codecs.decode_prompt(body.prompt, spec)}
+
+
+def _wants_wav_file(request: Request, spec: dict, n: int) -> bool:
+    """An audio request with `Accept: audio/wav` gets the WAV file itself (one sample) instead of JSON."""
+    if spec.get("kind") != "audio" or "audio/wav" not in request.headers.get("accept", ""):
+        return False
+    if n != 1:
+        raise InvalidInput("body.n: a WAV file answer holds one sample; ask for JSON for more", field="body.n")
+    return True
+
+
+async def _wav_stream(first: np.ndarray, stream: AsyncIterator[np.ndarray], sample_rate: int) -> AsyncIterator[bytes]:
+    """A WAV file sent as it is generated: a header of unknown length, then 16-bit PCM, sample i as channel i."""
+    yield audio.wav_header(len(first), sample_rate, frames=None)
+    yield audio.pcm16(first)
+    async for values in stream:
+        yield audio.pcm16(values)
 
 
 # --- routes --------------------------------------------------------------------------------------------------------
@@ -189,10 +218,15 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
         description, spec = lookup(request, name)
         _require(description, "sample", name)
         _check_label(body.label, spec, "body.label")
+        label = codecs.voice_label(body.voice, body.label, spec)
         fmt = codecs.output_format(body.format, spec)
+        wav_file = _wants_wav_file(request, spec, body.n)
         seed = new_seed() if body.seed is None else body.seed
-        x = await unless_disconnected(request, engine.sample(name, body.n, seed, body.temperature, body.label,
+        x = await unless_disconnected(request, engine.sample(name, body.n, seed, body.temperature, label,
                                                              **_generation(body, spec)))
+        if wav_file:
+            return Response(audio.to_wav(x[0], int(spec["sample_rate"])), media_type="audio/wav",
+                            headers={"genserve-seed": str(seed)})
         samples = codecs.encode_samples(x, spec, fmt)
         return {"model": name, "version": description["version"], "seed": seed, "samples": samples}
 
@@ -200,16 +234,26 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
                  responses={200: {"content": {"text/event-stream": {}},
                                   "description": "server-sent events: `chunk` per step, then `done`"}})
     async def sample_stream(name: str, body: SampleRequest, request: Request) -> StreamingResponse:
-        """Sample, streamed as server-sent events while it is generated (characters, image rows)."""
+        """Sample, streamed while it is generated: server-sent events (characters, image rows), or for an audio
+        model a WAV file in chunks of chunk_ms (sample i as channel i)."""
         description, spec = lookup(request, name)
         _require(description, "sample", name)
         _check_label(body.label, spec, "body.label")
+        label = codecs.voice_label(body.voice, body.label, spec)
         fmt = codecs.output_format(body.format, spec)
         if fmt == "png":
             raise InvalidInput("body.format: a stream sends rows as 'array', not 'png'", field="body.format")
+        is_audio = spec.get("kind") == "audio"
+        if body.chunk_ms is not None and not is_audio:
+            raise InvalidInput("body.chunk_ms: only audio streams are chunked by time", field="body.chunk_ms")
+        chunk = max(1, int(spec["sample_rate"]) * (body.chunk_ms or 100) // 1000) if is_audio else None
         seed = new_seed() if body.seed is None else body.seed
-        stream = engine.sample_stream(name, body.n, seed, body.temperature, body.label, **_generation(body, spec))
-        first = await unless_disconnected(request, anext(stream))  # errors before the first event stay HTTP errors
+        stream = engine.sample_stream(name, body.n, seed, body.temperature, label, chunk=chunk,
+                                      **_generation(body, spec))
+        first = await unless_disconnected(request, anext(stream))  # errors before the first chunk stay HTTP errors
+        if is_audio and fmt == "wav":
+            return StreamingResponse(_wav_stream(first, stream, int(spec["sample_rate"])), media_type="audio/wav",
+                                     headers={"genserve-seed": str(seed)})
         done = {"model": name, "version": description["version"], "seed": seed}
         return StreamingResponse(_events(first, stream, spec, fmt, done), media_type="text/event-stream")
 
@@ -237,8 +281,9 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
         mask = codecs.decode_mask(body.mask, spec, len(x))  # [B, *shape], 1 = observed; None for text
         fmt = codecs.output_format(body.format, spec)
         seed = new_seed() if body.seed is None else body.seed
-        out = await unless_disconnected(request, engine.complete(name, x, mask, body.n, seed, body.temperature,
-                                                                 length=body.length, top_k=body.top_k))
+        label = codecs.voice_label(body.voice, None, spec)
+        out = await unless_disconnected(request, engine.complete(name, x, mask, body.n, seed, body.temperature, label,
+                                                                 length=_length(body, spec), top_k=body.top_k))
         completions = [codecs.encode_samples(per_input, spec, fmt) for per_input in out]
         return {"model": name, "version": description["version"], "seed": seed, "completions": completions}
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from service.engine import text
+from service.engine import audio, text
 from service.engine.errors import InvalidInput
 
 _DATA_URL_PREFIX = "data:image/png;base64,"
@@ -166,13 +166,47 @@ def decode_text(value: Any, spec: dict, field: str) -> np.ndarray:
     return text.encode(value, spec["vocabulary"], field)
 
 
+def decode_audio(value: Any, spec: dict, field: str) -> np.ndarray:
+    """One audio input (base64 WAV at the model's sample rate, or a list of mu-law codes) -> int64 codes [T]."""
+    if isinstance(value, str):
+        try:
+            data = base64.b64decode("".join(value.split()), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidInput(f"{field}: string is not valid base64", field=field) from exc
+        return audio.from_wav(data, int(spec["sample_rate"]), field)
+    if not isinstance(value, list) or not value or not all(isinstance(v, int) for v in value):
+        raise InvalidInput(f"{field}: must be a base64 WAV string or a non-empty list of integer codes", field=field)
+    x = np.array(value)
+    check_range(x, int(spec["levels"]), field)
+    return x.astype(np.int64)
+
+
 def decode_inputs(values: list[Any], spec: dict, field: str = "body.inputs") -> np.ndarray | list[np.ndarray]:
-    """A list of inputs -> int64 [B, *shape]; for text, B id arrays of their own lengths."""
+    """A list of inputs -> int64 [B, *shape]; for text and audio, B arrays of their own lengths."""
     if not values:
         raise InvalidInput(f"{field}: at least one input is required", field=field)
-    if spec.get("kind") == "text":
-        return [decode_text(v, spec, f"{field}[{i}]") for i, v in enumerate(values)]
+    decoder = {"text": decode_text, "audio": decode_audio}.get(spec.get("kind"))
+    if decoder is not None:
+        return [decoder(v, spec, f"{field}[{i}]") for i, v in enumerate(values)]
     return np.stack([decode_image(v, spec, f"{field}[{i}]") for i, v in enumerate(values)])
+
+
+def voice_label(voice: int | str | None, label: int | None, spec: dict, field: str = "body.voice") -> int | None:
+    """An audio model's voice (index or name) as its class label; without a voice, the label as given."""
+    if voice is None:
+        return label
+    voices = spec.get("classes", []) if spec.get("kind") == "audio" else []
+    if not voices:
+        raise InvalidInput(f"{field}: only audio models with voices take a voice", field=field)
+    if label is not None:
+        raise InvalidInput(f"{field}: give a voice or a label, not both", field=field)
+    if isinstance(voice, str):
+        if voice not in voices:
+            raise InvalidInput(f"{field}: unknown voice {voice!r}; known: {voices}", field=field)
+        return voices.index(voice)
+    if not 0 <= voice < len(voices):
+        raise InvalidInput(f"{field}: voice {voice} out of range, expected 0..{len(voices) - 1}", field=field)
+    return voice
 
 
 def decode_prompt(prompt: str | None, spec: dict, field: str = "body.prompt") -> np.ndarray | None:
@@ -212,9 +246,9 @@ def decode_mask(value: Any, spec: dict, batch: int, field: str = "body.mask") ->
 
     Text models continue each input and take none (None).
     """
-    if spec.get("kind") == "text":
+    if spec.get("kind") in ("text", "audio"):
         if value is not None:
-            raise InvalidInput(f"{field}: text models continue each input and take no mask", field=field)
+            raise InvalidInput(f"{field}: {spec['kind']} models continue each input and take no mask", field=field)
         return None
     if value is None:
         raise InvalidInput(f"{field}: required for image models (1 = observed, 0 = fill in)", field=field)
@@ -234,7 +268,7 @@ def decode_mask(value: Any, spec: dict, batch: int, field: str = "body.mask") ->
 # --- outputs -----------------------------------------------------------------------------------------------------
 
 
-FORMATS = {"image": ("array", "png"), "text": ("text", "array")}  # the first is the default
+FORMATS = {"image": ("array", "png"), "text": ("text", "array"), "audio": ("wav", "array")}  # first: default
 
 
 def output_format(fmt: str | None, spec: dict, field: str = "body.format") -> str:
@@ -254,11 +288,13 @@ def output_format(fmt: str | None, spec: dict, field: str = "body.format") -> st
 
 
 def encode_sample(x: np.ndarray, spec: dict, fmt: str) -> str | list:
-    """One sample [*shape] -> base64 PNG, text, or nested ints ([H][W] when the shape is [1,H,W])."""
+    """One sample [*shape] -> base64 PNG, text, base64 WAV, or nested ints ([H][W] when the shape is [1,H,W])."""
     if fmt == "png":
         return encode_png_b64(x, _levels(spec) or 2)
     if fmt == "text":
         return text.decode(x, spec["vocabulary"])
+    if fmt == "wav":
+        return base64.b64encode(audio.to_wav(x, int(spec["sample_rate"]))).decode("ascii")
     if x.ndim > 1 and x.shape[0] == 1:
         x = x[0]
     return np.asarray(x, dtype=np.int64).tolist()

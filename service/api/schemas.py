@@ -42,9 +42,12 @@ Mask = Annotated[
         }
     ),
 ]
-Format = Annotated[Literal["array", "png", "text"] | None,
-                   Field(description="array (integer levels), png (images) or text (text models); "
-                                     "absent: text for text models, array otherwise")]
+Format = Annotated[Literal["array", "png", "text", "wav"] | None,
+                   Field(description="array (integer levels or codes), png (images), text (text models) or wav "
+                                     "(audio models: base64 16-bit PCM WAV); absent: text for text models, wav for "
+                                     "audio models, array otherwise")]
+Voice = Annotated[int | str | None, Field(description="audio models: the voice, by index or name (data.classes); "
+                                                      "absent: drawn from the voice prior")]
 TopK = Annotated[int | None, Field(ge=0, description="text models: sample among the k likeliest characters "
                                                      "(0 or absent: all)")]
 Seed = Annotated[int | None, Field(ge=0, le=MAX_SEED, description="random seed; drawn and echoed when absent")]
@@ -134,8 +137,11 @@ def request_models(settings: Settings) -> RequestModels:
     Samples = Annotated[int, Field(ge=1, le=settings.max_samples_per_request, description="number of samples")]
     Inputs = Annotated[list[Input], Field(min_length=1, max_length=settings.max_inputs_per_request)]
     Length = Annotated[int | None, Field(ge=1, le=settings.max_sequence_length,
-                                         description="text models: characters to generate after the prompt or "
-                                                     "input (absent: the model's default)")]
+                                         description="text and audio models: characters or audio samples to "
+                                                     "generate after the prompt or input (absent: the model's "
+                                                     "default)")]
+    Seconds = Annotated[float | None, Field(gt=0, le=86400,
+                                            description="audio models: seconds to generate (instead of length)")]
     Labels = Annotated[
         list[Annotated[int, Field(ge=0)] | None] | None,
         Field(max_length=settings.max_inputs_per_request, description="class label per input; null: marginalize"),
@@ -152,6 +158,10 @@ def request_models(settings: Settings) -> RequestModels:
         prompt: Annotated[str | None, Field(max_length=settings.max_sequence_length,
                                             description="text models: the text to continue; samples start "
                                                         "with it")] = None
+        seconds: Seconds = None
+        voice: Voice = None
+        chunk_ms: Annotated[int | None, Field(ge=1, le=60000, description="audio streams: milliseconds of audio "
+                                                                         "per chunk (absent: 100)")] = None
 
     class ScoreRequest(BaseModel):
         inputs: Inputs
@@ -170,5 +180,7 @@ def request_models(settings: Settings) -> RequestModels:
         format: Format = None
         length: Length = None
         top_k: TopK = None
+        seconds: Seconds = None
+        voice: Voice = None
 
     return RequestModels(SampleRequest, ScoreRequest, NamedScoreRequest, CompleteRequest)

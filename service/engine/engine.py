@@ -7,6 +7,7 @@ when serving, or this process in tests and benchmarks.
 
 import asyncio
 import math
+import time
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -19,8 +20,9 @@ from service.engine.workers import InProcess, WorkerPool
 from service.settings import Settings
 from service.store import ModelEntry, ModelStore
 
-SERVED_KINDS = ("image", "text")  # audio needs its codecs first
+SERVED_KINDS = ("image", "text", "audio")
 SEQUENCE_KINDS = ("text", "audio")  # any length: generation takes a length and a prompt, scoring any length
+UNITS = {"text": "char", "audio": "sample"}  # what one value of a sequence is
 
 
 class LoadedModel:
@@ -233,18 +235,38 @@ class Engine:
         return self._batcher(m, cap["function"], cap).generate(sequence)
 
     async def sample_stream(self, name: str, n: int, seed: int, temperature: float, label: int | None, *,
-                            length: int | None = None, top_k: int | None = None,
-                            prompt: np.ndarray | None = None) -> AsyncIterator[np.ndarray]:
-        """Yield every step's output as it is generated: [n, *step_shape] (an image row), or for a sequence
-        model [n, values] (characters, audio samples), starting with the prompt; they add up to sample's output."""
+                            length: int | None = None, top_k: int | None = None, prompt: np.ndarray | None = None,
+                            chunk: int | None = None) -> AsyncIterator[np.ndarray]:
+        """Yield the output as it is generated: every step's [n, *step_shape] (an image row), or for a sequence
+        model [n, chunk] values (characters, audio; default: one step's), the prompt first, the last chunk
+        shorter; the chunks add up to sample's output."""
         m = self.model(name)
         steps, observed, mask, values = self._plan(m, m.capability("sample"), prompt, length, n)
-        emitted = 0
+        if chunk is not None and (not m.is_sequence or chunk < 1):
+            raise InvalidInput("chunk: a positive number of values, for text and audio models only", field="chunk")
+        chunk = chunk or math.prod(m.capability("sample")["step_shape"])
+        started, emitted, pending = time.monotonic(), 0, np.zeros((n, 0), np.int64)
         async for value in self._generate(m, "sample", seed, n, temperature, label, observed, mask, steps, top_k):
-            if m.is_sequence:  # the last step may run past the requested length
-                value = value.reshape(n, -1)[:, : values - emitted]
-                emitted += value.shape[1]
-            yield value
+            if not m.is_sequence:
+                started = self._first_chunk(name, started)
+                yield value
+                continue
+            pending = np.concatenate([pending, value.reshape(n, -1)], axis=1)[:, : values - emitted]
+            while pending.shape[1] >= chunk or (pending.shape[1] and emitted + pending.shape[1] == values):
+                out, pending = pending[:, :chunk], pending[:, chunk:]
+                emitted += out.shape[1]
+                self._count_audio(m, out.size)
+                started = self._first_chunk(name, started)
+                yield out
+
+    def _first_chunk(self, name: str, started: float | None) -> None:
+        """Record the time to a stream's first chunk, once: returns the new `started`, None."""
+        if started is not None:
+            self.metrics.first_chunk_seconds.labels(name).observe(time.monotonic() - started)
+
+    def _count_audio(self, m: LoadedModel, values: int) -> None:
+        if m.data["kind"] == "audio":
+            self.metrics.audio_seconds.labels(m.manifest["name"]).inc(values / m.data["sample_rate"])
 
     async def sample(self, name: str, n: int, seed: int, temperature: float, label: int | None, *,
                      length: int | None = None, top_k: int | None = None,
@@ -258,6 +280,7 @@ class Engine:
         chunks = [v async for v in self._generate(m, "sample", seed, n, temperature, label, observed, mask,
                                                   steps, top_k)]
         x = np.stack(chunks, axis=1).reshape(n, -1)[:, :values]
+        self._count_audio(m, x.size)
         return x if m.is_sequence else x.reshape(n, *m.shape)
 
     async def complete(self, name: str, x: np.ndarray | list[np.ndarray], mask: np.ndarray | None, n: int,
@@ -303,7 +326,9 @@ class Engine:
         async def one(b: int, steps: int, observed: np.ndarray, mask: np.ndarray, values: int) -> np.ndarray:
             chunks = [v async for v in self._generate(m, "complete", seed, n, temperature, label, observed, mask,
                                                       steps, top_k, rngs[b * n: (b + 1) * n])]
-            return np.stack(chunks, axis=1).reshape(n, -1)[:, :values]
+            out = np.stack(chunks, axis=1).reshape(n, -1)[:, :values]
+            self._count_audio(m, n * (values - int(mask[0].sum())))  # the generated values, not the prefix
+            return out
 
         return list(await asyncio.gather(*(one(b, *plan) for b, plan in enumerate(plans))))
 
@@ -345,19 +370,38 @@ class Engine:
     async def _log_prob_batch(self, m: LoadedModel, cap: dict, x: np.ndarray, labels: list[int | None]) -> np.ndarray:
         length = x.shape[1] if m.is_sequence else None
         given = np.array([lab is not None for lab in labels])
+        classes = len(m.data.get("classes", []))
+        if given.any():
+            label = np.array([lab for lab in labels if lab is not None], np.int64)
+            if "label" not in m.function_inputs(cap.get("conditional_function", cap["function"])):
+                raise InvalidInput(f"model {m.manifest['name']!r} scores without labels", field="labels")
+            if label.min() < 0 or label.max() >= classes:
+                raise InvalidInput(f"labels must be in 0..{classes - 1}", field="labels")
+        if "label" in m.function_inputs(cap["function"]):
+            return await self._log_prob_over_labels(m, cap["function"], x, labels, length)
         log_p = np.empty(len(x))
         if (~given).any():
             out = await self._batcher(m, cap["function"], length=length).submit({"x": x[~given]})
             log_p[~given] = next(iter(out.values()))
         if given.any():
-            if "conditional_function" not in cap:
-                raise InvalidInput(f"model {m.manifest['name']!r} scores without labels", field="labels")
-            label = np.array([lab for lab in labels if lab is not None], np.int64)
-            if label.min() < 0 or label.max() >= len(m.data.get("classes", [])):
-                raise InvalidInput(f"labels must be in 0..{len(m.data.get('classes', [])) - 1}", field="labels")
             out = await self._batcher(m, cap["conditional_function"], length=length).submit(
                 {"x": x[given], "label": label})
             log_p[given] = next(iter(out.values()))
+        return log_p
+
+    async def _log_prob_over_labels(self, m: LoadedModel, function: str, x: np.ndarray, labels: list[int | None],
+                                    length: int | None) -> np.ndarray:
+        """log p(x | y) where the label is given; else the exact marginal log sum_y p(y) p(x | y) over every class."""
+        log_prior = np.log(np.asarray(m.data["class_prior"], np.float64))
+        rows = [(b, y) for b, lab in enumerate(labels) for y in ([lab] if lab is not None else range(len(log_prior)))]
+        index, label = np.array([b for b, _ in rows]), np.array([y for _, y in rows], np.int64)
+        out = await self._batcher(m, function, length=length).submit({"x": x[index], "label": label})
+        log_p_given = next(iter(out.values())).astype(np.float64)  # [rows]
+        log_p = np.empty(len(x))
+        for b, lab in enumerate(labels):
+            mine = index == b
+            log_p[b] = log_p_given[mine][0] if lab is not None else \
+                np.logaddexp.reduce(log_p_given[mine] + log_prior[label[mine]])
         return log_p
 
     def _score_result(self, m: LoadedModel, cap: dict, log_p: float, size: int) -> dict:
@@ -366,9 +410,12 @@ class Engine:
         nll = -log_p
         score = nll / size if m.is_sequence else nll
         percentile = float(np.interp(score, calibration["values"], calibration["quantiles"])) * 100.0
+        per_value = {f"{unit}_per_{UNITS[m.data['kind']]}": nll / size / scale
+                     for unit, scale in (("nats", 1.0), ("bits", math.log(2)))} if m.is_sequence else {}
         return {
             "log_likelihood_nats": log_p,
             "bits_per_dim": nll / (size * math.log(2)),
+            **per_value,  # text: nats_per_char, bits_per_char; audio: nats_per_sample, bits_per_sample
             "method": cap.get("method", "exact"),
             "anomaly": {"score": score, "score_kind": calibration["score"], "percentile": percentile,
                         "is_anomaly": percentile >= calibration["threshold_quantile"] * 100.0},

@@ -71,6 +71,11 @@ class EngineMetrics:
                                ("model",), registry=r)
         self.worker_restarts = Counter("genserve_worker_restarts", "Engine worker processes restarted after dying",
                                        registry=r)
+        self.first_chunk_seconds = Histogram("genserve_stream_first_chunk_seconds",
+                                             "Time from a streamed generation's start to its first chunk (seconds)",
+                                             ("model",), buckets=DURATION_BUCKETS, registry=r)
+        self.audio_seconds = Counter("genserve_audio_generated_seconds", "Seconds of audio generated, every sample "
+                                     "of every request (sampled and completed)", ("model",), registry=r)
 
     def _seconds(self, what: str, documentation: str) -> Histogram:
         return Histogram(f"genserve_inference_{what}_duration_seconds", documentation, LABELS,

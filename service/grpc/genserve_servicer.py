@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from service.engine import text
+from service.engine import audio, text
 from service.engine.errors import EngineError, InvalidInput, MissingCapability
 from service.grpc.gen import genserve_pb2 as pb
 from service.grpc.gen import genserve_pb2_grpc as pb_grpc
@@ -34,6 +34,7 @@ log = logging.getLogger("genserve.grpc")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Genserve"].full_name  # "genserve.v1.Genserve"
 MAX_SEED = 2**63 - 1
 MAX_TEMPERATURE = 10.0
+MAX_SECONDS = 86400.0
 WIRE_DTYPES = {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
                "float16", "float32", "float64"}
 
@@ -176,33 +177,68 @@ def _labels(request: pb.ScoreRequest, batch: int) -> list[int | None] | None:
     return [None if label == -1 else int(label) for label in request.labels]
 
 
+def _length(request: Any, spec: dict) -> int | None:
+    """Values to generate: `length`, or for audio `seconds` at the model's sample rate (absent: None)."""
+    length = request.length if request.HasField("length") else None
+    if not request.HasField("seconds"):
+        return length
+    if spec.get("kind") != "audio":
+        raise InvalidInput("seconds: only audio models take seconds; give length", field="seconds")
+    if length is not None:
+        raise InvalidInput("seconds: give seconds or length, not both", field="seconds")
+    if not 0 < request.seconds <= MAX_SECONDS:  # also refuses NaN
+        raise InvalidInput(f"seconds: must be in (0, {MAX_SECONDS}], got {request.seconds}", field="seconds")
+    return max(1, round(request.seconds * int(spec["sample_rate"])))
+
+
+def _label(request: Any, spec: dict) -> int | None:
+    """`label` (SampleRequest), or an audio model's voice given by name."""
+    label = request.label if "label" in request.DESCRIPTOR.fields_by_name and request.HasField("label") else None
+    if not request.HasField("voice"):
+        return label
+    voices = spec.get("classes", []) if spec.get("kind") == "audio" else []
+    if label is not None or request.voice not in voices:
+        raise InvalidInput(f"voice: give one of {voices} (and no label)", field="voice")
+    return voices.index(request.voice)
+
+
 def _generation(request: pb.SampleRequest, spec: dict) -> dict:
-    """The text-model knobs of a sample request, as engine keyword arguments (absent: None)."""
+    """The sequence-model knobs of a sample request, as engine keyword arguments (absent: None)."""
     prompt = request.prompt if request.HasField("prompt") else None
     if prompt is not None and spec.get("kind") != "text":
         raise InvalidInput("prompt: only text models take a prompt", field="prompt")
-    return {"length": request.length if request.HasField("length") else None,
+    return {"length": _length(request, spec),
             "top_k": request.top_k if request.HasField("top_k") else None,
             "prompt": None if prompt is None else text.encode(prompt, spec["vocabulary"], "prompt")}
 
 
-def _texts(request: Any, spec: dict, limit: int) -> list[np.ndarray] | None:
-    """A text model's `texts` -> B id arrays; None for other models (which must not send any)."""
-    if spec.get("kind") != "text":
-        if request.texts:
-            raise InvalidInput("texts: only text models take texts; send `inputs`", field="texts")
+def _sequences(request: Any, spec: dict, limit: int) -> list[np.ndarray] | None:
+    """A text model's `texts` or an audio model's `wavs` -> B arrays of their own lengths; None for image models."""
+    kind = spec.get("kind")
+    decoders = {"texts": lambda value, field: text.encode(value, spec["vocabulary"], field),
+                "wavs": lambda value, field: audio.from_wav(value, int(spec["sample_rate"]), field)}
+    wanted = {"text": "texts", "audio": "wavs"}.get(kind)
+    for name in decoders:
+        if name != wanted and getattr(request, name):
+            raise InvalidInput(f"{name}: {kind} models do not take {name}", field=name)
+    if wanted is None:
         return None
-    if not 1 <= len(request.texts) <= limit:
-        raise InvalidInput(f"texts: give 1..{limit} texts, got {len(request.texts)}", field="texts")
-    for i, value in enumerate(request.texts):
+    values = getattr(request, wanted)
+    if not 1 <= len(values) <= limit:
+        raise InvalidInput(f"{wanted}: give 1..{limit} of them, got {len(values)}", field=wanted)
+    for i, value in enumerate(values):
         if not value:
-            raise InvalidInput(f"texts[{i}]: empty text", field=f"texts[{i}]")
-    return [text.encode(value, spec["vocabulary"], f"texts[{i}]") for i, value in enumerate(request.texts)]
+            raise InvalidInput(f"{wanted}[{i}]: empty", field=f"{wanted}[{i}]")
+    return [decoders[wanted](value, f"{wanted}[{i}]") for i, value in enumerate(values)]
 
 
-def _decoded(rows: np.ndarray, spec: dict) -> list[str]:
-    """[n, T] ids -> n texts for a text model; [] for others."""
-    return [text.decode(row, spec["vocabulary"]) for row in rows] if spec.get("kind") == "text" else []
+def _as_files(rows: np.ndarray, spec: dict) -> dict:
+    """[n, T] values -> {"texts": n texts} for a text model, {"wavs": n WAV files} for an audio model, else {}."""
+    if spec.get("kind") == "text":
+        return {"texts": [text.decode(row, spec["vocabulary"]) for row in rows]}
+    if spec.get("kind") == "audio":
+        return {"wavs": [audio.to_wav(row, int(spec["sample_rate"])) for row in rows]}
+    return {}
 
 
 def _require(description: dict, capability: str, name: str) -> None:
@@ -295,34 +331,40 @@ class GenserveServicer(pb_grpc.GenserveServicer):
             name = request.model
             description, spec = self._lookup(name, "sample")
             n, temperature, seed = _samples(request, self.settings), _temperature(request), _seed(request)
-            label = request.label if request.HasField("label") else None
-            x = await self.engine.sample(name, n, seed, temperature, label, **_generation(request, spec))
+            x = await self.engine.sample(name, n, seed, temperature, _label(request, spec),
+                                         **_generation(request, spec))
             return pb.SampleResponse(model=name, version=str(description["version"]), seed=seed,
-                                     samples=to_tensor(x, wire_dtype(spec)), texts=_decoded(x, spec))
+                                     samples=to_tensor(x, wire_dtype(spec)), **_as_files(x, spec))
 
     async def SampleStream(self, request, context):
         async with engine_errors(context, "SampleStream"):
             name = request.model
             description, spec = self._lookup(name, "sample")
             n, temperature, seed = _samples(request, self.settings), _temperature(request), _seed(request)
-            label = request.label if request.HasField("label") else None
-            dtype, version = wire_dtype(spec), str(description["version"])
-            stream = self.engine.sample_stream(name, n, seed, temperature, label, **_generation(request, spec))
+            dtype, version, kind = wire_dtype(spec), str(description["version"]), spec.get("kind")
+            if request.HasField("chunk_ms") and (kind != "audio" or not 1 <= request.chunk_ms <= 60000):
+                raise InvalidInput("chunk_ms: 1..60000, for audio models only", field="chunk_ms")
+            chunk_ms = request.chunk_ms if request.HasField("chunk_ms") else 100
+            chunk = max(1, int(spec["sample_rate"]) * chunk_ms // 1000) if kind == "audio" else None
+            stream = self.engine.sample_stream(name, n, seed, temperature, _label(request, spec), chunk=chunk,
+                                               **_generation(request, spec))
             index, steps = 0, 0
-            async for values in steps_until_cancelled(stream):  # [n, *step_shape]
+            async for values in steps_until_cancelled(stream):  # [n, *step_shape], or [n, chunk] values
                 # images: the steps tile the data, prod(shape) / prod(step_shape) of them (28 rows of a 28x28
-                # image); text: one character per step, as many as asked for (0: not known up front)
-                steps = steps or (0 if spec.get("kind") == "text" else
+                # image); text and audio: as many as asked for (0: not known up front)
+                steps = steps or (0 if kind in ("text", "audio") else
                                   math.prod(spec["shape"]) // max(math.prod(values.shape[1:]), 1))
+                extra = {"texts": _as_files(values, spec)["texts"]} if kind == "text" else \
+                    {"pcm": audio.pcm16(values)} if kind == "audio" else {}
                 yield pb.SampleChunk(step=index, steps=steps, seed=seed, values=to_tensor(values, dtype),
-                                     model=name, version=version, texts=_decoded(values, spec))
+                                     model=name, version=version, **extra)
                 index += 1
 
     async def Score(self, request, context):
         async with engine_errors(context, "Score"):
             name = request.model
             description, spec = self._lookup(name, "score")
-            x = _texts(request, spec, self.settings.max_inputs_per_request)
+            x = _sequences(request, spec, self.settings.max_inputs_per_request)
             if x is None:
                 x = data_batch(request.inputs, spec, self.settings.max_inputs_per_request, "inputs")
             results = await self.engine.score(name, x, _labels(request, len(x)))
@@ -334,13 +376,15 @@ class GenserveServicer(pb_grpc.GenserveServicer):
             name = request.model
             description, spec = self._lookup(name, "complete")
             n, temperature, seed = _samples(request, self.settings), _temperature(request), _seed(request)
-            prefixes = _texts(request, spec, self.settings.max_inputs_per_request)
+            prefixes = _sequences(request, spec, self.settings.max_inputs_per_request)
             if prefixes is not None:
-                knobs = {"length": request.length if request.HasField("length") else None,
-                         "top_k": request.top_k if request.HasField("top_k") else None}
-                out = await self.engine.complete(name, prefixes, None, n, seed, temperature, **knobs)
+                top_k = request.top_k if request.HasField("top_k") else None
+                out = await self.engine.complete(name, prefixes, None, n, seed, temperature, _label(request, spec),
+                                                 length=_length(request, spec), top_k=top_k)  # per input [n, T_b]
+                files = [_as_files(rows, spec) for rows in out]
+                key = "texts" if spec.get("kind") == "text" else "wavs"
                 return pb.CompleteResponse(model=name, version=str(description["version"]), seed=seed,
-                                           texts=[t for rows in out for t in _decoded(rows, spec)])
+                                           **{key: [f for per_input in files for f in per_input[key]]})
             x = data_batch(request.inputs, spec, self.settings.max_inputs_per_request, "inputs")
             mask = mask_batch(request.mask, spec, len(x))
             out = await self.engine.complete(name, x, mask, n, seed, temperature)  # [B, n, *shape]

@@ -106,7 +106,8 @@ class FakeEngine:
         return results
 
     async def complete(
-        self, name: str, x: np.ndarray, mask: np.ndarray | None, n: int, seed: int, temperature: float, **knobs
+        self, name: str, x: np.ndarray, mask: np.ndarray | None, n: int, seed: int, temperature: float,
+        label: int | None = None, **knobs
     ) -> np.ndarray:
         model = self._capability(name, "complete")
         self._fixed_shape(**knobs)

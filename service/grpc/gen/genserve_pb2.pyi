@@ -70,7 +70,7 @@ class ModelInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., family: _Optional[str] = ..., description: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., data: _Optional[_Union[DataSpec, _Mapping]] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., batching: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class SampleRequest(_message.Message):
-    __slots__ = ("model", "n", "seed", "temperature", "label", "length", "top_k", "prompt")
+    __slots__ = ("model", "n", "seed", "temperature", "label", "length", "top_k", "prompt", "seconds", "chunk_ms", "voice")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     N_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +79,9 @@ class SampleRequest(_message.Message):
     LENGTH_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_MS_FIELD_NUMBER: _ClassVar[int]
+    VOICE_FIELD_NUMBER: _ClassVar[int]
     model: str
     n: int
     seed: int
@@ -87,24 +90,29 @@ class SampleRequest(_message.Message):
     length: int
     top_k: int
     prompt: str
-    def __init__(self, model: _Optional[str] = ..., n: _Optional[int] = ..., seed: _Optional[int] = ..., temperature: _Optional[float] = ..., label: _Optional[int] = ..., length: _Optional[int] = ..., top_k: _Optional[int] = ..., prompt: _Optional[str] = ...) -> None: ...
+    seconds: float
+    chunk_ms: int
+    voice: str
+    def __init__(self, model: _Optional[str] = ..., n: _Optional[int] = ..., seed: _Optional[int] = ..., temperature: _Optional[float] = ..., label: _Optional[int] = ..., length: _Optional[int] = ..., top_k: _Optional[int] = ..., prompt: _Optional[str] = ..., seconds: _Optional[float] = ..., chunk_ms: _Optional[int] = ..., voice: _Optional[str] = ...) -> None: ...
 
 class SampleResponse(_message.Message):
-    __slots__ = ("model", "version", "seed", "samples", "texts")
+    __slots__ = ("model", "version", "seed", "samples", "texts", "wavs")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     TEXTS_FIELD_NUMBER: _ClassVar[int]
+    WAVS_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     seed: int
     samples: Tensor
     texts: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., seed: _Optional[int] = ..., samples: _Optional[_Union[Tensor, _Mapping]] = ..., texts: _Optional[_Iterable[str]] = ...) -> None: ...
+    wavs: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., seed: _Optional[int] = ..., samples: _Optional[_Union[Tensor, _Mapping]] = ..., texts: _Optional[_Iterable[str]] = ..., wavs: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class SampleChunk(_message.Message):
-    __slots__ = ("step", "steps", "seed", "values", "model", "version", "texts")
+    __slots__ = ("step", "steps", "seed", "values", "model", "version", "texts", "pcm")
     STEP_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +120,7 @@ class SampleChunk(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     TEXTS_FIELD_NUMBER: _ClassVar[int]
+    PCM_FIELD_NUMBER: _ClassVar[int]
     step: int
     steps: int
     seed: int
@@ -119,19 +128,22 @@ class SampleChunk(_message.Message):
     model: str
     version: str
     texts: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, step: _Optional[int] = ..., steps: _Optional[int] = ..., seed: _Optional[int] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ...) -> None: ...
+    pcm: bytes
+    def __init__(self, step: _Optional[int] = ..., steps: _Optional[int] = ..., seed: _Optional[int] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., pcm: _Optional[bytes] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("model", "inputs", "labels", "texts")
+    __slots__ = ("model", "inputs", "labels", "texts", "wavs")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     TEXTS_FIELD_NUMBER: _ClassVar[int]
+    WAVS_FIELD_NUMBER: _ClassVar[int]
     model: str
     inputs: Tensor
     labels: _containers.RepeatedScalarFieldContainer[int]
     texts: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., labels: _Optional[_Iterable[int]] = ..., texts: _Optional[_Iterable[str]] = ...) -> None: ...
+    wavs: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., labels: _Optional[_Iterable[int]] = ..., texts: _Optional[_Iterable[str]] = ..., wavs: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class Anomaly(_message.Message):
     __slots__ = ("score", "percentile", "is_anomaly")
@@ -166,7 +178,7 @@ class ScoreResponse(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., results: _Optional[_Iterable[_Union[ScoreResult, _Mapping]]] = ...) -> None: ...
 
 class CompleteRequest(_message.Message):
-    __slots__ = ("model", "inputs", "mask", "n", "seed", "temperature", "texts", "length", "top_k")
+    __slots__ = ("model", "inputs", "mask", "n", "seed", "temperature", "texts", "length", "top_k", "wavs", "seconds", "voice")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     MASK_FIELD_NUMBER: _ClassVar[int]
@@ -176,6 +188,9 @@ class CompleteRequest(_message.Message):
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     LENGTH_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
+    WAVS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    VOICE_FIELD_NUMBER: _ClassVar[int]
     model: str
     inputs: Tensor
     mask: Tensor
@@ -185,21 +200,26 @@ class CompleteRequest(_message.Message):
     texts: _containers.RepeatedScalarFieldContainer[str]
     length: int
     top_k: int
-    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., mask: _Optional[_Union[Tensor, _Mapping]] = ..., n: _Optional[int] = ..., seed: _Optional[int] = ..., temperature: _Optional[float] = ..., texts: _Optional[_Iterable[str]] = ..., length: _Optional[int] = ..., top_k: _Optional[int] = ...) -> None: ...
+    wavs: _containers.RepeatedScalarFieldContainer[bytes]
+    seconds: float
+    voice: str
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., mask: _Optional[_Union[Tensor, _Mapping]] = ..., n: _Optional[int] = ..., seed: _Optional[int] = ..., temperature: _Optional[float] = ..., texts: _Optional[_Iterable[str]] = ..., length: _Optional[int] = ..., top_k: _Optional[int] = ..., wavs: _Optional[_Iterable[bytes]] = ..., seconds: _Optional[float] = ..., voice: _Optional[str] = ...) -> None: ...
 
 class CompleteResponse(_message.Message):
-    __slots__ = ("model", "version", "seed", "completions", "texts")
+    __slots__ = ("model", "version", "seed", "completions", "texts", "wavs")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     COMPLETIONS_FIELD_NUMBER: _ClassVar[int]
     TEXTS_FIELD_NUMBER: _ClassVar[int]
+    WAVS_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     seed: int
     completions: Tensor
     texts: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., seed: _Optional[int] = ..., completions: _Optional[_Union[Tensor, _Mapping]] = ..., texts: _Optional[_Iterable[str]] = ...) -> None: ...
+    wavs: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., seed: _Optional[int] = ..., completions: _Optional[_Union[Tensor, _Mapping]] = ..., texts: _Optional[_Iterable[str]] = ..., wavs: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class EncodeRequest(_message.Message):
     __slots__ = ("model", "inputs", "seed")
