@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test lint pytest benchmark protos clean
+.PHONY: serve test lint pytest benchmark protos clean speech-deps
 
 # torch is pinned to the CPU build (torch==2.13.0) in pyproject.toml; an unpinned
 # torch would pull a multi-GB CUDA build.
@@ -27,6 +27,12 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/activate
 	$(BIN)/pip install "python-rapidjson>=0.9.1" "urllib3>=2.0.7" "aiohttp>=3.8.1,<4" \
 		"geventhttpclient>=2.3.3" "greenlet<3.4.0" "packaging>=14.1"
 	touch $@ $(VENV)/.installed-serve
+
+# WaveNet's training data is speech synthesized by espeak-ng (a Debian package; serving never needs it).
+# Tests that synthesize speech skip, saying so, where it is missing.
+speech-deps:
+	command -v espeak-ng >/dev/null || apt-get install -y --no-install-recommends espeak-ng \
+		|| (apt-get update && apt-get install -y --no-install-recommends espeak-ng)
 
 serve: $(VENV)/.installed-serve
 	$(BIN)/genserve serve --host $(HOST) --port $(PORT) --models models
