@@ -17,7 +17,7 @@ class Settings(BaseSettings):
     max_samples_per_request: int = 64  # n above this is refused with 422
     max_inputs_per_request: int = 256  # inputs per score/complete request
     max_body_bytes: int = 8 * 1024 * 1024  # larger bodies get 413
-    max_sequence_length: int = 480_000  # text characters or audio samples one generation may produce (30 s at 16 kHz)
+    max_sequence_length: int = 480_000  # characters or audio samples per generation or scored input (30 s of audio)
     intra_op_threads: int = 0  # 0: the runtime's default
     worker_call_timeout_s: float = 300.0  # an engine worker silent this long over one call is killed and restarted
     worker_wait_s: float = 30.0  # while no worker is up, how long a call waits for one before 503

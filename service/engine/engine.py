@@ -342,6 +342,10 @@ class Engine:
             if len(x) == 0:
                 raise InvalidInput("inputs: give at least one input", field="inputs")
             x = [check_sequence(xi, m.data["levels"], f"inputs[{b}]") for b, xi in enumerate(x)]
+            longest = max(range(len(x)), key=lambda b: len(x[b]))
+            if len(x[longest]) > self.settings.max_sequence_length:
+                raise InvalidInput(f"inputs[{longest}]: {len(x[longest])} values, over the limit of "
+                                   f"{self.settings.max_sequence_length}", field=f"inputs[{longest}]")
         else:
             x = check_levels(x, m.shape, m.data["levels"], "inputs")
         labels = [None] * len(x) if labels is None else labels

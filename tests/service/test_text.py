@@ -196,3 +196,14 @@ def test_grpc_text_stream_adds_up_to_sample_and_texts_score(engine, settings):
         await server.stop(grace=None)
 
     asyncio.run(asyncio.wait_for(main(), 120))
+
+
+def test_sequences_longer_than_the_limit_are_refused(tiny_text_store):
+    limited = Engine(ModelStore(tiny_text_store), Settings(runtime="onnx", intra_op_threads=1, max_sequence_length=8))
+    with pytest.raises(InvalidInput) as info:
+        run(limited.score(MODEL, [np.ones(8, np.int64), np.ones(9, np.int64)]))
+    assert info.value.field == "inputs[1]"
+    with pytest.raises(InvalidInput) as info:
+        run(limited.sample(MODEL, 1, 0, 1.0, None, length=5, prompt=np.ones(4, np.int64)))
+    assert info.value.field == "length"
+    assert run(limited.sample(MODEL, 1, 0, 1.0, None, length=4, prompt=np.ones(4, np.int64))).shape == (1, 8)
