@@ -60,3 +60,15 @@ def tiny_text_run(tmp_path_factory) -> Path:
 def tiny_text_store(tiny_text_run, tmp_path_factory) -> Path:
     """A model store holding `charrnn`, exported from the tiny text run."""
     return export_tiny(tiny_text_run, "charrnn", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_audio_run(tmp_path_factory) -> Path:
+    """A tiny WaveNet on speech-tiny (needs espeak-ng)."""
+    return train_tiny("wavenet-tiny", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_audio_store(tiny_audio_run, tmp_path_factory) -> Path:
+    """A model store holding `wavenet`, exported from the tiny audio run."""
+    return export_tiny(tiny_audio_run, "wavenet", tmp_path_factory)

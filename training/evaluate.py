@@ -17,20 +17,23 @@ from training.train import load_model
 
 
 @torch.no_grad()
-def per_example_nll(log_prob: torch.nn.Module, x: np.ndarray, batch_size: int = 50) -> np.ndarray:
-    """x [N, ...] levels -> -log p(x) in nats [N]."""
-    chunks = [
-        -log_prob(torch.from_numpy(x[i: i + batch_size]).long()).double().numpy()
-        for i in tqdm(range(0, len(x), batch_size), desc="scoring test set", leave=False)
-    ]
+def per_example_nll(log_prob: torch.nn.Module, x: np.ndarray, batch_size: int = 50,
+                    y: np.ndarray | None = None) -> np.ndarray:
+    """x [N, ...] levels -> -log p(x) in nats [N]; -log p(x | y) with labels y [N] for a conditional log_prob."""
+    chunks = []
+    for i in tqdm(range(0, len(x), batch_size), desc="scoring test set", leave=False):
+        labels = () if y is None else (torch.from_numpy(y[i: i + batch_size]),)
+        chunks.append(-log_prob(torch.from_numpy(x[i: i + batch_size]).long(), *labels).double().numpy())
     return np.concatenate(chunks)
 
 
 def evaluate(run_dir: Path, baseline: bool = True) -> dict:
-    """Test NLL (nats, bits/dim) of a run's exported `log_prob`; writes eval.json beside the checkpoint."""
+    """Test NLL (nats, bits/dim) of a run's exported `log_prob` (given the label where it takes one, as a
+    WaveNet's does the voice); writes eval.json beside the checkpoint."""
     model, config, split = load_model(run_dir)
     functions, _ = family_module(config["family"]).exported_functions(model, split)
-    nll = per_example_nll(functions["log_prob"][0], split.x_test)
+    log_prob, inputs = functions["log_prob"][:2]
+    nll = per_example_nll(log_prob, split.x_test, y=split.y_test if "label" in inputs else None)
     dims = int(np.prod(split.shape))
     report = {
         "dataset": split.name,

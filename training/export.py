@@ -16,7 +16,7 @@ import jsonschema
 import numpy as np
 import torch
 
-from training.data import Split, TextSplit
+from training.data import SpeechSplit, Split, TextSplit
 from training.evaluate import evaluate
 from training.families import family_module
 from training.train import load_model
@@ -83,19 +83,25 @@ def calibration(held_out_nll: np.ndarray, split_name: str, score: str = "nll_nat
 
 
 def held_out_calibration(test_nll: np.ndarray, split: Split) -> dict:
-    """Per input for images; per character for text, whose inputs may have any length."""
+    """Per input for images; per character for text and per sample for audio, whose inputs may have any length."""
     if isinstance(split, TextSplit):
         return calibration(test_nll / split.shape[0], f"{split.name}/test", score="nll_nats_per_char")
+    if isinstance(split, SpeechSplit):
+        return calibration(test_nll / split.shape[0], f"{split.name}/test", score="nll_nats_per_sample")
     return calibration(test_nll, f"{split.name}/test")
 
 
 def data_spec(split: Split) -> dict:
-    """The manifest's `data`: images carry their classes and class prior, text its vocabulary."""
+    """The manifest's `data`: images carry their classes and class prior, text its vocabulary, audio its
+    sample rate, encoding and voices (the classes) with their prior."""
     spec = {"shape": list(split.shape), "levels": split.levels}
     if isinstance(split, TextSplit):
         return {"kind": "text", **spec, "vocabulary": list(split.vocabulary)}
-    return {"kind": "image", **spec, "classes": [str(c) for c in range(split.num_classes)],
-            "class_prior": (np.bincount(split.y_train, minlength=split.num_classes) / len(split.y_train)).tolist()}
+    prior = (np.bincount(split.y_train, minlength=split.num_classes) / len(split.y_train)).tolist()
+    if isinstance(split, SpeechSplit):
+        return {"kind": "audio", **spec, "sample_rate": split.sample_rate, "encoding": "mu-law-8bit",
+                "classes": list(split.voices), "class_prior": prior}
+    return {"kind": "image", **spec, "classes": [str(c) for c in range(split.num_classes)], "class_prior": prior}
 
 
 def export(run_dir: Path, models_dir: Path, name: str | None = None, version: int = 1, baseline: bool = True) -> Path:

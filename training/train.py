@@ -4,7 +4,7 @@ A run directory holds:
   config.json          the exact config and the command that started the run
   model.safetensors    the weights after the last finished epoch
   optimizer.safetensors + state.json   what resuming needs (epoch, history)
-  samples.png          a grid of samples, one row per class (samples.txt for text)
+  samples.png          a grid of samples, one row per class (samples.txt for text, samples.wav for audio)
   loss.png             train and test NLL per epoch
 """
 
@@ -17,7 +17,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from training.data import Split, TextSplit, load
+from training.data import SpeechSplit, Split, TextSplit, load
+from training.data.speech import write_wav
 from training.families import family_module
 from training.plots import save_curve, save_grid
 
@@ -121,9 +122,13 @@ def train(config_path: Path, run_dir: Path, epochs: int | None = None) -> Path:
 
 
 def _save_samples(family, model, split: Split, run_dir: Path, generator: torch.Generator) -> None:
-    """samples.txt for text (a few continuations), samples.png for images (one row per class)."""
+    """samples.txt for text (a few continuations), samples.wav for audio (a clip per voice as long as a
+    training segment, one after the other), samples.png for images (one row per class)."""
     if isinstance(split, TextSplit):
         texts = family.sample_text(model, generator)
         (run_dir / "samples.txt").write_text("\n\n---\n\n".join(texts))
+    elif isinstance(split, SpeechSplit):
+        clips = family.sample_audio(model, generator, seconds=split.shape[0] / split.sample_rate)
+        write_wav(run_dir / "samples.wav", clips.numpy(), split.sample_rate)
     else:
         save_grid(family.sample_grid(model, generator).numpy(), split.levels, run_dir / "samples.png")

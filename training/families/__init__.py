@@ -1,10 +1,11 @@
 """One module per model family. Each exposes build(config), loss(model, x, y),
-exported_functions(model, split), and sample_grid(model, generator) (images)
-or sample_text(model, generator) (text) for the run's samples."""
+exported_functions(model, split), and sample_grid(model, generator) (images),
+sample_text(model, generator) (text) or sample_audio(model, generator) (audio)
+for the run's samples."""
 
 import importlib
 
-FAMILIES = ("pixelcnn", "pixelrnn", "charrnn")
+FAMILIES = ("pixelcnn", "pixelrnn", "charrnn", "wavenet")
 
 
 def family_module(name: str):
