@@ -50,6 +50,8 @@ def export_function(out_dir: Path, name: str, module: torch.nn.Module, inputs: d
     """Trace one function to <name>.pt and <name>.onnx; returns its manifest entry.
 
     Axis 0 of every tensor is the batch; `dynamic` names more variable axes by tensor, e.g. {"x": {1: "time"}}.
+    A module with a `torchscript(example inputs)` method gives its own TorchScript form instead of a trace
+    (a WaveNet step: a loop, where ONNX gets the K samples unrolled).
     """
     dynamic = dynamic or {}
     axes = {n: {0: "batch", **dynamic.get(n, {})} for n in [*inputs, *outputs]}
@@ -59,7 +61,8 @@ def export_function(out_dir: Path, name: str, module: torch.nn.Module, inputs: d
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         results = module(*args)
         results = results if isinstance(results, tuple) else (results,)
-        traced = torch.jit.trace(module, args, check_trace=False)
+        traced = (module.torchscript(args) if hasattr(module, "torchscript")
+                  else torch.jit.trace(module, args, check_trace=False))
         traced.save(str(out_dir / f"{name}.pt"))
         torch.onnx.export(
             module, args, str(out_dir / f"{name}.onnx"), dynamo=False, opset_version=17,

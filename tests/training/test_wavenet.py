@@ -12,7 +12,6 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from tests.conftest import export_tiny, train_tiny
 from training.data import speech, text
 from training.distributions import mu_law
 from training.families import wavenet
@@ -275,13 +274,13 @@ def test_shipped_config_has_the_stated_receptive_field():
 
 
 @needs_espeak
-def test_tiny_run_exports_an_audio_manifest(tmp_path_factory):
+def test_tiny_run_exports_an_audio_manifest(tiny_audio_run, tiny_audio_store):
     """train -> export: kind audio with voices and prior, per-sample calibration, a WAV of samples,
     and a log_prob that takes any length."""
-    run = train_tiny("wavenet-tiny", tmp_path_factory)
+    run = tiny_audio_run
     with wave.open(str(run / "samples.wav")) as w:
         assert w.getframerate() == 16000 and w.getnframes() > 0
-    out = export_tiny(run, "wavenet", tmp_path_factory) / "wavenet" / "1"
+    out = tiny_audio_store / "wavenet" / "1"
     manifest = json.loads((out / "manifest.json").read_text())
     data = manifest["data"]
     assert (data["kind"], data["levels"], data["sample_rate"], data["encoding"]) == ("audio", 256, 16000, "mu-law-8bit")

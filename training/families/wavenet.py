@@ -143,31 +143,90 @@ class Step(nn.Module):
         return [(conv.weight.permute(2, 1, 0).reshape(2 * r, 2 * r), conv.bias + cond[:, i], residual)
                 for i, (conv, residual) in enumerate(zip(m.dilated, residuals, strict=True))]
 
+    def sample_one(self, x, olds, layers, u, temperature, keep, value) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One sample: x [B] the previous one, olds L of [B, R] (each layer's input d samples ago), layers from
+        matrices(), u [B, *noise_shape], temperature [B], keep [B] bool, value [B]
+        -> (the sample [B] int64: value where keep, else drawn; each layer's input now, L of [B, R])."""
+        m, h, gates, inputs = self.model, self.model.embedding(x), [], []  # h [B, R]
+        for (weight, bias, residual), old in zip(layers, olds, strict=True):
+            inputs.append(h)
+            g = gate(torch.addmm(bias, torch.cat([old, h], dim=1), weight), m.config.residual, dim=1)  # [B, R]
+            gates.append(g)
+            if residual is not None:
+                h = torch.addmm(h, g, residual)
+        params = m.head(m.skip(torch.cat(gates, dim=1)))  # [B, channels]
+        return torch.where(keep, value, m.output.sample(params, u, temperature)), inputs
+
     def forward(self, x_prev, queue, noise, temperature, label, observed, mask):
         """x_prev, observed, mask [B, K] int64 (x_prev[:, -1] is the previous sample; START at the first call),
         queue [B, sum(d), R], noise [B, K, *noise_shape] uniform, temperature [B], label [B] int64
         -> (x [B, K] int64, next_queue [B, sum(d), R])."""
-        m, c = self.model, self.model.config
-        k_len, dilations = x_prev.shape[1], c.dilations
-        layers = self.matrices(label)
+        dilations, layers = self.model.config.dilations, self.matrices(label)
         queues = queue.split(dilations, dim=1)  # L of [B, d, R]
         history: list[list[torch.Tensor]] = [[] for _ in dilations]  # each layer's inputs in this call
         us, keep, values = noise.unbind(1), (mask > 0).unbind(1), observed.unbind(1)
         x, samples = x_prev[:, -1], []
-        for k in range(k_len):
-            h, gates = m.embedding(x), []  # [B, R]
-            for (weight, bias, residual), d, queue_l, past in zip(layers, dilations, queues, history, strict=True):
-                old = queue_l[:, k] if k < d else past[k - d]  # this layer's input d samples ago [B, R]
-                past.append(h)
-                g = gate(torch.addmm(bias, torch.cat([old, h], dim=1), weight), c.residual, dim=1)  # [B, R]
-                gates.append(g)
-                if residual is not None:
-                    h = torch.addmm(h, g, residual)
-            params = m.head(m.skip(torch.cat(gates, dim=1)))  # [B, channels]
-            x = torch.where(keep[k], values[k], m.output.sample(params, us[k], temperature))
+        for k in range(x_prev.shape[1]):
+            olds = [q[:, k] if k < d else past[k - d] for q, past, d in zip(queues, history, dilations, strict=True)]
+            x, inputs = self.sample_one(x, olds, layers, us[k], temperature, keep[k], values[k])
             samples.append(x)
+            for past, h in zip(history, inputs, strict=True):
+                past.append(h)
         next_queues = [requeue(q, past) for q, past in zip(queues, history, strict=True)]
         return torch.stack(samples, dim=1), torch.cat(next_queues, dim=1)
+
+    def torchscript(self, inputs: tuple) -> torch.jit.ScriptModule:
+        """This step for TorchScript, given example inputs: a scripted loop over the K samples around one traced
+        sample. (A traced chunk of K unrolled samples is correct, but TorchScript's graph optimizer, which runs on
+        the second call, takes time superlinear in the graph's length: minutes for K = 50.)"""
+        x_prev, queue, noise, temperature, label, observed, mask = inputs
+        olds = queue[:, : len(self.model.config.dilations)]  # any [B, L, R]
+        one = torch.jit.trace(OneSample(self), (x_prev[:, -1], olds, label, noise[:, 0], temperature, mask[:, 0] > 0,
+                                                observed[:, 0]), check_trace=False)
+        return torch.jit.script(ScriptedStep(one, self.model.config.dilations))
+
+
+class OneSample(nn.Module):
+    """Step.sample_one with the layers' tensors stacked, traced inside ScriptedStep."""
+
+    def __init__(self, step: Step):
+        super().__init__()
+        self.step = step
+
+    def forward(self, x, olds, label, u, temperature, keep, value):
+        """olds [B, L, R] -> (x [B] int64, each layer's input now [B, L, R])."""
+        x, inputs = self.step.sample_one(x, olds.unbind(1), self.step.matrices(label), u, temperature, keep, value)
+        return x, torch.stack(inputs, dim=1)
+
+
+class ScriptedStep(nn.Module):
+    """Step's TorchScript form: the same inputs and outputs, a loop over the K samples. Each layer's queue lives in
+    a ring [B, L, W + K, R] (W = the widest dilation): layer l's d_l queued inputs right-aligned before column W,
+    and the input at sample k written in place at column W + k, so sample k reads column W - d_l + k."""
+
+    dilations: list[int]
+
+    def __init__(self, one: torch.jit.ScriptModule, dilations: list[int]):
+        super().__init__()
+        self.one, self.dilations = one, dilations
+
+    def forward(self, x_prev, queue, noise, temperature, label, observed, mask):
+        n, w, k_len = len(self.dilations), max(self.dilations), x_prev.size(1)
+        ring = queue.new_zeros([queue.size(0), n, w + k_len, queue.size(2)])
+        start = 0
+        for i, d in enumerate(self.dilations):
+            ring[:, i, w - d: w] = queue[:, start: start + d]
+            start += d
+        layer = torch.arange(n)
+        oldest = torch.tensor([w - d for d in self.dilations])  # [L]
+        x, samples, keep = x_prev[:, -1], [], mask > 0
+        for k in range(k_len):
+            x, inputs = self.one(x, ring[:, layer, oldest + k], label, noise[:, k], temperature, keep[:, k],
+                                 observed[:, k])
+            ring[:, :, w + k] = inputs
+            samples.append(x)
+        next_queue = [ring[:, i, w + k_len - d: w + k_len] for i, d in enumerate(self.dilations)]
+        return torch.stack(samples, dim=1), torch.cat(next_queue, dim=1)
 
 
 def requeue(queue: torch.Tensor, past: list[torch.Tensor]) -> torch.Tensor:
