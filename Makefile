@@ -52,6 +52,8 @@ benchmark: $(VENV)/.installed-dev
 		$(BIN)/python benchmarks/pixelcnn_$$b.py --threads 1 --json benchmarks/results/$$b.json \
 			| tee benchmarks/results/$$b.md || exit 1; \
 	done
+	$(BIN)/python benchmarks/wavenet_speed.py --threads 1 --json benchmarks/results/wavenet.json \
+		| tee benchmarks/results/wavenet.md
 
 protos: $(VENV)/.installed-dev
 	bash scripts/gen-protos.sh
