@@ -146,15 +146,15 @@ async def _events(first: np.ndarray, stream: AsyncIterator[np.ndarray], spec: di
     key = "text" if fmt == "text" else "values"
     step, values = 0, first
     try:
-        while True:
+        while values is not None:
             yield _event("chunk", {"step": step, key: codecs.encode_samples(values, spec, fmt)})
             step += 1
             values = await anext(stream, None)
-            if values is None:
-                break
     except EngineError as exc:
         yield _event("error", errors.error_body(exc.code, exc.detail, exc.field))
         return
+    finally:
+        await stream.aclose()  # a client that left stops generation at the next step
     yield _event("done", {**done, "steps": step})
 
 
@@ -185,10 +185,13 @@ def _wants_wav_file(request: Request, spec: dict, n: int) -> bool:
 
 async def _wav_stream(first: np.ndarray, stream: AsyncIterator[np.ndarray], sample_rate: int) -> AsyncIterator[bytes]:
     """A WAV file sent as it is generated: a header of unknown length, then 16-bit PCM, sample i as channel i."""
-    yield audio.wav_header(len(first), sample_rate, frames=None)
-    yield audio.pcm16(first)
-    async for values in stream:
-        yield audio.pcm16(values)
+    try:
+        yield audio.wav_header(len(first), sample_rate, frames=None)
+        yield audio.pcm16(first)
+        async for values in stream:
+            yield audio.pcm16(values)
+    finally:
+        await stream.aclose()  # a client that left stops generation at the next step
 
 
 # --- routes --------------------------------------------------------------------------------------------------------
@@ -231,8 +234,9 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
         return {"model": name, "version": description["version"], "seed": seed, "samples": samples}
 
     @router.post("/v1/models/{name}/sample/stream", tags=["inference"], response_class=StreamingResponse,
-                 responses={200: {"content": {"text/event-stream": {}},
-                                  "description": "server-sent events: `chunk` per step, then `done`"}})
+                 responses={200: {"content": {"text/event-stream": {}, "audio/wav": {}},
+                                  "description": "server-sent events (`chunk` per step, then `done`), or for "
+                                                 "audio models a WAV file sent as it is generated"}})
     async def sample_stream(name: str, body: SampleRequest, request: Request) -> StreamingResponse:
         """Sample, streamed while it is generated: server-sent events (characters, image rows), or for an audio
         model a WAV file in chunks of chunk_ms (sample i as channel i)."""
