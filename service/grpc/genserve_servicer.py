@@ -241,6 +241,13 @@ def _as_files(rows: np.ndarray, spec: dict) -> dict:
     return {}
 
 
+def _chunk_extras(values: np.ndarray, spec: dict) -> dict:
+    """A stream chunk's characters (text models) or 16-bit PCM, sample i as channel i (audio models)."""
+    if spec.get("kind") == "audio":
+        return {"pcm": audio.pcm16(values)}
+    return _as_files(values, spec)  # {"texts": ...} for text, {} for images
+
+
 def _require(description: dict, capability: str, name: str) -> None:
     if capability not in description.get("capabilities", []):
         raise MissingCapability(f"model: model {name!r} has no {capability!r} capability; it has "
@@ -354,10 +361,8 @@ class GenserveServicer(pb_grpc.GenserveServicer):
                 # image); text and audio: as many as asked for (0: not known up front)
                 steps = steps or (0 if kind in ("text", "audio") else
                                   math.prod(spec["shape"]) // max(math.prod(values.shape[1:]), 1))
-                extra = {"texts": _as_files(values, spec)["texts"]} if kind == "text" else \
-                    {"pcm": audio.pcm16(values)} if kind == "audio" else {}
                 yield pb.SampleChunk(step=index, steps=steps, seed=seed, values=to_tensor(values, dtype),
-                                     model=name, version=version, **extra)
+                                     model=name, version=version, **_chunk_extras(values, spec))
                 index += 1
 
     async def Score(self, request, context):
