@@ -115,6 +115,8 @@ def export(run_dir: Path, models_dir: Path, name: str | None = None, version: in
     """
     model, config, split = load_model(run_dir)
     family = family_module(config["family"])
+    if not hasattr(family, "exported_functions"):
+        raise ValueError(f"family {config['family']!r} trains but has no exporter yet")
     name = name or config["family"]
     out_dir = Path(models_dir) / name / str(version)
     out_dir.mkdir(parents=True, exist_ok=True)

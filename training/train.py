@@ -112,7 +112,7 @@ def train(config_path: Path, run_dir: Path, epochs: int | None = None) -> Path:
         test_nll = mean_nll(family, model, split.x_test, split.y_test)
         state["history"].append({"epoch": epoch + 1, "train_nll": train_nll, "test_nll": test_nll})
         state["epoch"] = epoch + 1
-        print(f"epoch {epoch + 1}: train NLL {train_nll:.2f}  test NLL {test_nll:.2f} nats (given the label)")
+        print(f"epoch {epoch + 1}: train {train_nll:.2f}  test {test_nll:.2f} nats per example (the family's loss)")
         save_file(model.state_dict(), run_dir / "model.safetensors")
         _save_optimizer(optimizer, run_dir / "optimizer.safetensors")
         (run_dir / "state.json").write_text(json.dumps(state, indent=2))

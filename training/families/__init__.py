@@ -5,7 +5,7 @@ for the run's samples."""
 
 import importlib
 
-FAMILIES = ("pixelcnn", "pixelrnn", "charrnn", "wavenet")
+FAMILIES = ("pixelcnn", "pixelrnn", "charrnn", "wavenet", "vae")
 
 
 def family_module(name: str):
