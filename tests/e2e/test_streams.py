@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 import wave
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import grpc
 import httpx
 import numpy as np
 import pytest
+from test_faults import metric
 from test_server import REPO, free_port, server_env, stop, wait_ready
 
 from service.grpc.gen import genserve_pb2 as pb
@@ -71,6 +73,23 @@ def test_text_streams_over_rest_and_grpc_add_up_to_the_sample(server):
         request = pb.SampleRequest(model="charrnn", n=2, seed=5, prompt="The ", length=30, top_k=10)
         streamed = list(stub.SampleStream(request, timeout=60))
     assert ["".join(c.texts[i] for c in streamed) for i in range(2)] == whole
+
+
+def test_a_client_that_leaves_a_text_stream_stops_its_generation(server):
+    base, _target = server
+    labels = {"model": "charrnn", "function": "sample_step"}
+    with httpx.Client(base_url=base, timeout=60) as client:
+        with client.stream("POST", "/v1/models/charrnn/sample/stream", json={"length": 100_000, "seed": 1}) as response:
+            lines = response.iter_lines()
+            assert next(lines) == "event: chunk"  # generating; then the client closes the connection
+    gone = time.monotonic()
+    while metric(base, "genserve_inference_inflight_request_count", **labels) > 0:
+        assert time.monotonic() - gone < 5, "the abandoned stream still holds its rows"
+        time.sleep(0.05)
+    steps = metric(base, "genserve_inference_exec_count_total", **labels)
+    time.sleep(0.5)
+    assert metric(base, "genserve_inference_exec_count_total", **labels) == steps  # nothing runs any more
+    assert metric(base, "genserve_inference_request_total", outcome="cancelled", **labels) >= 1
 
 
 @pytest.mark.skipif(not HAS_ESPEAK, reason="espeak-ng is not installed (make speech-deps): no tiny WaveNet")
