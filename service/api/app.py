@@ -158,20 +158,10 @@ async def _events(first: np.ndarray, stream: AsyncIterator[np.ndarray], spec: di
     yield _event("done", {**done, "steps": step})
 
 
-def _length(body: Any, spec: dict) -> int | None:
-    """Values to generate: `length`, or for audio `seconds` at the model's sample rate."""
-    if body.seconds is None:
-        return body.length
-    if spec.get("kind") != "audio":
-        raise InvalidInput("body.seconds: only audio models take seconds; give length", field="body.seconds")
-    if body.length is not None:
-        raise InvalidInput("body.seconds: give seconds or length, not both", field="body.seconds")
-    return max(1, round(body.seconds * int(spec["sample_rate"])))
-
-
 def _generation(body: Any, spec: dict) -> dict:
     """The sequence-model knobs of a sample request, as engine keyword arguments."""
-    return {"length": _length(body, spec), "top_k": body.top_k, "prompt": codecs.decode_prompt(body.prompt, spec)}
+    return {"length": audio.length_of(body.seconds, body.length, spec, "body.seconds"), "top_k": body.top_k,
+            "prompt": codecs.decode_prompt(body.prompt, spec)}
 
 
 def _wants_wav_file(request: Request, spec: dict, n: int) -> bool:
@@ -221,7 +211,7 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
         description, spec = lookup(request, name)
         _require(description, "sample", name)
         _check_label(body.label, spec, "body.label")
-        label = codecs.voice_label(body.voice, body.label, spec)
+        label = audio.voice_label(body.voice, body.label, spec, "body.voice")
         fmt = codecs.output_format(body.format, spec)
         wav_file = _wants_wav_file(request, spec, body.n)
         seed = new_seed() if body.seed is None else body.seed
@@ -243,7 +233,7 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
         description, spec = lookup(request, name)
         _require(description, "sample", name)
         _check_label(body.label, spec, "body.label")
-        label = codecs.voice_label(body.voice, body.label, spec)
+        label = audio.voice_label(body.voice, body.label, spec, "body.voice")
         fmt = codecs.output_format(body.format, spec)
         if fmt == "png":
             raise InvalidInput("body.format: a stream sends rows as 'array', not 'png'", field="body.format")
@@ -285,9 +275,10 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
         mask = codecs.decode_mask(body.mask, spec, len(x))  # [B, *shape], 1 = observed; None for text
         fmt = codecs.output_format(body.format, spec)
         seed = new_seed() if body.seed is None else body.seed
-        label = codecs.voice_label(body.voice, None, spec)
+        label = audio.voice_label(body.voice, None, spec, "body.voice")
+        length = audio.length_of(body.seconds, body.length, spec, "body.seconds")
         out = await unless_disconnected(request, engine.complete(name, x, mask, body.n, seed, body.temperature, label,
-                                                                 length=_length(body, spec), top_k=body.top_k))
+                                                                 length=length, top_k=body.top_k))
         completions = [codecs.encode_samples(per_input, spec, fmt) for per_input in out]
         return {"model": name, "version": description["version"], "seed": seed, "completions": completions}
 

@@ -191,24 +191,6 @@ def decode_inputs(values: list[Any], spec: dict, field: str = "body.inputs") -> 
     return np.stack([decode_image(v, spec, f"{field}[{i}]") for i, v in enumerate(values)])
 
 
-def voice_label(voice: int | str | None, label: int | None, spec: dict, field: str = "body.voice") -> int | None:
-    """An audio model's voice (index or name) as its class label; without a voice, the label as given."""
-    if voice is None:
-        return label
-    voices = spec.get("classes", []) if spec.get("kind") == "audio" else []
-    if not voices:
-        raise InvalidInput(f"{field}: only audio models with voices take a voice", field=field)
-    if label is not None:
-        raise InvalidInput(f"{field}: give a voice or a label, not both", field=field)
-    if isinstance(voice, str):
-        if voice not in voices:
-            raise InvalidInput(f"{field}: unknown voice {voice!r}; known: {voices}", field=field)
-        return voices.index(voice)
-    if not 0 <= voice < len(voices):
-        raise InvalidInput(f"{field}: voice {voice} out of range, expected 0..{len(voices) - 1}", field=field)
-    return voice
-
-
 def decode_prompt(prompt: str | None, spec: dict, field: str = "body.prompt") -> np.ndarray | None:
     """A text model's prompt -> int64 ids; other models take none."""
     if prompt is None:

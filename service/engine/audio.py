@@ -81,3 +81,32 @@ def from_wav(data: bytes, sample_rate: int, field: str) -> np.ndarray:
     if len(samples) == 0:
         raise InvalidInput(f"{field}: the WAV holds no samples", field=field)
     return encode(samples)
+
+
+def length_of(seconds: float | None, length: int | None, spec: dict, field: str) -> int | None:
+    """Values to generate: `length`, or for an audio model `seconds` at its sample rate (`field` names seconds)."""
+    if seconds is None:
+        return length
+    if spec.get("kind") != "audio":
+        raise InvalidInput(f"{field}: only audio models take seconds; give length", field=field)
+    if length is not None:
+        raise InvalidInput(f"{field}: give seconds or length, not both", field=field)
+    return max(1, round(seconds * int(spec["sample_rate"])))
+
+
+def voice_label(voice: int | str | None, label: int | None, spec: dict, field: str) -> int | None:
+    """An audio model's voice (index or name) as its class label; without a voice, the label as given."""
+    if voice is None:
+        return label
+    voices = spec.get("classes", []) if spec.get("kind") == "audio" else []
+    if not voices:
+        raise InvalidInput(f"{field}: only audio models with voices take a voice", field=field)
+    if label is not None:
+        raise InvalidInput(f"{field}: give a voice or a label, not both", field=field)
+    if isinstance(voice, str):
+        if voice not in voices:
+            raise InvalidInput(f"{field}: unknown voice {voice!r}; known: {voices}", field=field)
+        return voices.index(voice)
+    if not 0 <= voice < len(voices):
+        raise InvalidInput(f"{field}: voice {voice} out of range, expected 0..{len(voices) - 1}", field=field)
+    return voice

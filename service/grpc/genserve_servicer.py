@@ -179,27 +179,16 @@ def _labels(request: pb.ScoreRequest, batch: int) -> list[int | None] | None:
 
 def _length(request: Any, spec: dict) -> int | None:
     """Values to generate: `length`, or for audio `seconds` at the model's sample rate (absent: None)."""
-    length = request.length if request.HasField("length") else None
-    if not request.HasField("seconds"):
-        return length
-    if spec.get("kind") != "audio":
-        raise InvalidInput("seconds: only audio models take seconds; give length", field="seconds")
-    if length is not None:
-        raise InvalidInput("seconds: give seconds or length, not both", field="seconds")
-    if not 0 < request.seconds <= MAX_SECONDS:  # also refuses NaN
-        raise InvalidInput(f"seconds: must be in (0, {MAX_SECONDS}], got {request.seconds}", field="seconds")
-    return max(1, round(request.seconds * int(spec["sample_rate"])))
+    seconds = request.seconds if request.HasField("seconds") else None
+    if seconds is not None and not 0 < seconds <= MAX_SECONDS:  # also refuses NaN
+        raise InvalidInput(f"seconds: must be in (0, {MAX_SECONDS}], got {seconds}", field="seconds")
+    return audio.length_of(seconds, request.length if request.HasField("length") else None, spec, "seconds")
 
 
 def _label(request: Any, spec: dict) -> int | None:
     """`label` (SampleRequest), or an audio model's voice given by name."""
     label = request.label if "label" in request.DESCRIPTOR.fields_by_name and request.HasField("label") else None
-    if not request.HasField("voice"):
-        return label
-    voices = spec.get("classes", []) if spec.get("kind") == "audio" else []
-    if label is not None or request.voice not in voices:
-        raise InvalidInput(f"voice: give one of {voices} (and no label)", field="voice")
-    return voices.index(request.voice)
+    return audio.voice_label(request.voice if request.HasField("voice") else None, label, spec, "voice")
 
 
 def _generation(request: pb.SampleRequest, spec: dict) -> dict:
