@@ -164,20 +164,20 @@ class Engine:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # schedulers belong to one event loop
             self._loop, self._batchers = loop, {}
-        key = (m.manifest["name"], function)
-        if (*key, length) not in self._batchers:
+        model, key = m.manifest["name"], (m.manifest["name"], function, length)
+        if key not in self._batchers:
             inputs = m.function_inputs(function)
 
             async def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-                return await self.runner.call(key[0], function, {name: feeds[name] for name in inputs})
+                return await self.runner.call(model, function, {name: feeds[name] for name in inputs})
 
-            observer = self.metrics.observer(*key)
+            observer = self.metrics.observer(model, function)
             if capability and capability["procedure"] == "autoregressive":
                 outputs = procedures.autoregressive_state_outputs(capability)
-                self._batchers[(*key, length)] = ContinuousBatcher(run, outputs, self._batching(m), observer)
+                self._batchers[key] = ContinuousBatcher(run, outputs, self._batching(m), observer)
             else:
-                self._batchers[(*key, length)] = DynamicBatcher(run, self._batching(m), observer)
-        return self._batchers[(*key, length)]
+                self._batchers[key] = DynamicBatcher(run, self._batching(m), observer)
+        return self._batchers[key]
 
     def _per_row(self, m: LoadedModel, function: str, label: int | None, top_k: int | None,
                  rngs: list[np.random.Generator]) -> dict[str, np.ndarray]:
