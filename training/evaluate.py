@@ -29,13 +29,24 @@ def per_example_nll(log_prob: torch.nn.Module, x: np.ndarray, batch_size: int = 
 
 def evaluate(run_dir: Path, baseline: bool = True) -> dict:
     """Test NLL (nats, bits/dim) of a run's exported `log_prob` (given the label where it takes one, as a
-    WaveNet's does the voice); writes eval.json beside the checkpoint."""
+    WaveNet's does the voice); writes eval.json beside the checkpoint.
+
+    A family with `evaluate_test(model, split)` computes its own per-example test NLL (a latent-variable
+    model's bound or estimate, the quantity its served default `score` computes) and any extra metrics.
+    """
     model, config, split = load_model(run_dir)
-    functions, _ = family_module(config["family"]).exported_functions(model, split)
-    log_prob, inputs = functions["log_prob"][:2]
-    nll = per_example_nll(log_prob, split.x_test, y=split.y_test if "label" in inputs else None)
+    family = family_module(config["family"])
+    extra = {}
+    if hasattr(family, "evaluate_test"):  # a bound or an estimate (latent-variable models), with its own metrics
+        extra = family.evaluate_test(model, split)
+        nll = np.asarray(extra.pop("test_nll_per_example"))
+    else:
+        functions, _ = family.exported_functions(model, split)
+        log_prob, inputs = functions["log_prob"][:2]
+        nll = per_example_nll(log_prob, split.x_test, y=split.y_test if "label" in inputs else None)
     dims = int(np.prod(split.shape))
     report = {
+        **extra,
         "dataset": split.name,
         "test_examples": len(nll),
         "test_nll_nats": float(nll.mean()),

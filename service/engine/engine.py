@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 
-from service.engine import procedures
+from service.engine import latent, procedures
 from service.engine.errors import InvalidInput, MissingCapability, UnknownModel, UnsupportedModel
 from service.engine.metrics import EngineMetrics
 from service.engine.scheduler import BatchingConfig, ContinuousBatcher, DynamicBatcher
@@ -241,6 +241,9 @@ class Engine:
         model [n, chunk] values (characters, audio; default: one step's), the prompt first, the last chunk
         shorter; the chunks add up to sample's output."""
         m = self.model(name)
+        if m.capability("sample")["procedure"] != "autoregressive":
+            raise MissingCapability(f"model {name!r} draws each sample at once "
+                                    f"({m.capability('sample')['procedure']}): use sample, not a stream", field="model")
         steps, observed, mask, values = self._plan(m, m.capability("sample"), prompt, length, n)
         if chunk is not None and (not m.is_sequence or chunk < 1):
             raise InvalidInput("chunk: a positive number of values, for text and audio models only", field="chunk")
@@ -270,12 +273,28 @@ class Engine:
 
     async def sample(self, name: str, n: int, seed: int, temperature: float, label: int | None, *,
                      length: int | None = None, top_k: int | None = None,
-                     prompt: np.ndarray | None = None) -> np.ndarray:
+                     prompt: np.ndarray | None = None, steps: int | None = None) -> np.ndarray:
         """[n, *shape] int64 samples, or [n, len(prompt) + length] for a sequence model (the prompt first).
 
-        Sample i depends only on (seed, i), whatever shares its batch.
+        Sample i depends only on (seed, i), whatever shares its batch. `steps`: a Markov chain's length.
         """
         m = self.model(name)
+        cap = m.capability("sample")
+        if cap["procedure"] != "autoregressive":
+            self._no_sequence_options(m, length=length, top_k=top_k, prompt=prompt, label=label)
+            if n < 1:
+                raise InvalidInput("n: must be at least 1", field="n")
+            rngs = procedures.row_generators(seed, n)
+            if cap["procedure"] == "ancestral":
+                self._no_steps(m, cap, steps)
+                return await latent.ancestral(self._caller(m), cap, rngs, temperature)
+            if temperature != 1.0:
+                raise InvalidInput(f"temperature: model {name!r} samples by a Markov chain and takes none",
+                                   field="temperature")
+            zeros = np.zeros([n, *m.shape], np.int64)
+            return await latent.markov_chain(self._caller(m), cap, rngs, self._chain_start(m, rngs), zeros, zeros,
+                                             self._chain_steps(m, cap, steps))
+        self._no_steps(m, cap, steps)
         steps, observed, mask, values = self._plan(m, m.capability("sample"), prompt, length, n)
         chunks = [v async for v in self._generate(m, "sample", seed, n, temperature, label, observed, mask,
                                                   steps, top_k)]
@@ -285,14 +304,22 @@ class Engine:
 
     async def complete(self, name: str, x: np.ndarray | list[np.ndarray], mask: np.ndarray | None, n: int,
                        seed: int, temperature: float, label: int | None = None, *, length: int | None = None,
-                       top_k: int | None = None) -> np.ndarray | list[np.ndarray]:
+                       top_k: int | None = None, steps: int | None = None) -> np.ndarray | list[np.ndarray]:
         """Fill in each input n times; observed values are kept exactly.
 
         Images: x, mask [B, *shape] (mask 1 = observed) -> [B, n, *shape]. Sequence models continue each
-        prefix x[b] [T_b] by `length` values (no mask) -> per input [n, T_b + length].
+        prefix x[b] [T_b] by `length` values (no mask) -> per input [n, T_b + length]. A Markov chain
+        (pseudo-Gibbs, clamped Gibbs) runs `steps` transitions from random values at the unobserved pixels.
         """
         m = self.model(name)
-        m.capability("complete")
+        cap = m.capability("complete")
+        if cap["procedure"] == "markov_chain":
+            self._no_sequence_options(m, length=length, top_k=top_k, label=label)
+            if temperature != 1.0:
+                raise InvalidInput(f"temperature: model {name!r} completes by a Markov chain and takes none",
+                                   field="temperature")
+        else:
+            self._no_steps(m, cap, steps)
         if m.is_sequence:
             if mask is not None:
                 raise InvalidInput(f"mask: model {name!r} continues each input and takes no mask", field="mask")
@@ -305,9 +332,17 @@ class Engine:
         mask = check_levels(mask, m.shape, 2, "mask")
         if len(mask) != len(x):
             raise InvalidInput(f"mask: give one mask, or one per input ({len(x)})", field="mask")
+        if n < 1:
+            raise InvalidInput("n: must be at least 1", field="n")
         rows_x, rows_mask = np.repeat(x, n, axis=0), np.repeat(mask, n, axis=0)
-        steps = self._generate(m, "complete", seed, len(rows_x), temperature, label, rows_x, rows_mask)
-        values = [v async for v in steps]
+        if cap["procedure"] == "markov_chain":
+            rngs = procedures.row_generators(seed, len(rows_x))
+            start = np.where(rows_mask == 1, rows_x, self._chain_start(m, rngs))
+            out = await latent.markov_chain(self._caller(m), cap, rngs, start, rows_x, rows_mask,
+                                            self._chain_steps(m, cap, steps))
+            return out.reshape(len(x), n, *m.shape)
+        values = [v async for v in self._generate(m, "complete", seed, len(rows_x), temperature, label,
+                                                  rows_x, rows_mask)]
         return np.stack(values, axis=1).reshape(len(x), n, *m.shape)
 
     async def _continue(self, m: LoadedModel, prefixes: list[np.ndarray], n: int, seed: int, temperature: float,
@@ -332,12 +367,28 @@ class Engine:
 
         return list(await asyncio.gather(*(one(b, *plan) for b, plan in enumerate(plans))))
 
-    async def score(self, name: str, x: np.ndarray | list[np.ndarray],
-                    labels: list[int | None] | None = None) -> list[dict]:
+    async def score(self, name: str, x: np.ndarray | list[np.ndarray], labels: list[int | None] | None = None,
+                    *, method: str | None = None, k: int | None = None, refine_steps: int = 0,
+                    seed: int = 0) -> list[dict]:
         """x [B, *shape] (a sequence model: B arrays of any length) -> per input: log-likelihood (nats),
-        bits per dimension (per character, per audio sample), method and anomaly flags."""
+        bits per dimension (per character, per audio sample), method and anomaly flags.
+
+        An importance-sampled bound (method elbo or iwae, k samples, after refine_steps refinements of the
+        posterior; the noise from `seed`) comes with its standard error; so does an AIS estimate.
+        """
         m = self.model(name)
         cap = m.capability("score")
+        if cap["procedure"] == "importance":
+            if labels is not None:
+                raise InvalidInput(f"labels: model {name!r} scores without labels", field="labels")
+            return await self._score_bound(m, cap, check_levels(x, m.shape, m.data["levels"], "inputs"),
+                                           method, k, refine_steps, seed)
+        if method is not None and method != cap.get("method", "exact"):
+            raise InvalidInput(f"method: model {name!r} scores by {cap.get('method', 'exact')!r} only", field="method")
+        for field, value in (("k", k), ("refine_steps", refine_steps or None)):
+            if value is not None:
+                raise InvalidInput(f"{field}: model {name!r} computes its score directly; it takes no {field}",
+                                   field=field)
         if m.is_sequence:
             if len(x) == 0:
                 raise InvalidInput("inputs: give at least one input", field="inputs")
@@ -353,7 +404,108 @@ class Engine:
             raise InvalidInput(f"labels: give one per input ({len(x)}), or none", field="labels")
         log_p = await self._log_prob(m, cap, x, labels)
         sizes = [len(xi) if m.is_sequence else math.prod(m.shape) for xi in x]
-        return [self._score_result(m, cap, float(lp), size) for lp, size in zip(log_p, sizes, strict=True)]
+        results = [self._score_result(m, cap, float(lp), size) for lp, size in zip(log_p, sizes, strict=True)]
+        if "log_partition" in cap:  # log p = -F(x) - log Z, with log Z estimated at export
+            for result in results:
+                result.update(stderr=cap["log_partition_stderr"], is_lower_bound=False,
+                              free_energy=-result["log_likelihood_nats"] - cap["log_partition"])
+        return results
+
+    async def _score_bound(self, m: LoadedModel, cap: dict, x: np.ndarray, method: str | None, k: int | None,
+                           refine_steps: int, seed: int) -> list[dict]:
+        """ELBO or IWAE_k per input from k importance samples, with its standard error."""
+        method = cap["method"] if method is None else method
+        if method not in cap["methods"]:
+            raise InvalidInput(f"method: must be one of {cap['methods']}", field="method")
+        k = cap["k"] if k is None else k
+        if not 1 <= k <= cap["max_k"]:
+            raise InvalidInput(f"k: must be in 1..{cap['max_k']}", field="k")
+        rngs = procedures.row_generators(seed, len(x))
+        posterior = {}
+        if "mean" in m.function_inputs(cap["function"]):  # q's parameters come from encode (and refinement)
+            mean, std = await self._encode(m, x, refine_steps, rngs)
+            posterior = {"mean": mean, "std": std}
+        elif refine_steps:
+            raise InvalidInput(f"refine_steps: model {m.manifest['name']!r} does not refine its posterior",
+                               field="refine_steps")
+        log_w = await latent.log_weights(self._caller(m), cap, x, rngs, k, posterior)
+        estimate, stderr = latent.bound(log_w, method)
+        size = math.prod(m.shape)
+        return [{**self._score_result(m, {"method": method}, float(e), size), "k": k, "refine_steps": refine_steps,
+                 "stderr": None if stderr is None else float(stderr[b]), "is_lower_bound": True}
+                for b, e in enumerate(estimate)]
+
+    async def _encode(self, m: LoadedModel, x: np.ndarray, refine_steps: int,
+                      rngs: list[np.random.Generator]) -> tuple[np.ndarray, np.ndarray]:
+        cap = m.capability("encode")
+        most = cap.get("refine", {}).get("max_steps", 0)
+        if not 0 <= refine_steps <= most:
+            raise InvalidInput(f"refine_steps: model {m.manifest['name']!r} takes 0..{most}", field="refine_steps")
+        return await latent.encode(self._caller(m), cap, x, rngs, refine_steps)
+
+    async def encode(self, name: str, x: np.ndarray, refine_steps: int = 0, seed: int = 0) -> dict[str, np.ndarray]:
+        """x [B, *shape] -> q(z | x)'s mean and std, [B, D] each (refined refine_steps times, noise from seed)."""
+        m = self.model(name)
+        x = check_levels(x, m.shape, m.data["levels"], "inputs")
+        mean, std = await self._encode(m, x, refine_steps, procedures.row_generators(seed, len(x)))
+        return {"mean": mean, "std": std}
+
+    async def decode(self, name: str, z: np.ndarray) -> np.ndarray:
+        """z [B, D] -> E[x | z] [B, *shape] float32, in level units."""
+        m = self.model(name)
+        cap = m.capability("decode")
+        z = np.asarray(z, dtype=np.float32)
+        dims = m.manifest["functions"][cap["function"]]["inputs"][0]["shape"][1:]
+        if z.ndim != 1 + len(dims) or list(z.shape[1:]) != dims or len(z) == 0:
+            raise InvalidInput(f"z: give one or more latents of shape {dims}, got {list(z.shape)}", field="z")
+        if not np.isfinite(z).all():
+            raise InvalidInput("z: values must be finite numbers", field="z")
+        return (await self._caller(m)(cap["function"], {"z": z}))["mean"]
+
+    async def reconstruct(self, name: str, x: np.ndarray, refine_steps: int = 0, seed: int = 0) -> np.ndarray:
+        """decode(the posterior mean of x): [B, *shape] float32."""
+        return await self.decode(name, (await self.encode(name, x, refine_steps, seed))["mean"])
+
+    async def interpolate(self, name: str, x: np.ndarray, steps: int) -> dict[str, np.ndarray]:
+        """Two inputs -> `steps` latents on the line between their posterior means [steps, D], and their decodings."""
+        if len(x) != 2:
+            raise InvalidInput(f"inputs: give exactly two inputs, got {len(x)}", field="inputs")
+        if not 2 <= steps <= 64:
+            raise InvalidInput("steps: must be in 2..64", field="steps")
+        ends = (await self.encode(name, x))["mean"]  # [2, D]
+        t = np.linspace(0.0, 1.0, steps, dtype=np.float32)[:, None]
+        z = (1 - t) * ends[0] + t * ends[1]  # [steps, D]
+        return {"z": z, "images": await self.decode(name, z)}
+
+    def _caller(self, m: LoadedModel) -> latent.Call:
+        """Run one of m's functions on feeds [B, ...] through its dynamic batcher."""
+        async def call(function: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return await self._batcher(m, function).submit(feeds)
+        return call
+
+    def _chain_start(self, m: LoadedModel, rngs: list[np.random.Generator]) -> np.ndarray:
+        """Uniformly random levels, [rows, *shape] int64: where a Markov chain starts."""
+        return np.stack([rng.integers(0, m.data["levels"], m.shape) for rng in rngs]).astype(np.int64)
+
+    @staticmethod
+    def _chain_steps(m: LoadedModel, cap: dict, steps: int | None) -> int:
+        steps = cap["steps"] if steps is None else steps
+        if not 1 <= steps <= cap["max_steps"]:
+            raise InvalidInput(f"steps: model {m.manifest['name']!r} takes 1..{cap['max_steps']}", field="steps")
+        return steps
+
+    @staticmethod
+    def _no_steps(m: LoadedModel, cap: dict, steps: int | None) -> None:
+        if steps is not None:
+            raise InvalidInput(f"steps: model {m.manifest['name']!r} runs no Markov chain here ({cap['procedure']})",
+                               field="steps")
+
+    @staticmethod
+    def _no_sequence_options(m: LoadedModel, **options) -> None:
+        """Options of autoregressive generation, which a latent-variable model's procedures do not take."""
+        for field, value in options.items():
+            if value is not None:
+                raise InvalidInput(f"{field}: model {m.manifest['name']!r} takes no {field}", field=field)
 
     async def _log_prob(self, m: LoadedModel, cap: dict, x, labels: list[int | None]) -> np.ndarray:
         """log p(x) per input; sequence models batch inputs of equal length together."""

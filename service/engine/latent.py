@@ -1,0 +1,86 @@
+"""Procedures of latent-variable models: ancestral sampling, Markov chains, importance-weighted bounds and
+latent inference with optional refinement (docs/latent-variable-models.md).
+
+Each procedure calls the model's named functions through `call(function, feeds) -> outputs`, which batches
+them with other requests; it knows the capability entries, never the architecture. Every random number comes
+from the row's own generator, so a row's result depends on its seed alone.
+"""
+
+import math
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+
+Call = Callable[[str, dict[str, np.ndarray]], Awaitable[dict[str, np.ndarray]]]
+CHUNK_ROWS = 128  # importance rows per call: memory stays bounded for any k
+
+
+def draw(noise: dict, rngs: list[np.random.Generator], count: int | None = None) -> dict[str, np.ndarray]:
+    """Each noise input named by a capability, [len(rngs), (count,) *shape] float32, row r from rngs[r]."""
+    out = {}
+    for name, spec in noise.items():
+        shape = ([] if count is None else [count]) + list(spec["shape"])
+        if spec["distribution"] == "normal":
+            out[name] = np.stack([rng.standard_normal(shape, dtype=np.float32) for rng in rngs])
+        else:
+            out[name] = np.stack([rng.random(shape, dtype=np.float32) for rng in rngs])
+    return out
+
+
+async def ancestral(call: Call, cap: dict, rngs: list[np.random.Generator], temperature: float) -> np.ndarray:
+    """x ~ p(x | z), z ~ the prior scaled by temperature: [rows, *shape] int64."""
+    feeds = {**draw(cap["noise"], rngs), "temperature": np.full(len(rngs), temperature, np.float32)}
+    return (await call(cap["function"], feeds))["x"]
+
+
+async def markov_chain(call: Call, cap: dict, rngs: list[np.random.Generator], x: np.ndarray,
+                       observed: np.ndarray, mask: np.ndarray, steps: int) -> np.ndarray:
+    """`steps` transitions of the chain from x [rows, *shape]; where mask is 1 the step returns observed."""
+    for _ in range(steps):
+        feeds = {"x": x, **draw(cap["noise"], rngs), "observed": observed, "mask": mask}
+        x = (await call(cap["function"], feeds))["next_x"]
+    return x
+
+
+async def encode(call: Call, cap: dict, x: np.ndarray, rngs: list[np.random.Generator],
+                 refine_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """q(z | x)'s (mean, std) [B, D] each, after `refine_steps` steps of the capability's refine function."""
+    out = await call(cap["function"], {"x": x, **draw(cap.get("noise", {}), rngs)})
+    mean, std = out["mean"], out["std"]
+    for _ in range(refine_steps):
+        refine = cap["refine"]
+        out = await call(refine["function"], {"x": x, "mean": mean, "std": std, **draw(refine["noise"], rngs)})
+        mean, std = out["next_mean"], out["next_std"]
+    return mean, std
+
+
+async def log_weights(call: Call, cap: dict, x: np.ndarray, rngs: list[np.random.Generator], k: int,
+                      posterior: dict[str, np.ndarray]) -> np.ndarray:
+    """k log-weights per input, [B, k] float64, sent CHUNK_ROWS rows at a time.
+
+    Input b's k noise draws come from rngs[b]; posterior holds per-input tensors (mean, std) for the function.
+    """
+    noise = draw(cap["noise"], rngs, count=k)  # [B, k, *shape] each
+    rows = np.arange(len(x) * k)
+    out = np.empty(len(rows))
+    for chunk in np.array_split(rows, math.ceil(len(rows) / CHUNK_ROWS)):
+        b, i = chunk // k, chunk % k
+        feeds = {"x": x[b], **{n: v[b] for n, v in posterior.items()}, **{n: v[b, i] for n, v in noise.items()}}
+        out[chunk] = (await call(cap["function"], feeds))["log_weight"]
+    return out.reshape(len(x), k)
+
+
+def bound(log_w: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """[B, k] log-weights -> (estimate [B], its standard error [B], None for k = 1).
+
+    elbo: the mean log-weight, stderr std / sqrt(k). iwae: log mean w, with the delta-method stderr
+    std(w) / (sqrt(k) mean(w)) (Burda et al. 2016's bound; ELBO <= E IWAE_k <= log p(x)).
+    """
+    k = log_w.shape[1]
+    if method == "elbo":
+        estimate = log_w.mean(axis=1)
+        spread = log_w.std(axis=1, ddof=1) if k > 1 else None
+    else:
+        estimate = np.logaddexp.reduce(log_w, axis=1) - math.log(k)
+        spread = np.exp(log_w - estimate[:, None]).std(axis=1, ddof=1) if k > 1 else None
+    return estimate, None if spread is None else spread / math.sqrt(k)
