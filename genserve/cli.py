@@ -32,9 +32,12 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from training.evaluate import evaluate
+    from training.evaluate import evaluate, store_table
 
-    evaluate(Path(args.run_dir), baseline=not args.no_baseline)
+    if args.run_dir is None:
+        print(store_table(Path(args.models)))
+    else:
+        evaluate(Path(args.run_dir), baseline=not args.no_baseline)
 
 
 def _env(name: str, default):
@@ -67,8 +70,10 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--no-baseline", action="store_true", help="skip the Bernoulli-mixture baseline")
     export.set_defaults(run=_export)
 
-    evaluate = sub.add_parser("eval", help="test NLL in nats and bits/dim, beside a baseline")
-    evaluate.add_argument("run_dir")
+    evaluate = sub.add_parser("eval", help="test NLL of a run, or (no run) the table of the store's models")
+    evaluate.add_argument("run_dir", nargs="?", help="a training run: measure its test NLL, beside a baseline")
+    evaluate.add_argument("--models", default="models",
+                          help="without run_dir: print the test metrics of every binarized-mnist5k model here")
     evaluate.add_argument("--no-baseline", action="store_true", help="skip the Bernoulli-mixture baseline")
     evaluate.set_defaults(run=_eval)
     return top

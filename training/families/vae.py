@@ -51,7 +51,7 @@ class VAEConfig:
     posterior: str = "gaussian"  # or "planar" or "iaf": flow steps after the Gaussian
     flow_steps: int = 0  # K
     flow_hidden: int = 128  # IAF: MADE hidden units and context size
-    refine_lr: float = 1e-3  # served refinement: the gradient-ascent step on (mean, log std)
+    refine_lr: float = 1e-2  # served refinement: the gradient-ascent step on (mean, log std)
     served_k: int = 1000  # importance samples of the served default score, which calibrates anomalies
     eval_k: int = 5000  # importance samples of the reported test bound, and the most a request may ask
 
