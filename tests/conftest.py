@@ -72,3 +72,27 @@ def tiny_audio_run(tmp_path_factory) -> Path:
 def tiny_audio_store(tiny_audio_run, tmp_path_factory) -> Path:
     """A model store holding `wavenet`, exported from the tiny audio run."""
     return export_tiny(tiny_audio_run, "wavenet", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_vae_run(tmp_path_factory) -> Path:
+    """A tiny binarized VAE (Gaussian posterior with refinement, Bernoulli decoder)."""
+    return train_tiny("vae-tiny", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_vae_store(tiny_vae_run, tmp_path_factory) -> Path:
+    """A model store holding `vae`, exported from the tiny VAE run."""
+    return export_tiny(tiny_vae_run, "vae", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_rbm_run(tmp_path_factory) -> Path:
+    """A tiny binary RBM (PCD training; log Z by annealed importance sampling at export)."""
+    return train_tiny("rbm-tiny", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_rbm_store(tiny_rbm_run, tmp_path_factory) -> Path:
+    """A model store holding `rbm`, exported from the tiny RBM run."""
+    return export_tiny(tiny_rbm_run, "rbm", tmp_path_factory)

@@ -191,6 +191,8 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
     requests = schemas.request_models(settings)
     SampleRequest, ScoreRequest = requests.sample, requests.score
     NamedScoreRequest, CompleteRequest = requests.score_named, requests.complete
+    EncodeRequest, ReconstructRequest = requests.encode, requests.reconstruct
+    DecodeRequest, InterpolateRequest = requests.decode, requests.interpolate
     router = APIRouter(responses=_ERRORS)
 
     def lookup(request: Request, name: str) -> tuple[dict, dict]:
@@ -216,7 +218,7 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
         wav_file = _wants_wav_file(request, spec, body.n)
         seed = new_seed() if body.seed is None else body.seed
         x = await unless_disconnected(request, engine.sample(name, body.n, seed, body.temperature, label,
-                                                             **_generation(body, spec)))
+                                                             steps=body.steps, **_generation(body, spec)))
         if wav_file:
             return Response(audio.to_wav(x[0], int(spec["sample_rate"])), media_type="audio/wav",
                             headers={"genserve-seed": str(seed)})
@@ -238,6 +240,8 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
         if fmt == "png":
             raise InvalidInput("body.format: a stream sends rows as 'array', not 'png'", field="body.format")
         is_audio = spec.get("kind") == "audio"
+        if body.steps is not None:
+            raise InvalidInput("body.steps: a stream runs no Markov chain; use /sample", field="body.steps")
         if body.chunk_ms is not None and not is_audio:
             raise InvalidInput("body.chunk_ms: only audio streams are chunked by time", field="body.chunk_ms")
         chunk = max(1, int(spec["sample_rate"]) * (body.chunk_ms or 100) // 1000) if is_audio else None
@@ -256,14 +260,18 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
         _require(description, "score", name)
         x = codecs.decode_inputs(body.inputs, spec)  # [B, *shape]
         _check_labels(body.labels, len(x), spec)
-        results = await unless_disconnected(request, engine.score(name, x, body.labels))
+        results = await unless_disconnected(request, engine.score(
+            name, x, body.labels, method=body.method, k=body.k, refine_steps=body.refine_steps, seed=body.seed))
         return {"model": name, "version": description["version"], "results": results}
 
-    @router.post("/v1/models/{name}/score", response_model=schemas.ScoreResponse, tags=["inference"])
+    # results carry only the fields the engine gives (k, stderr, ... for bounds; free_energy for undirected models)
+    @router.post("/v1/models/{name}/score", response_model=schemas.ScoreResponse, response_model_exclude_unset=True,
+                 tags=["inference"])
     async def score_model(name: str, body: ScoreRequest, request: Request) -> dict:
         return await score(name, body, request)
 
-    @router.post("/score", response_model=schemas.ScoreResponse, tags=["inference"])
+    @router.post("/score", response_model=schemas.ScoreResponse, response_model_exclude_unset=True,
+                 tags=["inference"])
     async def score_named(body: NamedScoreRequest, request: Request) -> dict:
         return await score(body.model, body, request)
 
@@ -278,9 +286,54 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
         label = audio.voice_label(body.voice, None, spec, "body.voice")
         length = audio.length_of(body.seconds, body.length, spec, "body.seconds")
         out = await unless_disconnected(request, engine.complete(name, x, mask, body.n, seed, body.temperature, label,
-                                                                 length=length, top_k=body.top_k))
+                                                                 length=length, top_k=body.top_k, steps=body.steps))
         completions = [codecs.encode_samples(per_input, spec, fmt) for per_input in out]
         return {"model": name, "version": description["version"], "seed": seed, "completions": completions}
+
+    # --- latent-variable models (docs/latent-variable-models.md) ---
+
+    @router.post("/v1/models/{name}/encode", response_model=schemas.EncodeResponse, tags=["latent"])
+    async def encode(name: str, body: EncodeRequest, request: Request) -> dict:
+        """q(z given x): the posterior's mean and std per input, [B, D] each."""
+        description, spec = lookup(request, name)
+        _require(description, "encode", name)
+        x = codecs.decode_inputs(body.inputs, spec)
+        out = await unless_disconnected(request, engine.encode(name, x, refine_steps=body.refine_steps, seed=body.seed))
+        return {"model": name, "version": description["version"],
+                "mean": np.asarray(out["mean"]).tolist(), "std": np.asarray(out["std"]).tolist()}
+
+    @router.post("/v1/models/{name}/decode", response_model=schemas.ImagesResponse, tags=["latent"])
+    async def decode(name: str, body: DecodeRequest, request: Request) -> dict:
+        """Latents [B, D] -> the expected images E[x given z]."""
+        description, spec = lookup(request, name)
+        _require(description, "decode", name)
+        fmt = codecs.output_format(body.format, spec)
+        images = await unless_disconnected(request, engine.decode(name, codecs.decode_latents(body.z)))
+        return {"model": name, "version": description["version"], "images": codecs.encode_images(images, spec, fmt)}
+
+    @router.post("/v1/models/{name}/reconstruct", response_model=schemas.ImagesResponse, tags=["latent"])
+    async def reconstruct(name: str, body: ReconstructRequest, request: Request) -> dict:
+        """decode(encode(x).mean) per input."""
+        description, spec = lookup(request, name)
+        for capability in ("encode", "decode"):
+            _require(description, capability, name)
+        x = codecs.decode_inputs(body.inputs, spec)
+        fmt = codecs.output_format(body.format, spec)
+        images = await unless_disconnected(request, engine.reconstruct(name, x, refine_steps=body.refine_steps,
+                                                                           seed=body.seed))
+        return {"model": name, "version": description["version"], "images": codecs.encode_images(images, spec, fmt)}
+
+    @router.post("/v1/models/{name}/interpolate", response_model=schemas.InterpolateResponse, tags=["latent"])
+    async def interpolate(name: str, body: InterpolateRequest, request: Request) -> dict:
+        """`steps` latents evenly spaced between the two inputs' posterior means, and their decodings."""
+        description, spec = lookup(request, name)
+        for capability in ("encode", "decode"):
+            _require(description, capability, name)
+        x = codecs.decode_inputs(body.inputs, spec)
+        fmt = codecs.output_format(body.format, spec)
+        out = await unless_disconnected(request, engine.interpolate(name, x, body.steps))
+        return {"model": name, "version": description["version"], "z": np.asarray(out["z"]).tolist(),
+                "images": codecs.encode_images(out["images"], spec, fmt)}
 
     return router
 
@@ -316,7 +369,8 @@ def create_app(engine: Any, settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="genserve",
         version=VERSION,
-        description="Deep generative models: sampling, exact likelihoods with anomaly flags, inpainting.",
+        description="Deep generative models: sampling, likelihoods (exact or bounds) with anomaly flags, inpainting, "
+                    "latent encoding and decoding.",
     )
     app.state.engine, app.state.settings, app.state.metrics = engine, settings, metrics
     app.state.drain = Drain()  # service.main begins it on SIGTERM

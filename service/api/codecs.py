@@ -285,3 +285,24 @@ def encode_sample(x: np.ndarray, spec: dict, fmt: str) -> str | list:
 def encode_samples(xs: np.ndarray, spec: dict, fmt: str) -> list:
     """[n, *shape] -> list of n encoded samples."""
     return [encode_sample(x, spec, fmt) for x in xs]
+
+
+def encode_images(xs: np.ndarray, spec: dict, fmt: str) -> list:
+    """Expected images [n, *shape], floats in level units -> n nested float lists [*shape] (the data shape,
+    channel kept), or base64 PNGs (each value scaled to the nearest of 0..255)."""
+    if fmt == "png":
+        return [encode_png_b64(x, _levels(spec) or 2) for x in xs]
+    return np.asarray(xs, dtype=np.float32).tolist()
+
+
+def decode_latents(value: list, field: str = "body.z") -> np.ndarray:
+    """A rectangular [B, D] list of finite numbers -> float32 [B, D]."""
+    try:
+        z = np.asarray(value, dtype=np.float64)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput(f"{field}: must be a rectangular [B, D] array of numbers", field=field) from exc
+    if z.ndim != 2:
+        raise InvalidInput(f"{field}: must be a rectangular [B, D] array of numbers", field=field)
+    if not (np.isfinite(z).all() and (np.abs(z) <= np.finfo(np.float32).max).all()):
+        raise InvalidInput(f"{field}: values must be finite float32 numbers", field=field)
+    return z.astype(np.float32)

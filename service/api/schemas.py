@@ -52,6 +52,16 @@ TopK = Annotated[int | None, Field(ge=0, description="text models: sample among 
                                                      "(0 or absent: all)")]
 Seed = Annotated[int | None, Field(ge=0, le=MAX_SEED, description="random seed; drawn and echoed when absent")]
 Temperature = Annotated[float, Field(gt=0.0, le=MAX_TEMPERATURE, description="sampling temperature")]
+NoiseSeed = Annotated[int, Field(ge=0, le=MAX_SEED, description="seed of the noise (importance samples, posterior "
+                                                                 "refinement); absent: 0, so answers are reproducible")]
+RefineSteps = Annotated[int, Field(ge=0, description="latent-variable models: gradient steps refining q(z given x) "
+                                                     "before use, 0..the model's max (encode.refine.max_steps)")]
+ChainSteps = Annotated[int | None, Field(ge=1, description="models that run a Markov chain (capability procedure "
+                                                           "markov_chain): its number of steps, 1..max_steps; absent: "
+                                                           "the model's default")]
+ImageFormat = Annotated[Literal["array", "png"] | None,
+                        Field(description="array (nested floats, [B, *data.shape], expected values in level units) "
+                                          "or png (grayscale or RGB, levels scaled to 0..255); absent: array")]
 
 
 # --- responses ---------------------------------------------------------------------------------------------------
@@ -102,6 +112,11 @@ class ScoreResult(_Open):
     bits_per_dim: float
     method: str
     anomaly: Anomaly | None = None
+    k: int | None = Field(None, description="importance-sampled bounds: samples per input")
+    refine_steps: int | None = Field(None, description="importance-sampled bounds: posterior refinement steps")
+    stderr: float | None = Field(None, description="standard error of the estimate (null for k = 1)")
+    is_lower_bound: bool | None = Field(None, description="whether log_likelihood_nats bounds log p(x) from below")
+    free_energy: float | None = Field(None, description="undirected models: F(x), with log p(x) = -F(x) - log Z")
 
 
 class ScoreResponse(_Open):
@@ -117,6 +132,24 @@ class CompleteResponse(_Open):
     completions: list[list[str | list[Any]]]
 
 
+class EncodeResponse(_Open):
+    model: str
+    version: int | str
+    mean: list[list[float]] = Field(description="q(z given x)'s mean per input, [B, D]")
+    std: list[list[float]] = Field(description="q(z given x)'s standard deviation per input, [B, D]")
+
+
+class ImagesResponse(_Open):
+    model: str
+    version: int | str
+    images: list[str | list[Any]] = Field(description="expected images E[x given z], [B, *data.shape] floats in "
+                                                      "level units, or base64 PNGs")
+
+
+class InterpolateResponse(ImagesResponse):
+    z: list[list[float]] = Field(description="the latents, [steps, D]: the ends are the inputs' posterior means")
+
+
 class Status(BaseModel):
     status: str
 
@@ -130,6 +163,10 @@ class RequestModels:
     score: type[BaseModel]
     score_named: type[BaseModel]
     complete: type[BaseModel]
+    encode: type[BaseModel]
+    reconstruct: type[BaseModel]
+    decode: type[BaseModel]
+    interpolate: type[BaseModel]
 
 
 def request_models(settings: Settings) -> RequestModels:
@@ -162,10 +199,18 @@ def request_models(settings: Settings) -> RequestModels:
         voice: Voice = None
         chunk_ms: Annotated[int | None, Field(ge=1, le=60000, description="audio streams: milliseconds of audio "
                                                                          "per chunk (absent: 100)")] = None
+        steps: ChainSteps = None
 
     class ScoreRequest(BaseModel):
         inputs: Inputs
         labels: Labels = None
+        method: Annotated[str | None, Field(max_length=32, description="latent-variable models: the bound, one of "
+                                                                       "capabilities.score.methods (iwae, elbo); "
+                                                                       "absent: the model's default")] = None
+        k: Annotated[int | None, Field(ge=1, description="importance samples per input, 1..max_k; absent: the "
+                                                         "model's default")] = None
+        refine_steps: RefineSteps = 0
+        seed: NoiseSeed = 0
 
     class NamedScoreRequest(ScoreRequest):
         model: str = Field(description="model name")
@@ -182,5 +227,26 @@ def request_models(settings: Settings) -> RequestModels:
         top_k: TopK = None
         seconds: Seconds = None
         voice: Voice = None
+        steps: ChainSteps = None
 
-    return RequestModels(SampleRequest, ScoreRequest, NamedScoreRequest, CompleteRequest)
+    class EncodeRequest(BaseModel):
+        inputs: Inputs
+        refine_steps: RefineSteps = 0
+        seed: NoiseSeed = 0
+
+    class ReconstructRequest(EncodeRequest):
+        format: ImageFormat = None
+
+    class DecodeRequest(BaseModel):
+        z: Annotated[list[list[float]], Field(min_length=1, max_length=settings.max_inputs_per_request,
+                                              description="latents, [B, D]")]
+        format: ImageFormat = None
+
+    class InterpolateRequest(BaseModel):
+        inputs: Annotated[list[Input], Field(min_length=2, max_length=2, description="the two ends")]
+        steps: Annotated[int, Field(description="points on the line between the ends' posterior means, ends "
+                                                "included (2..64)")] = 8
+        format: ImageFormat = None
+
+    return RequestModels(SampleRequest, ScoreRequest, NamedScoreRequest, CompleteRequest, EncodeRequest,
+                         ReconstructRequest, DecodeRequest, InterpolateRequest)

@@ -5,9 +5,9 @@ decodes the request (tensors are raw little-endian bytes), calls the engine and
 encodes the answer. EngineErrors become gRPC status codes whose details start
 with the offending field; see proto/genserve/v1/genserve.proto.
 
-Encode and Decode call `engine.encode(name, x, seed)` and
-`engine.decode(name, z, seed)` when the engine has them; until then a model
-with that capability gets UNIMPLEMENTED, and one without it FAILED_PRECONDITION.
+Encode, Decode, Reconstruct and Interpolate serve latent-variable models
+(docs/latent-variable-models.md); a model without the capability gets
+FAILED_PRECONDITION.
 """
 
 import asyncio
@@ -156,13 +156,18 @@ def _temperature(request: Any) -> float:
     return t
 
 
-def _seed(request: Any) -> int:
-    """The request's seed, or a fresh one that the response echoes."""
+def _seed(request: Any, absent: int | None = None) -> int:
+    """The request's seed; absent: `absent`, or (None) a fresh one that the response echoes."""
     if not request.HasField("seed"):
-        return secrets.randbits(32)
+        return secrets.randbits(32) if absent is None else absent
     if request.seed > MAX_SEED:
         raise InvalidInput(f"seed: must be in 0..{MAX_SEED}, got {request.seed}", field="seed")
     return request.seed
+
+
+def _optional(request: Any, field: str, absent: Any = None) -> Any:
+    """An optional field's value, or `absent` when it is not set."""
+    return getattr(request, field) if request.HasField(field) else absent
 
 
 def _labels(request: pb.ScoreRequest, batch: int) -> list[int | None] | None:
@@ -271,6 +276,9 @@ def score_result(r: dict) -> pb.ScoreResult:
     for key, value in (r.get("anomaly") or {}).items():
         if value is not None and key in ("score", "percentile", "is_anomaly"):
             setattr(result.anomaly, key, value)
+    for key in ("k", "refine_steps", "stderr", "is_lower_bound", "free_energy"):  # bounds and estimates
+        if r.get(key) is not None:
+            setattr(result, key, r[key])
     return result
 
 
@@ -328,7 +336,7 @@ class GenserveServicer(pb_grpc.GenserveServicer):
             description, spec = self._lookup(name, "sample")
             n, temperature, seed = _samples(request, self.settings), _temperature(request), _seed(request)
             x = await self.engine.sample(name, n, seed, temperature, _label(request, spec),
-                                         **_generation(request, spec))
+                                         steps=_optional(request, "steps"), **_generation(request, spec))
             return pb.SampleResponse(model=name, version=str(description["version"]), seed=seed,
                                      samples=to_tensor(x, wire_dtype(spec)), **_as_files(x, spec))
 
@@ -341,6 +349,8 @@ class GenserveServicer(pb_grpc.GenserveServicer):
             if request.HasField("chunk_ms") and (kind != "audio" or not 1 <= request.chunk_ms <= 60000):
                 raise InvalidInput("chunk_ms: 1..60000, for audio models only", field="chunk_ms")
             chunk_ms = request.chunk_ms if request.HasField("chunk_ms") else 100
+            if request.HasField("steps"):
+                raise InvalidInput("steps: a stream runs no Markov chain; use Sample", field="steps")
             chunk = max(1, int(spec["sample_rate"]) * chunk_ms // 1000) if kind == "audio" else None
             stream = self.engine.sample_stream(name, n, seed, temperature, _label(request, spec), chunk=chunk,
                                                **_generation(request, spec))
@@ -361,7 +371,10 @@ class GenserveServicer(pb_grpc.GenserveServicer):
             x = _sequences(request, spec, self.settings.max_inputs_per_request)
             if x is None:
                 x = data_batch(request.inputs, spec, self.settings.max_inputs_per_request, "inputs")
-            results = await self.engine.score(name, x, _labels(request, len(x)))
+            results = await self.engine.score(name, x, _labels(request, len(x)), method=_optional(request, "method"),
+                                              k=_optional(request, "k"),
+                                              refine_steps=_optional(request, "refine_steps", 0),
+                                              seed=_seed(request, absent=0))
             return pb.ScoreResponse(model=name, version=str(description["version"]),
                                     results=[score_result(r) for r in results])
 
@@ -374,51 +387,66 @@ class GenserveServicer(pb_grpc.GenserveServicer):
             if prefixes is not None:
                 top_k = request.top_k if request.HasField("top_k") else None
                 out = await self.engine.complete(name, prefixes, None, n, seed, temperature, _label(request, spec),
-                                                 length=_length(request, spec), top_k=top_k)  # per input [n, T_b]
+                                                 length=_length(request, spec), top_k=top_k,
+                                                 steps=_optional(request, "steps"))  # per input [n, T_b]
                 files = [_as_files(rows, spec) for rows in out]
                 key = "texts" if spec.get("kind") == "text" else "wavs"
                 return pb.CompleteResponse(model=name, version=str(description["version"]), seed=seed,
                                            **{key: [f for per_input in files for f in per_input[key]]})
             x = data_batch(request.inputs, spec, self.settings.max_inputs_per_request, "inputs")
             mask = mask_batch(request.mask, spec, len(x))
-            out = await self.engine.complete(name, x, mask, n, seed, temperature)  # [B, n, *shape]
+            out = await self.engine.complete(name, x, mask, n, seed, temperature,
+                                             steps=_optional(request, "steps"))  # [B, n, *shape]
             return pb.CompleteResponse(model=name, version=str(description["version"]), seed=seed,
                                        completions=to_tensor(out, wire_dtype(spec)))
 
-    async def _engine_method(self, context, capability: str):
-        """The engine's method for a capability the model has; UNIMPLEMENTED while the engine lacks it."""
-        method = getattr(self.engine, capability, None)
-        if method is None:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"model: this server cannot {capability} yet",
-                                trailing_metadata=(("genserve-error-code", "not_implemented"),
-                                                   ("genserve-error-field", "model")))
-        return method
+    def _inputs(self, request: Any, spec: dict) -> np.ndarray:
+        return data_batch(request.inputs, spec, self.settings.max_inputs_per_request, "inputs")
 
     async def Encode(self, request, context):
         async with engine_errors(context, "Encode"):
             name = request.model
             description, spec = self._lookup(name, "encode")
-            encode = await self._engine_method(context, "encode")
-            x = data_batch(request.inputs, spec, self.settings.max_inputs_per_request, "inputs")
-            seed = _seed(request)
-            out = await encode(name, x, seed)
-            outputs = out if isinstance(out, dict) else {"z": out}
+            seed = _seed(request, absent=0)
+            out = await self.engine.encode(name, self._inputs(request, spec),
+                                           refine_steps=_optional(request, "refine_steps", 0), seed=seed)
             return pb.EncodeResponse(model=name, version=str(description["version"]), seed=seed,
-                                     outputs={key: to_tensor(value) for key, value in outputs.items()})
+                                     outputs={key: to_tensor(value, np.float32) for key, value in out.items()})
 
     async def Decode(self, request, context):
         async with engine_errors(context, "Decode"):
             name = request.model
-            description, spec = self._lookup(name, "decode")
-            decode = await self._engine_method(context, "decode")
-            z = to_array(request.latents, "latents")
-            if z.ndim == 0 or not 1 <= len(z) <= self.settings.max_inputs_per_request:
-                raise InvalidInput(f"latents: give [B, ...] with B in 1..{self.settings.max_inputs_per_request}",
-                                   field="latents")
-            seed = _seed(request)
-            x = await decode(name, z.astype(np.float32), seed)  # [B, *shape]
-            return pb.DecodeResponse(model=name, version=str(description["version"]), seed=seed,
-                                     samples=to_tensor(x, wire_dtype(spec)))
+            description, _ = self._lookup(name, "decode")
+            z = to_array(request.z, "z")
+            if z.dtype.kind != "f":
+                raise InvalidInput(f"z.dtype: latents are floats, not {z.dtype.name}", field="z.dtype")
+            if z.ndim and len(z) > self.settings.max_inputs_per_request:
+                raise InvalidInput(f"z: give at most {self.settings.max_inputs_per_request} latents, got {len(z)}",
+                                   field="z")
+            images = await self.engine.decode(name, z)  # [B, *shape]
+            return pb.DecodeResponse(model=name, version=str(description["version"]),
+                                     images=to_tensor(images, np.float32))
+
+    async def Reconstruct(self, request, context):
+        async with engine_errors(context, "Reconstruct"):
+            name = request.model
+            description, spec = self._lookup(name, "encode")
+            _require(description, "decode", name)
+            seed = _seed(request, absent=0)
+            images = await self.engine.reconstruct(name, self._inputs(request, spec),
+                                                   refine_steps=_optional(request, "refine_steps", 0), seed=seed)
+            return pb.ReconstructResponse(model=name, version=str(description["version"]), seed=seed,
+                                          images=to_tensor(images, np.float32))
+
+    async def Interpolate(self, request, context):
+        async with engine_errors(context, "Interpolate"):
+            name = request.model
+            description, spec = self._lookup(name, "encode")
+            _require(description, "decode", name)
+            out = await self.engine.interpolate(name, self._inputs(request, spec), _optional(request, "steps", 8))
+            return pb.InterpolateResponse(model=name, version=str(description["version"]),
+                                          z=to_tensor(out["z"], np.float32),
+                                          images=to_tensor(out["images"], np.float32))
 
 
 def add_genserve_servicer(server: grpc.aio.Server, engine: Any, settings: Settings) -> str:

@@ -93,9 +93,15 @@ class FakeEngine:
         for row in (await self.sample(name, n, seed, temperature, label, **knobs)).transpose(2, 0, 1, 3):
             yield row  # [n, 1, W]: one image row per step
 
-    async def score(self, name: str, x: np.ndarray, labels: list[int | None] | None) -> list[dict]:
+    async def score(self, name: str, x: np.ndarray, labels: list[int | None] | None, *, method: str | None = None,
+                    k: int | None = None, refine_steps: int = 0, seed: int = 0) -> list[dict]:
         model = self._capability(name, "score")
         self._check(x, model["levels"], "inputs")
+        if method not in (None, "exact"):
+            raise InvalidInput("method: exact models score by 'exact' only", field="method")
+        for field, value in (("k", k), ("refine_steps", refine_steps or None)):
+            if value is not None:  # like the real engine's exact models
+                raise InvalidInput(f"{field}: exact models take no {field}", field=field)
         self.calls.append(("score", name, x.copy(), labels))
         results = []
         for row in x:

@@ -359,8 +359,19 @@ def test_errors_map_to_status_codes_naming_the_field(engine, settings):
         error = await rpc_error(s.Encode(pb.EncodeRequest(model=MODEL, inputs=to_tensor(x)), timeout=RPC_S))
         assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert _trailing(error)["genserve-error-code"] == "missing_capability"
-        error = await rpc_error(s.Decode(pb.DecodeRequest(model=MODEL), timeout=RPC_S))
-        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+        for call in (s.Decode(pb.DecodeRequest(model=MODEL), timeout=RPC_S),
+                     s.Reconstruct(pb.ReconstructRequest(model=MODEL, inputs=to_tensor(x)), timeout=RPC_S),
+                     s.Interpolate(pb.InterpolateRequest(model=MODEL, inputs=to_tensor(x)), timeout=RPC_S)):
+            error = await rpc_error(call)
+            assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+        # nor a Markov chain, nor an importance-sampled score
+        for call in (s.Sample(pb.SampleRequest(model=MODEL, steps=3), timeout=RPC_S),
+                     s.SampleStream(pb.SampleRequest(model=MODEL, steps=3), timeout=RPC_S).read()):
+            error = await rpc_error(call)
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert _trailing(error)["genserve-error-field"] == "steps"
+        error = await rpc_error(s.Score(pb.ScoreRequest(model=MODEL, inputs=to_tensor(x), k=4), timeout=RPC_S))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and _trailing(error)["genserve-error-field"] == "k"
 
     scenario(engine, settings, body)
 
@@ -384,36 +395,6 @@ def test_overload_and_not_ready_codes(engine, settings):
         wrapped.raises = NotReady("engine: worker restarting")
         error = await rpc_error(stub(channel).Sample(pb.SampleRequest(model=MODEL), timeout=RPC_S))
         assert error.code() == grpc.StatusCode.UNAVAILABLE
-
-    scenario(wrapped, settings, body)
-
-
-def test_encode_decode_reach_the_engine_when_the_model_can(engine, settings):
-    wrapped = Wrapped(engine)
-    described = engine.describe(MODEL)
-    wrapped.describe = lambda name: {**engine.describe(name), "capabilities": ["decode", "encode", "sample"]}
-    x = binary_images(2)
-
-    async def body(channel):
-        s = stub(channel)
-        error = await rpc_error(s.Encode(pb.EncodeRequest(model=MODEL, inputs=to_tensor(x)), timeout=RPC_S))
-        assert error.code() == grpc.StatusCode.UNIMPLEMENTED  # the model can, this engine cannot yet
-
-        async def encode(name, inputs, seed):  # [B, 1, 28, 28] -> named latents
-            return {"mean": inputs.reshape(len(inputs), -1).mean(axis=1, keepdims=True), "seed": np.array([seed])}
-
-        async def decode(name, latents, seed):  # [B, 1] -> [B, 1, 28, 28]
-            return np.broadcast_to((latents > 0.5).astype(np.int64)[:, :, None, None], (len(latents), 1, 28, 28))
-
-        wrapped.encode, wrapped.decode = encode, decode
-        encoded = await s.Encode(pb.EncodeRequest(model=MODEL, inputs=to_tensor(x), seed=4), timeout=RPC_S)
-        assert encoded.version == str(described["version"]) and encoded.seed == 4
-        mean = to_array(encoded.outputs["mean"], "mean")
-        np.testing.assert_allclose(mean[:, 0], x.reshape(2, -1).mean(axis=1))
-        decoded = await s.Decode(pb.DecodeRequest(model=MODEL, latents=to_tensor(np.array([[0.9], [0.1]]))),
-                                 timeout=RPC_S)
-        out = to_array(decoded.samples, "samples")
-        assert out.shape == (2, 1, 28, 28) and out[0].min() == 1 and out[1].max() == 0
 
     scenario(wrapped, settings, body)
 
@@ -465,7 +446,8 @@ def test_reflection_lists_and_describes_the_services(engine, settings):
                  for f in found.file_descriptor_response.file_descriptor_proto]
         genserve = next(f for f in files if f.name == "genserve/v1/genserve.proto")
         methods = {m.name for m in genserve.service[0].method}
-        assert methods == {"ListModels", "GetModel", "Sample", "Score", "Complete", "Encode", "Decode", "SampleStream"}
+        assert methods == {"ListModels", "GetModel", "Sample", "Score", "Complete", "Encode", "Decode", "Reconstruct",
+                           "Interpolate", "SampleStream"}
 
     scenario(engine, settings, body)
 

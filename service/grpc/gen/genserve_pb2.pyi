@@ -70,7 +70,7 @@ class ModelInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., family: _Optional[str] = ..., description: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., data: _Optional[_Union[DataSpec, _Mapping]] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., batching: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class SampleRequest(_message.Message):
-    __slots__ = ("model", "n", "seed", "temperature", "label", "length", "top_k", "prompt", "seconds", "chunk_ms", "voice")
+    __slots__ = ("model", "n", "seed", "temperature", "label", "length", "top_k", "prompt", "seconds", "chunk_ms", "voice", "steps")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     N_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +82,7 @@ class SampleRequest(_message.Message):
     SECONDS_FIELD_NUMBER: _ClassVar[int]
     CHUNK_MS_FIELD_NUMBER: _ClassVar[int]
     VOICE_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
     model: str
     n: int
     seed: int
@@ -93,7 +94,8 @@ class SampleRequest(_message.Message):
     seconds: float
     chunk_ms: int
     voice: str
-    def __init__(self, model: _Optional[str] = ..., n: _Optional[int] = ..., seed: _Optional[int] = ..., temperature: _Optional[float] = ..., label: _Optional[int] = ..., length: _Optional[int] = ..., top_k: _Optional[int] = ..., prompt: _Optional[str] = ..., seconds: _Optional[float] = ..., chunk_ms: _Optional[int] = ..., voice: _Optional[str] = ...) -> None: ...
+    steps: int
+    def __init__(self, model: _Optional[str] = ..., n: _Optional[int] = ..., seed: _Optional[int] = ..., temperature: _Optional[float] = ..., label: _Optional[int] = ..., length: _Optional[int] = ..., top_k: _Optional[int] = ..., prompt: _Optional[str] = ..., seconds: _Optional[float] = ..., chunk_ms: _Optional[int] = ..., voice: _Optional[str] = ..., steps: _Optional[int] = ...) -> None: ...
 
 class SampleResponse(_message.Message):
     __slots__ = ("model", "version", "seed", "samples", "texts", "wavs")
@@ -132,18 +134,26 @@ class SampleChunk(_message.Message):
     def __init__(self, step: _Optional[int] = ..., steps: _Optional[int] = ..., seed: _Optional[int] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., pcm: _Optional[bytes] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("model", "inputs", "labels", "texts", "wavs")
+    __slots__ = ("model", "inputs", "labels", "texts", "wavs", "method", "k", "refine_steps", "seed")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     WAVS_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    REFINE_STEPS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
     model: str
     inputs: Tensor
     labels: _containers.RepeatedScalarFieldContainer[int]
     texts: _containers.RepeatedScalarFieldContainer[str]
     wavs: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., labels: _Optional[_Iterable[int]] = ..., texts: _Optional[_Iterable[str]] = ..., wavs: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    method: str
+    k: int
+    refine_steps: int
+    seed: int
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., labels: _Optional[_Iterable[int]] = ..., texts: _Optional[_Iterable[str]] = ..., wavs: _Optional[_Iterable[bytes]] = ..., method: _Optional[str] = ..., k: _Optional[int] = ..., refine_steps: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class Anomaly(_message.Message):
     __slots__ = ("score", "percentile", "is_anomaly")
@@ -156,16 +166,26 @@ class Anomaly(_message.Message):
     def __init__(self, score: _Optional[float] = ..., percentile: _Optional[float] = ..., is_anomaly: _Optional[bool] = ...) -> None: ...
 
 class ScoreResult(_message.Message):
-    __slots__ = ("log_likelihood_nats", "bits_per_dim", "method", "anomaly")
+    __slots__ = ("log_likelihood_nats", "bits_per_dim", "method", "anomaly", "k", "refine_steps", "stderr", "is_lower_bound", "free_energy")
     LOG_LIKELIHOOD_NATS_FIELD_NUMBER: _ClassVar[int]
     BITS_PER_DIM_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     ANOMALY_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    REFINE_STEPS_FIELD_NUMBER: _ClassVar[int]
+    STDERR_FIELD_NUMBER: _ClassVar[int]
+    IS_LOWER_BOUND_FIELD_NUMBER: _ClassVar[int]
+    FREE_ENERGY_FIELD_NUMBER: _ClassVar[int]
     log_likelihood_nats: float
     bits_per_dim: float
     method: str
     anomaly: Anomaly
-    def __init__(self, log_likelihood_nats: _Optional[float] = ..., bits_per_dim: _Optional[float] = ..., method: _Optional[str] = ..., anomaly: _Optional[_Union[Anomaly, _Mapping]] = ...) -> None: ...
+    k: int
+    refine_steps: int
+    stderr: float
+    is_lower_bound: bool
+    free_energy: float
+    def __init__(self, log_likelihood_nats: _Optional[float] = ..., bits_per_dim: _Optional[float] = ..., method: _Optional[str] = ..., anomaly: _Optional[_Union[Anomaly, _Mapping]] = ..., k: _Optional[int] = ..., refine_steps: _Optional[int] = ..., stderr: _Optional[float] = ..., is_lower_bound: _Optional[bool] = ..., free_energy: _Optional[float] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
     __slots__ = ("model", "version", "results")
@@ -178,7 +198,7 @@ class ScoreResponse(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., results: _Optional[_Iterable[_Union[ScoreResult, _Mapping]]] = ...) -> None: ...
 
 class CompleteRequest(_message.Message):
-    __slots__ = ("model", "inputs", "mask", "n", "seed", "temperature", "texts", "length", "top_k", "wavs", "seconds", "voice")
+    __slots__ = ("model", "inputs", "mask", "n", "seed", "temperature", "texts", "length", "top_k", "wavs", "seconds", "voice", "steps")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     MASK_FIELD_NUMBER: _ClassVar[int]
@@ -191,6 +211,7 @@ class CompleteRequest(_message.Message):
     WAVS_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
     VOICE_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
     model: str
     inputs: Tensor
     mask: Tensor
@@ -203,7 +224,8 @@ class CompleteRequest(_message.Message):
     wavs: _containers.RepeatedScalarFieldContainer[bytes]
     seconds: float
     voice: str
-    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., mask: _Optional[_Union[Tensor, _Mapping]] = ..., n: _Optional[int] = ..., seed: _Optional[int] = ..., temperature: _Optional[float] = ..., texts: _Optional[_Iterable[str]] = ..., length: _Optional[int] = ..., top_k: _Optional[int] = ..., wavs: _Optional[_Iterable[bytes]] = ..., seconds: _Optional[float] = ..., voice: _Optional[str] = ...) -> None: ...
+    steps: int
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., mask: _Optional[_Union[Tensor, _Mapping]] = ..., n: _Optional[int] = ..., seed: _Optional[int] = ..., temperature: _Optional[float] = ..., texts: _Optional[_Iterable[str]] = ..., length: _Optional[int] = ..., top_k: _Optional[int] = ..., wavs: _Optional[_Iterable[bytes]] = ..., seconds: _Optional[float] = ..., voice: _Optional[str] = ..., steps: _Optional[int] = ...) -> None: ...
 
 class CompleteResponse(_message.Message):
     __slots__ = ("model", "version", "seed", "completions", "texts", "wavs")
@@ -222,14 +244,16 @@ class CompleteResponse(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., seed: _Optional[int] = ..., completions: _Optional[_Union[Tensor, _Mapping]] = ..., texts: _Optional[_Iterable[str]] = ..., wavs: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class EncodeRequest(_message.Message):
-    __slots__ = ("model", "inputs", "seed")
+    __slots__ = ("model", "inputs", "seed", "refine_steps")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    REFINE_STEPS_FIELD_NUMBER: _ClassVar[int]
     model: str
     inputs: Tensor
     seed: int
-    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., seed: _Optional[int] = ...) -> None: ...
+    refine_steps: int
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., seed: _Optional[int] = ..., refine_steps: _Optional[int] = ...) -> None: ...
 
 class EncodeResponse(_message.Message):
     __slots__ = ("model", "version", "seed", "outputs")
@@ -251,23 +275,65 @@ class EncodeResponse(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., seed: _Optional[int] = ..., outputs: _Optional[_Mapping[str, Tensor]] = ...) -> None: ...
 
 class DecodeRequest(_message.Message):
-    __slots__ = ("model", "latents", "seed")
+    __slots__ = ("model", "z")
     MODEL_FIELD_NUMBER: _ClassVar[int]
-    LATENTS_FIELD_NUMBER: _ClassVar[int]
-    SEED_FIELD_NUMBER: _ClassVar[int]
+    Z_FIELD_NUMBER: _ClassVar[int]
     model: str
-    latents: Tensor
-    seed: int
-    def __init__(self, model: _Optional[str] = ..., latents: _Optional[_Union[Tensor, _Mapping]] = ..., seed: _Optional[int] = ...) -> None: ...
+    z: Tensor
+    def __init__(self, model: _Optional[str] = ..., z: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class DecodeResponse(_message.Message):
-    __slots__ = ("model", "version", "seed", "samples")
+    __slots__ = ("model", "version", "images")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: str
+    images: Tensor
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., images: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class ReconstructRequest(_message.Message):
+    __slots__ = ("model", "inputs", "seed", "refine_steps")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    REFINE_STEPS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    inputs: Tensor
+    seed: int
+    refine_steps: int
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., seed: _Optional[int] = ..., refine_steps: _Optional[int] = ...) -> None: ...
+
+class ReconstructResponse(_message.Message):
+    __slots__ = ("model", "version", "seed", "images")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
-    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     seed: int
-    samples: Tensor
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., seed: _Optional[int] = ..., samples: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    images: Tensor
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., seed: _Optional[int] = ..., images: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class InterpolateRequest(_message.Message):
+    __slots__ = ("model", "inputs", "steps")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    inputs: Tensor
+    steps: int
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., steps: _Optional[int] = ...) -> None: ...
+
+class InterpolateResponse(_message.Message):
+    __slots__ = ("model", "version", "z", "images")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    Z_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: str
+    z: Tensor
+    images: Tensor
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., z: _Optional[_Union[Tensor, _Mapping]] = ..., images: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...

@@ -69,6 +69,16 @@ class GenserveStub:
                 request_serializer=genserve_dot_v1_dot_genserve__pb2.DecodeRequest.SerializeToString,
                 response_deserializer=genserve_dot_v1_dot_genserve__pb2.DecodeResponse.FromString,
                 _registered_method=True)
+        self.Reconstruct = channel.unary_unary(
+                '/genserve.v1.Genserve/Reconstruct',
+                request_serializer=genserve_dot_v1_dot_genserve__pb2.ReconstructRequest.SerializeToString,
+                response_deserializer=genserve_dot_v1_dot_genserve__pb2.ReconstructResponse.FromString,
+                _registered_method=True)
+        self.Interpolate = channel.unary_unary(
+                '/genserve.v1.Genserve/Interpolate',
+                request_serializer=genserve_dot_v1_dot_genserve__pb2.InterpolateRequest.SerializeToString,
+                response_deserializer=genserve_dot_v1_dot_genserve__pb2.InterpolateResponse.FromString,
+                _registered_method=True)
         self.SampleStream = channel.unary_stream(
                 '/genserve.v1.Genserve/SampleStream',
                 request_serializer=genserve_dot_v1_dot_genserve__pb2.SampleRequest.SerializeToString,
@@ -115,14 +125,28 @@ class GenserveServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Encode(self, request, context):
-        """Latent inference, for models with the `encode` capability.
+        """q(z | x): the posterior's mean and std per input, for models with the `encode` capability.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Decode(self, request, context):
-        """Latents to data, for models with the `decode` capability.
+        """Latents to the expected image E[x | z], for models with the `decode` capability.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Reconstruct(self, request, context):
+        """Decode(Encode(x).mean): each input's reconstruction.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Interpolate(self, request, context):
+        """Latents evenly spaced between two inputs' posterior means, and their decodings.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -175,6 +199,16 @@ def add_GenserveServicer_to_server(servicer, server):
                     servicer.Decode,
                     request_deserializer=genserve_dot_v1_dot_genserve__pb2.DecodeRequest.FromString,
                     response_serializer=genserve_dot_v1_dot_genserve__pb2.DecodeResponse.SerializeToString,
+            ),
+            'Reconstruct': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reconstruct,
+                    request_deserializer=genserve_dot_v1_dot_genserve__pb2.ReconstructRequest.FromString,
+                    response_serializer=genserve_dot_v1_dot_genserve__pb2.ReconstructResponse.SerializeToString,
+            ),
+            'Interpolate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Interpolate,
+                    request_deserializer=genserve_dot_v1_dot_genserve__pb2.InterpolateRequest.FromString,
+                    response_serializer=genserve_dot_v1_dot_genserve__pb2.InterpolateResponse.SerializeToString,
             ),
             'SampleStream': grpc.unary_stream_rpc_method_handler(
                     servicer.SampleStream,
@@ -371,6 +405,60 @@ class Genserve:
             '/genserve.v1.Genserve/Decode',
             genserve_dot_v1_dot_genserve__pb2.DecodeRequest.SerializeToString,
             genserve_dot_v1_dot_genserve__pb2.DecodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reconstruct(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/genserve.v1.Genserve/Reconstruct',
+            genserve_dot_v1_dot_genserve__pb2.ReconstructRequest.SerializeToString,
+            genserve_dot_v1_dot_genserve__pb2.ReconstructResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Interpolate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/genserve.v1.Genserve/Interpolate',
+            genserve_dot_v1_dot_genserve__pb2.InterpolateRequest.SerializeToString,
+            genserve_dot_v1_dot_genserve__pb2.InterpolateResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,121 @@
+"""The engine's operations on latent-variable models (docs/latent-variable-models.md): encode, decode,
+reconstruct, interpolate, importance-sampled bounds, and the checks of Markov-chain options.
+
+A mixin of service.engine.engine.Engine, which gives it `model`, `_batcher` and `_score_result`; the
+algorithms themselves are the procedures of service.engine.latent.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from service.engine import latent, procedures
+from service.engine.errors import InvalidInput
+from service.engine.validation import check_levels
+
+if TYPE_CHECKING:  # engine.py imports this module
+    from service.engine.engine import LoadedModel
+
+
+class LatentOperations:
+    async def _score_bound(self, m: LoadedModel, cap: dict, x: np.ndarray, method: str | None, k: int | None,
+                           refine_steps: int, seed: int) -> list[dict]:
+        """ELBO or IWAE_k per input from k importance samples, with its standard error."""
+        method = cap["method"] if method is None else method
+        if method not in cap["methods"]:
+            raise InvalidInput(f"method: must be one of {cap['methods']}", field="method")
+        k = cap["k"] if k is None else k
+        if not 1 <= k <= cap["max_k"]:
+            raise InvalidInput(f"k: must be in 1..{cap['max_k']}", field="k")
+        rngs = procedures.row_generators(seed, len(x))
+        posterior = {}
+        if "mean" in m.function_inputs(cap["function"]):  # q's parameters come from encode (and refinement)
+            mean, std = await self._encode(m, x, refine_steps, rngs)
+            posterior = {"mean": mean, "std": std}
+        elif refine_steps:
+            raise InvalidInput(f"refine_steps: model {m.manifest['name']!r} does not refine its posterior",
+                               field="refine_steps")
+        log_w = await latent.log_weights(self._caller(m), cap, x, rngs, k, posterior)
+        estimate, stderr = latent.bound(log_w, method)
+        size = math.prod(m.shape)
+        return [{**self._score_result(m, {"method": method}, float(e), size), "k": k, "refine_steps": refine_steps,
+                 "stderr": None if stderr is None else float(stderr[b]), "is_lower_bound": True}
+                for b, e in enumerate(estimate)]
+
+    async def _encode(self, m: LoadedModel, x: np.ndarray, refine_steps: int,
+                      rngs: list[np.random.Generator]) -> tuple[np.ndarray, np.ndarray]:
+        cap = m.capability("encode")
+        most = cap.get("refine", {}).get("max_steps", 0)
+        if not 0 <= refine_steps <= most:
+            raise InvalidInput(f"refine_steps: model {m.manifest['name']!r} takes 0..{most}", field="refine_steps")
+        return await latent.encode(self._caller(m), cap, x, rngs, refine_steps)
+
+    async def encode(self, name: str, x: np.ndarray, refine_steps: int = 0, seed: int = 0) -> dict[str, np.ndarray]:
+        """x [B, *shape] -> q(z | x)'s mean and std, [B, D] each (refined refine_steps times, noise from seed)."""
+        m = self.model(name)
+        x = check_levels(x, m.shape, m.data["levels"], "inputs")
+        mean, std = await self._encode(m, x, refine_steps, procedures.row_generators(seed, len(x)))
+        return {"mean": mean, "std": std}
+
+    async def decode(self, name: str, z: np.ndarray) -> np.ndarray:
+        """z [B, D] -> E[x | z] [B, *shape] float32, in level units."""
+        m = self.model(name)
+        cap = m.capability("decode")
+        try:
+            z = np.asarray(z, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise InvalidInput("z: give a rectangular array of numbers", field="z") from None
+        dims = m.manifest["functions"][cap["function"]]["inputs"][0]["shape"][1:]
+        if z.ndim != 1 + len(dims) or list(z.shape[1:]) != dims or len(z) == 0:
+            raise InvalidInput(f"z: give one or more latents of shape {dims}, got {list(z.shape)}", field="z")
+        if not np.isfinite(z).all():
+            raise InvalidInput("z: values must be finite numbers", field="z")
+        return (await self._caller(m)(cap["function"], {"z": z}))["mean"]
+
+    async def reconstruct(self, name: str, x: np.ndarray, refine_steps: int = 0, seed: int = 0) -> np.ndarray:
+        """decode(the posterior mean of x): [B, *shape] float32."""
+        return await self.decode(name, (await self.encode(name, x, refine_steps, seed))["mean"])
+
+    async def interpolate(self, name: str, x: np.ndarray, steps: int) -> dict[str, np.ndarray]:
+        """Two inputs -> `steps` latents on the line between their posterior means [steps, D], and their decodings."""
+        if len(x) != 2:
+            raise InvalidInput(f"inputs: give exactly two inputs, got {len(x)}", field="inputs")
+        if not 2 <= steps <= 64:
+            raise InvalidInput("steps: must be in 2..64", field="steps")
+        ends = (await self.encode(name, x))["mean"]  # [2, D]
+        t = np.linspace(0.0, 1.0, steps, dtype=np.float32)[:, None]
+        z = (1 - t) * ends[0] + t * ends[1]  # [steps, D]
+        return {"z": z, "images": await self.decode(name, z)}
+
+    def _caller(self, m: LoadedModel) -> latent.Call:
+        """Run one of m's functions on feeds [B, ...] through its dynamic batcher."""
+        async def call(function: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return await self._batcher(m, function).submit(feeds)
+        return call
+
+    def _chain_start(self, m: LoadedModel, rngs: list[np.random.Generator]) -> np.ndarray:
+        """Uniformly random levels, [rows, *shape] int64: where a Markov chain starts."""
+        return np.stack([rng.integers(0, m.data["levels"], m.shape) for rng in rngs]).astype(np.int64)
+
+    @staticmethod
+    def _chain_steps(m: LoadedModel, cap: dict, steps: int | None) -> int:
+        steps = cap["steps"] if steps is None else steps
+        if not 1 <= steps <= cap["max_steps"]:
+            raise InvalidInput(f"steps: model {m.manifest['name']!r} takes 1..{cap['max_steps']}", field="steps")
+        return steps
+
+    @staticmethod
+    def _no_steps(m: LoadedModel, cap: dict, steps: int | None) -> None:
+        if steps is not None:
+            raise InvalidInput(f"steps: model {m.manifest['name']!r} runs no Markov chain here ({cap['procedure']})",
+                               field="steps")
+
+    @staticmethod
+    def _no_sequence_options(m: LoadedModel, **options) -> None:
+        """Options of autoregressive generation, which a latent-variable model's procedures do not take."""
+        for field, value in options.items():
+            if value is not None:
+                raise InvalidInput(f"{field}: model {m.manifest['name']!r} takes no {field}", field=field)
