@@ -142,3 +142,10 @@ def test_tiny_config_takes_a_finite_training_step():
     x = torch.from_numpy(split.x_test[:4]).long()
     bound, stderr = vae.iwae(model.eval(), x, 8, chunk=3)
     assert torch.isfinite(bound).all() and torch.isfinite(stderr).all()
+
+
+def test_delta_method_standard_error():
+    w = torch.tensor([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0], [6.0, 60.0]], dtype=torch.float64)  # [k = 4, B = 2]
+    bound, stderr = vae.log_mean_exp(w.log() - 100.0)  # scale-free: any common factor of w cancels
+    assert torch.allclose(bound, w.mean(0).log() - 100.0)
+    assert torch.allclose(stderr, torch.full((2,), np.sqrt(14 / 3) / (2 * 3), dtype=torch.float64))

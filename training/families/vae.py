@@ -256,13 +256,14 @@ def sample_grid(model: VAE, generator: torch.Generator, n: int = 80) -> torch.Te
 
 
 @torch.no_grad()
-def test_bounds(log_weights_of, x_test, latent: int, served_k: int, eval_k: int, images: int = 10) -> dict:
+def test_bounds(log_weights_of, x_test, latent: int, served_k: int, eval_k: int, dtype: torch.dtype = torch.float32,
+                images: int = 10) -> dict:
     """eval_k log-weights per test image, once: -IWAE_served_k per image (the anomaly calibration), and the
     mean negative ELBO, IWAE_served_k and IWAE_eval_k. log_weights_of(x [B, ...], eps [S, B, D]) -> [S, B]."""
     generator, per_image, sums = torch.Generator().manual_seed(0), [], {"elbo": 0.0, "served": 0.0, "eval": 0.0}
     for i in tqdm(range(0, len(x_test), images), desc=f"IWAE-{eval_k} of the test set", leave=False):
         x = torch.from_numpy(x_test[i: i + images]).long()
-        eps = torch.randn(eval_k, len(x), latent, generator=generator)  # [k, B, D]
+        eps = torch.randn(eval_k, len(x), latent, generator=generator, dtype=dtype)  # [k, B, D]
         log_w = torch.cat([log_weights_of(x, e) for e in eps.split(500)]).double()  # [k, B]
         served = log_mean_exp(log_w[:served_k])[0]
         per_image.append(-served)
@@ -279,7 +280,8 @@ def evaluate_test(model: VAE, split) -> dict:
     """The test split's negative ELBO and IWAE bounds (see test_bounds), for training.evaluate."""
     model.eval()
     c = model.config
-    return test_bounds(lambda x, eps: log_weights(model, x, eps), split.x_test, c.latent, c.served_k, c.eval_k)
+    return test_bounds(lambda x, eps: log_weights(model, x, eps), split.x_test, c.latent, c.served_k, c.eval_k,
+                       model.decoder[-1].weight.dtype)
 
 
 def decoder_vjp(model: VAE, z: torch.Tensor, grad_logits: torch.Tensor) -> torch.Tensor:
