@@ -5,7 +5,7 @@ for the run's samples."""
 
 import importlib
 
-FAMILIES = ("pixelcnn", "pixelrnn", "charrnn", "wavenet", "vae")
+FAMILIES = ("pixelcnn", "pixelrnn", "charrnn", "wavenet", "vae", "hvae", "rbm")
 
 
 def family_module(name: str):
