@@ -51,7 +51,8 @@ def export_function(out_dir: Path, name: str, module: torch.nn.Module, inputs: d
 
     Axis 0 of every tensor is the batch; `dynamic` names more variable axes by tensor, e.g. {"x": {1: "time"}}.
     A module with a `torchscript(example inputs)` method gives its own TorchScript form instead of a trace
-    (a WaveNet step: a loop, where ONNX gets the K samples unrolled).
+    (a WaveNet step: a loop, where ONNX gets the K samples unrolled). A trace is frozen, so that a function
+    keeps only the weights it uses (a VAE's decode leaves the encoder out), as its ONNX file does.
     """
     dynamic = dynamic or {}
     axes = {n: {0: "batch", **dynamic.get(n, {})} for n in [*inputs, *outputs]}
@@ -61,8 +62,8 @@ def export_function(out_dir: Path, name: str, module: torch.nn.Module, inputs: d
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         results = module(*args)
         results = results if isinstance(results, tuple) else (results,)
-        traced = (module.torchscript(args) if hasattr(module, "torchscript")
-                  else torch.jit.trace(module, args, check_trace=False))
+        traced = (module.torchscript(args) if hasattr(module, "torchscript")  # frozen: only the weights it uses
+                  else torch.jit.freeze(torch.jit.trace(module, args, check_trace=False)))
         traced.save(str(out_dir / f"{name}.pt"))
         torch.onnx.export(
             module, args, str(out_dir / f"{name}.onnx"), dynamo=False, opset_version=17,

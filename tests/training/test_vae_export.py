@@ -122,7 +122,7 @@ def test_flow_log_weights_equal_the_densities_computed_by_hand(variant):
     for s in range(4):  # one sample at a time, each flow step by hand
         zs, total = z0[s], torch.zeros(2, dtype=torch.float64)
         if model.config.posterior == "planar":
-            for p in context.split(2 * 3 + 1, dim=1):
+            for p in model.planar(context).split(2 * 3 + 1, dim=1):
                 zs, ld = vae.flows.planar(zs, p[:, :3], p[:, 3:6], p[:, 6:])
                 total = total + ld
         else:

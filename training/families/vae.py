@@ -7,7 +7,7 @@ Inverse Autoregressive Flow").
 p(z) = N(0, I) over D latents; p(x | z) is a Bernoulli per pixel (binarized images, `decoder: bernoulli`) or
 a discretized mixture of logistics per pixel (256 levels, `decoder: logistic`); q(z | x) is
 N(mean(x), diag(exp(log_var(x)))), or that Gaussian pushed through K planar or IAF steps whose parameters
-(planar) or context (IAF) the encoder also outputs. All bounds are in nats per image:
+(planar, through a linear map) or context (IAF) come from a context h that the encoder also outputs. All bounds are in nats per image:
     ELBO(x)   = E_q[log p(x | z)] - KL(q(z | x) || p(z))        (KL analytic for a Gaussian q, one z per image)
     IWAE_k(x) = log (1/k) sum_i p(x, z_i) / q(z_i | x),  z_i ~ q  (ELBO <= E IWAE_k <= log p(x))
 
@@ -50,7 +50,7 @@ class VAEConfig:
     components: int = 5  # logistic mixture components per pixel
     posterior: str = "gaussian"  # or "planar" or "iaf": flow steps after the Gaussian
     flow_steps: int = 0  # K
-    flow_hidden: int = 128  # IAF: MADE hidden units and context size
+    flow_hidden: int = 128  # the flow's context h from the encoder; IAF: also MADE's hidden units
     refine_lr: float = 1e-2  # served refinement: the gradient-ascent step on (mean, log std)
     served_k: int = 1000  # importance samples of the served default score, which calibrates anomalies
     eval_k: int = 5000  # importance samples of the reported test bound, and the most a request may ask
@@ -66,7 +66,7 @@ class VAE(nn.Module):
         if c.decoder not in ("bernoulli", "logistic") or c.posterior not in ("gaussian", "planar", "iaf"):
             raise ValueError(f"decoder must be bernoulli or logistic, posterior gaussian, planar or iaf; got {c}")
         s, d = SIDE // 4, c.latent
-        extra = {"gaussian": 0, "planar": c.flow_steps * (2 * d + 1), "iaf": c.flow_hidden}[c.posterior]
+        extra = 0 if c.posterior == "gaussian" else c.flow_hidden  # the flow's context h
         out = 1 if c.decoder == "bernoulli" else 3 * c.components
         self.encoder = nn.Sequential(
             nn.Conv2d(1, c.channels, 4, 2, 1), nn.ReLU(),  # [B, C, 14, 14]
@@ -76,6 +76,8 @@ class VAE(nn.Module):
             nn.Linear(d, 2 * c.channels * s * s), nn.ReLU(), nn.Unflatten(1, (2 * c.channels, s, s)),
             nn.ConvTranspose2d(2 * c.channels, c.channels, 4, 2, 1), nn.ReLU(),  # [B, C, 14, 14]
             nn.ConvTranspose2d(c.channels, out, 4, 2, 1))  # [B, 1 or 3K, 28, 28]: logits or mixture params
+        if c.posterior == "planar":  # h -> K planar steps' (u, w, b)
+            self.planar = nn.Linear(c.flow_hidden, c.flow_steps * (2 * d + 1))
         self.iaf = nn.ModuleList(flows.IAFStep(d, c.flow_hidden, c.flow_hidden, "natural" if k % 2 == 0 else "reversed")
                                  for k in range(c.flow_steps if c.posterior == "iaf" else 0))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # training steps, for warm-up
@@ -85,7 +87,7 @@ class VAE(nn.Module):
         return 2 if self.config.decoder == "bernoulli" else 256
 
     def encode_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [B, 1, 28, 28] levels -> q0's (mean, log_var) [B, D] each, and the flow's parameters [B, E]."""
+        """x [B, 1, 28, 28] levels -> q0's (mean, log_var) [B, D] each, and the flow's context h [B, E]."""
         d = self.config.latent
         h = self.encoder(x.to(self.decoder[-1].weight.dtype) / (self.levels - 1))
         return h[:, :d], h[:, d: 2 * d], h[:, 2 * d:]
@@ -105,7 +107,7 @@ class VAE(nn.Module):
         log_det = torch.zeros(z0.shape[:-1], dtype=z0.dtype)
         z, d = z0, self.config.latent
         if self.config.posterior == "planar":
-            for u, w, b in (p.split([d, d, 1], dim=1) for p in context.split(2 * d + 1, dim=1)):
+            for u, w, b in (p.split([d, d, 1], dim=1) for p in self.planar(context).split(2 * d + 1, dim=1)):
                 z, ld = flows.planar(z, u, w, b)
                 log_det = log_det + ld
         for step in self.iaf:
