@@ -27,7 +27,7 @@ def _export(args: argparse.Namespace) -> None:
     from training.export import export
 
     out = export(Path(args.run_dir), Path(args.models), name=args.name, version=args.version,
-                 baseline=not args.no_baseline)
+                 baseline=not args.no_baseline, reuse_eval=args.reuse_eval)
     print(f"exported to {out}")
 
 
@@ -68,6 +68,8 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--name", help="model name (default: the family)")
     export.add_argument("--version", type=int, default=1)
     export.add_argument("--no-baseline", action="store_true", help="skip the Bernoulli-mixture baseline")
+    export.add_argument("--reuse-eval", action="store_true",
+                        help="take the test metrics from the run's eval.json instead of measuring them again")
     export.set_defaults(run=_export)
 
     evaluate = sub.add_parser("eval", help="test NLL of a run, or (no run) the table of the store's models")

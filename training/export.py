@@ -108,11 +108,23 @@ def data_spec(split: Split) -> dict:
     return {"kind": "image", **spec, "classes": [str(c) for c in range(split.num_classes)], "class_prior": prior}
 
 
-def export(run_dir: Path, models_dir: Path, name: str | None = None, version: int = 1, baseline: bool = True) -> Path:
+def measured_report(run_dir: Path, baseline: bool, reuse_eval: bool) -> dict:
+    """The run's test report: measured afresh, or with reuse_eval the run's eval.json (written by `genserve eval`
+    or an earlier export), refused when it is older than the checkpoint."""
+    saved, checkpoint = Path(run_dir) / "eval.json", Path(run_dir) / "model.safetensors"
+    if not reuse_eval:
+        return evaluate(run_dir, baseline=baseline)
+    if not saved.exists() or saved.stat().st_mtime < checkpoint.stat().st_mtime:
+        raise ValueError(f"{saved}: missing or older than {checkpoint}; run `genserve eval {run_dir}` first")
+    return json.loads(saved.read_text())
+
+
+def export(run_dir: Path, models_dir: Path, name: str | None = None, version: int = 1, baseline: bool = True,
+           reuse_eval: bool = False) -> Path:
     """Export a training run into the model store as <models_dir>/<name>/<version>/.
 
-    The test metrics are measured afresh, with the baseline beside them unless `baseline` is False
-    (there is one for binary images only).
+    The test metrics are measured afresh (or read from the run's eval.json with reuse_eval), with the baseline
+    beside them unless `baseline` is False (there is one for binary images only).
     """
     model, config, split = load_model(run_dir)
     family = family_module(config["family"])
@@ -121,7 +133,7 @@ def export(run_dir: Path, models_dir: Path, name: str | None = None, version: in
     name = name or config["family"]
     out_dir = Path(models_dir) / name / str(version)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = evaluate(run_dir, baseline=baseline)
+    report = measured_report(run_dir, baseline, reuse_eval)
     functions, capabilities = family.exported_functions(model, split)
     entries = {fn: export_function(out_dir, fn, *spec) for fn, spec in functions.items()}
     files = sorted(f for e in entries.values() for f in e["files"].values())

@@ -194,3 +194,19 @@ def test_onnx_export_matches_torch():
     got = session.run(None, {i.name: a.numpy() for i, a in zip(session.get_inputs(), args, strict=True)})
     for actual, expected in zip(got, Exported()(*args), strict=True):
         np.testing.assert_allclose(actual, expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_bernoulli_log_prob_exports_to_onnx_without_nan_at_large_logits(tmp_path):
+    """A trained decoder's logits reach +-30; the exported graph must stay finite and equal eager there."""
+    class LogProb(torch.nn.Module):
+        def forward(self, logits, x):
+            return bernoulli.log_prob(logits, x)
+
+    logits = torch.tensor([[-80.0, -30.0, -1.0, 0.0, 1.0, 30.0, 80.0]])
+    x = torch.tensor([[0, 1, 0, 1, 1, 0, 1]])
+    torch.onnx.export(LogProb(), (logits, x), str(tmp_path / "b.onnx"), dynamo=False, opset_version=17,
+                      input_names=["logits", "x"], output_names=["log_p"])
+    session = ort.InferenceSession(str(tmp_path / "b.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"logits": logits.numpy(), "x": x.numpy()})
+    expected = torch.distributions.Bernoulli(logits=logits.double()).log_prob(x.double()).numpy()
+    assert np.isfinite(got).all() and np.allclose(got, expected, rtol=1e-5, atol=1e-6)

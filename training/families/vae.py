@@ -7,7 +7,8 @@ Inverse Autoregressive Flow").
 p(z) = N(0, I) over D latents; p(x | z) is a Bernoulli per pixel (binarized images, `decoder: bernoulli`) or
 a discretized mixture of logistics per pixel (256 levels, `decoder: logistic`); q(z | x) is
 N(mean(x), diag(exp(log_var(x)))), or that Gaussian pushed through K planar or IAF steps whose parameters
-(planar, through a linear map) or context (IAF) come from a context h that the encoder also outputs. All bounds are in nats per image:
+(planar, through a linear map) or context (IAF) come from a context h that the encoder also outputs.
+All bounds are in nats per image:
     ELBO(x)   = E_q[log p(x | z)] - KL(q(z | x) || p(z))        (KL analytic for a Gaussian q, one z per image)
     IWAE_k(x) = log (1/k) sum_i p(x, z_i) / q(z_i | x),  z_i ~ q  (ELBO <= E IWAE_k <= log p(x))
 
