@@ -23,7 +23,7 @@ STEPS = (0, 1, 2, 5, 10, 20, 50)
 
 async def table(models: Path, images: int, k: int) -> list[dict]:
     engine = Engine(ModelStore(models), Settings())
-    x = load("mnist5k-binarized").x_test[:images].astype(np.int64)
+    x = load("mnist5k-binarized").x_test[::5][:images].astype(np.int64)  # the split is ordered by class
     rows = []
     for steps in STEPS:
         elbo = [r["log_likelihood_nats"] for r in await engine.score("vae", x, method="elbo", k=k, refine_steps=steps)]
@@ -36,7 +36,7 @@ async def table(models: Path, images: int, k: int) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=Path, default=Path("models"))
-    parser.add_argument("--images", type=int, default=100, help="test images (the first of the split)")
+    parser.add_argument("--images", type=int, default=100, help="test images (every 5th: 10 of each class)")
     parser.add_argument("--k", type=int, default=100, help="importance samples per estimate")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -46,8 +46,9 @@ def main() -> None:
     for row in rows:
         gain = row["elbo"] - rows[0]["elbo"]
         print(f"| {row['refine_steps']} | {row['elbo']:.2f} | {gain:+.2f} | {row['iwae']:.2f} |")
-    print(f"\n{args.images} test images of mnist5k-binarized, k = {args.k}, seed 0; ELBO standard error over images "
-          f"about {rows[0]['elbo_stderr']:.2f} (the gains are paired, on the same images and noise).")
+    print(f"\n{args.images} test images of mnist5k-binarized (every 5th), k = {args.k}, seed 0; "
+          f"ELBO standard error over images about {rows[0]['elbo_stderr']:.2f} "
+          "(the gains are paired, on the same images and noise).")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

@@ -1,6 +1,7 @@
 """The README's pictures of the latent-variable models, made through the serving engine on the shipped store:
 
   docs/vae-interpolation.png  rows: decode of 10 latents on the line between two test digits' posterior means
+                              (0 to 7, 2 to 3, 4 to 9, 6 to 1)
   docs/inpainting.png         rows: test digits, the observed top half (the rest gray), then each model's
                               completions (pseudo-Gibbs for the VAEs, clamped Gibbs for the RBM)
 
@@ -41,7 +42,9 @@ async def inpainting(engine: Engine, x: np.ndarray, models: list[str]) -> np.nda
 
 async def main(models_dir: Path) -> None:
     engine = Engine(ModelStore(models_dir), Settings())
-    x = load("mnist5k-binarized").x_test[:8].astype(np.int64)
+    split = load("mnist5k-binarized")
+    first = [int(np.flatnonzero(split.y_test == digit)[0]) for digit in (0, 7, 2, 3, 4, 9, 6, 1)]  # one per class
+    x = split.x_test[first].astype(np.int64)
     save_grid(await interpolation(engine, x), 2, DOCS / "vae-interpolation.png", columns=10)
     completers = [name for name in ("vae", "hvae", "rbm") if name in engine.models]
     save_grid(await inpainting(engine, x, completers), 2, DOCS / "inpainting.png", columns=8)
