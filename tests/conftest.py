@@ -96,3 +96,9 @@ def tiny_rbm_run(tmp_path_factory) -> Path:
 def tiny_rbm_store(tiny_rbm_run, tmp_path_factory) -> Path:
     """A model store holding `rbm`, exported from the tiny RBM run."""
     return export_tiny(tiny_rbm_run, "rbm", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_flow_store(tmp_path_factory) -> Path:
+    """A model store holding `nice`, a tiny NICE flow on 256-level mnist5k."""
+    return export_tiny(train_tiny("nice-tiny", tmp_path_factory), "nice", tmp_path_factory)

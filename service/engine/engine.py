@@ -368,9 +368,18 @@ class Engine(LatentOperations):
         labels = [None] * len(x) if labels is None else labels
         if len(labels) != len(x):
             raise InvalidInput(f"labels: give one per input ({len(x)}), or none", field="labels")
-        log_p = await self._log_prob(m, cap, x, labels)
+        if "noise" in cap:  # one draw of a stochastic estimate (a flow's dequantization), from the seed
+            if any(label is not None for label in labels):
+                raise InvalidInput(f"labels: model {name!r} scores without labels", field="labels")
+            feeds = {"x": x, **latent.draw(cap["noise"], procedures.row_generators(seed, len(x)))}
+            log_p = (await self._caller(m)(cap["function"], feeds))["log_prob"]
+        else:
+            log_p = await self._log_prob(m, cap, x, labels)
         sizes = [len(xi) if m.is_sequence else math.prod(m.shape) for xi in x]
         results = [self._score_result(m, cap, float(lp), size) for lp, size in zip(log_p, sizes, strict=True)]
+        if "is_lower_bound" in cap:
+            for result in results:
+                result["is_lower_bound"] = cap["is_lower_bound"]
         if "log_partition" in cap:  # log p = -F(x) - log Z, with log Z estimated at export
             for result in results:
                 result.update(stderr=cap["log_partition_stderr"], is_lower_bound=False,
