@@ -126,7 +126,7 @@ def test_one_dimensional_dequantized_probabilities_sum_to_at_most_one():
 def test_every_exported_function_agrees_across_eager_onnx_and_torchscript(kind, tmp_path):
     model = model_of(kind)
     functions, capabilities = flow.exported_functions(model, split=None)
-    assert set(functions) == {"log_prob", "sample", "encode", "decode"}
+    assert set(functions) == {"log_prob", "sample", "encode", "decode", "complete_step"}
     assert capabilities["score"] == {"procedure": "direct", "function": "log_prob", "method": "dequantized",
                                      "is_lower_bound": True,
                                      "noise": {"noise": {"distribution": "uniform", "shape": [1, 28, 28]}}}
@@ -138,7 +138,9 @@ def test_every_exported_function_agrees_across_eager_onnx_and_torchscript(kind, 
              "noise": torch.rand(3, 1, 28, 28, generator=g)}
     for name, (module, example, outputs) in functions.items():
         export_function(tmp_path, name, module, example, outputs)
-        inputs = {n: feeds[n] for n in example}
+        inputs = {n: feeds[n] for n in example} if name != "complete_step" else {
+            "x": x, "noise": torch.rand(3, 1, 28, 28, 2, generator=g), "accept": torch.rand(3, 1, generator=g),
+            "observed": images(3, seed=6), "mask": torch.randint(0, 2, (3, 1, 28, 28), generator=g)}
         with torch.no_grad():
             eager = module(*inputs.values())
         eager = [t.numpy() for t in (eager if isinstance(eager, tuple) else (eager,))]
@@ -150,7 +152,7 @@ def test_every_exported_function_agrees_across_eager_onnx_and_torchscript(kind, 
         for got in (onnx_out, scripted):
             for a, e in zip(got, eager, strict=True):
                 assert a.shape == e.shape and a.dtype == e.dtype, name
-                if name in ("sample", "decode"):  # levels: floor() may flip only at a bin boundary
+                if name in ("sample", "decode", "complete_step"):  # levels: may flip only at a boundary
                     assert (a != e).mean() < 1e-3, name
                 else:
                     assert np.allclose(a, e, rtol=1e-4, atol=1e-3), name
@@ -190,3 +192,20 @@ def test_loss_trains_and_evaluate_test_reports_per_image_bounds():
     assert report == flow.evaluate_test(model, Split())  # a fixed seed
     samples = flow.sample_grid(model, torch.Generator().manual_seed(0), n=4)
     assert samples.shape == (4, 1, 28, 28) and samples.dtype == torch.int64
+
+
+@pytest.mark.parametrize("kind", ["nice", "realnvp"])
+def test_complete_step_keeps_observed_pixels_and_moves_the_rest(kind):
+    model = model_of(kind)
+    step = flow.CompleteStep(model)
+    g = torch.Generator().manual_seed(9)
+    x, observed = images(4, seed=7), images(4, seed=8)
+    mask = torch.zeros_like(x)
+    mask[..., :14, :] = 1
+    out = x
+    with torch.no_grad():
+        for _ in range(20):
+            out = step(out, torch.rand(4, 1, 28, 28, 2, generator=g, dtype=torch.float64),
+                       torch.rand(4, 1, generator=g, dtype=torch.float64), observed, mask)
+    assert torch.equal(out[mask == 1], observed[mask == 1])
+    assert not torch.equal(out[mask == 0], x[mask == 0]) and out.min() >= 0 and out.max() <= 255

@@ -28,13 +28,13 @@ def test_reflect_maps_into_the_levels_and_mirrors_the_edges():
 
 
 def test_the_reflected_walk_is_a_symmetric_kernel():
-    """q(x -> x') = q(x' -> x) for the walk with steps round(scale * N(0, 1)), by exact summation over steps."""
-    from math import erf, sqrt
+    """q(x -> x') = q(x' -> x) for the walk with steps round(scale * Logistic(0, 1)), by exact summation."""
+    from math import exp
 
     scale, levels = 1.5, 5
 
-    def step_probability(d: int) -> float:  # P(round(scale * N) cut to +-(levels - 1) = d)
-        cdf = lambda t: 0.5 * (1 + erf(t / (scale * sqrt(2))))  # noqa: E731
+    def step_probability(d: int) -> float:  # P(round(scale * L) cut to +-(levels - 1) = d)
+        cdf = lambda t: 1.0 / (1.0 + exp(-t / scale))  # noqa: E731
         low = -float("inf") if d == -(levels - 1) else d - 0.5
         high = float("inf") if d == levels - 1 else d + 0.5
         return (1.0 if high == float("inf") else cdf(high)) - (0.0 if low == -float("inf") else cdf(low))

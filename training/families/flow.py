@@ -18,7 +18,8 @@ model (realnvp: 661 against 948 nats), which is not a bound, so it is only repor
 `decode`: z -> the levels, as float32 `mean` [B, 1, 28, 28] (integer valued); decode(encode(x)) = x.
 MAF's inverse takes D sequential passes per layer: its `sample` and `decode` are scripted modules, a loop around
 each layer's traced pass, exported as a TorchScript loop and an ONNX Loop (not 784 unrolled passes).
-No `complete` capability yet.
+`complete`: Metropolis-Hastings over the unobserved pixels (training/nn/mcmc.py), targeting the density at the
+bin centres, with observed pixels fixed; 500 steps by default.
 """
 
 import math
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.nn import coupling, flows
+from training.nn import coupling, flows, mcmc
 
 SIDE, D, LEVELS = 28, 784, 256
 ALPHA = 0.05
@@ -252,6 +253,20 @@ class ScriptedDecode(ScriptedSample):
         return levels(self.inverse(z)).float()
 
 
+class CompleteStep(nn.Module):
+    """One Metropolis-Hastings step over the unobserved pixels (training/nn/mcmc.py) targeting the dequantized
+    density at the bin centres, log p_x+u(x + 1/2): x, noise [B, 1, 28, 28, 2], accept [B, 1], observed, mask."""
+
+    def __init__(self, model: DensityFlow):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, noise, accept, observed, mask):
+        centre = torch.full((), 0.5, dtype=self.model.dtype())
+        return mcmc.metropolis_step(lambda v: self.model.log_prob(v, centre), x, noise, accept, observed, mask,
+                                    LEVELS)
+
+
 def levels(v: torch.Tensor) -> torch.Tensor:
     """v in the flow's shape -> levels floor(256 y) clamped to 0..255, int64 [B, 1, 28, 28]. Scriptable, so the
     constants are literals: SIDE = 28, ALPHA = 0.05, LEVELS = 256."""
@@ -286,6 +301,9 @@ def exported_functions(model: DensityFlow, split) -> tuple[dict, dict]:
         "sample": (sample, {"eps": eps, "temperature": torch.ones(b)}, ["x"]),
         "encode": (Encode(model), {"x": x}, ["mean", "std"]),
         "decode": (decode, {"z": z}, ["mean"]),
+        "complete_step": (CompleteStep(model), {"x": x, "noise": torch.rand(b, 1, SIDE, SIDE, 2),
+                                                "accept": torch.rand(b, 1), "observed": x, "mask": x % 2},
+                          ["next_x"]),
     }
     capabilities = {
         "score": {"procedure": "direct", "function": "log_prob", "method": "dequantized", "is_lower_bound": True,
@@ -294,5 +312,8 @@ def exported_functions(model: DensityFlow, split) -> tuple[dict, dict]:
                    "noise": {"eps": {"distribution": "normal", "shape": [D]}}},
         "encode": {"procedure": "direct", "function": "encode"},
         "decode": {"procedure": "direct", "function": "decode"},
+        "complete": {"procedure": "markov_chain", "function": "complete_step", "steps": 500, "max_steps": 5000,
+                     "noise": {"noise": {"distribution": "uniform", "shape": [1, SIDE, SIDE, 2]},
+                               "accept": {"distribution": "uniform", "shape": [1]}}},
     }
     return functions, capabilities

@@ -3,7 +3,7 @@ whose log p(x) is exact and cheap (flows): one step proposes new values for a ra
 pixels by a reflected random walk over the levels, and accepts or rejects the whole proposal
 (Metropolis et al. 1953; Hastings 1970).
 
-The walk adds round(scale * N(0, 1)), cut to +-(L - 1), to each selected pixel and reflects at the edges
+The walk adds round(scale * Logistic(0, 1)), cut to +-(L - 1), to each selected pixel and reflects at the edges
 (-1 -> 0, L -> L - 1);
 that kernel is symmetric, so the acceptance ratio is p(x') / p(x). Observed pixels are never proposed, so they
 stay fixed and the chain targets p(unobserved | observed). All randomness enters through `noise`, so the step
@@ -32,7 +32,8 @@ def metropolis_step(log_prob: Callable[[torch.Tensor], torch.Tensor], x: torch.T
     x = torch.where(mask == 1, observed, x)
     selected = (noise[..., 0] < fraction) & (mask == 0)
     eps = torch.finfo(noise.dtype).eps
-    step = torch.round(scale * torch.special.ndtri(noise[..., 1].clamp(eps, 1 - eps)))
+    u = noise[..., 1].clamp(eps, 1 - eps)
+    step = torch.round(scale * (torch.log(u) - torch.log1p(-u)))  # a logistic step: symmetric, and ONNX has no ndtri
     step = step.clamp(-(levels - 1), levels - 1).long()  # a symmetric cut, so one reflection always lands
     proposal = torch.where(selected, reflect(x + step, levels), x)
     log_ratio = log_prob(proposal) - log_prob(x)  # [B]
