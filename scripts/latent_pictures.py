@@ -4,6 +4,7 @@
                               (0 to 7, 2 to 3, 4 to 9, 6 to 1)
   docs/inpainting.png         rows: test digits, the observed top half (the rest gray), then each model's
                               completions (pseudo-Gibbs for the VAEs, clamped Gibbs for the RBM)
+  docs/realnvp-samples.png    rows: realnvp samples at temperature 1.0, then 0.7 (the same seed)
 
     .venv/bin/python scripts/latent_pictures.py [--models models]
 """
@@ -48,8 +49,11 @@ async def main(models_dir: Path) -> None:
     save_grid(await interpolation(engine, x), 2, DOCS / "vae-interpolation.png", columns=10)
     completers = [name for name in ("vae", "hvae", "rbm") if name in engine.models]
     save_grid(await inpainting(engine, x, completers), 2, DOCS / "inpainting.png", columns=8)
+    if "realnvp" in engine.models:
+        grid = np.concatenate([await engine.sample("realnvp", 8, 0, t, None) for t in (1.0, 0.7)])
+        save_grid(grid, 256, DOCS / "realnvp-samples.png", columns=8)
     print(f"wrote {DOCS / 'vae-interpolation.png'} and {DOCS / 'inpainting.png'} (rows: original, observed, "
-          f"{', '.join(completers)})")
+          f"{', '.join(completers)}), and realnvp-samples.png")
 
 
 if __name__ == "__main__":
