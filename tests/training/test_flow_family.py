@@ -4,7 +4,6 @@ preprocessing Jacobian against autograd, and export parity (eager, ONNX Runtime,
 import math
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 
@@ -123,7 +122,7 @@ def test_one_dimensional_dequantized_probabilities_sum_to_at_most_one():
 
 
 @pytest.mark.parametrize("kind", TINY)
-def test_every_exported_function_agrees_across_eager_onnx_and_torchscript(kind, tmp_path):
+def test_every_exported_function_agrees_across_eager_onnx_and_torchscript(kind, tmp_path, three_ways):
     model = model_of(kind)
     functions, capabilities = flow.exported_functions(model, split=None)
     assert set(functions) == {"log_prob", "sample", "encode", "decode", "complete_step"}
@@ -141,14 +140,7 @@ def test_every_exported_function_agrees_across_eager_onnx_and_torchscript(kind, 
         inputs = {n: feeds[n] for n in example} if name != "complete_step" else {
             "x": x, "noise": torch.rand(3, 1, 28, 28, 2, generator=g), "accept": torch.rand(3, 1, generator=g),
             "observed": images(3, seed=6), "mask": torch.randint(0, 2, (3, 1, 28, 28), generator=g)}
-        with torch.no_grad():
-            eager = module(*inputs.values())
-        eager = [t.numpy() for t in (eager if isinstance(eager, tuple) else (eager,))]
-        session = ort.InferenceSession(str(tmp_path / f"{name}.onnx"), providers=["CPUExecutionProvider"])
-        onnx_out = session.run(None, {k: v.numpy() for k, v in inputs.items()})
-        with torch.no_grad():
-            scripted = torch.jit.load(str(tmp_path / f"{name}.pt"))(*inputs.values())
-        scripted = [t.numpy() for t in (scripted if isinstance(scripted, tuple) else (scripted,))]
+        eager, onnx_out, scripted = three_ways(tmp_path, name, module, inputs)
         for got in (onnx_out, scripted):
             for a, e in zip(got, eager, strict=True):
                 assert a.shape == e.shape and a.dtype == e.dtype, name

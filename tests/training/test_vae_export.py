@@ -3,7 +3,6 @@ gradient of the served refinement against autograd, the observed-pixel invariant
 flow posteriors' log-weights against a direct computation."""
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 
@@ -35,7 +34,7 @@ def images(model: VAE, b: int = 4, seed: int = 0) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_every_exported_function_agrees_across_eager_onnx_and_torchscript(variant, tmp_path):
+def test_every_exported_function_agrees_across_eager_onnx_and_torchscript(variant, tmp_path, three_ways):
     model = model_of(variant)
     functions, capabilities = vae.exported_functions(model, split=None)
     assert set(capabilities) == {"sample", "encode", "decode", "score", "complete"}
@@ -54,14 +53,7 @@ def test_every_exported_function_agrees_across_eager_onnx_and_torchscript(varian
                 inputs[input_name] = torch.rand(shape, generator=g)
             else:
                 inputs[input_name] = torch.randn(shape, generator=g)
-        with torch.no_grad():
-            eager = module(*inputs.values())
-        eager = [t.numpy() for t in (eager if isinstance(eager, tuple) else (eager,))]
-        session = ort.InferenceSession(str(tmp_path / f"{name}.onnx"), providers=["CPUExecutionProvider"])
-        onnx_out = session.run(None, {k: v.numpy() for k, v in inputs.items()})
-        with torch.no_grad():
-            scripted = torch.jit.load(str(tmp_path / f"{name}.pt"))(*inputs.values())
-        scripted = [t.numpy() for t in (scripted if isinstance(scripted, tuple) else (scripted,))]
+        eager, onnx_out, scripted = three_ways(tmp_path, name, module, inputs)
         for got in (onnx_out, scripted):
             for a, e in zip(got, eager, strict=True):
                 assert a.shape == e.shape, name
