@@ -1,0 +1,67 @@
+"""Sample quality of every 28x28 digit model in the store: Inception Score, FID and mode coverage from the
+evaluation classifier (training/quality.py, shipped in models/evaluation/), beside the real test split's ceiling.
+
+Samples come through the serving engine (`sample` in requests of 100 with seeds 0, 100, ..., temperature 1,
+each model's default steps), as a user would get them. FID compares the samples' classifier features with the
+real test split's, at the model's levels (binarized or 256); IS and FID are biased by the sample size, so
+every row uses the same --n.
+
+    .venv/bin/python benchmarks/sample_quality.py [--n 500] [--json out.json]
+"""
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+
+import numpy as np
+
+from service.engine.engine import Engine
+from service.settings import Settings
+from service.store import ModelStore
+from training.data import load
+from training.quality import classify, load_classifier, scores
+
+DATASETS = {2: "mnist5k-binarized", 256: "mnist5k"}
+CHUNK = 100  # samples per request, under the batcher's queue limit
+
+
+async def rows(models: Path, classifier_dir: Path, n: int) -> list[dict]:
+    classifier, _ = load_classifier(classifier_dir)
+    engine = Engine(ModelStore(models), Settings(intra_op_threads=1))
+    reference, out = {}, []
+    for levels, dataset in DATASETS.items():
+        x_test = load(dataset).x_test[:n]
+        reference[levels] = classify(classifier, x_test, levels)[1]
+        out.append({"model": f"real test split ({dataset})", **scores(classifier, x_test, levels, reference[levels])})
+    for name, m in sorted(engine.models.items()):
+        if m.shape != [1, 28, 28] or "sample" not in m.capabilities or m.data["levels"] not in DATASETS:
+            continue
+        x = np.concatenate([await engine.sample(name, min(CHUNK, n - i), i, 1.0, None)  # seed i: chunk i
+                            for i in range(0, n, CHUNK)])
+        out.append({"model": name, **scores(classifier, x, m.data["levels"], reference[m.data["levels"]])})
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=Path, default=Path("models"))
+    parser.add_argument("--classifier", type=Path, default=Path("models/evaluation"))
+    parser.add_argument("--n", type=int, default=500, help="samples per model (and real test images)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    table = asyncio.run(rows(args.models, args.classifier, args.n))
+    print("| model | IS (of 10) | FID to the real test split | classes covered | KL(class histogram, uniform) |")
+    print("|---|---|---|---|---|")
+    for r in table:
+        print(f"| {r['model']} | {r['inception_score']:.2f} ± {r['inception_score_std']:.2f} | {r['fid']:.1f} | "
+              f"{r['classes_covered']:.1f} | {r['kl_to_uniform']:.3f} |")
+    print(f"\n{args.n} samples per model (requests of {CHUNK}, seeds 0, {CHUNK}, ...); the real rows compare the "
+          "test split with itself (FID 0 up to rounding).")
+    if args.json:
+        args.json.write_text(json.dumps([{k: v for k, v in r.items() if k != "histogram"} for r in table], indent=2,
+                                        default=float))
+
+
+if __name__ == "__main__":
+    main()
