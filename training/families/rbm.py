@@ -38,6 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from training.families.vae import log_mean_exp
+
 
 @dataclass
 class RBMConfig:
@@ -120,13 +122,6 @@ def beta_schedule(k: int) -> torch.Tensor:
                       torch.linspace(0.5, 0.9, n2 + 1, dtype=f64)[:-1], torch.linspace(0.9, 1.0, n3 + 1, dtype=f64)])
 
 
-def log_mean_exp(log_w: torch.Tensor) -> tuple[float, float]:
-    """[R] log-weights -> (log mean w, its delta-method standard error std(w) / (sqrt(R) mean w))."""
-    estimate = torch.logsumexp(log_w, 0) - math.log(len(log_w))
-    std = torch.exp(log_w - estimate).std().item() if len(log_w) > 1 else 0.0
-    return estimate.item(), std / math.sqrt(len(log_w))
-
-
 @torch.no_grad()
 def ais(model: RBM, betas: int | torch.Tensor, runs: int, generator: torch.Generator | None = None,
         progress: bool = True) -> tuple[float, float]:
@@ -146,7 +141,7 @@ def ais(model: RBM, betas: int | torch.Tensor, runs: int, generator: torch.Gener
             p_v = torch.sigmoid((1 - hi) * b_a + hi * (b + h @ w))  # [R, V]
             v = (torch.rand(p_v.shape, generator=generator, dtype=a.dtype) < p_v).double()
     log_z0 = w.shape[0] * math.log(2) + F.softplus(b_a).sum().item()  # Z_0 = 2^H prod_i (1 + exp(b_A,i))
-    estimate, stderr = log_mean_exp(log_w)
+    estimate, stderr = (t.item() for t in log_mean_exp(log_w))  # [R] -> scalars
     return log_z0 + estimate, stderr
 
 
