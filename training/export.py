@@ -1,29 +1,39 @@
 """Family -> named tensor functions -> ONNX + TorchScript + manifest.json.
 
-Writes models/<name>/<version>/ with one .onnx and one .pt file per function,
-and a manifest validated by proto/manifest.schema.json. The batch axis (0) of
-every input and output is dynamic, and a family may name more (a text's length).
+Writes models/<name>/<version>/ with one .onnx file per function, whose weights
+lie in one shared file (weights.onnx.data, each distinct tensor once), one
+TorchScript bundle (model.pt: each function a submodule of its name, sharing the
+model's parameters), and a manifest validated by proto/manifest.schema.json.
+The batch axis (0) of every input and output is dynamic, and a family may name
+more (a text's length). Models exported before the bundle have one frozen .pt
+per function and ONNX files holding their own weights; the service reads both.
 """
 
 import datetime
 import hashlib
 import json
+import shutil
 import subprocess
 import warnings
 from pathlib import Path
 
 import jsonschema
 import numpy as np
+import onnx
 import torch
+from onnx.external_data_helper import set_external_data
 
 from training.data import SpeechSplit, Split, TextSplit
 from training.evaluate import evaluate
 from training.families import family_module
+from training.nn.flows import MaskedLinear
 from training.train import load_model
 
 SCHEMA = Path(__file__).resolve().parent.parent / "proto" / "manifest.schema.json"
 DEFAULT_BATCHING = {"max_batch_size": 32, "max_queue_delay_us": 2000, "max_queue_size": 256, "timeout_ms": 60000}
 QUANTILES = [round(q, 3) for q in np.linspace(0, 1, 201)]
+BUNDLE, SHARED_WEIGHTS = "model.pt", "weights.onnx.data"
+WEIGHT_ALIGNMENT = 4096  # bytes: each tensor in the shared file starts on a page boundary
 
 
 def sha256(path: Path) -> str:
@@ -46,13 +56,14 @@ def tensor_spec(name: str, t: torch.Tensor, dynamic: dict[int, str]) -> dict:
 
 
 def export_function(out_dir: Path, name: str, module: torch.nn.Module, inputs: dict, outputs: list[str],
-                    dynamic: dict[str, dict[int, str]] | None = None) -> dict:
-    """Trace one function to <name>.pt and <name>.onnx; returns its manifest entry.
+                    dynamic: dict[str, dict[int, str]] | None = None, bundle: dict | None = None) -> dict:
+    """Trace one function to <name>.onnx and TorchScript; returns its manifest entry.
 
     Axis 0 of every tensor is the batch; `dynamic` names more variable axes by tensor, e.g. {"x": {1: "time"}}.
     A module with a `torchscript(example inputs)` method gives its own TorchScript form instead of a trace
-    (a WaveNet step: a loop, where ONNX gets the K samples unrolled). A trace is frozen, so that a function
-    keeps only the weights it uses (a VAE's decode leaves the encoder out), as its ONNX file does.
+    (a WaveNet step: a loop, where ONNX gets the K samples unrolled). With a `bundle` dict the TorchScript
+    module is put in it, for save_bundle; without one it is frozen (keeping only the weights it uses) and
+    saved alone to <name>.pt.
     """
     dynamic = dynamic or {}
     axes = {n: {0: "batch", **dynamic.get(n, {})} for n in [*inputs, *outputs]}
@@ -62,9 +73,12 @@ def export_function(out_dir: Path, name: str, module: torch.nn.Module, inputs: d
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         results = module(*args)
         results = results if isinstance(results, tuple) else (results,)
-        traced = (module.torchscript(args) if hasattr(module, "torchscript")  # frozen: only the weights it uses
-                  else torch.jit.freeze(torch.jit.trace(module, args, check_trace=False)))
-        traced.save(str(out_dir / f"{name}.pt"))
+        traced = (module.torchscript(args) if hasattr(module, "torchscript")
+                  else torch.jit.trace(module, args, check_trace=False))
+        if bundle is None:
+            torch.jit.freeze(traced).save(str(out_dir / f"{name}.pt"))
+        else:
+            bundle[name] = traced
         torch.onnx.export(
             module, args, str(out_dir / f"{name}.onnx"), dynamo=False, opset_version=17,
             input_names=list(inputs), output_names=outputs,
@@ -73,8 +87,52 @@ def export_function(out_dir: Path, name: str, module: torch.nn.Module, inputs: d
     return {
         "inputs": [tensor_spec(n, t, axes[n]) for n, t in inputs.items()],
         "outputs": [tensor_spec(n, t, axes[n]) for n, t in zip(outputs, results, strict=True)],
-        "files": {"onnx": f"{name}.onnx", "torchscript": f"{name}.pt"},
+        "files": {"onnx": f"{name}.onnx", "torchscript": f"{name}.pt" if bundle is None else BUNDLE},
     }
+
+
+class Bundle(torch.nn.Module):
+    """Every function's TorchScript module as a submodule of its name: the model's weights are saved once."""
+
+    def __init__(self, functions: dict[str, torch.jit.ScriptModule]):
+        super().__init__()
+        for name, function in functions.items():
+            setattr(self, name, function)
+
+
+def save_bundle(out_dir: Path, functions: dict[str, torch.jit.ScriptModule]) -> None:
+    torch.jit.script(Bundle(functions)).save(str(out_dir / BUNDLE))
+
+
+def graph_initializers(graph: onnx.GraphProto) -> list[onnx.TensorProto]:
+    """The initializers of a graph and of every subgraph (a Loop's body) in it."""
+    found = list(graph.initializer)
+    for node in graph.node:
+        for attribute in node.attribute:
+            for subgraph in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
+                found += graph_initializers(subgraph)
+    return found
+
+
+def share_onnx_weights(out_dir: Path, onnx_files: list[str], min_bytes: int = 1024) -> None:
+    """Move every initializer of at least min_bytes out of the ONNX files into SHARED_WEIGHTS, each distinct
+    tensor (by content) once, so functions that use the same weights do not each carry a copy."""
+    offsets: dict[str, tuple[int, int]] = {}  # sha256 of the raw bytes -> (offset, length)
+    with open(out_dir / SHARED_WEIGHTS, "wb") as shared:
+        for filename in onnx_files:
+            model = onnx.load(str(out_dir / filename))
+            for tensor in graph_initializers(model.graph):
+                if len(tensor.raw_data) < min_bytes:
+                    continue
+                key = hashlib.sha256(tensor.raw_data).hexdigest()
+                if key not in offsets:
+                    shared.write(b"\0" * (-shared.tell() % WEIGHT_ALIGNMENT))
+                    offsets[key] = (shared.tell(), len(tensor.raw_data))
+                    shared.write(tensor.raw_data)
+                set_external_data(tensor, SHARED_WEIGHTS, *offsets[key])
+                tensor.ClearField("raw_data")
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+            onnx.save(model, str(out_dir / filename))
 
 
 def calibration(held_out_nll: np.ndarray, split_name: str, score: str = "nll_nats") -> dict:
@@ -131,12 +189,20 @@ def export(run_dir: Path, models_dir: Path, name: str | None = None, version: in
     if not hasattr(family, "exported_functions"):
         raise ValueError(f"family {config['family']!r} trains but has no exporter yet")
     name = name or config["family"]
-    out_dir = Path(models_dir) / name / str(version)
-    out_dir.mkdir(parents=True, exist_ok=True)
     report = measured_report(run_dir, baseline, reuse_eval)
+    out_dir = Path(models_dir) / name / str(version)
+    if out_dir.exists():  # a re-export replaces the version whole: no file of an old layout stays behind
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    for layer in model.modules():
+        if isinstance(layer, MaskedLinear):
+            layer.fold_mask()
     functions, capabilities = family.exported_functions(model, split)
-    entries = {fn: export_function(out_dir, fn, *spec) for fn, spec in functions.items()}
-    files = sorted(f for e in entries.values() for f in e["files"].values())
+    bundle: dict[str, torch.jit.ScriptModule] = {}
+    entries = {fn: export_function(out_dir, fn, *spec, bundle=bundle) for fn, spec in functions.items()}
+    save_bundle(out_dir, bundle)
+    share_onnx_weights(out_dir, [entry["files"]["onnx"] for entry in entries.values()])
+    files = sorted({f for e in entries.values() for f in e["files"].values()} | {SHARED_WEIGHTS})
     manifest = {
         "schema_version": 1, "name": name, "version": version, "family": config["family"],
         "description": (family.__doc__ or "").strip().splitlines()[0],

@@ -1,9 +1,11 @@
 """Runtimes run one exported function: dict of named numpy arrays in, dict out.
 
 onnxruntime is the default; TorchScript is the alternative and the only place
-the service imports torch.
+the service imports torch. An ONNX file may keep its weights in a shared file
+beside it (weights.onnx.data), which onnxruntime reads by itself.
 """
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,15 @@ class OnnxFunction(TensorFunction):
         return self.session.run(self.output_names, feeds)
 
 
+@functools.cache
+def load_torchscript(path: str, modified_ns: int, device: str):
+    """One loaded copy of a TorchScript file (as of its modification time) per device, shared by the functions
+    of a bundle."""
+    import torch
+
+    return torch.jit.load(path, map_location=device).eval()
+
+
 class TorchScriptFunction(TensorFunction):
     def __init__(self, name: str, entry: dict, path: Path, threads: int = 0, device: int | None = None):
         super().__init__(name, entry)
@@ -56,7 +67,9 @@ class TorchScriptFunction(TensorFunction):
             torch.set_num_threads(threads)
         self.torch = torch
         self.device = "cpu" if device is None else f"cuda:{device}"
-        self.module = torch.jit.load(str(path), map_location=self.device).eval()
+        loaded = load_torchscript(str(path), path.stat().st_mtime_ns, self.device)
+        bundled = getattr(loaded, name, None)  # a bundle (model.pt) holds each function as a submodule of its name
+        self.module = bundled if isinstance(bundled, torch.jit.ScriptModule) else loaded
 
     def run(self, feeds):
         with self.torch.inference_mode():

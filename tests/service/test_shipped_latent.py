@@ -11,12 +11,14 @@ from service.settings import Settings
 from service.store import ModelStore
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
-LATENT = ("vae", "vae-gray", "hvae", "vae-planar", "vae-iaf", "rbm", "realnvp")
+LATENT = ("vae", "vae-gray", "hvae", "vae-planar", "vae-iaf", "rbm", "realnvp", "nice", "maf")
 
 
-@pytest.fixture(scope="module")
-def engine() -> Engine:
-    return Engine(ModelStore(MODELS), Settings(intra_op_threads=1))
+@pytest.fixture(scope="module", params=["onnx", "torchscript"])
+def engine(request) -> Engine:
+    """Both runtimes: models exported since the shared layout keep ONNX weights in weights.onnx.data and every
+    TorchScript function in model.pt; the older ones one file per function."""
+    return Engine(ModelStore(MODELS), Settings(runtime=request.param, intra_op_threads=1))
 
 
 def test_every_latent_variable_model_ships(engine):

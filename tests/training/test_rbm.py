@@ -250,7 +250,7 @@ def test_tiny_export_parity_eager_onnx_torchscript(tiny_export, mnist):
     for name, feeds in inputs.items():
         with torch.no_grad():
             eager = functions[name][0](*feeds.values()).numpy()
-            scripted = torch.jit.load(str(out / f"{name}.pt"))(*feeds.values()).numpy()
+            scripted = getattr(torch.jit.load(str(out / "model.pt")), name)(*feeds.values()).numpy()
         session = ort.InferenceSession(str(out / f"{name}.onnx"), providers=["CPUExecutionProvider"])
         onnx_out = session.run(None, {k: v.numpy() for k, v in feeds.items()})[0]
         for got in (onnx_out, scripted):

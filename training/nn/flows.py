@@ -75,6 +75,13 @@ class MaskedLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight * self.mask, self.bias)
 
+    def fold_mask(self) -> None:
+        """For export: multiply the mask into the weight and keep a scalar 1 as the mask, so that an exported
+        module does not carry a second weight-sized tensor (the outputs are unchanged)."""
+        with torch.no_grad():
+            self.weight.mul_(self.mask)
+        self.mask = torch.ones((), dtype=self.weight.dtype)
+
 
 class MADE(nn.Module):
     """z [..., D], context [..., C] or None -> [..., D, outputs_per_dim]; output d depends on z only through the
