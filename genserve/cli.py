@@ -36,6 +36,11 @@ def _eval(args: argparse.Namespace) -> None:
 
     if args.run_dir is None:
         print(store_table(Path(args.models)))
+        if args.quality:
+            from genserve.quality import table
+
+            print("\nSample quality (every 28x28 model that samples, through the serving engine):\n")
+            print(table(Path(args.models), Path(args.models) / "evaluation", args.n, args.json))
     else:
         evaluate(Path(args.run_dir), baseline=not args.no_baseline)
 
@@ -77,6 +82,10 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--models", default="models",
                           help="without run_dir: print the test metrics of every binarized-mnist5k model here")
     evaluate.add_argument("--no-baseline", action="store_true", help="skip the Bernoulli-mixture baseline")
+    evaluate.add_argument("--quality", action="store_true",
+                          help="(no run) also sample every 28x28 model and print IS, FID and mode coverage")
+    evaluate.add_argument("--n", type=int, default=500, help="--quality: samples per model (and real images)")
+    evaluate.add_argument("--json", type=Path, help="--quality: also save the scores as JSON")
     evaluate.set_defaults(run=_eval)
     return top
 

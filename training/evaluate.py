@@ -39,6 +39,8 @@ def evaluate(run_dir: Path, baseline: bool = True) -> dict:
     extra = {}
     if hasattr(family, "evaluate_test"):  # a bound or an estimate (latent-variable models), with its own metrics
         extra = family.evaluate_test(model, split)
+        if "test_nll_per_example" not in extra:  # an implicit model: no likelihood, its own metrics only
+            return likelihood_free_report(run_dir, config["family"], {**extra, "dataset": split.name})
         nll = np.asarray(extra.pop("test_nll_per_example"))
     else:
         functions, _ = family.exported_functions(model, split)
@@ -67,6 +69,15 @@ def evaluate(run_dir: Path, baseline: bool = True) -> dict:
         b = report["baseline"]
         print(f"baseline {b['name']} (K={b['components']}): {b['test_nll_nats']:.2f} nats, "
               f"{b['test_bits_per_dim']:.4f} bits/dim")
+    return report
+
+
+def likelihood_free_report(run_dir: Path, family: str, report: dict) -> dict:
+    """An implicit model's report (sample quality, its critic's held-out scores), written to eval.json."""
+    (Path(run_dir) / "eval.json").write_text(json.dumps(report, indent=2))
+    shown = {k: v for k, v in report.items() if not k.endswith("_per_example")}
+    print(f"{family} on {report['dataset']} (no likelihood): " +
+          ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()))
     return report
 
 

@@ -144,8 +144,14 @@ def calibration(held_out_nll: np.ndarray, split_name: str, score: str = "nll_nat
     }
 
 
-def held_out_calibration(test_nll: np.ndarray, split: Split) -> dict:
-    """Per input for images; per character for text and per sample for audio, whose inputs may have any length."""
+def held_out_calibration(report: dict, split: Split) -> dict | None:
+    """From the test NLL: per input for images; per character for text and per sample for audio, whose inputs
+    may have any length. From a critic's test scores (a GAN): their negatives. None for a model without a score."""
+    if "test_critic_per_example" in report:
+        return calibration(-np.array(report["test_critic_per_example"]), f"{split.name}/test", score="negative_critic")
+    if "test_nll_per_example" not in report:
+        return None
+    test_nll = np.array(report["test_nll_per_example"])
     if isinstance(split, TextSplit):
         return calibration(test_nll / split.shape[0], f"{split.name}/test", score="nll_nats_per_char")
     if isinstance(split, SpeechSplit):
@@ -211,8 +217,8 @@ def export(run_dir: Path, models_dir: Path, name: str | None = None, version: in
         "capabilities": capabilities,
         "batching": DEFAULT_BATCHING,
         "files": {f: sha256(out_dir / f) for f in files},
-        "metrics": {k: v for k, v in report.items() if k != "test_nll_per_example"},
-        "calibration": held_out_calibration(np.array(report["test_nll_per_example"]), split),
+        "metrics": {k: v for k, v in report.items() if not k.endswith("_per_example")},
+        "calibration": held_out_calibration(report, split),
         "provenance": {
             "dataset": split.name, "split": split.describe(), "seed": config["train"]["seed"],
             "config": config, "command": config.get("command"), "git_commit": git_commit(),
@@ -220,6 +226,8 @@ def export(run_dir: Path, models_dir: Path, name: str | None = None, version: in
             "torch_version": torch.__version__,
         },
     }
+    if manifest["calibration"] is None:  # nothing to calibrate: the model does not score
+        del manifest["calibration"]
     jsonschema.validate(manifest, json.loads(SCHEMA.read_text()))
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return out_dir

@@ -218,7 +218,8 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
         wav_file = _wants_wav_file(request, spec, body.n)
         seed = new_seed() if body.seed is None else body.seed
         x = await unless_disconnected(request, engine.sample(name, body.n, seed, body.temperature, label,
-                                                             steps=body.steps, **_generation(body, spec)))
+                                                             steps=body.steps, controls=body.controls,
+                                                             **_generation(body, spec)))
         if wav_file:
             return Response(audio.to_wav(x[0], int(spec["sample_rate"])), media_type="audio/wav",
                             headers={"genserve-seed": str(seed)})

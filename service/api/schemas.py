@@ -108,9 +108,12 @@ class Anomaly(_Open):
 
 
 class ScoreResult(_Open):
-    log_likelihood_nats: float
-    bits_per_dim: float
-    method: str
+    log_likelihood_nats: float | None = Field(description="log p(x) in nats (null for a critic's score)")
+    bits_per_dim: float | None = Field(description="-log2 p(x) per value (null for a critic's score)")
+    method: str = Field(description="exact, elbo, iwae, ais, dequantized, or critic: a GAN discriminator's "
+                                    "score, which is no likelihood")
+    critic: float | None = Field(None, description="method critic: the critic's output (higher: more like the "
+                                                   "training data); the anomaly score is its negative")
     anomaly: Anomaly | None = None
     k: int | None = Field(None, description="importance-sampled bounds: samples per input")
     refine_steps: int | None = Field(None, description="importance-sampled bounds: posterior refinement steps")
@@ -200,6 +203,12 @@ def request_models(settings: Settings) -> RequestModels:
         chunk_ms: Annotated[int | None, Field(ge=1, le=60000, description="audio streams: milliseconds of audio "
                                                                          "per chunk (absent: 100)")] = None
         steps: ChainSteps = None
+        controls: Annotated[dict[str, int | float | list[float]] | None,
+                            Field(max_length=16, description="models with sample controls (capabilities.sample."
+                                                             "controls, e.g. an InfoGAN's codes): a value per "
+                                                             "control, an integer class for a categorical one, "
+                                                             "a list for a continuous one; absent ones are drawn")
+                            ] = None
 
     class ScoreRequest(BaseModel):
         inputs: Inputs

@@ -114,6 +114,24 @@ class Engine(LatentOperations):
         prior = np.asarray(m.data["class_prior"])
         return np.array([rng.choice(len(classes), p=prior / prior.sum()) for rng in rngs], np.int64)
 
+    def _conditions(self, m: LoadedModel, cap: dict, label: int | None, controls: dict[str, list[float]],
+                    rngs: list[np.random.Generator]) -> dict[str, np.ndarray]:
+        """An ancestral sample's inputs besides noise: the label where the function takes one (given, or drawn
+        from the class prior) and every control of the capability (given, or drawn from its distribution)."""
+        conditions = {}
+        if "label" in m.function_inputs(cap["function"]):
+            conditions["label"] = self._labels(m, label, rngs)
+        elif label is not None:
+            raise InvalidInput(f"label: model {m.manifest['name']!r} samples without a label", field="label")
+        specs = cap.get("controls", {})
+        for name in controls:
+            if name not in specs:
+                raise InvalidInput(f"controls.{name}: model {m.manifest['name']!r} has the controls "
+                                   f"{sorted(specs)}", field=f"controls.{name}")
+        for name, spec in specs.items():
+            conditions[name] = latent.control_values(spec, controls.get(name), rngs, f"controls.{name}")
+        return conditions
+
     def _batching(self, m: LoadedModel) -> BatchingConfig:
         """The manifest's batching knobs, with any set in settings taking precedence."""
         knobs = dict(m.manifest["batching"])
@@ -238,22 +256,27 @@ class Engine(LatentOperations):
             self.metrics.audio_seconds.labels(m.manifest["name"]).inc(values / m.data["sample_rate"])
 
     async def sample(self, name: str, n: int, seed: int, temperature: float, label: int | None, *,
-                     length: int | None = None, top_k: int | None = None,
-                     prompt: np.ndarray | None = None, steps: int | None = None) -> np.ndarray:
+                     length: int | None = None, top_k: int | None = None, prompt: np.ndarray | None = None,
+                     steps: int | None = None, controls: dict[str, list[float]] | None = None) -> np.ndarray:
         """[n, *shape] int64 samples, or [n, len(prompt) + length] for a sequence model (the prompt first).
 
         Sample i depends only on (seed, i), whatever shares its batch. `steps`: a Markov chain's length.
+        `controls`: the values of a model's sample controls (an InfoGAN's codes); the others are drawn.
         """
         m = self.model(name)
         cap = m.capability("sample")
+        if controls and "controls" not in cap:
+            raise InvalidInput(f"controls: model {name!r} takes no controls", field="controls")
         if cap["procedure"] != "autoregressive":
-            self._no_sequence_options(m, length=length, top_k=top_k, prompt=prompt, label=label)
+            self._no_sequence_options(m, length=length, top_k=top_k, prompt=prompt)
             if n < 1:
                 raise InvalidInput("n: must be at least 1", field="n")
             rngs = procedures.row_generators(seed, n)
             if cap["procedure"] == "ancestral":
                 self._no_steps(m, cap, steps)
-                return await latent.ancestral(self._caller(m), cap, rngs, temperature)
+                conditions = self._conditions(m, cap, label, controls or {}, rngs)
+                return await latent.ancestral(self._caller(m), cap, rngs, temperature, conditions)
+            self._no_sequence_options(m, label=label)
             if temperature != 1.0:
                 raise InvalidInput(f"temperature: model {name!r} samples by a Markov chain and takes none",
                                    field="temperature")
@@ -279,7 +302,10 @@ class Engine(LatentOperations):
         """
         m = self.model(name)
         cap = m.capability("complete")
-        if cap["procedure"] == "markov_chain":
+        if cap["procedure"] == "direct":
+            self._no_steps(m, cap, steps)
+            self._no_sequence_options(m, length=length, top_k=top_k, label=label)
+        elif cap["procedure"] == "markov_chain":
             self._no_sequence_options(m, length=length, top_k=top_k, label=label)
             if temperature != 1.0:
                 raise InvalidInput(f"temperature: model {name!r} completes by a Markov chain and takes none",
@@ -301,6 +327,14 @@ class Engine(LatentOperations):
         if n < 1:
             raise InvalidInput("n: must be at least 1", field="n")
         rows_x, rows_mask = np.repeat(x, n, axis=0), np.repeat(mask, n, axis=0)
+        if cap["procedure"] == "direct":  # one function from a noise start (a GAN's latent optimization)
+            if temperature != 1.0:
+                raise InvalidInput(f"temperature: model {name!r} completes by optimization and takes none",
+                                   field="temperature")
+            feeds = {"observed": rows_x, "mask": rows_mask,
+                     **latent.draw(cap.get("noise", {}), procedures.row_generators(seed, len(rows_x)))}
+            out = (await self._caller(m)(cap["function"], feeds))["x"]
+            return out.reshape(len(x), n, *m.shape)
         if cap["procedure"] == "markov_chain":
             rngs = procedures.row_generators(seed, len(rows_x))
             start = np.where(rows_mask == 1, rows_x, self._chain_start(m, rngs))
@@ -440,11 +474,15 @@ class Engine(LatentOperations):
         return log_p
 
     def _score_result(self, m: LoadedModel, cap: dict, log_p: float, size: int) -> dict:
-        """The score of one input of `size` values; text and audio calibrate per value, images per input."""
-        calibration = m.manifest["calibration"]
+        """The score of one input of `size` values; text and audio calibrate per value, images per input.
+
+        A critic's output (method "critic": a GAN's discriminator) is no likelihood: it is reported as
+        `critic`, with the negative critic as the anomaly score, and no log-likelihood."""
+        if cap.get("method") == "critic":
+            return {"critic": log_p, "log_likelihood_nats": None, "bits_per_dim": None, "method": "critic",
+                    "anomaly": self._anomaly(m, -log_p)}
         nll = -log_p
         score = nll / size if m.is_sequence else nll
-        percentile = float(np.interp(score, calibration["values"], calibration["quantiles"])) * 100.0
         per_value = {f"{unit}_per_{UNITS[m.data['kind']]}": nll / size / scale
                      for unit, scale in (("nats", 1.0), ("bits", math.log(2)))} if m.is_sequence else {}
         return {
@@ -452,9 +490,16 @@ class Engine(LatentOperations):
             "bits_per_dim": nll / (size * math.log(2)),
             **per_value,  # text: nats_per_char, bits_per_char; audio: nats_per_sample, bits_per_sample
             "method": cap.get("method", "exact"),
-            "anomaly": {"score": score, "score_kind": calibration["score"], "percentile": percentile,
-                        "is_anomaly": percentile >= calibration["threshold_quantile"] * 100.0},
+            "anomaly": self._anomaly(m, score),
         }
+
+    @staticmethod
+    def _anomaly(m: LoadedModel, score: float) -> dict:
+        """A score's percentile among the held-out scores of the manifest's calibration, and the flag."""
+        calibration = m.manifest["calibration"]
+        percentile = float(np.interp(score, calibration["values"], calibration["quantiles"])) * 100.0
+        return {"score": score, "score_kind": calibration["score"], "percentile": percentile,
+                "is_anomaly": percentile >= calibration["threshold_quantile"] * 100.0}
 
     def function_spec(self, name: str, function: str) -> dict:
         """The manifest entry (inputs, outputs) of one named function; raises UnknownModel."""

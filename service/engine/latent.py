@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable
 
 import numpy as np
 
+from service.engine.errors import InvalidInput
+
 Call = Callable[[str, dict[str, np.ndarray]], Awaitable[dict[str, np.ndarray]]]
 CHUNK_ROWS = 128  # importance rows per call: memory stays bounded for any k
 
@@ -27,9 +29,35 @@ def draw(noise: dict, rngs: list[np.random.Generator], count: int | None = None)
     return out
 
 
-async def ancestral(call: Call, cap: dict, rngs: list[np.random.Generator], temperature: float) -> np.ndarray:
-    """x ~ p(x | z), z ~ the prior scaled by temperature: [rows, *shape] int64."""
-    feeds = {**draw(cap["noise"], rngs), "temperature": np.full(len(rngs), temperature, np.float32)}
+def control_values(spec: dict, given: float | list[float] | None, rngs: list[np.random.Generator],
+                   field: str) -> np.ndarray:
+    """One sample control for every row: the given value, or row r's draw from rngs[r].
+
+    categorical ({"classes": C}): int64 [rows] in 0..C-1; uniform ({"low", "high", "shape"}): float32
+    [rows, *shape] (a given value may lie outside [low, high], to extrapolate).
+    """
+    if spec["kind"] == "categorical":
+        classes = spec["classes"]
+        if given is None:
+            return np.array([rng.integers(classes) for rng in rngs], np.int64)
+        if not isinstance(given, int | float) or given != int(given) or not 0 <= given < classes:
+            raise InvalidInput(f"{field}: must be an integer in 0..{classes - 1}", field=field)
+        return np.full(len(rngs), int(given), np.int64)
+    shape = list(spec["shape"])
+    if given is None:
+        return np.stack([rng.uniform(spec["low"], spec["high"], shape).astype(np.float32) for rng in rngs])
+    value = np.asarray(given, np.float64)
+    if value.size != math.prod(shape) or not np.isfinite(value).all():
+        raise InvalidInput(f"{field}: must be {math.prod(shape)} finite numbers", field=field)
+    return np.broadcast_to(value.astype(np.float32).reshape(shape), (len(rngs), *shape)).copy()
+
+
+async def ancestral(call: Call, cap: dict, rngs: list[np.random.Generator], temperature: float,
+                    conditions: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """x ~ p(x | z, conditions), z ~ the prior scaled by temperature: [rows, *shape] int64. `conditions`: per-row
+    inputs besides noise (a label, an InfoGAN's codes)."""
+    feeds = {**draw(cap["noise"], rngs), "temperature": np.full(len(rngs), temperature, np.float32),
+             **(conditions or {})}
     return (await call(cap["function"], feeds))["x"]
 
 

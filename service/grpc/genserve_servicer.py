@@ -271,15 +271,23 @@ def model_info(d: dict) -> pb.ModelInfo:
 
 
 def score_result(r: dict) -> pb.ScoreResult:
-    result = pb.ScoreResult(log_likelihood_nats=r["log_likelihood_nats"], bits_per_dim=r["bits_per_dim"],
-                            method=r.get("method", ""))
+    result = pb.ScoreResult(method=r.get("method", ""))
     for key, value in (r.get("anomaly") or {}).items():
         if value is not None and key in ("score", "percentile", "is_anomaly"):
             setattr(result.anomaly, key, value)
-    for key in ("k", "refine_steps", "stderr", "is_lower_bound", "free_energy"):  # bounds and estimates
+    for key in ("log_likelihood_nats", "bits_per_dim", "critic",  # a critic's score has no likelihood
+                "k", "refine_steps", "stderr", "is_lower_bound", "free_energy"):  # bounds and estimates
         if r.get(key) is not None:
             setattr(result, key, r[key])
     return result
+
+
+def _controls(request) -> dict[str, float | list[float]] | None:
+    """SampleRequest.controls: one value as a number (a categorical control's class), more as a list."""
+    if not request.controls:
+        return None
+    return {name: value.values[0] if len(value.values) == 1 else list(value.values)
+            for name, value in request.controls.items()}
 
 
 async def steps_until_cancelled(stream: AsyncIterator[np.ndarray]) -> AsyncIterator[np.ndarray]:
@@ -336,7 +344,8 @@ class GenserveServicer(pb_grpc.GenserveServicer):
             description, spec = self._lookup(name, "sample")
             n, temperature, seed = _samples(request, self.settings), _temperature(request), _seed(request)
             x = await self.engine.sample(name, n, seed, temperature, _label(request, spec),
-                                         steps=_optional(request, "steps"), **_generation(request, spec))
+                                         steps=_optional(request, "steps"), controls=_controls(request),
+                                         **_generation(request, spec))
             return pb.SampleResponse(model=name, version=str(description["version"]), seed=seed,
                                      samples=to_tensor(x, wire_dtype(spec)), **_as_files(x, spec))
 

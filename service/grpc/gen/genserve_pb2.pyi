@@ -69,8 +69,21 @@ class ModelInfo(_message.Message):
     batching: _struct_pb2.Struct
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., family: _Optional[str] = ..., description: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., data: _Optional[_Union[DataSpec, _Mapping]] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., batching: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
+class ControlValue(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
+
 class SampleRequest(_message.Message):
-    __slots__ = ("model", "n", "seed", "temperature", "label", "length", "top_k", "prompt", "seconds", "chunk_ms", "voice", "steps")
+    __slots__ = ("model", "n", "seed", "temperature", "label", "length", "top_k", "prompt", "seconds", "chunk_ms", "voice", "steps", "controls")
+    class ControlsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: ControlValue
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[ControlValue, _Mapping]] = ...) -> None: ...
     MODEL_FIELD_NUMBER: _ClassVar[int]
     N_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +96,7 @@ class SampleRequest(_message.Message):
     CHUNK_MS_FIELD_NUMBER: _ClassVar[int]
     VOICE_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
+    CONTROLS_FIELD_NUMBER: _ClassVar[int]
     model: str
     n: int
     seed: int
@@ -95,7 +109,8 @@ class SampleRequest(_message.Message):
     chunk_ms: int
     voice: str
     steps: int
-    def __init__(self, model: _Optional[str] = ..., n: _Optional[int] = ..., seed: _Optional[int] = ..., temperature: _Optional[float] = ..., label: _Optional[int] = ..., length: _Optional[int] = ..., top_k: _Optional[int] = ..., prompt: _Optional[str] = ..., seconds: _Optional[float] = ..., chunk_ms: _Optional[int] = ..., voice: _Optional[str] = ..., steps: _Optional[int] = ...) -> None: ...
+    controls: _containers.MessageMap[str, ControlValue]
+    def __init__(self, model: _Optional[str] = ..., n: _Optional[int] = ..., seed: _Optional[int] = ..., temperature: _Optional[float] = ..., label: _Optional[int] = ..., length: _Optional[int] = ..., top_k: _Optional[int] = ..., prompt: _Optional[str] = ..., seconds: _Optional[float] = ..., chunk_ms: _Optional[int] = ..., voice: _Optional[str] = ..., steps: _Optional[int] = ..., controls: _Optional[_Mapping[str, ControlValue]] = ...) -> None: ...
 
 class SampleResponse(_message.Message):
     __slots__ = ("model", "version", "seed", "samples", "texts", "wavs")
@@ -166,7 +181,7 @@ class Anomaly(_message.Message):
     def __init__(self, score: _Optional[float] = ..., percentile: _Optional[float] = ..., is_anomaly: _Optional[bool] = ...) -> None: ...
 
 class ScoreResult(_message.Message):
-    __slots__ = ("log_likelihood_nats", "bits_per_dim", "method", "anomaly", "k", "refine_steps", "stderr", "is_lower_bound", "free_energy")
+    __slots__ = ("log_likelihood_nats", "bits_per_dim", "method", "anomaly", "k", "refine_steps", "stderr", "is_lower_bound", "free_energy", "critic")
     LOG_LIKELIHOOD_NATS_FIELD_NUMBER: _ClassVar[int]
     BITS_PER_DIM_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
@@ -176,6 +191,7 @@ class ScoreResult(_message.Message):
     STDERR_FIELD_NUMBER: _ClassVar[int]
     IS_LOWER_BOUND_FIELD_NUMBER: _ClassVar[int]
     FREE_ENERGY_FIELD_NUMBER: _ClassVar[int]
+    CRITIC_FIELD_NUMBER: _ClassVar[int]
     log_likelihood_nats: float
     bits_per_dim: float
     method: str
@@ -185,7 +201,8 @@ class ScoreResult(_message.Message):
     stderr: float
     is_lower_bound: bool
     free_energy: float
-    def __init__(self, log_likelihood_nats: _Optional[float] = ..., bits_per_dim: _Optional[float] = ..., method: _Optional[str] = ..., anomaly: _Optional[_Union[Anomaly, _Mapping]] = ..., k: _Optional[int] = ..., refine_steps: _Optional[int] = ..., stderr: _Optional[float] = ..., is_lower_bound: _Optional[bool] = ..., free_energy: _Optional[float] = ...) -> None: ...
+    critic: float
+    def __init__(self, log_likelihood_nats: _Optional[float] = ..., bits_per_dim: _Optional[float] = ..., method: _Optional[str] = ..., anomaly: _Optional[_Union[Anomaly, _Mapping]] = ..., k: _Optional[int] = ..., refine_steps: _Optional[int] = ..., stderr: _Optional[float] = ..., is_lower_bound: _Optional[bool] = ..., free_energy: _Optional[float] = ..., critic: _Optional[float] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
     __slots__ = ("model", "version", "results")

@@ -2,14 +2,14 @@
 evaluation classifier (training/quality.py, shipped in models/evaluation/), beside the real test split's ceiling.
 
 Samples come through the serving engine (`sample` in requests of 100 with seeds 0, 100, ..., temperature 1,
-each model's default steps), as a user would get them. FID compares the samples' classifier features with the
-real test split's, at the model's levels (binarized or 256); IS and FID are biased by the sample size, so
-every row uses the same --n.
+each model's default steps, controls and labels drawn), as a user would get them. FID compares the samples'
+classifier features with the real test split's, at the model's levels (binarized or 256); IS and FID are biased
+by the sample size, so every row uses the same n. This module joins the service's engine and training's
+evaluation kit, which never import each other.
 
-    .venv/bin/python benchmarks/sample_quality.py [--n 500] [--json out.json]
+    genserve eval --quality [--n 500] [--json out.json]
 """
 
-import argparse
 import asyncio
 import json
 from pathlib import Path
@@ -43,25 +43,16 @@ async def rows(models: Path, classifier_dir: Path, n: int) -> list[dict]:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", type=Path, default=Path("models"))
-    parser.add_argument("--classifier", type=Path, default=Path("models/evaluation"))
-    parser.add_argument("--n", type=int, default=500, help="samples per model (and real test images)")
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    table = asyncio.run(rows(args.models, args.classifier, args.n))
-    print("| model | IS (of 10) | FID to the real test split | classes covered | KL(class histogram, uniform) |")
-    print("|---|---|---|---|---|")
-    for r in table:
-        print(f"| {r['model']} | {r['inception_score']:.2f} ± {r['inception_score_std']:.2f} | {r['fid']:.1f} | "
-              f"{r['classes_covered']:.1f} | {r['kl_to_uniform']:.3f} |")
-    print(f"\n{args.n} samples per model (requests of {CHUNK}, seeds 0, {CHUNK}, ...); the real rows compare the "
-          "test split with itself (FID 0 up to rounding).")
-    if args.json:
-        args.json.write_text(json.dumps([{k: v for k, v in r.items() if k != "histogram"} for r in table], indent=2,
-                                        default=float))
-
-
-if __name__ == "__main__":
-    main()
+def table(models: Path, classifier: Path, n: int, json_path: Path | None = None) -> str:
+    """The Markdown table of every sampling 28x28 model's scores (and the real rows), optionally saved as JSON."""
+    measured = asyncio.run(rows(models, classifier, n))
+    lines = ["| model | IS (of 10) | FID to the real test split | classes covered | KL(class histogram, uniform) |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['inception_score']:.2f} ± {r['inception_score_std']:.2f} | {r['fid']:.1f} | "
+              f"{r['classes_covered']:.1f} | {r['kl_to_uniform']:.3f} |" for r in measured]
+    lines.append(f"\n{n} samples per model (requests of {CHUNK}, seeds 0, {CHUNK}, ...); the real rows compare the "
+                 "test split with itself (FID 0 up to rounding).")
+    if json_path:
+        json_path.write_text(json.dumps([{k: v for k, v in r.items() if k != "histogram"} for r in measured],
+                                        indent=2, default=float))
+    return "\n".join(lines)
