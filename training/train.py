@@ -6,6 +6,12 @@ A run directory holds:
   optimizer.safetensors + state.json   what resuming needs (epoch, history)
   samples.png          a grid of samples, one row per class (samples.txt for text, samples.wav for audio)
   loss.png             train and test NLL per epoch
+
+A family trains by one Adam on its `loss`, or, where it defines `optimizers(model, settings)` (a dict of named
+optimizers, saved as optimizer-<name>.safetensors) and `train_step(model, optimizers, x, y, step)` (a dict of
+float losses), by its own steps: a GAN's critic and generator updates. Such a family's `loss` need not be a
+likelihood: the epoch line then names the mean of each step loss and the test `loss` (a GAN's critic loss),
+and no NLL curve is drawn.
 """
 
 import json
@@ -68,22 +74,72 @@ def mean_nll(family, model, x: np.ndarray, y: np.ndarray, batch_size: int = 100)
     return total / len(x)
 
 
-def _epoch(family, model, optimizer, split: Split, settings: dict, epoch: int) -> float:
-    model.train()
-    n = min(len(split.x_train), settings.get("max_train", len(split.x_train)))
+def _train_size(split: Split, settings: dict) -> int:
+    return min(len(split.x_train), settings.get("max_train", len(split.x_train)))
+
+
+def _batches(split: Split, settings: dict, epoch: int):
+    """The epoch's shuffled training batches under a progress bar: yields (bar, x, y)."""
+    n = _train_size(split, settings)
     order = np.random.default_rng(settings["seed"] + epoch).permutation(n)
-    batch_size, total = settings["batch_size"], 0.0
+    batch_size = settings["batch_size"]
     bar = tqdm(range(0, n, batch_size), desc=f"epoch {epoch + 1}/{settings['epochs']}", leave=False)
     for start in bar:
         idx = order[start: start + batch_size]
-        x, y = torch.from_numpy(split.x_train[idx]).long(), torch.from_numpy(split.y_train[idx])
+        yield bar, torch.from_numpy(split.x_train[idx]).long(), torch.from_numpy(split.y_train[idx])
+
+
+def _epoch(family, model, optimizer, split: Split, settings: dict, epoch: int) -> float:
+    model.train()
+    total = 0.0
+    for bar, x, y in _batches(split, settings, epoch):
         loss = family.loss(model, x, y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        total += loss.item() * len(idx)
+        total += loss.item() * len(x)
         bar.set_postfix(nll=f"{loss.item():.2f}")
-    return total / n
+    return total / _train_size(split, settings)
+
+
+def _family_epoch(family, model, optimizers: dict, split: Split, settings: dict, epoch: int) -> dict[str, float]:
+    """An epoch of the family's own train_step, numbered globally; the mean of each loss over the steps that
+    report it (a generator loss only every few critic steps)."""
+    model.train()
+    steps = -(-_train_size(split, settings) // settings["batch_size"])
+    sums: dict[str, list[float]] = {}
+    for i, (bar, x, y) in enumerate(_batches(split, settings, epoch)):
+        losses = family.train_step(model, optimizers, x, y, epoch * steps + i)
+        for name, value in losses.items():
+            sums.setdefault(name, []).append(value)
+        bar.set_postfix({name: f"{value:.3f}" for name, value in losses.items()})
+    return {name: float(np.mean(values)) for name, values in sums.items()}
+
+
+def make_optimizers(family, model, settings: dict) -> dict[str, torch.optim.Optimizer]:
+    """The family's own optimizers, or one Adam over every parameter (named "optimizer")."""
+    if hasattr(family, "optimizers"):
+        return family.optimizers(model, settings)
+    return {"optimizer": torch.optim.Adam(model.parameters(), lr=settings["lr"])}
+
+
+def _optimizer_path(run_dir: Path, name: str) -> Path:
+    return run_dir / ("optimizer.safetensors" if name == "optimizer" else f"optimizer-{name}.safetensors")
+
+
+def _run_epoch(family, model, optimizers: dict, split: Split, settings: dict, epoch: int) -> dict:
+    """One epoch and its history record, printed: train and test NLL, or the family's step losses and its
+    test loss."""
+    if not hasattr(family, "train_step"):
+        train_nll = _epoch(family, model, optimizers["optimizer"], split, settings, epoch)
+        test_nll = mean_nll(family, model, split.x_test, split.y_test)
+        print(f"epoch {epoch + 1}: train {train_nll:.2f}  test {test_nll:.2f} nats per example (the family's loss)")
+        return {"epoch": epoch + 1, "train_nll": train_nll, "test_nll": test_nll}
+    train_losses = _family_epoch(family, model, optimizers, split, settings, epoch)
+    test_loss = mean_nll(family, model, split.x_test, split.y_test)
+    print(f"epoch {epoch + 1}: train " + "  ".join(f"{k} {v:.3f}" for k, v in train_losses.items())
+          + f"  |  test loss {test_loss:.3f}: {(family.loss.__doc__ or '').strip().splitlines()[0]}")
+    return {"epoch": epoch + 1, "train_losses": train_losses, "test_loss": test_loss}
 
 
 def train(config_path: Path, run_dir: Path, epochs: int | None = None) -> Path:
@@ -97,26 +153,26 @@ def train(config_path: Path, run_dir: Path, epochs: int | None = None) -> Path:
     settings, family, split = config["train"], family_module(config["family"]), load(config["dataset"])
     torch.manual_seed(settings["seed"])
     model = build_model(config, split)
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings["lr"])
+    optimizers = make_optimizers(family, model, settings)
     state = {"epoch": 0, "history": []}
     if (run_dir / "state.json").exists():
         state = json.loads((run_dir / "state.json").read_text())
         model.load_state_dict(load_file(run_dir / "model.safetensors"))
-        _load_optimizer(optimizer, run_dir / "optimizer.safetensors")
+        for name, optimizer in optimizers.items():
+            _load_optimizer(optimizer, _optimizer_path(run_dir, name))
         print(f"resuming {run_dir} after epoch {state['epoch']}")
     (run_dir / "config.json").write_text(json.dumps(config, indent=2))
     for epoch in range(state["epoch"], settings["epochs"]):
-        for group in optimizer.param_groups:
+        for group in (g for optimizer in optimizers.values() for g in optimizer.param_groups):
             group["lr"] = settings["lr"] * settings.get("lr_decay", 1.0) ** epoch
-        train_nll = _epoch(family, model, optimizer, split, settings, epoch)
-        test_nll = mean_nll(family, model, split.x_test, split.y_test)
-        state["history"].append({"epoch": epoch + 1, "train_nll": train_nll, "test_nll": test_nll})
+        state["history"].append(_run_epoch(family, model, optimizers, split, settings, epoch))
         state["epoch"] = epoch + 1
-        print(f"epoch {epoch + 1}: train {train_nll:.2f}  test {test_nll:.2f} nats per example (the family's loss)")
         save_file(model.state_dict(), run_dir / "model.safetensors")
-        _save_optimizer(optimizer, run_dir / "optimizer.safetensors")
+        for name, optimizer in optimizers.items():
+            _save_optimizer(optimizer, _optimizer_path(run_dir, name))
         (run_dir / "state.json").write_text(json.dumps(state, indent=2))
-        save_curve(state["history"], run_dir / "loss.png")
+        if "train_nll" in state["history"][-1]:
+            save_curve(state["history"], run_dir / "loss.png")
     _save_samples(family, model.eval(), split, run_dir, torch.Generator().manual_seed(settings["seed"]))
     return run_dir
 

@@ -35,7 +35,8 @@ def exported(tmp_path):
     torch.manual_seed(0)
     shared, own = nn.Linear(64, 64), nn.Linear(64, 64)
     x = torch.randn(3, 64)
-    functions = {"twice": (Twice(shared), {"x": x}, ["y"]), "residual": (Residual(shared, own), {"x": x, "y": x}, ["z"])}
+    functions = {"twice": (Twice(shared), {"x": x}, ["y"]),
+                 "residual": (Residual(shared, own), {"x": x, "y": x}, ["z"])}
     bundle: dict = {}
     entries = {name: export_function(tmp_path, name, *spec, bundle=bundle) for name, spec in functions.items()}
     save_bundle(tmp_path, bundle)

@@ -71,7 +71,7 @@ def test_export_parity_eager_onnx_torchscript(tiny_run, tiny_store):
     label = torch.from_numpy(split.y_test[:8])
     eager = model.log_prob(x, label).detach().numpy()
     onnx_out = _onnx(directory / "log_prob_given_label.onnx").run(None, {"x": x.numpy(), "label": label.numpy()})[0]
-    ts_out = torch.jit.load(str(directory / "log_prob_given_label.pt"))(x, label).detach().numpy()
+    ts_out = torch.jit.load(str(directory / "model.pt")).log_prob_given_label(x, label).detach().numpy()
     assert np.allclose(onnx_out, eager, rtol=1e-4) and np.allclose(ts_out, eager, rtol=1e-4)
     prior = torch.full((10,), 0.1).log()
     marginal = model.log_prob_marginal(x, prior).detach().numpy()
@@ -96,7 +96,7 @@ def test_exported_sampling_step_matches_eager(tiny_run, tiny_store):
     directory = tiny_store / "pixelcnn" / "1"
     onnx_out = _onnx(directory / "sample_step.onnx").run(None, {k: v.numpy() for k, v in inputs.items()})
     with torch.no_grad():
-        ts_out = [t.numpy() for t in torch.jit.load(str(directory / "sample_step.pt"))(*inputs.values())]
+        ts_out = [t.numpy() for t in torch.jit.load(str(directory / "model.pt")).sample_step(*inputs.values())]
     for got in (onnx_out, ts_out):
         assert np.array_equal(got[0], eager[0])
         for a, e in zip(got[1:], eager[1:], strict=True):
