@@ -402,6 +402,9 @@ class Engine(LatentOperations):
         labels = [None] * len(x) if labels is None else labels
         if len(labels) != len(x):
             raise InvalidInput(f"labels: give one per input ({len(x)}), or none", field="labels")
+        if cap.get("method") == "critic" and "label" in m.function_inputs(cap["function"]) and None in labels:
+            raise InvalidInput(f"labels: model {name!r} is a conditional critic: give one label per input "
+                               "(a critic's outputs cannot be summed over classes as likelihoods can)", field="labels")
         if "noise" in cap:  # one draw of a stochastic estimate (a flow's dequantization), from the seed
             if any(label is not None for label in labels):
                 raise InvalidInput(f"labels: model {name!r} scores without labels", field="labels")
