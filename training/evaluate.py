@@ -99,7 +99,7 @@ def store_table(models_dir: Path, dataset: str = "mnist5k-binarized") -> str:
     for manifest_path in sorted(Path(models_dir).glob("*/*/manifest.json")):
         manifest = json.loads(manifest_path.read_text())
         metrics = manifest["metrics"]
-        if metrics.get("dataset") != dataset:
+        if metrics.get("dataset") != dataset or "test_nll_nats" not in metrics:  # another dataset, or no likelihood
             continue
         bound = "test_iwae_eval_k_nats" in metrics  # a VAE's: the tightest bound measured
         method = f"IWAE-{metrics['eval_k']}" if bound else metrics.get("method", "exact")
