@@ -40,6 +40,7 @@ class OnnxFunction(TensorFunction):
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
+        options.log_severity_level = 3  # errors only: graph-optimizer warnings (a Loop's shared constants) are noise
         providers: list = ["CPUExecutionProvider"]
         if device is not None:  # onnxruntime-gpu on a CUDA device
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device}))
