@@ -62,8 +62,8 @@ def export_function(out_dir: Path, name: str, module: torch.nn.Module, inputs: d
     Axis 0 of every tensor is the batch; `dynamic` names more variable axes by tensor, e.g. {"x": {1: "time"}}.
     A module with a `torchscript(example inputs)` method gives its own TorchScript form instead of a trace
     (a WaveNet step: a loop, where ONNX gets the K samples unrolled). With a `bundle` dict the TorchScript
-    module is put in it, for save_bundle; without one it is frozen (keeping only the weights it uses) and
-    saved alone to <name>.pt.
+    module is put in it, for save_bundle; without one it is saved alone to <name>.pt, a trace frozen so that
+    it keeps only the weights it uses.
     """
     dynamic = dynamic or {}
     axes = {n: {0: "batch", **dynamic.get(n, {})} for n in [*inputs, *outputs]}
@@ -73,12 +73,12 @@ def export_function(out_dir: Path, name: str, module: torch.nn.Module, inputs: d
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         results = module(*args)
         results = results if isinstance(results, tuple) else (results,)
-        traced = (module.torchscript(args) if hasattr(module, "torchscript")
-                  else torch.jit.trace(module, args, check_trace=False))
-        if bundle is None:
-            torch.jit.freeze(traced).save(str(out_dir / f"{name}.pt"))
-        else:
+        own = hasattr(module, "torchscript")
+        traced = module.torchscript(args) if own else torch.jit.trace(module, args, check_trace=False)
+        if bundle is not None:
             bundle[name] = traced
+        else:  # a trace alone is frozen; a module's own TorchScript is saved as it gives it
+            (traced if own else torch.jit.freeze(traced)).save(str(out_dir / f"{name}.pt"))
         torch.onnx.export(
             module, args, str(out_dir / f"{name}.onnx"), dynamo=False, opset_version=17,
             input_names=list(inputs), output_names=outputs,
