@@ -1,0 +1,19 @@
+"""genserve eval --quality: IS, FID and coverage of every sampling model of a store, through the engine."""
+
+from pathlib import Path
+
+from genserve.quality import table
+
+CLASSIFIER = Path(__file__).resolve().parents[2] / "models" / "evaluation"
+
+
+def test_table_has_the_real_ceilings_and_each_sampling_model(tiny_store, tmp_path):
+    text = table(tiny_store, CLASSIFIER, n=20, json_path=tmp_path / "quality.json")
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [row[0].lstrip("| ") for row in rows] == ["real test split (mnist5k-binarized)",
+                                                      "real test split (mnist5k)", "pixelcnn"]
+    for row in rows:
+        inception = float(row[1].split(" ± ")[0])
+        assert 1.0 <= inception <= 10.0
+    assert abs(float(rows[0][2])) < 1e-6 and float(rows[2][2]) > 0  # FID of the real split to itself is 0
+    assert (tmp_path / "quality.json").is_file()
