@@ -305,6 +305,9 @@ class Engine(LatentOperations):
         if cap["procedure"] == "direct":
             self._no_steps(m, cap, steps)
             self._no_sequence_options(m, length=length, top_k=top_k, label=label)
+            if temperature != 1.0:
+                raise InvalidInput(f"temperature: model {name!r} completes by optimization and takes none",
+                                   field="temperature")
         elif cap["procedure"] == "markov_chain":
             self._no_sequence_options(m, length=length, top_k=top_k, label=label)
             if temperature != 1.0:
@@ -328,9 +331,6 @@ class Engine(LatentOperations):
             raise InvalidInput("n: must be at least 1", field="n")
         rows_x, rows_mask = np.repeat(x, n, axis=0), np.repeat(mask, n, axis=0)
         if cap["procedure"] == "direct":  # one function from a noise start (a GAN's latent optimization)
-            if temperature != 1.0:
-                raise InvalidInput(f"temperature: model {name!r} completes by optimization and takes none",
-                                   field="temperature")
             feeds = {"observed": rows_x, "mask": rows_mask,
                      **latent.draw(cap.get("noise", {}), procedures.row_generators(seed, len(rows_x)))}
             out = (await self._caller(m)(cap["function"], feeds))["x"]
