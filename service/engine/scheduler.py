@@ -114,8 +114,16 @@ class DynamicBatcher:
         return sum(r.rows for r in self.queue)
 
     async def submit(self, inputs: Arrays, timeout_ms: int | None = None) -> Arrays:
-        """Run `inputs` ([B, ...] each) in some batch; returns this request's [B, ...] outputs."""
+        """Run `inputs` ([B, ...] each) in some batch; returns this request's [B, ...] outputs.
+
+        A request of more rows than the queue holds is sent in parts of max_queue_size rows, one after
+        another (it could never fit whole); each part is refused if the queue is full when it arrives."""
         rows = rows_of(inputs)
+        if rows > self.config.max_queue_size:
+            parts = [await self.submit({name: value[start: start + self.config.max_queue_size]
+                                        for name, value in inputs.items()}, timeout_ms)
+                     for start in range(0, rows, self.config.max_queue_size)]
+            return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
         if self.queued_rows() + rows > self.config.max_queue_size:
             self.observer.rejected()
             raise Overloaded(f"queue full ({self.config.max_queue_size} rows); retry later", field="inputs")

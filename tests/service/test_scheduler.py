@@ -194,3 +194,12 @@ def test_a_sequence_past_its_deadline_gets_504_and_frees_its_rows_within_one_ste
     expired_at = run(main())
     assert len(step.rows) <= expired_at + 1  # at most the step in flight ran after the deadline
     assert expired_at < 100  # it stopped long before its 1000 steps
+
+
+def test_dynamic_batcher_sends_a_request_larger_than_its_queue_in_parts():
+    model = Recorder()
+    batcher = DynamicBatcher(model, BatchingConfig(max_batch_size=4, max_queue_size=4, max_queue_delay_us=0))
+    x = np.arange(11, dtype=np.float32).reshape(11, 1)
+    out = run(batcher.submit({"x": x}))
+    assert np.array_equal(out["y"], x * 2)  # every row, in order
+    assert model.batches == [4, 4, 3]
