@@ -27,14 +27,15 @@ def per_example_nll(log_prob: torch.nn.Module, x: np.ndarray, batch_size: int = 
     return np.concatenate(chunks)
 
 
-def evaluate(run_dir: Path, baseline: bool = True) -> dict:
+def evaluate(run_dir: Path, baseline: bool = True, loaded: tuple | None = None) -> dict:
     """Test NLL (nats, bits/dim) of a run's exported `log_prob` (given the label where it takes one, as a
     WaveNet's does the voice); writes eval.json beside the checkpoint.
 
     A family with `evaluate_test(model, split)` computes its own per-example test NLL (a latent-variable
     model's bound or estimate, the quantity its served default `score` computes) and any extra metrics.
+    `loaded`: the run's (model, config, split) when the caller has loaded it already (export).
     """
-    model, config, split = load_model(run_dir)
+    model, config, split = loaded or load_model(run_dir)
     family = family_module(config["family"])
     extra = {}
     if hasattr(family, "evaluate_test"):  # a bound or an estimate (latent-variable models), with its own metrics

@@ -172,12 +172,12 @@ def data_spec(split: Split) -> dict:
     return {"kind": "image", **spec, "classes": [str(c) for c in range(split.num_classes)], "class_prior": prior}
 
 
-def measured_report(run_dir: Path, baseline: bool, reuse_eval: bool) -> dict:
-    """The run's test report: measured afresh, or with reuse_eval the run's eval.json (written by `genserve eval`
-    or an earlier export), refused when it is older than the checkpoint."""
+def measured_report(run_dir: Path, baseline: bool, reuse_eval: bool, loaded: tuple) -> dict:
+    """The run's test report: measured afresh on the loaded (model, config, split), or with reuse_eval the run's
+    eval.json (written by `genserve eval` or an earlier export), refused when it is older than the checkpoint."""
     saved, checkpoint = Path(run_dir) / "eval.json", Path(run_dir) / "model.safetensors"
     if not reuse_eval:
-        return evaluate(run_dir, baseline=baseline)
+        return evaluate(run_dir, baseline=baseline, loaded=loaded)
     if not saved.exists() or saved.stat().st_mtime < checkpoint.stat().st_mtime:
         raise ValueError(f"{saved}: missing or older than {checkpoint}; run `genserve eval {run_dir}` first")
     return json.loads(saved.read_text())
@@ -195,7 +195,7 @@ def export(run_dir: Path, models_dir: Path, name: str | None = None, version: in
     if not hasattr(family, "exported_functions"):
         raise ValueError(f"family {config['family']!r} trains but has no exporter yet")
     name = name or config["family"]
-    report = measured_report(run_dir, baseline, reuse_eval)
+    report = measured_report(run_dir, baseline, reuse_eval, (model, config, split))  # one load: RBM's AIS once
     out_dir = Path(models_dir) / name / str(version)
     if out_dir.exists():  # a re-export replaces the version whole: no file of an old layout stays behind
         shutil.rmtree(out_dir)
