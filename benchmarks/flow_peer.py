@@ -68,7 +68,7 @@ from tqdm import tqdm
 from training.data import load
 from training.export import export_function
 from training.families import flow
-from training.nn.flows import MaskedLinear
+from training.nn.flows import fold_masks
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 
@@ -246,9 +246,7 @@ def run_pair(pair: str, args, split_cache: dict) -> dict:
             "test_nll_per_example"]))
 
     served = copy.deepcopy(ours)  # as training/export.py's export(): masks folded, then exported_functions
-    for layer in served.modules():
-        if isinstance(layer, MaskedLinear):
-            layer.fold_mask()
+    fold_masks(served)
     log_prob, inputs, _ = flow.exported_functions(served, split)[0]["log_prob"]
     x = torch.from_numpy(split.x_test[:args.batch]).long()
     u = torch.rand(x.shape, generator=torch.Generator().manual_seed(0))

@@ -26,7 +26,7 @@ from onnx.external_data_helper import set_external_data
 from training.data import SpeechSplit, Split, TextSplit
 from training.evaluate import evaluate
 from training.families import family_module
-from training.nn.flows import MaskedLinear
+from training.nn.flows import fold_masks
 from training.train import load_model
 
 SCHEMA = Path(__file__).resolve().parent.parent / "proto" / "manifest.schema.json"
@@ -200,9 +200,7 @@ def export(run_dir: Path, models_dir: Path, name: str | None = None, version: in
     if out_dir.exists():  # a re-export replaces the version whole: no file of an old layout stays behind
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
-    for layer in model.modules():
-        if isinstance(layer, MaskedLinear):
-            layer.fold_mask()
+    fold_masks(model)
     functions, capabilities = family.exported_functions(model, split)
     bundle: dict[str, torch.jit.ScriptModule] = {}
     entries = {fn: export_function(out_dir, fn, *spec, bundle=bundle) for fn, spec in functions.items()}

@@ -83,6 +83,13 @@ class MaskedLinear(nn.Linear):
         self.mask = torch.ones((), dtype=self.weight.dtype)
 
 
+def fold_masks(module: nn.Module) -> None:
+    """MaskedLinear.fold_mask on every masked layer of `module`, in place: what `genserve export` exports."""
+    for layer in module.modules():
+        if isinstance(layer, MaskedLinear):
+            layer.fold_mask()
+
+
 class MADE(nn.Module):
     """z [..., D], context [..., C] or None -> [..., D, outputs_per_dim]; output d depends on z only through the
     inputs of lower degree (those before d in `order`) and on the context freely.
