@@ -19,6 +19,7 @@ import asyncio
 from pathlib import Path
 
 import numpy as np
+from latent_pictures import inpainting  # scripts/, on the path when run as a script
 
 from service.engine.engine import Engine
 from service.settings import Settings
@@ -52,15 +53,6 @@ async def code_purity(engine: Engine, per_code: int) -> tuple[list[float], int]:
     return purity, len(majority)
 
 
-async def inpainting(engine: Engine, x: np.ndarray, models: list[str]) -> np.ndarray:
-    mask = np.zeros((1, 28, 28), np.int64)
-    mask[:, :14] = 1
-    rows = [x, np.where(mask == 1, x, 128)]
-    for name in models:
-        rows.append((await engine.complete(name, x, mask, 1, 0, 1.0))[:, 0])
-    return np.concatenate(rows)
-
-
 async def main(models_dir: Path, per_code: int) -> None:
     engine = Engine(ModelStore(models_dir), Settings())
     shipped = [name for name in VARIANTS if name in engine.models]
@@ -73,8 +65,8 @@ async def main(models_dir: Path, per_code: int) -> None:
               + f"; mean {np.mean(purity):.3f}; {distinct} distinct majority classes of 10")
     split = load("mnist5k")
     x = split.x_test[[int(np.flatnonzero(split.y_test == d)[0]) for d in (0, 7, 2, 3, 4, 9, 6, 1)]].astype(np.int64)
-    save_grid(await inpainting(engine, x, [n for n in ("gan", "wgan-gp", "bigan") if n in shipped]), 256,
-              DOCS / "gan-inpainting.png", columns=len(x))
+    completers = [name for name in ("gan", "wgan-gp", "bigan") if name in shipped]
+    save_grid(await inpainting(engine, x, completers, levels=256), 256, DOCS / "gan-inpainting.png", columns=len(x))
 
 
 if __name__ == "__main__":

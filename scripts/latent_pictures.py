@@ -30,11 +30,11 @@ async def interpolation(engine: Engine, x: np.ndarray, pairs: int = 4, steps: in
     return np.concatenate(rows)
 
 
-async def inpainting(engine: Engine, x: np.ndarray, models: list[str]) -> np.ndarray:
-    """Rows of len(x) images: originals, observed halves, then one completion per model."""
+async def inpainting(engine: Engine, x: np.ndarray, models: list[str], levels: int = 2) -> np.ndarray:
+    """Rows of len(x) images: originals, observed halves (the rest mid-gray), then one completion per model."""
     mask = np.zeros((1, 28, 28), np.int64)
     mask[:, :14] = 1
-    observed = np.where(mask == 1, x, 0.5)
+    observed = np.where(mask == 1, x, (levels - 1) / 2)
     rows = [x, observed]
     for name in models:
         rows.append((await engine.complete(name, x, mask, 1, 0, 1.0))[:, 0])
