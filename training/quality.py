@@ -39,6 +39,8 @@ from tqdm import tqdm
 
 from training.data import Split, load
 
+SHIPPED = Path(__file__).resolve().parents[1] / "models" / "evaluation"  # the classifier in the model store
+
 SIDE = 28  # image height = width; two 2x2 max-pools take it to 7
 
 
@@ -205,6 +207,19 @@ def scores(model: Classifier, x: np.ndarray, levels: int, reference: np.ndarray 
     is_mean, is_std = inception_score(probs)
     out = {"inception_score": is_mean, "inception_score_std": is_std, **mode_coverage(probs)}
     return out if reference is None else {**out, "fid": fid(features, reference)}
+
+
+def sample_report(samples: np.ndarray, x_real: np.ndarray, levels: int, classifier_dir: Path = SHIPPED) -> dict:
+    """A family's sample-quality metrics: IS, FID to x_real and mode coverage of samples [N, 1, 28, 28] in
+    0..levels-1, from the evaluation classifier in classifier_dir (the shipped one by default)."""
+    if not (Path(classifier_dir) / "classifier.safetensors").exists():
+        raise FileNotFoundError(f"{classifier_dir}: no evaluation classifier; train it with "
+                                f"`python -m training.quality train --run-dir {classifier_dir}`")
+    classifier, _ = load_classifier(classifier_dir)
+    s = scores(classifier, samples, levels, classify(classifier, x_real, levels)[1])
+    return {"inception_score": s["inception_score"], "inception_score_std": s["inception_score_std"],
+            "fid": s["fid"], "classes_covered": s["classes_covered"], "class_kl": s["kl_to_uniform"],
+            "class_histogram": s["histogram"], "quality_samples": len(samples)}
 
 
 def _train(args) -> None:

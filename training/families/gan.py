@@ -33,7 +33,6 @@ from training import quality
 from training.nn import adversarial as adv
 
 SIDE, LEVELS = 28, 256
-CLASSIFIER = Path(__file__).resolve().parents[2] / "models" / "evaluation"
 EVAL_SAMPLES = 500
 
 
@@ -259,22 +258,14 @@ def critic_scores(model: GAN, split, batch_size: int = 100) -> torch.Tensor:
     return torch.cat(out)
 
 
-def evaluate_test(model: GAN, split, classifier_dir: Path = CLASSIFIER) -> dict:
+def evaluate_test(model: GAN, split, classifier_dir: Path = quality.SHIPPED) -> dict:
     """Inception Score, FID against the test split and mode coverage of 500 samples (seed 0), from the shipped
     evaluation classifier; and the critic's logit per test image (higher = more real), which calibrates the
     served score's anomaly percentiles. A GAN has no test NLL."""
-    if not (Path(classifier_dir) / "classifier.safetensors").exists():
-        raise FileNotFoundError(f"{classifier_dir}: no evaluation classifier; train it with "
-                                f"`python -m training.quality train --run-dir {classifier_dir}`")
-    classifier, _ = quality.load_classifier(classifier_dir)
-    reference = quality.classify(classifier, split.x_test, split.levels)[1]
     samples = generate(model, EVAL_SAMPLES, torch.Generator().manual_seed(0)).numpy()
-    s = quality.scores(classifier, samples, LEVELS, reference)
+    report = quality.sample_report(samples, split.x_test, LEVELS, classifier_dir)
     critic = critic_scores(model, split)
-    return {"inception_score": s["inception_score"], "inception_score_std": s["inception_score_std"],
-            "fid": s["fid"], "classes_covered": s["classes_covered"], "class_kl": s["kl_to_uniform"],
-            "class_histogram": s["histogram"], "quality_samples": EVAL_SAMPLES,
-            "test_critic_mean": critic.mean().item(), "test_critic_per_example": critic.tolist()}
+    return {**report, "test_critic_mean": critic.mean().item(), "test_critic_per_example": critic.tolist()}
 
 
 class Sample(nn.Module):

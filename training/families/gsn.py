@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from training import quality
 from training.distributions import bernoulli
 
-CLASSIFIER = Path(__file__).resolve().parents[2] / "models" / "evaluation"  # training/quality.py's classifier
 NOISE = 2  # uniforms per pixel and step: [..., 0] the corruption, [..., 1] the draw from P(x | x~)
 
 
@@ -135,26 +135,19 @@ def test_losses(model: GSN, x_test: np.ndarray, batch_size: int = 100) -> tuple[
     return np.concatenate(one_step), np.concatenate(walkback)
 
 
-def evaluate_test(model: GSN, split, classifier_dir: Path = CLASSIFIER) -> dict:
+def evaluate_test(model: GSN, split, classifier_dir: Path = quality.SHIPPED) -> dict:
     """The test denoising losses (nats per image, not likelihoods) and the inception score, FID (to as many
     test images) and class coverage of `eval_samples` chains of `sample_steps` steps (seed 0)."""
-    from training.quality import classify, load_classifier, scores
-
     model.eval()
     one_step, walkback = test_losses(model, split.x_test)
     n, c = model.config.eval_samples, model.config
     samples = run_chain(model, n, c.sample_steps, torch.Generator().manual_seed(0)).numpy()
-    classifier, _ = load_classifier(classifier_dir)
-    reference = classify(classifier, split.x_test[:n], split.levels)[1]
-    quality = scores(classifier, samples, split.levels, reference)
     return {"method": "denoising (no likelihood)",
             "test_denoising_nll": float(one_step.mean()),
             "test_denoising_nll_stderr": float(one_step.std(ddof=1) / math.sqrt(len(one_step))),
             "test_walkback_nll": float(walkback.mean()), "walkback": c.walkback, "corruption": c.corruption,
-            "inception_score": quality["inception_score"], "inception_score_std": quality["inception_score_std"],
-            "fid": quality["fid"], "classes_covered": quality["classes_covered"],
-            "class_kl": quality["kl_to_uniform"], "class_histogram": quality["histogram"],
-            "quality_samples": n, "quality_steps": c.sample_steps}
+            **quality.sample_report(samples, split.x_test[:n], split.levels, classifier_dir),
+            "quality_steps": c.sample_steps}
 
 
 class Step(nn.Module):
