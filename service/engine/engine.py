@@ -72,7 +72,9 @@ class Engine(LatentOperations):
             runner = InProcess(directories, settings.runtime, settings.intra_op_threads)
         self.runner = runner
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._batchers: dict[tuple[str, str], DynamicBatcher | ContinuousBatcher] = {}
+        # (model, function, length, continuous?) -> its scheduler: a step function called directly (V2) and the
+        # same function run as a sequence (sample, complete) need one scheduler of each kind
+        self._batchers: dict[tuple[str, str, int | None, bool], DynamicBatcher | ContinuousBatcher] = {}
 
     async def start(self) -> None:
         """Start the runner (worker processes load the models in the background: see ready())."""
@@ -148,7 +150,8 @@ class Engine(LatentOperations):
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # schedulers belong to one event loop
             self._loop, self._batchers = loop, {}
-        model, key = m.manifest["name"], (m.manifest["name"], function, length)
+        continuous = bool(capability and capability["procedure"] == "autoregressive")
+        model, key = m.manifest["name"], (m.manifest["name"], function, length, continuous)
         if key not in self._batchers:
             inputs = m.function_inputs(function)
 
@@ -156,7 +159,7 @@ class Engine(LatentOperations):
                 return await self.runner.call(model, function, {name: feeds[name] for name in inputs})
 
             observer = self.metrics.observer(model, function)
-            if capability and capability["procedure"] == "autoregressive":
+            if continuous:
                 outputs = procedures.autoregressive_state_outputs(capability)
                 self._batchers[key] = ContinuousBatcher(run, outputs, self._batching(m), observer)
             else:

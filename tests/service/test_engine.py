@@ -325,3 +325,21 @@ def test_missing_capability(tiny_store, tmp_path, test_images):
         run(engine.complete(MODEL, test_images[:1], np.ones_like(test_images[:1]), 1, 0, 1.0))
     assert info.value.status == 400
     assert sample(engine, 1, seed=0).shape[0] == 1  # the other capabilities still work
+
+
+def test_direct_call_of_a_step_function_and_sampling_share_no_scheduler(onnx_engine, spec):
+    """Issue 15, defect 1: a V2 call of sample_step once broke sampling until restart (and the other way round)."""
+    step = onnx_engine.function_spec(MODEL, "sample_step")
+    feeds = {t["name"]: np.zeros([1 if d == -1 else d for d in t["shape"]],
+                                 np.int64 if t["dtype"] == "int64" else np.float32) for t in step["inputs"]}
+    feeds["temperature"][:] = 1.0
+
+    async def both_ways():
+        await onnx_engine.infer(MODEL, "sample_step", feeds)
+        first = await onnx_engine.sample(MODEL, 1, 3, 1.0, None)
+        again = await onnx_engine.infer(MODEL, "sample_step", feeds)
+        return first, again
+
+    first, again = run(both_ways())
+    assert first.shape == (1, *spec["shape"])
+    assert again["x"].shape == (1, spec["shape"][-1])
