@@ -2,8 +2,10 @@
 variable with the prefix GENSERVE_, e.g. GENSERVE_PORT=9000."""
 
 from pathlib import Path
+from typing import Annotated
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -26,3 +28,17 @@ class Settings(BaseSettings):
     max_queue_delay_us: int | None = None
     max_queue_size: int | None = None
     timeout_ms: int | None = None
+    # Security (README, "Deployment"): unset, the server is open to whoever reaches its ports, and says so at start.
+    api_keys_file: Path | None = None  # one key per line; blank lines and # comments ignored
+    metrics_public: bool = False  # with keys set, /metrics needs a key too unless this is true
+    cors_origins: Annotated[list[str], NoDecode] = []  # comma-separated origins allowed by CORS; none by default
+    tls_cert: Path | None = None  # PEM certificate chain; with tls_key, REST and gRPC serve TLS only
+    tls_key: Path | None = None
+    # Shutdown: on SIGTERM, in-flight requests get this long to finish; what is still running is cut and logged.
+    drain_timeout_s: float = 30.0
+    access_log: bool = False  # one log line per HTTP request (off: it costs the hot path)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value):
+        return [o.strip() for o in value.split(",") if o.strip()] if isinstance(value, str) else value
