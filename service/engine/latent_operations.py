@@ -8,6 +8,7 @@ algorithms themselves are the procedures of service.engine.latent.
 from __future__ import annotations
 
 import math
+import time
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,28 +31,28 @@ class LatentOperations:
         k = cap["k"] if k is None else k
         if not 1 <= k <= cap["max_k"]:
             raise InvalidInput(f"k: must be in 1..{cap['max_k']}", field="k")
-        rngs = procedures.row_generators(seed, len(x))
+        rngs, call = procedures.row_generators(seed, len(x)), self._caller(m)  # one deadline for every call
         posterior = {}
         if "mean" in m.function_inputs(cap["function"]):  # q's parameters come from encode (and refinement)
-            mean, std = await self._encode(m, x, refine_steps, rngs)
+            mean, std = await self._encode(m, x, refine_steps, rngs, call)
             posterior = {"mean": mean, "std": std}
         elif refine_steps:
             raise InvalidInput(f"refine_steps: model {m.manifest['name']!r} does not refine its posterior",
                                field="refine_steps")
-        log_w = await latent.log_weights(self._caller(m), cap, x, rngs, k, posterior)
+        log_w = await latent.log_weights(call, cap, x, rngs, k, posterior)
         estimate, stderr = latent.bound(log_w, method)
         size = math.prod(m.shape)
         return [{**self._score_result(m, {"method": method}, float(e), size), "k": k, "refine_steps": refine_steps,
                  "stderr": None if stderr is None else float(stderr[b]), "is_lower_bound": True}
                 for b, e in enumerate(estimate)]
 
-    async def _encode(self, m: LoadedModel, x: np.ndarray, refine_steps: int,
-                      rngs: list[np.random.Generator]) -> tuple[np.ndarray, np.ndarray]:
+    async def _encode(self, m: LoadedModel, x: np.ndarray, refine_steps: int, rngs: list[np.random.Generator],
+                      call: latent.Call | None = None) -> tuple[np.ndarray, np.ndarray]:
         cap = m.capability("encode")
         most = cap.get("refine", {}).get("max_steps", 0)
         if not 0 <= refine_steps <= most:
             raise InvalidInput(f"refine_steps: model {m.manifest['name']!r} takes 0..{most}", field="refine_steps")
-        return await latent.encode(self._caller(m), cap, x, rngs, refine_steps)
+        return await latent.encode(call or self._caller(m), cap, x, rngs, refine_steps)
 
     async def encode(self, name: str, x: np.ndarray, refine_steps: int = 0, seed: int = 0) -> dict[str, np.ndarray]:
         """x [B, *shape] -> q(z | x)'s mean and std, [B, D] each (refined refine_steps times, noise from seed)."""
@@ -91,9 +92,12 @@ class LatentOperations:
         return {"z": z, "images": await self.decode(name, z)}
 
     def _caller(self, m: LoadedModel) -> latent.Call:
-        """Run one of m's functions on feeds [B, ...] through its dynamic batcher."""
+        """Run one of m's functions on feeds [B, ...] through its dynamic batcher. Every call of one caller
+        shares the deadline of the request that made it (timeout_ms from now), so it covers every step."""
+        deadline = time.monotonic() + self._batching(m).timeout_ms / 1000
+
         async def call(function: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            return await self._batcher(m, function).submit(feeds)
+            return await self._batcher(m, function).submit(feeds, deadline)
         return call
 
     def _chain_start(self, m: LoadedModel, rngs: list[np.random.Generator]) -> np.ndarray:

@@ -113,22 +113,24 @@ class DynamicBatcher:
     def queued_rows(self) -> int:
         return sum(r.rows for r in self.queue)
 
-    async def submit(self, inputs: Arrays, timeout_ms: int | None = None) -> Arrays:
+    async def submit(self, inputs: Arrays, deadline: float | None = None) -> Arrays:
         """Run `inputs` ([B, ...] each) in some batch; returns this request's [B, ...] outputs.
 
+        `deadline` (time.monotonic()): when the request gives up with DeadlineExceeded; default timeout_ms from
+        now. A procedure of many calls passes one deadline to all of them, so it covers every step.
         A request of more rows than the queue holds is sent in parts of max_queue_size rows, one after
         another (it could never fit whole); each part is refused if the queue is full when it arrives."""
+        deadline = time.monotonic() + self.config.timeout_ms / 1000 if deadline is None else deadline
         rows = rows_of(inputs)
         if rows > self.config.max_queue_size:
             parts = [await self.submit({name: value[start: start + self.config.max_queue_size]
-                                        for name, value in inputs.items()}, timeout_ms)
+                                        for name, value in inputs.items()}, deadline)
                      for start in range(0, rows, self.config.max_queue_size)]
             return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
         if self.queued_rows() + rows > self.config.max_queue_size:
             self.observer.rejected()
             raise Overloaded(f"queue full ({self.config.max_queue_size} rows); retry later", field="inputs")
-        timeout = (timeout_ms or self.config.timeout_ms) / 1000
-        request = _Request(inputs, rows, time.monotonic() + timeout, asyncio.get_running_loop().create_future())
+        request = _Request(inputs, rows, deadline, asyncio.get_running_loop().create_future())
         self.queue.append(request)
         self.observer.queued()
         self.wakeup.set()
@@ -136,12 +138,13 @@ class DynamicBatcher:
             self.task = asyncio.create_task(self._serve())
         outcome = CANCELLED  # unless the await below returns or raises
         try:
-            outputs = await asyncio.wait_for(asyncio.shield(request.future), timeout)
+            outputs = await asyncio.wait_for(asyncio.shield(request.future), max(deadline - time.monotonic(), 0.0))
             outcome = SUCCESS
             return outputs
         except TimeoutError:
             outcome = TIMEOUT
-            raise DeadlineExceeded(f"request timed out after {timeout * 1000:.0f} ms", field="timeout_ms") from None
+            raise DeadlineExceeded(f"request timed out after {self.config.timeout_ms} ms",
+                                   field="timeout_ms") from None
         except Exception:
             outcome = ERROR
             raise
