@@ -150,7 +150,7 @@ class Engine(LatentOperations):
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # schedulers belong to one event loop
             self._loop, self._batchers = loop, {}
-        continuous = bool(capability and capability["procedure"] == "autoregressive")
+        continuous = bool(capability and capability["procedure"] in ("autoregressive", "markov_chain"))
         model, key = m.manifest["name"], (m.manifest["name"], function, length, continuous)
         if key not in self._batchers:
             inputs = m.function_inputs(function)
@@ -160,8 +160,8 @@ class Engine(LatentOperations):
 
             observer = self.metrics.observer(model, function)
             if continuous:
-                outputs = procedures.autoregressive_state_outputs(capability)
-                self._batchers[key] = ContinuousBatcher(run, outputs, self._batching(m), observer)
+                state, emit = procedures.state_outputs(capability)
+                self._batchers[key] = ContinuousBatcher(run, state, self._batching(m), observer, emit)
             else:
                 self._batchers[key] = DynamicBatcher(run, self._batching(m), observer)
         return self._batchers[key]
@@ -198,9 +198,11 @@ class Engine(LatentOperations):
         if length < 1:
             raise InvalidInput("length: must be at least 1", field="length")
         values = len(prompt) + length
-        if values > self.settings.max_sequence_length:
-            raise InvalidInput(f"length: prompt and continuation are {values} values, over the limit of "
-                               f"{self.settings.max_sequence_length}", field="length")
+        most = cap.get("max_length", self.settings.max_sequence_length)
+        if values > most:
+            raise InvalidInput(f"length: prompt and continuation are {values} values, over model "
+                               f"{m.manifest['name']!r}'s limit of {most}", field="length")
+        self._check_work(m, cap, rows, values, "length", "samples x values")
         steps = math.ceil(values / per_step)
         observed = np.zeros((rows, steps * per_step), np.int64)
         observed[:, : len(prompt)] = prompt
@@ -215,6 +217,7 @@ class Engine(LatentOperations):
         cap = m.capability(capability)
         if rows < 1:
             raise InvalidInput("n: must be at least 1", field="n")
+        self._check_rows(m, rows)
         rngs = procedures.row_generators(seed, rows) if rngs is None else rngs
         per_row = self._per_row(m, cap["function"], label, top_k, rngs)
         sequence = procedures.autoregressive(cap, rngs, np.full(rows, temperature, np.float32), steps,
@@ -248,6 +251,23 @@ class Engine(LatentOperations):
                 self._count_audio(m, out.size)
                 started = self._first_chunk(name, started)
                 yield out
+
+    async def _chain(self, m: LoadedModel, cap: dict, rngs: list[np.random.Generator], x: np.ndarray,
+                     observed: np.ndarray, mask: np.ndarray, steps: int) -> np.ndarray:
+        """A Markov chain's state after `steps` transitions from x, run on the continuous batcher (its steps
+        share calls with other requests' chains, pay no queue delay, and the deadline covers them all)."""
+        self._check_rows(m, len(x))
+        sequence = procedures.markov_chain(cap, rngs, x, observed, mask, steps)
+        async for state in self._batcher(m, cap["function"], cap).generate(sequence):
+            x = state
+        return x
+
+    def _check_rows(self, m: LoadedModel, rows: int) -> None:
+        """A sequence's rows (inputs x n) run together, so they must fit the scheduler's queue at once."""
+        most = self._batching(m).max_queue_size
+        if rows > most:
+            raise InvalidInput(f"n: inputs x n is {rows} rows, over the {most} that run together; send fewer "
+                               "inputs or a smaller n per request", field="n")
 
     def _first_chunk(self, name: str, started: float | None) -> None:
         """Record the time to a stream's first chunk, once: returns the new `started`, None."""
@@ -284,8 +304,8 @@ class Engine(LatentOperations):
                 raise InvalidInput(f"temperature: model {name!r} samples by a Markov chain and takes none",
                                    field="temperature")
             zeros = np.zeros([n, *m.shape], np.int64)
-            return await latent.markov_chain(self._caller(m), cap, rngs, self._chain_start(m, rngs), zeros, zeros,
-                                             self._chain_steps(m, cap, steps))
+            return await self._chain(m, cap, rngs, self._chain_start(m, rngs), zeros, zeros,
+                                     self._chain_steps(m, cap, steps, n))
         self._no_steps(m, cap, steps)
         steps, observed, mask, values = self._plan(m, m.capability("sample"), prompt, length, n)
         chunks = [v async for v in self._generate(m, "sample", seed, n, temperature, label, observed, mask,
@@ -322,6 +342,7 @@ class Engine(LatentOperations):
             if mask is not None:
                 raise InvalidInput(f"mask: model {name!r} continues each input and takes no mask", field="mask")
             return await self._continue(m, x, n, seed, temperature, label, length, top_k)
+        self._no_sequence_options(m, length=length)  # an image's completion has the image's size
         x = check_levels(x, m.shape, m.data["levels"], "inputs")
         if mask is None:
             raise InvalidInput("mask: image completion needs a mask (1 = observed)", field="mask")
@@ -341,8 +362,8 @@ class Engine(LatentOperations):
         if cap["procedure"] == "markov_chain":
             rngs = procedures.row_generators(seed, len(rows_x))
             start = np.where(rows_mask == 1, rows_x, self._chain_start(m, rngs))
-            out = await latent.markov_chain(self._caller(m), cap, rngs, start, rows_x, rows_mask,
-                                            self._chain_steps(m, cap, steps))
+            out = await self._chain(m, cap, rngs, start, rows_x, rows_mask,
+                                    self._chain_steps(m, cap, steps, len(rows_x)))
             return out.reshape(len(x), n, *m.shape)
         values = [v async for v in self._generate(m, "complete", seed, len(rows_x), temperature, label,
                                                   rows_x, rows_mask)]
@@ -360,6 +381,7 @@ class Engine(LatentOperations):
 
         prefixes = [check_sequence(prefix, m.data["levels"], f"inputs[{b}]") for b, prefix in enumerate(prefixes)]
         plans = [self._plan(m, cap, prefix, length, n) for prefix in prefixes]
+        self._check_work(m, cap, n, sum(values for *_, values in plans), "length", "n x the values of every input")
 
         async def one(b: int, steps: int, observed: np.ndarray, mask: np.ndarray, values: int) -> np.ndarray:
             chunks = [v async for v in self._generate(m, "complete", seed, n, temperature, label, observed, mask,

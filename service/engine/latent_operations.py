@@ -31,6 +31,7 @@ class LatentOperations:
         k = cap["k"] if k is None else k
         if not 1 <= k <= cap["max_k"]:
             raise InvalidInput(f"k: must be in 1..{cap['max_k']}", field="k")
+        self._check_work(m, cap, len(x), k, "k", "inputs x k")
         rngs, call = procedures.row_generators(seed, len(x)), self._caller(m)  # one deadline for every call
         posterior = {}
         if "mean" in m.function_inputs(cap["function"]):  # q's parameters come from encode (and refinement)
@@ -104,12 +105,24 @@ class LatentOperations:
         """Uniformly random levels, [rows, *shape] int64: where a Markov chain starts."""
         return np.stack([rng.integers(0, m.data["levels"], m.shape) for rng in rngs]).astype(np.int64)
 
-    @staticmethod
-    def _chain_steps(m: LoadedModel, cap: dict, steps: int | None) -> int:
+    @classmethod
+    def _chain_steps(cls, m: LoadedModel, cap: dict, steps: int | None, rows: int) -> int:
+        """The steps of a Markov chain over `rows` rows (inputs x n), checked against both limits."""
         steps = cap["steps"] if steps is None else steps
         if not 1 <= steps <= cap["max_steps"]:
             raise InvalidInput(f"steps: model {m.manifest['name']!r} takes 1..{cap['max_steps']}", field="steps")
+        cls._check_work(m, cap, rows, steps, "steps", "chains x steps")
         return steps
+
+    @staticmethod
+    def _check_work(m: LoadedModel, cap: dict, rows: int, steps: int, field: str, what: str) -> None:
+        """Refuse an iterative request of more row-steps than the capability's max_row_steps: the most that
+        finishes well within the default deadline on one CPU core (benchmarks/request_limits.py measures it)."""
+        most = cap.get("max_row_steps")
+        if most is not None and rows * steps > most:
+            raise InvalidInput(f"{field}: {what} is {rows} x {steps} = {rows * steps}, over model "
+                               f"{m.manifest['name']!r}'s limit of {most} per request; send fewer, or in parts",
+                               field=field)
 
     @staticmethod
     def _no_steps(m: LoadedModel, cap: dict, steps: int | None) -> None:

@@ -11,6 +11,7 @@ so a row's output depends on its seed alone, never on what else is in the batch.
 
 import numpy as np
 
+from service.engine.latent import draw
 from service.engine.runtimes import DTYPES
 from service.engine.scheduler import Sequence
 
@@ -59,6 +60,21 @@ def autoregressive(
     return Sequence(feeds, state, steps)
 
 
-def autoregressive_state_outputs(capability: dict) -> dict[str, str]:
-    """Which output replaces each carried input after a step: x_prev <- x, s <- next_s."""
-    return {"x_prev": "x", **{name: f"next_{name}" for name in capability["state"]}}
+
+def markov_chain(capability: dict, rngs: list[np.random.Generator], x: np.ndarray, observed: np.ndarray,
+                 mask: np.ndarray, steps: int) -> Sequence:
+    """`steps` transitions of the capability's chain from x [rows, *shape], for a ContinuousBatcher: the step
+    function takes x, its noise, observed and mask (where mask is 1 it returns observed) and gives next_x."""
+
+    def feeds(t: int) -> dict[str, np.ndarray]:
+        return {**draw(capability["noise"], rngs), "observed": observed, "mask": mask}
+
+    return Sequence(feeds, {"x": x}, steps)
+
+
+def state_outputs(capability: dict) -> tuple[dict[str, str], str]:
+    """(which output replaces each carried input after a step, the output each step emits) of an iterative
+    procedure: autoregressive x_prev <- x, s <- next_s (emits x); Markov chain x <- next_x (emits next_x)."""
+    if capability["procedure"] == "markov_chain":
+        return {"x": "next_x"}, "next_x"
+    return {"x_prev": "x", **{name: f"next_{name}" for name in capability["state"]}}, "x"

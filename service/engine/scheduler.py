@@ -222,13 +222,15 @@ class ContinuousBatcher:
     """Runs `run(feeds) -> outputs` once per step over every active sequence.
 
     `state_names` maps each state input to the output that replaces it after a
-    step (x_prev <- x, h <- next_h, ...). Sequences join when there is room
-    in max_batch_size and leave when done or cancelled, at step boundaries.
+    step (x_prev <- x, h <- next_h, ...); each step's output `emit` goes to the
+    sequence's consumer (x for autoregressive steps, next_x for a Markov chain).
+    Sequences join when there is room in max_batch_size and leave when done or
+    cancelled, at step boundaries; a step waits for no queue delay.
     """
 
     def __init__(self, run: Run, state_names: dict[str, str], config: BatchingConfig,
-                 observer: Observer | None = None):
-        self.run, self.state_names, self.config = run, state_names, config
+                 observer: Observer | None = None, emit: str = "x"):
+        self.run, self.state_names, self.config, self.emit = run, state_names, config, emit
         self.observer = observer or Observer()
         self.waiting: deque[Sequence] = deque()
         self.active: list[Sequence] = []
@@ -313,7 +315,7 @@ class ContinuousBatcher:
             start += s.rows
             s.state = {name: mine[out] for name, out in self.state_names.items()}
             s.t += 1
-            s.outbox.put_nowait(mine["x"])
+            s.outbox.put_nowait(mine[self.emit])
             if s.t == s.steps:
                 s.cancelled = True  # finished: leaves at this boundary
                 self.observer.generated(s.rows)
