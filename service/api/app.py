@@ -16,7 +16,7 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api import codecs, errors, schemas, v2
+from service.api import codecs, errors, schemas, security, v2
 from service.api.disconnect import CLIENT_CLOSED_REQUEST, ClientGone, unless_disconnected
 from service.api.drain import Drain, DrainMiddleware
 from service.api.metrics import ApiMetrics, MetricsMiddleware
@@ -29,8 +29,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": schemas.ErrorResponse, "description": description}
     for status, description in {
         400: "the model lacks the capability",
+        401: "no valid API key (only with GENSERVE_API_KEYS_FILE set)",
         404: "unknown model",
         413: "body too large",
+        415: "body not JSON",
         422: "invalid request",
         503: "overloaded or not ready",
     }.items()
@@ -382,5 +384,6 @@ def create_app(engine: Any, settings: Settings | None = None) -> FastAPI:
     app.include_router(v2.router(engine))  # Open Inference Protocol (KServe V2)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(DrainMiddleware, drain=app.state.drain)
+    security.install(app, settings)  # keys (401), JSON-only bodies (415), CORS
     app.add_middleware(MetricsMiddleware, metrics=metrics, root=app, known_model=lambda name: _knows(engine, name))
     return app
