@@ -3,10 +3,14 @@ and the Open Inference Protocol when service.grpc.inference provides it.
 
 `build_grpc_server` only builds and binds; the caller starts it on the event
 loop that also runs uvicorn, and stops it (health turns NOT_SERVING first).
+With settings.api_keys_file, calls need a key (service.grpc.auth); with
+settings.tls_cert and tls_key, the port serves TLS only.
 """
 
 import asyncio
+import inspect
 import logging
+from collections import Counter
 from typing import Any
 
 import grpc
@@ -14,6 +18,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from service.credentials import api_keys, tls_pair
+from service.grpc.auth import AuthInterceptor
 from service.grpc.genserve_servicer import add_genserve_servicer
 from service.settings import Settings
 
@@ -21,6 +27,8 @@ log = logging.getLogger("genserve.grpc")
 
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name  # "grpc.health.v1.Health"
 WATCH_POLL_S = 1.0
+_KINDS = {(False, False): "unary_unary", (False, True): "unary_stream",  # the RpcMethodHandler field that
+          (True, False): "stream_unary", (True, True): "stream_stream"}  # holds the behavior of each kind
 
 
 class EngineHealth(HealthServicer):
@@ -69,6 +77,67 @@ class EngineHealth(HealthServicer):
             await self.refresh()
 
 
+class CallsInFlight(grpc.aio.ServerInterceptor):
+    """Tracks the calls in flight by method, so that a drain cut short can say what it cut."""
+
+    def __init__(self) -> None:
+        self.methods: Counter[str] = Counter()
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    async def intercept_service(self, continuation, handler_call_details: grpc.HandlerCallDetails):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        kind = _KINDS[handler.request_streaming, handler.response_streaming]
+        behavior = self._tracked(getattr(handler, kind), handler_call_details.method)
+        return handler if behavior is None else handler._replace(**{kind: behavior})
+
+    def _tracked(self, behavior, method: str):
+        """`behavior` counted while it runs; None for a synchronous one (this server has none)."""
+        if inspect.isasyncgenfunction(behavior):
+            async def stream(request, context):
+                self._enter(method)
+                try:
+                    async for response in behavior(request, context):
+                        yield response
+                finally:
+                    self._leave(method)
+            return stream
+        if inspect.iscoroutinefunction(behavior):
+            async def call(request, context):
+                self._enter(method)
+                try:
+                    return await behavior(request, context)
+                finally:
+                    self._leave(method)
+            return call
+        return None
+
+    def _enter(self, method: str) -> None:
+        self.methods[method] += 1
+        self.idle.clear()
+
+    def _leave(self, method: str) -> None:
+        self.methods[method] -= 1
+        if not self.methods[method]:
+            del self.methods[method]
+        if not self.methods:
+            self.idle.set()
+
+    def stop_waiting(self) -> None:
+        """Let finished() return now, whatever is still in flight."""
+        self.idle.set()
+
+    async def finished(self, timeout_s: float) -> bool:
+        """Wait until no call is in flight (True), or timeout_s passed (False)."""
+        try:
+            await asyncio.wait_for(self.idle.wait(), timeout_s)
+            return True
+        except TimeoutError:
+            return False
+
+
 def _add_inference(server: grpc.aio.Server, engine: Any) -> str:
     """The Open Inference Protocol servicer (inference.GRPCInferenceService)."""
     from service.grpc.inference import add_inference_servicer
@@ -82,13 +151,25 @@ def _address(host: str, port: int) -> str:
     return f"{host}:{port}"
 
 
+def _tls_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    pair = tls_pair(settings)
+    if pair is None:
+        return None
+    cert, key = (path.read_bytes() for path in pair)
+    return grpc.ssl_server_credentials([(key, cert)])
+
+
 def build_grpc_server(engine: Any, settings: Settings, port: int) -> grpc.aio.Server:
     """A grpc.aio server over `engine`, bound to settings.host:port (0: any free port) but not started.
 
     The port actually bound is `server.genserve_port`; the health servicer is
-    `server.genserve_health` (await its enter_graceful_shutdown() before a drain).
+    `server.genserve_health` (await its enter_graceful_shutdown() before a drain);
+    `server.genserve_calls` tracks the calls in flight. A keys file or TLS pair that
+    cannot be used raises service.credentials.CredentialsError.
     """
-    server = grpc.aio.server(options=[
+    keys, calls = api_keys(settings), CallsInFlight()
+    interceptors = [calls] if keys is None else [AuthInterceptor(keys), calls]  # a refused call is not counted
+    server = grpc.aio.server(interceptors=interceptors, options=[
         ("grpc.max_receive_message_length", settings.max_body_bytes),
         ("grpc.so_reuseport", 0),  # a port in use is an error, not a silently shared socket
     ])
@@ -97,10 +178,13 @@ def build_grpc_server(engine: Any, settings: Settings, port: int) -> grpc.aio.Se
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection([*services, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME], server)
     address = _address(settings.host, port)
-    bound = server.add_insecure_port(address)
+    credentials = _tls_credentials(settings)
+    bound = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
     if not bound:
         raise RuntimeError(f"gRPC: cannot bind {address}")
     server.genserve_port = bound
     server.genserve_health = health
-    log.info("gRPC on %s: %s", _address(settings.host, bound), ", ".join(services))
+    server.genserve_calls = calls
+    log.info("gRPC on %s%s: %s", _address(settings.host, bound), "" if credentials is None else " (TLS)",
+             ", ".join(services))
     return server
