@@ -3,10 +3,11 @@
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from pathlib import Path
 
 log = logging.getLogger("genserve")
-DRAIN_GRACE_S = 30.0
+CUT_ANSWER_S = 5.0  # once a drain is cut, how long cut work gets to end (an HTTP 503 sent, a gRPC step finished)
 
 
 def run(
@@ -27,6 +28,7 @@ def run(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     given = {"host": host, "port": port, "grpc_port": grpc_port, "models": models}
     settings = Settings(**{key: value for key, value in given.items() if value is not None})
+    check_security(settings)
     try:
         store = ModelStore(settings.models)  # refuses a file whose sha256 differs, and names it
     except StoreError as e:
@@ -44,14 +46,33 @@ def run(
     asyncio.run(serve(app, engine, settings))
 
 
+def check_security(settings) -> None:
+    """Refuse a keys file or TLS pair that cannot be used, before anything loads; say how the ports are guarded."""
+    from service.credentials import CredentialsError, api_keys, check_tls
+
+    try:
+        keys, tls = api_keys(settings), check_tls(settings)
+    except CredentialsError as e:
+        raise SystemExit(f"genserve: {e}") from e
+    if keys is None:
+        log.warning("no GENSERVE_API_KEYS_FILE: REST (port %d) and gRPC (port %d) are open to anyone who can reach "
+                    "them", settings.port, settings.grpc_port)
+    else:
+        public = "; /metrics is public" if settings.metrics_public else ""
+        log.info("API keys: %d from %s; /healthz, /readyz and gRPC health are open%s", len(keys),
+                 settings.api_keys_file, public)
+    log.info("TLS: %s", "off (plain HTTP and gRPC)" if tls is None else f"on, certificate {tls[0]}")
+
+
 async def serve(app, engine, settings) -> None:
     """uvicorn and the grpc.aio server on one event loop, drained together on SIGTERM/SIGINT.
 
-    On the signal both stop taking new work and finish what is in flight (grace DRAIN_GRACE_S):
+    On the signal both stop taking new work and finish what is in flight (within settings.drain_timeout_s):
     HTTP keeps its listener open and answers new requests 503 (service.api.drain) until no request
     is in flight, then uvicorn stops; gRPC at once reports NOT_SERVING and refuses new calls
-    (UNAVAILABLE). Then the engine workers stop, serve() returns and the process exits 0. A second
-    signal stops waiting for in-flight work.
+    (UNAVAILABLE). Then the engine workers stop, serve() returns and the process exits 0. What is still
+    in flight when the time is up is cut, and a WARNING says how many HTTP requests and gRPC calls, by
+    route and method. A second signal stops waiting for in-flight work.
     uvicorn's own signal handling would re-raise the signal once it is done, killing the
     process before gRPC has drained, so the loop's handlers stand in for it.
     """
@@ -67,18 +88,31 @@ async def serve(app, engine, settings) -> None:
             yield
 
     grpc_server = build_grpc_server(engine, settings, settings.grpc_port)
-    # drain_http() has waited for in-flight requests; uvicorn then only closes idle connections
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5)
+    # drain_http() has waited for in-flight requests; uvicorn then only closes idle connections.
+    # TLS: check_security() has made sure that the certificate and key are both set or both unset.
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5,
+                            access_log=settings.access_log,
+                            ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key)
     web = Server(config)
     drained: asyncio.Future | None = None
+    limit_s = settings.drain_timeout_s
 
     async def drain_grpc() -> None:
         await grpc_server.genserve_health.enter_graceful_shutdown()
-        await grpc_server.stop(grace=DRAIN_GRACE_S)  # in-flight calls finish (within the grace); new ones are refused
+        stopped = asyncio.ensure_future(grpc_server.stop(grace=limit_s))  # new calls are refused from now on
+        calls = grpc_server.genserve_calls
+        if not await calls.finished(limit_s):
+            log.warning("drain: cut %s after %g s (GENSERVE_DRAIN_TIMEOUT_S)", _cut(calls.methods, "gRPC call"),
+                        limit_s)
+        await stopped  # cancels the calls still running at the limit
+        await calls.finished(CUT_ANSWER_S)  # a cancelled stream ends its step in flight before the workers stop
 
     async def drain_http() -> None:
-        if not await app.state.drain.finished(DRAIN_GRACE_S):  # new requests get 503 meanwhile
-            log.warning("drain: HTTP requests still in flight after %.0f s; stopping anyway", DRAIN_GRACE_S)
+        drain = app.state.drain
+        if not await drain.finished(limit_s):  # new requests get 503 meanwhile
+            log.warning("drain: cut %s after %g s (GENSERVE_DRAIN_TIMEOUT_S)", _cut(drain.cut(), "HTTP request"),
+                        limit_s)
+            await drain.finished(CUT_ANSWER_S)  # the cut requests answer 503 (or break off their streams)
         web.should_exit = True
 
     def start_drain() -> asyncio.Future:
@@ -93,6 +127,7 @@ async def serve(app, engine, settings) -> None:
             log.info("%s again: stopping now", sig.name)
             web.should_exit = web.force_exit = True
             app.state.drain.stop_waiting()
+            grpc_server.genserve_calls.stop_waiting()
             asyncio.ensure_future(grpc_server.stop(grace=None))
             return
         log.info("%s: draining", sig.name)
@@ -112,3 +147,11 @@ async def serve(app, engine, settings) -> None:
         for sig in signals:
             loop.remove_signal_handler(sig)
         await engine.stop()
+
+
+def _cut(in_flight: Counter, what: str) -> str:
+    """What a drain cut, from a count by route or method: e.g.
+    "2 HTTP requests still in flight (POST /v1/models/{name}/sample x2)"."""
+    total = sum(in_flight.values())
+    routes = ", ".join(f"{route} x{count}" for route, count in sorted(in_flight.items()))
+    return f"{total} {what}{'' if total == 1 else 's'} still in flight ({routes})"

@@ -2,11 +2,15 @@
 
 A closed listener would refuse new connections instead, and a client could not tell a server that is
 going away from one that never was. /healthz keeps answering 200 (the process is alive); /readyz gets 503.
+What is still in flight when the drain's time is up is cut (Drain.cut): its work is cancelled, as for a
+client that went away, and a request not answered yet gets 503 `draining` with Retry-After; a response
+already under way (a stream) is broken off.
 """
 
 import asyncio
+from collections import Counter
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import error_response
 from service.engine.errors import RETRY_AFTER_S
@@ -15,16 +19,40 @@ STILL_SERVED = ("/healthz", "/metrics")
 
 
 class Drain:
-    """Counts in-flight HTTP requests; once begun, refuses new ones."""
+    """Tracks in-flight HTTP requests; once begun, refuses new ones; cut() ends those still running."""
 
     def __init__(self) -> None:
         self.draining = False
-        self.in_flight = 0
+        self.cutting = False
+        self.requests: dict[asyncio.Task, Scope] = {}  # every request in flight, by the task that serves it
         self.idle = asyncio.Event()
         self.idle.set()
 
     def begin(self) -> None:
         self.draining = True
+
+    def enter(self, scope: Scope) -> None:
+        self.requests[asyncio.current_task()] = scope
+        self.idle.clear()
+
+    def leave(self) -> None:
+        del self.requests[asyncio.current_task()]
+        if not self.requests:
+            self.idle.set()
+
+    def routes(self) -> Counter[str]:
+        """The requests in flight by method and route template ("POST /v1/models/{name}/sample"); a request
+        still being read (not routed yet) counts as "<method> unrouted"."""
+        return Counter(f"{scope['method']} {getattr(scope.get('route'), 'path', 'unrouted')}"
+                       for scope in self.requests.values())
+
+    def cut(self) -> Counter[str]:
+        """Cancel every request still in flight; returns what was cut (routes())."""
+        cut = self.routes()
+        self.cutting = True
+        for task in self.requests:
+            task.cancel()
+        return cut
 
     def stop_waiting(self) -> None:
         """Let finished() return now, whatever is still in flight."""
@@ -39,6 +67,10 @@ class Drain:
             return False
 
 
+def _refusal(message: str):
+    return error_response(503, "draining", message, None, {"Retry-After": RETRY_AFTER_S, "Connection": "close"})
+
+
 class DrainMiddleware:
     def __init__(self, app: ASGIApp, drain: Drain) -> None:
         self.app, self.drain = app, drain
@@ -48,15 +80,23 @@ class DrainMiddleware:
             await self.app(scope, receive, send)
             return
         if self.drain.draining and scope["path"] not in STILL_SERVED:
-            refuse = error_response(503, "draining", "server: shutting down; retry on another replica", None,
-                                    {"Retry-After": RETRY_AFTER_S, "Connection": "close"})
-            await refuse(scope, receive, send)
+            await _refusal("server: shutting down; retry on another replica")(scope, receive, send)
             return
-        self.drain.in_flight += 1
-        self.drain.idle.clear()
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        self.drain.enter(scope)
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, watched)
+        except asyncio.CancelledError:
+            if not self.drain.cutting or started:
+                raise
+            asyncio.current_task().uncancel()
+            await _refusal("server: shut down before this request finished (GENSERVE_DRAIN_TIMEOUT_S); retry on "
+                           "another replica")(scope, receive, send)
         finally:
-            self.drain.in_flight -= 1
-            if self.drain.in_flight == 0:
-                self.drain.idle.set()
+            self.drain.leave()
