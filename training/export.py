@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 import torch
 from onnx.external_data_helper import set_external_data
+from safetensors.torch import save_file
 
 from training.data import SpeechSplit, Split, TextSplit
 from training.evaluate import evaluate
@@ -84,11 +85,23 @@ def export_function(out_dir: Path, name: str, module: torch.nn.Module, inputs: d
             input_names=list(inputs), output_names=outputs,
             dynamic_axes=axes,
         )
-    return {
+    entry = {
         "inputs": [tensor_spec(n, t, axes[n]) for n, t in inputs.items()],
         "outputs": [tensor_spec(n, t, axes[n]) for n, t in zip(outputs, results, strict=True)],
         "files": {"onnx": f"{name}.onnx", "torchscript": f"{name}.pt" if bundle is None else BUNDLE},
     }
+    return entry | export_kernel(out_dir, name, module, entry["files"])
+
+
+def export_kernel(out_dir: Path, name: str, module: torch.nn.Module, files: dict) -> dict:
+    """A module with a `fused_kernel()` method that gives (kind, weights) runs on the service's kernel of that kind
+    too: its weights go to <name>.kernel.safetensors, and the entry names the kernel (else nothing is added)."""
+    kernel = module.fused_kernel() if hasattr(module, "fused_kernel") else None
+    if kernel is None:
+        return {}
+    kind, weights = kernel
+    save_file({n: w.contiguous() for n, w in weights.items()}, str(out_dir / f"{name}.kernel.safetensors"))
+    return {"kernel": kind, "files": {**files, "kernel": f"{name}.kernel.safetensors"}}
 
 
 class Bundle(torch.nn.Module):

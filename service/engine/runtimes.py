@@ -3,9 +3,17 @@
 onnxruntime is the default; TorchScript is the alternative and the only place
 the service imports torch. An ONNX file may keep its weights in a shared file
 beside it (weights.onnx.data), which onnxruntime reads by itself.
+
+A function's manifest entry may also name a fused kernel of the service
+(`"kernel": "<kind>"`, service/engine/kernels, with its weights in `files.kernel`,
+safetensors): the same function, tested equal to its ONNX graph, compiled as one
+loop. Under the default runtime, "onnx", such a function runs on its kernel on the
+CPU; "onnx-graph" runs every function on its ONNX file (and so does a CUDA device).
 """
 
 import functools
+import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -80,14 +88,53 @@ class TorchScriptFunction(TensorFunction):
         return [t.cpu().numpy() for t in out]
 
 
-RUNTIMES = {"onnx": OnnxFunction, "torchscript": TorchScriptFunction}
+class KernelFunction(TensorFunction):
+    """A function on the fused kernel its manifest names, over the kernel's weights (safetensors).
+
+    The kernel compiles (or loads its machine code from numba's cache) on a thread started at load, so that
+    loading returns at once; a call that comes before it is done waits for it."""
+
+    def __init__(self, name: str, entry: dict, path: Path, threads: int = 0, device: int | None = None):
+        super().__init__(name, entry)
+        from safetensors.numpy import load_file
+
+        from service.engine.kernels import kernel_class
+
+        self.kernel = kernel_class(entry["kernel"])(load_file(str(path)), threads)
+        unknown = set(self.inputs) - set(self.kernel.inputs)
+        if unknown or self.output_names != list(self.kernel.outputs):
+            raise ValueError(f"function {name}: kernel {entry['kernel']} takes {list(self.kernel.inputs)} and gives "
+                             f"{list(self.kernel.outputs)}, not {list(self.inputs)} -> {self.output_names}")
+        self.compiled = threading.Thread(target=self.kernel.warm_up, name=f"compile-{name}", daemon=True)
+        self.compiled.start()
+
+    def run(self, feeds):
+        self.compiled.join()
+        outputs = self.kernel.run(**feeds)
+        return [outputs[n] for n in self.output_names]
+
+
+RUNTIMES = {"onnx": OnnxFunction, "torchscript": TorchScriptFunction, "kernel": KernelFunction}
+GRAPH_ONLY = "onnx-graph"  # the runtime setting that runs ONNX files even where a function names a kernel
+log = logging.getLogger("genserve.runtimes")
+
+
+def runtime_of(entry: dict, runtime: str, device: int | None) -> str:
+    """The runtime a function runs on: its kernel on the CPU under "onnx" where it names one, else `runtime`."""
+    if runtime == GRAPH_ONLY:
+        return "onnx"
+    if runtime == "onnx" and device is None and "kernel" in entry and "kernel" in entry["files"]:
+        return "kernel"
+    return runtime
 
 
 def load_function(name: str, entry: dict, directory: Path, runtime: str, threads: int = 0,
                   device: int | None = None) -> TensorFunction:
-    """One function of a model on `runtime`, on CUDA device `device` or (None) the CPU."""
-    if runtime not in RUNTIMES:
-        raise ValueError(f"unknown runtime {runtime!r}; known: {sorted(RUNTIMES)}")
-    if runtime not in entry["files"]:
-        raise ValueError(f"function {name} has no {runtime} file")
-    return RUNTIMES[runtime](name, entry, directory / entry["files"][runtime], threads, device)
+    """One function of a model on `runtime` ("onnx", "torchscript", "onnx-graph"; see the module docstring), on
+    CUDA device `device` or (None) the CPU."""
+    if runtime not in RUNTIMES and runtime != GRAPH_ONLY:
+        raise ValueError(f"unknown runtime {runtime!r}; known: {sorted([*RUNTIMES, GRAPH_ONLY])}")
+    chosen = runtime_of(entry, runtime, device)
+    if chosen not in entry["files"]:
+        raise ValueError(f"function {name} has no {chosen} file")
+    return RUNTIMES[chosen](name, entry, directory / entry["files"][chosen], threads, device)

@@ -134,6 +134,12 @@ class Step(nn.Module):
         c = self.model.config
         return {"queue": [sum(c.dilations), c.residual]}
 
+    def fused_kernel(self) -> tuple[str, dict[str, torch.Tensor]] | None:
+        """This step as the service's kernel `dilated_gated_stack` (categorical output only): (kind, weights)."""
+        if self.model.config.output != "categorical":
+            return None
+        return "dilated_gated_stack", kernel_weights(self.model)
+
     def matrices(self, label: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         """Per layer: the 2-tap conv as [old; new] [B, 2R] -> [B, 2R] (weight [2R, 2R], bias with the voice's
         [B, 2R]) and the residual weight [R, R] (None for the last layer), all for right-multiplication."""
@@ -227,6 +233,27 @@ class ScriptedStep(nn.Module):
             samples.append(x)
         next_queue = [ring[:, i, w + k_len - d: w + k_len] for i, d in enumerate(self.dilations)]
         return torch.stack(samples, dim=1), torch.cat(next_queue, dim=1)
+
+
+def kernel_weights(model: WaveNet) -> dict[str, torch.Tensor]:
+    """Step's weights for the service's fused kernel `dilated_gated_stack` (categorical output only), every matrix
+    [in, out] for right-multiplication as in Step.matrices, the voice folded into the gate bias [C, L, 2R]."""
+    m, r = model, model.config.residual
+    if m.config.output != "categorical":
+        raise ValueError(f"the fused kernel draws from a categorical output, not {m.config.output!r}")
+    with torch.no_grad():
+        voices = m.conditioning(torch.arange(m.config.num_classes))  # [C, L, 2R]
+        weights = {
+            "embedding": m.embedding.weight,  # [levels, R]
+            "dilations": torch.tensor(m.config.dilations, dtype=torch.long),
+            "gate_weight": torch.stack([conv.weight.permute(2, 1, 0).reshape(2 * r, 2 * r) for conv in m.dilated]),
+            "gate_bias": voices + torch.stack([conv.bias for conv in m.dilated]),
+            "residual_weight": torch.stack([conv.weight[:, :, 0].t() for conv in m.residual]),  # [L-1, R, R]
+            "skip_weight": m.skip.weight.t(), "skip_bias": m.skip.bias,
+            "hidden_weight": m.head[1].weight.t(), "hidden_bias": m.head[1].bias,
+            "output_weight": m.head[3].weight.t(), "output_bias": m.head[3].bias,
+        }
+        return {name: w.detach().float().contiguous() if w.is_floating_point() else w for name, w in weights.items()}
 
 
 def requeue(queue: torch.Tensor, past: list[torch.Tensor]) -> torch.Tensor:
