@@ -43,9 +43,14 @@ def wav_header(channels: int, sample_rate: int, frames: int | None) -> bytes:
     do, and readers stop at the end of the data. (The wave module cannot write a header alone.)
     """
     block = 2 * channels  # bytes per frame
-    data = (0xFFFFFFFF - 36) // block * block if frames is None else frames * block
+    data = _unknown_length(block) if frames is None else frames * block
     return struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + data, b"WAVE", b"fmt ", 16, 1, channels, sample_rate,
                        sample_rate * block, block, 16, b"data", data)
+
+
+def _unknown_length(block: int) -> int:
+    """The data size a streamed WAV's header claims (the longest file of whole `block`-byte frames)."""
+    return (0xFFFFFFFF - 36) // block * block
 
 
 def to_wav(codes: np.ndarray, sample_rate: int) -> bytes:
@@ -61,23 +66,31 @@ def to_wav(codes: np.ndarray, sample_rate: int) -> bytes:
 
 
 def from_wav(data: bytes, sample_rate: int, field: str) -> np.ndarray:
-    """A PCM WAV file (8, 16 or 32-bit; channels are averaged) at `sample_rate` -> int64 codes [T]."""
+    """A PCM WAV file (8, 16 or 32-bit; channels are averaged) at `sample_rate` -> int64 codes [T].
+
+    A file whose data is shorter than its header declares, or ends mid-frame, is refused as truncated; a streamed
+    WAV, whose header claims the longest file (wav_header(frames=None)), is read to the end of its whole frames.
+    """
     try:
         with wave.open(io.BytesIO(data), "rb") as w:
             channels, width, rate, frames = w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
             raw = w.readframes(frames)
-    except (wave.Error, EOFError) as exc:
-        raise InvalidInput(f"{field}: not a PCM WAV file ({exc})", field=field) from exc
+    except Exception as exc:  # wave.Error, EOFError, RuntimeError, struct.error...: all mean a malformed file
+        raise InvalidInput(f"{field}: not a PCM WAV file ({exc or type(exc).__name__})", field=field) from exc
     if rate != sample_rate:
         raise InvalidInput(f"{field}: the WAV is {rate} Hz; this model takes {sample_rate} Hz", field=field)
     if width not in (1, 2, 4):
         raise InvalidInput(f"{field}: {8 * width}-bit WAV; give 8, 16 or 32-bit PCM", field=field)
+    block, declared = channels * width, frames * channels * width  # bytes per frame, bytes of data declared
+    if len(raw) % block or (len(raw) < declared and declared != _unknown_length(block)):
+        raise InvalidInput(f"{field}: the WAV is truncated: {len(raw)} bytes of data where its header declares "
+                           f"{declared} in frames of {block}", field=field)
     if width == 1:  # unsigned 8-bit, centred on 128
         samples = (np.frombuffer(raw, np.uint8).astype(np.float64) - 128) / 128
     else:
         dtype = np.dtype(f"<i{width}")
         samples = np.frombuffer(raw, dtype).astype(np.float64) / (np.iinfo(dtype).max + 1)
-    samples = samples[: len(samples) // channels * channels].reshape(-1, channels).mean(axis=1)  # [T]
+    samples = samples.reshape(-1, channels).mean(axis=1)  # [T]
     if len(samples) == 0:
         raise InvalidInput(f"{field}: the WAV holds no samples", field=field)
     return encode(samples)

@@ -1,5 +1,6 @@
 """Audio on the wire: mu-law codes <-> 16-bit PCM WAV files, as the service reads and writes them."""
 
+import base64
 import io
 import wave
 
@@ -67,3 +68,22 @@ def test_the_stream_header_of_a_known_length_equals_the_wave_modules():
     codes = np.random.default_rng(1).integers(0, 256, size=(3, 50))
     whole = audio.to_wav(codes, RATE)
     assert audio.wav_header(3, RATE, frames=50) + audio.pcm16(codes) == whole
+
+
+def test_a_truncated_or_malformed_wav_is_refused_naming_the_field():
+    whole = audio.to_wav(np.arange(256), RATE)  # 512 bytes of 16-bit PCM after a 44-byte header
+    issue_15 = base64.b64decode("UklGRuwAAABXQVZFZm10IBAAAAABAAEAgD4AAAB9AAACABAAZGF0YcgAAAAAAAA=")  # 3 of 200 bytes
+    for data in (issue_15, whole[:-1], whole[:-2]):  # ends mid-frame; ends early on a frame boundary
+        with pytest.raises(InvalidInput, match=r"^x: the WAV is truncated"):
+            audio.from_wav(data, RATE, "x")
+    fmt_too_long = whole[:16] + (195).to_bytes(4, "little") + whole[20:]  # a chunk claiming past the file's end
+    with pytest.raises(InvalidInput, match=r"^x: not a PCM WAV file"):
+        audio.from_wav(fmt_too_long, RATE, "x")
+
+
+def test_a_streamed_wav_is_read_to_the_end_of_its_whole_frames():
+    codes = np.random.default_rng(2).integers(0, 256, size=300)
+    streamed = audio.wav_header(1, RATE, frames=None) + audio.pcm16(codes[None])  # claims the longest file
+    np.testing.assert_array_equal(audio.from_wav(streamed, RATE, "x"), codes)
+    with pytest.raises(InvalidInput, match=r"^x: the WAV is truncated"):
+        audio.from_wav(streamed[:-1], RATE, "x")  # cut mid-frame
