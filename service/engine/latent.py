@@ -15,6 +15,7 @@ from service.engine.errors import InvalidInput
 
 Call = Callable[[str, dict[str, np.ndarray]], Awaitable[dict[str, np.ndarray]]]
 CHUNK_ROWS = 128  # importance rows per call: memory stays bounded for any k
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def draw(noise: dict, rngs: list[np.random.Generator], count: int | None = None) -> dict[str, np.ndarray]:
@@ -40,15 +41,20 @@ def control_values(spec: dict, given: float | list[float] | None, rngs: list[np.
         classes = spec["classes"]
         if given is None:
             return np.array([rng.integers(classes) for rng in rngs], np.int64)
-        if not isinstance(given, int | float) or given != int(given) or not 0 <= given < classes:
+        whole = isinstance(given, int) or isinstance(given, float) and given.is_integer()  # NaN, inf: not whole
+        if not whole or not 0 <= given < classes:
             raise InvalidInput(f"{field}: must be an integer in 0..{classes - 1}", field=field)
         return np.full(len(rngs), int(given), np.int64)
     shape = list(spec["shape"])
     if given is None:
         return np.stack([rng.uniform(spec["low"], spec["high"], shape).astype(np.float32) for rng in rngs])
-    value = np.asarray(given, np.float64)
-    if value.size != math.prod(shape) or not np.isfinite(value).all():
-        raise InvalidInput(f"{field}: must be {math.prod(shape)} finite numbers", field=field)
+    refusal = InvalidInput(f"{field}: must be {math.prod(shape)} finite float32 numbers", field=field)
+    try:
+        value = np.asarray(given, np.float64)
+    except (TypeError, ValueError, OverflowError):
+        raise refusal from None
+    if value.size != math.prod(shape) or not (np.abs(value) <= FLOAT32_MAX).all():  # NaN compares False
+        raise refusal
     return np.broadcast_to(value.astype(np.float32).reshape(shape), (len(rngs), *shape)).copy()
 
 

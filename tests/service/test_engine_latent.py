@@ -40,6 +40,19 @@ def test_draw_gives_each_row_its_own_stream():
     assert ((both["u"] >= 0) & (both["u"] < 1)).all()
 
 
+def test_control_values_refuse_what_is_not_a_finite_float32_naming_the_control():
+    rows = [np.random.default_rng(0), np.random.default_rng(1)]
+    code, style = {"kind": "categorical", "classes": 10}, {"kind": "uniform", "low": -1, "high": 1, "shape": [2]}
+    assert latent.control_values(code, 3.0, rows, "c").tolist() == [3, 3]
+    assert latent.control_values(style, [0.5, 2], rows, "s").tolist() == [[0.5, 2.0]] * 2  # may extrapolate
+    for given in (math.nan, math.inf, -math.inf, 2.5, 10, 10**30, [1]):  # NaN and inf once answered 500
+        with pytest.raises(InvalidInput, match=r"^c: must be an integer in 0\.\.9"):
+            latent.control_values(code, given, rows, "c")
+    for given in ([math.nan, 0], [math.inf, 0], [1e39, 0], [10**400, 0], [1, "a"], [1]):  # 1e39: no float32
+        with pytest.raises(InvalidInput, match=r"^s: must be 2 finite float32 numbers"):
+            latent.control_values(style, given, rows, "s")
+
+
 @pytest.fixture(scope="module")
 def engine(tiny_vae_store) -> Engine:
     return Engine(ModelStore(tiny_vae_store), Settings())
