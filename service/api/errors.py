@@ -1,9 +1,14 @@
 """Every error leaves the API as {"error": {"code", "message", "field"?}}, and the message names the field.
 
 - RequestValidationError (pydantic, body structure and limits) -> 422 "invalid_request", field like "body.n";
+  an unknown field (a misspelt "temprature") is one of them: "body.temprature: unknown field";
 - EngineError (and the codecs' InvalidInput) -> its .status and .code;
 - Starlette HTTPException (unknown route 404, 405, body parsing 400, 413) -> its status;
 - anything else -> 500 "internal", logged with its traceback.
+
+Under /v2 (the Open Inference Protocol) the same errors take the V2 format instead: {"error": "<message>"},
+with 400 for an invalid request. Messages echo what the client sent (a field name, a value), so they are made
+encodable first: a lone surrogate becomes the text "\\ud800", never an unencodable body.
 """
 
 import logging
@@ -32,15 +37,37 @@ _HTTP_CODES = {
 _MAX_LISTED = 5  # validation problems listed in one message
 
 
+def printable(text: str) -> str:
+    """`text` as valid UTF-8: what cannot be encoded (a lone surrogate from a JSON "\\ud800") as a \\u escape."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
-    error: dict[str, Any] = {"code": code, "message": message}
+    error: dict[str, Any] = {"code": code, "message": printable(message)}
     if field:
-        error["field"] = field
+        error["field"] = printable(field)
     return {"error": error}
 
 
 def error_response(status: int, code: str, message: str, field: str | None = None, headers=None) -> JSONResponse:
     return JSONResponse(error_body(code, message, field), status_code=status, headers=headers)
+
+
+def v2_error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    """The Open Inference Protocol's error: {"error": "<message>"}."""
+    return JSONResponse({"error": printable(message)}, status_code=status, headers=headers)
+
+
+def is_v2(path: str) -> bool:
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def protocol_error(path: str, status: int, code: str, message: str, field: str | None = None,
+                   headers=None) -> JSONResponse:
+    """The error in the format of the protocol that `path` belongs to (V2: 400 for an invalid request)."""
+    if is_v2(path):
+        return v2_error(400 if status == 422 else status, message, headers)
+    return error_response(status, code, message, field, headers)
 
 
 def field_path(loc: tuple | list) -> str:
@@ -61,20 +88,22 @@ def _describe(error: dict) -> tuple[str, str]:
         reason = (error.get("ctx") or {}).get("error", "invalid JSON")
         return "body", f"body: invalid JSON at position {position}: {reason}"
     field = field_path(loc)
+    if error.get("type") == "extra_forbidden":
+        return field, f"{field}: unknown field; this request does not take it"
     return field, f"{field}: {error.get('msg', 'invalid value')}"
 
 
-async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
     problems = [_describe(e) for e in exc.errors()] or [("body", "body: invalid request")]
     message = "; ".join(msg for _, msg in problems[:_MAX_LISTED])
     if len(problems) > _MAX_LISTED:
         message += f"; and {len(problems) - _MAX_LISTED} more"
-    return error_response(422, "invalid_request", message, problems[0][0])
+    return protocol_error(request.url.path, 422, "invalid_request", message, problems[0][0])
 
 
-async def _engine(_request: Request, exc: EngineError) -> JSONResponse:
+async def _engine(request: Request, exc: EngineError) -> JSONResponse:
     headers = {"Retry-After": RETRY_AFTER_S} if exc.retry_later else None
-    return error_response(exc.status, exc.code, exc.detail, exc.field, headers)
+    return protocol_error(request.url.path, exc.status, exc.code, exc.detail, exc.field, headers)
 
 
 async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -87,12 +116,12 @@ async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = f"path: no route {request.url.path}"
     elif status == 405:
         detail = f"method: {request.method} is not allowed on {request.url.path}"
-    return error_response(status, code, detail, headers=getattr(exc, "headers", None))
+    return protocol_error(request.url.path, status, code, detail, headers=getattr(exc, "headers", None))
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, "internal", "internal error; it has been logged")
+    return protocol_error(request.url.path, 500, "internal", "internal error; it has been logged")
 
 
 def install(app: FastAPI) -> None:

@@ -3,18 +3,31 @@
 Request models carry limits from Settings (n, number of inputs), so they are
 built per app by `request_models(settings)`; the limits then appear in the
 OpenAPI schema and violations are ordinary 422 validation errors naming the
-field (e.g. "body.n"). Response models allow extra fields: the contract may
-gain fields, never lose them.
+field (e.g. "body.n"). A request refuses unknown fields (a misspelt
+"temprature" is a 422 naming it, not a silent default) and non-finite numbers
+(NaN, Infinity, or 1e400, which JSON parsing makes infinite); integers stay
+within the gRPC API's int32 where it has one. Response models allow extra
+fields: the contract may gain fields, never lose them.
 """
 
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WithJsonSchema,
+    WrapValidator,
+)
+from pydantic_core import PydanticCustomError
 
 from service.settings import Settings
 
 MAX_SEED = 2**63 - 1
+MAX_INT32 = 2**31 - 1  # the gRPC API's counts are int32: REST takes no more, so the two agree
 MAX_TEMPERATURE = 10.0
 
 # An input: for an image model a base64 PNG or nested integer levels, for a text model a string.
@@ -48,17 +61,33 @@ Format = Annotated[Literal["array", "png", "text", "wav"] | None,
                                      "audio models, array otherwise")]
 Voice = Annotated[int | str | None, Field(description="audio models: the voice, by index or name (data.classes); "
                                                       "absent: drawn from the voice prior")]
-TopK = Annotated[int | None, Field(ge=0, description="text models: sample among the k likeliest characters "
-                                                     "(0 or absent: all)")]
+TopK = Annotated[int | None, Field(ge=0, le=MAX_INT32,
+                                   description="text models: sample among the k likeliest characters (0 or absent: "
+                                               "all)")]
 Seed = Annotated[int | None, Field(ge=0, le=MAX_SEED, description="random seed; drawn and echoed when absent")]
 Temperature = Annotated[float, Field(gt=0.0, le=MAX_TEMPERATURE, description="sampling temperature")]
 NoiseSeed = Annotated[int, Field(ge=0, le=MAX_SEED, description="seed of the noise (importance samples, posterior "
                                                                  "refinement); absent: 0, so answers are reproducible")]
-RefineSteps = Annotated[int, Field(ge=0, description="latent-variable models: gradient steps refining q(z given x) "
-                                                     "before use, 0..the model's max (encode.refine.max_steps)")]
-ChainSteps = Annotated[int | None, Field(ge=1, description="models that run a Markov chain (capability procedure "
-                                                           "markov_chain): its number of steps, 1..max_steps; absent: "
-                                                           "the model's default")]
+RefineSteps = Annotated[int, Field(ge=0, le=MAX_INT32,
+                                   description="latent-variable models: gradient steps refining q(z given x) before "
+                                               "use, 0..the model's max (encode.refine.max_steps)")]
+ChainSteps = Annotated[int | None, Field(ge=1, le=MAX_INT32,
+                                         description="models that run a Markov chain (capability procedure "
+                                                     "markov_chain): its number of steps, 1..max_steps; absent: the "
+                                                     "model's default")]
+Label = Annotated[int, Field(ge=0, le=MAX_INT32)]
+
+
+def _control_value(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """One error for a bad control value, not one per member of the union."""
+    try:
+        return handler(value)
+    except ValidationError:
+        raise PydanticCustomError("control_value", "must be a finite number (a categorical control's class) or a "
+                                                   "list of finite numbers (a continuous one)") from None
+
+
+ControlValue = Annotated[int | float | list[float], WrapValidator(_control_value)]
 ImageFormat = Annotated[Literal["array", "png"] | None,
                         Field(description="array (nested floats, [B, *data.shape], expected values in level units) "
                                           "or png (grayscale or RGB, levels scaled to 0..255); absent: array")]
@@ -160,6 +189,12 @@ class Status(BaseModel):
 # --- requests ----------------------------------------------------------------------------------------------------
 
 
+class _Request(BaseModel):
+    """A request body: unknown fields and non-finite numbers are 422s naming the field."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
 @dataclass(frozen=True)
 class RequestModels:
     sample: type[BaseModel]
@@ -183,15 +218,15 @@ def request_models(settings: Settings) -> RequestModels:
     Seconds = Annotated[float | None, Field(gt=0, le=86400,
                                             description="audio models: seconds to generate (instead of length)")]
     Labels = Annotated[
-        list[Annotated[int, Field(ge=0)] | None] | None,
+        list[Label | None] | None,
         Field(max_length=settings.max_inputs_per_request, description="class label per input; null: marginalize"),
     ]
 
-    class SampleRequest(BaseModel):
+    class SampleRequest(_Request):
         n: Samples = 1
         seed: Seed = None
         temperature: Temperature = 1.0
-        label: Annotated[int, Field(ge=0)] | None = None
+        label: Label | None = None
         format: Format = None
         length: Length = None
         top_k: TopK = None
@@ -203,28 +238,28 @@ def request_models(settings: Settings) -> RequestModels:
         chunk_ms: Annotated[int | None, Field(ge=1, le=60000, description="audio streams: milliseconds of audio "
                                                                          "per chunk (absent: 100)")] = None
         steps: ChainSteps = None
-        controls: Annotated[dict[str, int | float | list[float]] | None,
+        controls: Annotated[dict[str, ControlValue] | None,
                             Field(max_length=16, description="models with sample controls (capabilities.sample."
                                                              "controls, e.g. an InfoGAN's codes): a value per "
                                                              "control, an integer class for a categorical one, "
                                                              "a list for a continuous one; absent ones are drawn")
                             ] = None
 
-    class ScoreRequest(BaseModel):
+    class ScoreRequest(_Request):
         inputs: Inputs
         labels: Labels = None
         method: Annotated[str | None, Field(max_length=32, description="latent-variable models: the bound, one of "
                                                                        "capabilities.score.methods (iwae, elbo); "
                                                                        "absent: the model's default")] = None
-        k: Annotated[int | None, Field(ge=1, description="importance samples per input, 1..max_k; absent: the "
-                                                         "model's default")] = None
+        k: Annotated[int | None, Field(ge=1, le=MAX_INT32, description="importance samples per input, 1..max_k; "
+                                                                       "absent: the model's default")] = None
         refine_steps: RefineSteps = 0
         seed: NoiseSeed = 0
 
     class NamedScoreRequest(ScoreRequest):
         model: str = Field(description="model name")
 
-    class CompleteRequest(BaseModel):
+    class CompleteRequest(_Request):
         inputs: Inputs
         mask: Annotated[Mask | None, Field(description="images: which values are observed (required); text "
                                                        "models continue each input and take none")] = None
@@ -238,7 +273,7 @@ def request_models(settings: Settings) -> RequestModels:
         voice: Voice = None
         steps: ChainSteps = None
 
-    class EncodeRequest(BaseModel):
+    class EncodeRequest(_Request):
         inputs: Inputs
         refine_steps: RefineSteps = 0
         seed: NoiseSeed = 0
@@ -246,12 +281,12 @@ def request_models(settings: Settings) -> RequestModels:
     class ReconstructRequest(EncodeRequest):
         format: ImageFormat = None
 
-    class DecodeRequest(BaseModel):
+    class DecodeRequest(_Request):
         z: Annotated[list[list[float]], Field(min_length=1, max_length=settings.max_inputs_per_request,
                                               description="latents, [B, D]")]
         format: ImageFormat = None
 
-    class InterpolateRequest(BaseModel):
+    class InterpolateRequest(_Request):
         inputs: Annotated[list[Input], Field(min_length=2, max_length=2, description="the two ends")]
         steps: Annotated[int, Field(description="points on the line between the ends' posterior means, ends "
                                                 "included (2..64)")] = 8

@@ -348,10 +348,54 @@ GOOD = [ROW] * 8
         (COMPLETE, {"inputs": [GOOD], "mask": [[2] * 8] * 8}, 422, "mask"),
         (COMPLETE, {"inputs": [GOOD, GOOD], "mask": [GOOD, GOOD, GOOD]}, 422, "mask"),
         (COMPLETE, {"inputs": [GOOD], "mask": "not a png"}, 422, "mask"),
+        # unknown fields (a misspelling) are refused, not ignored
+        ("/v1/models/binary/sample", {"temprature": 0.5}, 422, "body.temprature"),
+        (SCORE, {"inputs": [GOOD], "lables": [1]}, 422, "body.lables"),
+        ("/score", {"model": "binary", "inputs": [GOOD], "k ": 2}, 422, "body.k "),
+        (COMPLETE, {"inputs": [GOOD], "mask": GOOD, "masks": GOOD}, 422, "body.masks"),
+        # numbers beyond what the gRPC API can carry (int32), and non-finite ones (the JSON tokens NaN, Infinity)
+        ("/v1/models/binary/sample", {"top_k": 2**70}, 422, "body.top_k"),
+        ("/v1/models/binary/sample", {"top_k": -5}, 422, "body.top_k"),
+        ("/v1/models/binary/sample", {"label": 2**63}, 422, "body.label"),
+        (SCORE, {"inputs": [GOOD], "k": 2**64}, 422, "body.k"),
+        ("/v1/models/binary/sample", b'{"temperature": NaN}', 422, "body.temperature"),
+        ("/v1/models/binary/sample", b'{"seconds": Infinity}', 422, "body.seconds"),
+        ("/v1/models/binary/sample", b'{"controls": {"code": Infinity}}', 422, "body.controls.code"),
+        ("/v1/models/binary/sample", b'{"controls": {"code": NaN}}', 422, "body.controls.code"),
+        ("/v1/models/binary/sample", b'{"controls": {"code": 1e400}}', 422, "body.controls.code"),  # inf
+        ("/v1/models/binary/sample", b'{"controls": {"style": [0.5, -Infinity]}}', 422, "body.controls.style"),
     ],
 )
 def test_bad_requests_name_the_field(client, path, body, status, field):
-    assert_error(client.post(path, json=body), status, field)
+    """`body`: a dict, or the bytes of a body that JSON.dumps cannot write (NaN, Infinity)."""
+    if isinstance(body, bytes):
+        assert_error(client.post(path, content=body, headers={"content-type": "application/json"}), status, field)
+    else:
+        assert_error(client.post(path, json=body), status, field)
+
+
+def test_an_error_that_echoes_a_lone_surrogate_is_still_a_valid_json_body(client, engine):
+    headers = {"content-type": "application/json"}
+    for body in (b'{"\\ud800": 1}', b'{"controls": {"\\ud800": 1}}'):  # refused by pydantic, by the engine
+        response = client.post("/v1/models/binary/sample", content=body, headers=headers)
+        assert response.status_code == 422 and response.json()["error"]["message"]
+
+    async def unknown_control(*_args, **_kwargs):
+        raise InvalidInput("controls.\ud800: the model has the controls ['code']", field="controls.\ud800")
+
+    engine.sample = unknown_control
+    response = client.post("/v1/models/binary/sample", json={})
+    assert response.content.decode("utf-8")  # encodable: no 500 from the error path itself
+    assert assert_error(response, 422, "controls.\\ud800: the model has", "invalid_input")["field"] == \
+        "controls.\\ud800"
+
+
+def test_unmatched_v2_routes_answer_in_the_v2_error_format(client):
+    for response, status in ((client.get("/v2/nothing"), 404), (client.get("/v2/models/binary.f/infer"), 405)):
+        assert response.status_code == status
+        body = response.json()
+        assert set(body) == {"error"} and isinstance(body["error"], str) and body["error"]
+    assert "/v2/nothing" in client.get("/v2/nothing").json()["error"]
 
 
 def test_invalid_json(client):
