@@ -20,6 +20,7 @@ from PIL import Image
 
 from service.engine import audio, text
 from service.engine.errors import InvalidInput
+from service.engine.validation import check_finite_outputs
 
 _DATA_URL_PREFIX = "data:image/png;base64,"
 _MAX_PNG_LEVELS = 256
@@ -287,9 +288,13 @@ def encode_samples(xs: np.ndarray, spec: dict, fmt: str) -> list:
     return [encode_sample(x, spec, fmt) for x in xs]
 
 
-def encode_images(xs: np.ndarray, spec: dict, fmt: str) -> list:
+def encode_images(xs: np.ndarray, spec: dict, fmt: str, field: str = "body.z") -> list:
     """Expected images [n, *shape], floats in level units -> n nested float lists [*shape] (the data shape,
-    channel kept), or base64 PNGs (each value scaled to the nearest of 0..255)."""
+    channel kept), or base64 PNGs (each value scaled to the nearest of 0..255).
+
+    Images that are not finite (latents far outside the prior) are refused naming `field`, the request field
+    they came from: an answer never holds NaN, infinity or the null that JSON would make of them."""
+    check_finite_outputs({"images": xs}, field)
     if fmt == "png":
         return [encode_png_b64(x, _levels(spec) or 2) for x in xs]
     return np.asarray(xs, dtype=np.float32).tolist()

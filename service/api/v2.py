@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse, Response
 
 import genserve
 from service.api.disconnect import unless_disconnected
+from service.api.errors import v2_error
 from service.engine.errors import RETRY_AFTER_S, EngineError, InvalidInput
 from service.engine.oip import (
     DATATYPES,
@@ -41,6 +42,7 @@ from service.engine.oip import (
     tensor_metadata,
     v2_datatype,
 )
+from service.engine.validation import check_finite, check_finite_outputs, check_shape, float_inputs
 
 log = logging.getLogger("genserve.api.v2")
 
@@ -51,10 +53,6 @@ DEFAULT_BODY_LIMIT = 8 * 1024 * 1024  # decompressed bytes, for an engine withou
 class TooLarge(EngineError):
     status = 413
     code = "payload_too_large"
-
-
-def v2_error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def from_engine_error(exc: EngineError) -> JSONResponse:
@@ -84,6 +82,8 @@ def _parse(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
         doc = json.loads(head)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InvalidInput(f"body: invalid JSON: {e}", field="body") from None
+    except (ValueError, RecursionError):  # Python's limits: 4,300 digits to an integer, about 1,000 levels
+        raise InvalidInput("body: JSON nested too deeply, or an integer of over 4300 digits", field="body") from None
     if not isinstance(doc, dict):
         raise InvalidInput("body: must be a JSON object", field="body")
     return doc, tail
@@ -104,9 +104,9 @@ def _tensor_header(tensor: Any, i: int, specs: dict) -> tuple[str, list[int], np
         raise InvalidInput(f"inputs[{i}].name: no input {name!r}; the model takes {sorted(specs)}",
                            field=f"inputs[{i}].name")
     shape = tensor.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                              for d in shape):
-        raise InvalidInput(f"{name}.shape: must be a list of integers >= 0, got {shape!r}", field=name)
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise InvalidInput(f"{name}.shape: must be a list of integers, got {shape!r}", field=name)
+    check_shape(shape, f"{name}.shape")
     want = v2_datatype(specs[name]["dtype"])
     if tensor.get("datatype") != want:
         raise InvalidInput(f"{name}: datatype must be {want}, got {tensor.get('datatype')!r}", field=name)
@@ -122,7 +122,8 @@ def _json_array(data: Any, dtype: np.dtype, name: str) -> np.ndarray:
         given = np.asarray(data)
         if given.size and given.dtype.kind not in _KINDS[dtype.kind]:
             raise ValueError(f"got {given.dtype.name} values")
-        return np.asarray(data, dtype=dtype)
+        with np.errstate(over="ignore"):  # a float beyond the datatype becomes inf, which check_finite refuses
+            return np.asarray(data, dtype=dtype)
     except (TypeError, ValueError, OverflowError) as e:
         raise InvalidInput(f"{name}.data: not {v2_datatype(dtype.name)} values: {e}", field=name) from None
 
@@ -148,14 +149,15 @@ def decode_inputs(doc: dict, tail: bytes, spec: dict) -> dict[str, np.ndarray]:
                                    f"{shape} of {v2_datatype(dtype.name)} needs {count * dtype.itemsize}", field=name)
             chunk = tail[offset:offset + size]
             offset += size
-            inputs[name] = np.frombuffer(chunk, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False).reshape(shape)
+            array = np.frombuffer(chunk, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False)
+            inputs[name] = check_finite(array.reshape(shape), name)
             continue
         if "data" not in tensor:
             raise InvalidInput(f"{name}.data: missing", field=name)
         array = _json_array(tensor["data"], dtype, name)
         if array.size != count:
             raise InvalidInput(f"{name}.data: {array.size} values for shape {shape} ({count})", field=name)
-        inputs[name] = array.reshape(shape)
+        inputs[name] = check_finite(array.reshape(shape), name)
     if offset != len(tail):
         raise InvalidInput(f"body: {len(tail) - offset} bytes of binary data belong to no input", field="body")
     return inputs
@@ -198,7 +200,7 @@ def encode_response(header: dict, outputs: dict[str, np.ndarray], spec: dict,
         else:
             tensor["data"] = array.ravel().tolist()
         tensors.append(tensor)
-    head = json.dumps({**header, "outputs": tensors}).encode()
+    head = json.dumps({**header, "outputs": tensors}, allow_nan=False).encode()  # outputs were checked finite
     if not chunks:
         return Response(head, media_type="application/json")
     return Response(b"".join([head, *chunks]), media_type="application/octet-stream",
@@ -283,6 +285,7 @@ def router(engine: Any) -> APIRouter:
             inputs = decode_inputs(doc, tail, spec)
             wanted = requested_outputs(doc, spec)
             outputs = await unless_disconnected(request, engine.infer(model, function, inputs))
+            check_finite_outputs({name: outputs[name] for name, _ in wanted}, float_inputs(inputs))
         except EngineError as e:
             return from_engine_error(e)
         except Exception:

@@ -4,6 +4,8 @@ import numpy as np
 
 from service.engine.errors import InvalidInput
 
+MAX_DIMS = 32  # dimensions of a tensor on the wire (numpy itself stops at 64)
+
 
 def check_levels(x: np.ndarray, shape: list[int] | None, levels: int, field: str) -> np.ndarray:
     """x [B, *shape] integers in 0..levels-1, or InvalidInput naming the field (shape None: any)."""
@@ -39,3 +41,34 @@ def check_batch(inputs: dict[str, np.ndarray]) -> None:
         if rows != sizes[0][1]:
             raise InvalidInput(f"{name}: batch size (dim 0) is {rows}, but {sizes[0][0]}'s is {sizes[0][1]}",
                                field=name)
+
+
+def check_shape(shape: list[int], field: str) -> list[int]:
+    """A wire tensor's shape: at most MAX_DIMS dimensions, each >= 1 (an empty tensor asks for no work)."""
+    if len(shape) > MAX_DIMS:
+        raise InvalidInput(f"{field}: {len(shape)} dimensions; at most {MAX_DIMS}", field=field)
+    shape = [int(d) for d in shape]
+    if any(d < 1 for d in shape):
+        raise InvalidInput(f"{field}: dimensions must be >= 1, got {shape}", field=field)
+    return shape
+
+
+def check_finite(x: np.ndarray, field: str) -> np.ndarray:
+    """x itself, or InvalidInput naming the field when a float value is NaN or infinite."""
+    if np.asarray(x).dtype.kind in "fc" and not np.isfinite(x).all():
+        raise InvalidInput(f"{field}: values must be finite numbers (no NaN or infinity)", field=field)
+    return x
+
+
+def check_finite_outputs(outputs: dict[str, np.ndarray], field: str) -> None:
+    """InvalidInput naming the input `field` when finite inputs gave a NaN or infinite output (a decoder fed
+    latents far outside its prior): no answer ever carries NaN or infinity."""
+    for name, value in outputs.items():
+        if np.asarray(value).dtype.kind in "fc" and not np.isfinite(value).all():
+            raise InvalidInput(f"{field}: the model's output {name!r} is not finite for these values (NaN or "
+                               f"infinity); give values nearer the model's range", field=field)
+
+
+def float_inputs(inputs: dict[str, np.ndarray]) -> str:
+    """The inputs to name when outputs are not finite: the float ones (latents, noise), else all of them."""
+    return ", ".join(name for name, x in inputs.items() if x.dtype.kind == "f") or "inputs"

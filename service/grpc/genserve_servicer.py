@@ -24,6 +24,7 @@ import numpy as np
 
 from service.engine import audio, text
 from service.engine.errors import EngineError, InvalidInput, MissingCapability
+from service.engine.validation import check_finite, check_finite_outputs, check_shape
 from service.grpc.gen import genserve_pb2 as pb
 from service.grpc.gen import genserve_pb2_grpc as pb_grpc
 from service.grpc.status import abort_with
@@ -72,9 +73,7 @@ def to_array(tensor: pb.Tensor, field: str) -> np.ndarray:
         raise InvalidInput(f"{field}.dtype: {tensor.dtype!r} is not one of {sorted(WIRE_DTYPES)}",
                            field=f"{field}.dtype")
     dtype = np.dtype(tensor.dtype).newbyteorder("<")
-    shape = [int(d) for d in tensor.shape]
-    if any(d < 0 for d in shape):
-        raise InvalidInput(f"{field}.shape: dimensions must be >= 0, got {shape}", field=f"{field}.shape")
+    shape = check_shape(tensor.shape, f"{field}.shape")
     want = math.prod(shape) * dtype.itemsize
     if len(tensor.data) != want:
         raise InvalidInput(f"{field}.data: {len(tensor.data)} bytes, but {tensor.dtype} {shape} needs {want}",
@@ -115,7 +114,7 @@ def data_batch(tensor: pb.Tensor, spec: dict, limit: int, field: str) -> np.ndar
     if not 1 <= len(x) <= limit:
         raise InvalidInput(f"{field}: give 1..{limit} inputs, got {len(x)}", field=field)
     if spec.get("levels") is None:
-        return x.astype(np.float32).reshape(len(x), *shape)
+        return check_finite(x.astype(np.float32), field).reshape(len(x), *shape)
     if x.dtype.kind not in "biu":
         raise InvalidInput(f"{field}.dtype: values are levels, give an integer dtype, not {x.dtype.name}",
                            field=f"{field}.dtype")
@@ -190,6 +189,14 @@ def _length(request: Any, spec: dict) -> int | None:
     return audio.length_of(seconds, request.length if request.HasField("length") else None, spec, "seconds")
 
 
+def _top_k(request: Any) -> int | None:
+    """Text models: sample among the k likeliest characters (0: all); absent: None. As REST, k >= 0."""
+    top_k = _optional(request, "top_k")
+    if top_k is not None and top_k < 0:
+        raise InvalidInput(f"top_k: must be >= 0 (0: all characters), got {top_k}", field="top_k")
+    return top_k
+
+
 def _label(request: Any, spec: dict) -> int | None:
     """`label` (SampleRequest), or an audio model's voice given by name."""
     label = request.label if "label" in request.DESCRIPTOR.fields_by_name and request.HasField("label") else None
@@ -201,8 +208,7 @@ def _generation(request: pb.SampleRequest, spec: dict) -> dict:
     prompt = request.prompt if request.HasField("prompt") else None
     if prompt is not None and spec.get("kind") != "text":
         raise InvalidInput("prompt: only text models take a prompt", field="prompt")
-    return {"length": _length(request, spec),
-            "top_k": request.top_k if request.HasField("top_k") else None,
+    return {"length": _length(request, spec), "top_k": _top_k(request),
             "prompt": None if prompt is None else text.encode(prompt, spec["vocabulary"], "prompt")}
 
 
@@ -394,9 +400,8 @@ class GenserveServicer(pb_grpc.GenserveServicer):
             n, temperature, seed = _samples(request, self.settings), _temperature(request), _seed(request)
             prefixes = _sequences(request, spec, self.settings.max_inputs_per_request)
             if prefixes is not None:
-                top_k = request.top_k if request.HasField("top_k") else None
                 out = await self.engine.complete(name, prefixes, None, n, seed, temperature, _label(request, spec),
-                                                 length=_length(request, spec), top_k=top_k,
+                                                 length=_length(request, spec), top_k=_top_k(request),
                                                  steps=_optional(request, "steps"))  # per input [n, T_b]
                 files = [_as_files(rows, spec) for rows in out]
                 key = "texts" if spec.get("kind") == "text" else "wavs"
@@ -433,6 +438,7 @@ class GenserveServicer(pb_grpc.GenserveServicer):
                 raise InvalidInput(f"z: give at most {self.settings.max_inputs_per_request} latents, got {len(z)}",
                                    field="z")
             images = await self.engine.decode(name, z)  # [B, *shape]
+            check_finite_outputs({"images": images}, "z")
             return pb.DecodeResponse(model=name, version=str(description["version"]),
                                      images=to_tensor(images, np.float32))
 

@@ -33,6 +33,7 @@ from service.engine.oip import (
     tensor_metadata,
     v2_datatype,
 )
+from service.engine.validation import check_finite, check_finite_outputs, check_shape, float_inputs
 from service.grpc.gen_inference import grpc_predict_v2_pb2 as pb
 from service.grpc.gen_inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from service.grpc.status import abort_with
@@ -59,12 +60,6 @@ def functions(engine: Any, model: str) -> list[str]:
 # --- tensors -------------------------------------------------------------------------------------------------------
 
 
-def _element_count(shape: list[int], field: str) -> int:
-    if any(d < 0 for d in shape):
-        raise InvalidInput(f"{field}.shape: dimensions must be >= 0, got {shape}", field=field)
-    return math.prod(shape)
-
-
 def decode_inputs(request: pb.ModelInferRequest, spec: dict) -> dict[str, np.ndarray]:
     """The request's input tensors by name, checked against the function's spec (names, datatypes, sizes)."""
     specs = {t["name"]: t for t in spec["inputs"]}
@@ -83,15 +78,16 @@ def decode_inputs(request: pb.ModelInferRequest, spec: dict) -> dict[str, np.nda
         want = v2_datatype(specs[name]["dtype"])
         if tensor.datatype != want:
             raise InvalidInput(f"{name}: datatype must be {want}, got {tensor.datatype!r}", field=name)
-        shape = list(tensor.shape)
-        count, dtype = _element_count(shape, name), NUMPY[want]
+        shape = check_shape(tensor.shape, f"{name}.shape")
+        count, dtype = math.prod(shape), NUMPY[want]
         if raw:
             if tensor.HasField("contents"):
                 raise InvalidInput(f"{name}.contents: give raw_input_contents or contents, not both", field=name)
             if len(raw[i]) != count * dtype.itemsize:
                 raise InvalidInput(f"{name}: raw_input_contents[{i}] holds {len(raw[i])} bytes; shape {shape} "
                                    f"of {want} needs {count * dtype.itemsize}", field=name)
-            inputs[name] = np.frombuffer(raw[i], dtype=dtype.newbyteorder("<")).astype(dtype, copy=False).reshape(shape)
+            array = np.frombuffer(raw[i], dtype=dtype.newbyteorder("<")).astype(dtype, copy=False)
+            inputs[name] = check_finite(array.reshape(shape), name)
             continue
         if want not in CONTENTS:
             raise InvalidInput(f"{name}: {want} travels only in raw_input_contents", field=name)
@@ -100,7 +96,8 @@ def decode_inputs(request: pb.ModelInferRequest, spec: dict) -> dict[str, np.nda
             raise InvalidInput(f"{name}.contents.{CONTENTS[want]}: {len(values)} values for shape {shape} "
                                f"({count})", field=name)
         try:
-            inputs[name] = np.array(values, dtype=dtype).reshape(shape)
+            with np.errstate(over="ignore"):  # an FP64 value beyond FP32 becomes inf, which check_finite refuses
+                inputs[name] = check_finite(np.array(values, dtype=dtype).reshape(shape), name)
         except (OverflowError, ValueError) as e:
             raise InvalidInput(f"{name}.contents: {e}", field=name) from e
     return inputs
@@ -197,6 +194,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             inputs = decode_inputs(request, spec)
             wanted = requested_outputs(request, spec)
             outputs = await self.engine.infer(model, function, inputs)
+            check_finite_outputs({name: outputs[name] for name in wanted}, float_inputs(inputs))
             response = pb.ModelInferResponse(model_name=request.model_name, model_version=version, id=request.id)
             encode_outputs(response, outputs, spec, wanted, raw=bool(request.raw_input_contents))
             return response

@@ -4,6 +4,9 @@ import grpc
 
 from service.engine.errors import RETRY_AFTER_S, EngineError, MissingCapability, Overloaded
 
+MAX_DETAIL_CHARS = 1000  # of an error's details, escaped
+MAX_FIELD_CHARS = 200  # of the genserve-error-field metadata, escaped
+
 
 def status_code(exc: EngineError) -> grpc.StatusCode:
     """The gRPC counterpart of an engine error's HTTP status."""
@@ -24,11 +27,18 @@ def status_code(exc: EngineError) -> grpc.StatusCode:
     return grpc.StatusCode.INVALID_ARGUMENT
 
 
+def printable(text: str, limit: int) -> str:
+    """`text` as printable ASCII, escaped like a Python literal (gRPC metadata takes nothing else), and at most about
+    `limit` characters (metadata has a size limit, and a message may echo a long field name the client sent)."""
+    text = text.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
 async def abort_with(context: grpc.aio.ServicerContext, exc: EngineError) -> None:
     """Abort the call with the status for `exc`; details begin with the field, as in REST."""
     metadata = [("genserve-error-code", exc.code)]
     if exc.field:
-        metadata.append(("genserve-error-field", exc.field))
+        metadata.append(("genserve-error-field", printable(exc.field, MAX_FIELD_CHARS)))
     if exc.retry_later:
         metadata.append(("retry-after", RETRY_AFTER_S))
-    await context.abort(status_code(exc), exc.detail, trailing_metadata=tuple(metadata))
+    await context.abort(status_code(exc), printable(exc.detail, MAX_DETAIL_CHARS), trailing_metadata=tuple(metadata))

@@ -136,6 +136,8 @@ GOOD = images(1)[0]
     ("decode", {"z": [[0.0] * WIDTH, [0.0] * (WIDTH - 1)]}, 422, "body.z"),
     ("decode", {"z": []}, 422, "body.z"),
     ("decode", {"z": [[1e39] * WIDTH]}, 422, "body.z"),
+    ("decode", {"z": [[3.4e38] * WIDTH]}, 422, "body.z: the model's output 'images' is not finite"),  # not null
+    ("decode", {"z": [[0.0] * WIDTH], "formt": "png"}, 422, "body.formt: unknown field"),
     ("decode", {"z": [[0.0] * WIDTH], "format": "wav"}, 422, "body.format"),
     ("reconstruct", {"inputs": [GOOD], "refine_steps": 10**4}, 422, "refine_steps"),
     ("interpolate", {"inputs": [GOOD, GOOD, GOOD]}, 422, "body.inputs"),

@@ -138,3 +138,15 @@ def test_formats_default_by_kind_and_text_round_trips():
         codecs.decode_mask([1], TEXT, batch=1)
     with pytest.raises(InvalidInput, match="body.mask: required for image models"):
         codecs.decode_mask(None, SPEC2, batch=1)
+
+
+def test_images_that_are_not_finite_are_refused_naming_their_field():
+    images = np.full((2, 1, 8, 8), 0.5, np.float32)
+    assert codecs.encode_images(images, SPEC2, "array") == images.tolist()
+    for bad in (np.nan, np.inf):
+        images[1, 0, 3, 3] = bad
+        for fmt in ("array", "png"):
+            with pytest.raises(InvalidInput, match=r"^body\.z: the model's output 'images' is not finite"):
+                codecs.encode_images(images, SPEC2, fmt)
+    with pytest.raises(InvalidInput, match=r"^body\.inputs: "):
+        codecs.encode_images(images, SPEC2, "array", field="body.inputs")

@@ -25,7 +25,7 @@ from service.grpc import build_grpc_server
 from service.grpc.gen import genserve_pb2 as pb
 from service.grpc.gen import genserve_pb2_grpc as pb_grpc
 from service.grpc.genserve_servicer import steps_until_cancelled, to_array, to_tensor
-from service.grpc.status import status_code
+from service.grpc.status import abort_with, status_code
 from service.settings import Settings
 from service.store import ModelStore
 
@@ -374,6 +374,45 @@ def test_errors_map_to_status_codes_naming_the_field(engine, settings):
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and _trailing(error)["genserve-error-field"] == "k"
 
     scenario(engine, settings, body)
+
+
+def test_empty_or_absurd_tensors_and_negative_top_k_are_invalid_argument(engine, settings):
+    async def body(channel):
+        s = stub(channel)
+        for shape in ([0] * 70, [1] * 70, [0, 2**62], [1, 0, 28, 28]):
+            inputs = pb.Tensor(dtype="uint8", shape=shape, data=b"" if 0 in shape else b"\0")
+            error = await rpc_error(s.Score(pb.ScoreRequest(model=MODEL, inputs=inputs), timeout=RPC_S))
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and error.details().startswith("inputs.shape:")
+        error = await rpc_error(s.Sample(pb.SampleRequest(model=MODEL, top_k=-5), timeout=RPC_S))  # as REST
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.details().startswith("top_k: must be >= 0") and _trailing(error)["genserve-error-field"] == "top_k"
+
+    scenario(engine, settings, body)
+
+
+class Aborted(Exception):
+    pass
+
+
+class RecordingContext:
+    """What abort_with hands to context.abort."""
+
+    async def abort(self, code, details, trailing_metadata=()):
+        self.code, self.details, self.metadata = code, details, dict(trailing_metadata)
+        raise Aborted
+
+
+@pytest.mark.parametrize("name", ["\u00e9", "a\x00b", "\ud800", "x" * 100_000])
+def test_details_and_metadata_stay_printable_ascii_and_bounded(name):
+    """A field name the client sent (an InfoGAN control's key) may hold anything: gRPC metadata takes printable
+    ASCII only, and a limited size; an invalid one turned the refusal into INTERNAL."""
+    context = RecordingContext()
+    with pytest.raises(Aborted):
+        asyncio.run(abort_with(context, InvalidInput(f"controls.{name}: unknown control", field=f"controls.{name}")))
+    assert context.code == grpc.StatusCode.INVALID_ARGUMENT
+    for text in (context.details, context.metadata["genserve-error-field"]):
+        assert text.startswith("controls.") and text.isascii() and text.isprintable() and len(text) < 1100
+    assert context.details.endswith("unknown control") or len(name) > 1000
 
 
 def test_overload_and_not_ready_codes(engine, settings):

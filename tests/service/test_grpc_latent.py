@@ -144,9 +144,13 @@ def test_bad_requests_name_the_field(engine, settings):
         request = pb.EncodeRequest(model=MODEL, inputs=to_tensor(x), refine_steps=-1)
         assert await refused(s.Encode(request, timeout=RPC_S)) == (invalid, "refine_steps")
         for z, field in ((np.zeros((2, 99), np.float32), "z"), (np.zeros((2, 4), np.int64), "z.dtype"),
-                         (np.full((1, 4), np.nan, np.float32), "z")):
+                         (np.full((1, 4), np.nan, np.float32), "z"),
+                         (np.full((1, 4), 3.4e38, np.float32), "z")):  # finite, but NaN images (latent: 4)
             assert await refused(s.Decode(pb.DecodeRequest(model=MODEL, z=to_tensor(z)), timeout=RPC_S)) == \
                 (invalid, field)
+        for shape in ([0, 2**62], [1, 0]):
+            z = pb.Tensor(dtype="float32", shape=shape)
+            assert await refused(s.Decode(pb.DecodeRequest(model=MODEL, z=z), timeout=RPC_S)) == (invalid, "z.shape")
         three = pb.InterpolateRequest(model=MODEL, inputs=to_tensor(binary_images(3)))
         assert await refused(s.Interpolate(three, timeout=RPC_S)) == (invalid, "inputs")
         one_step = pb.InterpolateRequest(model=MODEL, inputs=to_tensor(x), steps=1)

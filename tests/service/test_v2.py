@@ -281,6 +281,49 @@ def test_invalid_json_and_unknown_model(client, images):
     assert "model_name" in v2_error(infer(client, {"inputs": [tensor("x", images)]}, "nomodel.f"), 404)
 
 
+def post_raw(client, body: bytes, model: str = LOG_PROB):
+    return client.post(f"/v2/models/{model}/infer", content=body, headers={"Content-Type": "application/json"})
+
+
+@pytest.mark.parametrize(("shape", "field"), [
+    ([0, *SHAPE], "x.shape:"),  # nothing to infer
+    ([0, 2**62, 28, 28], "x.shape:"),  # a product numpy cannot reshape to
+    ([1] * 70, "x.shape:"),  # more dimensions than numpy has
+])
+def test_empty_or_absurd_shapes_are_400(client, shape, field):
+    assert v2_error(infer(client, {"inputs": [{"name": "x", "shape": shape, "datatype": "INT64", "data": []}]}),
+                    400).startswith(field)
+
+
+def test_json_that_python_cannot_parse_is_400(client):
+    deep = b"[" * 10_000 + b"]" * 10_000
+    long_integer = b'{"inputs": [{"name": "x", "shape": [' + b"9" * 5000 + b'], "datatype": "INT64", "data": []}]}'
+    for body in (deep, long_integer):
+        assert v2_error(post_raw(client, body), 400).startswith("body:")
+
+
+def test_non_finite_float_inputs_are_400_naming_the_input(client):
+    step = f"{MODEL}.sample_step"
+    for value in (b"NaN", b"Infinity", b"1e39"):  # 1e39 is finite JSON, but no FP32
+        body = b'{"inputs": [{"name": "temperature", "shape": [1], "datatype": "FP32", "data": [%s]}]}' % value
+        assert v2_error(post_raw(client, body, step), 400).startswith("temperature: values must be finite")
+    binary = json.dumps({"inputs": [{"name": "noise", "shape": [1, 28], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": 112}}]}).encode()
+    response = client.post(f"/v2/models/{step}/infer", content=binary + np.full(28, np.inf, "<f4").tobytes(),
+                           headers={v2.HEADER_LENGTH: str(len(binary))})
+    assert v2_error(response, 400).startswith("noise: values must be finite")
+
+
+def test_non_finite_outputs_are_400_never_bare_nan_tokens(engine, images):
+    async def overflowing(*_args, **_kwargs):
+        return {"log_prob": np.array([np.nan, -np.inf, 0.0], np.float32)}
+
+    with TestClient(app_over(Proxy(engine, infer=overflowing))) as c:
+        for parameters in ({}, {"binary_data_output": True}):
+            response = infer(c, {"inputs": [tensor("x", images)], "parameters": parameters})
+            assert v2_error(response, 400).startswith("inputs: the model's output 'log_prob' is not finite")
+
+
 def test_overload_is_503_with_retry_after(engine, images):
     async def full(*_args, **_kwargs):
         raise Overloaded("queue full (256 rows); retry later", field="inputs")
@@ -417,6 +460,32 @@ def test_grpc_bad_requests_are_invalid_argument_naming_the_field(stub, images):
         error = rpc_error(stub.ModelInfer, request)
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
         assert error.details().startswith(field), error.details()
+
+
+def test_grpc_empty_or_absurd_shapes_and_non_finite_inputs_are_invalid_argument(stub):
+    cases = []
+    for shape in ([0, *SHAPE], [0, 2**62, 28, 28], [1] * 70):
+        request = pb.ModelInferRequest(model_name=LOG_PROB, raw_input_contents=[b""])
+        request.inputs.add(name="x", datatype="INT64", shape=shape)
+        cases.append((request, "x.shape:"))
+    for value in (np.nan, np.inf):
+        request = pb.ModelInferRequest(model_name=f"{MODEL}.sample_step")
+        request.inputs.add(name="temperature", datatype="FP32", shape=[1]).contents.fp32_contents.append(value)
+        cases.append((request, "temperature: values must be finite"))
+    for request, field in cases:
+        error = rpc_error(stub.ModelInfer, request)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and error.details().startswith(field), \
+            error.details()
+
+
+def test_grpc_non_finite_outputs_are_invalid_argument(engine, images):
+    async def overflowing(*_args, **_kwargs):
+        return {"log_prob": np.array([np.nan, -np.inf, 0.0], np.float32)}
+
+    with grpc_serving(Proxy(engine, infer=overflowing)) as s:
+        error = rpc_error(s.ModelInfer, raw_request(images))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details().startswith("inputs: the model's output 'log_prob' is not finite")
 
 
 def test_grpc_overload_is_resource_exhausted_with_retry_after(engine, images):
