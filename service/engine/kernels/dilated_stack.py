@@ -26,6 +26,7 @@ NUMBA_CACHE_DIR (set below to a per-user cache folder when it is unset).
 """
 
 import functools
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -96,8 +97,33 @@ def _stack(typingctx, size):
 
 
 @njit(inline="always", fastmath=FAST, error_model="numpy")
+def _dense4(x, b0, weight, bias, out, acc, relu):
+    """out[b0 + q] = bias + f(x[b0 + q]) @ weight for q < 4 (f: relu or identity), a block of acc.shape[1] columns
+    at a time: four rows share each load of the weights, and acc [4, C] (on the stack) stays in registers."""
+    width = acc.shape[1]
+    for c in range(weight.shape[1] // width):
+        for q in range(4):
+            for j in range(width):
+                acc[q, j] = bias[c * width + j]
+        for i in range(weight.shape[0]):
+            a0, a1, a2, a3 = x[b0, i], x[b0 + 1, i], x[b0 + 2, i], x[b0 + 3, i]
+            if relu:
+                a0, a1, a2, a3 = max(a0, F32(0.0)), max(a1, F32(0.0)), max(a2, F32(0.0)), max(a3, F32(0.0))
+            for j in range(width):
+                w = weight[i, c * width + j]
+                acc[0, j] += a0 * w
+                acc[1, j] += a1 * w
+                acc[2, j] += a2 * w
+                acc[3, j] += a3 * w
+        for q in range(4):
+            for j in range(width):
+                out[b0 + q, c * width + j] = acc[q, j]
+
+
+@njit(inline="always", fastmath=FAST, error_model="numpy")
 def _draw(logits, temperature, u, e):
-    """Inverse-CDF draw from softmax(logits / temperature): the number of CDF values <= u, at most levels - 1."""
+    """Inverse-CDF draw from softmax(logits / temperature): the number of CDF values <= u, at most levels - 1
+    (the CDF a running sum in order, as onnxruntime's CumSum)."""
     levels = logits.shape[0]
     top = logits[0] / temperature
     for j in range(levels):
@@ -107,11 +133,12 @@ def _draw(logits, temperature, u, e):
     for j in range(levels):
         e[j] = _exp(e[j] - top)
         total += e[j]
-    scale, cdf, count = F32(1.0) / total, F32(0.0), 0
-    for j in range(levels):
+    scale, cdf = F32(1.0) / total, F32(0.0)
+    for j in range(levels - 1):  # the CDF's values in order: stop at the first above u
         cdf += e[j] * scale
-        count += u >= cdf
-    return min(count, levels - 1)
+        if u < cdf:
+            return j
+    return levels - 1
 
 
 @functools.cache
@@ -120,20 +147,26 @@ def compiled(r: int, skips: int, layers: int, levels: int, block: int):
     accumulators live in registers (a quarter of the time of the same loop over run-time sizes); numba caches
     one compiled loop per set of sizes."""
     r2, gated = 2 * r, layers * r
+    width = 32 if skips % 32 == 0 and levels % 32 == 0 else math.gcd(skips, levels)  # columns per 4-row block
+    four_rows = 4 * width
 
     @njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
     def sample_rows(x_last, ring, noise, temperature, label, observed, mask, embedding, offsets, dilations,
                     gate_weight, gate_bias, residual_weight, skip_weight, skip_bias, hidden_weight, hidden_bias,
-                    output_weight, output_bias, x_out, logits_out):
-        """K samples for B rows; see `Kernel.run` for the arguments. Sample-major: every row goes through a
+                    output_weight, output_matrix, output_bias, x_out, logits_out):
+        """K samples for B rows; see `Kernel.step` for the arguments. Sample-major: every row goes through a
         layer before the next layer starts, so that the layer's weights stay in the L1 cache."""
         rows, k_len = noise.shape
         h = np.empty((rows, r), np.float32)  # each row's input to the layer being computed
         gates = np.empty((rows, gated), np.float32)
-        logits, e = np.empty(levels, np.float32), np.empty(levels, np.float32)
+        e = np.empty(levels, np.float32)
         z, g = carray(_stack(r2), (r2,)), carray(_stack(r), (r,))
         acc, s, t = carray(_stack(r), (r,)), carray(_stack(skips), (skips,)), carray(_stack(skips), (skips,))
         o = carray(_stack(block), (block,))
+        acc4 = carray(_stack(four_rows), (4, width))
+        s4, t4 = np.empty((rows, skips), np.float32), np.empty((rows, skips), np.float32)
+        logits4 = np.empty((rows, levels), np.float32)
+        jammed = rows - rows % 4
         x = x_last.copy()
         for k in range(k_len):
             for b in range(rows):
@@ -166,7 +199,11 @@ def compiled(r: int, skips: int, layers: int, levels: int, block: int):
                                 acc[j] += a * residual_weight[layer, i, j]
                         for j in range(r):
                             h[b, j] = acc[j]
-            for b in range(rows):
+            for b0 in range(0, jammed, 4):  # the head, four rows at a time
+                _dense4(gates, b0, skip_weight, skip_bias, s4, acc4, False)
+                _dense4(s4, b0, hidden_weight, hidden_bias, t4, acc4, True)
+                _dense4(t4, b0, output_matrix, output_bias, logits4, acc4, True)
+            for b in range(jammed, rows):  # and the rows left over, one at a time
                 for j in range(skips):  # s = gates @ skip_weight + skip_bias
                     s[j] = skip_bias[j]
                 for i in range(gated):
@@ -187,10 +224,11 @@ def compiled(r: int, skips: int, layers: int, levels: int, block: int):
                         for j in range(block):
                             o[j] += a * output_weight[c, i, j]
                     for j in range(block):
-                        logits[c * block + j] = o[j]
+                        logits4[b, c * block + j] = o[j]
+            for b in range(rows):
                 if logits_out.shape[0]:
-                    logits_out[b, k] = logits
-                drawn = _draw(logits, temperature[b], noise[b, k], e)
+                    logits_out[b, k] = logits4[b]
+                drawn = _draw(logits4[b], temperature[b], noise[b, k], e)
                 x[b] = observed[b, k] if mask[b, k] > 0 else drawn
                 x_out[b, k] = x[b]
 
@@ -231,7 +269,7 @@ class Kernel:
         output_weight = np.ascontiguousarray(w["output_weight"].reshape(skips, levels // block, block).swapaxes(0, 1))
         self.weights = (w["embedding"], offsets, self.dilations, w["gate_weight"], w["gate_bias"],
                         w["residual_weight"], w["skip_weight"], w["skip_bias"], w["hidden_weight"], w["hidden_bias"],
-                        output_weight, w["output_bias"])
+                        output_weight, w["output_weight"], w["output_bias"])
         self.loop = compiled(r, skips, len(self.dilations), levels, block)
         self.levels, self.threads, self.pool = levels, threads or os.cpu_count() or 1, None
 
