@@ -1,5 +1,6 @@
-"""WaveNet speed: fast generation vs naive at a receptive field of 1,024 samples, and the shipped model's
-real-time factor (audio seconds produced per wall second) for 1 stream and for 16 concurrent streams.
+"""WaveNet speed: fast generation vs naive at a receptive field of 1,024 samples; the shipped model's step on
+each runtime: its load time, real-time factor (audio seconds produced per wall second) for 1 stream and for 16
+concurrent streams, and the time to the first 100 ms chunk, side by side in one run.
 
 Part 1, fast vs naive, batch 1, a randomly initialised WaveNet with dilations 1..512 (receptive field
 1,024; residual 32, skip 64, the shipped model's widths):
@@ -7,17 +8,29 @@ Part 1, fast vs naive, batch 1, a randomly initialised WaveNet with dilations 1.
   network over the receptive field; further back changes nothing, so this is the cheapest naive step
   past the first 1,024 samples; `sample_naive` itself re-runs the whole prefix and only gets slower);
 - fast eager: `sample_fast` (per-layer queues, Paine et al. 2016) in eager PyTorch;
-- fast onnxruntime: the exported `sample_step` (K samples per call, queues as state) in a loop.
-Under the same noise, sample_naive and sample_fast must agree; the script checks it and exits 1 if not.
+- fast onnxruntime: the exported `sample_step` (K samples per call, queues as state) in a loop;
+- fast kernel: the same step on the service's fused kernel (dilated_gated_stack, numba).
+Under the same noise, sample_naive and sample_fast must agree, and so must the kernel; the script checks both
+and exits 1 if not.
 
-Part 2, real-time factor of --models/--name (default models/wavenet) through `Engine.sample` on
-onnxruntime (continuous batching: 16 concurrent one-stream requests share each step call).
+Part 2, the step of --models/--name (default models/wavenet) on each of --runtimes (default: onnx-graph, its
+400-sample ONNX graph; onnx, which runs it on the kernel its manifest names):
+- load: the step function loaded and ready for a first call: the ONNX session in this process; the kernel in a
+  fresh process, numba's import included, with its machine code from numba's cache (and once with an empty
+  cache: the compile a machine pays once);
+- 1 stream with --threads threads (one core: 1), and --many concurrent one-stream requests with
+  --many-threads threads (default: every core) through `Engine.sample` (continuous batching: the concurrent
+  requests share each step call), --seconds of audio each;
+- the first 100 ms chunk of one `Engine.sample_stream`, with --threads threads.
 
-    .venv/bin/python benchmarks/wavenet_speed.py [--threads 1] [--seconds 2] [--json out.json]
+    .venv/bin/python benchmarks/wavenet_speed.py [--threads 1] [--many-threads 0] [--seconds 2] [--json out.json]
 """
 
 import argparse
 import asyncio
+import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,8 +41,19 @@ import onnxruntime as ort
 import torch
 from common import Served, describe_environment, environment, markdown_table, set_threads, time_call, write_json
 
+from service.engine.kernels.dilated_stack import Kernel
+from service.engine.runtimes import load_function
 from training.export import export_function
-from training.families.wavenet import START, Step, WaveNet, WaveNetConfig, initial_state, sample_fast, sample_naive
+from training.families.wavenet import (
+    START,
+    Step,
+    WaveNet,
+    WaveNetConfig,
+    initial_state,
+    kernel_weights,
+    sample_fast,
+    sample_naive,
+)
 
 RECEPTIVE = WaveNetConfig(residual=32, skip=64, layers=10, stacks=1, chunk=400)
 
@@ -90,6 +114,24 @@ def fast_onnx_seconds_per_sample(session: ort.InferenceSession, config: WaveNetC
     return time_call(generate, 3).median / samples
 
 
+def kernel_seconds_per_sample(model: WaveNet, samples: int) -> tuple[float, bool]:
+    """The fused kernel at batch 1, K per call: (seconds per sample, its codes == sample_fast's)."""
+    kernel = Kernel({n: w.numpy() for n, w in kernel_weights(model).items()}, threads=1)
+    k, noise = model.config.chunk, torch.rand(1, samples, generator=torch.Generator().manual_seed(1))
+    kernel.warm_up()
+
+    def generate() -> np.ndarray:
+        x, queue, chunks = np.full((1, k), START, np.int64), np.zeros([1, *kernel.queue_shape], np.float32), []
+        for i in range(0, samples, k):
+            x, queue = kernel.step(x, queue, noise[:, i: i + k].numpy(), np.ones(1, np.float32), np.zeros(1, np.int64))
+            chunks.append(x)
+        return np.concatenate(chunks, axis=1)
+
+    fast = sample_fast(model, torch.zeros(1, dtype=torch.long), noise, torch.ones(1))
+    same = np.array_equal(generate(), fast.numpy())
+    return time_call(generate, 3).median / samples, same
+
+
 def part_one(threads: int, samples: int) -> dict:
     torch.manual_seed(0)
     model = WaveNet(RECEPTIVE).eval()
@@ -98,53 +140,114 @@ def part_one(threads: int, samples: int) -> dict:
         sys.exit(1)
     naive = naive_seconds_per_sample(model, repeats=20)
     eager = fast_eager_seconds_per_sample(model, samples)
+    kernel, same = kernel_seconds_per_sample(model, samples)
+    if not same:
+        print("error: the fused kernel's codes differ from sample_fast's under the same noise", file=sys.stderr)
+        sys.exit(1)
     with tempfile.TemporaryDirectory() as folder:
         session = onnx_step_session(model, Path(folder), threads)
         onnx = fast_onnx_seconds_per_sample(session, RECEPTIVE, samples)
     return {"receptive_field": RECEPTIVE.receptive_field, "naive_s_per_sample": naive,
-            "fast_eager_s_per_sample": eager, "fast_onnx_s_per_sample": onnx}
+            "fast_eager_s_per_sample": eager, "fast_onnx_s_per_sample": onnx, "fast_kernel_s_per_sample": kernel}
 
 
-def part_two(models: str, name: str, threads: int, seconds: float, streams: list[int]) -> dict:
-    served = Served(models, name, "onnx", threads)
+def step_load_seconds(directory: Path, runtime: str, threads: int) -> float:
+    """Load the step function on `runtime` and make it ready for a first call (a kernel: compiled or cached)."""
+    manifest = json.loads((directory / "manifest.json").read_text())
+    start = time.perf_counter()
+    function = load_function("sample_step", manifest["functions"]["sample_step"], directory, runtime, threads)
+    getattr(function, "compiled", None) and function.compiled.join()
+    return time.perf_counter() - start
+
+
+COLD = """import json, sys, time; sys.path.insert(0, {root!r}); start = time.perf_counter()
+from pathlib import Path; from service.engine.runtimes import load_function
+d = Path({directory!r}); entry = json.loads((d / "manifest.json").read_text())["functions"]["sample_step"]
+load_function("sample_step", entry, d, "onnx", 1).compiled.join(); print(time.perf_counter() - start)"""
+
+
+def kernel_load_seconds(directory: Path) -> tuple[float, float]:
+    """The kernel's load in a fresh process (numba imported, the weights read, the loop ready): (with an empty
+    numba cache, so compiling it; then again in another fresh process, from the cache the first one wrote)."""
+    root = str(Path(__file__).resolve().parent.parent)
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        cold, warm = (float(subprocess.run([sys.executable, "-c", COLD.format(root=root, directory=str(directory))],
+                                           check=True, capture_output=True, text=True, env=env).stdout.split()[-1])
+                      for _ in range(2))
+    return cold, warm
+
+
+def streams(served: Served, name: str, seconds: float, n: int) -> float:
+    """Wall seconds for n concurrent one-stream requests of `seconds` of audio each."""
     rate = served.manifest["data"]["sample_rate"]
-    length = round(seconds * rate)
 
-    async def concurrent(n: int) -> float:
+    async def concurrent() -> float:
         start = time.perf_counter()
-        await asyncio.gather(*(served.engine.sample(name, 1, seed, 1.0, 0, length=length) for seed in range(n)))
+        await asyncio.gather(*(served.engine.sample(name, 1, seed, 1.0, 0, length=round(seconds * rate))
+                               for seed in range(n)))
         return time.perf_counter() - start
 
-    async def first_chunk() -> float:
+    return served.run(concurrent())
+
+
+def first_chunk_seconds(served: Served, name: str) -> float:
+    rate = served.manifest["data"]["sample_rate"]
+
+    async def first() -> float:
         start = time.perf_counter()
-        stream = served.engine.sample_stream(name, 1, 0, 1.0, 0, length=length, chunk=rate // 10)
+        stream = served.engine.sample_stream(name, 1, 0, 1.0, 0, length=rate, chunk=rate // 10)
         await anext(stream)
         elapsed = time.perf_counter() - start
         await stream.aclose()
         return elapsed
 
-    served.run(concurrent(1))  # warm-up: sessions, first batchers
-    results = {"model": str(served.engine.model(name).entry.directory), "seconds_per_stream": seconds,
-               "chunk": served.manifest["capabilities"]["sample"]["step_shape"][0],
-               "first_chunk_100ms_s": served.run(first_chunk()), "streams": {}}
-    for n in streams:
-        wall = served.run(concurrent(n))
-        results["streams"][n] = {"wall_s": wall, "rtf_per_stream": seconds / wall, "rtf_total": n * seconds / wall}
-    served.close()
+    return min(served.run(first()) for _ in range(3))
+
+
+def part_two(models: str, name: str, runtimes: list[str], threads: int, many_threads: int, seconds: float,
+             many: int) -> dict:
+    directory = max((Path(models) / name).glob("*/manifest.json"), key=lambda p: int(p.parent.name)).parent
+    results = {"model": str(directory), "seconds_per_stream": seconds, "streams": many, "threads": threads,
+               "many_threads": many_threads, "runtimes": {}}
+    if "onnx" in runtimes:
+        results["kernel_cold_load_s"], results["kernel_warm_load_s"] = kernel_load_seconds(directory)
+    for runtime in runtimes:
+        in_process = step_load_seconds(directory, runtime, threads)
+        row = {"step_load_s": results["kernel_warm_load_s"] if runtime == "onnx" else in_process}
+        one = Served(models, name, runtime, threads)
+        streams(one, name, 0.1, 1)  # warm-up: sessions, compiled kernel, first batchers
+        row["first_chunk_100ms_s"] = first_chunk_seconds(one, name)
+        row["one_stream_wall_s"] = streams(one, name, seconds, 1)
+        one.close()
+        several = Served(models, name, runtime, many_threads)
+        streams(several, name, 0.1, many)
+        row["many_streams_wall_s"] = streams(several, name, seconds, many)
+        several.close()
+        row["rtf_one"] = seconds / row["one_stream_wall_s"]
+        row["rtf_many_total"] = many * seconds / row["many_streams_wall_s"]
+        results["runtimes"][runtime] = row
     return results
+
+
+RUNTIME_NAMES = {"onnx-graph": "ONNX step (onnxruntime, {k} samples unrolled)", "onnx": "fused kernel (numba)"}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (default: %(default)s)")
+    parser.add_argument("--many-threads", type=int, default=0,
+                        help="threads for the concurrent streams (default: 0, every core)")
     parser.add_argument("--samples", type=int, default=1600, help="part 1: samples generated per timing")
     parser.add_argument("--models", default="models")
     parser.add_argument("--name", default="wavenet")
+    parser.add_argument("--runtimes", nargs="+", default=["onnx-graph", "onnx"])
     parser.add_argument("--seconds", type=float, default=2.0, help="part 2: audio seconds per stream")
-    parser.add_argument("--streams", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--many", type=int, default=16, help="part 2: concurrent streams")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     threads = set_threads(args.threads)
+    many_threads = args.many_threads or os.cpu_count() or 1
     env = environment(threads)
     one = part_one(threads, args.samples)
     print(f"# WaveNet speed\n\n{describe_environment(env)}\n")
@@ -152,21 +255,27 @@ def main() -> None:
     naive = one["naive_s_per_sample"]
     rows = [["naive (network over the receptive field per sample)", f"{naive * 1e3:.2f} ms", f"{1 / naive:,.0f}", "1x"]]
     for key, label in (("fast_eager_s_per_sample", "fast, eager PyTorch (sample_fast)"),
-                       ("fast_onnx_s_per_sample", f"fast, onnxruntime sample_step (K={RECEPTIVE.chunk})")):
+                       ("fast_onnx_s_per_sample", f"fast, onnxruntime sample_step (K={RECEPTIVE.chunk})"),
+                       ("fast_kernel_s_per_sample", f"fast, fused kernel dilated_gated_stack (K={RECEPTIVE.chunk})")):
         rows.append([label, f"{one[key] * 1e3:.3f} ms", f"{1 / one[key]:,.0f}", f"{naive / one[key]:.0f}x"])
     print(markdown_table(["method", "time per sample", "samples/s", "speed-up vs naive"], rows))
-    print("\nsample_fast == sample_naive under the same noise: checked")
+    print("\nsample_fast == sample_naive == the fused kernel under the same noise: checked")
     if not any((Path(args.models) / args.name).glob("*/manifest.json")):
         print(f"\nnote: no model {args.name!r} in {args.models}; no real-time factor", file=sys.stderr)
         write_json(args.json, {"environment": env, "fast_vs_naive": one})
         return
-    two = part_two(args.models, args.name, threads, args.seconds, args.streams)
-    print(f"\n## Real-time factor of {two['model']} (Engine.sample, onnxruntime, K={two['chunk']})\n")
-    rows = [[str(n), f"{r['wall_s']:.2f} s", f"{r['rtf_per_stream']:.2f}", f"{r['rtf_total']:.2f}"]
-            for n, r in two["streams"].items()]
-    print(markdown_table(["concurrent streams", f"wall time for {args.seconds:g} s each", "RTF per stream",
-                          "RTF total"], rows))
-    print(f"\ntime to the first 100 ms chunk, 1 stream: {two['first_chunk_100ms_s'] * 1e3:.0f} ms")
+    two = part_two(args.models, args.name, args.runtimes, threads, many_threads, args.seconds, args.many)
+    k = json.loads((Path(two["model"]) / "manifest.json").read_text())["capabilities"]["sample"]["step_shape"][0]
+    print(f"\n## {two['model']}: its step on each runtime (Engine.sample, {args.seconds:g} s of audio per stream)\n")
+    rows = [[RUNTIME_NAMES.get(runtime, runtime).format(k=k), f"{r['step_load_s']:.2f} s",
+             f"{r['first_chunk_100ms_s'] * 1e3:.0f} ms", f"{r['rtf_one']:.2f}x", f"{r['rtf_many_total']:.1f}x"]
+            for runtime, r in two["runtimes"].items()]
+    print(markdown_table(["runtime", "step load", "first 100 ms chunk", f"1 stream ({threads} thread)",
+                          f"{args.many} streams, total ({many_threads} threads)"], rows))
+    if "kernel_cold_load_s" in two:
+        print(f"\nstep load: the ONNX session created in this process; the kernel in a fresh process (numba imported, "
+              f"its machine code from numba's cache). The kernel's first load on a machine (empty cache: compiled "
+              f"and cached): {two['kernel_cold_load_s']:.1f} s")
     write_json(args.json, {"environment": env, "fast_vs_naive": one, "real_time": two})
 
 
