@@ -7,6 +7,7 @@ EngineError subclasses that errors.py maps to status codes.
 """
 
 import json
+import logging
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,6 +25,7 @@ from service.engine import audio
 from service.engine.errors import EngineError, InvalidInput, MissingCapability
 from service.settings import Settings
 
+log = logging.getLogger("genserve.api")
 VERSION = "0.1.0"
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": schemas.ErrorResponse, "description": description}
@@ -175,13 +177,18 @@ def _wants_wav_file(request: Request, spec: dict, n: int) -> bool:
     return True
 
 
-async def _wav_stream(first: np.ndarray, stream: AsyncIterator[np.ndarray], sample_rate: int) -> AsyncIterator[bytes]:
-    """A WAV file sent as it is generated: a header of unknown length, then 16-bit PCM, sample i as channel i."""
+async def _wav_stream(header: bytes, first: np.ndarray, stream: AsyncIterator[np.ndarray]) -> AsyncIterator[bytes]:
+    """A WAV file sent as it is generated: the header (which, like the response's Content-Length, declares the
+    whole file), then 16-bit PCM, sample i as channel i. A stream cut short (the deadline, a lost worker) ends
+    the connection before the declared length: that is how a client tells it from success."""
     try:
-        yield audio.wav_header(len(first), sample_rate, frames=None)
+        yield header
         yield audio.pcm16(first)
         async for values in stream:
             yield audio.pcm16(values)
+    except EngineError as exc:
+        log.warning("audio stream cut short (%s): %s", exc.code, exc.detail)
+        raise
     finally:
         await stream.aclose()  # a client that left stops generation at the next step
 
@@ -249,12 +256,15 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
             raise InvalidInput("body.chunk_ms: only audio streams are chunked by time", field="body.chunk_ms")
         chunk = max(1, int(spec["sample_rate"]) * (body.chunk_ms or 100) // 1000) if is_audio else None
         seed = new_seed() if body.seed is None else body.seed
-        stream = engine.sample_stream(name, body.n, seed, body.temperature, label, chunk=chunk,
-                                      **_generation(body, spec))
+        generation = _generation(body, spec)
+        stream = engine.sample_stream(name, body.n, seed, body.temperature, label, chunk=chunk, **generation)
         first = await unless_disconnected(request, anext(stream))  # errors before the first chunk stay HTTP errors
         if is_audio and fmt == "wav":
-            return StreamingResponse(_wav_stream(first, stream, int(spec["sample_rate"])), media_type="audio/wav",
-                                     headers={"genserve-seed": str(seed)})
+            frames = engine.stream_values(name, generation["length"], generation["prompt"])
+            header = audio.wav_header(body.n, int(spec["sample_rate"]), frames)
+            size = len(header) + 2 * body.n * frames  # 16-bit PCM
+            return StreamingResponse(_wav_stream(header, first, stream), media_type="audio/wav",
+                                     headers={"genserve-seed": str(seed), "content-length": str(size)})
         done = {"model": name, "version": description["version"], "seed": seed}
         return StreamingResponse(_events(first, stream, spec, fmt, done), media_type="text/event-stream")
 

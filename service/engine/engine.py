@@ -269,6 +269,15 @@ class Engine(LatentOperations):
             raise InvalidInput(f"n: inputs x n is {rows} rows, over the {most} that run together; send fewer "
                                "inputs or a smaller n per request", field="n")
 
+    def stream_values(self, name: str, length: int | None = None, prompt: np.ndarray | None = None) -> int:
+        """How many values per sample a sample_stream of these options yields in all (an audio stream's header
+        declares it): the prompt and `length` values for a sequence model (default: the capability's)."""
+        cap = self.model(name).capability("sample")
+        per_step = math.prod(cap["step_shape"])
+        if not self.model(name).is_sequence:
+            return cap["steps"] * per_step
+        return (0 if prompt is None else len(prompt)) + (cap["steps"] * per_step if length is None else length)
+
     def _first_chunk(self, name: str, started: float | None) -> None:
         """Record the time to a stream's first chunk, once: returns the new `started`, None."""
         if started is not None:

@@ -103,7 +103,9 @@ def test_audio_streams_over_rest_and_grpc_add_up_to_the_sample(server):
             parts = list(response.iter_bytes())
     with wave.open(io.BytesIO(wav_file)) as w:
         pcm = w.readframes(w.getnframes())
-    assert b"".join(parts)[44:] == pcm and len(pcm) == 2 * 1600
+    assert len(pcm) == 2 * 1600
+    assert b"".join(parts) == wav_file  # the header declares the whole file, as the unstreamed answer's does
+    assert int(response.headers["content-length"]) == len(wav_file)
 
     with grpc.insecure_channel(target) as channel:
         stub = pb_grpc.GenserveStub(channel)
@@ -111,3 +113,34 @@ def test_audio_streams_over_rest_and_grpc_add_up_to_the_sample(server):
                                         timeout=60))
     assert [len(c.pcm) for c in chunks] == [2 * 320] * 5
     assert np.array_equal(np.frombuffer(b"".join(c.pcm for c in chunks), "<i2"), np.frombuffer(pcm, "<i2"))
+
+
+@pytest.mark.skipif(not HAS_ESPEAK, reason="the tiny WaveNet trains on speech from espeak-ng, which is not installed")
+def test_an_audio_stream_cut_by_the_deadline_ends_short_of_its_declared_length(store, tmp_path):
+    """Issue 15, defect 5: a client tells a cut WAV stream from a whole one by the length its headers declared."""
+    port = free_port()
+    command = [sys.executable, "-m", "genserve", "serve", "--host", "127.0.0.1", "--port", str(port),
+               "--grpc-port", str(free_port()), "--models", str(store)]
+    with open(tmp_path / "stdout", "wb") as out, open(tmp_path / "stderr", "wb") as err:
+        process = subprocess.Popen(command, cwd=REPO, env={**server_env(), "GENSERVE_TIMEOUT_MS": "1500"},
+                                   stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(process, base, tmp_path)
+        received = b""
+        with httpx.Client(base_url=base, timeout=60) as client:
+            body = {"seconds": 20.0, "voice": 0, "seed": 1}
+            with client.stream("POST", "/v1/models/wavenet/sample/stream", json=body) as response:
+                declared = int(response.headers["content-length"])
+                cut = False
+                try:
+                    for part in response.iter_bytes():
+                        received += part
+                except httpx.RemoteProtocolError:  # the connection ended before the declared length
+                    cut = True
+            assert cut, f"the stream was not cut: {len(received)} of {declared} bytes"
+            assert 44 < len(received) < declared == 44 + 2 * 20 * 16000
+            assert client.get("/healthz").status_code == 200
+        assert "audio stream cut short (deadline_exceeded)" in (tmp_path / "stderr").read_text()
+    finally:
+        stop(process)
