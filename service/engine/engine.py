@@ -25,6 +25,7 @@ from service.store import ModelEntry, ModelStore
 SERVED_KINDS = ("image", "text", "audio")
 SEQUENCE_KINDS = ("text", "audio")  # any length: generation takes a length and a prompt, scoring any length
 UNITS = {"text": "char", "audio": "sample"}  # what one value of a sequence is
+MAX_LENGTH_SCHEDULERS = 64  # schedulers kept per input length (sequence scoring) before idle ones are dropped
 
 
 class LoadedModel:
@@ -153,6 +154,7 @@ class Engine(LatentOperations):
         continuous = bool(capability and capability["procedure"] in ("autoregressive", "markov_chain"))
         model, key = m.manifest["name"], (m.manifest["name"], function, length, continuous)
         if key not in self._batchers:
+            self._forget_idle_lengths()
             inputs = m.function_inputs(function)
 
             async def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -165,6 +167,15 @@ class Engine(LatentOperations):
             else:
                 self._batchers[key] = DynamicBatcher(run, self._batching(m), observer)
         return self._batchers[key]
+
+    def _forget_idle_lengths(self) -> None:
+        """Drop the idle schedulers of past sequence lengths once there are many (memory stays bounded over
+        inputs of ever new lengths; a busy one is kept, and one is made again when its length comes back)."""
+        by_length = [key for key in self._batchers if key[2] is not None]
+        if len(by_length) >= MAX_LENGTH_SCHEDULERS:
+            for key in by_length:
+                if self._batchers[key].idle():
+                    del self._batchers[key]
 
     def _per_row(self, m: LoadedModel, function: str, label: int | None, top_k: int | None,
                  rngs: list[np.random.Generator]) -> dict[str, np.ndarray]:

@@ -113,6 +113,10 @@ class DynamicBatcher:
     def queued_rows(self) -> int:
         return sum(r.rows for r in self.queue)
 
+    def idle(self) -> bool:
+        """Nothing queued or running: the batcher can be dropped."""
+        return not self.queue and (self.task is None or self.task.done())
+
     async def submit(self, inputs: Arrays, deadline: float | None = None) -> Arrays:
         """Run `inputs` ([B, ...] each) in some batch; returns this request's [B, ...] outputs.
 
@@ -239,6 +243,10 @@ class ContinuousBatcher:
 
     def running_rows(self) -> int:
         return sum(s.rows for s in self.active)
+
+    def idle(self) -> bool:
+        """No sequence waiting or running: the batcher can be dropped."""
+        return not self.waiting and not self.active and (self.task is None or self.task.done())
 
     async def generate(self, sequence: Sequence) -> AsyncIterator[np.ndarray]:
         """Yield the sequence's output of every step; stopping early frees its rows at the next boundary.

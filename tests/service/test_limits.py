@@ -77,3 +77,17 @@ def test_chains_of_concurrent_requests_share_steps_and_keep_their_seeds(tiny_rbm
     assert batcher.steps_run < 80  # the two chains ran in shared steps, not one after the other
     alone = asyncio.run(engine.sample("rbm", 3, 2, 1.0, None, steps=40))
     assert np.array_equal(second, alone)  # a row depends on its seed only
+
+
+def test_scores_of_ever_new_lengths_keep_a_bounded_number_of_schedulers(tiny_text_store):
+    """Issue 15, defect 8: one dynamic batcher per scored length once grew without bound."""
+    from service.engine.engine import MAX_LENGTH_SCHEDULERS
+
+    engine = Engine(ModelStore(tiny_text_store), Settings(intra_op_threads=1))
+
+    async def many_lengths():
+        for length in range(1, MAX_LENGTH_SCHEDULERS + 40):
+            await engine.score("charrnn", [np.zeros(length, np.int64)])
+        return len(engine._batchers)
+
+    assert asyncio.run(many_lengths()) <= MAX_LENGTH_SCHEDULERS
