@@ -52,7 +52,7 @@ PY_SPY = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
 
 # (library, pattern on "function (file:line)"), first match wins; the innermost frame's library is its self time
 LIBRARIES = [
-    ("json (stdlib)", r"[(/]json/"),
+    ("json (stdlib)", r"[(/]json/|_json\.c"),
     ("orjson", r"orjson"),
     ("logging (stdlib)", r"[(/]logging/"),
     ("h11 (HTTP/1.1 parser)", r"[(/]h11/"),
@@ -64,9 +64,9 @@ LIBRARIES = [
     ("anyio", r"[(/]anyio/"),
     ("prometheus_client", r"prometheus_client"),
     ("grpc", r"[(/]grpc/|_cygrpc"),
-    ("protobuf", r"[(/]google/protobuf/"),
+    ("protobuf", r"[(/]google/protobuf/|_message\.abi3|PyUpb|upb_"),
     ("zmq", r"[(/]zmq/"),
-    ("numpy", r"[(/]numpy/"),
+    ("numpy", r"[(/]numpy/|_multiarray"),
     ("onnxruntime", r"onnxruntime"),
     ("genserve api", r"[(/]service/api/"),
     ("genserve grpc", r"[(/]service/grpc/"),
@@ -76,13 +76,21 @@ LIBRARIES = [
     ("genserve other", r"[(/]service/"),
     ("threads (threading, concurrent.futures)", r"[(/]threading\.py|[(/]concurrent/futures/"),
     ("asyncio (event loop)", r"[(/]asyncio/|uvloop"),
-    ("selectors/socket (stdlib)", r"[(/]selectors\.py|[(/]socket\.py|[(/]ssl\.py"),
+    ("selectors/socket (stdlib)", r"[(/]selectors\.py|[(/]socket\.py|[(/]ssl\.py|socketmodule\.c|selectmodule"),
+    ("asyncio (event loop)", r"_asynciomodule"),
 ]
+# native leaves of no library of their own (libc, the C++ runtime, the interpreter) are charged to the nearest
+# caller that has one: a write() grpc makes is grpc's time
+GENERIC = re.compile(r"libc\.so|libstdc\+\+|libpthread|libpython|\(object\.h|\(ceval|\(Python/|\(Objects/|"
+                     r"\(Include/|\(no Python frame\)")
 
 # (part of the hot path, pattern on one frame), counted once per sample whose stack has a matching frame
 PARTS = [
-    ("JSON encoding (json.dumps/encoder)", r"[(/]json/encoder\.py|^dumps \((.*/)?json/__init__\.py"),
-    ("JSON decoding (json.loads/decoder)", r"[(/]json/decoder\.py|^loads \((.*/)?json/__init__\.py"),
+    ("JSON encoding (json.dumps/encoder)", r"[(/]json/encoder\.py|^dumps \((.*/)?json/__init__\.py|"
+     r"^encoder_\w+ \(_json\.c"),
+    ("JSON decoding (json.loads/decoder)", r"[(/]json/decoder\.py|^loads \((.*/)?json/__init__\.py|"
+     r"^scan\w* \(_json\.c"),
+    ("garbage collector (gc_collect)", r"^gc_collect"),
     ("access log (uvicorn.access / logging)", r"[(/]logging/|AccessFormatter|access_log"),
     ("h11 parse and serialize", r"[(/]h11/"),
     ("uvicorn protocol (excl. the app)", r"[(/]uvicorn/protocols/"),
@@ -95,7 +103,7 @@ PARTS = [
     ("V2 REST handler: encode response", r"encode_response \((.*/)?service/api/v2"),
     ("V2 gRPC servicer", r"[(/]service/grpc/inference\.py"),
     ("gRPC (grpc.aio, cygrpc)", r"[(/]grpc/|_cygrpc"),
-    ("protobuf (de)serialization", r"[(/]google/protobuf/|SerializeToString|FromString"),
+    ("protobuf (de)serialization", r"[(/]google/protobuf/|SerializeToString|FromString|_message\.abi3|PyUpb"),
     ("engine: infer checks (levels, shapes)",
      r"(check_levels|check_batch|_input_levels|infer) \((.*/)?service/engine/"),
     ("engine: dynamic batcher", r"[(/]service/engine/scheduler\.py"),
@@ -133,10 +141,14 @@ def summarize(stacks: list[tuple[list[str], int]], top: int) -> dict:
     by_thread: collections.Counter = collections.Counter()
     compiled = [(name, re.compile(p)) for name, p in PARTS]
     for frames, n in stacks:
-        frames = [f for f in frames if not re.match(r"^(process|thread) \(", f)] or frames
-        by_thread[thread_role(frames)] += n
+        by_thread[thread_name(frames[0])] += n
+        frames = [f for f in frames if not re.match(r"^(process|thread) \(", f)] or ["(no Python frame)"]
         leaf = frames[-1]
-        by_library[library(leaf)] += n
+        owner = next((f for f in reversed(frames) if not GENERIC.search(f)), leaf)
+        if any(f.startswith("gc_collect") for f in frames):  # a collection is nobody's own work
+            by_library["garbage collector (CPython gc)"] += n
+        else:
+            by_library[library(owner) + ("" if owner is leaf else " (native calls it made)")] += n
         by_function[re.sub(r":\d+\)$", ")", leaf)] += n
         for name, pattern in compiled:
             if any(pattern.search(f) for f in frames):
@@ -148,11 +160,12 @@ def summarize(stacks: list[tuple[list[str], int]], top: int) -> dict:
             "threads": {k: 100.0 * v / total for k, v in by_thread.most_common()}}
 
 
-def thread_role(frames: list[str]) -> str:
-    """What the thread is, from its outermost frame (py-spy names threads by id only)."""
-    if re.search(r"_bootstrap \(.*threading\.py", frames[0]):
-        return "other threads (executors: asyncio.to_thread, run_in_executor, ...)"
-    return "main thread (event loop)"
+def thread_name(frame: str) -> str:
+    """py-spy --threads starts a stack with `thread (tid): name`; executors number their threads (name_0, name_1)."""
+    found = re.match(r"^thread \(\d+\):? ?(.*)$", frame)
+    if not found:
+        return "(unnamed)"
+    return re.sub(r"[-_]?\d+(_\d+)?$", "_N", found.group(1)) or "(unnamed)"
 
 
 def print_summary(title: str, s: dict, extra: str) -> None:
@@ -170,11 +183,13 @@ def print_summary(title: str, s: dict, extra: str) -> None:
     print()
 
 
-def record(pid: int, seconds: float, rate: int, out: Path, gil: bool) -> subprocess.Popen:
+def record(pid: int, seconds: float, rate: int, out: Path, gil: bool, native: bool) -> subprocess.Popen:
     command = [PY_SPY, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", str(rate),
                "--format", "raw", "--output", str(out), "--nonblocking", "--threads"]
     if gil:
         command.append("--gil")
+    if native:  # C and Cython frames too (grpc's cygrpc, upb, _asyncio, ...); py-spy then pauses the process
+        command = [c for c in command if c != "--nonblocking"] + ["--native"]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -189,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-s", type=float, default=2.0, help="load before recording (default: %(default)s)")
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second (default: %(default)s)")
     parser.add_argument("--gil", action="store_true", help="only samples of threads holding the GIL")
+    parser.add_argument("--native", action="store_true", help="native (C, Cython) frames too; pauses the process")
     parser.add_argument("--top", type=int, default=15, help="functions listed (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-batch-size", type=int, default=64)
@@ -235,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         cpu = {t: process_cpu_s(pids[t]) - (process_cpu_s(pids["worker"]) if t == "api" and pids["worker"] else 0)
                for t in targets}
         begin = time.monotonic()
-        spies = {t: record(pids[t], args.duration_s, args.rate, Path(tmp) / f"{t}.txt", args.gil) for t in targets}
+        spies = {t: record(pids[t], args.duration_s, args.rate, Path(tmp) / f"{t}.txt", args.gil,
+                        args.native) for t in targets}
         for t, spy in spies.items():
             _, err = spy.communicate(timeout=args.duration_s + 60)
             if spy.returncode != 0:
@@ -254,9 +271,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"## py-spy profile of genserve under load ({os.cpu_count()} CPUs, shared)\n")
     for t in targets:
         s = summarize(results[t]["stacks"], args.top)
+        sampled = s["samples"] / (args.rate * args.duration_s)
         print_summary(f"{t} process", s, load_line + f"{t} process CPU while recording: "
                       f"{results[t]['cores']:.2f} cores; py-spy at {args.rate} Hz"
-                      + (", GIL holders only" if args.gil else ", idle threads excluded") + "; ")
+                      + (", GIL holders only" if args.gil else ", idle threads excluded")
+                      + f": samples cover {sampled:.2f} of the wall time (more than the CPU share: a thread "
+                      "that is runnable but waiting for a core counts as busy, at the frame where the kernel "
+                      "preempted it, often a socket write that woke a client; --gil leaves those out where the "
+                      "call releases the GIL); ")
     return 0
 
 
