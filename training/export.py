@@ -80,11 +80,12 @@ def export_function(out_dir: Path, name: str, module: torch.nn.Module, inputs: d
             bundle[name] = traced
         else:  # a trace alone is frozen; a module's own TorchScript is saved as it gives it
             (traced if own else torch.jit.freeze(traced)).save(str(out_dir / f"{name}.pt"))
-        torch.onnx.export(
-            module, args, str(out_dir / f"{name}.onnx"), dynamo=False, opset_version=17,
-            input_names=list(inputs), output_names=outputs,
-            dynamic_axes=axes,
-        )
+        options = {"dynamo": False, "opset_version": 17, "input_names": list(inputs), "output_names": outputs,
+                   "dynamic_axes": axes}
+        if hasattr(module, "onnx_export"):  # a module's own ONNX form (a WaveNet step: a Loop over unrolled chunks)
+            module.onnx_export(out_dir / f"{name}.onnx", args, **options)
+        else:
+            torch.onnx.export(module, args, str(out_dir / f"{name}.onnx"), **options)
     entry = {
         "inputs": [tensor_spec(n, t, axes[n]) for n, t in inputs.items()],
         "outputs": [tensor_spec(n, t, axes[n]) for n, t in zip(outputs, results, strict=True)],

@@ -216,6 +216,29 @@ def test_onnx_sampling_equals_eager_sampling(exported):
     assert np.array_equal(np.concatenate(chunks, axis=1), expected)
 
 
+@pytest.mark.parametrize("output", OUTPUTS)
+def test_onnx_step_is_a_loop_over_unrolled_chunks_with_the_eager_outputs(output, tmp_path):
+    """K = 24 samples per call export as a Loop of 2 chunks of 12: the codes and the queue of the eager step."""
+    import onnx
+
+    from training.export import export_function
+
+    model, b = small_model(output, chunk=24, dtype=torch.float32), 3
+    g = torch.Generator().manual_seed(3)
+    inputs = {"x_prev": codes(b, 24, seed=4), "queue": torch.randn(b, 30, 6, generator=g) * 0.5,
+              "noise": torch.rand(b, 24, *model.output.noise_shape, generator=g),
+              "temperature": torch.tensor([1.0, 0.6, 1.3]), "label": torch.tensor([2, 0, 1]),
+              "observed": torch.full((b, 24), 60), "mask": (torch.arange(24) % 5 == 0).long().expand(b, 24)}
+    export_function(tmp_path, "sample_step", Step(model), inputs, ["x", "next_queue"])
+    graph = onnx.load(str(tmp_path / "sample_step.onnx")).graph
+    assert [n.op_type for n in graph.node].count("Loop") == 1 and len(graph.node) < 20
+    with torch.no_grad():
+        eager = [t.numpy() for t in Step(model)(*inputs.values())]
+    got = _onnx(tmp_path / "sample_step.onnx").run(None, {k: v.numpy() for k, v in inputs.items()})
+    assert np.array_equal(got[0], eager[0])
+    assert np.allclose(got[1], eager[1], rtol=1e-4, atol=1e-5)
+
+
 # --- data -----------------------------------------------------------------------------------------------
 
 
