@@ -13,8 +13,10 @@ Part 1, fast vs naive, batch 1, a randomly initialised WaveNet with dilations 1.
 Under the same noise, sample_naive and sample_fast must agree, and so must the kernel; the script checks both
 and exits 1 if not.
 
-Part 2, the step of --models/--name (default models/wavenet) on each of --runtimes (default: onnx-graph, its
-400-sample ONNX graph; onnx, which runs it on the kernel its manifest names):
+Part 2, the step of --models/--name (default models/wavenet) on each of --runtimes (default: unrolled, the
+ONNX step as shipped before issue 16, all 400 samples unrolled in one graph, rebuilt from the model's weights
+into a copy of the store; onnx-graph, the shipped ONNX step, a Loop over chunks of 20 unrolled samples; onnx,
+which runs the step on the fused kernel its manifest names):
 - load: the step function loaded and ready for a first call: the ONNX session in this process; the kernel in a
   fresh process, numba's import included, with its machine code from numba's cache (and once with an empty
   cache: the compile a machine pays once);
@@ -28,12 +30,14 @@ Part 2, the step of --models/--name (default models/wavenet) on each of --runtim
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -205,32 +209,81 @@ def first_chunk_seconds(served: Served, name: str) -> float:
     return min(served.run(first()) for _ in range(3))
 
 
+def unrolled_store(directory: Path, folder: Path) -> Path:
+    """A copy of the model's store entry whose sample_step.onnx is the step as shipped before issue 16: all K
+    samples unrolled in one graph, traced from the model's own weights (read off its TorchScript step)."""
+    manifest = json.loads((directory / "manifest.json").read_text())
+    entry = manifest["functions"]["sample_step"]
+    scripted = torch.jit.load(str(directory / entry["files"]["torchscript"]))
+    weights = {key.split("step.model.", 1)[1]: value for key, value in scripted.state_dict().items()
+               if "step.model." in key}
+    config = WaveNetConfig(num_classes=len(manifest["data"]["classes"]), **manifest["provenance"]["config"]["model"])
+    model = WaveNet(config).eval()
+    model.load_state_dict(weights)
+    out = folder / directory.parent.name / directory.name
+    out.mkdir(parents=True)
+    for f in directory.iterdir():
+        (out / f.name).symlink_to(f.resolve())
+    (out / "sample_step.onnx").unlink()
+    b, k = 2, config.chunk
+    chunk = torch.full((b, k), START, dtype=torch.long)
+    inputs = (chunk, *initial_state(Step(model), b).values(), torch.rand(b, k), torch.ones(b),
+              torch.zeros(b, dtype=torch.long), chunk, torch.zeros_like(chunk))
+    names = [spec["name"] for spec in entry["inputs"]]
+    outputs = [spec["name"] for spec in entry["outputs"]]
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Step(model), inputs, str(out / "sample_step.onnx"), dynamo=False, opset_version=17,
+                          input_names=names, output_names=outputs,
+                          dynamic_axes={n: {0: "batch"} for n in [*names, *outputs]})
+    manifest["files"]["sample_step.onnx"] = hashlib.sha256((out / "sample_step.onnx").read_bytes()).hexdigest()
+    (out / "manifest.json").unlink()
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return folder
+
+
+def measure(models: str, name: str, runtime: str, threads: int, many_threads: int, seconds: float,
+            many: int) -> dict:
+    """One runtime of the served model: first 100 ms chunk, 1 stream on `threads`, `many` on `many_threads`."""
+    row = {}
+    one = Served(models, name, runtime, threads)
+    streams(one, name, 0.1, 1)  # warm-up: sessions, compiled kernel, first batchers
+    row["first_chunk_100ms_s"] = first_chunk_seconds(one, name)
+    row["one_stream_wall_s"] = streams(one, name, seconds, 1)
+    one.close()
+    several = Served(models, name, runtime, many_threads)
+    streams(several, name, 0.1, many)
+    row["many_streams_wall_s"] = streams(several, name, seconds, many)
+    several.close()
+    row["rtf_one"] = seconds / row["one_stream_wall_s"]
+    row["rtf_many_total"] = many * seconds / row["many_streams_wall_s"]
+    return row
+
+
 def part_two(models: str, name: str, runtimes: list[str], threads: int, many_threads: int, seconds: float,
              many: int) -> dict:
+    """Each runtime of the model's step; "unrolled" is "onnx-graph" on a copy of the store whose ONNX step is the
+    one shipped before issue 16 (all K samples unrolled)."""
     directory = max((Path(models) / name).glob("*/manifest.json"), key=lambda p: int(p.parent.name)).parent
     results = {"model": str(directory), "seconds_per_stream": seconds, "streams": many, "threads": threads,
                "many_threads": many_threads, "runtimes": {}}
     if "onnx" in runtimes:
         results["kernel_cold_load_s"], results["kernel_warm_load_s"] = kernel_load_seconds(directory)
-    for runtime in runtimes:
-        in_process = step_load_seconds(directory, runtime, threads)
-        row = {"step_load_s": results["kernel_warm_load_s"] if runtime == "onnx" else in_process}
-        one = Served(models, name, runtime, threads)
-        streams(one, name, 0.1, 1)  # warm-up: sessions, compiled kernel, first batchers
-        row["first_chunk_100ms_s"] = first_chunk_seconds(one, name)
-        row["one_stream_wall_s"] = streams(one, name, seconds, 1)
-        one.close()
-        several = Served(models, name, runtime, many_threads)
-        streams(several, name, 0.1, many)
-        row["many_streams_wall_s"] = streams(several, name, seconds, many)
-        several.close()
-        row["rtf_one"] = seconds / row["one_stream_wall_s"]
-        row["rtf_many_total"] = many * seconds / row["many_streams_wall_s"]
-        results["runtimes"][runtime] = row
+    with tempfile.TemporaryDirectory() as folder:
+        for runtime in runtimes:
+            store = str(unrolled_store(directory, Path(folder))) if runtime == "unrolled" else models
+            served_runtime = "onnx-graph" if runtime == "unrolled" else runtime
+            entry = Path(store) / directory.parent.name / directory.name
+            in_process = step_load_seconds(entry, served_runtime, threads)
+            row = {"step_load_s": results["kernel_warm_load_s"] if runtime == "onnx" else in_process}
+            row |= measure(store, name, served_runtime, threads, many_threads, seconds, many)
+            results["runtimes"][runtime] = row
     return results
 
 
-RUNTIME_NAMES = {"onnx-graph": "ONNX step (onnxruntime, {k} samples unrolled)", "onnx": "fused kernel (numba)"}
+RUNTIME_NAMES = {"unrolled": "ONNX step, {k} samples unrolled (before issue 16)",
+                 "onnx-graph": "ONNX step, Loop over chunks of 20 (--runtime onnx-graph)",
+                 "onnx": "fused kernel dilated_gated_stack (default runtime)"}
 
 
 def main() -> None:
@@ -241,7 +294,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1600, help="part 1: samples generated per timing")
     parser.add_argument("--models", default="models")
     parser.add_argument("--name", default="wavenet")
-    parser.add_argument("--runtimes", nargs="+", default=["onnx-graph", "onnx"])
+    parser.add_argument("--runtimes", nargs="+", default=["unrolled", "onnx-graph", "onnx"],
+                        help="unrolled: the ONNX step as shipped before (rebuilt from the model's weights)")
     parser.add_argument("--seconds", type=float, default=2.0, help="part 2: audio seconds per stream")
     parser.add_argument("--many", type=int, default=16, help="part 2: concurrent streams")
     parser.add_argument("--json", type=Path)
