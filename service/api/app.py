@@ -58,7 +58,7 @@ class BodyLimitMiddleware:
 
     async def _refuse(self, scope: Scope, send: Send, size: str) -> None:
         message = f"body: {size} is over the limit of {self.max_bytes} bytes"
-        await errors.error_response(413, "payload_too_large", message, "body")(scope, _no_receive, send)
+        await errors.protocol_error(scope["path"], 413, "payload_too_large", message, "body")(scope, _no_receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -69,7 +69,8 @@ class BodyLimitMiddleware:
             try:
                 too_big = int(declared) > self.max_bytes
             except ValueError:
-                await errors.error_response(400, "bad_request", "content-length: not an integer")(scope, receive, send)
+                await errors.protocol_error(scope["path"], 400, "bad_request",
+                                            "content-length: not an integer")(scope, receive, send)
                 return
             if too_big:
                 await self._refuse(scope, send, f"Content-Length {declared.decode('latin-1')}")
@@ -334,7 +335,8 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
         fmt = codecs.output_format(body.format, spec)
         images = await unless_disconnected(request, engine.reconstruct(name, x, refine_steps=body.refine_steps,
                                                                            seed=body.seed))
-        return {"model": name, "version": description["version"], "images": codecs.encode_images(images, spec, fmt)}
+        return {"model": name, "version": description["version"],
+                "images": codecs.encode_images(images, spec, fmt, field="body.inputs")}
 
     @router.post("/v1/models/{name}/interpolate", response_model=schemas.InterpolateResponse, tags=["latent"])
     async def interpolate(name: str, body: InterpolateRequest, request: Request) -> dict:
@@ -346,7 +348,7 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
         fmt = codecs.output_format(body.format, spec)
         out = await unless_disconnected(request, engine.interpolate(name, x, body.steps))
         return {"model": name, "version": description["version"], "z": np.asarray(out["z"]).tolist(),
-                "images": codecs.encode_images(out["images"], spec, fmt)}
+                "images": codecs.encode_images(out["images"], spec, fmt, field="body.inputs")}
 
     return router
 

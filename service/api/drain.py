@@ -12,7 +12,7 @@ from collections import Counter
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.errors import error_response
+from service.api.errors import protocol_error
 from service.engine.errors import RETRY_AFTER_S
 
 STILL_SERVED = ("/healthz", "/metrics")
@@ -67,8 +67,9 @@ class Drain:
             return False
 
 
-def _refusal(message: str):
-    return error_response(503, "draining", message, None, {"Retry-After": RETRY_AFTER_S, "Connection": "close"})
+def _refusal(scope: Scope, message: str):
+    return protocol_error(scope["path"], 503, "draining", message, None,
+                          {"Retry-After": RETRY_AFTER_S, "Connection": "close"})
 
 
 class DrainMiddleware:
@@ -80,7 +81,7 @@ class DrainMiddleware:
             await self.app(scope, receive, send)
             return
         if self.drain.draining and scope["path"] not in STILL_SERVED:
-            await _refusal("server: shutting down; retry on another replica")(scope, receive, send)
+            await _refusal(scope, "server: shutting down; retry on another replica")(scope, receive, send)
             return
         started = False
 
@@ -96,7 +97,7 @@ class DrainMiddleware:
             if not self.drain.cutting or started:
                 raise
             asyncio.current_task().uncancel()
-            await _refusal("server: shut down before this request finished (GENSERVE_DRAIN_TIMEOUT_S); retry on "
+            await _refusal(scope, "server: shut down before this request finished (GENSERVE_DRAIN_TIMEOUT_S); retry on "
                            "another replica")(scope, receive, send)
         finally:
             self.drain.leave()

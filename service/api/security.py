@@ -18,8 +18,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.api.errors import error_response
-from service.api.v2 import v2_error
+from service.api.errors import protocol_error
 from service.credentials import ApiKeys, api_keys
 from service.settings import Settings
 
@@ -38,9 +37,7 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
 
 def _refusal(scope: Scope, status: int, code: str, message: str, field: str,
              headers: dict | None = None) -> JSONResponse:
-    if scope["path"].startswith("/v2/") or scope["path"] == "/v2":
-        return v2_error(status, message, headers)
-    return error_response(status, code, message, field, headers)
+    return protocol_error(scope["path"], status, code, message, field, headers)
 
 
 class AuthMiddleware:
