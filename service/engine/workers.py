@@ -24,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -40,22 +41,42 @@ Arrays = dict[str, np.ndarray]
 RESTART_BACKOFF_S = (0.0, 1.0, 2.0, 5.0, 10.0)  # restart delay: a worker that was up died, then 1, 2, ... failed starts
 
 
-def load_functions(directories: dict[str, Path], runtime: str, threads: int,
-                   device: int | None) -> dict[tuple[str, str], TensorFunction]:
-    """Every function of every model: (model, function) -> its loaded runtime."""
-    loaded = {}
-    for model, directory in directories.items():
-        manifest = json.loads((Path(directory) / "manifest.json").read_text())
-        for name, spec in manifest["functions"].items():
-            loaded[model, name] = load_function(name, spec, Path(directory), runtime, threads, device)
-    return loaded
+class Functions:
+    """Every function of every model, (model, function) -> its loaded runtime, each loaded on first use.
+
+    preload() loads them all, in manifest order; a call that needs a function not loaded yet loads it
+    at once (or waits for the preload that is loading it), so a worker can answer before all are loaded.
+    """
+
+    def __init__(self, directories: dict[str, Path], runtime: str, threads: int, device: int | None):
+        self.runtime, self.threads, self.device = runtime, threads, device
+        self.specs: dict[tuple[str, str], tuple[dict, Path]] = {}
+        for model, directory in directories.items():
+            manifest = json.loads((Path(directory) / "manifest.json").read_text())
+            for name, spec in manifest["functions"].items():
+                self.specs[model, name] = (spec, Path(directory))
+        self.loaded: dict[tuple[str, str], TensorFunction] = {}
+        self.locks = {key: threading.Lock() for key in self.specs}
+
+    def __getitem__(self, key: tuple[str, str]) -> TensorFunction:
+        if key not in self.loaded:
+            with self.locks[key]:  # KeyError for a function no model has
+                if key not in self.loaded:
+                    spec, directory = self.specs[key]
+                    self.loaded[key] = load_function(key[1], spec, directory, self.runtime, self.threads, self.device)
+        return self.loaded[key]
+
+    def preload(self) -> None:
+        for key in self.specs:
+            self[key]
 
 
 class InProcess:
     """Runs the functions in this process, on a thread (the runtimes release the GIL)."""
 
     def __init__(self, directories: dict[str, Path], runtime: str, threads: int = 0):
-        self.functions = load_functions(directories, runtime, threads, None)
+        self.functions = Functions(directories, runtime, threads, None)
+        self.functions.preload()
 
     async def start(self) -> None:
         """Nothing to start: the functions were loaded in __init__."""
@@ -93,14 +114,22 @@ def unpack(frames: list) -> tuple[dict, Arrays]:
 
 def worker_main(address: str, directories: dict[str, str], runtime: str, threads: int, device: int | None,
                 parent: int) -> None:
-    """Entry point of a worker process: load the models, then answer calls until the API process `parent` goes."""
+    """Entry point of a worker process: answer calls until the API process `parent` goes, loading every model's
+    functions meanwhile (a call loads the function it needs first, if the preload has not reached it yet)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C drains the API process, which then stops its workers
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s worker[{os.getpid()}]: %(message)s")
-    functions = load_functions({m: Path(d) for m, d in directories.items()}, runtime, threads, device)
+    functions = Functions({m: Path(d) for m, d in directories.items()}, runtime, threads, device)
+    threading.Thread(target=_preload, args=(functions,), name="preload", daemon=True).start()
     asyncio.run(_answer_calls(address, functions, parent))
 
 
-async def _answer_calls(address: str, functions: dict[tuple[str, str], TensorFunction], parent: int) -> None:
+def _preload(functions: Functions) -> None:
+    start = time.monotonic()
+    functions.preload()
+    log.info("all %d functions loaded in %.1f s", len(functions.specs), time.monotonic() - start)
+
+
+async def _answer_calls(address: str, functions: Functions, parent: int) -> None:
     import zmq
     import zmq.asyncio
 
@@ -171,7 +200,7 @@ class Worker:
         self.reader: asyncio.Task | None = None
 
     def start(self) -> None:
-        """Spawn the process; up turns True when it reports its models loaded."""
+        """Spawn the process; up turns True when it answers (it loads the models meanwhile: Functions)."""
         import zmq
         import zmq.asyncio
 
@@ -275,7 +304,7 @@ class WorkerPool:
         self.runtime, self.threads, self.on_restart = runtime, threads, on_restart
         self.call_timeout_s, self.wait_for_worker_s = call_timeout_s, wait_for_worker_s
         self.sockets_dir = tempfile.mkdtemp(prefix="genserve-")
-        self.worker_up = asyncio.Event()  # set whenever a worker reports its models loaded
+        self.worker_up = asyncio.Event()  # set whenever a worker reports that it answers calls
         self.workers = [Worker(device, self) for device in (visible_cuda_devices(runtime) or [None])]
 
     def spawn(self, address: str, device: int | None) -> multiprocessing.Process:
@@ -289,7 +318,8 @@ class WorkerPool:
             worker.start()
 
     def ready(self) -> bool:
-        """True when every worker has loaded its models (False while one restarts)."""
+        """True when every worker answers calls (False while one restarts); models it has not loaded yet load
+        on first use."""
         return all(worker.up for worker in self.workers)
 
     async def call(self, model: str, function: str, feeds: Arrays) -> Arrays:

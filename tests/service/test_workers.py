@@ -10,7 +10,7 @@ import pytest
 import zmq
 
 from service.engine.errors import WorkerLost
-from service.engine.workers import InProcess, WorkerPool, pack, unpack
+from service.engine.workers import Functions, InProcess, WorkerPool, pack, unpack
 from service.store import ModelStore
 
 MODEL = "pixelcnn"
@@ -86,3 +86,16 @@ def test_a_worker_process_computes_what_this_process_computes_and_survives_death
     assert np.array_equal(again["log_prob"], expected["log_prob"])
     assert failed_after < 1.0
     assert not worker.process.is_alive()  # stop() stopped it
+
+
+def test_functions_load_on_first_use_and_preload_loads_the_rest(directories):
+    """Issue 16, goal 4: a worker answers before every model is loaded; a call loads what it needs first."""
+    functions = Functions(directories, "onnx", 1, None)
+    assert functions.loaded == {} and ("pixelcnn", "log_prob") in functions.specs
+    log_prob = functions["pixelcnn", "log_prob"]
+    assert list(functions.loaded) == [("pixelcnn", "log_prob")]
+    assert functions["pixelcnn", "log_prob"] is log_prob  # loaded once
+    with pytest.raises(KeyError):
+        functions["pixelcnn", "no_such_function"]
+    functions.preload()
+    assert set(functions.loaded) == set(functions.specs)
