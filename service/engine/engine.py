@@ -211,7 +211,9 @@ class Engine(LatentOperations):
         values = len(prompt) + length
         most = cap.get("max_length", self.settings.max_sequence_length)
         if values > most:
-            raise InvalidInput(f"length: prompt and continuation are {values} values, over model "
+            seconds = f" ({values / m.data['sample_rate']:g} s; at most {most / m.data['sample_rate']:g} s)" \
+                if m.data["kind"] == "audio" else ""
+            raise InvalidInput(f"length: prompt and continuation are {values} values{seconds}, over model "
                                f"{m.manifest['name']!r}'s limit of {most}", field="length")
         self._check_work(m, cap, rows, values, "length", "samples x values")
         steps = math.ceil(values / per_step)

@@ -51,6 +51,9 @@ class LatentOperations:
                       call: latent.Call | None = None) -> tuple[np.ndarray, np.ndarray]:
         cap = m.capability("encode")
         most = cap.get("refine", {}).get("max_steps", 0)
+        if refine_steps and not most:
+            raise InvalidInput(f"refine_steps: model {m.manifest['name']!r} does not refine its posterior",
+                               field="refine_steps")
         if not 0 <= refine_steps <= most:
             raise InvalidInput(f"refine_steps: model {m.manifest['name']!r} takes 0..{most}", field="refine_steps")
         return await latent.encode(call or self._caller(m), cap, x, rngs, refine_steps)

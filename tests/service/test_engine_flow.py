@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from service.engine.engine import Engine
+from service.engine.errors import InvalidInput
 from service.settings import Settings
 from service.store import ModelStore
 
@@ -47,3 +48,10 @@ def test_encode_then_decode_returns_the_input_and_samples_follow_the_seed(engine
     x, z, back, hot, cold, hot_again = asyncio.run(run())
     assert z.shape == (3, 784) and np.array_equal(np.rint(back).astype(np.int64), x)
     assert hot.shape == (2, 1, 28, 28) and np.array_equal(hot, hot_again) and not np.array_equal(hot, cold)
+
+
+def test_refinement_of_a_model_that_does_not_refine_says_so(engine):
+    """Issue 22, item 10: it once answered "takes 0..0"."""
+    x = np.zeros((1, *engine.model("nice").shape), np.int64)
+    with pytest.raises(InvalidInput, match="does not refine its posterior"):
+        asyncio.run(engine.encode("nice", x, refine_steps=3))
