@@ -26,6 +26,7 @@ NUMBA_CACHE_DIR (set below to a per-user cache folder when it is unset).
 """
 
 import functools
+import logging
 import math
 import os
 import tempfile
@@ -38,6 +39,7 @@ from numba.core import cgutils, config
 from numba.extending import intrinsic
 
 KIND = "dilated_gated_stack"
+log = logging.getLogger("genserve.kernels")
 
 
 def numba_cache_dir(package: Path, environ, writable=lambda path: os.access(path, os.W_OK)) -> str | None:
@@ -160,7 +162,8 @@ def compiled(r: int, skips: int, layers: int, levels: int, block: int):
         h = np.empty((rows, r), np.float32)  # each row's input to the layer being computed
         gates = np.empty((rows, gated), np.float32)
         e = np.empty(levels, np.float32)
-        z, g = carray(_stack(r2), (r2,)), carray(_stack(r), (r,))
+        z, z2, g = carray(_stack(r2), (r2,)), carray(_stack(r2), (r2,)), carray(_stack(r), (r,))
+        acc2 = carray(_stack(r), (r,))
         acc, s, t = carray(_stack(r), (r,)), carray(_stack(skips), (skips,)), carray(_stack(skips), (skips,))
         o = carray(_stack(block), (block,))
         acc4 = carray(_stack(four_rows), (4, width))
@@ -175,30 +178,31 @@ def compiled(r: int, skips: int, layers: int, levels: int, block: int):
             for layer in range(layers):
                 slot = offsets[layer] + k % dilations[layer]
                 for b in range(rows):
-                    for j in range(r2):  # z = [queued input; input] @ W + bias
-                        z[j] = gate_bias[label[b], layer, j]
+                    for j in range(r2):  # z = [queued input; input] @ W + bias, in two independent sums
+                        z[j], z2[j] = gate_bias[label[b], layer, j], F32(0.0)
                     for i in range(r):
-                        a = ring[b, slot, i]
+                        a, c = ring[b, slot, i], h[b, i]
+                        ring[b, slot, i] = c
                         for j in range(r2):
                             z[j] += a * gate_weight[layer, i, j]
-                    for i in range(r):
-                        a = h[b, i]
-                        ring[b, slot, i] = a
-                        for j in range(r2):
-                            z[j] += a * gate_weight[layer, r + i, j]
+                            z2[j] += c * gate_weight[layer, r + i, j]
                     for j in range(r):  # tanh(a) sigmoid(c) = (e^2a - 1) / ((e^2a + 1)(1 + e^-c))
-                        ea, ec = _exp(F32(2.0) * z[j]), _exp(-z[r + j])
+                        ea, ec = _exp(F32(2.0) * (z[j] + z2[j])), _exp(-(z[r + j] + z2[r + j]))
                         g[j] = (ea - F32(1.0)) / ((ea + F32(1.0)) * (F32(1.0) + ec))
                         gates[b, layer * r + j] = g[j]
-                    if layer < layers - 1:  # h += g @ U
+                    if layer < layers - 1:  # h += g @ U, even and odd rows of U in two independent sums
                         for j in range(r):
-                            acc[j] = h[b, j]
-                        for i in range(r):
-                            a = g[i]
+                            acc[j], acc2[j] = h[b, j], F32(0.0)
+                        for i in range(0, r - 1, 2):
+                            a, c = g[i], g[i + 1]
                             for j in range(r):
                                 acc[j] += a * residual_weight[layer, i, j]
+                                acc2[j] += c * residual_weight[layer, i + 1, j]
+                        if r % 2:
+                            for j in range(r):
+                                acc[j] += g[r - 1] * residual_weight[layer, r - 1, j]
                         for j in range(r):
-                            h[b, j] = acc[j]
+                            h[b, j] = acc[j] + acc2[j]
             for b0 in range(0, jammed, 4):  # the head, four rows at a time
                 _dense4(gates, b0, skip_weight, skip_bias, s4, acc4, False)
                 _dense4(s4, b0, hidden_weight, hidden_bias, t4, acc4, True)
@@ -277,9 +281,18 @@ class Kernel:
     outputs = ("x", "next_queue")
 
     def warm_up(self) -> None:
-        """Compile the loop, or load it from numba's cache: one sample of one row."""
-        self.step(np.zeros((1, 1), np.int64), np.zeros([1, *self.queue_shape], np.float32),
-                  np.zeros((1, 1), np.float32), np.ones(1, np.float32))
+        """Compile the loop, or load it from numba's cache: one sample of one row. A cache entry that cannot be
+        loaded (written by another copy of this module, or damaged) is dropped, and the loop compiled afresh."""
+        def one() -> None:
+            self.step(np.zeros((1, 1), np.int64), np.zeros([1, *self.queue_shape], np.float32),
+                      np.zeros((1, 1), np.float32), np.ones(1, np.float32))
+
+        try:
+            one()
+        except Exception as e:  # noqa: BLE001 - numba raises what unpickling the entry raised
+            log.warning("kernel %s: numba's cached machine code did not load (%r); compiling afresh", KIND, e)
+            self.loop._cache.flush()  # numba's FunctionCache: forget the index, so the compile is saved anew
+            one()
 
     def run(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:
         """The step function: inputs by name (label, observed and mask may be left out) -> outputs by name."""
