@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test lint pytest benchmark protos clean speech-deps
+.PHONY: serve test lint pytest benchmark protos clean speech-deps fuzz soak
 
 # torch is pinned to the CPU build (torch==2.13.0) in pyproject.toml; an unpinned
 # torch would pull a multi-GB CUDA build.
@@ -54,6 +54,17 @@ benchmark: $(VENV)/.installed-dev
 	done
 	$(BIN)/python benchmarks/wavenet_speed.py --threads 1 --json benchmarks/results/wavenet.json \
 		| tee benchmarks/results/wavenet.md
+
+# Issue 15: schemathesis --checks all over a real server (>= 5,000 cases, bounded in time, 0 server errors),
+# and 10 minutes of mixed traffic with the engine worker killed twice. Both print a table and write it under
+# benchmarks/results/; FUZZ_ARGS / SOAK_ARGS pass options (e.g. SOAK_ARGS="--minutes 1").
+fuzz: $(VENV)/.installed-dev
+	mkdir -p benchmarks/results
+	$(BIN)/python benchmarks/fuzz.py --out benchmarks/results/fuzz.md $(FUZZ_ARGS)
+
+soak: $(VENV)/.installed-dev
+	mkdir -p benchmarks/results
+	$(BIN)/python benchmarks/soak.py --out benchmarks/results/soak.md $(SOAK_ARGS)
 
 protos: $(VENV)/.installed-dev
 	bash scripts/gen-protos.sh
