@@ -12,7 +12,13 @@ A variant is a comma-separated set of patches, applied in the server process bef
 - `uvloop`: uvloop's event loop policy;
 - `orjson`: the V2 REST answer written by orjson straight from the numpy array (OPT_SERIALIZE_NUMPY) instead of
   `json.dumps(array.ravel().tolist())` (service.api.v2.encode_response replaced);
-- `gc`: the cyclic garbage collector's first threshold raised from 700 to 100,000 allocations.
+- `gc`: the cyclic garbage collector's first threshold raised from 700 to 100,000 allocations;
+- `native`: uvicorn's HTTP parser left as the tree chooses (a tree that names httptools itself, as genserve does
+  since issue 16); without `native` or `httptools` the variant forces h11, as the tree at fe556b0 shipped.
+
+A variant may end in `@DIR`: that variant runs the genserve tree in DIR instead of --source, so a tree before
+and after a change run side by side (`--variants "@/tmp/genserve-base" "native"`: the baseline tree as it
+shipped against this repository as it is).
 
 The patches reach into the tree's internals (service.main.run's uvicorn.Config call, service.api.v2.encode_response)
 as they were at commit fe556b0; a later tree may need them updated. orjson, uvloop and httptools are not genserve
@@ -32,7 +38,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-PATCHES = ["noaccess", "httptools", "uvloop", "orjson", "gc"]
+PATCHES = ["noaccess", "httptools", "uvloop", "orjson", "gc", "native"]
 
 
 def patch(variant: set[str]) -> None:
@@ -41,7 +47,8 @@ def patch(variant: set[str]) -> None:
 
     class Config(uvicorn.Config):
         def __init__(self, app, **kw):
-            kw["http"] = "httptools" if "httptools" in variant else "h11"
+            if "native" not in variant:
+                kw["http"] = "httptools" if "httptools" in variant else "h11"
             if "noaccess" in variant:
                 kw["access_log"] = False
             super().__init__(app, **kw)
@@ -96,12 +103,12 @@ def variant_server(store: Path, variant: str, args: argparse.Namespace):
 
         def environment(self) -> dict[str, str]:
             env = super().environment()
-            env["PYTHONPATH"] = os.pathsep.join([str(source), str(Path(__file__).resolve().parent)])
+            env["PYTHONPATH"] = os.pathsep.join([str(tree), str(Path(__file__).resolve().parent)])
             return env
 
         def __enter__(self):
-            print(f"starting {self.label} (source {source}); log {self.log.name}", file=sys.stderr)
-            self.process = subprocess.Popen(self.command(), cwd=source, env=self.environment(),
+            print(f"starting {self.label} (source {tree}); log {self.log.name}", file=sys.stderr)
+            self.process = subprocess.Popen(self.command(), cwd=tree, env=self.environment(),
                                             stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
             try:
                 wait_ready(self, ["/v2/models/vae.decode/ready"])
@@ -110,8 +117,11 @@ def variant_server(store: Path, variant: str, args: argparse.Namespace):
                 raise
             return self
 
-    source = Path(args.source or REPO).resolve()
-    return Variant(str(store), batching_env(1, 64, 500), variant or "baseline")
+    patches, _, elsewhere = variant.partition("@")
+    tree = Path(elsewhere or args.source or REPO).resolve()
+    label = variant or "baseline"
+    variant = patches
+    return Variant(str(store), batching_env(1, 64, 500), label)
 
 
 def serve(args: argparse.Namespace) -> None:

@@ -8,6 +8,7 @@ EngineError subclasses that errors.py maps to status codes.
 
 import json
 import logging
+import math
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,8 +22,10 @@ from service.api import codecs, errors, schemas, security, v2
 from service.api.disconnect import CLIENT_CLOSED_REQUEST, ClientGone, unless_disconnected
 from service.api.drain import Drain, DrainMiddleware
 from service.api.metrics import ApiMetrics, MetricsMiddleware
+from service.api.responses import FastJSONResponse
 from service.engine import audio
 from service.engine.errors import EngineError, InvalidInput, MissingCapability
+from service.engine.validation import check_finite_outputs
 from service.settings import Settings
 
 log = logging.getLogger("genserve.api")
@@ -140,6 +143,16 @@ def _check_labels(labels: list[int | None] | None, batch: int, spec: dict) -> No
         _check_label(label, spec, f"body.labels[{i}]")
 
 
+def _check_finite_results(results: list[dict]) -> None:
+    """A score that is not finite (a log-likelihood of -inf) is refused naming the input: JSON has no such number,
+    and orjson would write null."""
+    for i, result in enumerate(results):
+        for key, value in result.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise InvalidInput(f"body.inputs[{i}]: its {key} is not a finite number ({value})",
+                                   field=f"body.inputs[{i}]")
+
+
 def _event(name: str, data: dict) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
 
@@ -234,7 +247,7 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
             return Response(audio.to_wav(x[0], int(spec["sample_rate"])), media_type="audio/wav",
                             headers={"genserve-seed": str(seed)})
         samples = codecs.encode_samples(x, spec, fmt)
-        return {"model": name, "version": description["version"], "seed": seed, "samples": samples}
+        return FastJSONResponse({"model": name, "version": description["version"], "seed": seed, "samples": samples})
 
     @router.post("/v1/models/{name}/sample/stream", tags=["inference"], response_class=StreamingResponse,
                  responses={200: {"content": {"text/event-stream": {}, "audio/wav": {}},
@@ -276,7 +289,8 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
         _check_labels(body.labels, len(x), spec)
         results = await unless_disconnected(request, engine.score(
             name, x, body.labels, method=body.method, k=body.k, refine_steps=body.refine_steps, seed=body.seed))
-        return {"model": name, "version": description["version"], "results": results}
+        _check_finite_results(results)
+        return FastJSONResponse({"model": name, "version": description["version"], "results": results})
 
     # results carry only the fields the engine gives (k, stderr, ... for bounds; free_energy for undirected models)
     @router.post("/v1/models/{name}/score", response_model=schemas.ScoreResponse, response_model_exclude_unset=True,
@@ -302,7 +316,8 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
         out = await unless_disconnected(request, engine.complete(name, x, mask, body.n, seed, body.temperature, label,
                                                                  length=length, top_k=body.top_k, steps=body.steps))
         completions = [codecs.encode_samples(per_input, spec, fmt) for per_input in out]
-        return {"model": name, "version": description["version"], "seed": seed, "completions": completions}
+        return FastJSONResponse({"model": name, "version": description["version"], "seed": seed,
+                                 "completions": completions})
 
     # --- latent-variable models (docs/latent-variable-models.md) ---
 
@@ -313,8 +328,9 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
         _require(description, "encode", name)
         x = codecs.decode_inputs(body.inputs, spec)
         out = await unless_disconnected(request, engine.encode(name, x, refine_steps=body.refine_steps, seed=body.seed))
-        return {"model": name, "version": description["version"],
-                "mean": np.asarray(out["mean"]).tolist(), "std": np.asarray(out["std"]).tolist()}
+        mean, std = np.asarray(out["mean"]), np.asarray(out["std"])
+        check_finite_outputs({"mean": mean, "std": std}, "body.inputs")
+        return FastJSONResponse({"model": name, "version": description["version"], "mean": mean, "std": std})
 
     @router.post("/v1/models/{name}/decode", response_model=schemas.ImagesResponse, tags=["latent"])
     async def decode(name: str, body: DecodeRequest, request: Request) -> dict:
@@ -323,7 +339,8 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
         _require(description, "decode", name)
         fmt = codecs.output_format(body.format, spec)
         images = await unless_disconnected(request, engine.decode(name, codecs.decode_latents(body.z)))
-        return {"model": name, "version": description["version"], "images": codecs.encode_images(images, spec, fmt)}
+        return FastJSONResponse({"model": name, "version": description["version"],
+                                 "images": codecs.encode_images(images, spec, fmt, array=True)})
 
     @router.post("/v1/models/{name}/reconstruct", response_model=schemas.ImagesResponse, tags=["latent"])
     async def reconstruct(name: str, body: ReconstructRequest, request: Request) -> dict:
@@ -335,8 +352,8 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
         fmt = codecs.output_format(body.format, spec)
         images = await unless_disconnected(request, engine.reconstruct(name, x, refine_steps=body.refine_steps,
                                                                            seed=body.seed))
-        return {"model": name, "version": description["version"],
-                "images": codecs.encode_images(images, spec, fmt, field="body.inputs")}
+        return FastJSONResponse({"model": name, "version": description["version"],
+                                 "images": codecs.encode_images(images, spec, fmt, field="body.inputs", array=True)})
 
     @router.post("/v1/models/{name}/interpolate", response_model=schemas.InterpolateResponse, tags=["latent"])
     async def interpolate(name: str, body: InterpolateRequest, request: Request) -> dict:
@@ -347,8 +364,10 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
         x = codecs.decode_inputs(body.inputs, spec)
         fmt = codecs.output_format(body.format, spec)
         out = await unless_disconnected(request, engine.interpolate(name, x, body.steps))
-        return {"model": name, "version": description["version"], "z": np.asarray(out["z"]).tolist(),
-                "images": codecs.encode_images(out["images"], spec, fmt, field="body.inputs")}
+        images = codecs.encode_images(out["images"], spec, fmt, field="body.inputs", array=True)
+        z = np.asarray(out["z"])
+        check_finite_outputs({"z": z}, "body.inputs")
+        return FastJSONResponse({"model": name, "version": description["version"], "z": z, "images": images})
 
     return router
 
@@ -393,7 +412,9 @@ def create_app(engine: Any, settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(ClientGone, lambda _request, _exc: Response(status_code=CLIENT_CLOSED_REQUEST))
     app.include_router(_health_routes(engine, metrics))
     app.include_router(_model_routes(engine, settings))
-    app.include_router(v2.router(engine))  # Open Inference Protocol (KServe V2)
+    v2_routes = v2.router(engine)  # Open Inference Protocol (KServe V2)
+    app.include_router(v2_routes)
+    app.add_middleware(v2.InferFastPath, infer=v2_routes.genserve_infer, routes=app.router.routes)  # innermost
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(DrainMiddleware, drain=app.state.drain)
     security.install(app, settings)  # keys (401), JSON-only bodies (415), CORS

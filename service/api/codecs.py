@@ -288,16 +288,19 @@ def encode_samples(xs: np.ndarray, spec: dict, fmt: str) -> list:
     return [encode_sample(x, spec, fmt) for x in xs]
 
 
-def encode_images(xs: np.ndarray, spec: dict, fmt: str, field: str = "body.z") -> list:
+def encode_images(xs: np.ndarray, spec: dict, fmt: str, field: str = "body.z",
+                  array: bool = False) -> list | np.ndarray:
     """Expected images [n, *shape], floats in level units -> n nested float lists [*shape] (the data shape,
-    channel kept), or base64 PNGs (each value scaled to the nearest of 0..255).
+    channel kept), or base64 PNGs (each value scaled to the nearest of 0..255). With `array`, the floats stay
+    one float32 array [n, *shape] for a writer that takes numpy arrays (service.api.responses).
 
     Images that are not finite (latents far outside the prior) are refused naming `field`, the request field
     they came from: an answer never holds NaN, infinity or the null that JSON would make of them."""
     check_finite_outputs({"images": xs}, field)
     if fmt == "png":
         return [encode_png_b64(x, _levels(spec) or 2) for x in xs]
-    return np.asarray(xs, dtype=np.float32).tolist()
+    images = np.ascontiguousarray(xs, dtype=np.float32)
+    return images if array else images.tolist()
 
 
 def decode_latents(value: list, field: str = "body.z") -> np.ndarray:

@@ -15,21 +15,27 @@ class ClientGone(Exception):
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Await `work`, cancelling it if the client disconnects first (the engine then frees its rows within a step)."""
-    task = asyncio.ensure_future(work)
+    """Await `work`, cancelling it if the client disconnects first (the engine then frees its rows within a step).
 
-    async def disconnected() -> None:
+    The work runs in the request's own task; one watcher task waits for the disconnect and cancels that task
+    (one task per request, not two, and no asyncio.wait). A cancellation from elsewhere (a drain cutting the
+    request) passes through as it is."""
+    current = asyncio.current_task()
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
         while (await request.receive())["type"] != "http.disconnect":
             pass
+        gone = True
+        current.cancel()
 
-    watcher = asyncio.ensure_future(disconnected())
+    watcher = asyncio.ensure_future(watch())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            return task.result()
-        if watcher.exception() is None:
-            raise ClientGone
-        return await task  # the watch itself failed: finish the work as if unwatched
+        return await work
+    except asyncio.CancelledError:
+        if gone and current.uncancel() == 0:
+            raise ClientGone from None
+        raise
     finally:
         watcher.cancel()
-        task.cancel()

@@ -35,10 +35,16 @@ class ApiMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self._children: dict[tuple[str, str, int], tuple] = {}  # labels -> (counter, histogram), bounded as above
 
     def observe(self, model: str, endpoint: str, code: int, seconds: float) -> None:
-        self.requests.labels(model, endpoint, str(code)).inc()
-        self.latency.labels(model, endpoint, str(code)).observe(seconds)
+        key = (model, endpoint, code)
+        children = self._children.get(key)
+        if children is None:
+            labels = (model, endpoint, str(code))
+            children = self._children[key] = (self.requests.labels(*labels), self.latency.labels(*labels))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self, *extra: object) -> tuple[bytes, str]:
         """This registry's exposition, followed by that of each `extra` that is a registry (e.g. the engine's)."""
