@@ -12,22 +12,124 @@ from pathlib import Path
 def _serve(args: argparse.Namespace) -> None:
     from service.main import run
 
-    run(host=args.host, port=args.port, grpc_port=args.grpc_port, models=args.models)
+    run(host=args.host, port=args.port, grpc_port=args.grpc_port, models=args.models, allow_empty=args.allow_empty)
+
+
+CONFIGS = Path(__file__).resolve().parent.parent / "training" / "configs"
+
+
+def _config_names() -> list[str]:
+    """The configs shipped in training/configs, without their -tiny variants: what `genserve train` takes."""
+    return sorted(p.stem for p in CONFIGS.glob("*.json") if not p.stem.endswith("-tiny"))
+
+
+def _known() -> str:
+    from training.families import FAMILIES
+
+    return f"known configs: {', '.join(_config_names())}; families: {', '.join(FAMILIES)}"
+
+
+def _family_of(name: str) -> str | None:
+    """The family a `train` argument names: the family of training/configs/<name>.json, else the name itself
+    when it is a family (e.g. realnvp -> flow, wgan-gp -> gan, flow -> flow); None when it is neither."""
+    import json
+
+    from training.families import FAMILIES
+
+    try:
+        return json.loads((CONFIGS / f"{name}.json").read_text())["family"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return name if name in FAMILIES else None
+
+
+def _train_config(family: str, path: str | None) -> tuple[Path, dict]:
+    """The config that `genserve train family [--config path]` runs, checked before anything loads: it exists,
+    parses, names a known family, and that family is the one the argument names. Refusals are one line."""
+    from training.families import FAMILIES
+    from training.train import load_config
+
+    wanted = _family_of(family)
+    if wanted is None:
+        raise SystemExit(f"genserve train: unknown family or config {family!r}; {_known()}")
+    config_path = Path(path) if path else CONFIGS / f"{family}.json"
+    if not config_path.is_file():
+        raise SystemExit(f"genserve train: no config file {config_path}" +
+                         ("" if path else f" (family {family!r} has no default config; give --config)") +
+                         f"; {_known()}")
+    try:
+        config = load_config(config_path)
+    except ValueError as e:  # not JSON (json.JSONDecodeError is a ValueError), or a key missing
+        raise SystemExit(f"genserve train: {config_path}: not a usable config: {e}") from e
+    if config["family"] not in FAMILIES:
+        raise SystemExit(f"genserve train: {config_path} names the family {config['family']!r}; {_known()}")
+    if config["family"] != wanted:
+        named = f"{family!r}" if wanted == family else f"{family!r} (a {wanted!r})"
+        raise SystemExit(f"genserve train: {config_path} trains a {config['family']!r} model, not {named}; give "
+                         f"the matching family, e.g. `genserve train {config['family']} --config {config_path}`")
+    return config_path, config
 
 
 def _train(args: argparse.Namespace) -> None:
     from training.train import train
 
-    config = args.config or Path(__file__).parent.parent / "training" / "configs" / f"{args.family}.json"
-    run_dir = train(Path(config), Path(args.run_dir or f"runs/{args.family}"), epochs=args.epochs)
+    config_path, config = _train_config(args.family, args.config)
+    run_dir = train(config_path, Path(args.run_dir or f"runs/{args.family}"), epochs=args.epochs)
     print(f"checkpoint, samples (png or txt) and loss.png in {run_dir}")
+    note = _training_nll_note(run_dir, config["family"])
+    if note:
+        print(note)
+
+
+def _scored_quantity(model, config: dict, split) -> str | None:
+    """What `genserve eval` measures for a run whose test NLL comes from its exported `log_prob` (None for a
+    family with its own evaluate_test): -log p(x | label) where log_prob takes the label, else -log p(x),
+    marginal over the class prior where the model is class-conditional (it has log_prob_given_label)."""
+    from training.families import family_module
+
+    family = family_module(config["family"])
+    if hasattr(family, "evaluate_test"):
+        return None
+    functions, _ = family.exported_functions(model, split)
+    if "label" in functions["log_prob"][1]:
+        return "conditional"
+    return "marginal" if "log_prob_given_label" in functions else "unconditional"
+
+
+NLL_NOTES = {
+    "marginal": ("test NLL: training's epoch lines give -log p(x | y), each test image given its true label y; "
+                 "`genserve eval` and the service's score give the marginal -log p(x) = -log sum_y p(x | y) p(y) "
+                 "over the class prior, so the two figures differ"),
+    "conditional": "test NLL: training and `genserve eval` both give -log p(x | y), given each example's label y",
+    "unconditional": "test NLL: training and `genserve eval` both give -log p(x)",
+}
+
+
+def _training_nll_note(run_dir: Path, family_name: str) -> str | None:
+    """After training, which test NLL the epoch lines printed, beside what `genserve eval` will print."""
+    from training.families import family_module
+    from training.train import load_model
+
+    family = family_module(family_name)
+    if hasattr(family, "train_step"):  # the epoch lines name the family's own loss already
+        return None
+    if hasattr(family, "evaluate_test"):
+        doc = (family.loss.__doc__ or "").strip().splitlines()[0]
+        return (f"test NLL: training's epoch lines give the family's loss ({doc}); `genserve eval` gives the "
+                "bound or estimate that the service's score computes")
+    kind = _scored_quantity(*load_model(run_dir))
+    return NLL_NOTES[kind]
 
 
 def _export(args: argparse.Namespace) -> None:
-    from training.export import export
+    from training.export import VersionExists, export
 
-    out = export(Path(args.run_dir), Path(args.models), name=args.name, version=args.version,
-                 baseline=not args.no_baseline, reuse_eval=args.reuse_eval)
+    try:
+        out = export(Path(args.run_dir), Path(args.models), name=args.name, version=args.version,
+                     baseline=not args.no_baseline, reuse_eval=args.reuse_eval, force=args.force)
+    except VersionExists as e:
+        raise SystemExit(f"genserve export: {e}") from e
+    except (FileNotFoundError, ValueError) as e:  # not a run directory, no exporter, a stale eval.json
+        raise SystemExit(f"genserve export: {e}") from e
     print(f"exported to {out}")
 
 
@@ -42,42 +144,67 @@ def _eval(args: argparse.Namespace) -> None:
             print("\nSample quality (every 28x28 model that samples, through the serving engine):\n")
             print(table(Path(args.models), Path(args.models) / "evaluation", args.n, args.json))
     else:
-        evaluate(Path(args.run_dir), baseline=not args.no_baseline)
+        from training.train import load_model
+
+        loaded = load_model(Path(args.run_dir))
+        evaluate(Path(args.run_dir), baseline=not args.no_baseline, loaded=loaded)
+        kind = _scored_quantity(*loaded)
+        if kind:
+            print(NLL_NOTES[kind])
 
 
 def _env(name: str, default):
     return os.environ.get(f"GENSERVE_{name}", default)
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default where it has one (not None, not a flag's False)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or isinstance(action.default, bool):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="genserve", description=__doc__.splitlines()[0])
+    top = argparse.ArgumentParser(prog="genserve", description=__doc__.splitlines()[0], formatter_class=_Help)
     sub = top.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="serve the model store over REST and gRPC")
+    serve = sub.add_parser("serve", help="serve the model store over REST and gRPC", formatter_class=_Help)
     serve.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="env GENSERVE_HOST")
-    serve.add_argument("--port", type=int, default=int(_env("PORT", 8000)), help="env GENSERVE_PORT")
-    serve.add_argument("--grpc-port", type=int, default=int(_env("GRPC_PORT", 8001)), help="env GENSERVE_GRPC_PORT")
-    serve.add_argument("--models", default=_env("MODELS", "models"), help="model store; env GENSERVE_MODELS")
+    serve.add_argument("--port", type=int, default=int(_env("PORT", 8000)), help="HTTP port; env GENSERVE_PORT")
+    serve.add_argument("--grpc-port", type=int, default=int(_env("GRPC_PORT", 8001)),
+                       help="gRPC port; env GENSERVE_GRPC_PORT")
+    serve.add_argument("--models", default=_env("MODELS", "models"),
+                       help="model store (<name>/<version>/manifest.json under it); env GENSERVE_MODELS")
+    serve.add_argument("--allow-empty", action="store_true", default=None,
+                       help="serve a store that holds no model (refused otherwise); env GENSERVE_ALLOW_EMPTY")
     serve.set_defaults(run=_serve)
 
-    train = sub.add_parser("train", help="train a family; resumes an interrupted run")
-    train.add_argument("family", help="model family, e.g. pixelcnn")
+    known = ", ".join(_config_names())
+    train = sub.add_parser("train", help="train a family; resumes an interrupted run", formatter_class=_Help,
+                           description=f"Train a model from a config in training/configs. Known: {known}.")
+    train.add_argument("family", help=f"a config name in training/configs ({known}) or a family; "
+                                      "with --config, the config's family must match it")
     train.add_argument("--config", help="JSON config (default: training/configs/<family>.json)")
     train.add_argument("--run-dir", help="checkpoint directory (default: runs/<family>)")
     train.add_argument("--epochs", type=int, help="override the configured epochs")
     train.set_defaults(run=_train)
 
-    export = sub.add_parser("export", help="export a run to ONNX + TorchScript + manifest")
-    export.add_argument("run_dir")
+    export = sub.add_parser("export", help="export a run to ONNX + TorchScript + manifest", formatter_class=_Help)
+    export.add_argument("run_dir", help="a training run directory (config.json, model.safetensors), e.g. runs/pixelcnn")
     export.add_argument("--models", default="models", help="model store to write into")
-    export.add_argument("--name", help="model name (default: the family)")
-    export.add_argument("--version", type=int, default=1)
+    export.add_argument("--name", help="model name (default: the config's family)")
+    export.add_argument("--version", type=int, default=1,
+                        help="version to write, <models>/<name>/<version>; an existing one is refused unless --force")
+    export.add_argument("--force", action="store_true", help="replace an existing <name>/<version>")
     export.add_argument("--no-baseline", action="store_true", help="skip the Bernoulli-mixture baseline")
     export.add_argument("--reuse-eval", action="store_true",
                         help="take the test metrics from the run's eval.json instead of measuring them again")
     export.set_defaults(run=_export)
 
-    evaluate = sub.add_parser("eval", help="test NLL of a run, or (no run) the table of the store's models")
+    evaluate = sub.add_parser("eval", help="test NLL of a run, or (no run) the table of the store's models",
+                              formatter_class=_Help)
     evaluate.add_argument("run_dir", nargs="?", help="a training run: measure its test NLL, beside a baseline")
     evaluate.add_argument("--models", default="models",
                           help="without run_dir: print the test metrics of every binarized-mnist5k model here")

@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     # Shutdown: on SIGTERM, in-flight requests get this long to finish; what is still running is cut and logged.
     drain_timeout_s: float = 30.0
     access_log: bool = False  # one log line per HTTP request (off: it costs the hot path)
+    # The store at start-up: a store with no model is refused unless allow_empty; a model that fails its checks
+    # (sha256, manifest) stops the server unless skip_bad_models, which serves the rest and lists it unavailable.
+    allow_empty: bool = False
+    skip_bad_models: bool = False
 
     @field_validator("cors_origins", mode="before")
     @classmethod

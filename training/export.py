@@ -9,6 +9,7 @@ more (a text's length). Models exported before the bundle have one frozen .pt
 per function and ONNX files holding their own weights; the service reads both.
 """
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -48,6 +49,26 @@ def git_commit() -> str | None:
         return out.stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
+
+
+# Warnings torch gives on every export that say nothing about the model: the ONNX exporter leaves a strided
+# Slice unfolded (the graph is still exact), and TorchScript and the TorchScript-based ONNX exporter are
+# deprecated (the service reads both formats as written; the torch.export-based exporter is not used).
+KNOWN_HARMLESS = [
+    (UserWarning, r"Constant folding - Only steps=1 can be constant folded"),
+    (DeprecationWarning, r"`torch\.jit\.(trace|trace_method|script)` is deprecated"),
+    (DeprecationWarning, r"You are using the legacy TorchScript-based ONNX export"),
+    (DeprecationWarning, r"The feature will be removed\. Please remove usage of this function"),
+]
+
+
+@contextlib.contextmanager
+def quiet_export():
+    """Within the export only, silence the warnings in KNOWN_HARMLESS; any other warning still shows."""
+    with warnings.catch_warnings():
+        for category, message in KNOWN_HARMLESS:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        yield
 
 
 def tensor_spec(name: str, t: torch.Tensor, dynamic: dict[int, str]) -> dict:
@@ -186,39 +207,81 @@ def data_spec(split: Split) -> dict:
     return {"kind": "image", **spec, "classes": [str(c) for c in range(split.num_classes)], "class_prior": prior}
 
 
+def saved_baseline(saved: Path, split: Split) -> dict | None:
+    """The baseline in a run's eval.json for the same data split, if any. It depends on the split alone (a
+    fixed seed, no model weights), so what `genserve eval` fitted holds however old the checkpoint is."""
+    try:
+        report = json.loads(saved.read_text())
+    except (OSError, ValueError):
+        return None
+    return report.get("baseline") if report.get("dataset") == split.name else None
+
+
 def measured_report(run_dir: Path, baseline: bool, reuse_eval: bool, loaded: tuple) -> dict:
     """The run's test report: measured afresh on the loaded (model, config, split), or with reuse_eval the run's
-    eval.json (written by `genserve eval` or an earlier export), refused when it is older than the checkpoint."""
+    eval.json (written by `genserve eval` or an earlier export), refused when it is older than the checkpoint.
+    Measured afresh, the baseline is still taken from eval.json where it holds one for the same split."""
     saved, checkpoint = Path(run_dir) / "eval.json", Path(run_dir) / "model.safetensors"
     if not reuse_eval:
-        return evaluate(run_dir, baseline=baseline, loaded=loaded)
+        fitted = saved_baseline(saved, loaded[2]) if baseline else None
+        report = evaluate(run_dir, baseline=baseline and fitted is None, loaded=loaded)
+        if fitted is not None and "test_nll_nats" in report:
+            report["baseline"] = fitted
+            saved.write_text(json.dumps(report, indent=2))
+            print(f"baseline {fitted['name']} (K={fitted['components']}): {fitted['test_nll_nats']:.2f} nats, "
+                  f"{fitted['test_bits_per_dim']:.4f} bits/dim (from {saved}: it depends on the data split only)")
+        return report
     if not saved.exists() or saved.stat().st_mtime < checkpoint.stat().st_mtime:
         raise ValueError(f"{saved}: missing or older than {checkpoint}; run `genserve eval {run_dir}` first")
     return json.loads(saved.read_text())
 
 
+class VersionExists(FileExistsError):
+    """The version to export is in the store already (a re-export needs force=True)."""
+
+
+def next_free_version(model_dir: Path) -> int:
+    """One more than the highest numbered version under <models>/<name>/ (1 for a new model)."""
+    versions = [int(p.name) for p in Path(model_dir).glob("*") if p.is_dir() and p.name.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def check_free(out_dir: Path, force: bool) -> None:
+    """Refuse to replace an existing version unless `force`, naming the next free version number."""
+    if out_dir.exists() and not force:
+        raise VersionExists(f"{out_dir} exists; export as --version {next_free_version(out_dir.parent)} (the next "
+                            f"free version), or give --force to replace it")
+
+
 def export(run_dir: Path, models_dir: Path, name: str | None = None, version: int = 1, baseline: bool = True,
-           reuse_eval: bool = False) -> Path:
+           reuse_eval: bool = False, force: bool = False) -> Path:
     """Export a training run into the model store as <models_dir>/<name>/<version>/.
 
-    The test metrics are measured afresh (or read from the run's eval.json with reuse_eval), with the baseline
-    beside them unless `baseline` is False (there is one for binary images only).
+    An existing version is refused (VersionExists, before anything is measured) unless `force`, which replaces
+    it whole. The test metrics are measured afresh (or read from the run's eval.json with reuse_eval), with the
+    baseline beside them unless `baseline` is False (there is one for binary images only).
     """
+    config_path = Path(run_dir) / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a training run: it has no config.json")
+    name = name or json.loads(config_path.read_text())["family"]
+    out_dir = Path(models_dir) / name / str(version)
+    check_free(out_dir, force)
     model, config, split = load_model(run_dir)
     family = family_module(config["family"])
     if not hasattr(family, "exported_functions"):
         raise ValueError(f"family {config['family']!r} trains but has no exporter yet")
-    name = name or config["family"]
     report = measured_report(run_dir, baseline, reuse_eval, (model, config, split))  # one load: RBM's AIS once
-    out_dir = Path(models_dir) / name / str(version)
-    if out_dir.exists():  # a re-export replaces the version whole: no file of an old layout stays behind
+    check_free(out_dir, force)  # measuring takes a while: another export may have written it meanwhile
+    if out_dir.exists():  # a forced re-export replaces the version whole: no file of an old layout stays behind
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
     fold_masks(model)
     functions, capabilities = family.exported_functions(model, split)
     bundle: dict[str, torch.jit.ScriptModule] = {}
-    entries = {fn: export_function(out_dir, fn, *spec, bundle=bundle) for fn, spec in functions.items()}
-    save_bundle(out_dir, bundle)
+    with quiet_export():
+        entries = {fn: export_function(out_dir, fn, *spec, bundle=bundle) for fn, spec in functions.items()}
+        save_bundle(out_dir, bundle)
     share_onnx_weights(out_dir, [entry["files"]["onnx"] for entry in entries.values()])
     files = sorted({f for e in entries.values() for f in e["files"].values()} | {SHARED_WEIGHTS})
     manifest = {

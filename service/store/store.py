@@ -2,7 +2,9 @@
 
 A manifest must validate against proto/manifest.schema.json, and every file
 it lists must match its sha256; otherwise the store refuses to load and the
-error names the file.
+error names the file. With skip_bad, a model whose latest version fails those
+checks is left out instead and kept in `unavailable` with the reason, so that
+the rest of the store can be served.
 """
 
 import hashlib
@@ -16,7 +18,22 @@ SCHEMA_PATH = Path(__file__).resolve().parents[2] / "proto" / "manifest.schema.j
 
 
 class StoreError(Exception):
-    """The store cannot be loaded as it is on disk."""
+    """The store cannot be loaded as it is on disk. `kind`, a short word for metrics: sha256, missing, manifest,
+    misplaced or store."""
+
+    def __init__(self, message: str, kind: str = "store"):
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class BadEntry:
+    """A version directory that failed its checks: model name and version as its path gives them."""
+    name: str
+    version: str
+    directory: Path
+    reason: str
+    kind: str
 
 
 @dataclass(frozen=True)
@@ -44,14 +61,16 @@ def verify_files(directory: Path, manifest: dict) -> None:
     for function, entry in manifest["functions"].items():
         for filename in entry["files"].values():
             if filename not in listed:
-                raise StoreError(f"{directory}: function {function!r} uses {filename}, which has no sha256 in files")
+                raise StoreError(f"{directory}: function {function!r} uses {filename}, which has no sha256 in files",
+                             "manifest")
     for filename, expected in listed.items():
         path = directory / filename
         if not path.is_file():
-            raise StoreError(f"{path}: listed in the manifest but missing")
+            raise StoreError(f"{path}: listed in the manifest but missing", "missing")
         actual = _sha256(path)
         if actual != expected:
-            raise StoreError(f"{path}: sha256 {actual} does not match the manifest's {expected}; refusing to load")
+            raise StoreError(f"{path}: sha256 {actual} does not match the manifest's {expected}; refusing to load",
+                             "sha256")
 
 
 def load_entry(directory: Path, schema: dict) -> ModelEntry:
@@ -59,29 +78,99 @@ def load_entry(directory: Path, schema: dict) -> ModelEntry:
     try:
         manifest = json.loads(manifest_path.read_text())
         jsonschema.validate(manifest, schema)
-    except (json.JSONDecodeError, jsonschema.ValidationError) as e:
-        raise StoreError(f"{manifest_path}: invalid manifest: {getattr(e, 'message', e)}") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, jsonschema.ValidationError) as e:
+        raise StoreError(f"{manifest_path}: invalid manifest: {getattr(e, 'message', e)}", "manifest") from e
     if manifest["name"] != directory.parent.name or str(manifest["version"]) != directory.name:
         raise StoreError(f"{manifest_path}: says {manifest['name']}/{manifest['version']}, but lies in "
-                         f"{directory.parent.name}/{directory.name}")
+                         f"{directory.parent.name}/{directory.name}", "misplaced")
     verify_files(directory, manifest)
     return ModelEntry(manifest["name"], manifest["version"], directory, manifest)
 
 
-class ModelStore:
-    """The latest version of every model under `root`, verified at load time."""
+def _version_key(directory: Path) -> tuple[int, int | str]:
+    """Numbered versions order by number, after any directory whose name is not a number."""
+    return (1, int(directory.name)) if directory.name.isdigit() else (0, directory.name)
 
-    def __init__(self, root: Path):
+
+class ModelStore:
+    """The latest version of every model under `root`, verified at load time.
+
+    A version that fails its checks stops the load (StoreError), unless `skip_bad`: then it is kept in `bad`,
+    and a model whose latest version is bad is not served at all (no older version stands in for it) and is
+    listed in `unavailable` (name -> the BadEntry), so that the rest of the store can be served.
+    """
+
+    def __init__(self, root: Path, skip_bad: bool = False):
         self.root = Path(root)
         if not self.root.is_dir():
             raise StoreError(f"model store {self.root} is not a directory")
         schema = json.loads(SCHEMA_PATH.read_text())
         self.entries: dict[str, ModelEntry] = {}
+        self.bad: list[BadEntry] = []
+        latest: dict[str, Path] = {}  # model name -> its latest version directory, good or bad
         for manifest_path in sorted(self.root.glob("*/*/manifest.json")):
-            entry = load_entry(manifest_path.parent, schema)
+            directory = manifest_path.parent
+            name = directory.parent.name
+            if name not in latest or _version_key(directory) > _version_key(latest[name]):
+                latest[name] = directory
+            try:
+                entry = load_entry(directory, schema)
+            except StoreError as e:
+                if not skip_bad:
+                    raise
+                self.bad.append(BadEntry(name, directory.name, directory, str(e), e.kind))
+                continue
             current = self.entries.get(entry.name)
             if current is None or entry.version > current.version:
                 self.entries[entry.name] = entry
+        self.unavailable: dict[str, BadEntry] = {}
+        for bad in self.bad:
+            if latest[bad.name] == bad.directory:
+                self.unavailable[bad.name] = bad
+                self.entries.pop(bad.name, None)
 
     def names(self) -> list[str]:
         return sorted(self.entries)
+
+    def unavailable_models(self) -> list[dict]:
+        """The models left out (skip_bad), as /v1/models lists them: name, version, available false, reason."""
+        return [{"name": b.name, "version": b.version, "available": False, "reason": b.reason}
+                for b in sorted(self.unavailable.values(), key=lambda b: b.name)]
+
+    def register_metrics(self, registry) -> None:
+        """genserve_model_unavailable{model, version, reason} = 1 for each model left out, in a Prometheus
+        registry (the engine's, which /metrics renders); reason is short: sha256, missing, manifest, misplaced."""
+        from prometheus_client import Gauge
+
+        gauge = Gauge("genserve_model_unavailable", "Models in the store not served because they failed their "
+                      "checks (GENSERVE_SKIP_BAD_MODELS), 1 each", ("model", "version", "reason"), registry=registry)
+        for bad in self.unavailable.values():
+            gauge.labels(bad.name, bad.version, bad.kind).set(1)
+
+    def empty_reason(self) -> str:
+        """Why a store with no model looks wrong: what `root` looks like instead (a model, a version, a training
+        run, a runs directory), or that it holds no <name>/<version>/manifest.json."""
+        return describe_store_path(self.root)
+
+
+def _is_run(directory: Path) -> bool:
+    return (directory / "config.json").is_file() and (directory / "model.safetensors").is_file()
+
+
+def describe_store_path(root: Path) -> str:
+    """What a directory that holds no <name>/<version>/manifest.json looks like, with the store to give instead."""
+    root = Path(root)
+    if (root / "manifest.json").is_file():
+        return (f"{root} is a model version directory (it holds manifest.json), not a store; the store is two "
+                f"levels up: --models {root.parent.parent}")
+    if any(root.glob("*/manifest.json")):
+        return (f"{root} is a model directory (<version>/manifest.json under it), not a store; the store is one "
+                f"level up: --models {root.parent}")
+    if _is_run(root):
+        return f"{root} is a training run, not a store; export it first: genserve export {root} --models <store>"
+    if any(_is_run(d) for d in root.iterdir() if d.is_dir()):
+        return (f"{root} holds training runs, not exported models; export one first: genserve export "
+                f"{root}/<run> --models <store>")
+    if not any(root.iterdir()):
+        return f"{root} is empty: no <name>/<version>/manifest.json under it"
+    return f"{root} holds no model: no <name>/<version>/manifest.json under it"
