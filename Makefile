@@ -35,7 +35,7 @@ speech-deps:
 		|| (apt-get update && apt-get install -y --no-install-recommends espeak-ng)
 
 serve: $(VENV)/.installed-serve
-	$(BIN)/genserve serve --host $(HOST) --port $(PORT) --models models
+	$(BIN)/genserve serve --host $(HOST) --port $(PORT) --grpc-port $(or $(GRPC_PORT),$(shell expr $(PORT) + 1)) --models models
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
