@@ -208,10 +208,11 @@ def _store_path_cases(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "version": (store / "pixelcnn" / "1", f"store is two levels up: --models {store}"),
         "run": (run, "is a training run"),
         "runs": (tmp_path / "runs", "holds training runs"),
+        "above": (tmp_path, f"holds no model itself, but {store} does: --models {store}"),
     }
 
 
-@pytest.mark.parametrize("case", ["empty", "model", "version", "run", "runs"])
+@pytest.mark.parametrize("case", ["empty", "model", "version", "run", "runs", "above"])
 def test_serve_refuses_a_store_with_no_model_saying_what_the_path_is(case, tmp_path):
     path, expected = _store_path_cases(tmp_path)[case]
     message = _serve_refusal(host="127.0.0.1", port=_free_port(), grpc_port=_free_port(), models=path)

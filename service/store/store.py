@@ -166,6 +166,9 @@ def describe_store_path(root: Path) -> str:
     if any(root.glob("*/manifest.json")):
         return (f"{root} is a model directory (<version>/manifest.json under it), not a store; the store is one "
                 f"level up: --models {root.parent}")
+    inner = sorted({m.parents[2] for m in root.glob("*/*/*/manifest.json")})
+    if inner:
+        return f"{root} holds no model itself, but {', '.join(map(str, inner))} does: --models {inner[0]}"
     if _is_run(root):
         return f"{root} is a training run, not a store; export it first: genserve export {root} --models <store>"
     if any(_is_run(d) for d in root.iterdir() if d.is_dir()):
