@@ -174,3 +174,62 @@ def test_a_corrupt_older_version_still_refuses_the_store(store_copy):
     with pytest.raises(StoreError) as info:
         ModelStore(store_copy)
     assert str(store_copy / MODEL / "1" / filename) in str(info.value)
+
+
+# GENSERVE_SKIP_BAD_MODELS (issue 22, item 9): the rest of the store is served, the bad model listed with its reason.
+
+def _add_model(store: Path, name: str) -> None:
+    """A second, healthy model: a copy of the first under another name."""
+    target = store / name / "1"
+    shutil.copytree(store / MODEL / "1", target)
+    manifest = _read(target / "manifest.json")
+    manifest["name"] = name
+    _write(target / "manifest.json", manifest)
+
+
+def _corrupt(store: Path, version: int = 1) -> Path:
+    path = store / MODEL / str(version) / _onnx_files(store)[0]
+    path.write_bytes(b"garbage")
+    return path
+
+
+def test_skip_bad_serves_the_rest_and_lists_the_bad_model_with_its_reason(store_copy):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    _add_model(store_copy, "healthy")
+    path = _corrupt(store_copy)
+    with pytest.raises(StoreError):  # refused by default
+        ModelStore(store_copy)
+    store = ModelStore(store_copy, skip_bad=True)
+    assert store.names() == ["healthy"]
+    [listed] = store.unavailable_models()
+    assert listed["name"] == MODEL and listed["version"] == "1" and listed["available"] is False
+    assert listed["reason"].startswith(f"{path}: sha256")
+    registry = CollectorRegistry()
+    store.register_metrics(registry)
+    exposition = generate_latest(registry).decode()
+    assert 'genserve_model_unavailable{model="pixelcnn",reason="sha256",version="1"} 1.0' in exposition
+
+
+def test_skip_bad_does_not_serve_an_older_version_for_a_bad_latest_one(store_copy):
+    _add_version(store_copy, 2)
+    _corrupt(store_copy, 2)
+    store = ModelStore(store_copy, skip_bad=True)
+    assert store.names() == [] and list(store.unavailable) == [MODEL]
+    assert store.unavailable[MODEL].version == "2"
+
+
+def test_skip_bad_serves_the_latest_version_over_a_bad_older_one(store_copy):
+    _add_version(store_copy, 2)
+    _corrupt(store_copy, 1)
+    store = ModelStore(store_copy, skip_bad=True)
+    assert store.entries[MODEL].version == 2 and store.unavailable == {}
+    assert [(b.name, b.version, b.kind) for b in store.bad] == [(MODEL, "1", "sha256")]
+
+
+def test_skip_bad_lists_a_manifest_that_is_not_json(store_copy):
+    _add_model(store_copy, "healthy")
+    path = _manifest_path(store_copy)
+    path.write_text("{")
+    store = ModelStore(store_copy, skip_bad=True)
+    assert store.names() == ["healthy"] and store.unavailable[MODEL].kind == "manifest"
