@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 
-from service.engine import latent, procedures
+from service.engine import anomaly, latent, procedures
 from service.engine.errors import InvalidInput, MissingCapability, UnknownModel, UnsupportedModel
 from service.engine.latent_operations import LatentOperations
 from service.engine.metrics import EngineMetrics
@@ -416,20 +416,25 @@ class Engine(LatentOperations):
 
     async def score(self, name: str, x: np.ndarray | list[np.ndarray], labels: list[int | None] | None = None,
                     *, method: str | None = None, k: int | None = None, refine_steps: int = 0,
-                    seed: int = 0) -> list[dict]:
+                    seed: int = 0, anomaly_method: str | None = None) -> list[dict]:
         """x [B, *shape] (a sequence model: B arrays of any length) -> per input: log-likelihood (nats),
         bits per dimension (per character, per audio sample), method and anomaly flags.
 
         An importance-sampled bound (method elbo or iwae, k samples, after refine_steps refinements of the
         posterior; the noise from `seed`) comes with its standard error; so does an AIS estimate.
+
+        `anomaly_method` names the anomaly detector (service/engine/anomaly.py; default: the manifest's
+        calibration `default`); the answer's `anomaly` names it as `method`.
         """
         m = self.model(name)
         cap = m.capability("score")
+        detector = self._detector(m, cap, anomaly_method)
         if cap["procedure"] == "importance":
             if labels is not None:
                 raise InvalidInput(f"labels: model {name!r} scores without labels", field="labels")
-            return await self._score_bound(m, cap, check_levels(x, m.shape, m.data["levels"], "inputs"),
-                                           method, k, refine_steps, seed)
+            x = check_levels(x, m.shape, m.data["levels"], "inputs")
+            results = await self._score_bound(m, cap, x, method, k, refine_steps, seed)
+            return await self._detect(m, cap, x, labels, results, detector)
         if method is not None and method != cap.get("method", "exact"):
             raise InvalidInput(f"method: model {name!r} scores by {cap.get('method', 'exact')!r} only", field="method")
         for field, value in (("k", k), ("refine_steps", refine_steps or None)):
@@ -452,11 +457,15 @@ class Engine(LatentOperations):
         if cap.get("method") == "critic" and "label" in m.function_inputs(cap["function"]) and None in labels:
             raise InvalidInput(f"labels: model {name!r} is a conditional critic: give one label per input "
                                "(a critic's outputs cannot be summed over classes as likelihoods can)", field="labels")
+        log_joint = None  # [B, classes], when the detector needs the classes
         if "noise" in cap:  # one draw of a stochastic estimate (a flow's dequantization), from the seed
             if any(label is not None for label in labels):
                 raise InvalidInput(f"labels: model {name!r} scores without labels", field="labels")
             feeds = {"x": x, **latent.draw(cap["noise"], procedures.row_generators(seed, len(x)))}
             log_p = (await self._caller(m)(cap["function"], feeds))["log_prob"]
+        elif "class" in anomaly.components(detector) and all(label is None for label in labels):
+            log_joint = await self._class_log_joint(m, cap, x)  # the marginal from the same rows
+            log_p = np.logaddexp.reduce(log_joint, axis=1)
         else:
             log_p = await self._log_prob(m, cap, x, labels)
         sizes = [len(xi) if m.is_sequence else math.prod(m.shape) for xi in x]
@@ -468,6 +477,60 @@ class Engine(LatentOperations):
             for result in results:
                 result.update(stderr=cap["log_partition_stderr"], is_lower_bound=False,
                               free_energy=-result["log_likelihood_nats"] - cap["log_partition"])
+        return await self._detect(m, cap, x, labels, results, detector, log_joint)
+
+    @staticmethod
+    def _detector(m: LoadedModel, cap: dict, anomaly_method: str | None) -> str:
+        """The anomaly detector a request names, or the model's default; InvalidInput if it cannot answer it."""
+        detector = anomaly.default_detector(m.manifest) if anomaly_method is None else anomaly_method
+        names = anomaly.available(m.manifest, cap, m.function_inputs)
+        if detector not in names:
+            raise InvalidInput(f"anomaly_method: model {m.manifest['name']!r} has no calibrated detector "
+                               f"{detector!r}; it has {names}", field="anomaly_method")
+        return detector
+
+    async def _class_log_joint(self, m: LoadedModel, cap: dict, x: np.ndarray) -> np.ndarray:
+        """log p(x | y) + log p(y) for every input and class: [B, classes]."""
+        log_prior = np.log(np.asarray(m.data["class_prior"], np.float64))
+        function = cap.get("conditional_function", cap["function"])
+        classes = len(log_prior)
+        out = await self._batcher(m, function).submit({"x": np.repeat(x, classes, axis=0),
+                                                       "label": np.tile(np.arange(classes, dtype=np.int64), len(x))})
+        return next(iter(out.values())).astype(np.float64).reshape(len(x), classes) + log_prior
+
+    async def _reconstruction(self, m: LoadedModel, x: np.ndarray) -> np.ndarray:
+        """A BiGAN's encoder-decoder reconstruction error per input: mean squared error on 0..1 intensities
+        (encode's mean, decoded)."""
+        z = (await self._batcher(m, "encode").submit({"x": x}))["mean"]
+        mean = (await self._batcher(m, "decode").submit({"z": z}))["mean"].astype(np.float64)
+        scale = m.data["levels"] - 1
+        return (((mean - x) / scale) ** 2).reshape(len(x), -1).mean(axis=1)  # decode: the levels' scale
+
+    async def _detect(self, m: LoadedModel, cap: dict, x, labels, results: list[dict], detector: str,
+                      log_joint: np.ndarray | None = None) -> list[dict]:
+        """Replace each result's `anomaly` with the detector's answer (the base detector's is already there)."""
+        calibration = m.manifest["calibration"]
+        if detector == anomaly.base_detector(m.manifest):
+            for result in results:
+                result["anomaly"]["method"] = detector
+            return results
+        nll = np.array([r["anomaly"]["score"] for r in results])  # per input (sequences: per value)
+        if detector == "typicality":
+            answers = anomaly.typicality_answer(nll, calibration)
+        else:
+            features = {"nll": nll, "critic": np.array([r.get("critic") or 0.0 for r in results])}
+            parts = anomaly.components(detector)
+            if "complexity" in parts:
+                features["png_bits"] = anomaly.png_bits(x, m.data["levels"])
+            if "class" in parts:
+                features["log_joint"] = log_joint if log_joint is not None else await self._class_log_joint(m, cap, x)
+            if "reconstruction" in parts:
+                features["reconstruction"] = await self._reconstruction(m, x)
+            entry = anomaly.calibration_entry(m.manifest, detector)
+            answers = anomaly.answer(detector, entry, calibration["threshold_quantile"],
+                                     anomaly.per_input_scores(detector, features, entry))
+        for result, answer in zip(results, answers, strict=True):
+            result["anomaly"] = answer
         return results
 
     async def _log_prob(self, m: LoadedModel, cap: dict, x, labels: list[int | None]) -> np.ndarray:

@@ -1,0 +1,165 @@
+"""Anomaly detectors: one contract, several scores. Every detector maps an input to a score where higher is more
+anomalous; its percentile is read off held-out in-distribution quantiles in the manifest's calibration.
+
+Per-input detectors (from what the engine computes for the input):
+- `nll`: the negative log-likelihood (nats per image; per character or per sample for sequences); a critic
+  model's `critic` detector is the negated critic output instead.
+- `complexity`: Serrà et al. 2020, NLL in bits minus the bits of the input's PNG (images only).
+- `class`: for class-conditional models, -log max_y p(y | x) = log p(x) - log max_y p(x | y) p(y) >= 0: how much
+  the marginal exceeds the best single class's explanation of x; 0 when one class explains x fully.
+- `reconstruction`: a BiGAN's encoder-decoder reconstruction, mean squared error per pixel on 0..1 intensities.
+- `mix:<a>+<b>...`: the sum of the named detectors' scores, each standardized by a mean and standard deviation
+  stored in the calibration entry (fit on the choice data, never on the calibration data).
+
+Batch detector:
+- `typicality`: Nalisnick et al. 2019's typicality test over a request's inputs: the statistic |mean NLL - H|,
+  H the mean held-out NLL, with one p-value for the batch from the held-out NLL distribution (the calibration
+  quantile function) by seeded Monte Carlo. Every input of the batch carries the same answer.
+
+The calibration of the manifest keeps its top-level entry (the model's first score, `nll` or `critic`); further
+detectors sit in `calibration["detectors"][name]` (score, quantiles, values, n, split, and for a mix its `mix`
+standardization), and `calibration["default"]` names the detector that answers when a request names none.
+"""
+
+import io
+import math
+
+import numpy as np
+from PIL import Image
+
+TYPICALITY_DRAWS = 4000
+TYPICALITY_SEED = 17
+
+
+def png_bits(x: np.ndarray, levels: int) -> np.ndarray:
+    """L(x) of x [B, 1, H, W]: bits of each image's PNG at maximum compression (8-bit gray, 1-bit if binary)."""
+    def bits(image: np.ndarray) -> int:
+        buffer = io.BytesIO()
+        pixels = image.astype(bool) if levels == 2 else image.astype(np.uint8)
+        Image.fromarray(pixels).save(buffer, "PNG", optimize=True)
+        return 8 * len(buffer.getvalue())
+
+    return np.array([bits(image[0]) for image in x], np.float64)
+
+
+def base_detector(manifest: dict) -> str:
+    """The detector of the top-level calibration entry: `critic` for a critic's negated output, else `nll`."""
+    return "critic" if manifest["calibration"]["score"] == "negative_critic" else "nll"
+
+
+def default_detector(manifest: dict) -> str:
+    return manifest["calibration"].get("default", base_detector(manifest))
+
+
+def calibration_entry(manifest: dict, detector: str) -> dict | None:
+    calibration = manifest["calibration"]
+    if detector == base_detector(manifest) or detector == "typicality":
+        return calibration
+    return calibration.get("detectors", {}).get(detector)
+
+
+def components(detector: str) -> list[str]:
+    """The per-input detectors a detector needs: itself, or a mix's parts."""
+    return detector[len("mix:"):].split("+") if detector.startswith("mix:") else [detector]
+
+
+def available(manifest: dict, capability: dict, function_inputs) -> list[str]:
+    """Every detector this model can answer: computable from its functions, and calibrated (typicality rides on
+    the `nll` calibration)."""
+    if capability.get("method") == "critic":
+        computable = {"critic"} | ({"reconstruction"} if {"encode", "decode"} <= set(manifest["functions"]) else set())
+    else:
+        computable = {"nll", "typicality"}
+        image = manifest["data"]["kind"] == "image"
+        if image:
+            computable.add("complexity")
+        conditional = capability.get("conditional_function", capability["function"])
+        if manifest["data"].get("class_prior") and conditional in manifest["functions"] \
+                and "label" in function_inputs(conditional) and capability["procedure"] == "direct" \
+                and "noise" not in capability:
+            computable.add("class")
+    calibrated = {base_detector(manifest)} | set(manifest["calibration"].get("detectors", {}))
+    names = [d for d in sorted(computable) if d == "typicality" or d in calibrated]
+    names += [d for d in sorted(manifest["calibration"].get("detectors", {}))
+              if d.startswith("mix:") and set(components(d)) <= computable]
+    return names
+
+
+def class_score(log_joint: np.ndarray) -> np.ndarray:
+    """log_joint [B, C] = log p(x | y) + log p(y) -> -log max_y p(y | x) = logsumexp_y - max_y (>= 0)."""
+    log_joint = np.asarray(log_joint, np.float64)
+    return np.logaddexp.reduce(log_joint, axis=1) - log_joint.max(axis=1)
+
+
+def per_input_scores(detector: str, features: dict[str, np.ndarray], entry: dict | None) -> np.ndarray:
+    """A per-input detector's scores from the computed features (nll, critic, png_bits, log_joint, reconstruction)."""
+    if detector == "nll":
+        return np.asarray(features["nll"], np.float64)
+    if detector == "critic":
+        return -np.asarray(features["critic"], np.float64)
+    if detector == "complexity":
+        return np.asarray(features["nll"], np.float64) / math.log(2) - features["png_bits"]
+    if detector == "class":
+        return class_score(features["log_joint"])
+    if detector == "reconstruction":
+        return np.asarray(features["reconstruction"], np.float64)
+    if detector.startswith("mix:"):
+        total = 0.0
+        for part in components(detector):
+            mean, std = entry["mix"][part]["mean"], entry["mix"][part]["std"]
+            total = total + (per_input_scores(part, features, None) - mean) / std
+        return np.asarray(total, np.float64)
+    raise ValueError(f"unknown detector {detector!r}")
+
+
+def percentile(entry: dict, scores: np.ndarray) -> np.ndarray:
+    """Each score's percentile (0..100) among the held-out in-distribution scores of the calibration entry."""
+    return np.interp(scores, entry["values"], entry["quantiles"]) * 100.0
+
+
+def answer(detector: str, entry: dict, threshold_quantile: float, scores: np.ndarray) -> list[dict]:
+    """The `anomaly` dict of each input for a per-input detector."""
+    pct = percentile(entry, scores)
+    return [{"method": detector, "score": float(s), "score_kind": entry["score"], "percentile": float(p),
+             "is_anomaly": bool(p >= threshold_quantile * 100.0)} for s, p in zip(scores, pct, strict=True)]
+
+
+def held_out_moments(entry: dict) -> tuple[float, float]:
+    """Mean and standard deviation of the held-out distribution given by its quantile function."""
+    q, v = np.asarray(entry["quantiles"], np.float64), np.asarray(entry["values"], np.float64)
+    u = (np.arange(2000) + 0.5) / 2000
+    draws = np.interp(u, q, v)
+    return float(draws.mean()), float(draws.std())
+
+
+def typicality_p_value(nll: np.ndarray, entry: dict, draws: int = TYPICALITY_DRAWS,
+                       seed: int = TYPICALITY_SEED) -> tuple[float, float]:
+    """(statistic, p-value) of the batch `nll` [B]: statistic |mean(nll) - H|, H the held-out mean; the p-value is
+    the share of `draws` batches of B held-out scores (drawn from the calibration quantile function, seeded) whose
+    statistic is at least as large (with the +1 of a Monte Carlo test, so never 0)."""
+    nll = np.asarray(nll, np.float64)
+    mean, _ = held_out_moments(entry)
+    statistic = abs(float(nll.mean()) - mean)
+    rng = np.random.default_rng([seed, len(nll)])
+    simulated = np.interp(rng.random((draws, len(nll))), entry["quantiles"], entry["values"]).mean(axis=1)
+    exceed = int(np.count_nonzero(np.abs(simulated - mean) >= statistic))
+    return statistic, (exceed + 1) / (draws + 1)
+
+
+def typicality_answer(nll: np.ndarray, entry: dict) -> list[dict]:
+    """One answer for the whole batch, repeated on every input: percentile = 100 (1 - p)."""
+    statistic, p = typicality_p_value(nll, entry)
+    one = {"method": "typicality", "score": statistic, "score_kind": f"abs_mean_{entry['score']}_minus_held_out",
+           "p_value": p, "percentile": 100.0 * (1.0 - p), "batch_size": len(nll),
+           "is_anomaly": bool(p <= 1.0 - entry["threshold_quantile"])}
+    return [dict(one) for _ in range(len(nll))]
+
+
+def calibration_for(scores: np.ndarray, score_kind: str, split: str, quantiles: list[float]) -> dict:
+    """A detector's calibration entry from held-out in-distribution scores."""
+    return {"score": score_kind, "quantiles": quantiles, "values": np.quantile(scores, quantiles).tolist(),
+            "n": len(scores), "split": split}
+
+
+SCORE_KINDS = {"nll": "nll_nats", "critic": "negative_critic", "complexity": "nll_bits_minus_png_bits",
+               "class": "neg_log_max_class_posterior", "reconstruction": "reconstruction_mse"}
