@@ -153,6 +153,36 @@ def _eval(args: argparse.Namespace) -> None:
             print(NLL_NOTES[kind])
 
 
+def _call(args: argparse.Namespace) -> None:
+    """One genserve.v1 gRPC call with the committed stubs: the request as JSON, the answer printed as JSON."""
+    import json
+
+    import grpc
+    from google.protobuf import json_format
+
+    from service.grpc.gen import genserve_pb2, genserve_pb2_grpc
+
+    methods = genserve_pb2.DESCRIPTOR.services_by_name["Genserve"].methods_by_name
+    if args.method not in methods:
+        raise SystemExit(f"genserve call: no method {args.method!r}; known: {', '.join(methods)}")
+    method = methods[args.method]
+    try:
+        request = json_format.ParseDict(json.loads(args.request), getattr(genserve_pb2, method.input_type.name)())
+    except (ValueError, json_format.ParseError) as e:
+        detail = " ".join(str(e).split())
+        raise SystemExit(f"genserve call: the request is not a {method.input_type.full_name}: {detail}") from e
+    key = args.key or os.environ.get("GENSERVE_API_KEY")
+    metadata = [("authorization", f"Bearer {key}")] if key else None
+    with grpc.insecure_channel(args.target) as channel:
+        call = getattr(genserve_pb2_grpc.GenserveStub(channel), args.method)
+        try:
+            answers = call(request, metadata=metadata, timeout=args.timeout)
+            for answer in answers if method.server_streaming else [answers]:
+                print(json_format.MessageToJson(answer, indent=None, always_print_fields_with_no_presence=True))
+        except grpc.RpcError as e:
+            raise SystemExit(f"genserve call: {e.code().name}: {e.details()}") from e
+
+
 def _env(name: str, default):
     return os.environ.get(f"GENSERVE_{name}", default)
 
@@ -214,6 +244,18 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--n", type=int, default=500, help="--quality: samples per model (and real images)")
     evaluate.add_argument("--json", type=Path, help="--quality: also save the scores as JSON")
     evaluate.set_defaults(run=_eval)
+
+    call = sub.add_parser("call", help="one genserve.v1 gRPC call (plain, no TLS), the answer printed as JSON",
+                          formatter_class=_Help, epilog="e.g. genserve call Sample "
+                          "'{\"model\": \"charrnn\", \"seed\": 0, \"prompt\": \"def \", \"length\": 40}'")
+    call.add_argument("method", help="a genserve.v1.Genserve method: ListModels, GetModel, Sample, Score, ...")
+    call.add_argument("request", nargs="?", default="{}",
+                      help="the request as JSON (protobuf JSON: field names as in proto/genserve/v1/genserve.proto; "
+                           "a Tensor's data is base64)")
+    call.add_argument("--target", default=f"127.0.0.1:{_env('GRPC_PORT', 8001)}", help="the gRPC server")
+    call.add_argument("--key", help="API key (default: env GENSERVE_API_KEY)")
+    call.add_argument("--timeout", type=float, default=60.0, help="seconds")
+    call.set_defaults(run=_call)
     return top
 
 

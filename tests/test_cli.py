@@ -218,3 +218,13 @@ def test_serve_refuses_a_store_with_no_model_saying_what_the_path_is(case, tmp_p
     message = _serve_refusal(host="127.0.0.1", port=_free_port(), grpc_port=_free_port(), models=path)
     assert message.startswith("genserve: no model to serve:") and expected in message
     assert "--allow-empty" in message
+
+
+def test_call_refuses_an_unknown_method_or_a_bad_request_in_one_line():
+    assert "known: ListModels, GetModel, Sample" in refusal(["call", "Sampel"])
+    assert "not a genserve.v1.SampleRequest" in refusal(["call", "Sample", '{"modle": "pixelcnn"}'])
+
+
+def test_call_to_no_server_is_one_line():
+    message = refusal(["call", "ListModels", "--target", f"127.0.0.1:{_free_port()}", "--timeout", "5"])
+    assert message.startswith("genserve call: UNAVAILABLE") or message.startswith("genserve call: DEADLINE_EXCEEDED")
