@@ -9,6 +9,7 @@ EngineError subclasses that errors.py maps to status codes.
 import json
 import logging
 import math
+import re
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import codecs, errors, schemas, security, v2
@@ -108,6 +110,69 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return await receive()
 
     return replay
+
+
+# --- the fast path of the /v1 POST routes --------------------------------------------------------------------------
+
+
+class RestFastPath:
+    """A JSON POST to a /v1 model route (and /score) straight to its handler, past FastAPI's routing, dependency
+    and response machinery: the body is validated by the route's own request model (pydantic, from the JSON
+    bytes), and the handler answers with a Response of its own (FastJSONResponse). A request that is not plainly
+    valid (not application/json, a validation error, a body cut short) goes on to FastAPI as it came, so every
+    refusal is exactly FastAPI's. The route is matched as FastAPI would (scope route and path_params are set,
+    so metrics and drains see its template), and the routes stay in the OpenAPI schema. Install it innermost
+    (after the body limit and the V2 fast path)."""
+
+    def __init__(self, app: ASGIApp, handlers: dict[str, tuple[type, Any]], routes: list) -> None:
+        self.app = app
+        by_path = {getattr(route, "path", None): route for route in routes}
+        self.routes = []
+        for path, (body_model, handler) in handlers.items():
+            pattern = re.compile(re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(path)))
+            self.routes.append((pattern, by_path[path], body_model, handler))
+
+    def _match(self, scope: Scope) -> tuple | None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return None
+        path = scope["path"]
+        for pattern, route, body_model, handler in self.routes:
+            found = pattern.fullmatch(path)
+            if found is not None:
+                return found.groupdict(), route, body_model, handler
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        matched = self._match(scope)
+        if matched is None or security.content_type(scope) != b"application/json":
+            await self.app(scope, receive, send)
+            return
+        params, route, body_model, handler = matched
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away mid-body: nobody to answer
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        raw = b"".join(chunks)
+        try:
+            body = body_model.model_validate_json(raw)
+        except ValidationError:  # FastAPI says why, in its words
+            await self.app(scope, _replay(raw, receive), send)
+            return
+        scope["route"], scope["path_params"] = route, params
+        request = Request(scope, receive, send)
+        try:
+            response = await handler(body=body, request=request, **params)
+        except ClientGone:
+            response = Response(status_code=CLIENT_CLOSED_REQUEST)
+        except EngineError as exc:
+            response = await errors.engine_error(request, exc)
+        except Exception as exc:
+            response = await errors.unexpected_error(request, exc)
+        await response(scope, receive, send)
 
 
 # --- helpers -------------------------------------------------------------------------------------------------------
@@ -217,6 +282,14 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
     EncodeRequest, ReconstructRequest = requests.encode, requests.reconstruct
     DecodeRequest, InterpolateRequest = requests.decode, requests.interpolate
     router = APIRouter(responses=_ERRORS)
+    router.genserve_fast = {}  # route template -> (request model, handler) for RestFastPath
+
+    def fast(path: str, body_model: type) -> Any:
+        """Also serve this route on RestFastPath: the handler answers with a Response of its own."""
+        def register(handler: Any) -> Any:
+            router.genserve_fast[path] = (body_model, handler)
+            return handler
+        return register
 
     def lookup(request: Request, name: str) -> tuple[dict, dict]:
         description, spec = engine.describe(name), engine.data_spec(name)
@@ -232,6 +305,7 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
         return lookup(request, name)[0]
 
     @router.post("/v1/models/{name}/sample", response_model=schemas.SampleResponse, tags=["inference"])
+    @fast("/v1/models/{name}/sample", SampleRequest)
     async def sample(name: str, body: SampleRequest, request: Request) -> dict:
         description, spec = lookup(request, name)
         _require(description, "sample", name)
@@ -295,15 +369,18 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
     # results carry only the fields the engine gives (k, stderr, ... for bounds; free_energy for undirected models)
     @router.post("/v1/models/{name}/score", response_model=schemas.ScoreResponse, response_model_exclude_unset=True,
                  tags=["inference"])
+    @fast("/v1/models/{name}/score", ScoreRequest)
     async def score_model(name: str, body: ScoreRequest, request: Request) -> dict:
         return await score(name, body, request)
 
     @router.post("/score", response_model=schemas.ScoreResponse, response_model_exclude_unset=True,
                  tags=["inference"])
+    @fast("/score", NamedScoreRequest)
     async def score_named(body: NamedScoreRequest, request: Request) -> dict:
         return await score(body.model, body, request)
 
     @router.post("/v1/models/{name}/complete", response_model=schemas.CompleteResponse, tags=["inference"])
+    @fast("/v1/models/{name}/complete", CompleteRequest)
     async def complete(name: str, body: CompleteRequest, request: Request) -> dict:
         description, spec = lookup(request, name)
         _require(description, "complete", name)
@@ -322,6 +399,7 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
     # --- latent-variable models (docs/latent-variable-models.md) ---
 
     @router.post("/v1/models/{name}/encode", response_model=schemas.EncodeResponse, tags=["latent"])
+    @fast("/v1/models/{name}/encode", EncodeRequest)
     async def encode(name: str, body: EncodeRequest, request: Request) -> dict:
         """q(z given x): the posterior's mean and std per input, [B, D] each."""
         description, spec = lookup(request, name)
@@ -333,6 +411,7 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
         return FastJSONResponse({"model": name, "version": description["version"], "mean": mean, "std": std})
 
     @router.post("/v1/models/{name}/decode", response_model=schemas.ImagesResponse, tags=["latent"])
+    @fast("/v1/models/{name}/decode", DecodeRequest)
     async def decode(name: str, body: DecodeRequest, request: Request) -> dict:
         """Latents [B, D] -> the expected images E[x given z]."""
         description, spec = lookup(request, name)
@@ -343,6 +422,7 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
                                  "images": codecs.encode_images(images, spec, fmt, array=True)})
 
     @router.post("/v1/models/{name}/reconstruct", response_model=schemas.ImagesResponse, tags=["latent"])
+    @fast("/v1/models/{name}/reconstruct", ReconstructRequest)
     async def reconstruct(name: str, body: ReconstructRequest, request: Request) -> dict:
         """decode(encode(x).mean) per input."""
         description, spec = lookup(request, name)
@@ -356,6 +436,7 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
                                  "images": codecs.encode_images(images, spec, fmt, field="body.inputs", array=True)})
 
     @router.post("/v1/models/{name}/interpolate", response_model=schemas.InterpolateResponse, tags=["latent"])
+    @fast("/v1/models/{name}/interpolate", InterpolateRequest)
     async def interpolate(name: str, body: InterpolateRequest, request: Request) -> dict:
         """`steps` latents evenly spaced between the two inputs' posterior means, and their decodings."""
         description, spec = lookup(request, name)
@@ -411,10 +492,12 @@ def create_app(engine: Any, settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.add_exception_handler(ClientGone, lambda _request, _exc: Response(status_code=CLIENT_CLOSED_REQUEST))
     app.include_router(_health_routes(engine, metrics))
-    app.include_router(_model_routes(engine, settings))
+    model_routes = _model_routes(engine, settings)
+    app.include_router(model_routes)
     v2_routes = v2.router(engine)  # Open Inference Protocol (KServe V2)
     app.include_router(v2_routes)
-    app.add_middleware(v2.InferFastPath, infer=v2_routes.genserve_infer, routes=app.router.routes)  # innermost
+    app.add_middleware(RestFastPath, handlers=model_routes.genserve_fast, routes=model_routes.routes)  # innermost
+    app.add_middleware(v2.InferFastPath, infer=v2_routes.genserve_infer, routes=v2_routes.routes)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(DrainMiddleware, drain=app.state.drain)
     security.install(app, settings)  # keys (401), JSON-only bodies (415), CORS

@@ -124,6 +124,9 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return protocol_error(request.url.path, 500, "internal", "internal error; it has been logged")
 
 
+engine_error, unexpected_error = _engine, _unexpected  # for the fast paths, which answer past FastAPI's handlers
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(EngineError, _engine)

@@ -35,6 +35,12 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
+def content_type(scope: Scope) -> bytes | None:
+    """The request's media type, lower case, without parameters (b"application/json"); None when not given."""
+    value = _header(scope, b"content-type")
+    return None if value is None else value.partition(b";")[0].strip().lower()
+
+
 def _refusal(scope: Scope, status: int, code: str, message: str, field: str,
              headers: dict | None = None) -> JSONResponse:
     return protocol_error(scope["path"], status, code, message, field, headers)

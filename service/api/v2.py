@@ -352,7 +352,10 @@ class InferFastPath:
     def __init__(self, app: ASGIApp, infer: Any, routes: list) -> None:
         self.app, self.infer = app, infer
         by_path = {getattr(route, "path", None): route for route in routes}
-        self.routes = (by_path.get(INFER_ROUTES[0]), by_path.get(INFER_ROUTES[1]))
+        missing = [path for path in INFER_ROUTES if path not in by_path]
+        if missing:
+            raise ValueError(f"InferFastPath: no route {missing} among the V2 routes")
+        self.routes = (by_path[INFER_ROUTES[0]], by_path[INFER_ROUTES[1]])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         match = _INFER_PATH.fullmatch(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" \
