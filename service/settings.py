@@ -15,7 +15,8 @@ class Settings(BaseSettings):
     port: int = 8000
     grpc_port: int = 8001
     models: Path = Path("models")
-    runtime: str = "onnx"  # "onnx" (onnxruntime) or "torchscript"
+    runtime: str = "onnx"  # "onnx" (onnxruntime; a function that names a fused kernel runs on it), "onnx-graph"
+    # (every function on its ONNX file) or "torchscript"
     max_samples_per_request: int = 64  # n above this is refused with 422
     max_inputs_per_request: int = 256  # inputs per score/complete request
     max_body_bytes: int = 8 * 1024 * 1024  # larger bodies get 413
