@@ -130,6 +130,14 @@ if NAMES_ENV in os.environ and __name__ != "__main__":
 # --- the wrapper ----------------------------------------------------------------------------------------------------
 
 
+def revision() -> str:
+    """The commit under test, and whether tracked files differ from it (others may be editing the checkout)."""
+    def git(*a):
+        return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return git("rev-parse", "--short", "HEAD") + (" + uncommitted changes in the working tree" if dirty else "")
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -231,6 +239,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> int:
+    args.revision = revision()
     work = Path(tempfile.mkdtemp(prefix="genserve-fuzz-"))
     try:
         return fuzz(args, work)
@@ -259,6 +268,7 @@ def fuzz(args: argparse.Namespace, work: Path) -> int:
                   f"{base}/openapi.json", "--checks", "all", "--exclude-checks", ",".join(EXCLUDED_CHECKS),
                   "--max-examples", str(args.max_examples), "--seed", str(args.seed), "--workers", args.workers,
                   "--generation-database", "none", "--suppress-health-check", "all",
+                  "--continue-on-failure",  # a finding must not end an operation's cases early
                   "--request-timeout", str(args.request_timeout), "--report", "json",
                   "--report-dir", str(report_dir), "--no-color"]
         path = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
@@ -304,6 +314,8 @@ def summarize(args, report, st, names, before, after, ready, timed_out, ready_s,
     answered_5xx = sum(n for code, n in by_code.items() if code.startswith("5"))
     tracebacks = log.read_text(errors="replace").count("Traceback")
     lines = ["# `make fuzz`: schemathesis `--checks all` over a real `genserve serve`", "",
+             f"- run: {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC (end), {os.cpu_count()} cores, "
+             f"revision {args.revision}",
              f"- store: {args.models}" + (f" (only {args.only})" if args.only else "")
              + f"; {len(names['v1'])} models, {len(names['v2'])} V2 models; server ready in {ready_s:.1f} s",
              f"- schemathesis {report['schemathesis_version']}: `{report['command']}`",

@@ -208,6 +208,14 @@ def mix(seed: int):
 # --- the server and its processes ---------------------------------------------------------------------------------
 
 
+def revision() -> str:
+    """The commit under test, and whether tracked files differ from it (others may be editing the checkout)."""
+    def git(*a):
+        return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return git("rev-parse", "--short", "HEAD") + (" + uncommitted changes in the working tree" if dirty else "")
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -344,6 +352,7 @@ def metric(base: str, name: str) -> float | None:
 
 
 def run(args) -> int:
+    args.revision = revision()
     work = Path(tempfile.mkdtemp(prefix="genserve-soak-"))
     store = args.models
     if args.only:
@@ -427,6 +436,8 @@ def report(args, tally, timeline, kills, rss_start, rss_end, api_pid, wall, aliv
     lines = [
         f"# `make soak`: mixed traffic for {args.minutes:g} minutes, the engine worker SIGKILLed {len(kills)} times",
         "",
+        f"- run: {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC (end), {os.cpu_count()} cores, "
+        f"revision {args.revision}",
         f"- command: `.venv/bin/python benchmarks/soak.py --minutes {args.minutes:g} --clients {args.clients} "
         f"--kills {args.kills}" + (f" --only {args.only}" if args.only else "") + "`",
         f"- store: {args.models}" + (f" (only {args.only})" if args.only else "")
