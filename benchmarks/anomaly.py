@@ -1,20 +1,25 @@
-"""Anomaly detection with every scoring image model in the store: AUROC of the engine's anomaly score, test
-digits (in-distribution) against out-of-distribution sets made here from a seed.
+"""Anomaly detection with every scoring image model in the store, in three separate steps:
 
-The score is `anomaly.score` from Engine.score (higher = more anomalous: a likelihood model's NLL in nats per
-image, a critic's negated output). Nalisnick et al. 2019, "Do Deep Generative Models Know What They Don't
-Know?", found likelihood models assign higher likelihood to some OOD inputs than to their own test data; Serrà et
-al. 2020, "Input Complexity and Out-of-Distribution Detection with Likelihood-based Generative Models", correct
-the NLL by the input's complexity: S(x) = NLL(x) in bits - L(x), with L(x) the bits of a lossless (PNG) code.
-Both scores are reported; the correction applies only to likelihood scores.
+1. CHOOSE: each model's default detector (service/engine/anomaly.py) is the one with the best worst-case AUROC
+   over the CHOOSE kinds: constructions made from *training* digits only (erasures, pixel noise, mixtures of two
+   digits, halves of two digits, uniform noise), against training digits. Mixes standardize their parts by the
+   training digits' scores. Nothing else plays a part in the choice.
+2. CALIBRATE: every detector's held-out quantiles from a seeded half of the test split (`--write` puts them in
+   the manifests' `calibration.detectors`, with `calibration.default` from step 1; no model file changes).
+3. REPORT: the other half of the test split against the REPORT kinds, which played no part in steps 1-2
+   (letters, symbols, rotated, flipped, shrunk, pixel-permuted digits, scikit-learn digits, inverted, blurred,
+   random strokes): AUROC and FPR at 95% TPR with bootstrap intervals for every model x detector x kind, and each
+   default detector's flag rate on those fresh test digits against its threshold.
 
-    .venv/bin/python benchmarks/anomaly.py [--models pixelcnn realnvp] [--n 500] [--k 100] [--out PATH]
+Features are computed once per input through the in-process Engine (its NLL or critic, its class joint
+log p(x | y) p(y), its BiGAN reconstruction) and every detector is computed from them with the served code.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/anomaly.py [--models pixelcnn rbm] [--n 64] [--k 100] [--write]
 """
 
 import argparse
 import asyncio
-import io
-import math
+import json
 import os
 import shlex
 import sys
@@ -22,11 +27,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from sklearn.datasets import load_digits
-from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
+from service.engine import anomaly
 from service.engine.engine import Engine
 from service.settings import Settings
 from service.store import ModelStore
@@ -34,29 +39,102 @@ from training.data import load
 
 DATASETS = {2: "mnist5k-binarized", 256: "mnist5k"}
 SHAPE = [1, 28, 28]
-TEST_SIZE = 500  # images in the mnist5k test split
-CHUNK = 25  # images per score request: under the batcher's queue limit even when scoring over 10 labels
-BLUR_RADIUS = 2
-LIKELIHOOD_SCORE = "nll_nats"  # the calibration score kind whose anomaly score is an NLL in nats per image
-OOD_NOTES = {
-    "uniform noise": "every pixel drawn uniformly from the model's levels (0..255, or 0/1)",
-    "inverted": "levels-1-x of the in-distribution test images (255-x gray; 1-x of the binarized split)",
-    "sklearn digits": "scikit-learn's 8x8 digits (a seeded choice of n of the 1,797), scaled 0..16 -> 0..255, "
-                      "Pillow bilinear resize to 20x20, zero-padded by 4 to 28x28 (MNIST's 20x20 box)",
-    "blurred": f"the gray test images through Pillow's GaussianBlur(radius={BLUR_RADIUS})",
+TEST_SIZE = 500
+CHUNK = 25
+QUANTILES = [round(q, 3) for q in np.linspace(0, 1, 201)]
+BOOTSTRAP = 200
+CHOOSE_KINDS = ["erased", "pixel noise", "mixture", "two halves", "uniform noise"]
+REPORT_KINDS = ["letters", "symbols", "rotated", "flipped", "shrunk", "permuted pixels", "sklearn digits",
+                "inverted", "blurred", "random strokes"]
+NOTES = {
+    "erased": "a training digit with a random 14x14 block set to 0",
+    "pixel noise": "a training digit with 20% of its pixels replaced by uniform levels",
+    "mixture": "the pixelwise maximum of two training digits",
+    "two halves": "the top half of one training digit over the bottom half of another",
+    "uniform noise": "every pixel uniform over 0..255",
+    "letters": "A-Z rendered by Pillow's default font (size 22), centred in the 20x20 box",
+    "symbols": "strokes of non-digit symbols (square, triangle, cross, plus, star, arrow, circle with cross), "
+               "width 2-3, random size and position in the 20x20 box",
+    "rotated": "test digits rotated by 90 or 270 degrees",
+    "flipped": "test digits mirrored left-right",
+    "shrunk": "test digits scaled by 0.5 about the centre",
+    "permuted pixels": "a test digit's pixels in a random order (noise with the digits' ink density)",
+    "sklearn digits": "scikit-learn's 8x8 digits, bilinear to 20x20, padded to 28x28",
+    "inverted": "255 - a test digit",
+    "blurred": "test digits through GaussianBlur(radius 2)",
+    "random strokes": "3-5 random line segments of width 2",
 }
 
 
 def quantize(gray: np.ndarray, levels: int, rng: np.random.Generator) -> np.ndarray:
     """Gray uint8 images at the model's levels: as they are (256), or binarized like mnist5k-binarized (2)."""
-    if levels == 256:
-        return gray
-    return (rng.random(gray.shape) < gray / 255.0).astype(np.uint8)
+    return gray if levels == 256 else (rng.random(gray.shape) < gray / 255.0).astype(np.uint8)
+
+
+def pil_map(gray: np.ndarray, f) -> np.ndarray:
+    return np.stack([np.asarray(f(Image.fromarray(x[0])), np.uint8)[None] for x in gray])
+
+
+def draw_set(n: int, rng: np.random.Generator, paint) -> np.ndarray:
+    out = np.zeros((n, *SHAPE), np.uint8)
+    for i in range(n):
+        image = Image.new("L", (28, 28))
+        paint(ImageDraw.Draw(image), rng)
+        out[i, 0] = np.asarray(image)
+    return out
+
+
+def letters(n: int, rng: np.random.Generator) -> np.ndarray:
+    font = ImageFont.load_default(size=22)
+    out = np.zeros((n, *SHAPE), np.uint8)
+    for i in range(n):
+        big = Image.new("L", (40, 40))
+        ImageDraw.Draw(big).text((8, 4), chr(ord("A") + int(rng.integers(26))), fill=255, font=font)
+        box = big.getbbox()
+        glyph = big.crop(box)
+        scale = 20 / max(glyph.size)
+        glyph = glyph.resize((max(1, round(glyph.width * scale)), max(1, round(glyph.height * scale))),
+                             Image.Resampling.BILINEAR)
+        canvas = Image.new("L", (28, 28))
+        canvas.paste(glyph, ((28 - glyph.width) // 2, (28 - glyph.height) // 2))
+        out[i, 0] = np.asarray(canvas)
+    return out
+
+
+def symbol(draw: ImageDraw.ImageDraw, rng: np.random.Generator) -> None:
+    size = rng.uniform(12, 20)
+    cx, cy = 14 + rng.uniform(-2, 2), 14 + rng.uniform(-2, 2)
+    h, w = size / 2, int(rng.integers(2, 4))
+    kind = int(rng.integers(7))
+    if kind == 0:
+        draw.rectangle([cx - h, cy - h, cx + h, cy + h], outline=255, width=w)
+    elif kind == 1:
+        draw.line([(cx, cy - h), (cx + h, cy + h), (cx - h, cy + h), (cx, cy - h)], fill=255, width=w)
+    elif kind == 2:
+        draw.line([(cx - h, cy - h), (cx + h, cy + h)], fill=255, width=w)
+        draw.line([(cx - h, cy + h), (cx + h, cy - h)], fill=255, width=w)
+    elif kind == 3:
+        draw.line([(cx - h, cy), (cx + h, cy)], fill=255, width=w)
+        draw.line([(cx, cy - h), (cx, cy + h)], fill=255, width=w)
+    elif kind == 4:
+        points = [(cx + h * np.sin(a), cy - h * np.cos(a)) for a in np.arange(5) * 4 * np.pi / 5]
+        draw.line([*points, points[0]], fill=255, width=w)
+    elif kind == 5:
+        draw.line([(cx - h, cy), (cx + h, cy)], fill=255, width=w)
+        draw.line([(cx + h / 2, cy - h / 2), (cx + h, cy), (cx + h / 2, cy + h / 2)], fill=255, width=w)
+    else:
+        draw.ellipse([cx - h, cy - h, cx + h, cy + h], outline=255, width=w)
+        draw.line([(cx - h * 0.7, cy - h * 0.7), (cx + h * 0.7, cy + h * 0.7)], fill=255, width=w)
+        draw.line([(cx - h * 0.7, cy + h * 0.7), (cx + h * 0.7, cy - h * 0.7)], fill=255, width=w)
+
+
+def strokes(draw: ImageDraw.ImageDraw, rng: np.random.Generator) -> None:
+    for _ in range(int(rng.integers(3, 6))):
+        draw.line([tuple(rng.uniform(4, 24, 2)), tuple(rng.uniform(4, 24, 2))], fill=255, width=2)
 
 
 def sklearn_digits(n: int, rng: np.random.Generator) -> np.ndarray:
-    """n of scikit-learn's 8x8 digits as gray [n, 1, 28, 28] uint8, digit in the central 20x20."""
-    images = load_digits().images[rng.permutation(1797)[:n]]  # [n, 8, 8], 0..16
+    images = load_digits().images[rng.permutation(1797)[:n]]
     out = np.zeros((n, *SHAPE), np.uint8)
     for i, image in enumerate(images):
         small = Image.fromarray(np.round(image * 255 / 16).astype(np.uint8))
@@ -64,80 +142,158 @@ def sklearn_digits(n: int, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def blurred(gray: np.ndarray) -> np.ndarray:
-    blur = ImageFilter.GaussianBlur(BLUR_RADIUS)
-    return np.stack([np.asarray(Image.fromarray(x[0]).filter(blur))[None] for x in gray])
+def choose_kinds(train: np.ndarray, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Gray constructions from training digits only."""
+    a, b = train[rng.permutation(len(train))[:n]], train[rng.permutation(len(train))[:n]]
+    erased = a.copy()
+    for i, (r, c) in enumerate(rng.integers(0, 15, (n, 2))):
+        erased[i, 0, r:r + 14, c:c + 14] = 0
+    noisy = np.where(rng.random(a.shape) < 0.2, rng.integers(0, 256, a.shape), a).astype(np.uint8)
+    halves = np.concatenate([a[:, :, :14], b[:, :, 14:]], axis=2)
+    return {"erased": erased, "pixel noise": noisy, "mixture": np.maximum(a, b), "two halves": halves,
+            "uniform noise": rng.integers(0, 256, a.shape, dtype=np.uint8)}
 
 
-def image_sets(levels: int, n: int, seed: int) -> dict[str, np.ndarray]:
-    """The in-distribution test images ("test") and each OOD set, n images each at `levels`, from `seed`."""
-    rng = [np.random.default_rng([seed, i]) for i in range(5)]
-    chosen = np.sort(rng[4].permutation(TEST_SIZE)[:n])  # the split is ordered by class: a seeded subset
-    test, gray = load(DATASETS[levels]).x_test[chosen], load("mnist5k").x_test[chosen]
-    return {
-        "test": test,
-        "uniform noise": rng[0].integers(0, levels, test.shape, dtype=np.uint8),
-        "inverted": (levels - 1 - test).astype(np.uint8),
-        "sklearn digits": quantize(sklearn_digits(n, rng[1]), levels, rng[2]),
-        "blurred": quantize(blurred(gray), levels, rng[3]),
-    }
-
-
-def png_bits(x: np.ndarray, levels: int) -> np.ndarray:
-    """L(x): bits of each image's PNG at maximum compression (8-bit gray, or 1-bit for binary images)."""
-    def bits(image: np.ndarray) -> int:
-        buffer = io.BytesIO()
-        Image.fromarray(image.astype(bool) if levels == 2 else image).save(buffer, "PNG", optimize=True)
-        return 8 * len(buffer.getvalue())
-
-    return np.array([bits(image[0]) for image in x], np.float64)
+def report_kinds(test: np.ndarray, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Gray OOD kinds that play no part in the choice; digit transforms start from test digits."""
+    a = test[rng.permutation(len(test))[:n]]
+    turns = rng.choice([90, 270], n)
+    rotated = np.stack([np.asarray(Image.fromarray(x[0]).rotate(int(t)))[None] for x, t in zip(a, turns, strict=True)])
+    shrink = pil_map(a, lambda im: im.resize((14, 14), Image.Resampling.BILINEAR))
+    shrunk = np.zeros_like(a)
+    shrunk[:, :, 7:21, 7:21] = shrink
+    permuted = np.stack([rng.permutation(x.ravel()).reshape(x.shape) for x in a])
+    return {"letters": letters(n, rng), "symbols": draw_set(n, rng, symbol), "rotated": rotated,
+            "flipped": a[:, :, :, ::-1].copy(), "shrunk": shrunk, "permuted pixels": permuted,
+            "sklearn digits": sklearn_digits(n, rng), "inverted": 255 - a,
+            "blurred": pil_map(a, lambda im: im.filter(ImageFilter.GaussianBlur(2))),
+            "random strokes": draw_set(n, rng, strokes)}
 
 
 def score_options(engine: Engine, name: str, k: int) -> dict:
-    """Importance-sampled models score with k samples (IWAE); the others take no options."""
     return {"k": k} if engine.model(name).capabilities["score"]["procedure"] == "importance" else {}
 
 
-async def anomaly_scores(engine: Engine, name: str, x: np.ndarray, options: dict,
-                         bar: tqdm) -> tuple[np.ndarray, dict]:
-    """Each image's anomaly score, and the first result (its method and score kind)."""
-    results = []
-    for start in range(0, len(x), CHUNK):  # seed: the chunk's offset, so chunks draw different noise
-        results += await engine.score(name, x[start:start + CHUNK], seed=start, **options)
-        bar.update(min(CHUNK, len(x) - start))
-    return np.array([r["anomaly"]["score"] for r in results]), results[0]
+def candidates(engine: Engine, name: str) -> list[str]:
+    """The per-input detectors the model can compute, and the mixes of two or more of them."""
+    m = engine.model(name)
+    cap = m.capability("score")
+    manifest = {**m.manifest, "calibration": {**m.manifest["calibration"], "detectors": {
+        d: {} for d in ("complexity", "class", "reconstruction")}}}
+    base = [d for d in anomaly.available(manifest, cap, m.function_inputs) if d != "typicality"]
+    mixes = [f"mix:{a}+{b}" for i, a in enumerate(base) for b in base[i + 1:]]
+    if len(base) == 3:
+        mixes.append("mix:" + "+".join(base))
+    return base + mixes
 
 
-def auroc(in_scores: np.ndarray, ood_scores: np.ndarray) -> float:
-    labels = np.r_[np.zeros(len(in_scores)), np.ones(len(ood_scores))]  # OOD is the positive class
-    return float(roc_auc_score(labels, np.r_[in_scores, ood_scores]))
+async def features(engine: Engine, name: str, x: np.ndarray, options: dict, need: set[str]) -> dict:
+    """The quantities every detector is computed from, through the engine, in chunks."""
+    m = engine.model(name)
+    cap = m.capability("score")
+    out: dict[str, list] = {"nll": [], "critic": [], "log_joint": [], "reconstruction": []}
+    for start in range(0, len(x), CHUNK):
+        chunk = x[start:start + CHUNK]
+        if "class" in need:  # the marginal from the same rows, as the engine serves it
+            joint = await engine._class_log_joint(m, cap, chunk)
+            out["log_joint"].append(joint)
+            out["nll"].append(-np.logaddexp.reduce(joint, axis=1))
+        else:
+            results = await engine.score(name, chunk, seed=start, **options)
+            base = np.array([r["anomaly"]["score"] for r in results])
+            out["critic" if cap.get("method") == "critic" else "nll"].append(-base if cap.get("method") == "critic"
+                                                                             else base)
+        if "reconstruction" in need:
+            out["reconstruction"].append(await engine._reconstruction(m, chunk))
+    feats = {key: np.concatenate(v) for key, v in out.items() if v}
+    if "complexity" in need:
+        feats["png_bits"] = anomaly.png_bits(x, m.data["levels"])
+    return feats
 
 
-def method_label(result: dict) -> str:
-    return result["method"] + (f" k={result['k']}" if "k" in result else "")
+def scores(detector: str, feats: dict, entry: dict | None) -> np.ndarray:
+    return anomaly.per_input_scores(detector, feats, entry)
 
 
-async def evaluate(engine: Engine, name: str, n: int, seed: int, k: int) -> dict:
-    """One model's raw and corrected AUROC per OOD set (corrected: None unless the score is a likelihood)."""
-    levels = engine.model(name).data["levels"]
-    sets = image_sets(levels, n, seed)
+def auroc(in_s: np.ndarray, out_s: np.ndarray) -> float:
+    """P(OOD scores higher) + half the ties: the Mann-Whitney statistic."""
+    s = np.sort(in_s)
+    below = np.searchsorted(s, out_s, "left")
+    upto = np.searchsorted(s, out_s, "right")
+    return float((below + 0.5 * (upto - below)).sum() / (len(in_s) * len(out_s)))
+
+
+def fpr95(in_s: np.ndarray, out_s: np.ndarray) -> float:
+    """The share of in-distribution inputs at or above the threshold that flags 95% of the OOD inputs."""
+    return float(np.mean(in_s >= np.quantile(out_s, 0.05, method="lower")))
+
+
+def with_interval(f, in_s: np.ndarray, out_s: np.ndarray, rng: np.random.Generator) -> tuple[float, float, float]:
+    boot = [f(in_s[rng.integers(0, len(in_s), len(in_s))], out_s[rng.integers(0, len(out_s), len(out_s))])
+            for _ in range(BOOTSTRAP)]
+    return f(in_s, out_s), float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))
+
+
+def mix_entry(detector: str, feats: dict) -> dict | None:
+    """A mix's standardization: each part's mean and standard deviation on the training digits."""
+    if not detector.startswith("mix:"):
+        return None
+    return {"mix": {p: {"mean": float(v.mean()), "std": float(v.std() or 1.0)}
+                    for p in anomaly.components(detector) for v in [scores(p, feats, None)]}}
+
+
+async def evaluate(engine: Engine, name: str, n: int, n_cal: int, seed: int, k: int) -> dict:
+    m = engine.model(name)
+    levels = m.data["levels"]
     options = score_options(engine, name, k)
-    scores, first = {}, None
-    with tqdm(total=sum(map(len, sets.values())), desc=name, file=sys.stderr) as bar:
-        for set_name, x in sets.items():
-            scores[set_name], first = await anomaly_scores(engine, name, x, options, bar)
-    likelihood = first["anomaly"]["score_kind"] == LIKELIHOOD_SCORE
-    corrected = {s: scores[s] / math.log(2) - png_bits(x, levels) for s, x in sets.items()} if likelihood else None
-    return {
-        "model": name, "method": method_label(first), "levels": levels,
-        "mean_score": {s: float(v.mean()) for s, v in scores.items()},
-        "raw": {s: auroc(scores["test"], scores[s]) for s in OOD_NOTES},
-        "corrected": {s: auroc(corrected["test"], corrected[s]) for s in OOD_NOTES} if likelihood else None,
-    }
+    detectors = candidates(engine, name)
+    need = {p for d in detectors for p in anomaly.components(d)}
+    rng = np.random.default_rng([seed, 17])
+    data, gray = load(DATASETS[levels]), load("mnist5k")
+    order = rng.permutation(TEST_SIZE)  # test split: calibration half, report half
+    cal_index, report_index = np.sort(order[:TEST_SIZE // 2][:n_cal]), np.sort(order[TEST_SIZE // 2:][:n])
+    train_index = np.sort(rng.permutation(len(data.x_train))[:n])
+    sets = {"choose/in": data.x_train[train_index], "calibrate/in": data.x_test[cal_index],
+            "report/in": data.x_test[report_index]}
+    for kind, x in choose_kinds(gray.x_train, n, np.random.default_rng([seed, 1])).items():
+        sets[f"choose/{kind}"] = quantize(x, levels, rng)
+    report_gray = report_kinds(gray.x_test[np.sort(order[TEST_SIZE // 2:])], n, np.random.default_rng([seed, 2]))
+    for kind, x in report_gray.items():
+        sets[f"report/{kind}"] = quantize(x, levels, rng)
+    feats = {}
+    with tqdm(total=len(sets), desc=name, file=sys.stderr) as bar:
+        for key, x in sets.items():
+            feats[key] = await features(engine, name, x, options, need)
+            bar.update()
+    # 1. CHOOSE: training digits vs the CHOOSE kinds only
+    entries = {d: mix_entry(d, feats["choose/in"]) for d in detectors}
+    choose = {d: {kind: auroc(scores(d, feats["choose/in"], entries[d]),
+                              scores(d, feats[f"choose/{kind}"], entries[d])) for kind in CHOOSE_KINDS}
+              for d in detectors}
+    default = max(detectors, key=lambda d: (min(choose[d].values()), np.mean(list(choose[d].values()))))
+    # 2. CALIBRATE: the calibration half of the test split
+    calibration = {}
+    for d in detectors:
+        held_out = scores(d, feats["calibrate/in"], entries[d])
+        kind = "mix_of_standardized_scores" if d.startswith("mix:") else anomaly.SCORE_KINDS[d]
+        calibration[d] = {**anomaly.calibration_for(held_out, kind, f"{DATASETS[levels]}/test, half A "
+                                                    f"({len(held_out)} of 250, seed {seed})", QUANTILES),
+                          **(entries[d] or {})}
+    # 3. REPORT: the report half of the test split vs the REPORT kinds
+    brng = np.random.default_rng([seed, 3])
+    report, flag_rate = {}, {}
+    for d in detectors:
+        in_s = scores(d, feats["report/in"], entries[d])
+        report[d] = {kind: {"auroc": with_interval(auroc, in_s, out, brng),
+                            "fpr95": with_interval(fpr95, in_s, out, brng)}
+                     for kind in REPORT_KINDS for out in [scores(d, feats[f"report/{kind}"], entries[d])]}
+        flag_rate[d] = float(np.mean(anomaly.percentile(calibration[d], in_s) >= 99.0))
+    return {"model": name, "levels": levels, "detectors": detectors, "default": default, "choose": choose,
+            "calibration": calibration, "report": report, "flag_rate": flag_rate, "n": n, "n_cal": len(cal_index),
+            "options": options}
 
 
 def scoring_models(engine: Engine, wanted: list[str] | None) -> list[str]:
-    """Every 28x28 digit model in the store that can score (restricted to `wanted` if given)."""
     names = [name for name, m in sorted(engine.models.items())
              if "score" in m.capabilities and m.data["kind"] == "image" and m.shape == SHAPE
              and m.data["levels"] in DATASETS]
@@ -147,63 +303,81 @@ def scoring_models(engine: Engine, wanted: list[str] | None) -> list[str]:
     return [name for name in names if wanted is None or name in wanted]
 
 
-async def run(store: Path, wanted: list[str] | None, n: int, seed: int, k: int) -> list[dict]:
-    engine = Engine(ModelStore(store), Settings(intra_op_threads=1))
-    return [await evaluate(engine, name, n, seed, k) for name in scoring_models(engine, wanted)]
+def write_manifest(store: Path, row: dict) -> None:
+    """Only calibration.detectors and calibration.default; re-read right before writing."""
+    path = store / row["model"] / "1" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    base = "critic" if manifest["calibration"]["score"] == "negative_critic" else "nll"
+    manifest["calibration"]["detectors"] = {d: e for d, e in row["calibration"].items() if d != base}
+    manifest["calibration"]["default"] = row["default"]
+    path.write_text(json.dumps(manifest, indent=2))  # as the manifests are written: no final newline
 
 
-def auroc_cells(values: dict | None) -> list[str]:
-    if values is None:
-        return ["n/a"] * (len(OOD_NOTES) + 1)
-    return [f"{values[s]:.3f}" for s in OOD_NOTES] + [f"{np.mean(list(values.values())):.3f}"]
+def cell(v: tuple[float, float, float]) -> str:
+    return f"{v[0]:.3f} [{v[1]:.2f}, {v[2]:.2f}]"
 
 
-def report(rows: list[dict], command: str, n: int, seed: int, k: int, seconds: float) -> str:
-    sets = list(OOD_NOTES)
-    lines = ["# Anomaly detection: AUROC, mnist5k test split vs OOD sets\n", f"    {command}\n",
-             f"{n} in-distribution images (the mnist5k test split, or mnist5k-binarized for levels-2 models; a "
-             f"seeded subset when under {TEST_SIZE}) and "
-             f"{n} per OOD set; seed {seed}; {seconds / 60:.1f} min on this machine. OOD is the positive class; "
-             "0.5 is chance, under 0.5 means the OOD set looks *more* typical than the test digits.\n",
-             "| model (score method) | score | " + " | ".join(sets) + " | mean |",
-             "|---|---|" + "---|" * (len(sets) + 1)]
+def tables(rows: list[dict], command: str, seconds: float) -> str:
+    lines = ["# Anomaly detection: choose on constructions, report on kinds never used\n", f"    {command}\n",
+             f"{seconds / 60:.1f} min. OOD is the positive class; AUROC 0.5 is chance. Intervals: 2.5-97.5% of "
+             f"{BOOTSTRAP} bootstrap resamples of both sets.\n",
+             "## 1. Choose (training digits vs CHOOSE kinds; AUROC; `*` the chosen default)\n",
+             "| model | detector | " + " | ".join(CHOOSE_KINDS) + " | min |",
+             "|---|---|" + "---|" * (len(CHOOSE_KINDS) + 1)]
     for r in rows:
-        for kind, label in (("raw", "raw anomaly score"), ("corrected", "NLL bits - PNG bits")):
-            lines.append(f"| {r['model']} ({r['method']}) | {label} | " + " | ".join(auroc_cells(r[kind])) + " |")
-    lines += ["\nMean anomaly score per set (NLL nats per image for likelihood models):\n",
-              "| model | levels | test | " + " | ".join(sets) + " |", "|---|---|---|" + "---|" * len(sets)]
+        for d in r["detectors"]:
+            v = r["choose"][d]
+            lines.append(f"| {r['model']} | {d}{' *' if d == r['default'] else ''} | "
+                         + " | ".join(f"{v[k]:.3f}" for k in CHOOSE_KINDS) + f" | {min(v.values()):.3f} |")
+    lines += ["\n## 2. Report, default detectors (test digits half B vs REPORT kinds; AUROC)\n",
+              "| model | default | " + " | ".join(REPORT_KINDS) + " | min | mean | flag rate (0.01) |",
+              "|---|---|" + "---|" * (len(REPORT_KINDS) + 3)]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['levels']} | "
-                     + " | ".join(f"{r['mean_score'][s]:.1f}" for s in ["test", *sets]) + " |")
-    lines += ["\nOOD sets (each at the model's levels):\n"] + [f"- {s}: {note}." for s, note in OOD_NOTES.items()]
-    lines += ["- binary (levels 2) models: the gray sklearn and blurred images are binarized like "
-              "mnist5k-binarized, pixel ~ Bernoulli(intensity / 255), from the seed (not a 0.5 threshold), so "
-              "they carry the same binarization noise as the in-distribution digits.",
-              "- correction (Serrà et al. 2020): S(x) = NLL(x) / ln 2 - L(x), L(x) = 8 x the bytes of the image's "
-              "PNG from Pillow with optimize=True (8-bit gray; a 1-bit PNG for binary images); n/a for scores that "
-              "are not a likelihood.",
-              f"- importance-sampled models (VAEs): IWAE with k={k} samples per image instead of the "
-              "manifest's default k, for speed; the dequantization and importance noise come from seed = the "
-              "image's chunk offset."]
+        d = r["default"]
+        a = [r["report"][d][k]["auroc"][0] for k in REPORT_KINDS]
+        lines.append(f"| {r['model']} | {d} | " + " | ".join(f"{x:.3f}" for x in a)
+                     + f" | {min(a):.3f} | {np.mean(a):.3f} | {r['flag_rate'][d]:.3f} (n={r['n']}) |")
+    lines += ["\n## 3. Report, every detector: AUROC [interval] / FPR at 95% TPR [interval]\n",
+              "| model | detector | kind | AUROC | FPR@95TPR |", "|---|---|---|---|---|"]
+    for r in rows:
+        for d in r["detectors"]:
+            for k in REPORT_KINDS:
+                v = r["report"][d][k]
+                lines.append(f"| {r['model']} | {d} | {k} | {cell(v['auroc'])} | {cell(v['fpr95'])} |")
+    lines += ["\nKinds:\n"] + [f"- {k} ({'CHOOSE' if k in CHOOSE_KINDS else 'REPORT'}): {v}." for k, v in NOTES.items()]
+    lines += ["- binary models see every set binarized like mnist5k-binarized (pixel ~ Bernoulli(gray / 255))."]
     return "\n".join(lines) + "\n"
+
+
+async def run(args) -> list[dict]:
+    engine = Engine(ModelStore(args.store), Settings(intra_op_threads=1))
+    rows = []
+    for name in scoring_models(engine, args.models):
+        row = await evaluate(engine, name, args.n, args.n_cal, args.seed, args.k)
+        rows.append(row)
+        if args.write:
+            write_manifest(args.store, row)
+        Path(args.json).write_text(json.dumps(rows))
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", type=Path, default=Path("models"))
-    parser.add_argument("--models", nargs="+", help="model names (default: every scoring image model)")
-    parser.add_argument("--n", type=int, default=TEST_SIZE, help=f"images per set, at most {TEST_SIZE}")
+    parser.add_argument("--models", nargs="+")
+    parser.add_argument("--n", type=int, default=64, help="inputs per set (at most 250)")
+    parser.add_argument("--n-cal", type=int, default=250, help="calibration inputs (the test split's half A)")
     parser.add_argument("--k", type=int, default=100, help="importance samples for IWAE-scored models")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--write", action="store_true", help="write calibration.detectors/default to manifests")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/anomaly.md"))
+    parser.add_argument("--json", default="benchmarks/results/anomaly.json")
     args = parser.parse_args()
-    if not 1 <= args.n <= TEST_SIZE:
-        parser.error(f"--n must be in 1..{TEST_SIZE}")
     threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
     command = threads + shlex.join([os.path.relpath(sys.executable), *sys.argv])
     start = time.perf_counter()
-    rows = asyncio.run(run(args.store, args.models, args.n, args.seed, args.k))
-    text = report(rows, command, args.n, args.seed, args.k, time.perf_counter() - start)
+    rows = asyncio.run(run(args))
+    text = tables(rows, command, time.perf_counter() - start)
     print(text)
     args.out.write_text(text)
 
