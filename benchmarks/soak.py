@@ -26,6 +26,7 @@ import io
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -425,8 +426,13 @@ def run(args) -> int:
     finally:
         stop(process)
     log_text = log.read_text(errors="replace")
-    return report(args, tally, timeline, kills, rss_start, rss_end, api_pid, wall, alive_ready, restarts,
+    code = report(args, tally, timeline, kills, rss_start, rss_end, api_pid, wall, alive_ready, restarts,
                   log_text.count("Traceback"), stuck=[t.name for t in threads if t.is_alive()], warmup=warmup)
+    if code:
+        print(f"soak: the server's log is kept in {log}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    return code
 
 
 def report(args, tally, timeline, kills, rss_start, rss_end, api_pid, wall, alive_ready, restarts, tracebacks,
