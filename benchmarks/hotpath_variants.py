@@ -13,6 +13,7 @@ A variant is a comma-separated set of patches, applied in the server process bef
 - `orjson`: the V2 REST answer written by orjson straight from the numpy array (OPT_SERIALIZE_NUMPY) instead of
   `json.dumps(array.ravel().tolist())` (service.api.v2.encode_response replaced);
 - `gc`: the cyclic garbage collector's first threshold raised from 700 to 100,000 allocations;
+- `asyncio`: uvloop hidden from the tree, so a tree that picks it up by itself runs on asyncio's loop;
 - `native`: uvicorn's HTTP parser left as the tree chooses (a tree that names httptools itself, as genserve does
   since issue 16); without `native` or `httptools` the variant forces h11, as the tree at fe556b0 shipped.
 
@@ -38,7 +39,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-PATCHES = ["noaccess", "httptools", "uvloop", "orjson", "gc", "native"]
+PATCHES = ["noaccess", "httptools", "uvloop", "orjson", "gc", "native", "asyncio"]
 
 
 def patch(variant: set[str]) -> None:
@@ -54,6 +55,8 @@ def patch(variant: set[str]) -> None:
             super().__init__(app, **kw)
 
     uvicorn.Config = Config
+    if "asyncio" in variant:  # a tree that runs on uvloop when it can (service.main) finds none
+        sys.modules["uvloop"] = None
     if "gc" in variant:
         import gc
 
@@ -111,7 +114,7 @@ def variant_server(store: Path, variant: str, args: argparse.Namespace):
             self.process = subprocess.Popen(self.command(), cwd=tree, env=self.environment(),
                                             stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
             try:
-                wait_ready(self, ["/v2/models/vae.decode/ready"])
+                wait_ready(self, [f"/v2/models/{args.function}/ready"])
             except BaseException:
                 self.stop()
                 raise
@@ -142,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", default=["", "noaccess", "noaccess,httptools,uvloop",
                                                           "noaccess,httptools,uvloop,orjson"],
                         help=f"comma-separated patches of {PATCHES}; '' is the tree as it is")
+    parser.add_argument("--function", default="vae.decode", help="V2 model to drive (vae's or pixelcnn's)")
     parser.add_argument("--route", choices=["rest-json", "rest-binary", "grpc"], default="rest-json")
     parser.add_argument("--clients", nargs="+", type=int, default=[16, 64])
     parser.add_argument("--rounds", type=int, default=3)
@@ -167,10 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     import signal
 
     signal.signal(signal.SIGTERM, _interrupt)
-    work = v2_work("vae.decode")
+    work = v2_work(args.function)
     request = rest_request(work, args.route == "rest-binary")
     points = []
-    with scratch_store(args.models, ["vae"]) as store:
+    with scratch_store(args.models, [args.function.partition(".")[0]]) as store:
         servers = [variant_server(store, v, args) for v in args.variants]
         try:
             for server in servers:
@@ -179,10 +183,10 @@ def main(argv: list[str] | None = None) -> int:
                 for r in range(args.rounds):
                     for s in servers if r % 2 == 0 else servers[::-1]:
                         if args.route == "grpc":
-                            p = grpc_point(s.label, "vae.decode", s.grpc_target, work, c, args.duration_s,
+                            p = grpc_point(s.label, args.function, s.grpc_target, work, c, args.duration_s,
                                            args.warmup_s, s.process.pid)
                         else:
-                            p = rest_point(s.label, args.route, "vae.decode", s.base_url, request, c,
+                            p = rest_point(s.label, args.route, args.function, s.base_url, request, c,
                                            args.duration_s, args.warmup_s, s.process.pid)
                         print(point_line(p), file=sys.stderr)
                         points.append(p)
@@ -198,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append([s.label, str(c), f"{t:.0f}", f"{statistics.median(p.p50_ms for p in mine):.1f}",
                          f"{statistics.median(p.p99_ms for p in mine):.1f}",
                          f"{statistics.median(p.server_cpu_ms_per_request for p in mine):.2f}", f"{t / base:.2f}x"])
-    print(f"## Hot-path variants: V2 {args.route} vae.decode, max batch 64, 500 us, 1 onnxruntime thread\n")
+    print(f"## Hot-path variants: V2 {args.route} {args.function}, max batch 64, 500 us, 1 onnxruntime thread\n")
     print(markdown_table(["variant", "clients", f"req/s (median of {args.rounds})", "p50 (ms)", "p99 (ms)",
                           "server CPU ms/req", f"vs {servers[0].label}"], rows))
     print(f"\n{args.duration_s:g} s per point after {args.warmup_s:g} s warm-up, variants alternating")
