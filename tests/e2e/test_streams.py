@@ -122,14 +122,18 @@ def test_an_audio_stream_cut_by_the_deadline_ends_short_of_its_declared_length(s
     command = [sys.executable, "-m", "genserve", "serve", "--host", "127.0.0.1", "--port", str(port),
                "--grpc-port", str(free_port()), "--models", str(store)]
     with open(tmp_path / "stdout", "wb") as out, open(tmp_path / "stderr", "wb") as err:
-        process = subprocess.Popen(command, cwd=REPO, env={**server_env(), "GENSERVE_TIMEOUT_MS": "1500"},
+        process = subprocess.Popen(command, cwd=REPO, env={**server_env(), "GENSERVE_TIMEOUT_MS": "3000"},
                                    stdout=out, stderr=err, stdin=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(process, base, tmp_path)
         received = b""
         with httpx.Client(base_url=base, timeout=60) as client:
-            body = {"seconds": 20.0, "voice": 0, "seed": 1}
+            for _ in range(60):  # the first calls may time out while the step's kernel compiles (once per machine)
+                if client.post("/v1/models/wavenet/sample", json={"length": 16}).status_code == 200:
+                    break
+                time.sleep(1)
+            body = {"seconds": 30.0, "n": 8, "voice": 0, "seed": 1}  # far more than 3 s of work
             with client.stream("POST", "/v1/models/wavenet/sample/stream", json=body) as response:
                 declared = int(response.headers["content-length"])
                 cut = False
@@ -139,7 +143,7 @@ def test_an_audio_stream_cut_by_the_deadline_ends_short_of_its_declared_length(s
                 except httpx.RemoteProtocolError:  # the connection ended before the declared length
                     cut = True
             assert cut, f"the stream was not cut: {len(received)} of {declared} bytes"
-            assert 44 < len(received) < declared == 44 + 2 * 20 * 16000
+            assert 44 < len(received) < declared == 44 + 2 * 8 * 30 * 16000
             assert client.get("/healthz").status_code == 200
         assert "audio stream cut short (deadline_exceeded)" in (tmp_path / "stderr").read_text()
     finally:
