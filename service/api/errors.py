@@ -121,7 +121,10 @@ async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return protocol_error(request.url.path, 500, "internal", "internal error; it has been logged")
+    # Starlette re-raises after this answer and uvicorn then drops the connection: say so, so that a client
+    # does not send its next request on a connection that is about to close
+    return protocol_error(request.url.path, 500, "internal", "internal error; it has been logged",
+                          headers={"Connection": "close"})
 
 
 engine_error, unexpected_error = _engine, _unexpected  # for the fast paths, which answer past FastAPI's handlers

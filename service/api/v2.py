@@ -29,6 +29,7 @@ import numpy as np
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import genserve
@@ -246,9 +247,29 @@ def _object(value: Any, field: str) -> dict:
 # --- routes --------------------------------------------------------------------------------------------------------
 
 
+class V2Error(BaseModel):
+    """The Open Inference Protocol's error body."""
+
+    error: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": V2Error, "description": description}
+    for status, description in {
+        400: "invalid request (the protocol's status for every bad input)",
+        401: "API keys are set and the request has none, or an unknown one",
+        404: "unknown model, version or route",
+        413: "body too large",
+        415: "body not JSON (or the binary tensor extension's)",
+        503: "overloaded, not ready or draining (Retry-After)",
+        504: "deadline exceeded",
+    }.items()
+}
+
+
 def router(engine: Any) -> APIRouter:
     """The /v2 routes over `engine`. Include it in the app: app.include_router(v2.router(engine))."""
-    r = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
+    r = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"], responses=ERRORS)
     body_limit = getattr(getattr(engine, "settings", None), "max_body_bytes", DEFAULT_BODY_LIMIT)
 
     def lookup(request: Request, name: str, version: str | None) -> tuple[str, str, dict, str]:
