@@ -362,7 +362,8 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
         x = codecs.decode_inputs(body.inputs, spec)  # [B, *shape]
         _check_labels(body.labels, len(x), spec)
         results = await unless_disconnected(request, engine.score(
-            name, x, body.labels, method=body.method, k=body.k, refine_steps=body.refine_steps, seed=body.seed))
+            name, x, body.labels, method=body.method, k=body.k, refine_steps=body.refine_steps, seed=body.seed,
+            anomaly_method=body.anomaly_method))
         _check_finite_results(results)
         return FastJSONResponse({"model": name, "version": description["version"], "results": results})
 

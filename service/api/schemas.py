@@ -131,9 +131,13 @@ class SampleResponse(_Open):
 
 
 class Anomaly(_Open):
-    score: float | None
-    percentile: float | None
+    score: float | None = Field(description="the detector's score: higher is more anomalous")
+    percentile: float | None = Field(description="the score's percentile among held-out in-distribution inputs")
     is_anomaly: bool | None
+    method: str | None = Field(None, description="the detector that answered")
+    score_kind: str | None = Field(None, description="what the score measures")
+    p_value: float | None = Field(None, description="typicality: the request's one p-value")
+    batch_size: int | None = Field(None, description="typicality: how many inputs the p-value covers")
 
 
 class ScoreResult(_Open):
@@ -255,6 +259,10 @@ def request_models(settings: Settings) -> RequestModels:
                                                                        "absent: the model's default")] = None
         refine_steps: RefineSteps = 0
         seed: NoiseSeed = 0
+        anomaly_method: Annotated[str | None, Field(
+            max_length=64, description="the anomaly detector: nll (a GAN: critic), complexity, class, reconstruction, "
+                                       "mix:<a>+<b>[+<c>], typicality (one p-value for the request's inputs); "
+                                       "absent: the model's calibrated default")] = None
 
     class NamedScoreRequest(ScoreRequest):
         model: str = Field(description="model name")

@@ -192,3 +192,18 @@ def test_the_flag_rate_on_fresh_digits_matches_the_threshold(engine, digits, hal
             # binomial sampling error of the fresh half, plus that of the 250 calibration digits
             sd = math.sqrt(expected * (1 - expected) * (1 / len(fresh) + 1 / 250))
             assert abs(rate - expected) <= 4 * sd + 1 / 250, (method, threshold, rate)
+
+
+def test_rest_score_takes_anomaly_method_and_names_a_bad_one(engine, digits):
+    """REST /score passes anomaly_method to the engine; an unknown detector is refused naming the field."""
+    from fastapi.testclient import TestClient
+
+    from service.api import create_app
+
+    client = TestClient(create_app(engine, Settings()))
+    body = {"model": "pixelcnn", "inputs": digits[:2].tolist()}
+    chosen = client.post("/score", json={**body, "anomaly_method": "complexity"})
+    assert chosen.status_code == 200
+    assert [r["anomaly"]["method"] for r in chosen.json()["results"]] == ["complexity", "complexity"]
+    refused = client.post("/score", json={**body, "anomaly_method": "no_such_detector"})
+    assert 400 <= refused.status_code < 500 and refused.json()["error"]["field"] == "anomaly_method"

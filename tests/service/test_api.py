@@ -94,7 +94,8 @@ class FakeEngine:
             yield row  # [n, 1, W]: one image row per step
 
     async def score(self, name: str, x: np.ndarray, labels: list[int | None] | None, *, method: str | None = None,
-                    k: int | None = None, refine_steps: int = 0, seed: int = 0) -> list[dict]:
+                    k: int | None = None, refine_steps: int = 0, seed: int = 0,
+                    anomaly_method: str | None = None) -> list[dict]:
         model = self._capability(name, "score")
         self._check(x, model["levels"], "inputs")
         if method not in (None, "exact"):
