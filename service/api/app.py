@@ -298,7 +298,7 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
 
     @router.get("/v1/models", response_model=schemas.ModelList, tags=["models"])
     async def list_models() -> dict:
-        return {"models": engine.list_models()}
+        return {"models": engine.list_models(), "unavailable": engine.unavailable_models()}
 
     @router.get("/v1/models/{name}", response_model=schemas.ModelInfo, tags=["models"])
     async def describe(name: str, request: Request) -> dict:

@@ -119,8 +119,16 @@ class ModelInfo(_Open):
     metrics: dict[str, Any] = {}
 
 
+class UnavailableModel(BaseModel):
+    name: str
+    version: int | str
+    available: bool = False
+    reason: str = Field(description="why the store left it out (GENSERVE_SKIP_BAD_MODELS)")
+
+
 class ModelList(BaseModel):
     models: list[ModelInfo]
+    unavailable: list[UnavailableModel] = Field([], description="models in the store that are not served")
 
 
 class SampleResponse(_Open):

@@ -68,6 +68,7 @@ class Engine(LatentOperations):
         self.settings = settings
         self.metrics = metrics if metrics is not None else EngineMetrics()  # its own registry by default
         self.models = {name: LoadedModel(entry) for name, entry in store.entries.items()}
+        self.unavailable = store.unavailable_models()  # left out of a store served with skip_bad, with the reason
         if runner is None:
             directories = {name: entry.directory for name, entry in store.entries.items()}
             runner = InProcess(directories, settings.runtime, settings.intra_op_threads)
@@ -95,6 +96,10 @@ class Engine(LatentOperations):
 
     def list_models(self) -> list[dict]:
         return [m.describe() for m in self.models.values()]
+
+    def unavailable_models(self) -> list[dict]:
+        """The store's models not served (GENSERVE_SKIP_BAD_MODELS): name, version, available false, reason."""
+        return self.unavailable
 
     def describe(self, name: str) -> dict:
         return self.model(name).describe()

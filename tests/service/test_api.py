@@ -53,6 +53,9 @@ class FakeEngine:
     def list_models(self) -> list[dict]:
         return [self.describe(name) for name in MODELS]
 
+    def unavailable_models(self) -> list[dict]:
+        return []
+
     def describe(self, name: str) -> dict:
         model = self._model(name)
         return {

@@ -233,3 +233,20 @@ def test_skip_bad_lists_a_manifest_that_is_not_json(store_copy):
     path.write_text("{")
     store = ModelStore(store_copy, skip_bad=True)
     assert store.names() == ["healthy"] and store.unavailable[MODEL].kind == "manifest"
+
+
+def test_v1_models_lists_a_model_left_out_with_its_reason(store_copy):
+    """Issue 22, item 9: /v1/models says which models of the store are not served, and why."""
+    from fastapi.testclient import TestClient
+
+    from service.api import create_app
+    from service.engine.engine import Engine
+    from service.settings import Settings
+
+    _add_model(store_copy, "healthy")
+    _corrupt(store_copy)
+    engine = Engine(ModelStore(store_copy, skip_bad=True), Settings(intra_op_threads=1))
+    listing = TestClient(create_app(engine, Settings())).get("/v1/models").json()
+    assert [m["name"] for m in listing["models"]] == ["healthy"]
+    [left_out] = listing["unavailable"]
+    assert left_out["name"] == MODEL and left_out["available"] is False and "sha256" in left_out["reason"]
