@@ -231,7 +231,7 @@ def test_every_series_exists_before_traffic_and_worker_restarts_start_at_zero():
 
 
 def test_rest_metrics_render_the_engines_registry_too():
-    engine = Engine(SimpleNamespace(entries={}), Settings())  # an empty store
+    engine = Engine(SimpleNamespace(entries={}, unavailable_models=list), Settings())  # an empty store
     engine.metrics.observer(MODEL, FUNCTION)
     client = TestClient(create_app(engine, Settings()))
     text = client.get("/metrics").text
