@@ -20,18 +20,8 @@ from common import markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
+from soak import rss_mb, worker_pid  # noqa: E402
 from test_server import free_port, server_env, stop, wait_ready  # noqa: E402
-
-
-def rss_mb(pid: int) -> float:
-    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * 4096 / 2**20
-
-
-def worker_pid(api_pid: int) -> int:
-    children = Path(f"/proc/{api_pid}/task/{api_pid}/children").read_text().split()
-    workers = [int(c) for c in children if "genserve-worker" in Path(f"/proc/{c}/cmdline").read_text()
-               or "multiprocessing" in Path(f"/proc/{c}/cmdline").read_text()]
-    return workers[-1]
 
 
 def main() -> None:
