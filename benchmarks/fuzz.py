@@ -20,14 +20,14 @@ import json
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from servers import REPO, free_port, reduced_store, revision, start_server, stop, wait_ready
+
 VENV_BIN = Path(sys.executable).parent
 START_TIMEOUT_S = 120.0
 NAMES_ENV = "GENSERVE_FUZZ_NAMES"  # JSON {"v1": [...], "v2": [...]}, set by main() for the hooks
@@ -130,71 +130,11 @@ if NAMES_ENV in os.environ and __name__ != "__main__":
 # --- the wrapper ----------------------------------------------------------------------------------------------------
 
 
-def revision() -> str:
-    """The commit under test, and whether tracked files differ from it (others may be editing the checkout)."""
-    def git(*a):
-        return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    return git("rev-parse", "--short", "HEAD") + (" + uncommitted changes in the working tree" if dirty else "")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def reduced_store(models: Path, only: list[str], into: Path) -> Path:
-    """A store of links to the named models of `models` (and its evaluation/ folder, if any)."""
-    store = into / "models"
-    store.mkdir()
-    for name in [*only, "evaluation"]:
-        if (models / name).exists():
-            (store / name).symlink_to((models / name).resolve())
-        elif name != "evaluation":
-            sys.exit(f"fuzz: no model {name!r} in {models}")
-    return store
-
-
-def server_env(extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GENSERVE_") and k != "SCHEMATHESIS_HOOKS"}
-    env.update(GENSERVE_INTRA_OP_THREADS="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return env | extra
-
-
 def get(url: str, method: str = "GET", timeout: float = 10.0) -> tuple[int, str]:
     import httpx
 
     response = httpx.request(method, url, timeout=timeout)
     return response.status_code, response.text
-
-
-def wait_ready(process: subprocess.Popen, base: str, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        if process.poll() is not None:
-            sys.exit(f"fuzz: server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if get(f"{base}/readyz", timeout=2.0)[0] == 200:
-                return
-        except OSError:
-            pass
-        except Exception as e:  # httpx's transport errors
-            if "httpx" not in type(e).__module__:
-                raise
-        if time.monotonic() > deadline:
-            sys.exit(f"fuzz: server not ready in {START_TIMEOUT_S:.0f} s:\n{log.read_text()[-3000:]}")
-        time.sleep(0.3)
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 def answers_by_status(base: str) -> dict[tuple[str, str], float]:
@@ -253,13 +193,9 @@ def fuzz(args: argparse.Namespace, work: Path) -> int:
     port, grpc_port = free_port(), free_port()
     base = f"http://127.0.0.1:{port}"
     log = work / "server.log"
-    serve = [str(VENV_BIN / "genserve"), "serve", "--host", "127.0.0.1", "--port", str(port),
-             "--grpc-port", str(grpc_port), "--models", str(store)]
-    with open(log, "wb") as out:
-        process = subprocess.Popen(serve, cwd=REPO, env=server_env({}), stdout=out, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)
+    process = start_server(store, port, grpc_port, log)
     try:
-        wait_ready(process, base, log)
+        wait_ready(process, base, log, START_TIMEOUT_S)
         ready_s = time.monotonic() - started
         names = known_names(base)
         before = answers_by_status(base)
@@ -273,7 +209,6 @@ def fuzz(args: argparse.Namespace, work: Path) -> int:
                   "--report-dir", str(report_dir), "--no-color"]
         path = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
         env = os.environ | {"SCHEMATHESIS_HOOKS": "fuzz", NAMES_ENV: json.dumps(names), "PYTHONPATH": path}
-        print("$ " + shlex.join(serve), flush=True)
         print(f"$ SCHEMATHESIS_HOOKS=fuzz PYTHONPATH=benchmarks {shlex.join(st_cmd)}", flush=True)
         t0 = time.monotonic()
         st = subprocess.run(st_cmd, cwd=work, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)

@@ -8,7 +8,6 @@ prints the RSS of the API process and of the engine worker every --every request
 """
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
@@ -17,11 +16,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 from common import markdown_table
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "e2e"))
-from soak import rss_mb, worker_pid  # noqa: E402
-from test_server import free_port, server_env, stop, wait_ready  # noqa: E402
+from servers import REPO, free_port, reduced_store, rss_mb, start_server, stop, wait_ready, worker_pid
 
 
 def main() -> None:
@@ -31,18 +26,14 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=3000)
     parser.add_argument("--every", type=int, default=500)
     args = parser.parse_args()
-    store = Path(tempfile.mkdtemp(prefix="memory-"))
-    (store / args.model).symlink_to((REPO / "models" / args.model).resolve())
-    logs = Path(tempfile.mkdtemp(prefix="memory-logs-"))
-    port = free_port()
-    command = [sys.executable, "-m", "genserve", "serve", "--host", "127.0.0.1", "--port", str(port),
-               "--grpc-port", str(free_port()), "--models", str(store)]
-    with open(logs / "stdout", "wb") as out, open(logs / "stderr", "wb") as err:
-        process = subprocess.Popen(command, cwd=REPO, env=server_env(), stdout=out, stderr=err)
+    work = Path(tempfile.mkdtemp(prefix="genserve-memory-"))
+    store = reduced_store(REPO / "models", [args.model], work)
+    port, log = free_port(), work / "server.log"
+    process = start_server(store, port, free_port(), log)
     base, rng, rows = f"http://127.0.0.1:{port}", np.random.default_rng(0), []
     alphabet = "abcdefghijklmnopqrstuvwxyz ().,"
     try:
-        wait_ready(process, base, logs)
+        wait_ready(process, base, log)
         worker = worker_pid(process.pid)
         start = time.monotonic()
         with httpx.Client(base_url=base, timeout=60) as client:

@@ -28,8 +28,6 @@ import os
 import random
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -41,8 +39,8 @@ from pathlib import Path
 import grpc
 import httpx
 import numpy as np
+from servers import REPO, free_port, ready, reduced_store, revision, rss_mb, start_server, stop, wait_ready, worker_pid
 
-REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from service.grpc.gen import genserve_pb2 as pb  # noqa: E402
 from service.grpc.gen import genserve_pb2_grpc as pb_grpc  # noqa: E402
@@ -206,73 +204,6 @@ def mix(seed: int):
     ]
 
 
-# --- the server and its processes ---------------------------------------------------------------------------------
-
-
-def revision() -> str:
-    """The commit under test, and whether tracked files differ from it (others may be editing the checkout)."""
-    def git(*a):
-        return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    return git("rev-parse", "--short", "HEAD") + (" + uncommitted changes in the working tree" if dirty else "")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_mb(pid: int) -> float | None:
-    try:
-        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-
-
-def worker_pid(api_pid: int) -> int | None:
-    """The engine worker: the API process's multiprocessing child (not its resource tracker)."""
-    try:
-        children = Path(f"/proc/{api_pid}/task/{api_pid}/children").read_text().split()
-    except FileNotFoundError:
-        return None
-    for child in children:
-        try:
-            if "spawn_main" in Path(f"/proc/{child}/cmdline").read_text():
-                return int(child)
-        except FileNotFoundError:
-            continue
-    return None
-
-
-def ready(base: str) -> bool:
-    try:
-        return httpx.get(f"{base}/readyz", timeout=5.0).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
-def start_server(store: Path, port: int, grpc_port: int, log: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GENSERVE_")}
-    env.update(GENSERVE_INTRA_OP_THREADS="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    command = [str(Path(sys.executable).parent / "genserve"), "serve", "--host", "127.0.0.1", "--port", str(port),
-               "--grpc-port", str(grpc_port), "--models", str(store)]
-    print("$ " + " ".join(command), flush=True)
-    with open(log, "wb") as out:
-        return subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
 # --- the run ------------------------------------------------------------------------------------------------------
 
 
@@ -355,25 +286,14 @@ def metric(base: str, name: str) -> float | None:
 def run(args) -> int:
     args.revision = revision()
     work = Path(tempfile.mkdtemp(prefix="genserve-soak-"))
-    store = args.models
-    if args.only:
-        store = work / "models"
-        store.mkdir()
-        for name in [*args.only.split(","), "evaluation"]:
-            if (args.models / name).exists():
-                (store / name).symlink_to((args.models / name).resolve())
+    store = reduced_store(args.models, args.only.split(","), work) if args.only else args.models
     port, grpc_port = free_port(), free_port()
     base, target = f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}"
     log = work / "server.log"
     process = start_server(store, port, grpc_port, log)
     tally, timeline, kills = Tally(), [], []
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not ready(base):
-            if process.poll() is not None or time.monotonic() > deadline:
-                print(log.read_text()[-3000:])
-                sys.exit("soak: the server did not become ready")
-            time.sleep(0.5)
+        wait_ready(process, base, log, START_TIMEOUT_S)
         kinds = mix(0)
         available = {m["name"] for m in httpx.get(f"{base}/v1/models").json()["models"]}
         kinds = [k for k in kinds if k[0].split()[-1].split(".")[0] in available]

@@ -14,31 +14,30 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import protocol_error
 from service.engine.errors import RETRY_AFTER_S
+from service.in_flight import InFlight
 
 STILL_SERVED = ("/healthz", "/metrics")
 
 
-class Drain:
+class Drain(InFlight):
     """Tracks in-flight HTTP requests; once begun, refuses new ones; cut() ends those still running."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.draining = False
         self.cutting = False
         self.requests: dict[asyncio.Task, Scope] = {}  # every request in flight, by the task that serves it
-        self.idle = asyncio.Event()
-        self.idle.set()
 
     def begin(self) -> None:
         self.draining = True
 
     def enter(self, scope: Scope) -> None:
         self.requests[asyncio.current_task()] = scope
-        self.idle.clear()
+        self.started()
 
     def leave(self) -> None:
         del self.requests[asyncio.current_task()]
-        if not self.requests:
-            self.idle.set()
+        self.ended(len(self.requests))
 
     def routes(self) -> Counter[str]:
         """The requests in flight by method and route template ("POST /v1/models/{name}/sample"); a request
@@ -53,18 +52,6 @@ class Drain:
         for task in self.requests:
             task.cancel()
         return cut
-
-    def stop_waiting(self) -> None:
-        """Let finished() return now, whatever is still in flight."""
-        self.idle.set()
-
-    async def finished(self, timeout_s: float) -> bool:
-        """Wait until no HTTP request is in flight (True), or timeout_s passed (False)."""
-        try:
-            await asyncio.wait_for(self.idle.wait(), timeout_s)
-            return True
-        except TimeoutError:
-            return False
 
 
 def _refusal(scope: Scope, message: str):

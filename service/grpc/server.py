@@ -21,6 +21,8 @@ from grpc_reflection.v1alpha import reflection
 from service.credentials import api_keys, tls_pair
 from service.grpc.auth import AuthInterceptor
 from service.grpc.genserve_servicer import add_genserve_servicer
+from service.grpc.request_id import RequestIdInterceptor
+from service.in_flight import InFlight
 from service.settings import Settings
 
 log = logging.getLogger("genserve.grpc")
@@ -77,13 +79,12 @@ class EngineHealth(HealthServicer):
             await self.refresh()
 
 
-class CallsInFlight(grpc.aio.ServerInterceptor):
+class CallsInFlight(InFlight, grpc.aio.ServerInterceptor):
     """Tracks the calls in flight by method, so that a drain cut short can say what it cut."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.methods: Counter[str] = Counter()
-        self.idle = asyncio.Event()
-        self.idle.set()
 
     async def intercept_service(self, continuation, handler_call_details: grpc.HandlerCallDetails):
         handler = await continuation(handler_call_details)
@@ -116,26 +117,13 @@ class CallsInFlight(grpc.aio.ServerInterceptor):
 
     def _enter(self, method: str) -> None:
         self.methods[method] += 1
-        self.idle.clear()
+        self.started()
 
     def _leave(self, method: str) -> None:
         self.methods[method] -= 1
         if not self.methods[method]:
             del self.methods[method]
-        if not self.methods:
-            self.idle.set()
-
-    def stop_waiting(self) -> None:
-        """Let finished() return now, whatever is still in flight."""
-        self.idle.set()
-
-    async def finished(self, timeout_s: float) -> bool:
-        """Wait until no call is in flight (True), or timeout_s passed (False)."""
-        try:
-            await asyncio.wait_for(self.idle.wait(), timeout_s)
-            return True
-        except TimeoutError:
-            return False
+        self.ended(len(self.methods))
 
 
 def _add_inference(server: grpc.aio.Server, engine: Any) -> str:
@@ -168,7 +156,8 @@ def build_grpc_server(engine: Any, settings: Settings, port: int) -> grpc.aio.Se
     cannot be used raises service.credentials.CredentialsError.
     """
     keys, calls = api_keys(settings), CallsInFlight()
-    interceptors = [calls] if keys is None else [AuthInterceptor(keys), calls]  # a refused call is not counted
+    auth = [] if keys is None else [AuthInterceptor(keys)]  # a refused call is not counted
+    interceptors = [RequestIdInterceptor(), *auth, calls]  # the id first: a refused call answers with one too
     server = grpc.aio.server(interceptors=interceptors, options=[
         ("grpc.max_receive_message_length", settings.max_body_bytes),
         ("grpc.so_reuseport", 0),  # a port in use is an error, not a silently shared socket
