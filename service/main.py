@@ -7,6 +7,8 @@ import logging
 from collections import Counter
 from pathlib import Path
 
+from service import logs
+
 log = logging.getLogger("genserve")
 CUT_ANSWER_S = 5.0  # once a drain is cut, how long cut work gets to end (an HTTP 503 sent, a gRPC step finished)
 
@@ -57,9 +59,9 @@ def run(
     from service.settings import Settings
     from service.store import ModelStore, StoreError
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     given = {"host": host, "port": port, "grpc_port": grpc_port, "models": models, "allow_empty": allow_empty}
     settings = Settings(**{key: value for key, value in given.items() if value is not None})
+    logs.configure(settings.log_format)
     check_security(settings)
     check_ports(settings)
     try:  # refuses a file whose sha256 differs, and names it (with skip_bad_models: leaves its model out)
@@ -167,7 +169,8 @@ async def serve(app, engine, settings) -> None:
     # drain_http() has waited for in-flight requests; uvicorn then only closes idle connections.
     # TLS: check_security() has made sure that the certificate and key are both set or both unset.
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5,
-                            access_log=settings.access_log, http=_http_protocol(),
+                            access_log=settings.access_log, log_config=logs.uvicorn_log_config(settings.log_format),
+                            http=_http_protocol(),
                             ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key)
     web = Server(config)
     drained: asyncio.Future | None = None

@@ -2,7 +2,7 @@
 variable with the prefix GENSERVE_, e.g. GENSERVE_PORT=9000."""
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     # Shutdown: on SIGTERM, in-flight requests get this long to finish; what is still running is cut and logged.
     drain_timeout_s: float = 30.0
     access_log: bool = False  # one log line per HTTP request (off: it costs the hot path)
+    log_format: Literal["text", "json"] = "text"  # "json": one JSON object per line (service.logs)
     # The store at start-up: a store with no model is refused unless allow_empty; a model that fails its checks
     # (sha256, manifest) stops the server unless skip_bad_models, which serves the rest and lists it unavailable.
     allow_empty: bool = False

@@ -1,0 +1,62 @@
+"""The request id over gRPC: the metadata `x-request-id` in, the same key in the answer's initial metadata.
+
+As over REST (service.api.request_id): a caller's id of 1 to 128 printable ASCII characters is kept, any other
+or none is replaced by a fresh one, and the call's log lines carry it (service.logs). The id goes out in the
+initial metadata, sent before the call runs, so it is there whatever the call ends in: an answer, a stream,
+an error status, a refused key.
+"""
+
+import inspect
+
+import grpc
+
+from service.logs import REQUEST_ID, request_id
+
+KEY = "x-request-id"
+_KINDS = {(False, False): "unary_unary", (False, True): "unary_stream",  # the RpcMethodHandler field that
+          (True, False): "stream_unary", (True, True): "stream_stream"}  # holds the behavior of each kind
+
+
+def _given(metadata) -> str | None:
+    for key, value in metadata or ():
+        if key == KEY:
+            return value if isinstance(value, str) else None  # a binary (-bin) value is not an id
+    return None
+
+
+class RequestIdInterceptor(grpc.aio.ServerInterceptor):
+    """Install it first, so that a call another interceptor refuses answers with its id too."""
+
+    async def intercept_service(self, continuation, handler_call_details: grpc.HandlerCallDetails):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        rid = request_id(_given(handler_call_details.invocation_metadata))
+        kind = _KINDS[handler.request_streaming, handler.response_streaming]
+        return handler._replace(**{kind: _with_id(getattr(handler, kind), rid)})
+
+
+def _with_id(behavior, rid: str):
+    """`behavior` that first sends `rid` in the initial metadata and runs with it as the log lines' request id;
+    a synchronous one (this server has none) as it is."""
+    metadata = ((KEY, rid),)
+    if inspect.isasyncgenfunction(behavior):
+        async def stream(request, context):
+            token = REQUEST_ID.set(rid)
+            try:
+                await context.send_initial_metadata(metadata)
+                async for response in behavior(request, context):
+                    yield response
+            finally:
+                REQUEST_ID.reset(token)
+        return stream
+    if inspect.iscoroutinefunction(behavior):
+        async def call(request, context):
+            token = REQUEST_ID.set(rid)
+            try:
+                await context.send_initial_metadata(metadata)
+                return await behavior(request, context)
+            finally:
+                REQUEST_ID.reset(token)
+        return call
+    return behavior
