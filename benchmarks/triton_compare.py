@@ -23,9 +23,10 @@ tree of each server, from /proc), which is less disturbed by other load on a sha
 The one difference in the requests: Triton takes no per-item scalar in a batched model, so pixelcnn's `label` is
 [1, 1] and its `log_prob` [1, 1], where genserve's are [1] (the manifest's shape).
 
-Make the Triton venv once (nvidia-pytriton ships a Triton server that runs on CPU; it needs Python 3.12), and wrk:
+Make the Triton venv once with any Python 3.12 (nvidia-pytriton ships a Triton server that runs on CPU; it needs
+3.12: a distribution's python3.12 package, `pyenv install 3.12` or `uv python install 3.12`), and get wrk:
 
-    /root/.pyenv/versions/3.12.1/bin/python3.12 -m venv .venv-triton
+    python3.12 -m venv .venv-triton
     .venv-triton/bin/pip install nvidia-pytriton onnxruntime numpy
     apt-get install -y wrk
 
@@ -63,12 +64,20 @@ from v2load import (
     wait_ready,
 )
 
-PYTHON312 = Path("/root/.pyenv/versions/3.12.1")
-TRITON_PYTHON = REPO / ".venv-triton" / "bin" / "python"
+TRITON_VENV = REPO / ".venv-triton"
+TRITON_PYTHON = TRITON_VENV / "bin" / "python"
 TOLERANCE = 1e-4
-VENV_HELP = (f"the Triton venv is missing ({TRITON_PYTHON}); make it with\n"
-             f"    {PYTHON312}/bin/python3.12 -m venv .venv-triton\n"
+VENV_HELP = (f"the Triton venv is missing ({TRITON_PYTHON}); make it with any Python 3.12\n"
+             "    python3.12 -m venv .venv-triton\n"
              "    .venv-triton/bin/pip install nvidia-pytriton onnxruntime numpy")
+
+
+def python_lib(venv: Path) -> str:
+    """The lib/ folder of the Python the venv was made from, where a pyenv or uv build keeps the libpython that
+    tritonserver's Python backend loads (a distribution's Python has it on the default path already)."""
+    lines = (venv / "pyvenv.cfg").read_text().splitlines()
+    home = next(value for key, _, value in (line.partition("=") for line in lines) if key.strip() == "home")
+    return str(Path(home.strip()).parent / "lib")
 
 
 class Triton(Server):
@@ -77,7 +86,7 @@ class Triton(Server):
     new_session = True
 
     def __init__(self, models: str, functions: list[str], threads: int, max_batch_size: int, queue_delay_us: int):
-        library = ":".join(filter(None, [str(PYTHON312 / "lib"), os.environ.get("LD_LIBRARY_PATH")]))
+        library = ":".join(filter(None, [python_lib(TRITON_VENV), os.environ.get("LD_LIBRARY_PATH")]))
         super().__init__(models, {"LD_LIBRARY_PATH": library}, "triton")
         self.functions, self.threads = functions, threads
         self.max_batch_size, self.queue_delay_us = max_batch_size, queue_delay_us

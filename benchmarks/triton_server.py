@@ -1,17 +1,18 @@
 """NVIDIA Triton (through PyTriton, on CPU) serving functions of a genserve model store, for triton_compare.py.
 
-Runs under the Python 3.12 venv .venv-triton (see triton_compare.py for how to make it), with
-/root/.pyenv/versions/3.12.1/lib on LD_LIBRARY_PATH. It binds one V2 model `<name>.<function>` (the name genserve
-gives it) per --serve entry (default: --name's --function), whose infer function runs onnxruntime (CPU, --threads
-intra-op threads) on the store's ONNX file of that function, behind Triton's dynamic batcher with the manifest's
-max_batch_size and max_queue_delay_us (or --max-batch-size / --queue-delay-us), one instance per model.
+Runs under the Python 3.12 venv .venv-triton (see triton_compare.py for how to make it), with the lib/ folder of
+the Python 3.12 that made it on LD_LIBRARY_PATH (triton_compare.py sets it). It binds one V2 model
+`<name>.<function>` (the name genserve gives it) per --serve entry (default: --name's --function), whose infer
+function runs onnxruntime (CPU, --threads intra-op threads) on the store's ONNX file of that function, behind
+Triton's dynamic batcher with the manifest's max_batch_size and max_queue_delay_us (or --max-batch-size /
+--queue-delay-us), one instance per model.
 HTTP and gRPC listen on 127.0.0.1 only; SIGTERM or Ctrl-C stops it.
 
 Triton needs a batch dimension in front of every input, and no input of a batched model may be a scalar per item:
 an input or output the manifest shapes [-1] (e.g. `label`, `log_prob`) is [-1, 1] here, so clients send and get
 [B, 1] where genserve takes [B].
 
-    LD_LIBRARY_PATH=/root/.pyenv/versions/3.12.1/lib .venv-triton/bin/python benchmarks/triton_server.py \\
+    LD_LIBRARY_PATH=<python 3.12 prefix>/lib .venv-triton/bin/python benchmarks/triton_server.py \\
         --http-port 8000 --grpc-port 8001 [--models models --name pixelcnn --function log_prob_given_label]
         [--serve vae.decode pixelcnn.log_prob_given_label] [--max-batch-size 64 --queue-delay-us 500]
 """
