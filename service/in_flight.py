@@ -28,6 +28,8 @@ class InFlight:
 
     async def finished(self, timeout_s: float) -> bool:
         """Wait until nothing is in flight (True), or timeout_s passed (False)."""
+        if self._idle.is_set():  # wait_for would time out a wait of 0 s even then
+            return True
         try:
             await asyncio.wait_for(self._idle.wait(), timeout_s)
             return True
