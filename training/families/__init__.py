@@ -5,7 +5,7 @@ for the run's samples."""
 
 import importlib
 
-FAMILIES = ("pixelcnn", "pixelrnn", "charrnn", "wavenet", "vae", "hvae", "rbm", "flow", "gsn", "gan")
+FAMILIES = ("pixelcnn", "pixelrnn", "charrnn", "wavenet", "vae", "hvae", "rbm", "flow", "gsn", "gan", "lagan")
 
 
 def family_module(name: str):
