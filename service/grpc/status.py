@@ -3,6 +3,8 @@
 import grpc
 
 from service.engine.errors import RETRY_AFTER_S, EngineError, MissingCapability, Overloaded
+from service.grpc import request_id
+from service.logs import REQUEST_ID
 
 MAX_DETAIL_CHARS = 1000  # of an error's details, escaped
 MAX_FIELD_CHARS = 200  # of the genserve-error-field metadata, escaped
@@ -41,4 +43,6 @@ async def abort_with(context: grpc.aio.ServicerContext, exc: EngineError) -> Non
         metadata.append(("genserve-error-field", printable(exc.field, MAX_FIELD_CHARS)))
     if exc.retry_later:
         metadata.append(("retry-after", RETRY_AFTER_S))
+    if (rid := REQUEST_ID.get()) is not None:  # abort's metadata replaces what the call set (service.grpc.request_id)
+        metadata.append((request_id.KEY, rid))
     await context.abort(status_code(exc), printable(exc.detail, MAX_DETAIL_CHARS), trailing_metadata=tuple(metadata))
