@@ -1,7 +1,8 @@
 """genserve's flows beside a peer library's, normflows (Stimper et al. 2023), trained and scored on the same data.
 
-Two pairs (--pair realnvp|maf|both), each trained here, in one run, from seed 0, for the same --steps (default: the
-config's epochs x 71 batches, 2130 for realnvp.json, 2840 for maf.json) on the same batches of 64 mnist5k training
+Three pairs (--pair realnvp|maf|glow|both|all; both: realnvp and maf), each trained here, in one run, from seed 0,
+for the same --steps (default: the config's epochs x 71 batches, 2130 for realnvp.json, 2840 for maf.json) on the
+same batches of 64 mnist5k training
 images in the same order as training/train.py (a permutation per epoch from numpy's seed 0 + epoch), each with
 Adam at its own learning rate decayed by the config's lr_decay (0.98) per epoch of 71 steps, under one torch thread:
 
@@ -18,7 +19,14 @@ Adam at its own learning rate decayed by the config's lr_decay (0.98) per epoch 
   sigmoid(.) + 1e-3 (nflows'), can only contract in the scoring direction: the ActNorms let it expand the
   near-constant background. In a 400-step trial the ActNorms were worth 1.9 bits/dim to the peer, and 1 block x
   216 (the default) beat the library's default 2 blocks (x 192 at this parameter count) by 0.08 bits/dim.
-Both peers use a DiagGaussian base and Adam at --peer-lr (1e-3, Adam's usual default: normflows fixes none); the
+- glow: genserve's realnvp.json model beside a convolutional multiscale peer, normflows' own Glow example (its
+  README's MultiscaleFlow) adapted to 1 x 28 x 28: --peer-glow-levels 2 levels of --peer-glow-blocks 4 GlowBlocks
+  (affine coupling over channel halves with a 3-1-3 ConvNet of --peer-glow-hidden 68 channels, an LU-parametrised
+  invertible 1x1 convolution, ActNorm), a Squeeze per level, and half the dimensions factored out after the first
+  level (8 x 7 x 7 and 2 x 14 x 14 latents, a DiagGaussian base each): 84,544 parameters, ours 84,784. One peer per
+  --peer-glow-scale-maps entry, all trained on the same batches beside the one genserve model: `sigmoid`
+  (GlowBlock's default, Glow's) and `exp` (RealNVP's, as ours).
+The peers use a DiagGaussian base and Adam at --peer-lr (1e-3, Adam's usual default: normflows fixes none); the
 defaults give parameter counts close to ours, both printed. normflows' ActNorm initialises on the first batch.
 
 Same preprocessing for both, from training/families/flow.py: y = (x + u) / 256, v = logit(0.05 + 0.9 y), the same
@@ -107,13 +115,58 @@ def peer_maf(args, model_config: dict):
     return nf.NormalizingFlow(nf.distributions.DiagGaussian(flow.D, trainable=False), steps[::-1]), label
 
 
+class Unflattened(nn.Module):
+    """A peer on [B, 1, 28, 28] behind the flat log_prob(v [B, 784]) that PeerLogProb calls."""
+
+    def __init__(self, peer):
+        super().__init__()
+        self.peer = peer
+
+    def log_prob(self, v):
+        return self.peer.log_prob(v.view(-1, 1, flow.SIDE, flow.SIDE), None)
+
+
+def peer_glow(args, scale_map: str):
+    """normflows' Glow example on 1 x 28 x 28: per level (coarsest first, as MultiscaleFlow lists them) GlowBlocks
+    over 2 ** (levels + 1 - i) channels, then a Squeeze; a Merge joins each finer level's factored-out half."""
+    import normflows as nf
+
+    levels, q0, merges, flows = args.peer_glow_levels, [], [], []
+    for i in range(levels):
+        flows.append([nf.flows.GlowBlock(2 ** (levels + 1 - i), args.peer_glow_hidden, scale=True,
+                                         scale_map=scale_map, split_mode="channel")
+                      for _ in range(args.peer_glow_blocks)] + [nf.flows.Squeeze()])
+        side = flow.SIDE // 2 ** (levels - i) if i > 0 else flow.SIDE // 2 ** levels
+        q0.append(nf.distributions.DiagGaussian((2 ** (levels - i) if i > 0 else 2 ** (levels + 1), side, side)))
+        if i > 0:
+            merges.append(nf.flows.Merge())
+    label = (f"Glow (multiscale: {levels} levels x {args.peer_glow_blocks} GlowBlocks, {args.peer_glow_hidden} "
+             f"hidden channels, scale_map {scale_map})")
+    return Unflattened(nf.MultiscaleFlow(q0, flows, merges, class_cond=False)), label
+
+
 def ours_label(m: dict) -> str:
     if m["kind"] == "realnvp":
         return f"RealNVP (conv, 3 x {m['layers']} couplings, {m['hidden']} channels)"
     return f"MAF ({m['layers']} MADE layers, {m.get('depth', 2)} x {m['hidden']} hidden, ELU, random permutations)"
 
 
-PAIRS = {"realnvp": ("realnvp.json", peer_realnvp), "maf": ("maf.json", peer_maf)}
+def realnvp_peers(args, model_config: dict) -> dict:
+    return {"normflows": peer_realnvp(args, model_config)}
+
+
+def maf_peers(args, model_config: dict) -> dict:
+    return {"normflows": peer_maf(args, model_config)}
+
+
+def glow_peers(args, model_config: dict) -> dict:
+    """One Glow per scale map: `normflows` for the first, `normflows <map>` for the others."""
+    return {"normflows" + (f" {m}" if i else ""): peer_glow(args, m) for i, m in enumerate(args.peer_glow_scale_maps)}
+
+
+PAIRS = {"realnvp": ("realnvp.json", realnvp_peers), "maf": ("maf.json", maf_peers),
+         "glow": ("realnvp.json", glow_peers)}
+SETS = {"both": ["realnvp", "maf"], "all": list(PAIRS)}
 
 
 class PeerLogProb(nn.Module):
@@ -217,7 +270,7 @@ def interleaved_times(scorers: dict, x: torch.Tensor, u: torch.Tensor, repeats: 
 def run_pair(pair: str, args, split_cache: dict) -> dict:
     import normflows
 
-    config_file, build_peer = PAIRS[pair]
+    config_file, build_peers = PAIRS[pair]
     config = json.loads((CONFIGS / config_file).read_text())
     settings = config["train"]
     split = split_cache.setdefault(config["dataset"], load(config["dataset"]))
@@ -226,11 +279,12 @@ def run_pair(pair: str, args, split_cache: dict) -> dict:
     torch.manual_seed(settings["seed"])
     ours = flow.build(config["model"], split)
     torch.manual_seed(settings["seed"])
-    peer, peer_label = build_peer(args, config["model"])
-    modules = {"genserve": flow.LogProb(ours), "normflows": PeerLogProb(peer, ours.preprocess)}
+    peers = build_peers(args, config["model"])
+    modules = {"genserve": flow.LogProb(ours),
+               **{name: PeerLogProb(peer, ours.preprocess) for name, (peer, _) in peers.items()}}
     labels = {"genserve": f"genserve {ours_label(config['model'])}",
-              "normflows": f"normflows {normflows.__version__} {peer_label}"}
-    lrs = {"genserve": settings["lr"], "normflows": args.peer_lr}
+              **{name: f"normflows {normflows.__version__} {label}" for name, (_, label) in peers.items()}}
+    lrs = {"genserve": settings["lr"], **{name: args.peer_lr for name in peers}}
     rows = {}
     for name, module in modules.items():
         params = sum(p.numel() for p in module.parameters())
@@ -253,8 +307,8 @@ def run_pair(pair: str, args, split_cache: dict) -> dict:
     scorers = {}
     with tempfile.TemporaryDirectory() as tmp:
         # the peer's trace holds its batch size: export it at the timed batch (see the module docstring)
-        for name, module, example in [("genserve", log_prob, inputs), ("normflows", modules["normflows"],
-                                                                       {"x": x, "noise": u})]:
+        for name, module, example in [("genserve", log_prob, inputs),
+                                      *((name, modules[name], {"x": x, "noise": u}) for name in peers)]:
             found, diffs, errors = exported(module, example, Path(tmp), f"{pair}_{name}", x, u)
             rows[name].update(max_abs_diff_vs_eager_nats=diffs, export_errors=errors)
             scorers.update({(name, key): scorer for key, scorer in {"eager": modules[name], **found}.items()})
@@ -262,16 +316,19 @@ def run_pair(pair: str, args, split_cache: dict) -> dict:
     for (name, key), t in times.items():
         rows[name].setdefault("score_times_s", {})[key] = t
         rows[name].setdefault("images_per_s", {})[key] = args.batch / statistics.median(t)
-    ips = {name: rows[name]["images_per_s"] for name in rows}
-    ratios = {f"genserve {a} / normflows {b}": ips["genserve"][a] / ips["normflows"][b]
+    return {"config": config, "steps": steps, "results": rows,
+            "peers": {name: versus(rows["genserve"], rows[name]) for name in peers}}
+
+
+def versus(ours: dict, peer: dict) -> dict:
+    """Speed ratios, bits/dim gap and the goal (no worse bits/dim, served genserve faster than the peer eager)."""
+    ratios = {f"genserve {a} / peer {b}": ours["images_per_s"][a] / peer["images_per_s"][b]
               for a, b in [("onnx", "eager"), ("eager", "eager"), ("onnx", "torchscript"), ("onnx", "onnx")]
-              if a in ips["genserve"] and b in ips["normflows"]}
-    headline = ratios.get("genserve onnx / normflows eager", math.nan)
-    gap = rows["genserve"]["bits_per_dim"] - rows["normflows"]["bits_per_dim"]
-    n = {name: row["parameters"] for name, row in rows.items()}
-    return {"config": config, "steps": steps, "results": rows, "speed_ratios": ratios,
-            "goal_met": gap <= 0 < headline - 1, "bits_per_dim_genserve_minus_normflows": gap,
-            "parameter_ratio": n["genserve"] / n["normflows"]}
+              if a in ours["images_per_s"] and b in peer["images_per_s"]}
+    gap = ours["bits_per_dim"] - peer["bits_per_dim"]
+    headline = ratios.get("genserve onnx / peer eager", math.nan)
+    return {"speed_ratios": ratios, "goal_met": gap <= 0 < headline - 1, "bits_per_dim_genserve_minus_peer": gap,
+            "parameter_ratio": ours["parameters"] / peer["parameters"]}
 
 
 def report(pairs: dict, args, command: str) -> str:
@@ -293,13 +350,13 @@ def report(pairs: dict, args, command: str) -> str:
                          f"{fmt(row, 'onnx')} |")
     lines.append("")
     for pair, result in pairs.items():
-        ours, peer = result["results"]["genserve"], result["results"]["normflows"]
-        ratios = ", ".join(f"{k} {v:.2f}x" for k, v in result["speed_ratios"].items())
-        lines.append(f"- {pair}: parameters genserve / normflows {result['parameter_ratio']:.3f}; bits/dim "
-                     f"genserve - normflows {result['bits_per_dim_genserve_minus_normflows']:+.4f}; speed {ratios}. "
-                     f"Goal (no worse bits/dim and served genserve faster than normflows eager): "
-                     f"{'met' if result['goal_met'] else 'not met'}.")
-        for name, row in (("genserve", ours), ("normflows", peer)):
+        for name, v in result["peers"].items():
+            ratios = ", ".join(f"{k} {r:.2f}x" for k, r in v["speed_ratios"].items())
+            lines.append(f"- {pair}, peer {name}: parameters genserve / peer {v['parameter_ratio']:.3f}; bits/dim "
+                         f"genserve - peer {v['bits_per_dim_genserve_minus_peer']:+.4f}; speed {ratios}. Goal (no "
+                         f"worse bits/dim and served genserve faster than the peer eager): "
+                         f"{'met' if v['goal_met'] else 'not met'}.")
+        for name, row in result["results"].items():
             if row["export_errors"]:
                 lines.append(f"  - {name} export failed: {row['export_errors']}")
             diffs = ", ".join(f"{k} {v:.2g}" for k, v in row["max_abs_diff_vs_eager_nats"].items())
@@ -321,7 +378,7 @@ def versions() -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pair", choices=["realnvp", "maf", "both"], default="both")
+    parser.add_argument("--pair", choices=[*PAIRS, *SETS], default="both")
     parser.add_argument("--steps", type=int, help="training steps for each model (default: config epochs x 71)")
     parser.add_argument("--peer-lr", type=float, default=1e-3)
     parser.add_argument("--peer-layers", type=int, default=4, help="RealNVP peer: couplings")
@@ -329,6 +386,11 @@ def main() -> None:
     parser.add_argument("--peer-maf-hidden", type=int, default=216, help="MAF peer: MADE width")
     parser.add_argument("--peer-maf-blocks", type=int, default=1, help="MAF peer: MADE residual blocks")
     parser.add_argument("--peer-maf-actnorm", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--peer-glow-levels", type=int, default=2, help="Glow peer: levels")
+    parser.add_argument("--peer-glow-blocks", type=int, default=4, help="Glow peer: GlowBlocks per level")
+    parser.add_argument("--peer-glow-hidden", type=int, default=68, help="Glow peer: coupling ConvNet channels")
+    parser.add_argument("--peer-glow-scale-maps", nargs="+", default=["sigmoid", "exp"],
+                        help="Glow peer: one peer per GlowBlock scale_map")
     parser.add_argument("--batch", type=int, default=100, help="images per scoring call")
     parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--json", type=Path)
@@ -343,7 +405,7 @@ def main() -> None:
                        + [".venv/bin/python", "benchmarks/flow_peer.py", *map(shlex.quote, sys.argv[1:])])
     split_cache: dict = {}
     pairs = {pair: run_pair(pair, args, split_cache)
-             for pair in (PAIRS if args.pair == "both" else [args.pair])}
+             for pair in SETS.get(args.pair, [args.pair])}
     text = report(pairs, args, command)
     print(text)
     if args.md:
