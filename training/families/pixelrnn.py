@@ -1,20 +1,25 @@
-"""Row LSTM with class conditioning (van den Oord et al. 2016, "Pixel Recurrent Neural Networks").
+"""PixelRNN, class-conditional: Row LSTM or Diagonal BiLSTM (van den Oord et al. 2016, "Pixel Recurrent
+Neural Networks").
 
-Each layer is an LSTM that runs down the image one row at a time. The gates of
-row i are a masked 1 x k convolution over the layer's input at row i (mask 'A'
-in the first layer: column j sees columns < j; mask 'B' later: columns <= j),
-plus a 1 x k convolution over the layer's hidden state at row i - 1, plus
-class-conditional biases. The first layer also sees the input row i - 1 in
-full through a 1 x k convolution (a 2 x k kernel with mask 'A', as in the
-paper's masked input convolution), so the last pixel of a row is seen by the
-next one. Layers after the first are residual. A head of 1 x 1 convolutions
-gives each pixel's distribution (pixelcnn's output distributions).
+config.cell picks the layer. "row_lstm": each layer is an LSTM that runs down the image one row at a time.
+The gates of row i are a masked 1 x k convolution over the layer's input at row i (mask 'A' in the first
+layer: column j sees columns < j; mask 'B' later: columns <= j), plus a 1 x k convolution over the layer's
+hidden state at row i - 1, plus class-conditional biases. The first layer also sees the input row i - 1 in
+full through a 1 x k convolution (a 2 x k kernel with mask 'A', as in the paper's masked input
+convolution), so the last pixel of a row is seen by the next one.
 
-Pixel (i, j) depends only on rows < i and on row i columns < j. Fast sampling
-produces one image row per call (`RowStep`) with every layer's LSTM (h, c) of
-the previous row as explicit state; inside a row, pixel j recomputes the
-layers over columns 0..j only, the only ones that can affect it. It is exact:
-`sample_fast` equals `sample_naive` under the same noise.
+"diagonal_bilstm": a k x k mask 'A' convolution (rows above in full, the row's pixels to the left), then
+Diagonal BiLSTM layers (training/nn/diagonal_lstm.py: the skew trick, both directions, the right-to-left
+output shifted down one row), whose state reaches every earlier pixel.
+
+Layers after the first are residual (every Diagonal BiLSTM layer is). A head of 1 x 1 convolutions gives
+each pixel's distribution (pixelcnn's output distributions).
+
+Pixel (i, j) depends only on rows < i and on row i columns < j. Fast sampling produces one image row per
+call (`RowStep`, `DiagonalStep`) with the previous row's LSTM states as explicit state. The Row LSTM's
+pixel j recomputes the layers over columns 0..j only, the only ones that can affect it; the Diagonal
+BiLSTM's runs the left-to-right LSTMs one pixel at a time and, once the row is drawn, the right-to-left
+ones over the row. It is exact: `sample_fast` equals `sample_naive` under the same noise.
 """
 
 from dataclasses import asdict, dataclass
@@ -24,6 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.families import raster
+from training.nn.diagonal_lstm import DiagonalBiLSTM
+
+CELLS = ("row_lstm", "diagonal_bilstm")
 
 
 @dataclass
@@ -34,8 +42,9 @@ class PixelRNNConfig:
     num_classes: int = 10
     channels: int = 32
     n_layers: int = 4
-    first_kernel: int = 5  # the first layer's input-to-state (mask 'A') and row-above widths
-    kernel: int = 3  # later layers' input-to-state (mask 'B') and every layer's state-to-state widths
+    cell: str = "row_lstm"  # or "diagonal_bilstm"
+    first_kernel: int = 5  # the first layer's widths (row_lstm: mask 'A' and row above; diagonal: k x k mask 'A')
+    kernel: int = 3  # row_lstm only: later layers' input-to-state (mask 'B') and every state-to-state width
     head_channels: int = 64
     output: str = "categorical"  # or "logistic_mixture"
     mixtures: int = 5  # components of the logistic mixture
@@ -164,11 +173,115 @@ class RowStep(nn.Module):
         return torch.stack(columns, dim=1), torch.stack(hs, dim=1)[:, :, :, 0], torch.stack(cs, dim=1)[:, :, :, 0]
 
 
-def build(model_config: dict, split) -> PixelRNN:
-    """A Row LSTM sized for `split` (image shape, levels, classes) with `model_config` hyper-parameters."""
+class MaskedConvA(nn.Module):
+    """k x k convolution with mask 'A' on the scaled image: the k // 2 rows above in full (level 0 above the
+    image, as x_prev = 0 gives) plus the row's k // 2 pixels to the left."""
+
+    def __init__(self, channels: int, kernel: int):
+        super().__init__()
+        if kernel < 5 or kernel % 2 == 0:
+            raise ValueError(f"model.first_kernel must be odd and at least 5 for the diagonal_bilstm, not {kernel}")
+        self.pad = kernel // 2
+        self.above = nn.Conv2d(1, channels, (self.pad, kernel), padding=(0, self.pad))
+        self.left = nn.Conv2d(1, channels, (1, self.pad), bias=False)
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        """s [B, 1, H, W] -> [B, C, H, W]."""
+        rows_above = F.pad(s, (0, 0, self.pad, 0), value=-1.0)[:, :, :-1]  # [B, 1, H + pad - 1, W]
+        return self.above(rows_above) + self.left_of(s)
+
+    def left_of(self, s: torch.Tensor) -> torch.Tensor:
+        """s [B, 1, R, W'] -> [B, C, R, W']: column j sees columns j - pad .. j - 1 (zeros left of the image)."""
+        return self.left(F.pad(s, (self.pad, 0)))[..., : s.shape[-1]]
+
+
+class DiagonalPixelRNN(raster.RasterModel):
+    """The mask 'A' convolution, then residual Diagonal BiLSTM layers, then the head."""
+
+    def __init__(self, config: PixelRNNConfig):
+        super().__init__(config)
+        c = config
+        self.first = MaskedConvA(c.channels, c.first_kernel)
+        self.layers = nn.ModuleList(DiagonalBiLSTM(c.channels, c.channels, c.num_classes) for _ in range(c.n_layers))
+        self.head = self.make_head()
+
+    def params(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """x [B, 1, H, W] levels, label [B] -> each pixel's distribution parameters [B, H, W, channels]."""
+        h = self.first(self.scale(x))
+        for layer in self.layers:
+            h = layer(h, label) + h
+        return self.head(h).permute(0, 2, 3, 1)
+
+    def row_step(self) -> "DiagonalStep":
+        """The exported sampling step: one image row per call."""
+        return DiagonalStep(self)
+
+
+class DiagonalStep(nn.Module):
+    """One autoregressive step = one image row of the Diagonal BiLSTM.
+
+    State: rows [B, pad - 1, W], the levels of the image rows i - pad .. i - 2 (x_prev is row i - 1), which
+    the mask 'A' convolution reads; h_left, h_right [B, L, C, W], each layer's left-to-right and
+    right-to-left LSTM outputs at row i - 1. All zeros before row 0. The cell states run along a row only.
+    """
+
+    def __init__(self, model: DiagonalPixelRNN):
+        super().__init__()
+        self.model = model
+
+    def state_shapes(self) -> dict[str, list[int]]:
+        c = self.model.config
+        return {"rows": [self.model.first.pad - 1, c.width], "h_left": [c.n_layers, c.channels, c.width],
+                "h_right": [c.n_layers, c.channels, c.width]}
+
+    def forward(self, x_prev, rows, h_left, h_right, noise, temperature, label, observed, mask):
+        """x_prev, observed, mask [B, W] int64; rows [B, pad-1, W]; h_left, h_right [B, L, C, W]; noise
+        [B, W, *noise_shape]; temperature [B] -> (row [B, W] int64, next_rows, next_h_left, next_h_right).
+
+        Where mask is 1 the row takes the observed value (completion); elsewhere it is sampled.
+        """
+        model, width = self.model, self.model.config.width
+        rows = torch.cat([rows, x_prev[:, None].to(rows.dtype)], dim=1)  # [B, pad, W] levels
+        above = model.first.above(model.scale(rows)[:, None])[:, :, 0]  # [B, C, W]
+        scaled = [torch.zeros_like(above[:, 0, 0])] * model.first.pad  # [B] each: zeros left of the image
+        side = [(torch.zeros_like(above[..., 0]),) * 2 for _ in model.layers]  # (h, c) [B, C] left of column j
+        columns, lefts, right_pres = [], [[] for _ in model.layers], [[] for _ in model.layers]
+        for j in range(width):
+            window = torch.stack(scaled[-model.first.pad:], dim=1)[:, None, None]  # [B, 1, 1, pad]
+            inp = above[..., j] + model.first.left(window)[:, :, 0, 0]  # [B, C]
+            for n, layer in enumerate(model.layers):
+                pre = layer.input_gates(inp[:, :, None, None], label)[..., 0, 0]  # [B, 2, 4C]
+                side[n] = layer.cell(0, pre[:, 0], h_left[:, n, :, j], *side[n])
+                lefts[n].append(side[n][0])
+                right_pres[n].append(pre[:, 1])
+                inp = side[n][0] + h_right[:, n, :, j] + inp
+            params = model.head(inp[:, :, None, None])[:, :, 0, 0]  # [B, channels]
+            drawn = model.output.sample(params, noise[:, j], temperature)
+            columns.append(torch.where(mask[:, j] > 0, observed[:, j], drawn))
+            scaled.append(model.scale(columns[-1]))
+        rights = [self.right_to_left(n, pres, h_right[:, n]) for n, pres in enumerate(right_pres)]
+        row = torch.stack(columns, dim=1)
+        return row, rows[:, 1:], torch.stack([torch.stack(h, dim=-1) for h in lefts], dim=1), torch.stack(rights, 1)
+
+    def right_to_left(self, n: int, pres: list, h_above: torch.Tensor) -> torch.Tensor:
+        """Layer n's right-to-left LSTM over the drawn row: pres W of [B, 4C], h_above [B, C, W] -> [B, C, W]."""
+        layer = self.model.layers[n]
+        h = c = torch.zeros_like(h_above[..., 0])
+        states = []
+        for j in reversed(range(len(pres))):
+            h, c = layer.cell(1, pres[j], h_above[..., j], h, c)
+            states.append(h)
+        return torch.stack(states[::-1], dim=-1)
+
+
+def build(model_config: dict, split) -> PixelRNN | DiagonalPixelRNN:
+    """A PixelRNN sized for `split` (image shape, levels, classes) with `model_config` hyper-parameters."""
     _, height, width = split.shape
-    return PixelRNN(PixelRNNConfig(height=height, width=width, levels=split.levels,
-                                   num_classes=split.num_classes, **model_config))
+    config = PixelRNNConfig(height=height, width=width, levels=split.levels, num_classes=split.num_classes,
+                            **model_config)
+    if config.cell not in CELLS:
+        raise ValueError(f"model.cell: {config.cell!r} is not one of {list(CELLS)}")
+    return DiagonalPixelRNN(config) if config.cell == "diagonal_bilstm" else PixelRNN(config)
 
 
 exported_functions = raster.exported_functions
