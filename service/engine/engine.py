@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 
-from service.engine import anomaly, latent, procedures
+from service.engine import anomaly, chains, latent, procedures
 from service.engine.errors import InvalidInput, MissingCapability, UnknownModel, UnsupportedModel
 from service.engine.latent_operations import LatentOperations
 from service.engine.metrics import EngineMetrics
@@ -156,7 +156,7 @@ class Engine(LatentOperations):
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # schedulers belong to one event loop
             self._loop, self._batchers = loop, {}
-        continuous = bool(capability and capability["procedure"] in ("autoregressive", "markov_chain"))
+        continuous = bool(capability and capability["procedure"] == "autoregressive")
         model, key = m.manifest["name"], (m.manifest["name"], function, length, continuous)
         if key not in self._batchers:
             self._forget_idle_lengths()
@@ -272,13 +272,20 @@ class Engine(LatentOperations):
 
     async def _chain(self, m: LoadedModel, cap: dict, rngs: list[np.random.Generator], x: np.ndarray,
                      observed: np.ndarray, mask: np.ndarray, steps: int) -> np.ndarray:
-        """A Markov chain's state after `steps` transitions from x, run on the continuous batcher (its steps
-        share calls with other requests' chains, pay no queue delay, and the deadline covers them all)."""
+        """A Markov chain's state after `steps` transitions from x, run beside the runtime (service.engine.chains):
+        its steps share calls with other requests' chains, pay no queue delay, and the deadline covers them all."""
         self._check_rows(m, len(x))
-        sequence = procedures.markov_chain(cap, rngs, x, observed, mask, steps)
-        async for state in self._batcher(m, cap["function"], cap).generate(sequence):
-            x = state
-        return x
+        config = self._batching(m)
+        request = chains.chain_request(cap, rngs, steps, config, time.monotonic() + config.timeout_ms / 1000)
+        observer = self.metrics.observer(m.manifest["name"], cap["function"])
+        try:
+            outputs, events = await self.runner.chain(m.manifest["name"], cap["function"], request,
+                                                      {"x": x, "observed": observed, "mask": mask})
+        except chains.ChainFailed as e:
+            chains.replay(e.events, observer)
+            raise e.error from None
+        chains.replay(events, observer)
+        return outputs["next_x"]
 
     def _check_rows(self, m: LoadedModel, rows: int) -> None:
         """A sequence's rows (inputs x n) run together, so they must fit the scheduler's queue at once."""

@@ -67,15 +67,6 @@ async def ancestral(call: Call, cap: dict, rngs: list[np.random.Generator], temp
     return (await call(cap["function"], feeds))["x"]
 
 
-async def markov_chain(call: Call, cap: dict, rngs: list[np.random.Generator], x: np.ndarray,
-                       observed: np.ndarray, mask: np.ndarray, steps: int) -> np.ndarray:
-    """`steps` transitions of the chain from x [rows, *shape]; where mask is 1 the step returns observed."""
-    for _ in range(steps):
-        feeds = {"x": x, **draw(cap["noise"], rngs), "observed": observed, "mask": mask}
-        x = (await call(cap["function"], feeds))["next_x"]
-    return x
-
-
 async def encode(call: Call, cap: dict, x: np.ndarray, rngs: list[np.random.Generator],
                  refine_steps: int) -> tuple[np.ndarray, np.ndarray]:
     """q(z | x)'s (mean, std) [B, D] each, after `refine_steps` steps of the capability's refine function."""

@@ -215,6 +215,7 @@ class Sequence:
     arrived: float = field(default_factory=time.monotonic)  # reset when it joins a batcher's queue
     started: float | None = None  # when it joined the running batch
     compute: float = 0.0  # seconds of the steps it ran in
+    deadline: float | None = None  # time.monotonic() when it gives up; default: timeout_ms after it arrives
 
     @property
     def rows(self) -> int:
@@ -251,7 +252,8 @@ class ContinuousBatcher:
     async def generate(self, sequence: Sequence) -> AsyncIterator[np.ndarray]:
         """Yield the sequence's output of every step; stopping early frees its rows at the next boundary.
 
-        A sequence not done timeout_ms after it arrived raises DeadlineExceeded and is freed the same way.
+        A sequence not done by its deadline (default: timeout_ms after it arrived) raises DeadlineExceeded and
+        is freed the same way.
         """
         if sum(s.rows for s in self.waiting) + sequence.rows > self.config.max_queue_size:
             self.observer.rejected()
@@ -262,11 +264,12 @@ class ContinuousBatcher:
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._serve())
         outcome, answered = CANCELLED, False  # cancelled unless it gets every step's output or an error
-        deadline = sequence.arrived + self.config.timeout_ms / 1000
+        deadline = sequence.arrived + self.config.timeout_ms / 1000 if sequence.deadline is None else sequence.deadline
         try:
             for step in range(sequence.steps):
-                try:
-                    item = await asyncio.wait_for(sequence.outbox.get(), max(deadline - time.monotonic(), 0.0))
+                try:  # (not wait_for: on Python 3.11 it can swallow a cancellation when an item is ready)
+                    async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+                        item = await sequence.outbox.get()
                 except TimeoutError:
                     outcome = TIMEOUT
                     raise DeadlineExceeded(f"request timed out after {self.config.timeout_ms} ms",

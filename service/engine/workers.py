@@ -1,8 +1,9 @@
 """Where the models run: in engine worker processes (serving), or in the calling process (tests, benchmarks).
 
 Both runners have one call, `await runner.call(model, function, feeds) -> outputs`, which the
-engine's schedulers make once per batch or step. The schedulers stay in the API process, next to
-the requests they serve; a worker holds only the loaded runtimes and runs what it is sent.
+engine's schedulers make once per batch or step, and `await runner.chain(...)`, which runs a whole
+Markov chain beside the runtimes (service.engine.chains: its state never crosses processes). The
+other schedulers stay in the API process, next to the requests they serve.
 
 WorkerPool starts one worker process per visible CUDA device, else one CPU worker. A call
 travels over zmq (ipc://) as a JSON header frame and one raw buffer frame per tensor: no
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from service.engine.chains import ChainFailed, ChainRunner, refusal
 from service.engine.errors import WorkerLost
 from service.engine.runtimes import TensorFunction, load_function
 
@@ -77,6 +79,7 @@ class InProcess:
     def __init__(self, directories: dict[str, Path], runtime: str, threads: int = 0):
         self.functions = Functions(directories, runtime, threads, None)
         self.functions.preload()
+        self.chains: ChainRunner | None = None
 
     async def start(self) -> None:
         """Nothing to start: the functions were loaded in __init__."""
@@ -89,6 +92,12 @@ class InProcess:
 
     async def call(self, model: str, function: str, feeds: Arrays) -> Arrays:
         return await asyncio.to_thread(lambda: self.functions[model, function](**feeds))
+
+    async def chain(self, model: str, function: str, request: dict, arrays: Arrays) -> tuple[Arrays, list]:
+        """A Markov chain's last state and its scheduler's events (service.engine.chains)."""
+        if self.chains is None:  # made on first use: its batchers belong to the running event loop
+            self.chains = ChainRunner(self.call)
+        return await self.chains.run(model, function, request, arrays)
 
 
 # --- the wire format -------------------------------------------------------------------------------------------------
@@ -141,21 +150,35 @@ async def _answer_calls(address: str, functions: Functions, parent: int) -> None
     pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="run")
     loop = asyncio.get_running_loop()
 
-    async def answer(frames: list) -> None:
-        header, feeds = unpack(frames)
-        try:
-            outputs = await loop.run_in_executor(pool, lambda: functions[header["model"], header["function"]](**feeds))
-            reply = pack({"id": header["id"]}, outputs)
-        except Exception as e:  # noqa: BLE001 - the caller gets the error, the worker lives on
-            reply = pack({"id": header["id"], "error": f"{type(e).__name__}: {e}"}, {})
-        await socket.send_multipart(reply, copy=False)
+    async def call(model: str, function: str, feeds: Arrays) -> Arrays:
+        return await loop.run_in_executor(pool, lambda: functions[model, function](**feeds))
 
-    tasks: set[asyncio.Task] = set()
+    chains = ChainRunner(call)
+
+    async def answer(header: dict, feeds: Arrays) -> None:
+        reply_header, outputs = {"id": header["id"]}, {}
+        try:
+            if "chain" in header:
+                outputs, reply_header["events"] = await chains.run(header["model"], header["function"],
+                                                                   header["chain"], feeds)
+            else:
+                outputs = await call(header["model"], header["function"], feeds)
+        except ChainFailed as e:  # refused or out of time: the caller gets the engine's own error
+            reply_header.update(events=e.events, error=e.error.message, code=e.error.code, field=e.error.field)
+        except Exception as e:  # noqa: BLE001 - the caller gets the error, the worker lives on
+            reply_header["error"] = f"{type(e).__name__}: {e}"
+        await socket.send_multipart(pack(reply_header, outputs), copy=False)
+
+    tasks: dict[int, asyncio.Task] = {}
     while os.getppid() == parent:  # orphaned (the API process was killed): exit
         if await socket.poll(1000):
-            task = asyncio.create_task(answer(await socket.recv_multipart(copy=False)))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+            header, feeds = unpack(await socket.recv_multipart(copy=False))
+            if "cancel" in header:  # the caller went away: its chain leaves at the next step
+                if (task := tasks.get(header["cancel"])) is not None:
+                    task.cancel()
+                continue
+            task = tasks[header["id"]] = asyncio.create_task(answer(header, feeds))
+            task.add_done_callback(lambda _, call_id=header["id"]: tasks.pop(call_id, None))
     context.destroy(linger=0)
 
 
@@ -228,10 +251,13 @@ class Worker:
             future = self.pending.pop(header["id"], None)
             if future is None or future.done():
                 continue  # its caller has gone
-            if "error" in header:
+            if "code" in header:
+                future.set_exception(ChainFailed(refusal(header["code"], header["error"], header["field"]),
+                                                 header["events"]))
+            elif "error" in header:
                 future.set_exception(RuntimeError(f"engine worker {self.label}: {header['error']}"))
             else:
-                future.set_result(outputs)
+                future.set_result((header, outputs))
 
     def _reader_ended(self, reader: asyncio.Task) -> None:
         """The reader never ends on its own; if it failed, the worker is unreachable: kill it (and restart)."""
@@ -263,18 +289,31 @@ class Worker:
         asyncio.get_running_loop().call_later(delay, lambda: None if self.stopping else self.start())
 
     async def call(self, model: str, function: str, feeds: Arrays) -> Arrays:
+        return (await self.ask({"model": model, "function": function}, feeds))[1]
+
+    async def chain(self, model: str, function: str, request: dict, arrays: Arrays) -> tuple[Arrays, list]:
+        """A Markov chain run in the worker (service.engine.chains): its last state and its scheduler's events."""
+        header, outputs = await self.ask({"model": model, "function": function, "chain": request}, arrays)
+        return outputs, header["events"]
+
+    async def ask(self, header: dict, arrays: Arrays) -> tuple[dict, Arrays]:
+        """Send one call, wait for its answer (header, arrays); a caller that goes away cancels it in the worker."""
         call_id = next(self.ids)
         future = asyncio.get_running_loop().create_future()
         self.pending[call_id] = future
         try:
             try:
-                await self.socket.send_multipart(pack({"id": call_id, "model": model, "function": function}, feeds),
-                                                 copy=False)
+                await self.socket.send_multipart(pack({**header, "id": call_id}, arrays), copy=False)
             except (asyncio.CancelledError, Exception):
                 if future.done() and not future.cancelled() and future.exception() is not None:
                     raise future.exception() from None  # the worker died mid-send and closed the socket
                 raise
-            return await asyncio.wait_for(future, self.pool.call_timeout_s)
+            try:
+                return await asyncio.wait_for(future, self.pool.call_timeout_s)
+            except asyncio.CancelledError:
+                if self.up:
+                    await self.socket.send_multipart(pack({"cancel": call_id}, {}))
+                raise
         except TimeoutError:
             log.error("engine worker %s: no answer in %.0f s; killing it", self.label, self.pool.call_timeout_s)
             self.up = False  # not ready from now on, not only once _died() has run
@@ -322,16 +361,23 @@ class WorkerPool:
         on first use."""
         return all(worker.up for worker in self.workers)
 
-    async def call(self, model: str, function: str, feeds: Arrays) -> Arrays:
+    async def _worker(self) -> Worker:
+        """The least busy worker that is up; while none is (starting, restarting), wait for one, bounded."""
         deadline = time.monotonic() + self.wait_for_worker_s
         while not (up := [worker for worker in self.workers if worker.up]):
             self.worker_up.clear()
-            try:  # starting or restarting: wait for it, bounded
+            try:
                 await asyncio.wait_for(self.worker_up.wait(), max(deadline - time.monotonic(), 0.0))
             except TimeoutError:
                 raise WorkerLost(f"no engine worker came up in {self.wait_for_worker_s:.0f} s; retry later") from None
-        worker = min(up, key=lambda w: len(w.pending))  # the least busy device
-        return await worker.call(model, function, feeds)
+        return min(up, key=lambda w: len(w.pending))
+
+    async def call(self, model: str, function: str, feeds: Arrays) -> Arrays:
+        return await (await self._worker()).call(model, function, feeds)
+
+    async def chain(self, model: str, function: str, request: dict, arrays: Arrays) -> tuple[Arrays, list]:
+        """A Markov chain run in a worker, beside the runtime: its last state and its scheduler's events."""
+        return await (await self._worker()).chain(model, function, request, arrays)
 
     async def stop(self) -> None:
         await asyncio.gather(*(worker.stop() for worker in self.workers))
