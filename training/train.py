@@ -84,9 +84,17 @@ def _batches(split: Split, settings: dict, epoch: int):
     order = np.random.default_rng(settings["seed"] + epoch).permutation(n)
     batch_size = settings["batch_size"]
     bar = tqdm(range(0, n, batch_size), desc=f"epoch {epoch + 1}/{settings['epochs']}", leave=False)
+    rate, noise = settings.get("perturb"), np.random.default_rng([settings["seed"], epoch, 1])
     for start in bar:
         idx = order[start: start + batch_size]
-        yield bar, torch.from_numpy(split.x_train[idx]).long(), torch.from_numpy(split.y_train[idx])
+        x = perturb(split.x_train[idx], rate, split.levels, noise) if rate else split.x_train[idx]
+        yield bar, torch.from_numpy(x).long(), torch.from_numpy(split.y_train[idx])
+
+
+def perturb(x: np.ndarray, rate: float, levels: int, rng: np.random.Generator) -> np.ndarray:
+    """Each value replaced by a uniform level with probability `rate`: the training data of a likelihood-ratio
+    background model (Ren et al. 2019, "Likelihood Ratios for Out-of-Distribution Detection")."""
+    return np.where(rng.random(x.shape) < rate, rng.integers(0, levels, x.shape), x).astype(x.dtype)
 
 
 def _epoch(family, model, optimizer, split: Split, settings: dict, epoch: int) -> float:

@@ -8,6 +8,11 @@ Per-input detectors (from what the engine computes for the input):
 - `class`: for class-conditional models, -log max_y p(y | x) = log p(x) - log max_y p(x | y) p(y) >= 0: how much
   the marginal exceeds the best single class's explanation of x; 0 when one class explains x fully.
 - `reconstruction`: a BiGAN's encoder-decoder reconstruction, mean squared error per pixel on 0..1 intensities.
+- `likelihood_ratio`: Ren et al. 2019, "Likelihood Ratios for Out-of-Distribution Detection": the NLL minus the
+  NLL of a background model, -(log p(x) - log p_background(x)). The calibration entry names the background model
+  (`"background": "<model name>"`), any model of the store with the same data spec that scores a likelihood
+  (shipped: small-receptive-field PixelCNNs trained on perturbed training digits, which model the local
+  statistics the two share, so that the ratio keeps what only the full model knows).
 - `mix:<a>+<b>...`: the sum of the named detectors' scores, each standardized by a mean and standard deviation
   stored in the calibration entry (fit on the choice data, never on the calibration data).
 
@@ -17,8 +22,9 @@ Batch detector:
   quantile function) by seeded Monte Carlo. Every input of the batch carries the same answer.
 
 The calibration of the manifest keeps its top-level entry (the model's first score, `nll` or `critic`); further
-detectors sit in `calibration["detectors"][name]` (score, quantiles, values, n, split, and for a mix its `mix`
-standardization), and `calibration["default"]` names the detector that answers when a request names none.
+detectors sit in `calibration["detectors"][name]` (score, quantiles, values, n, split; a mix's `mix`
+standardization; the likelihood ratio's `background`), and `calibration["default"]` names the detector that
+answers when a request names none.
 """
 
 import io
@@ -63,9 +69,14 @@ def components(detector: str) -> list[str]:
     return detector[len("mix:"):].split("+") if detector.startswith("mix:") else [detector]
 
 
-def available(manifest: dict, capability: dict, function_inputs) -> list[str]:
-    """Every detector this model can answer: computable from its functions, and calibrated (typicality rides on
-    the `nll` calibration)."""
+def background(manifest: dict) -> str | None:
+    """The model that supplies the likelihood ratio's background term, as the calibration names it."""
+    return manifest["calibration"].get("detectors", {}).get("likelihood_ratio", {}).get("background")
+
+
+def available(manifest: dict, capability: dict, function_inputs, has_background: bool = False) -> list[str]:
+    """Every detector this model can answer: computable from its functions (the likelihood ratio: when its
+    background model is served), and calibrated (typicality rides on the `nll` calibration)."""
     if capability.get("method") == "critic":
         computable = {"critic"} | ({"reconstruction"} if {"encode", "decode"} <= set(manifest["functions"]) else set())
     else:
@@ -73,6 +84,8 @@ def available(manifest: dict, capability: dict, function_inputs) -> list[str]:
         image = manifest["data"]["kind"] == "image"
         if image:
             computable.add("complexity")
+        if has_background:
+            computable.add("likelihood_ratio")
         conditional = capability.get("conditional_function", capability["function"])
         if manifest["data"].get("class_prior") and conditional in manifest["functions"] \
                 and "label" in function_inputs(conditional) and capability["procedure"] == "direct" \
@@ -92,7 +105,8 @@ def class_score(log_joint: np.ndarray) -> np.ndarray:
 
 
 def per_input_scores(detector: str, features: dict[str, np.ndarray], entry: dict | None) -> np.ndarray:
-    """A per-input detector's scores from the computed features (nll, critic, png_bits, log_joint, reconstruction)."""
+    """A per-input detector's scores from the computed features (nll, critic, png_bits, log_joint, reconstruction,
+    background_nll)."""
     if detector == "nll":
         return np.asarray(features["nll"], np.float64)
     if detector == "critic":
@@ -103,6 +117,8 @@ def per_input_scores(detector: str, features: dict[str, np.ndarray], entry: dict
         return class_score(features["log_joint"])
     if detector == "reconstruction":
         return np.asarray(features["reconstruction"], np.float64)
+    if detector == "likelihood_ratio":
+        return np.asarray(features["nll"], np.float64) - np.asarray(features["background_nll"], np.float64)
     if detector.startswith("mix:"):
         total = 0.0
         for part in components(detector):
@@ -162,4 +178,5 @@ def calibration_for(scores: np.ndarray, score_kind: str, split: str, quantiles: 
 
 
 SCORE_KINDS = {"nll": "nll_nats", "critic": "negative_critic", "complexity": "nll_bits_minus_png_bits",
-               "class": "neg_log_max_class_posterior", "reconstruction": "reconstruction_mse"}
+               "class": "neg_log_max_class_posterior", "reconstruction": "reconstruction_mse",
+               "likelihood_ratio": "nll_minus_background_nll_nats"}

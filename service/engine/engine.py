@@ -491,15 +491,21 @@ class Engine(LatentOperations):
                               free_energy=-result["log_likelihood_nats"] - cap["log_partition"])
         return await self._detect(m, cap, x, labels, results, detector, log_joint)
 
-    @staticmethod
-    def _detector(m: LoadedModel, cap: dict, anomaly_method: str | None) -> str:
+    def _detector(self, m: LoadedModel, cap: dict, anomaly_method: str | None) -> str:
         """The anomaly detector a request names, or the model's default; InvalidInput if it cannot answer it."""
         detector = anomaly.default_detector(m.manifest) if anomaly_method is None else anomaly_method
-        names = anomaly.available(m.manifest, cap, m.function_inputs)
+        names = anomaly.available(m.manifest, cap, m.function_inputs, self._has_background(m))
         if detector not in names:
             raise InvalidInput(f"anomaly_method: model {m.manifest['name']!r} has no calibrated detector "
                                f"{detector!r}; it has {names}", field="anomaly_method")
         return detector
+
+    def _has_background(self, m: LoadedModel) -> bool:
+        """Whether the model its likelihood ratio names is served, scores a likelihood, and reads the same data."""
+        other = self.models.get(anomaly.background(m.manifest))
+        return other is not None and "score" in other.capabilities and \
+            other.capabilities["score"].get("method") != "critic" and \
+            all(other.data.get(key) == m.data.get(key) for key in ("kind", "shape", "levels"))
 
     async def _class_log_joint(self, m: LoadedModel, cap: dict, x: np.ndarray) -> np.ndarray:
         """log p(x | y) + log p(y) for every input and class: [B, classes]."""
@@ -538,6 +544,9 @@ class Engine(LatentOperations):
                 features["log_joint"] = log_joint if log_joint is not None else await self._class_log_joint(m, cap, x)
             if "reconstruction" in parts:
                 features["reconstruction"] = await self._reconstruction(m, x)
+            if "likelihood_ratio" in parts:  # the background's own NLL, per input (sequences: per value)
+                background = await self.score(anomaly.background(m.manifest), x, anomaly_method="nll")
+                features["background_nll"] = np.array([r["anomaly"]["score"] for r in background])
             entry = anomaly.calibration_entry(m.manifest, detector)
             answers = anomaly.answer(detector, entry, calibration["threshold_quantile"],
                                      anomaly.per_input_scores(detector, features, entry))

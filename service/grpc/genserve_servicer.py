@@ -279,7 +279,7 @@ def model_info(d: dict) -> pb.ModelInfo:
 def score_result(r: dict) -> pb.ScoreResult:
     result = pb.ScoreResult(method=r.get("method", ""))
     for key, value in (r.get("anomaly") or {}).items():
-        if value is not None and key in ("score", "percentile", "is_anomaly"):
+        if value is not None and key in pb.Anomaly.DESCRIPTOR.fields_by_name:  # the REST answer's fields
             setattr(result.anomaly, key, value)
     for key in ("log_likelihood_nats", "bits_per_dim", "critic",  # a critic's score has no likelihood
                 "k", "refine_steps", "stderr", "is_lower_bound", "free_energy"):  # bounds and estimates
@@ -389,7 +389,8 @@ class GenserveServicer(pb_grpc.GenserveServicer):
             results = await self.engine.score(name, x, _labels(request, len(x)), method=_optional(request, "method"),
                                               k=_optional(request, "k"),
                                               refine_steps=_optional(request, "refine_steps", 0),
-                                              seed=_seed(request, absent=0))
+                                              seed=_seed(request, absent=0),
+                                              anomaly_method=_optional(request, "anomaly_method"))
             return pb.ScoreResponse(model=name, version=str(description["version"]),
                                     results=[score_result(r) for r in results])
 

@@ -149,7 +149,7 @@ class SampleChunk(_message.Message):
     def __init__(self, step: _Optional[int] = ..., steps: _Optional[int] = ..., seed: _Optional[int] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., pcm: _Optional[bytes] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("model", "inputs", "labels", "texts", "wavs", "method", "k", "refine_steps", "seed")
+    __slots__ = ("model", "inputs", "labels", "texts", "wavs", "method", "k", "refine_steps", "seed", "anomaly_method")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
@@ -159,6 +159,7 @@ class ScoreRequest(_message.Message):
     K_FIELD_NUMBER: _ClassVar[int]
     REFINE_STEPS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    ANOMALY_METHOD_FIELD_NUMBER: _ClassVar[int]
     model: str
     inputs: Tensor
     labels: _containers.RepeatedScalarFieldContainer[int]
@@ -168,17 +169,26 @@ class ScoreRequest(_message.Message):
     k: int
     refine_steps: int
     seed: int
-    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., labels: _Optional[_Iterable[int]] = ..., texts: _Optional[_Iterable[str]] = ..., wavs: _Optional[_Iterable[bytes]] = ..., method: _Optional[str] = ..., k: _Optional[int] = ..., refine_steps: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+    anomaly_method: str
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., labels: _Optional[_Iterable[int]] = ..., texts: _Optional[_Iterable[str]] = ..., wavs: _Optional[_Iterable[bytes]] = ..., method: _Optional[str] = ..., k: _Optional[int] = ..., refine_steps: _Optional[int] = ..., seed: _Optional[int] = ..., anomaly_method: _Optional[str] = ...) -> None: ...
 
 class Anomaly(_message.Message):
-    __slots__ = ("score", "percentile", "is_anomaly")
+    __slots__ = ("score", "percentile", "is_anomaly", "method", "score_kind", "p_value", "batch_size")
     SCORE_FIELD_NUMBER: _ClassVar[int]
     PERCENTILE_FIELD_NUMBER: _ClassVar[int]
     IS_ANOMALY_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    SCORE_KIND_FIELD_NUMBER: _ClassVar[int]
+    P_VALUE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     score: float
     percentile: float
     is_anomaly: bool
-    def __init__(self, score: _Optional[float] = ..., percentile: _Optional[float] = ..., is_anomaly: _Optional[bool] = ...) -> None: ...
+    method: str
+    score_kind: str
+    p_value: float
+    batch_size: int
+    def __init__(self, score: _Optional[float] = ..., percentile: _Optional[float] = ..., is_anomaly: _Optional[bool] = ..., method: _Optional[str] = ..., score_kind: _Optional[str] = ..., p_value: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class ScoreResult(_message.Message):
     __slots__ = ("log_likelihood_nats", "bits_per_dim", "method", "anomaly", "k", "refine_steps", "stderr", "is_lower_bound", "free_energy", "critic")
