@@ -20,10 +20,11 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api import codecs, errors, schemas, security, v2
+from service.api import codecs, errors, playground, schemas, security, v2
 from service.api.disconnect import CLIENT_CLOSED_REQUEST, ClientGone, unless_disconnected
 from service.api.drain import Drain, DrainMiddleware
 from service.api.metrics import ApiMetrics, MetricsMiddleware
+from service.api.request_id import RequestIdApp
 from service.api.responses import FastJSONResponse
 from service.engine import audio
 from service.engine.errors import EngineError, InvalidInput, MissingCapability
@@ -482,7 +483,7 @@ def create_app(engine: Any, settings: Settings | None = None) -> FastAPI:
     """The REST app over `engine`. Each app has its own metrics registry."""
     settings = settings or Settings()
     metrics = ApiMetrics()
-    app = FastAPI(
+    app = RequestIdApp(  # X-Request-ID on every response (service.api.request_id)
         title="genserve",
         version=VERSION,
         description="Deep generative models: sampling, likelihoods (exact or bounds) with anomaly flags, inpainting, "
@@ -502,5 +503,6 @@ def create_app(engine: Any, settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(DrainMiddleware, drain=app.state.drain)
     security.install(app, settings)  # keys (401), JSON-only bodies (415), CORS
+    playground.install(app)  # the page at /playground/, public (its API calls carry the key)
     app.add_middleware(MetricsMiddleware, metrics=metrics, root=app, known_model=lambda name: _knows(engine, name))
     return app
