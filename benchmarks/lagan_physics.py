@@ -49,14 +49,17 @@ def eager_samples(run_dir: Path, n: int) -> dict[str, np.ndarray]:
             for label, c in enumerate(jets.CLASSES)}
 
 
-def figure(observed: dict[str, dict[str, dict[str, np.ndarray]]], path: Path) -> None:
-    """One row per class, one column per quantity: the simulated histogram filled, the models' as lines."""
+def figure(observed: dict[str, dict[str, dict[str, np.ndarray]]], images: dict[str, dict[str, np.ndarray]],
+           path: Path) -> None:
+    """One row per class: a column per quantity (the simulated histogram filled, the models' as lines), then each
+    source's average image, log10 of the mean pixel pT in GeV on one colour scale."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(jets.CLASSES), len(QUANTITIES), figsize=(12, 6.5), dpi=100)
+    fig, axes = plt.subplots(len(jets.CLASSES), len(QUANTITIES) + len(images), figsize=(19, 6.5), dpi=100,
+                             layout="constrained")
     for row, c in enumerate(jets.CLASSES):
         for col, (q, (label, span)) in enumerate(QUANTITIES.items()):
             ax, bins = axes[row, col], np.linspace(*span, 41)
@@ -65,9 +68,15 @@ def figure(observed: dict[str, dict[str, dict[str, np.ndarray]]], path: Path) ->
                     else {"histtype": "step", "linewidth": 1.5}
                 ax.hist(np.clip(values[c][q], *span), bins=bins, density=True, label=source, **style)
             ax.set_xlabel(label)
-            ax.set_title(f"{c.upper()} jets: {label}", fontsize=10)
+            ax.set_title(f"{c.upper()} jets", fontsize=10)
+        for col, (source, per_class) in enumerate(images.items(), start=len(QUANTITIES)):
+            shown = axes[row, col].imshow(np.log10(per_class[c].reshape(-1, 25, 25).mean(0) + 1e-3), vmin=-3,
+                                          vmax=2, cmap="viridis")
+            axes[row, col].set_title(f"{c.upper()} mean image: {source.split()[0]}", fontsize=10)
+            axes[row, col].set_xticks([])
+            axes[row, col].set_yticks([])
+    fig.colorbar(shown, ax=axes[:, len(QUANTITIES):], label="log10 mean pixel pT (GeV)", shrink=0.8)
     axes[0, 0].legend(fontsize=8)
-    fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
@@ -103,7 +112,8 @@ def main() -> None:
         observed = {"simulated": {c: jets.observables(x) for c, x in simulated.items()}}
         observed |= {source: {c: jets.observables(x) for c, x in images[source].items()}
                      for source in ("LAGAN (served)", "DCGAN baseline")}
-        figure(observed, args.figure)
+        shown = {"simulated": simulated} | {s: images[s] for s in ("LAGAN (served)", "DCGAN baseline")}
+        figure(observed, shown, args.figure)
         print(f"\nfigure: {args.figure}")
     if args.json:
         args.json.write_text(json.dumps({"n": args.n, "wasserstein": results}, indent=2))

@@ -10,13 +10,13 @@ non-saturating loss plus the class cross-entropy on real (discriminator) and gen
 discrimination is left out. architecture "dcgan" swaps every locally connected layer for a convolution of the
 same kernel, with widths chosen so the parameter count is within 10% (the baseline).
 
-The images live in the store as 256 log-pT levels (training/data/jets.py); the networks see u = level / 255 in
-[0, 1], 0 = empty (the paper trains on pT in GeV), real levels dequantized by U(-1/2, 1/2). Samples leave as
-round(255 u) clamped to 0..255.
+The images live in the store as 256 log-pT levels (training/data/jets.py); the networks see pixel pT / 100 GeV, as
+the paper trains on pT, real levels dequantized within their log bin; samples are rounded to levels inside the
+exported graph (jets.to_levels' rounding).
 
 Exported: `sample` (eps [B, latent], temperature [B], class [B]) -> x [B, 1, 25, 25] int64 levels, z = temperature
 * eps; the class is the sample control "class" (0 qcd, 1 w). `evaluate_test`: the 1-D Wasserstein distance of jet
-mass, pT and tau21 between 1,000 samples and the 1,000 test jets of each class (no likelihood).
+mass, pT and tau21 between 1,000 samples (eval_per_class) and the 1,000 test jets of each class (no likelihood).
 """
 
 from dataclasses import dataclass, field
@@ -30,7 +30,7 @@ from training.nn import adversarial as adv
 from training.nn.local import LocallyConnected2d
 
 SIDE, LOW, LEVELS = jets.SIDE, 7, jets.LEVELS
-EVAL_PER_CLASS = 1000
+PT_SCALE = 100.0  # GeV: the networks see pixel pT / PT_SCALE
 
 
 @dataclass
@@ -42,6 +42,7 @@ class LAGANConfig:
     classes: int = 2
     aux_weight: float = 1.0  # the class cross-entropy's weight
     dropout: float = 0.2
+    eval_per_class: int = 1000  # samples per class that evaluate_test compares with the test jets
 
 
 def _layer(local: bool, c_in: int, c_out: int, kernel: int, in_size: int, stride: int = 1,
@@ -113,16 +114,17 @@ def build(model_config: dict, split) -> LAGAN:
 
 
 def to_unit(x: torch.Tensor, dequantize: bool = True) -> torch.Tensor:
-    """Levels [B, 1, 25, 25] -> u = level / 255, nonzero levels moved by U(-1/2, 1/2) when dequantizing."""
-    u = x.float()
-    if dequantize:
-        u = torch.where(x > 0, u + torch.rand_like(u) - 0.5, u)
-    return u / (LEVELS - 1)
+    """Levels [B, 1, 25, 25] -> u = pixel pT / PT_SCALE; with `dequantize`, nonzero levels move by U(-1/2, 1/2) on
+    the log scale (within their rounding bin)."""
+    k = x.float() - 1 + (torch.rand(x.shape) - 0.5 if dequantize else 0.0)
+    return torch.where(x > 0, jets.PT_MIN * torch.exp(k * jets.STEP), torch.zeros(())) / PT_SCALE
 
 
 def to_levels(u: torch.Tensor) -> torch.Tensor:
-    """u >= 0 -> int64 levels round(255 u) clamped to 0..255."""
-    return torch.clamp(torch.round(u * (LEVELS - 1)), 0, LEVELS - 1).long()
+    """u = pT / PT_SCALE >= 0 -> int64 levels as jets.to_levels rounds them: 0 for empty (or under ~PT_MIN)."""
+    pt = u * PT_SCALE
+    k = 1 + torch.round(torch.log(torch.clamp(pt, min=jets.PT_MIN * 1e-3) / jets.PT_MIN) / jets.STEP)
+    return torch.clamp(torch.where(pt > 0, k, torch.zeros(())), 0, LEVELS - 1).long()
 
 
 def optimizers(model: LAGAN, settings: dict) -> dict[str, torch.optim.Optimizer]:
@@ -175,11 +177,12 @@ def sample_grid(model: LAGAN, generator: torch.Generator, n: int = 64) -> torch.
 
 
 def evaluate_test(model: LAGAN, split) -> dict:
-    """W1 of jet mass, pT (GeV) and tau21 per class between EVAL_PER_CLASS samples (seed 0) and the test jets."""
-    report = {"eval_samples_per_class": EVAL_PER_CLASS}
+    """W1 of jet mass, pT (GeV) and tau21 per class between eval_per_class samples (seed 0) and the test jets."""
+    n = model.config.eval_per_class
+    report = {"eval_samples_per_class": n}
     g = torch.Generator().manual_seed(0)
     for label, name in enumerate(jets.CLASSES):
-        samples = generate(model, torch.full((EVAL_PER_CLASS,), label), g).numpy()
+        samples = generate(model, torch.full((n,), label), g).numpy()
         reference = split.x_test[split.y_test == label]
         for quantity, value in jets.wasserstein(jets.to_pt(samples), jets.to_pt(reference)).items():
             report[f"w1_{quantity}_{name}"] = value
