@@ -81,8 +81,9 @@ function controlField(name, spec) {
     slider.addEventListener("input", () => (output.value = slider.value));
     return labelled(categorical ? "class" : `${name}[${i}]`, h("span", {}, slider, output));
   });
-  const set = h("input", { type: "checkbox", name: `control-${name}` });
+  const set = h("input", { type: "checkbox" });
   const field = h("div", { className: "control" }, labelled(`set ${name}`, set), sliders);
+  field.control = name;
   field.read = () => {
     if (!set.checked) return undefined;
     const values = sliders.map((label) => Number(label.querySelector("input").value));
@@ -91,7 +92,7 @@ function controlField(name, spec) {
   return field;
 }
 
-function sampleBody(form, model) {
+function sampleBody(form) {
   const body = { n: Number(form.n.value), seed: Number(form.seed.value) };
   if (!form.querySelector(".temperature").hidden) body.temperature = Number(form.temperature.value);
   if (!form.querySelector(".label").hidden && form.label.value !== "") body.label = Number(form.label.value);
@@ -99,7 +100,7 @@ function sampleBody(form, model) {
   const controls = {};
   for (const field of form.querySelectorAll(".control")) {
     const value = field.read();
-    if (value !== undefined) controls[field.querySelector("input[type=checkbox]").name.slice(8)] = value;
+    if (value !== undefined) controls[field.control] = value;
   }
   if (Object.keys(controls).length) body.controls = controls;
   return body;
@@ -109,7 +110,7 @@ function sampleBody(form, model) {
 function sample(form) {
   const model = byName(form.model.value);
   const levels = levelsOf(model);
-  const body = sampleBody(form, model);
+  const body = sampleBody(form);
   const grid = document.getElementById("sample-grid");
   const canvases = Array.from({ length: body.n }, (_, i) => blankCanvas(`sample ${i + 1}, seed ${body.seed}`));
   const cells = canvases.map((canvas, i) => h("button", { type: "button", className: "cell",
