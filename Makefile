@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test lint pytest benchmark protos clean speech-deps fuzz soak
+.PHONY: serve test lint pytest benchmark protos clean speech-deps fuzz soak image-deps image-test
 
 # torch is pinned to the CPU build (torch==2.13.0) in pyproject.toml; an unpinned
 # torch would pull a multi-GB CUDA build.
@@ -13,13 +13,13 @@ $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 
+# Serving needs no torch (`pip install .`); `make serve` adds the torchscript extra so that GENSERVE_RUNTIME=torchscript
+# works too. dev pulls train, which has torch.
 $(VENV)/.installed-serve: pyproject.toml | $(BIN)/activate
-	$(BIN)/pip install "torch==2.13.0"
-	$(BIN)/pip install -e .
+	$(BIN)/pip install -e ".[torchscript]"
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/activate
-	$(BIN)/pip install "torch==2.13.0"
 	$(BIN)/pip install -e ".[dev]"
 	# tritonclient (tests only) declares protobuf<7, which the grpcio 1.85 stubs cannot use:
 	# install it without its pins; its generated code loads on protobuf 7.
@@ -65,6 +65,36 @@ fuzz: $(VENV)/.installed-dev
 soak: $(VENV)/.installed-dev
 	mkdir -p benchmarks/results
 	$(BIN)/python benchmarks/soak.py --out benchmarks/results/soak.md $(SOAK_ARGS)
+
+# Issue 18: build the image with podman and smoke-test it, then docker-compose.yml with podman-compose (base images
+# are local stand-ins: no registry is reachable here). Needs root; image-deps installs podman, runc and debootstrap.
+image-deps:
+	command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null \
+		|| (apt-get update && apt-get install -y --no-install-recommends podman runc debootstrap \
+			netavark aardvark-dns slirp4netns uidmap iptables)
+
+image-test: $(VENV)/.installed-dev
+	timeout 2400 bash scripts/image-test.sh
+
+# Issue 21: the playground (/playground/) in a real headless browser: Debian's chromium, installed here if missing,
+# driven by Playwright for Python through that system browser (no browser build is downloaded). About 2.5 minutes.
+.PHONY: ui-test
+ui-test: speech-deps $(VENV)/.installed-dev
+	command -v chromium >/dev/null || apt-get install -y --no-install-recommends chromium \
+		|| (apt-get update && apt-get install -y --no-install-recommends chromium)
+	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(BIN)/pip install --quiet "playwright>=1.45"
+	GENSERVE_UI_TEST=1 $(BIN)/python -m pytest -p no:cacheprovider -rs tests/ui
+
+# Issue 18: genserve on Ray Serve (deploy/ray) on a local one-node Ray cluster (2 CPUs, no dashboard): 1 then 2
+# replicas, seeded answers compared across replicas, mixed traffic with one replica killed, throughput at 32 clients;
+# Ray is stopped at the end. About 3 minutes. RAY_TEST_ARGS passes options (e.g. RAY_TEST_ARGS="--seconds 20").
+.PHONY: ray-test
+$(VENV)/.installed-ray: pyproject.toml | $(VENV)/.installed-dev
+	$(BIN)/pip install -e ".[ray]"
+	touch $@
+
+ray-test: $(VENV)/.installed-ray
+	OMP_NUM_THREADS=1 timeout 900 nice -n 10 $(BIN)/python scripts/ray_test.py $(RAY_TEST_ARGS)
 
 protos: $(VENV)/.installed-dev
 	bash scripts/gen-protos.sh

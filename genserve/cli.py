@@ -259,9 +259,18 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+TRAINING_COMMANDS = {"train", "export", "eval"}  # they need the `train` extra (torch, ...), which serving lacks
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    args.run(args)
+    try:
+        args.run(args)
+    except ModuleNotFoundError as e:
+        if args.command not in TRAINING_COMMANDS:
+            raise
+        raise SystemExit(f"genserve {args.command}: needs the training dependencies ({e.name} is not installed): "
+                         "pip install 'genserve[train]'") from e
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Runtimes run one exported function: dict of named numpy arrays in, dict out.
 
 onnxruntime is the default; TorchScript is the alternative and the only place
-the service imports torch. An ONNX file may keep its weights in a shared file
+the service imports torch, which a serving install lacks unless it has the
+`torchscript` extra. An ONNX file may keep its weights in a shared file
 beside it (weights.onnx.data), which onnxruntime reads by itself.
 
 A function's manifest entry may also name a fused kernel of the service
@@ -58,20 +59,28 @@ class OnnxFunction(TensorFunction):
         return self.session.run(self.output_names, feeds)
 
 
+def import_torch():
+    """torch, for the TorchScript runtime; a clear error where this install has none."""
+    try:
+        import torch
+    except ModuleNotFoundError as e:
+        raise RuntimeError("GENSERVE_RUNTIME=torchscript needs torch, which this install lacks: pip install "
+                           "'genserve[torchscript]', or serve the ONNX files (GENSERVE_RUNTIME=onnx)") from e
+    return torch
+
+
 @functools.cache
 def load_torchscript(path: str, modified_ns: int, device: str):
     """One loaded copy of a TorchScript file (as of its modification time) per device, shared by the functions
     of a bundle."""
-    import torch
-
+    torch = import_torch()
     return torch.jit.load(path, map_location=device).eval()
 
 
 class TorchScriptFunction(TensorFunction):
     def __init__(self, name: str, entry: dict, path: Path, threads: int = 0, device: int | None = None):
         super().__init__(name, entry)
-        import torch
-
+        torch = import_torch()
         if threads:
             torch.set_num_threads(threads)
         self.torch = torch

@@ -33,9 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
+from service import logs
 from service.engine.chains import ChainFailed, ChainRunner, refusal
 from service.engine.errors import WorkerLost
-from service.engine.runtimes import TensorFunction, load_function
+from service.engine.runtimes import TensorFunction, import_torch, load_function
+from service.settings import Settings
 
 log = logging.getLogger("genserve.workers")
 
@@ -126,7 +128,7 @@ def worker_main(address: str, directories: dict[str, str], runtime: str, threads
     """Entry point of a worker process: answer calls until the API process `parent` goes, loading every model's
     functions meanwhile (a call loads the function it needs first, if the preload has not reached it yet)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C drains the API process, which then stops its workers
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s worker[{os.getpid()}]: %(message)s")
+    logs.configure(Settings().log_format, f"%(asctime)s %(levelname)s worker[{os.getpid()}]: %(message)s")
     functions = Functions({m: Path(d) for m, d in directories.items()}, runtime, threads, device)
     threading.Thread(target=_preload, args=(functions,), name="preload", daemon=True).start()
     asyncio.run(_answer_calls(address, functions, parent))
@@ -188,9 +190,7 @@ async def _answer_calls(address: str, functions: Functions, parent: int) -> None
 def visible_cuda_devices(runtime: str) -> list[int]:
     """CUDA device indices the runtime can use: none without a GPU build of the runtime and a GPU."""
     if runtime == "torchscript":
-        import torch
-
-        return list(range(torch.cuda.device_count()))
+        return list(range(import_torch().cuda.device_count()))
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import jsonschema
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "proto" / "manifest.schema.json"
+SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")  # a link to proto/'s, a copy in an installed package
 
 
 class StoreError(Exception):
