@@ -5,9 +5,10 @@
 2. deploy/ray/serve.yaml is deployed with `serve run` (its autoscaling pinned to 1 replica, the HTTP proxy on a
    free port of 127.0.0.1) and driven by --clients clients for --seconds after a WARM_UP_S warm-up: throughput
    with 1 replica.
-3. Redeployed pinned to 2 replicas: the same seeded requests (a VAE sample, a PixelCNN sample) are sent until
-   both replicas have answered each (answers name their replica in `x-genserve-replica`); every answer must be
-   byte for byte the answer of `genserve`'s app run in this process. Then throughput with 2 replicas.
+3. Redeployed pinned to 2 replicas: the same seeded requests (a VAE sample, a PixelCNN sample, a PixelCNN
+   sample streamed as server-sent events) are sent until both replicas have answered each (answers name their
+   replica in `x-genserve-replica`); every answer must be byte for byte the answer of `genserve`'s app run in
+   this process. Then throughput with 2 replicas.
 4. Mixed traffic (REST sample, REST score, V2 infer), --requests in all from --clients clients; once a third of
    them are answered, one replica's process gets SIGKILL (its pid: the child of this cluster's raylet whose
    process title is the replica's). Every request must end 200, after the client's retry rule (RETRY_STATUSES
@@ -44,7 +45,7 @@ MODELS = ("vae", "pixelcnn")
 # or a broken connection after RETRY_DELAY_S * attempt; at most RETRIES retries. Every genserve request is safe to
 # send again: none changes state, and a seeded one gets the same answer.
 RETRY_STATUSES = {500, 502, 503, 504}
-RETRIES = 5
+RETRIES = 8
 RETRY_DELAY_S = 0.5
 REQUEST_TIMEOUT_S = 60.0
 START_TIMEOUT_S = 240.0
@@ -250,7 +251,8 @@ def throughput_row(replicas: int, clients: int, results: list, wall_s: float) ->
 # --- the checks ----------------------------------------------------------------------------------------------------
 
 SEEDED = (("/v1/models/vae/sample", {"n": 2, "seed": 1234, "format": "array"}),
-          ("/v1/models/pixelcnn/sample", {"n": 1, "seed": 1234, "label": 3, "format": "array"}))
+          ("/v1/models/pixelcnn/sample", {"n": 1, "seed": 1234, "label": 3, "format": "array"}),
+          ("/v1/models/pixelcnn/sample/stream", {"n": 1, "seed": 1234, "format": "array"}))  # SSE, row by row
 
 
 def reference_answers(store: Path) -> list[bytes]:
@@ -264,7 +266,10 @@ def reference_answers(store: Path) -> list[bytes]:
 
     settings = Settings(models=store, intra_op_threads=1)
     with TestClient(create_app(Engine(ModelStore(store), settings), settings)) as client:
-        return [client.post(path, json=body).content for path, body in SEEDED]
+        answers = [client.post(path, json=body) for path, body in SEEDED]
+    assert all(a.status_code == 200 for a in answers) and answers[-1].content.endswith(b"\n\n"), "reference failed"
+    assert b"event: done" in answers[-1].content, "the reference stream did not end with its done event"
+    return [answer.content for answer in answers]
 
 
 def check_same_bytes(base: str, replicas: set[str], expected: list[bytes]) -> None:
