@@ -364,7 +364,7 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
         _check_labels(body.labels, len(x), spec)
         results = await unless_disconnected(request, engine.score(
             name, x, body.labels, method=body.method, k=body.k, refine_steps=body.refine_steps, seed=body.seed,
-            anomaly_method=body.anomaly_method))
+            anomaly_method=body.anomaly_method, refine=body.refine))
         _check_finite_results(results)
         return FastJSONResponse({"model": name, "version": description["version"], "results": results})
 
@@ -407,7 +407,8 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
         description, spec = lookup(request, name)
         _require(description, "encode", name)
         x = codecs.decode_inputs(body.inputs, spec)
-        out = await unless_disconnected(request, engine.encode(name, x, refine_steps=body.refine_steps, seed=body.seed))
+        out = await unless_disconnected(request, engine.encode(name, x, refine_steps=body.refine_steps, seed=body.seed,
+                                                               refine=body.refine))
         mean, std = np.asarray(out["mean"]), np.asarray(out["std"])
         check_finite_outputs({"mean": mean, "std": std}, "body.inputs")
         return FastJSONResponse({"model": name, "version": description["version"], "mean": mean, "std": std})
@@ -433,7 +434,7 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
         x = codecs.decode_inputs(body.inputs, spec)
         fmt = codecs.output_format(body.format, spec)
         images = await unless_disconnected(request, engine.reconstruct(name, x, refine_steps=body.refine_steps,
-                                                                           seed=body.seed))
+                                                                           seed=body.seed, refine=body.refine))
         return FastJSONResponse({"model": name, "version": description["version"],
                                  "images": codecs.encode_images(images, spec, fmt, field="body.inputs", array=True)})
 

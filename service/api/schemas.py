@@ -71,6 +71,9 @@ NoiseSeed = Annotated[int, Field(ge=0, le=MAX_SEED, description="seed of the noi
 RefineSteps = Annotated[int, Field(ge=0, le=MAX_INT32,
                                    description="latent-variable models: gradient steps refining q(z given x) before "
                                                "use, 0..the model's max (encode.refine.max_steps)")]
+Refine = Annotated[str, Field(max_length=32, description="latent-variable models: the refinement rule, gradient "
+                                                       "(ascent on the ELBO) or one in encode.refine.updates "
+                                                       "(learned: a trained update, Marino et al. 2017)")]
 ChainSteps = Annotated[int | None, Field(ge=1, le=MAX_INT32,
                                          description="models that run a Markov chain (capability procedure "
                                                      "markov_chain): its number of steps, 1..max_steps; absent: the "
@@ -266,6 +269,7 @@ def request_models(settings: Settings) -> RequestModels:
         k: Annotated[int | None, Field(ge=1, le=MAX_INT32, description="importance samples per input, 1..max_k; "
                                                                        "absent: the model's default")] = None
         refine_steps: RefineSteps = 0
+        refine: Refine = "gradient"
         seed: NoiseSeed = 0
         anomaly_method: Annotated[str | None, Field(
             max_length=64, description="the anomaly detector: nll (a GAN: critic), complexity, class, reconstruction, "
@@ -292,6 +296,7 @@ def request_models(settings: Settings) -> RequestModels:
     class EncodeRequest(_Request):
         inputs: Inputs
         refine_steps: RefineSteps = 0
+        refine: Refine = "gradient"
         seed: NoiseSeed = 0
 
     class ReconstructRequest(EncodeRequest):

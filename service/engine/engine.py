@@ -428,12 +428,13 @@ class Engine(LatentOperations):
 
     async def score(self, name: str, x: np.ndarray | list[np.ndarray], labels: list[int | None] | None = None,
                     *, method: str | None = None, k: int | None = None, refine_steps: int = 0,
-                    seed: int = 0, anomaly_method: str | None = None) -> list[dict]:
+                    seed: int = 0, anomaly_method: str | None = None, refine: str = "gradient") -> list[dict]:
         """x [B, *shape] (a sequence model: B arrays of any length) -> per input: log-likelihood (nats),
         bits per dimension (per character, per audio sample), method and anomaly flags.
 
         An importance-sampled bound (method elbo or iwae, k samples, after refine_steps refinements of the
-        posterior; the noise from `seed`) comes with its standard error; so does an AIS estimate.
+        posterior by the rule `refine`; the noise from `seed`) comes with its standard error; so does an AIS
+        estimate.
 
         `anomaly_method` names the anomaly detector (service/engine/anomaly.py; default: the manifest's
         calibration `default`); the answer's `anomaly` names it as `method`.
@@ -445,11 +446,12 @@ class Engine(LatentOperations):
             if labels is not None:
                 raise InvalidInput(f"labels: model {name!r} scores without labels", field="labels")
             x = check_levels(x, m.shape, m.data["levels"], "inputs")
-            results = await self._score_bound(m, cap, x, method, k, refine_steps, seed)
+            results = await self._score_bound(m, cap, x, method, k, refine_steps, seed, refine)
             return await self._detect(m, cap, x, labels, results, detector)
         if method is not None and method != cap.get("method", "exact"):
             raise InvalidInput(f"method: model {name!r} scores by {cap.get('method', 'exact')!r} only", field="method")
-        for field, value in (("k", k), ("refine_steps", refine_steps or None)):
+        for field, value in (("k", k), ("refine_steps", refine_steps or None),
+                             ("refine", None if refine == "gradient" else refine)):
             if value is not None:
                 raise InvalidInput(f"{field}: model {name!r} computes its score directly; it takes no {field}",
                                    field=field)

@@ -67,13 +67,20 @@ async def ancestral(call: Call, cap: dict, rngs: list[np.random.Generator], temp
     return (await call(cap["function"], feeds))["x"]
 
 
+def refine_updates(cap: dict) -> dict[str, dict]:
+    """An encode capability's refinement rules, name -> {function, noise}: "gradient" is its `refine` entry
+    (gradient ascent on the ELBO), others are listed in refine.updates (a learned update); none without refine."""
+    refine = cap.get("refine")
+    return {} if refine is None else {"gradient": refine, **refine.get("updates", {})}
+
+
 async def encode(call: Call, cap: dict, x: np.ndarray, rngs: list[np.random.Generator],
-                 refine_steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """q(z | x)'s (mean, std) [B, D] each, after `refine_steps` steps of the capability's refine function."""
+                 refine_steps: int, update: str = "gradient") -> tuple[np.ndarray, np.ndarray]:
+    """q(z | x)'s (mean, std) [B, D] each, after `refine_steps` steps of the refinement rule `update`."""
     out = await call(cap["function"], {"x": x, **draw(cap.get("noise", {}), rngs)})
     mean, std = out["mean"], out["std"]
     for _ in range(refine_steps):
-        refine = cap["refine"]
+        refine = refine_updates(cap)[update]
         out = await call(refine["function"], {"x": x, "mean": mean, "std": std, **draw(refine["noise"], rngs)})
         mean, std = out["next_mean"], out["next_std"]
     return mean, std

@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # engine.py imports this module
 
 class LatentOperations:
     async def _score_bound(self, m: LoadedModel, cap: dict, x: np.ndarray, method: str | None, k: int | None,
-                           refine_steps: int, seed: int) -> list[dict]:
+                           refine_steps: int, seed: int, refine: str = "gradient") -> list[dict]:
         """ELBO or IWAE_k per input from k importance samples, with its standard error."""
         method = cap["method"] if method is None else method
         if method not in cap["methods"]:
@@ -35,11 +35,11 @@ class LatentOperations:
         rngs, call = procedures.row_generators(seed, len(x)), self._caller(m)  # one deadline for every call
         posterior = {}
         if "mean" in m.function_inputs(cap["function"]):  # q's parameters come from encode (and refinement)
-            mean, std = await self._encode(m, x, refine_steps, rngs, call)
+            mean, std = await self._encode(m, x, refine_steps, rngs, call, refine)
             posterior = {"mean": mean, "std": std}
-        elif refine_steps:
-            raise InvalidInput(f"refine_steps: model {m.manifest['name']!r} does not refine its posterior",
-                               field="refine_steps")
+        elif refine_steps or refine != "gradient":
+            field = "refine_steps" if refine_steps else "refine"
+            raise InvalidInput(f"{field}: model {m.manifest['name']!r} does not refine its posterior", field=field)
         log_w = await latent.log_weights(call, cap, x, rngs, k, posterior)
         estimate, stderr = latent.bound(log_w, method)
         size = math.prod(m.shape)
@@ -48,21 +48,27 @@ class LatentOperations:
                 for b, e in enumerate(estimate)]
 
     async def _encode(self, m: LoadedModel, x: np.ndarray, refine_steps: int, rngs: list[np.random.Generator],
-                      call: latent.Call | None = None) -> tuple[np.ndarray, np.ndarray]:
+                      call: latent.Call | None = None, refine: str = "gradient") -> tuple[np.ndarray, np.ndarray]:
         cap = m.capability("encode")
         most = cap.get("refine", {}).get("max_steps", 0)
+        rules = latent.refine_updates(cap)
+        if refine != "gradient" and refine not in rules:
+            raise InvalidInput(f"refine: model {m.manifest['name']!r} refines by {sorted(rules) or 'no rule'}, "
+                               f"not {refine!r}", field="refine")
         if refine_steps and not most:
             raise InvalidInput(f"refine_steps: model {m.manifest['name']!r} does not refine its posterior",
                                field="refine_steps")
         if not 0 <= refine_steps <= most:
             raise InvalidInput(f"refine_steps: model {m.manifest['name']!r} takes 0..{most}", field="refine_steps")
-        return await latent.encode(call or self._caller(m), cap, x, rngs, refine_steps)
+        return await latent.encode(call or self._caller(m), cap, x, rngs, refine_steps, refine)
 
-    async def encode(self, name: str, x: np.ndarray, refine_steps: int = 0, seed: int = 0) -> dict[str, np.ndarray]:
-        """x [B, *shape] -> q(z | x)'s mean and std, [B, D] each (refined refine_steps times, noise from seed)."""
+    async def encode(self, name: str, x: np.ndarray, refine_steps: int = 0, seed: int = 0,
+                     refine: str = "gradient") -> dict[str, np.ndarray]:
+        """x [B, *shape] -> q(z | x)'s mean and std, [B, D] each (refined refine_steps times by the rule `refine`,
+        gradient or learned; noise from seed)."""
         m = self.model(name)
         x = check_levels(x, m.shape, m.data["levels"], "inputs")
-        mean, std = await self._encode(m, x, refine_steps, procedures.row_generators(seed, len(x)))
+        mean, std = await self._encode(m, x, refine_steps, procedures.row_generators(seed, len(x)), refine=refine)
         return {"mean": mean, "std": std}
 
     async def decode(self, name: str, z: np.ndarray) -> np.ndarray:
@@ -80,9 +86,10 @@ class LatentOperations:
             raise InvalidInput("z: values must be finite numbers", field="z")
         return (await self._caller(m)(cap["function"], {"z": z}))["mean"]
 
-    async def reconstruct(self, name: str, x: np.ndarray, refine_steps: int = 0, seed: int = 0) -> np.ndarray:
+    async def reconstruct(self, name: str, x: np.ndarray, refine_steps: int = 0, seed: int = 0,
+                          refine: str = "gradient") -> np.ndarray:
         """decode(the posterior mean of x): [B, *shape] float32."""
-        return await self.decode(name, (await self.encode(name, x, refine_steps, seed))["mean"])
+        return await self.decode(name, (await self.encode(name, x, refine_steps, seed, refine))["mean"])
 
     async def interpolate(self, name: str, x: np.ndarray, steps: int) -> dict[str, np.ndarray]:
         """Two inputs -> `steps` latents on the line between their posterior means [steps, D], and their decodings."""

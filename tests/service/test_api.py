@@ -98,12 +98,13 @@ class FakeEngine:
 
     async def score(self, name: str, x: np.ndarray, labels: list[int | None] | None, *, method: str | None = None,
                     k: int | None = None, refine_steps: int = 0, seed: int = 0,
-                    anomaly_method: str | None = None) -> list[dict]:
+                    anomaly_method: str | None = None, refine: str = "gradient") -> list[dict]:
         model = self._capability(name, "score")
         self._check(x, model["levels"], "inputs")
         if method not in (None, "exact"):
             raise InvalidInput("method: exact models score by 'exact' only", field="method")
-        for field, value in (("k", k), ("refine_steps", refine_steps or None)):
+        for field, value in (("k", k), ("refine_steps", refine_steps or None),
+                             ("refine", None if refine == "gradient" else refine)):
             if value is not None:  # like the real engine's exact models
                 raise InvalidInput(f"{field}: exact models take no {field}", field=field)
         self.calls.append(("score", name, x.copy(), labels))

@@ -299,6 +299,18 @@ def decoder_vjp(model: VAE, z: torch.Tensor, grad_logits: torch.Tensor) -> torch
     return g @ linear.weight  # [N, D]
 
 
+def elbo_gradients(model: VAE, x, mean, std, eps) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Monte Carlo ELBO's gradient over q's (mean, log std), by hand so that it exports to ONNX (Bernoulli
+    decoder, Gaussian q): x [B, 1, 28, 28], mean [B, D], std [B, D], eps [B, S, D] -> ([B, D], [B, D])."""
+    b, s, d = eps.shape
+    z = (mean.unsqueeze(1) + std.unsqueeze(1) * eps).reshape(b * s, d)  # [B * S, D]
+    xs = x.unsqueeze(1).expand(b, s, *x.shape[1:]).reshape(b * s, *x.shape[1:]).to(z.dtype)
+    grad_z = decoder_vjp(model, z, xs - torch.sigmoid(model.decoder(z))).view(b, s, d)
+    grad_mean = grad_z.mean(1) - mean  # the KL's gradient is analytic
+    grad_log_std = (grad_z * eps).mean(1) * std + 1.0 - std.square()
+    return grad_mean, grad_log_std
+
+
 class RefineStep(nn.Module):
     """One gradient-ascent step on a Monte Carlo ELBO over q's (mean, log std) (Marino et al. 2018, "Iterative
     Amortized Inference", with plain gradients): x, mean [B, D], std [B, D], eps [B, S, D] -> mean, std."""
@@ -308,12 +320,7 @@ class RefineStep(nn.Module):
         self.model, self.lr = model, model.config.refine_lr
 
     def forward(self, x, mean, std, eps):
-        b, s, d = eps.shape
-        z = (mean.unsqueeze(1) + std.unsqueeze(1) * eps).reshape(b * s, d)  # [B * S, D]
-        xs = x.unsqueeze(1).expand(b, s, *x.shape[1:]).reshape(b * s, *x.shape[1:]).to(z.dtype)
-        grad_z = decoder_vjp(self.model, z, xs - torch.sigmoid(self.model.decoder(z))).view(b, s, d)
-        grad_mean = grad_z.mean(1) - mean  # the KL's gradient is analytic
-        grad_log_std = (grad_z * eps).mean(1) * std + 1.0 - std.square()
+        grad_mean, grad_log_std = elbo_gradients(self.model, x, mean, std, eps)
         return mean + self.lr * grad_mean, std * torch.exp(self.lr * grad_log_std)
 
 
