@@ -40,13 +40,15 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 MODELS = ("vae", "pixelcnn")
-# The client's retry rule (README, "Scale-out on Ray Serve"): a 503 (genserve's refusal for now: overloaded,
-# draining) is retried after its Retry-After; a 500 (Ray's proxy, when the replica died under the request), 502, 504
-# or a broken connection after RETRY_DELAY_S * attempt; at most RETRIES retries. Every genserve request is safe to
-# send again: none changes state, and a seeded one gets the same answer.
+# The client's retry rule (README, "Scale-out on Ray Serve"): a 500 (Ray's proxy, when the replica died under the
+# request), 502, 503 (genserve's refusal for now: overloaded, draining), 504 or a broken connection is retried after
+# an exponential backoff, RETRY_DELAY_S doubled at each attempt up to MAX_DELAY_S, and never sooner than the answer's
+# Retry-After; at most RETRIES retries. Every genserve request is safe to send again: none changes state, and a
+# seeded one gets the same answer.
 RETRY_STATUSES = {500, 502, 503, 504}
 RETRIES = 8
 RETRY_DELAY_S = 0.5
+MAX_DELAY_S = 8.0
 REQUEST_TIMEOUT_S = 60.0
 START_TIMEOUT_S = 240.0
 WARM_UP_S = 3.0
@@ -193,12 +195,12 @@ async def send(client: httpx.AsyncClient, path: str, body: dict) -> tuple[int, i
     connection broke with no answer."""
     start, retried = time.perf_counter(), ()
     for attempt in range(1, RETRIES + 2):
-        delay_s = RETRY_DELAY_S * attempt
+        delay_s = min(RETRY_DELAY_S * 2 ** (attempt - 1), MAX_DELAY_S)
         try:
             answer = await client.post(path, json=body)
             status = answer.status_code
             REFUSALS.setdefault((path, status), answer.text[:300])
-            delay_s = float(answer.headers.get("retry-after", delay_s))
+            delay_s = max(delay_s, float(answer.headers.get("retry-after", 0)))
         except httpx.TransportError as e:
             status = 0
             REFUSALS.setdefault((path, status), repr(e))
