@@ -390,7 +390,8 @@ class GenserveServicer(pb_grpc.GenserveServicer):
                                               k=_optional(request, "k"),
                                               refine_steps=_optional(request, "refine_steps", 0),
                                               seed=_seed(request, absent=0),
-                                              anomaly_method=_optional(request, "anomaly_method"))
+                                              anomaly_method=_optional(request, "anomaly_method"),
+                                              refine=_optional(request, "refine", "gradient"))
             return pb.ScoreResponse(model=name, version=str(description["version"]),
                                     results=[score_result(r) for r in results])
 
@@ -424,7 +425,8 @@ class GenserveServicer(pb_grpc.GenserveServicer):
             description, spec = self._lookup(name, "encode")
             seed = _seed(request, absent=0)
             out = await self.engine.encode(name, self._inputs(request, spec),
-                                           refine_steps=_optional(request, "refine_steps", 0), seed=seed)
+                                           refine_steps=_optional(request, "refine_steps", 0), seed=seed,
+                                           refine=_optional(request, "refine", "gradient"))
             return pb.EncodeResponse(model=name, version=str(description["version"]), seed=seed,
                                      outputs={key: to_tensor(value, np.float32) for key, value in out.items()})
 
@@ -450,7 +452,8 @@ class GenserveServicer(pb_grpc.GenserveServicer):
             _require(description, "decode", name)
             seed = _seed(request, absent=0)
             images = await self.engine.reconstruct(name, self._inputs(request, spec),
-                                                   refine_steps=_optional(request, "refine_steps", 0), seed=seed)
+                                                   refine_steps=_optional(request, "refine_steps", 0), seed=seed,
+                                                   refine=_optional(request, "refine", "gradient"))
             return pb.ReconstructResponse(model=name, version=str(description["version"]), seed=seed,
                                           images=to_tensor(images, np.float32))
 

@@ -135,7 +135,8 @@ def test_bad_requests_name_the_field(engine, settings):
     invalid = grpc.StatusCode.INVALID_ARGUMENT
 
     async def body(s):
-        score = {"k": {"k": 0}, "method": {"method": "exact"}, "refine_steps": {"refine_steps": 10**4}}
+        score = {"k": {"k": 0}, "method": {"method": "exact"}, "refine_steps": {"refine_steps": 10**4},
+                 "refine": {"refine": "newton", "refine_steps": 1}}
         for field, options in score.items():
             request = pb.ScoreRequest(model=MODEL, inputs=to_tensor(x), **options)
             assert await refused(s.Score(request, timeout=RPC_S)) == (invalid, field)
@@ -143,6 +144,9 @@ def test_bad_requests_name_the_field(engine, settings):
         assert await refused(s.Score(request, timeout=RPC_S)) == (invalid, "k")
         request = pb.EncodeRequest(model=MODEL, inputs=to_tensor(x), refine_steps=-1)
         assert await refused(s.Encode(request, timeout=RPC_S)) == (invalid, "refine_steps")
+        for call, message in ((s.Encode, pb.EncodeRequest), (s.Reconstruct, pb.ReconstructRequest)):
+            request = message(model=MODEL, inputs=to_tensor(x), refine_steps=1, refine="learned")  # tiny: no such rule
+            assert await refused(call(request, timeout=RPC_S)) == (invalid, "refine")
         for z, field in ((np.zeros((2, 99), np.float32), "z"), (np.zeros((2, 4), np.int64), "z.dtype"),
                          (np.full((1, 4), np.nan, np.float32), "z"),
                          (np.full((1, 4), 3.4e38, np.float32), "z")):  # finite, but NaN images (latent: 4)

@@ -149,7 +149,7 @@ class SampleChunk(_message.Message):
     def __init__(self, step: _Optional[int] = ..., steps: _Optional[int] = ..., seed: _Optional[int] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., pcm: _Optional[bytes] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("model", "inputs", "labels", "texts", "wavs", "method", "k", "refine_steps", "seed", "anomaly_method")
+    __slots__ = ("model", "inputs", "labels", "texts", "wavs", "method", "k", "refine_steps", "seed", "anomaly_method", "refine")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
@@ -160,6 +160,7 @@ class ScoreRequest(_message.Message):
     REFINE_STEPS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     ANOMALY_METHOD_FIELD_NUMBER: _ClassVar[int]
+    REFINE_FIELD_NUMBER: _ClassVar[int]
     model: str
     inputs: Tensor
     labels: _containers.RepeatedScalarFieldContainer[int]
@@ -170,7 +171,8 @@ class ScoreRequest(_message.Message):
     refine_steps: int
     seed: int
     anomaly_method: str
-    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., labels: _Optional[_Iterable[int]] = ..., texts: _Optional[_Iterable[str]] = ..., wavs: _Optional[_Iterable[bytes]] = ..., method: _Optional[str] = ..., k: _Optional[int] = ..., refine_steps: _Optional[int] = ..., seed: _Optional[int] = ..., anomaly_method: _Optional[str] = ...) -> None: ...
+    refine: str
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., labels: _Optional[_Iterable[int]] = ..., texts: _Optional[_Iterable[str]] = ..., wavs: _Optional[_Iterable[bytes]] = ..., method: _Optional[str] = ..., k: _Optional[int] = ..., refine_steps: _Optional[int] = ..., seed: _Optional[int] = ..., anomaly_method: _Optional[str] = ..., refine: _Optional[str] = ...) -> None: ...
 
 class Anomaly(_message.Message):
     __slots__ = ("score", "percentile", "is_anomaly", "method", "score_kind", "p_value", "batch_size")
@@ -271,16 +273,18 @@ class CompleteResponse(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., seed: _Optional[int] = ..., completions: _Optional[_Union[Tensor, _Mapping]] = ..., texts: _Optional[_Iterable[str]] = ..., wavs: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class EncodeRequest(_message.Message):
-    __slots__ = ("model", "inputs", "seed", "refine_steps")
+    __slots__ = ("model", "inputs", "seed", "refine_steps", "refine")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     REFINE_STEPS_FIELD_NUMBER: _ClassVar[int]
+    REFINE_FIELD_NUMBER: _ClassVar[int]
     model: str
     inputs: Tensor
     seed: int
     refine_steps: int
-    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., seed: _Optional[int] = ..., refine_steps: _Optional[int] = ...) -> None: ...
+    refine: str
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., seed: _Optional[int] = ..., refine_steps: _Optional[int] = ..., refine: _Optional[str] = ...) -> None: ...
 
 class EncodeResponse(_message.Message):
     __slots__ = ("model", "version", "seed", "outputs")
@@ -320,16 +324,18 @@ class DecodeResponse(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., images: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class ReconstructRequest(_message.Message):
-    __slots__ = ("model", "inputs", "seed", "refine_steps")
+    __slots__ = ("model", "inputs", "seed", "refine_steps", "refine")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     REFINE_STEPS_FIELD_NUMBER: _ClassVar[int]
+    REFINE_FIELD_NUMBER: _ClassVar[int]
     model: str
     inputs: Tensor
     seed: int
     refine_steps: int
-    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., seed: _Optional[int] = ..., refine_steps: _Optional[int] = ...) -> None: ...
+    refine: str
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., seed: _Optional[int] = ..., refine_steps: _Optional[int] = ..., refine: _Optional[str] = ...) -> None: ...
 
 class ReconstructResponse(_message.Message):
     __slots__ = ("model", "version", "seed", "images")
