@@ -78,10 +78,12 @@ image-test: $(VENV)/.installed-dev
 
 # Issue 21: the playground (/playground/) in a real headless browser: Debian's chromium, installed here if missing,
 # driven by Playwright for Python through that system browser (no browser build is downloaded). About 2.5 minutes.
-.PHONY: ui-test
-ui-test: speech-deps $(VENV)/.installed-dev
+.PHONY: ui-deps ui-test
+ui-deps:
 	command -v chromium >/dev/null || apt-get install -y --no-install-recommends chromium \
 		|| (apt-get update && apt-get install -y --no-install-recommends chromium)
+
+ui-test: ui-deps speech-deps $(VENV)/.installed-dev
 	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(BIN)/pip install --quiet "playwright>=1.45"
 	GENSERVE_UI_TEST=1 $(BIN)/python -m pytest -p no:cacheprovider -rs tests/ui
 
