@@ -51,6 +51,8 @@ def run(
     that fails its checks (unless settings.skip_bad_models: then the rest is served and it is listed as
     unavailable in the log, in /v1/models and in the genserve_model_unavailable metric).
     """
+    from pydantic import ValidationError
+
     from service.api import create_app
     from service.engine.engine import Engine
     from service.engine.errors import EngineError
@@ -60,7 +62,12 @@ def run(
     from service.store import ModelStore, StoreError
 
     given = {"host": host, "port": port, "grpc_port": grpc_port, "models": models, "allow_empty": allow_empty}
-    settings = Settings(**{key: value for key, value in given.items() if value is not None})
+    try:
+        settings = Settings(**{key: value for key, value in given.items() if value is not None})
+    except ValidationError as e:  # a bad GENSERVE_* value: one line per setting, named as it is set
+        raise SystemExit("genserve: bad setting: " + "; ".join(
+            f"GENSERVE_{'_'.join(map(str, error['loc'])).upper()}: {error['msg']} (got {error['input']!r})"
+            for error in e.errors())) from None
     logs.configure(settings.log_format)
     check_security(settings)
     check_ports(settings)

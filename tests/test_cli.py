@@ -192,6 +192,12 @@ def test_serve_refuses_the_same_port_twice(tmp_path):
     assert "both" in _serve_refusal(host="127.0.0.1", port=port, grpc_port=port, models=tmp_path)
 
 
+def test_serve_refuses_a_bad_setting_in_one_line_naming_its_variable(monkeypatch, tmp_path):
+    monkeypatch.setenv("GENSERVE_LOG_FORMAT", "xml")
+    message = _serve_refusal(host="127.0.0.1", port=_free_port(), grpc_port=_free_port(), models=tmp_path)
+    assert message.startswith("genserve: bad setting: GENSERVE_LOG_FORMAT:") and "'xml'" in message
+
+
 def _store_path_cases(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     store = tmp_path / "store"
     (store / "pixelcnn" / "1").mkdir(parents=True)

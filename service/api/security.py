@@ -104,5 +104,7 @@ def install(app: FastAPI, settings: Settings) -> None:
         app.add_middleware(AuthMiddleware, keys=keys, open_paths=open_paths)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["authorization", "content-type", "inference-header-content-length"],
-                           expose_headers=["genserve-seed", "retry-after", "inference-header-content-length"])
+                           allow_headers=["authorization", "content-type", "inference-header-content-length",
+                                          "x-request-id"],
+                           expose_headers=["genserve-seed", "retry-after", "inference-header-content-length",
+                                           "x-request-id"])
