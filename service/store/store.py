@@ -73,6 +73,24 @@ def verify_files(directory: Path, manifest: dict) -> None:
                              "sha256")
 
 
+def named_functions(capability: dict) -> list[str]:
+    """Every function a capability entry names: its own, a conditional one, refinement rules' (nested)."""
+    names = [capability[key] for key in ("function", "conditional_function") if isinstance(capability.get(key), str)]
+    for value in capability.values():
+        if isinstance(value, dict):
+            names += named_functions(value)
+    return names
+
+
+def check_references(directory: Path, manifest: dict) -> None:
+    """Every function a capability names is one of the manifest's functions: an exporter's slip fails at load."""
+    for capability, entry in manifest["capabilities"].items():
+        for function in named_functions(entry):
+            if function not in manifest["functions"]:
+                raise StoreError(f"{directory}: capability {capability!r} names function {function!r}, which the "
+                                 f"manifest does not define (it has {sorted(manifest['functions'])})", "manifest")
+
+
 def load_entry(directory: Path, schema: dict) -> ModelEntry:
     manifest_path = directory / "manifest.json"
     try:
@@ -83,6 +101,7 @@ def load_entry(directory: Path, schema: dict) -> ModelEntry:
     if manifest["name"] != directory.parent.name or str(manifest["version"]) != directory.name:
         raise StoreError(f"{manifest_path}: says {manifest['name']}/{manifest['version']}, but lies in "
                          f"{directory.parent.name}/{directory.name}", "misplaced")
+    check_references(directory, manifest)
     verify_files(directory, manifest)
     return ModelEntry(manifest["name"], manifest["version"], directory, manifest)
 

@@ -115,6 +115,14 @@ def test_manifest_without_files_is_refused_clearly(store_copy):
         (lambda m: m["capabilities"].update(teleport={"procedure": "direct", "function": "x"}), "invalid manifest"),
         (lambda m: m.update(name="other"), "lies in"),  # name disagrees with the directory
         (lambda m: m.update(version=3), "lies in"),  # version disagrees with the directory
+        # issue 16: an exporter's slip fails at load, not at the first request
+        (lambda m: m["capabilities"]["score"].update(function="log_porb"), "names function 'log_porb'"),
+        (lambda m: m["capabilities"]["sample"].pop("step_shape"), "invalid manifest"),  # autoregressive needs it
+        (lambda m: m["capabilities"].update(complete={"procedure": "markov_chain", "function": "log_prob", "steps": 2,
+                                                      "max_steps": 9}), "invalid manifest"),  # a chain draws noise
+        (lambda m: m["capabilities"].update(sample={"procedure": "ancestral", "function": "log_prob",
+                                                    "noise": {"z": {"distribution": "cauchy", "shape": [2]}}}),
+         "invalid manifest"),
     ],
 )
 def test_inconsistent_manifests_are_refused(store_copy, edit, expected):
