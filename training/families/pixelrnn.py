@@ -1,16 +1,16 @@
-"""PixelRNN, class-conditional: Row LSTM or Diagonal BiLSTM (van den Oord et al. 2016, "Pixel Recurrent
-Neural Networks").
+"""PixelRNN, class-conditional: Row LSTM or Diagonal BiLSTM (van den Oord et al. 2016).
 
-config.cell picks the layer. "row_lstm": each layer is an LSTM that runs down the image one row at a time.
-The gates of row i are a masked 1 x k convolution over the layer's input at row i (mask 'A' in the first
-layer: column j sees columns < j; mask 'B' later: columns <= j), plus a 1 x k convolution over the layer's
-hidden state at row i - 1, plus class-conditional biases. The first layer also sees the input row i - 1 in
-full through a 1 x k convolution (a 2 x k kernel with mask 'A', as in the paper's masked input
-convolution), so the last pixel of a row is seen by the next one.
+The paper is "Pixel Recurrent Neural Networks"; config.cell picks its layer. "row_lstm": each layer is an
+LSTM that runs down the image one row at a time. The gates of row i are a masked 1 x k convolution over the
+layer's input at row i (mask 'A' in the first layer: column j sees columns < j; mask 'B' later: columns
+<= j), plus a 1 x k convolution over the layer's hidden state at row i - 1, plus class-conditional biases.
+The first layer also sees the input row i - 1 in full through a 1 x k convolution (a 2 x k kernel with
+mask 'A', as in the paper's masked input convolution), so the last pixel of a row is seen by the next one.
 
 "diagonal_bilstm": a k x k mask 'A' convolution (rows above in full, the row's pixels to the left), then
 Diagonal BiLSTM layers (training/nn/diagonal_lstm.py: the skew trick, both directions, the right-to-left
-output shifted down one row), whose state reaches every earlier pixel.
+output shifted down one row), whose state reaches every earlier pixel but one: the last pixel of the row
+above, beyond the first convolution's k // 2 columns (tests/training/test_pixelrnn_diag.py says why).
 
 Layers after the first are residual (every Diagonal BiLSTM layer is). A head of 1 x 1 convolutions gives
 each pixel's distribution (pixelcnn's output distributions).
