@@ -5,7 +5,8 @@ for the run's samples."""
 
 import importlib
 
-FAMILIES = ("pixelcnn", "pixelrnn", "charrnn", "wavenet", "vae", "hvae", "rbm", "flow", "gsn", "gan", "lagan", "pix2pix")
+FAMILIES = ("pixelcnn", "pixelrnn", "charrnn", "wavenet", "vae", "hvae", "rbm", "flow", "gsn", "gan", "lagan",
+            "pix2pix")
 
 
 def family_module(name: str):
