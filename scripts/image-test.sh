@@ -51,6 +51,7 @@ events_logger = "file"
 events_logfile_path = "$WORK/events.log"
 tmp_dir = "$WORK/tmp"
 [network]
+network_backend = "netavark"
 network_config_dir = "$WORK/networks"
 EOF
 cat >"$WORK/storage.conf" <<EOF
@@ -67,7 +68,7 @@ cleanup() {
     trap - EXIT INT TERM
     say "cleaning up"
     if [[ -f $WORK/compose-up ]]; then "${COMPOSE[@]}" down -t 2 >/dev/null 2>&1 || true; fi
-    timeout 60 podman rm -f -t 2 "$RUN_ID" "$RUN_ID-tls" >/dev/null 2>&1 || true
+    timeout 60 podman rm -f --ignore -t 2 "$RUN_ID" "$RUN_ID-tls" >/dev/null 2>&1 || true
     if [[ -z ${IMAGE_TEST_DIR:-} ]]; then
         timeout 120 podman system reset -f >/dev/null 2>&1 || true
         rm -rf "$WORK"
@@ -103,7 +104,7 @@ if ! have_image localhost/debian-standin:bookworm; then
     timeout 900 debootstrap --variant=minbase bookworm "$WORK/rootfs" "$mirror" >"$WORK/debootstrap.log" 2>&1 \
         || { tail -20 "$WORK/debootstrap.log"; fail "debootstrap"; }
     rm -rf "$WORK"/rootfs/var/cache/apt/archives/*.deb "$WORK"/rootfs/var/lib/apt/lists/*
-    tar -C "$WORK/rootfs" -c . | timeout 300 podman import - localhost/debian-standin:bookworm >/dev/null
+    tar -C "$WORK/rootfs" -c . | timeout 300 podman import -q - localhost/debian-standin:bookworm >/dev/null
     rm -rf "$WORK/rootfs"
 fi
 if ! have_image docker.io/library/python:3.11-slim; then
