@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     # (sha256, manifest) stops the server unless skip_bad_models, which serves the rest and lists it unavailable.
     allow_empty: bool = False
     skip_bad_models: bool = False
+    # The repository API (service.api.repository): load and unload need a key of admin_keys_file (same format as
+    # api_keys_file); unset, they are refused (403). store_poll_s > 0: every so many seconds, load new versions.
+    admin_keys_file: Path | None = None
+    store_poll_s: float = 0.0
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -20,7 +20,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api import codecs, errors, playground, schemas, security, v2
+from service.api import codecs, errors, playground, repository, schemas, security, v2
 from service.api.disconnect import CLIENT_CLOSED_REQUEST, ClientGone, unless_disconnected
 from service.api.drain import Drain, DrainMiddleware
 from service.api.metrics import ApiMetrics, MetricsMiddleware
@@ -501,6 +501,7 @@ def create_app(engine: Any, settings: Settings | None = None) -> FastAPI:
     app.include_router(v2_routes)
     app.add_middleware(RestFastPath, handlers=model_routes.genserve_fast, routes=model_routes.routes)  # innermost
     app.add_middleware(v2.InferFastPath, infer=v2_routes.genserve_infer, routes=v2_routes.routes)
+    repository.install(app, engine, settings)  # load/unload (admin), /v1/models/{name}/versions/{v}/...
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(DrainMiddleware, drain=app.state.drain)
     security.install(app, settings)  # keys (401), JSON-only bodies (415), CORS

@@ -6,6 +6,8 @@ when serving, or this process in tests and benchmarks.
 """
 
 import asyncio
+import contextvars
+import logging
 import math
 import time
 from collections.abc import AsyncIterator
@@ -26,13 +28,21 @@ SERVED_KINDS = ("image", "text", "audio")
 SEQUENCE_KINDS = ("text", "audio")  # any length: generation takes a length and a prompt, scoring any length
 UNITS = {"text": "char", "audio": "sample"}  # what one value of a sequence is
 MAX_LENGTH_SCHEDULERS = 64  # schedulers kept per input length (sequence scoring) before idle ones are dropped
+# (model, version) a request names (/v1/models/{name}/versions/{v}/..., V2's model_version): Engine.model() of
+# that model answers with that version; every other model, and a request that names none, gets the latest
+PINNED_VERSION: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar("pinned_version", default=None)
+log = logging.getLogger("genserve.engine")
 
 
 class LoadedModel:
     """A store entry's manifest, as the engine reads it (the functions themselves load in the runner)."""
 
-    def __init__(self, entry: ModelEntry):
+    def __init__(self, entry: ModelEntry, runner_id: str | None = None):
+        """runner_id: how the runner knows this version (its model name for the version it started with, else
+        its directory, which a worker loads on first use)."""
         self.entry = entry
+        self.version = entry.version
+        self.runner_id = entry.name if runner_id is None else runner_id
         self.manifest = entry.manifest
         self.data = self.manifest["data"]
         if self.data["kind"] not in SERVED_KINDS:
@@ -67,8 +77,16 @@ class Engine(LatentOperations):
         """`runner` runs the model functions; by default this process loads and runs them itself."""
         self.settings = settings
         self.metrics = metrics if metrics is not None else EngineMetrics()  # its own registry by default
-        self.models = {name: LoadedModel(entry) for name, entry in store.entries.items()}
+        self.store = store
+        self.models = {name: LoadedModel(entry) for name, entry in store.entries.items()}  # the latest versions
+        self.versions = {name: {v: self.models[name] if entry == store.entries[name] else
+                                LoadedModel(entry, str(entry.directory.resolve())) for v, entry in versions.items()}
+                         for name, versions in getattr(store, "versions", {}).items() if name in self.models}
+        for name, m in self.models.items():  # a stand-in store (tests) may list its latest entries only
+            self.versions.setdefault(name, {m.version: m})
+        self.unloaded: set[str] = set()  # models unloaded through the repository API
         self.unavailable = store.unavailable_models()  # left out of a store served with skip_bad, with the reason
+        self._poll: asyncio.Task | None = None
         if runner is None:
             directories = {name: entry.directory for name, entry in store.entries.items()}
             runner = InProcess(directories, settings.runtime, settings.intra_op_threads)
@@ -81,18 +99,87 @@ class Engine(LatentOperations):
     async def start(self) -> None:
         """Start the runner (worker processes load the models in the background: see ready())."""
         await self.runner.start()
+        if self.settings.store_poll_s:
+            self._poll = asyncio.create_task(self._poll_store(self.settings.store_poll_s))
 
     async def stop(self) -> None:
+        if self._poll is not None:
+            self._poll.cancel()
         await self.runner.stop()
 
     def ready(self) -> bool:
         """True when the models are loaded and a worker can run them."""
         return self.runner.ready()
 
-    def model(self, name: str) -> LoadedModel:
+    def model(self, name: str, version: int | None = None) -> LoadedModel:
+        """The model's `version`, else the version the request pins (PINNED_VERSION), else its latest."""
         if name not in self.models:
             raise UnknownModel(f"unknown model {name!r}; known: {sorted(self.models)}", field="model")
-        return self.models[name]
+        pinned = PINNED_VERSION.get()
+        version = pinned[1] if version is None and pinned is not None and pinned[0] == name else version
+        if version is None:
+            return self.models[name]
+        if version not in self.versions[name]:
+            raise UnknownModel(f"version: model {name!r} has no version {version}; it has "
+                               f"{sorted(self.versions[name])}", field="version")
+        return self.versions[name][version]
+
+    # --- the repository (Triton's model-repository extension: service.api.repository) --------------------------
+
+    def load_model(self, name: str) -> list[int]:
+        """Read the model's directory in the store again and serve every good version in it, the latest on the
+        unversioned routes; versions already served keep their schedulers and in-flight requests. Returns the
+        versions now served; UnknownModel when the directory holds no good version."""
+        good, bad = self.store.scan_model(name)
+        if not good:
+            reasons = "; ".join(b.reason for b in bad) or f"no <version>/manifest.json under {name!r} in the store"
+            raise UnknownModel(f"model {name!r}: nothing to load: {reasons}", field="model")
+        served = self.versions.get(name, {})
+        loaded = {v: served[v] if v in served and served[v].entry == entry else
+                  LoadedModel(entry, str(entry.directory.resolve())) for v, entry in good.items()}
+        self.versions[name], self.models[name] = loaded, loaded[max(loaded)]  # one assignment each: no torn read
+        self.unloaded.discard(name)
+        self.unavailable = [u for u in self.unavailable if u["name"] != name]
+        log.info("model %s: loaded, versions %s", name, sorted(loaded))
+        return sorted(loaded)
+
+    def unload_model(self, name: str) -> None:
+        """Stop serving the model: new requests get UnknownModel; requests in flight finish (they hold it)."""
+        self.model(name)
+        del self.models[name], self.versions[name]
+        self.unloaded.add(name)
+        log.info("model %s: unloaded", name)
+
+    def repository_index(self, ready: bool) -> list[dict]:
+        """Every version of every V2 model ("<model>.<function>") in the store, Triton's way: name, version, state
+        READY or UNAVAILABLE, and the reason (a version that fails its checks: under its model's name). `ready`:
+        whether the server is (a served version is UNAVAILABLE while it is not)."""
+        index = []
+        for name in self.store.model_names():
+            good, bad = self.store.scan_model(name)
+            served = self.versions.get(name, {})
+            for version, entry in sorted(good.items()):
+                reason = ("" if ready else "the engine is not ready") if version in served else \
+                    "unloaded" if name in self.unloaded else "not loaded; load the model to serve it"
+                index += [{"name": f"{name}.{function}", "version": str(version),
+                           "state": "UNAVAILABLE" if reason else "READY", "reason": reason}
+                          for function in entry.manifest["functions"]]
+            index += [{"name": name, "version": b.version, "state": "UNAVAILABLE", "reason": b.reason} for b in bad]
+        return index
+
+    async def _poll_store(self, every_s: float) -> None:
+        """Load every model whose directory holds a version newer than the one served (GENSERVE_STORE_POLL_S)."""
+        while True:
+            await asyncio.sleep(every_s)
+            for name in self.store.model_names():
+                if name in self.unloaded:
+                    continue
+                try:
+                    good, _ = await asyncio.to_thread(self.store.scan_model, name)
+                    if good and (name not in self.models or max(good) > self.models[name].version):
+                        self.load_model(name)
+                except OSError as e:  # a directory being written or removed: the next poll sees it whole
+                    log.warning("store poll: model %s: %s", name, e)
 
     def list_models(self) -> list[dict]:
         return [m.describe() for m in self.models.values()]
@@ -157,7 +244,7 @@ class Engine(LatentOperations):
         if loop is not self._loop:  # schedulers belong to one event loop
             self._loop, self._batchers = loop, {}
         continuous = bool(capability and capability["procedure"] == "autoregressive")
-        model, key = m.manifest["name"], (m.manifest["name"], function, length, continuous)
+        model, key = m.runner_id, (m.runner_id, function, length, continuous)
         if key not in self._batchers:
             self._forget_idle_lengths()
             inputs = m.function_inputs(function)
@@ -165,7 +252,7 @@ class Engine(LatentOperations):
             async def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
                 return await self.runner.call(model, function, {name: feeds[name] for name in inputs})
 
-            observer = self.metrics.observer(model, function)
+            observer = self.metrics.observer(m.manifest["name"], function)
             if continuous:
                 state, emit = procedures.state_outputs(capability)
                 self._batchers[key] = ContinuousBatcher(run, state, self._batching(m), observer, emit)
@@ -279,7 +366,7 @@ class Engine(LatentOperations):
         request = chains.chain_request(cap, rngs, steps, config, time.monotonic() + config.timeout_ms / 1000)
         observer = self.metrics.observer(m.manifest["name"], cap["function"])
         try:
-            outputs, events = await self.runner.chain(m.manifest["name"], cap["function"], request,
+            outputs, events = await self.runner.chain(m.runner_id, cap["function"], request,
                                                       {"x": x, "observed": observed, "mask": mask})
         except chains.ChainFailed as e:
             chains.replay(e.events, observer)
@@ -497,6 +584,8 @@ class Engine(LatentOperations):
         """The anomaly detector a request names, or the model's default; InvalidInput if it cannot answer it."""
         detector = anomaly.default_detector(m.manifest) if anomaly_method is None else anomaly_method
         names = anomaly.available(m.manifest, cap, m.function_inputs, self._has_background(m))
+        if anomaly_method is None and detector not in names:  # a default whose background model is not served
+            detector = anomaly.base_detector(m.manifest)  # the answer's `method` says so
         if detector not in names:
             raise InvalidInput(f"anomaly_method: model {m.manifest['name']!r} has no calibrated detector "
                                f"{detector!r}; it has {names}", field="anomaly_method")

@@ -50,19 +50,30 @@ class Functions:
 
     preload() loads them all, in manifest order; a call that needs a function not loaded yet loads it
     at once (or waits for the preload that is loading it), so a worker can answer before all are loaded.
+    A model is named as `directories` names it, or by its version directory (a version loaded after the
+    start, service.api.repository), which is read on first use.
     """
 
     def __init__(self, directories: dict[str, Path], runtime: str, threads: int, device: int | None):
         self.runtime, self.threads, self.device = runtime, threads, device
         self.specs: dict[tuple[str, str], tuple[dict, Path]] = {}
+        self.locks: dict[tuple[str, str], threading.Lock] = {}
         for model, directory in directories.items():
-            manifest = json.loads((Path(directory) / "manifest.json").read_text())
-            for name, spec in manifest["functions"].items():
-                self.specs[model, name] = (spec, Path(directory))
+            self._add(model, Path(directory))
         self.loaded: dict[tuple[str, str], TensorFunction] = {}
-        self.locks = {key: threading.Lock() for key in self.specs}
+        self.adding = threading.Lock()
+
+    def _add(self, model: str, directory: Path) -> None:
+        manifest = json.loads((directory / "manifest.json").read_text())
+        for name, spec in manifest["functions"].items():
+            self.specs[model, name] = (spec, directory)
+            self.locks[model, name] = threading.Lock()
 
     def __getitem__(self, key: tuple[str, str]) -> TensorFunction:
+        if key not in self.locks and Path(key[0]).is_absolute() and (Path(key[0]) / "manifest.json").is_file():
+            with self.adding:
+                if key not in self.locks:
+                    self._add(key[0], Path(key[0]))
         if key not in self.loaded:
             with self.locks[key]:  # KeyError for a function no model has
                 if key not in self.loaded:

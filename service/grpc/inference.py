@@ -8,8 +8,11 @@ type has no typed field (FP16) always travel raw. Engine errors become gRPC
 status codes whose details begin with the field at fault: INVALID_ARGUMENT,
 NOT_FOUND, RESOURCE_EXHAUSTED (queue full), UNAVAILABLE, DEADLINE_EXCEEDED.
 
-RepositoryIndex (Triton's model-repository extension) lists the V2 models, so
-`tritonclient.grpc.InferenceServerClient.get_model_repository_index()` works.
+RepositoryIndex (Triton's model-repository extension) lists every version of the V2 models in the store, so
+`tritonclient.grpc.InferenceServerClient.get_model_repository_index()` works; RepositoryModelLoad and
+RepositoryModelUnload load and unload a model as service.api.repository does over REST, for a call whose
+`authorization` metadata holds an admin key (PERMISSION_DENIED otherwise). A request's model_version runs on
+that version when it is served.
 """
 
 import asyncio
@@ -22,6 +25,8 @@ import grpc
 import numpy as np
 
 import genserve
+from service.api.repository import AdminKeys, load, unload, v2_pin
+from service.engine.engine import PINNED_VERSION
 from service.engine.errors import EngineError, InvalidInput
 from service.engine.oip import (
     DATATYPES,
@@ -47,14 +52,6 @@ CONTENTS = {  # the InferTensorContents field of each datatype; FP16 has none (r
     "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
     "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents",
 }
-
-
-# --- V2 models over the engine -------------------------------------------------------------------------------------
-
-
-def functions(engine: Any, model: str) -> list[str]:
-    """The tensor functions of a stored model, in manifest order."""
-    return list(engine.describe(model)["functions"])
 
 
 # --- tensors -------------------------------------------------------------------------------------------------------
@@ -154,12 +151,24 @@ async def _answer(context: grpc.aio.ServicerContext, method: str, work: Callable
         await context.abort(grpc.StatusCode.INTERNAL, "internal error; it has been logged")
 
 
+def _on_version(engine: Any, name: str, version: str, work: Callable[[], Awaitable[Any]]):
+    """`work` with the V2 model's `version` pinned (PINNED_VERSION) when that version is served."""
+    async def pinned() -> Any:
+        token = PINNED_VERSION.set(v2_pin(engine, name, version))
+        try:
+            return await work()
+        finally:
+            PINNED_VERSION.reset(token)
+    return pinned
+
+
 # --- the servicer --------------------------------------------------------------------------------------------------
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, engine: Any):
         self.engine = engine
+        self.admins = AdminKeys(engine.settings) if hasattr(engine, "settings") else None
 
     async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=True)
@@ -172,7 +181,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             resolve(self.engine, request.name, request.version, field="name")
             return pb.ModelReadyResponse(ready=bool(self.engine.ready()))
 
-        return await _answer(context, "ModelReady", work)
+        return await _answer(context, "ModelReady", _on_version(self.engine, request.name, request.version, work))
 
     async def ServerMetadata(self, request, context):
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=genserve.__version__, extensions=EXTENSIONS)
@@ -186,7 +195,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 outputs=[pb.ModelMetadataResponse.TensorMetadata(**tensor_metadata(t)) for t in spec["outputs"]],
             )
 
-        return await _answer(context, "ModelMetadata", work)
+        return await _answer(context, "ModelMetadata", _on_version(self.engine, request.name, request.version, work))
 
     async def ModelInfer(self, request, context):
         async def work():
@@ -199,22 +208,39 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             encode_outputs(response, outputs, spec, wanted, raw=bool(request.raw_input_contents))
             return response
 
-        return await _answer(context, "ModelInfer", work)
+        return await _answer(context, "ModelInfer",
+                             _on_version(self.engine, request.model_name, request.model_version, work))
 
     async def RepositoryIndex(self, request, context):
         async def work():
-            ready = bool(self.engine.ready())
-            response = pb.RepositoryIndexResponse()
-            if request.ready and not ready:
-                return response
-            for description in self.engine.list_models():
-                for function in functions(self.engine, description["name"]):
-                    response.models.add(name=f"{description['name']}.{function}", version=str(description["version"]),
-                                        state="READY" if ready else "UNAVAILABLE",
-                                        reason="" if ready else "the engine is not ready")
-            return response
+            index = await asyncio.to_thread(self.engine.repository_index, bool(self.engine.ready()))
+            return pb.RepositoryIndexResponse(models=[
+                pb.RepositoryIndexResponse.ModelIndex(**model) for model in index
+                if not request.ready or model["state"] == "READY"])
 
         return await _answer(context, "RepositoryIndex", work)
+
+    async def _control(self, context: grpc.aio.ServicerContext, method: str, work: Callable[[], Awaitable[Any]]):
+        """Run `work` for a caller whose `authorization` metadata holds an admin key; else PERMISSION_DENIED."""
+        authorization = dict(context.invocation_metadata() or ()).get("authorization")
+        problem = "authorization: model control is off" if self.admins is None else self.admins.problem(authorization)
+        if problem is not None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, problem)
+        return await _answer(context, method, work)
+
+    async def RepositoryModelLoad(self, request, context):
+        async def work():
+            await load(self.engine, request.model_name)
+            return pb.RepositoryModelLoadResponse()
+
+        return await self._control(context, "RepositoryModelLoad", work)
+
+    async def RepositoryModelUnload(self, request, context):
+        async def work():
+            unload(self.engine, request.model_name)
+            return pb.RepositoryModelUnloadResponse()
+
+        return await self._control(context, "RepositoryModelUnload", work)
 
 
 def add_inference_servicer(server: grpc.aio.Server, engine: Any) -> str:

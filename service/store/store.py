@@ -112,7 +112,8 @@ def _version_key(directory: Path) -> tuple[int, int | str]:
 
 
 class ModelStore:
-    """The latest version of every model under `root`, verified at load time.
+    """The latest version of every model under `root`, verified at load time; `versions` holds every good
+    version of each (name -> version -> entry), and scan_model() reads one model's directory again.
 
     A version that fails its checks stops the load (StoreError), unless `skip_bad`: then it is kept in `bad`,
     and a model whose latest version is bad is not served at all (no older version stands in for it) and is
@@ -124,7 +125,9 @@ class ModelStore:
         if not self.root.is_dir():
             raise StoreError(f"model store {self.root} is not a directory")
         schema = json.loads(SCHEMA_PATH.read_text())
+        self.schema = schema
         self.entries: dict[str, ModelEntry] = {}
+        self.versions: dict[str, dict[int, ModelEntry]] = {}
         self.bad: list[BadEntry] = []
         latest: dict[str, Path] = {}  # model name -> its latest version directory, good or bad
         for manifest_path in sorted(self.root.glob("*/*/manifest.json")):
@@ -139,6 +142,7 @@ class ModelStore:
                     raise
                 self.bad.append(BadEntry(name, directory.name, directory, str(e), e.kind))
                 continue
+            self.versions.setdefault(entry.name, {})[entry.version] = entry
             current = self.entries.get(entry.name)
             if current is None or entry.version > current.version:
                 self.entries[entry.name] = entry
@@ -147,6 +151,27 @@ class ModelStore:
             if latest[bad.name] == bad.directory:
                 self.unavailable[bad.name] = bad
                 self.entries.pop(bad.name, None)
+                self.versions.pop(bad.name, None)
+
+    def model_names(self) -> list[str]:
+        """Every model directory on disk now, served or not."""
+        return sorted({p.parent.parent.name for p in self.root.glob("*/*/manifest.json")})
+
+    def scan_model(self, name: str) -> tuple[dict[int, ModelEntry], list[BadEntry]]:
+        """Read models/<name>/ again as it is on disk now: its good versions (version -> entry) and its bad ones.
+        A name that is no model directory of the store (e.g. "..") has neither."""
+        if name not in self.model_names():
+            return {}, []
+        good: dict[int, ModelEntry] = {}
+        bad: list[BadEntry] = []
+        for manifest_path in sorted((self.root / name).glob("*/manifest.json"), key=lambda p: _version_key(p.parent)):
+            try:
+                entry = load_entry(manifest_path.parent, self.schema)
+            except StoreError as e:
+                bad.append(BadEntry(name, manifest_path.parent.name, manifest_path.parent, str(e), e.kind))
+                continue
+            good[entry.version] = entry
+        return good, bad
 
     def names(self) -> list[str]:
         return sorted(self.entries)
