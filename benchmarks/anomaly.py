@@ -12,9 +12,12 @@
    default detector's flag rate on those fresh test digits against its threshold.
 
 Features are computed once per input through the in-process Engine (its NLL or critic, its class joint
-log p(x | y) p(y), its BiGAN reconstruction) and every detector is computed from them with the served code.
+log p(x | y) p(y), its BiGAN reconstruction, the NLL of the likelihood ratio's background model) and every detector
+is computed from them with the served code. The background models (BACKGROUNDS: small-receptive-field PixelCNNs
+trained on perturbed training digits, training/configs/*-background.json) are no subjects of the table.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/anomaly.py [--models pixelcnn rbm] [--n 64] [--k 100] [--write]
+    .venv/bin/python benchmarks/anomaly.py --merge part1.json part2.json   # the tables of runs split by --models
 """
 
 import argparse
@@ -24,6 +27,7 @@ import os
 import shlex
 import sys
 import time
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +42,7 @@ from service.store import ModelStore
 from training.data import load
 
 DATASETS = {2: "mnist5k-binarized", 256: "mnist5k"}
+BACKGROUNDS = {2: "pixelcnn-background", 256: "pixelcnn-gray-background"}  # per levels: the likelihood ratio's
 SHAPE = [1, 28, 28]
 TEST_SIZE = 500
 CHUNK = 25
@@ -179,11 +184,10 @@ def candidates(engine: Engine, name: str) -> list[str]:
     m = engine.model(name)
     cap = m.capability("score")
     manifest = {**m.manifest, "calibration": {**m.manifest["calibration"], "detectors": {
-        d: {} for d in ("complexity", "class", "reconstruction")}}}
-    base = [d for d in anomaly.available(manifest, cap, m.function_inputs) if d != "typicality"]
-    mixes = [f"mix:{a}+{b}" for i, a in enumerate(base) for b in base[i + 1:]]
-    if len(base) == 3:
-        mixes.append("mix:" + "+".join(base))
+        d: {} for d in ("complexity", "class", "reconstruction", "likelihood_ratio")}}}
+    base = [d for d in anomaly.available(manifest, cap, m.function_inputs, BACKGROUNDS[m.data["levels"]] in
+                                         engine.models) if d != "typicality"]
+    mixes = ["mix:" + "+".join(parts) for size in range(2, len(base) + 1) for parts in combinations(base, size)]
     return base + mixes
 
 
@@ -191,7 +195,7 @@ async def features(engine: Engine, name: str, x: np.ndarray, options: dict, need
     """The quantities every detector is computed from, through the engine, in chunks."""
     m = engine.model(name)
     cap = m.capability("score")
-    out: dict[str, list] = {"nll": [], "critic": [], "log_joint": [], "reconstruction": []}
+    out: dict[str, list] = {"nll": [], "critic": [], "log_joint": [], "reconstruction": [], "background_nll": []}
     for start in range(0, len(x), CHUNK):
         chunk = x[start:start + CHUNK]
         if "class" in need:  # the marginal from the same rows, as the engine serves it
@@ -199,12 +203,16 @@ async def features(engine: Engine, name: str, x: np.ndarray, options: dict, need
             out["log_joint"].append(joint)
             out["nll"].append(-np.logaddexp.reduce(joint, axis=1))
         else:
-            results = await engine.score(name, chunk, seed=start, **options)
+            results = await engine.score(name, chunk, seed=start, anomaly_method=anomaly.base_detector(m.manifest),
+                                         **options)  # nll or critic, whatever the manifest's default
             base = np.array([r["anomaly"]["score"] for r in results])
             out["critic" if cap.get("method") == "critic" else "nll"].append(-base if cap.get("method") == "critic"
                                                                              else base)
         if "reconstruction" in need:
             out["reconstruction"].append(await engine._reconstruction(m, chunk))
+        if "likelihood_ratio" in need:
+            background = await engine.score(BACKGROUNDS[m.data["levels"]], chunk, anomaly_method="nll")
+            out["background_nll"].append(np.array([r["anomaly"]["score"] for r in background]))
     feats = {key: np.concatenate(v) for key, v in out.items() if v}
     if "complexity" in need:
         feats["png_bits"] = anomaly.png_bits(x, m.data["levels"])
@@ -234,8 +242,11 @@ def with_interval(f, in_s: np.ndarray, out_s: np.ndarray, rng: np.random.Generat
     return f(in_s, out_s), float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))
 
 
-def mix_entry(detector: str, feats: dict) -> dict | None:
-    """A mix's standardization: each part's mean and standard deviation on the training digits."""
+def extra_entry(detector: str, feats: dict, levels: int) -> dict | None:
+    """What a detector's calibration entry carries beside its quantiles: the likelihood ratio's background model;
+    a mix's standardization, each part's mean and standard deviation on the training digits."""
+    if detector == "likelihood_ratio":
+        return {"background": BACKGROUNDS[levels]}
     if not detector.startswith("mix:"):
         return None
     return {"mix": {p: {"mean": float(v.mean()), "std": float(v.std() or 1.0)}
@@ -266,7 +277,7 @@ async def evaluate(engine: Engine, name: str, n: int, n_cal: int, seed: int, k: 
             feats[key] = await features(engine, name, x, options, need)
             bar.update()
     # 1. CHOOSE: training digits vs the CHOOSE kinds only
-    entries = {d: mix_entry(d, feats["choose/in"]) for d in detectors}
+    entries = {d: extra_entry(d, feats["choose/in"], levels) for d in detectors}
     choose = {d: {kind: auroc(scores(d, feats["choose/in"], entries[d]),
                               scores(d, feats[f"choose/{kind}"], entries[d])) for kind in CHOOSE_KINDS}
               for d in detectors}
@@ -296,7 +307,7 @@ async def evaluate(engine: Engine, name: str, n: int, n_cal: int, seed: int, k: 
 def scoring_models(engine: Engine, wanted: list[str] | None) -> list[str]:
     names = [name for name, m in sorted(engine.models.items())
              if "score" in m.capabilities and m.data["kind"] == "image" and m.shape == SHAPE
-             and m.data["levels"] in DATASETS]
+             and m.data["levels"] in DATASETS and name not in BACKGROUNDS.values()]
     unknown = set(wanted or []) - set(names)
     if unknown:
         raise SystemExit(f"not scoring image models in the store: {sorted(unknown)}; they are: {names}")
@@ -317,9 +328,10 @@ def cell(v: tuple[float, float, float]) -> str:
     return f"{v[0]:.3f} [{v[1]:.2f}, {v[2]:.2f}]"
 
 
-def tables(rows: list[dict], command: str, seconds: float) -> str:
+def tables(rows: list[dict], command: str, seconds: float | None) -> str:
+    took = "Rows merged from runs split by --models." if seconds is None else f"{seconds / 60:.1f} min."
     lines = ["# Anomaly detection: choose on constructions, report on kinds never used\n", f"    {command}\n",
-             f"{seconds / 60:.1f} min. OOD is the positive class; AUROC 0.5 is chance. Intervals: 2.5-97.5% of "
+             f"{took} OOD is the positive class; AUROC 0.5 is chance. Intervals: 2.5-97.5% of "
              f"{BOOTSTRAP} bootstrap resamples of both sets.\n",
              "## 1. Choose (training digits vs CHOOSE kinds; AUROC; `*` the chosen default)\n",
              "| model | detector | " + " | ".join(CHOOSE_KINDS) + " | min |",
@@ -372,12 +384,19 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="write calibration.detectors/default to manifests")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/anomaly.md"))
     parser.add_argument("--json", default="benchmarks/results/anomaly.json")
+    parser.add_argument("--merge", nargs="+", type=Path, help="instead of running: the tables of these --json files' "
+                        "rows, a model's row from the last file that has it (runs split by --models)")
     args = parser.parse_args()
     threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
     command = threads + shlex.join([os.path.relpath(sys.executable), *sys.argv])
     start = time.perf_counter()
-    rows = asyncio.run(run(args))
-    text = tables(rows, command, time.perf_counter() - start)
+    if args.merge:
+        rows = list({r["model"]: r for path in args.merge for r in json.loads(path.read_text())}.values())
+        rows.sort(key=lambda r: r["model"])
+        Path(args.json).write_text(json.dumps(rows))
+    else:
+        rows = asyncio.run(run(args))
+    text = tables(rows, command, None if args.merge else time.perf_counter() - start)
     print(text)
     args.out.write_text(text)
 

@@ -99,7 +99,13 @@ def test_a_model_against_itself_scores_zero(engine, digits):
 
 def test_the_likelihood_ratio_needs_its_background_served(store, digits, tmp_path):
     shutil.copytree(store / MODEL, tmp_path / MODEL)  # the PixelCNN alone: its background `rbm` is absent
+    path = tmp_path / MODEL / "1" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["calibration"]["default"] = "likelihood_ratio"
+    path.write_text(json.dumps(manifest))
     alone = Engine(ModelStore(tmp_path), Settings(intra_op_threads=1))
+    # the default falls back to the model's own NLL, and says so
+    assert {r["anomaly"]["method"] for r in run(alone.score(MODEL, digits[:2]))} == {"nll"}
     with pytest.raises(InvalidInput, match="likelihood_ratio") as info:
         run(alone.score(MODEL, digits[:2], anomaly_method="likelihood_ratio"))
     assert info.value.field == "anomaly_method"
