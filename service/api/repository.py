@@ -27,8 +27,8 @@ from service.engine.engine import PINNED_VERSION
 from service.engine.errors import EngineError, UnknownModel
 from service.settings import Settings
 
-_V1_VERSIONED = re.compile(r"/v1/models/([^/]+)/versions/([^/]+)(/.*)?")
-_V2_VERSIONED = re.compile(r"/v2/models/([^/]+)/versions/([^/]+)(?:/.*)?")
+_V1_MODEL = re.compile(r"/v1/models/([^/]+)(?:/versions/([^/]+))?(/.*)?")
+_V2_MODEL = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(?:/.*)?")
 
 
 class AdminKeys:
@@ -96,32 +96,44 @@ def router(engine: Any, admins: AdminKeys) -> APIRouter:
     return r
 
 
-def v2_pin(engine: Any, v2_name: str, version: str) -> tuple[str, int] | None:
-    """(model, version) to pin for a V2 request naming "<model>.<function>" and a version, when that version is
-    served; None otherwise (the V2 adapter's own check then answers for a version it does not know)."""
+def latest_pin(engine: Any, model: str) -> tuple[str, int] | None:
+    """(model, its latest version) while it is served: a request pinned so at its start runs on one version to its
+    end, and its answer's `version` is the version that computed it, even when a load lands meanwhile."""
+    served = getattr(engine, "versions", {}).get(model)
+    return (model, max(served)) if served else None
+
+
+def v2_pin(engine: Any, v2_name: str, version: str | None) -> tuple[str, int] | None:
+    """(model, version) to pin for a V2 request naming "<model>.<function>": the version it names when that
+    version is served (else None: the V2 adapter's own check answers), or the latest when it names none."""
     model = v2_name.rpartition(".")[0]
+    if not version:
+        return latest_pin(engine, model)
     served = getattr(engine, "versions", {}).get(model, {})
     return (model, int(version)) if version.isdigit() and int(version) in served else None
 
 
 class VersionedRoutes:
-    """/v1/models/{name}/versions/{v}/...: the unversioned route, with version v pinned (PINNED_VERSION);
-    /v2/models/{name}/versions/{v}/...: version v pinned when it is served (else V2's own 404 answers)."""
+    """/v1/models/{name}/versions/{v}/...: the unversioned route, with version v pinned (PINNED_VERSION); an
+    unversioned /v1/models/{name}/... pinned to the latest; /v2/models/{name}[/versions/{v}]/...: as v2_pin."""
 
     def __init__(self, app: ASGIApp, engine: Any) -> None:
         self.app, self.engine = app, engine
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or "/versions/" not in scope["path"]:
+        if scope["type"] != "http" or not scope["path"].startswith(("/v1/models/", "/v2/models/")):
             await self.app(scope, receive, send)
             return
         pinned = None
-        if match := _V1_VERSIONED.fullmatch(scope["path"]):
+        if match := _V1_MODEL.fullmatch(scope["path"]):
             name, version, rest = match.groups()
-            path = f"/v1/models/{name}{rest or ''}"
-            scope = {**scope, "path": path, "raw_path": path.encode()}
-            pinned = (name, int(version) if version.isdigit() else -1)  # -1: no such version (404)
-        elif match := _V2_VERSIONED.fullmatch(scope["path"]):
+            if version is None:
+                pinned = latest_pin(self.engine, name)
+            else:
+                path = f"/v1/models/{name}{rest or ''}"
+                scope = {**scope, "path": path, "raw_path": path.encode()}
+                pinned = (name, int(version) if version.isdigit() else -1)  # -1: no such version (404)
+        elif match := _V2_MODEL.fullmatch(scope["path"]):
             pinned = v2_pin(self.engine, *match.groups())
         token = PINNED_VERSION.set(pinned)
         try:
