@@ -57,6 +57,7 @@ def run(
     from service.engine.engine import Engine
     from service.engine.errors import EngineError
     from service.engine.metrics import EngineMetrics
+    from service.engine.runtimes import MissingRuntime
     from service.engine.workers import WorkerPool
     from service.settings import Settings
     from service.store import ModelStore, StoreError
@@ -85,8 +86,11 @@ def run(
     metrics = EngineMetrics()
     store.register_metrics(metrics.registry)
     directories = {name: entry.directory for name, entry in store.entries.items()}
-    workers = WorkerPool(directories, settings.runtime, settings.intra_op_threads, metrics.worker_restarted,
-                         settings.worker_call_timeout_s, settings.worker_wait_s)
+    try:
+        workers = WorkerPool(directories, settings.runtime, settings.intra_op_threads, metrics.worker_restarted,
+                             settings.worker_call_timeout_s, settings.worker_wait_s)
+    except MissingRuntime as e:
+        raise SystemExit(f"genserve: {e}") from None
     try:
         engine = Engine(store, settings, metrics, runner=workers)
     except EngineError as e:

@@ -59,12 +59,16 @@ class OnnxFunction(TensorFunction):
         return self.session.run(self.output_names, feeds)
 
 
+class MissingRuntime(RuntimeError):
+    """The runtime the settings name cannot run in this install (its package is missing)."""
+
+
 def import_torch():
     """torch, for the TorchScript runtime; a clear error where this install has none."""
     try:
         import torch
     except ModuleNotFoundError as e:
-        raise RuntimeError("GENSERVE_RUNTIME=torchscript needs torch, which this install lacks: pip install "
+        raise MissingRuntime("GENSERVE_RUNTIME=torchscript needs torch, which this install lacks: pip install "
                            "'genserve[torchscript]', or serve the ONNX files (GENSERVE_RUNTIME=onnx)") from e
     return torch
 
