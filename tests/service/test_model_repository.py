@@ -37,14 +37,17 @@ def add_version(store: Path, version: int) -> None:
     (target / "manifest.json").write_text(json.dumps({**manifest, "version": version}))
 
 
-@pytest.fixture
-def store(tiny_store, tmp_path) -> Path:
-    """A store holding pixelcnn version 1 only."""
-    root = tmp_path / "store"
+def version_one_store(tiny_store: Path, root: Path) -> Path:
+    """A store at `root` holding the tiny pixelcnn as version 1 only."""
     shutil.copytree(next((tiny_store / MODEL).iterdir()), root / MODEL / "1")
     manifest = json.loads((root / MODEL / "1" / "manifest.json").read_text())
     (root / MODEL / "1" / "manifest.json").write_text(json.dumps({**manifest, "version": 1}))
     return root
+
+
+@pytest.fixture
+def store(tiny_store, tmp_path) -> Path:
+    return version_one_store(tiny_store, tmp_path / "store")
 
 
 @pytest.fixture
