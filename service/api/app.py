@@ -282,6 +282,7 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
     NamedScoreRequest, CompleteRequest = requests.score_named, requests.complete
     EncodeRequest, ReconstructRequest = requests.encode, requests.reconstruct
     DecodeRequest, InterpolateRequest = requests.decode, requests.interpolate
+    TranslateRequest = requests.translate
     router = APIRouter(responses=_ERRORS)
     router.genserve_fast = {}  # route template -> (request model, handler) for RestFastPath
 
@@ -452,6 +453,19 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
         z = np.asarray(out["z"])
         check_finite_outputs({"z": z}, "body.inputs")
         return FastJSONResponse({"model": name, "version": description["version"], "z": z, "images": images})
+
+    @router.post("/v1/models/{name}/translate", response_model=schemas.ImagesResponse, tags=["inference"])
+    @fast("/v1/models/{name}/translate", TranslateRequest)
+    async def translate(name: str, body: TranslateRequest, request: Request) -> dict:
+        """Images of the capability's input shape and levels -> images of the model's data (pix2pix: edge maps
+        -> digits), deterministic."""
+        description, spec = lookup(request, name)
+        _require(description, "translate", name)
+        x = codecs.decode_inputs(body.inputs, engine.translate_input(name))  # [B, *input shape]
+        fmt = codecs.output_format(body.format, spec)
+        images = await unless_disconnected(request, engine.translate(name, x))
+        return FastJSONResponse({"model": name, "version": description["version"],
+                                 "images": codecs.encode_images(images, spec, fmt, field="body.inputs", array=True)})
 
     return router
 

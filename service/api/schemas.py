@@ -220,6 +220,7 @@ class RequestModels:
     reconstruct: type[BaseModel]
     decode: type[BaseModel]
     interpolate: type[BaseModel]
+    translate: type[BaseModel]
 
 
 def request_models(settings: Settings) -> RequestModels:
@@ -313,5 +314,10 @@ def request_models(settings: Settings) -> RequestModels:
                                                 "included (2..64)")] = 8
         format: ImageFormat = None
 
+    class TranslateRequest(_Request):
+        inputs: Annotated[list[Input], Field(min_length=1, max_length=settings.max_inputs_per_request,
+                                             description="images of capabilities.translate.input's shape and levels")]
+        format: ImageFormat = None
+
     return RequestModels(SampleRequest, ScoreRequest, NamedScoreRequest, CompleteRequest, EncodeRequest,
-                         ReconstructRequest, DecodeRequest, InterpolateRequest)
+                         ReconstructRequest, DecodeRequest, InterpolateRequest, TranslateRequest)

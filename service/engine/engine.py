@@ -726,6 +726,19 @@ class Engine(LatentOperations):
         return {"score": score, "score_kind": calibration["score"], "percentile": percentile,
                 "is_anomaly": percentile >= calibration["threshold_quantile"] * 100.0}
 
+    def translate_input(self, name: str) -> dict:
+        """What `translate` takes: {"kind": "image", "shape", "levels"} of its input images (the answer's are the
+        model's data shape and levels); MissingCapability for a model that does not translate."""
+        return {"kind": "image", **self.model(name).capability("translate")["input"]}
+
+    async def translate(self, name: str, x: np.ndarray) -> np.ndarray:
+        """Images x [B, *input shape] of the input levels -> images [B, *shape] int64 levels, by the capability's
+        one deterministic function (source -> x): the same inputs always give the same images."""
+        m = self.model(name)
+        cap, spec = m.capability("translate"), self.translate_input(name)
+        x = check_levels(np.asarray(x), spec["shape"], spec["levels"], "inputs")
+        return (await self._caller(m)(cap["function"], {"source": x}))["x"]
+
     def function_spec(self, name: str, function: str) -> dict:
         """The manifest entry (inputs, outputs) of one named function; raises UnknownModel."""
         m = self.model(name)

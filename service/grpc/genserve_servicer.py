@@ -467,6 +467,14 @@ class GenserveServicer(pb_grpc.GenserveServicer):
                                           z=to_tensor(out["z"], np.float32),
                                           images=to_tensor(out["images"], np.float32))
 
+    async def Translate(self, request, context):
+        async with engine_errors(context, "Translate"):
+            name = request.model
+            description, _ = self._lookup(name, "translate")
+            images = await self.engine.translate(name, self._inputs(request, self.engine.translate_input(name)))
+            return pb.TranslateResponse(model=name, version=str(description["version"]),
+                                        images=to_tensor(images, np.int64))
+
 
 def add_genserve_servicer(server: grpc.aio.Server, engine: Any, settings: Settings) -> str:
     """Register genserve.v1.Genserve on `server`; returns its full service name."""

@@ -79,6 +79,11 @@ class GenserveStub:
                 request_serializer=genserve_dot_v1_dot_genserve__pb2.InterpolateRequest.SerializeToString,
                 response_deserializer=genserve_dot_v1_dot_genserve__pb2.InterpolateResponse.FromString,
                 _registered_method=True)
+        self.Translate = channel.unary_unary(
+                '/genserve.v1.Genserve/Translate',
+                request_serializer=genserve_dot_v1_dot_genserve__pb2.TranslateRequest.SerializeToString,
+                response_deserializer=genserve_dot_v1_dot_genserve__pb2.TranslateResponse.FromString,
+                _registered_method=True)
         self.SampleStream = channel.unary_stream(
                 '/genserve.v1.Genserve/SampleStream',
                 request_serializer=genserve_dot_v1_dot_genserve__pb2.SampleRequest.SerializeToString,
@@ -152,6 +157,13 @@ class GenserveServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Translate(self, request, context):
+        """Images to images by the model's `translate` capability (pix2pix: edge maps to digits), deterministic.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SampleStream(self, request, context):
         """Sample, streamed: one chunk per generation step as soon as it is computed
         (an image row, an audio chunk, a token). Concatenating the chunks' values
@@ -209,6 +221,11 @@ def add_GenserveServicer_to_server(servicer, server):
                     servicer.Interpolate,
                     request_deserializer=genserve_dot_v1_dot_genserve__pb2.InterpolateRequest.FromString,
                     response_serializer=genserve_dot_v1_dot_genserve__pb2.InterpolateResponse.SerializeToString,
+            ),
+            'Translate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Translate,
+                    request_deserializer=genserve_dot_v1_dot_genserve__pb2.TranslateRequest.FromString,
+                    response_serializer=genserve_dot_v1_dot_genserve__pb2.TranslateResponse.SerializeToString,
             ),
             'SampleStream': grpc.unary_stream_rpc_method_handler(
                     servicer.SampleStream,
@@ -459,6 +476,33 @@ class Genserve:
             '/genserve.v1.Genserve/Interpolate',
             genserve_dot_v1_dot_genserve__pb2.InterpolateRequest.SerializeToString,
             genserve_dot_v1_dot_genserve__pb2.InterpolateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Translate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/genserve.v1.Genserve/Translate',
+            genserve_dot_v1_dot_genserve__pb2.TranslateRequest.SerializeToString,
+            genserve_dot_v1_dot_genserve__pb2.TranslateResponse.FromString,
             options,
             channel_credentials,
             insecure,
