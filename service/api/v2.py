@@ -13,9 +13,9 @@ with the body {"error": "<message>"}, the message naming the field at fault
 queue or an engine that is not ready, 504 for a timeout). Readiness answers 200
 for true and 400 for false, as the specification says.
 
-POST /v2/repository/index (Triton's model-repository extension) lists the V2
-models, so `tritonclient.http.InferenceServerClient.get_model_repository_index()`
-works.
+POST /v2/repository/index (Triton's model-repository extension) lists every version
+of every V2 model in the store with its state and reason (Engine.repository_index), so
+`tritonclient.http.InferenceServerClient.get_model_repository_index()` works.
 """
 
 import json
@@ -344,14 +344,8 @@ def router(engine: Any) -> APIRouter:
             only_ready = bool(json.loads(body).get("ready", False)) if body.strip() else False
         except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
             return v2_error(400, "body: must be empty or a JSON object like {\"ready\": true}")
-        ready = bool(engine.ready())
-        if only_ready and not ready:
-            return []
-        return [
-            {"name": f"{d['name']}.{function}", "version": str(d["version"]),
-             "state": "READY" if ready else "UNAVAILABLE", "reason": "" if ready else "the engine is not ready"}
-            for d in engine.list_models() for function in d.get("functions", [])
-        ]
+        index = engine.repository_index(bool(engine.ready()))  # every version in the store, served or not
+        return [entry for entry in index if entry["state"] == "READY"] if only_ready else index
 
     return r
 

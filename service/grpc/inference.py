@@ -25,7 +25,6 @@ import grpc
 import numpy as np
 
 import genserve
-from service.api.repository import AdminKeys, load, unload, v2_pin
 from service.engine.engine import PINNED_VERSION
 from service.engine.errors import EngineError, InvalidInput
 from service.engine.oip import (
@@ -42,6 +41,7 @@ from service.engine.validation import check_finite, check_finite_outputs, check_
 from service.grpc.gen_inference import grpc_predict_v2_pb2 as pb
 from service.grpc.gen_inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from service.grpc.status import abort_with
+from service.model_control import AdminKeys, load, unload, v2_pin
 
 log = logging.getLogger("genserve.grpc.inference")
 

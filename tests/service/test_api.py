@@ -56,6 +56,12 @@ class FakeEngine:
     def unavailable_models(self) -> list[dict]:
         return []
 
+    def repository_index(self, ready: bool) -> list[dict]:
+        """Like the engine's: every V2 model ("<model>.<function>") of every version, READY while ready."""
+        return [{"name": f"{name}.{function}", "version": "1", "state": "READY" if ready else "UNAVAILABLE",
+                 "reason": "" if ready else "the engine is not ready"}
+                for name in MODELS for function in self.describe(name).get("functions", [])]
+
     def describe(self, name: str) -> dict:
         model = self._model(name)
         return {
