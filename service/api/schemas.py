@@ -24,11 +24,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from service.engine.validation import MAX_INT32, MAX_SECONDS, MAX_SEED, MAX_TEMPERATURE
 from service.settings import Settings
-
-MAX_SEED = 2**63 - 1
-MAX_INT32 = 2**31 - 1  # the gRPC API's counts are int32: REST takes no more, so the two agree
-MAX_TEMPERATURE = 10.0
 
 # An input: for an image model a base64 PNG or nested integer levels, for a text model a string.
 # The codecs check the structure themselves, so that every problem gets one message naming the input's index.
@@ -231,7 +228,7 @@ def request_models(settings: Settings) -> RequestModels:
                                          description="text and audio models: characters or audio samples to "
                                                      "generate after the prompt or input (absent: the model's "
                                                      "default)")]
-    Seconds = Annotated[float | None, Field(gt=0, le=86400,
+    Seconds = Annotated[float | None, Field(gt=0, le=MAX_SECONDS,
                                             description="audio models: seconds to generate (instead of length)")]
     Labels = Annotated[
         list[Label | None] | None,

@@ -5,6 +5,11 @@ import numpy as np
 from service.engine.errors import InvalidInput
 
 MAX_DIMS = 32  # dimensions of a tensor on the wire (numpy itself stops at 64)
+# The request limits every protocol applies (REST through its schemas, gRPC in its adapter): one definition.
+MAX_SEED = 2**63 - 1
+MAX_INT32 = 2**31 - 1  # the gRPC API's counts are int32: REST takes no more, so the two agree
+MAX_TEMPERATURE = 10.0
+MAX_SECONDS = 86400.0  # audio to generate or continue per request
 
 
 def check_levels(x: np.ndarray, shape: list[int] | None, levels: int, field: str) -> np.ndarray:

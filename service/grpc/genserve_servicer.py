@@ -24,7 +24,14 @@ import numpy as np
 
 from service.engine import audio, text
 from service.engine.errors import EngineError, InvalidInput, MissingCapability
-from service.engine.validation import check_finite, check_finite_outputs, check_shape
+from service.engine.validation import (
+    MAX_SECONDS,
+    MAX_SEED,
+    MAX_TEMPERATURE,
+    check_finite,
+    check_finite_outputs,
+    check_shape,
+)
 from service.grpc.gen import genserve_pb2 as pb
 from service.grpc.gen import genserve_pb2_grpc as pb_grpc
 from service.grpc.status import abort_with
@@ -33,9 +40,6 @@ from service.settings import Settings
 log = logging.getLogger("genserve.grpc")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Genserve"].full_name  # "genserve.v1.Genserve"
-MAX_SEED = 2**63 - 1
-MAX_TEMPERATURE = 10.0
-MAX_SECONDS = 86400.0
 WIRE_DTYPES = {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
                "float16", "float32", "float64"}
 
