@@ -245,7 +245,12 @@ async def _events(first: np.ndarray, stream: AsyncIterator[np.ndarray], spec: di
 def _generation(body: Any, spec: dict) -> dict:
     """The sequence-model knobs of a sample request, as engine keyword arguments."""
     return {"length": audio.length_of(body.seconds, body.length, spec, "body.seconds"), "top_k": body.top_k,
-            "prompt": codecs.decode_prompt(body.prompt, spec)}
+            "prompt": codecs.decode_prompt(body.prompt, spec), **_length_field(body)}
+
+
+def _length_field(body: Any) -> dict:
+    """The engine names `body.seconds` in a refusal of the length when the request gave seconds."""
+    return {} if body.seconds is None else {"length_field": "body.seconds"}
 
 
 def _wants_wav_file(request: Request, spec: dict, n: int) -> bool:
@@ -394,7 +399,8 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
         label = audio.voice_label(body.voice, None, spec, "body.voice")
         length = audio.length_of(body.seconds, body.length, spec, "body.seconds")
         out = await unless_disconnected(request, engine.complete(name, x, mask, body.n, seed, body.temperature, label,
-                                                                 length=length, top_k=body.top_k, steps=body.steps))
+                                                                 length=length, top_k=body.top_k, steps=body.steps,
+                                                                 **_length_field(body)))
         completions = [codecs.encode_samples(per_input, spec, fmt) for per_input in out]
         return FastJSONResponse({"model": name, "version": description["version"], "seed": seed,
                                  "completions": completions})

@@ -283,10 +283,11 @@ class Engine(LatentOperations):
         return per_row
 
     def _plan(self, m: LoadedModel, cap: dict, prompt: np.ndarray | None, length: int | None,
-              rows: int) -> tuple[int, np.ndarray | None, np.ndarray | None, int]:
+              rows: int, length_field: str = "length") -> tuple[int, np.ndarray | None, np.ndarray | None, int]:
         """(steps, observed, mask, values): a sequence model generates `length` values after the prompt.
 
         observed and mask are [rows, steps * values per step], 1 over the prompt; images take neither.
+        `length_field` names the request field that set length (an audio request's seconds) in refusals.
         """
         per_step = math.prod(cap["step_shape"])
         if not m.is_sequence:
@@ -299,15 +300,15 @@ class Engine(LatentOperations):
             check_sequence(prompt, m.data["levels"], "prompt")
         length = cap["steps"] * per_step if length is None else length
         if length < 1:
-            raise InvalidInput("length: must be at least 1", field="length")
+            raise InvalidInput(f"{length_field}: must be at least 1 value", field=length_field)
         values = len(prompt) + length
         most = cap.get("max_length", self.settings.max_sequence_length)
         if values > most:
             seconds = f" ({values / m.data['sample_rate']:g} s; at most {most / m.data['sample_rate']:g} s)" \
                 if m.data["kind"] == "audio" else ""
-            raise InvalidInput(f"length: prompt and continuation are {values} values{seconds}, over model "
-                               f"{m.manifest['name']!r}'s limit of {most}", field="length")
-        self._check_work(m, cap, rows, values, "length", "samples x values")
+            raise InvalidInput(f"{length_field}: prompt and continuation are {values} values{seconds}, over model "
+                               f"{m.manifest['name']!r}'s limit of {most}", field=length_field)
+        self._check_work(m, cap, rows, values, length_field, "samples x values")
         steps = math.ceil(values / per_step)
         observed = np.zeros((rows, steps * per_step), np.int64)
         observed[:, : len(prompt)] = prompt
@@ -331,7 +332,7 @@ class Engine(LatentOperations):
 
     async def sample_stream(self, name: str, n: int, seed: int, temperature: float, label: int | None, *,
                             length: int | None = None, top_k: int | None = None, prompt: np.ndarray | None = None,
-                            chunk: int | None = None) -> AsyncIterator[np.ndarray]:
+                            chunk: int | None = None, length_field: str = "length") -> AsyncIterator[np.ndarray]:
         """Yield the output as it is generated: every step's [n, *step_shape] (an image row), or for a sequence
         model [n, chunk] values (characters, audio; default: one step's), the prompt first, the last chunk
         shorter; the chunks add up to sample's output."""
@@ -339,7 +340,7 @@ class Engine(LatentOperations):
         if m.capability("sample")["procedure"] != "autoregressive":
             raise MissingCapability(f"model {name!r} draws each sample at once "
                                     f"({m.capability('sample')['procedure']}): use sample, not a stream", field="model")
-        steps, observed, mask, values = self._plan(m, m.capability("sample"), prompt, length, n)
+        steps, observed, mask, values = self._plan(m, m.capability("sample"), prompt, length, n, length_field)
         if chunk is not None and (not m.is_sequence or chunk < 1):
             raise InvalidInput("chunk: a positive number of values, for text and audio models only", field="chunk")
         chunk = chunk or math.prod(m.capability("sample")["step_shape"])
@@ -401,10 +402,12 @@ class Engine(LatentOperations):
 
     async def sample(self, name: str, n: int, seed: int, temperature: float, label: int | None, *,
                      length: int | None = None, top_k: int | None = None, prompt: np.ndarray | None = None,
-                     steps: int | None = None, controls: dict[str, list[float]] | None = None) -> np.ndarray:
+                     steps: int | None = None, controls: dict[str, list[float]] | None = None,
+                     length_field: str = "length") -> np.ndarray:
         """[n, *shape] int64 samples, or [n, len(prompt) + length] for a sequence model (the prompt first).
 
         Sample i depends only on (seed, i), whatever shares its batch. `steps`: a Markov chain's length.
+        `length_field`: the request field that set `length` (an audio request's seconds), named in refusals.
         `controls`: the values of a model's sample controls (an InfoGAN's codes); the others are drawn.
         """
         m = self.model(name)
@@ -428,7 +431,7 @@ class Engine(LatentOperations):
             return await self._chain(m, cap, rngs, self._chain_start(m, rngs), zeros, zeros,
                                      self._chain_steps(m, cap, steps, n))
         self._no_steps(m, cap, steps)
-        steps, observed, mask, values = self._plan(m, m.capability("sample"), prompt, length, n)
+        steps, observed, mask, values = self._plan(m, m.capability("sample"), prompt, length, n, length_field)
         chunks = [v async for v in self._generate(m, "sample", seed, n, temperature, label, observed, mask,
                                                   steps, top_k)]
         x = np.stack(chunks, axis=1).reshape(n, -1)[:, :values]
@@ -437,7 +440,8 @@ class Engine(LatentOperations):
 
     async def complete(self, name: str, x: np.ndarray | list[np.ndarray], mask: np.ndarray | None, n: int,
                        seed: int, temperature: float, label: int | None = None, *, length: int | None = None,
-                       top_k: int | None = None, steps: int | None = None) -> np.ndarray | list[np.ndarray]:
+                       top_k: int | None = None, steps: int | None = None,
+                       length_field: str = "length") -> np.ndarray | list[np.ndarray]:
         """Fill in each input n times; observed values are kept exactly.
 
         Images: x, mask [B, *shape] (mask 1 = observed) -> [B, n, *shape]. Sequence models continue each
@@ -462,7 +466,7 @@ class Engine(LatentOperations):
         if m.is_sequence:
             if mask is not None:
                 raise InvalidInput(f"mask: model {name!r} continues each input and takes no mask", field="mask")
-            return await self._continue(m, x, n, seed, temperature, label, length, top_k)
+            return await self._continue(m, x, n, seed, temperature, label, length, top_k, length_field)
         self._no_sequence_options(m, length=length)  # an image's completion has the image's size
         x = check_levels(x, m.shape, m.data["levels"], "inputs")
         if mask is None:
@@ -491,7 +495,8 @@ class Engine(LatentOperations):
         return np.stack(values, axis=1).reshape(len(x), n, *m.shape)
 
     async def _continue(self, m: LoadedModel, prefixes: list[np.ndarray], n: int, seed: int, temperature: float,
-                        label: int | None, length: int | None, top_k: int | None) -> list[np.ndarray]:
+                        label: int | None, length: int | None, top_k: int | None,
+                        length_field: str = "length") -> list[np.ndarray]:
         """Each prefix [T_b] continued n times -> per prefix [n, T_b + length]; row b*n + i uses generator b*n + i."""
         if len(prefixes) == 0:
             raise InvalidInput("inputs: give at least one input", field="inputs")
@@ -501,8 +506,9 @@ class Engine(LatentOperations):
         cap = m.capability("complete")
 
         prefixes = [check_sequence(prefix, m.data["levels"], f"inputs[{b}]") for b, prefix in enumerate(prefixes)]
-        plans = [self._plan(m, cap, prefix, length, n) for prefix in prefixes]
-        self._check_work(m, cap, n, sum(values for *_, values in plans), "length", "n x the values of every input")
+        plans = [self._plan(m, cap, prefix, length, n, length_field) for prefix in prefixes]
+        self._check_work(m, cap, n, sum(values for *_, values in plans), length_field,
+                         "n x the values of every input")
 
         async def one(b: int, steps: int, observed: np.ndarray, mask: np.ndarray, values: int) -> np.ndarray:
             chunks = [v async for v in self._generate(m, "complete", seed, n, temperature, label, observed, mask,

@@ -212,8 +212,13 @@ def _generation(request: pb.SampleRequest, spec: dict) -> dict:
     prompt = request.prompt if request.HasField("prompt") else None
     if prompt is not None and spec.get("kind") != "text":
         raise InvalidInput("prompt: only text models take a prompt", field="prompt")
-    return {"length": _length(request, spec), "top_k": _top_k(request),
+    return {"length": _length(request, spec), "top_k": _top_k(request), **_length_field(request),
             "prompt": None if prompt is None else text.encode(prompt, spec["vocabulary"], "prompt")}
+
+
+def _length_field(request: Any) -> dict:
+    """The engine names `seconds` in a refusal of the length when the request gave seconds."""
+    return {"length_field": "seconds"} if request.HasField("seconds") else {}
 
 
 def _sequences(request: Any, spec: dict, limit: int) -> list[np.ndarray] | None:
@@ -408,7 +413,8 @@ class GenserveServicer(pb_grpc.GenserveServicer):
             if prefixes is not None:
                 out = await self.engine.complete(name, prefixes, None, n, seed, temperature, _label(request, spec),
                                                  length=_length(request, spec), top_k=_top_k(request),
-                                                 steps=_optional(request, "steps"))  # per input [n, T_b]
+                                                 steps=_optional(request, "steps"),
+                                                 **_length_field(request))  # per input [n, T_b]
                 files = [_as_files(rows, spec) for rows in out]
                 key = "texts" if spec.get("kind") == "text" else "wavs"
                 return pb.CompleteResponse(model=name, version=str(description["version"]), seed=seed,

@@ -116,9 +116,14 @@ def test_rest_wav_file_base64_wav_chunked_stream_and_score(engine, settings, spe
         with wave.open(io.BytesIO(base64.b64decode(completed["completions"][0][0]))) as w:
             assert w.getnframes() == 800 + 320
         for bad, field in (({"voice": "nobody"}, "body.voice"), ({"seconds": 0.1, "length": 5}, "body.seconds"),
-                           ({"n": 2}, "body.n")):
+                           ({"n": 2}, "body.n"), ({"seconds": 10_000}, "body.seconds")):
             refused = client.post(url, json=bad, headers={"accept": "audio/wav"})
             assert refused.status_code == 422 and refused.json()["error"]["field"] == field
+        too_long = client.post(url, json={"seconds": 10_000}).json()["error"]["message"]
+        assert "10000 s; at most" in too_long  # the limit in seconds too (issue 22, item 10)
+        too_long = client.post(f"/v1/models/{MODEL}/complete", json={"inputs": [as_json["samples"][0]],
+                                                                      "seconds": 10_000}).json()["error"]
+        assert too_long["field"] == "body.seconds"
 
 
 def test_grpc_stream_sends_pcm_chunks_of_the_requested_duration(engine, settings, spec):
