@@ -7,15 +7,14 @@ it), a refused key. Not the initial metadata: sending that ahead of the answer i
 large share of what a small unary call costs.
 """
 
-import inspect
+from contextlib import contextmanager
 
 import grpc
 
+from service.grpc.handlers import around_calls
 from service.logs import REQUEST_ID, request_id
 
 KEY = "x-request-id"
-_KINDS = {(False, False): "unary_unary", (False, True): "unary_stream",  # the RpcMethodHandler field that
-          (True, False): "stream_unary", (True, True): "stream_stream"}  # holds the behavior of each kind
 
 
 def _given(metadata) -> str | None:
@@ -33,31 +32,15 @@ class RequestIdInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         rid = request_id(_given(handler_call_details.invocation_metadata))
-        kind = _KINDS[handler.request_streaming, handler.response_streaming]
-        return handler._replace(**{kind: _with_id(getattr(handler, kind), rid)})
+        return around_calls(handler, lambda context: _with_id(rid, context))
 
 
-def _with_id(behavior, rid: str):
-    """`behavior` that answers with `rid` in its trailing metadata and runs with it as the log lines' request id;
-    a synchronous one (this server has none) as it is."""
-    metadata = ((KEY, rid),)
-    if inspect.isasyncgenfunction(behavior):
-        async def stream(request, context):
-            token = REQUEST_ID.set(rid)
-            try:
-                context.set_trailing_metadata(metadata)
-                async for response in behavior(request, context):
-                    yield response
-            finally:
-                REQUEST_ID.reset(token)
-        return stream
-    if inspect.iscoroutinefunction(behavior):
-        async def call(request, context):
-            token = REQUEST_ID.set(rid)
-            try:
-                context.set_trailing_metadata(metadata)
-                return await behavior(request, context)
-            finally:
-                REQUEST_ID.reset(token)
-        return call
-    return behavior
+@contextmanager
+def _with_id(rid: str, context):
+    """The call answers with `rid` in its trailing metadata and runs with it as the log lines' request id."""
+    token = REQUEST_ID.set(rid)
+    try:
+        context.set_trailing_metadata(((KEY, rid),))
+        yield
+    finally:
+        REQUEST_ID.reset(token)

@@ -8,9 +8,9 @@ settings.tls_cert and tls_key, the port serves TLS only.
 """
 
 import asyncio
-import inspect
 import logging
 from collections import Counter
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from service.credentials import api_keys, tls_pair
 from service.grpc.auth import AuthInterceptor
 from service.grpc.genserve_servicer import add_genserve_servicer
+from service.grpc.handlers import around_calls
 from service.grpc.request_id import RequestIdInterceptor
 from service.in_flight import InFlight
 from service.settings import Settings
@@ -29,8 +30,6 @@ log = logging.getLogger("genserve.grpc")
 
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name  # "grpc.health.v1.Health"
 WATCH_POLL_S = 1.0
-_KINDS = {(False, False): "unary_unary", (False, True): "unary_stream",  # the RpcMethodHandler field that
-          (True, False): "stream_unary", (True, True): "stream_stream"}  # holds the behavior of each kind
 
 
 class EngineHealth(HealthServicer):
@@ -90,30 +89,16 @@ class CallsInFlight(InFlight, grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        kind = _KINDS[handler.request_streaming, handler.response_streaming]
-        behavior = self._tracked(getattr(handler, kind), handler_call_details.method)
-        return handler if behavior is None else handler._replace(**{kind: behavior})
+        return around_calls(handler, lambda context: self._tracked(handler_call_details.method))
 
-    def _tracked(self, behavior, method: str):
-        """`behavior` counted while it runs; None for a synchronous one (this server has none)."""
-        if inspect.isasyncgenfunction(behavior):
-            async def stream(request, context):
-                self._enter(method)
-                try:
-                    async for response in behavior(request, context):
-                        yield response
-                finally:
-                    self._leave(method)
-            return stream
-        if inspect.iscoroutinefunction(behavior):
-            async def call(request, context):
-                self._enter(method)
-                try:
-                    return await behavior(request, context)
-                finally:
-                    self._leave(method)
-            return call
-        return None
+    @contextmanager
+    def _tracked(self, method: str):
+        """The call counted while it runs."""
+        self._enter(method)
+        try:
+            yield
+        finally:
+            self._leave(method)
 
     def _enter(self, method: str) -> None:
         self.methods[method] += 1
