@@ -7,14 +7,14 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.e2e.test_server import REPO, free_port, serve_command, stop, wait_ready
+
 MODEL = "gan"  # a shipped model with ONNX files (2.4 MB)
 START_TIMEOUT_S = 60.0
 
@@ -33,14 +33,6 @@ class NoTorch:
 
 sys.meta_path.insert(0, NoTorch())
 '''
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -65,20 +57,9 @@ def store(tmp_path_factory) -> Path:
 
 
 def serve(store: Path, env: dict[str, str], port: int, logs: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "genserve", "serve", "--port", str(port), "--grpc-port", str(free_port()),
-               "--models", str(store)]
     with open(logs, "wb") as err:
-        return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err,
+        return subprocess.Popen(serve_command(store, port), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err,
                                 stdin=subprocess.DEVNULL)
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=15)
 
 
 def test_serves_onnx_without_torch(store, no_torch_env, tmp_path):
@@ -86,11 +67,7 @@ def test_serves_onnx_without_torch(store, no_torch_env, tmp_path):
     process = serve(store, no_torch_env, port, tmp_path / "stderr")
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not _ready(base):
-            assert process.poll() is None, (tmp_path / "stderr").read_text()[-3000:]
-            assert time.monotonic() < deadline, (tmp_path / "stderr").read_text()[-3000:]
-            time.sleep(0.3)
+        wait_ready(process, base, tmp_path)  # its stderr is tmp_path / "stderr"
         answers = [httpx.post(f"{base}/v1/models/{MODEL}/sample", json={"n": 2, "seed": 5, "format": "array"},
                               timeout=60) for _ in range(2)]
         assert [a.status_code for a in answers] == [200, 200], answers[0].text
@@ -100,13 +77,6 @@ def test_serves_onnx_without_torch(store, no_torch_env, tmp_path):
         assert images.shape == (2, 28, 28) and images.min() >= 0 and images.max() <= 255  # 256-level digits
     finally:
         stop(process)
-
-
-def _ready(base: str) -> bool:
-    try:
-        return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def test_torchscript_runtime_names_its_extra(store, no_torch_env, tmp_path):
