@@ -6,7 +6,7 @@ for the run's samples."""
 import importlib
 
 FAMILIES = ("pixelcnn", "pixelrnn", "charrnn", "wavenet", "vae", "hvae", "rbm", "flow", "gsn", "gan", "lagan",
-            "pix2pix")
+            "pix2pix", "cyclegan", "dvbf", "vrnn", "stackgan", "midinet")
 
 
 def family_module(name: str):
