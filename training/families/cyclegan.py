@@ -208,7 +208,7 @@ def sample_grid(model: CycleGAN, generator: torch.Generator, n: int = 8) -> torc
     for source, there, back in ((mnist5k(), model.g_ab, model.g_ba), (digits28(), model.g_ba, model.g_ab)):
         x = _first_of_each_class(source, n)
         translated = translate(there, x)
-        rows += [torch.from_numpy(x).long(), torch.from_numpy(translated), torch.from_numpy(translate(back, translated))]
+        rows += [torch.from_numpy(x).long(), *map(torch.from_numpy, (translated, translate(back, translated)))]
     return torch.cat(rows)
 
 
