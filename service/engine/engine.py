@@ -7,6 +7,7 @@ when serving, or this process in tests and benchmarks.
 
 import asyncio
 import contextvars
+import dataclasses
 import logging
 import math
 import time
@@ -14,7 +15,7 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 
-from service.engine import anomaly, chains, latent, procedures
+from service.engine import anomaly, latent, procedures, worker_procedures
 from service.engine.errors import InvalidInput, MissingCapability, UnknownModel, UnsupportedModel
 from service.engine.latent_operations import LatentOperations
 from service.engine.metrics import EngineMetrics
@@ -360,20 +361,28 @@ class Engine(LatentOperations):
 
     async def _chain(self, m: LoadedModel, cap: dict, rngs: list[np.random.Generator], x: np.ndarray,
                      observed: np.ndarray, mask: np.ndarray, steps: int) -> np.ndarray:
-        """A Markov chain's state after `steps` transitions from x, run beside the runtime (service.engine.chains):
-        its steps share calls with other requests' chains, pay no queue delay, and the deadline covers them all."""
+        """A Markov chain's state after `steps` transitions from x, run beside the runtime: its steps share calls
+        with other requests' chains, pay no queue delay, and the deadline covers them all."""
         self._check_rows(m, len(x))
+        request = worker_procedures.chain_request(cap, rngs, steps)
+        return (await self._in_worker(m, request, {"x": x, "observed": observed, "mask": mask}))["next_x"]
+
+    async def _in_worker(self, m: LoadedModel, request: dict, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run an iterative procedure beside the runtime (service.engine.worker_procedures) under this request's
+        deadline (timeout_ms from now); its schedulers' events go into this process's metrics."""
         config = self._batching(m)
-        request = chains.chain_request(cap, rngs, steps, config, time.monotonic() + config.timeout_ms / 1000)
-        observer = self.metrics.observer(m.manifest["name"], cap["function"])
+        request = {**request, "batching": dataclasses.asdict(config), "seconds_left": config.timeout_ms / 1000}
         try:
-            outputs, events = await self.runner.chain(m.runner_id, cap["function"], request,
-                                                      {"x": x, "observed": observed, "mask": mask})
-        except chains.ChainFailed as e:
-            chains.replay(e.events, observer)
+            outputs, events = await self.runner.procedure(m.runner_id, request, arrays)
+        except worker_procedures.ProcedureFailed as e:
+            self._replay(m, e.events)
             raise e.error from None
-        chains.replay(events, observer)
-        return outputs["next_x"]
+        self._replay(m, events)
+        return outputs
+
+    def _replay(self, m: LoadedModel, events: worker_procedures.Events) -> None:
+        for function, its_events in events.items():
+            worker_procedures.replay(its_events, self.metrics.observer(m.manifest["name"], function))
 
     def _check_rows(self, m: LoadedModel, rows: int) -> None:
         """A sequence's rows (inputs x n) run together, so they must fit the scheduler's queue at once."""

@@ -1,5 +1,6 @@
-"""Procedures of latent-variable models: ancestral sampling, Markov chains, importance-weighted bounds and
-latent inference with optional refinement (docs/latent-variable-models.md).
+"""Procedures of latent-variable models (docs/latent-variable-models.md): ancestral sampling, sample controls,
+refinement rules, and importance-weighted bounds (their log-weights, which run in the engine worker:
+service.engine.worker_procedures, and the estimate with its standard error).
 
 Each procedure calls the model's named functions through `call(function, feeds) -> outputs`, which batches
 them with other requests; it knows the capability entries, never the architecture. Every random number comes
@@ -74,32 +75,22 @@ def refine_updates(cap: dict) -> dict[str, dict]:
     return {} if refine is None else {"gradient": refine, **refine.get("updates", {})}
 
 
-async def encode(call: Call, cap: dict, x: np.ndarray, rngs: list[np.random.Generator],
-                 refine_steps: int, update: str = "gradient") -> tuple[np.ndarray, np.ndarray]:
-    """q(z | x)'s (mean, std) [B, D] each, after `refine_steps` steps of the refinement rule `update`."""
-    out = await call(cap["function"], {"x": x, **draw(cap.get("noise", {}), rngs)})
-    mean, std = out["mean"], out["std"]
-    for _ in range(refine_steps):
-        refine = refine_updates(cap)[update]
-        out = await call(refine["function"], {"x": x, "mean": mean, "std": std, **draw(refine["noise"], rngs)})
-        mean, std = out["next_mean"], out["next_std"]
-    return mean, std
-
-
 async def log_weights(call: Call, cap: dict, x: np.ndarray, rngs: list[np.random.Generator], k: int,
                       posterior: dict[str, np.ndarray]) -> np.ndarray:
-    """k log-weights per input, [B, k] float64, sent CHUNK_ROWS rows at a time.
+    """k log-weights per input, [B, k] float64 ([B, k, bounds] for a function that gives several per row, as a
+    hierarchy's does), sent CHUNK_ROWS rows at a time.
 
     Input b's k noise draws come from rngs[b]; posterior holds per-input tensors (mean, std) for the function.
     """
     noise = draw(cap["noise"], rngs, count=k)  # [B, k, *shape] each
     rows = np.arange(len(x) * k)
-    out = np.empty(len(rows))
+    out = []
     for chunk in np.array_split(rows, math.ceil(len(rows) / CHUNK_ROWS)):
         b, i = chunk // k, chunk % k
         feeds = {"x": x[b], **{n: v[b] for n, v in posterior.items()}, **{n: v[b, i] for n, v in noise.items()}}
-        out[chunk] = (await call(cap["function"], feeds))["log_weight"]
-    return out.reshape(len(x), k)
+        out.append((await call(cap["function"], feeds))["log_weight"])
+    out = np.concatenate(out).astype(np.float64)
+    return out.reshape(len(x), k, *out.shape[1:])
 
 
 def bound(log_w: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray | None]:

@@ -1,8 +1,9 @@
 """The engine's operations on latent-variable models (docs/latent-variable-models.md): encode, decode,
 reconstruct, interpolate, importance-sampled bounds, and the checks of Markov-chain options.
 
-A mixin of service.engine.engine.Engine, which gives it `model`, `_batcher` and `_score_result`; the
-algorithms themselves are the procedures of service.engine.latent.
+A mixin of service.engine.engine.Engine, which gives it `model`, `_batcher`, `_in_worker` and `_score_result`;
+the algorithms themselves are the procedures of service.engine.latent, and refinement and importance-weighted
+bounds run beside the runtimes (service.engine.worker_procedures).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from service.engine import latent, procedures
+from service.engine import latent, procedures, worker_procedures
 from service.engine.errors import InvalidInput
 from service.engine.validation import check_levels
 
@@ -32,23 +33,23 @@ class LatentOperations:
         if not 1 <= k <= cap["max_k"]:
             raise InvalidInput(f"k: must be in 1..{cap['max_k']}", field="k")
         self._check_work(m, cap, len(x), k, "k", "inputs x k")
-        rngs, call = procedures.row_generators(seed, len(x)), self._caller(m)  # one deadline for every call
-        posterior = {}
+        posterior = None
         if "mean" in m.function_inputs(cap["function"]):  # q's parameters come from encode (and refinement)
-            mean, std = await self._encode(m, x, refine_steps, rngs, call, refine)
-            posterior = {"mean": mean, "std": std}
+            posterior = self._posterior(m, refine_steps, refine)
         elif refine_steps or refine != "gradient":
             field = "refine_steps" if refine_steps else "refine"
             raise InvalidInput(f"{field}: model {m.manifest['name']!r} does not refine its posterior", field=field)
-        log_w = await latent.log_weights(call, cap, x, rngs, k, posterior)
+        request = worker_procedures.bound_request(cap, posterior, k, procedures.row_generators(seed, len(x)))
+        log_w = (await self._in_worker(m, request, {"x": x}))["log_weight"]
         estimate, stderr = latent.bound(log_w, method)
         size = math.prod(m.shape)
         return [{**self._score_result(m, {"method": method}, float(e), size), "k": k, "refine_steps": refine_steps,
                  "stderr": None if stderr is None else float(stderr[b]), "is_lower_bound": True}
                 for b, e in enumerate(estimate)]
 
-    async def _encode(self, m: LoadedModel, x: np.ndarray, refine_steps: int, rngs: list[np.random.Generator],
-                      call: latent.Call | None = None, refine: str = "gradient") -> tuple[np.ndarray, np.ndarray]:
+    @staticmethod
+    def _posterior(m: LoadedModel, refine_steps: int, refine: str) -> dict:
+        """The worker_procedures.posterior_spec of m's encode capability, refine_steps steps of the rule `refine`."""
         cap = m.capability("encode")
         most = cap.get("refine", {}).get("max_steps", 0)
         rules = latent.refine_updates(cap)
@@ -60,7 +61,14 @@ class LatentOperations:
                                field="refine_steps")
         if not 0 <= refine_steps <= most:
             raise InvalidInput(f"refine_steps: model {m.manifest['name']!r} takes 0..{most}", field="refine_steps")
-        return await latent.encode(call or self._caller(m), cap, x, rngs, refine_steps, refine)
+        return worker_procedures.posterior_spec(cap, rules.get(refine), refine_steps)
+
+    async def _encode(self, m: LoadedModel, x: np.ndarray, refine_steps: int, rngs: list[np.random.Generator],
+                      refine: str = "gradient") -> tuple[np.ndarray, np.ndarray]:
+        """q(z | x)'s (mean, std) [B, D] each, after refine_steps steps of the refinement rule `refine`."""
+        request = worker_procedures.posterior_request(self._posterior(m, refine_steps, refine), rngs)
+        q = await self._in_worker(m, request, {"x": x})
+        return q["mean"], q["std"]
 
     async def encode(self, name: str, x: np.ndarray, refine_steps: int = 0, seed: int = 0,
                      refine: str = "gradient") -> dict[str, np.ndarray]:

@@ -1,9 +1,10 @@
 """Where the models run: in engine worker processes (serving), or in the calling process (tests, benchmarks).
 
 Both runners have one call, `await runner.call(model, function, feeds) -> outputs`, which the
-engine's schedulers make once per batch or step, and `await runner.chain(...)`, which runs a whole
-Markov chain beside the runtimes (service.engine.chains: its state never crosses processes). The
-other schedulers stay in the API process, next to the requests they serve.
+engine's schedulers make once per batch or step, and `await runner.procedure(model, request, arrays)`,
+which runs a whole iterative procedure (a Markov chain, posterior refinement, an importance-weighted bound)
+beside the runtimes (service.engine.worker_procedures: its state never crosses processes). The other
+schedulers stay in the API process, next to the requests they serve.
 
 WorkerPool starts one worker process per visible CUDA device, else one CPU worker. A call
 travels over zmq (ipc://) as a JSON header frame and one raw buffer frame per tensor: no
@@ -34,9 +35,9 @@ from pathlib import Path
 import numpy as np
 
 from service import logs
-from service.engine.chains import ChainFailed, ChainRunner, refusal
 from service.engine.errors import WorkerLost
 from service.engine.runtimes import TensorFunction, import_torch, load_function
+from service.engine.worker_procedures import ProcedureFailed, WorkerProcedures, refusal
 from service.settings import Settings
 
 log = logging.getLogger("genserve.workers")
@@ -92,7 +93,8 @@ class InProcess:
     def __init__(self, directories: dict[str, Path], runtime: str, threads: int = 0):
         self.functions = Functions(directories, runtime, threads, None)
         self.functions.preload()
-        self.chains: ChainRunner | None = None
+        self.procedures: WorkerProcedures | None = None
+        self.procedures_loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
         """Nothing to start: the functions were loaded in __init__."""
@@ -106,11 +108,12 @@ class InProcess:
     async def call(self, model: str, function: str, feeds: Arrays) -> Arrays:
         return await asyncio.to_thread(lambda: self.functions[model, function](**feeds))
 
-    async def chain(self, model: str, function: str, request: dict, arrays: Arrays) -> tuple[Arrays, list]:
-        """A Markov chain's last state and its scheduler's events (service.engine.chains)."""
-        if self.chains is None:  # made on first use: its batchers belong to the running event loop
-            self.chains = ChainRunner(self.call)
-        return await self.chains.run(model, function, request, arrays)
+    async def procedure(self, model: str, request: dict, arrays: Arrays) -> tuple[Arrays, dict]:
+        """An iterative procedure's outputs and its schedulers' events (service.engine.worker_procedures)."""
+        loop = asyncio.get_running_loop()
+        if self.procedures is None or self.procedures_loop is not loop:  # its schedulers belong to one event loop
+            self.procedures, self.procedures_loop = WorkerProcedures(self.call), loop
+        return await self.procedures.run(model, request, arrays)
 
 
 # --- the wire format -------------------------------------------------------------------------------------------------
@@ -166,17 +169,16 @@ async def _answer_calls(address: str, functions: Functions, parent: int) -> None
     async def call(model: str, function: str, feeds: Arrays) -> Arrays:
         return await loop.run_in_executor(pool, lambda: functions[model, function](**feeds))
 
-    chains = ChainRunner(call)
+    procedures = WorkerProcedures(call)
 
     async def answer(header: dict, feeds: Arrays) -> None:
         reply_header, outputs = {"id": header["id"]}, {}
         try:
-            if "chain" in header:
-                outputs, reply_header["events"] = await chains.run(header["model"], header["function"],
-                                                                   header["chain"], feeds)
+            if "procedure" in header:
+                outputs, reply_header["events"] = await procedures.run(header["model"], header["procedure"], feeds)
             else:
                 outputs = await call(header["model"], header["function"], feeds)
-        except ChainFailed as e:  # refused or out of time: the caller gets the engine's own error
+        except ProcedureFailed as e:  # refused or out of time: the caller gets the engine's own error
             reply_header.update(events=e.events, error=e.error.message, code=e.error.code, field=e.error.field)
         except Exception as e:  # noqa: BLE001 - the caller gets the error, the worker lives on
             reply_header["error"] = f"{type(e).__name__}: {e}"
@@ -186,7 +188,7 @@ async def _answer_calls(address: str, functions: Functions, parent: int) -> None
     while os.getppid() == parent:  # orphaned (the API process was killed): exit
         if await socket.poll(1000):
             header, feeds = unpack(await socket.recv_multipart(copy=False))
-            if "cancel" in header:  # the caller went away: its chain leaves at the next step
+            if "cancel" in header:  # the caller went away: its procedure leaves at the next step
                 if (task := tasks.get(header["cancel"])) is not None:
                     task.cancel()
                 continue
@@ -263,7 +265,7 @@ class Worker:
             if future is None or future.done():
                 continue  # its caller has gone
             if "code" in header:
-                future.set_exception(ChainFailed(refusal(header["code"], header["error"], header["field"]),
+                future.set_exception(ProcedureFailed(refusal(header["code"], header["error"], header["field"]),
                                                  header["events"]))
             elif "error" in header:
                 future.set_exception(RuntimeError(f"engine worker {self.label}: {header['error']}"))
@@ -302,9 +304,10 @@ class Worker:
     async def call(self, model: str, function: str, feeds: Arrays) -> Arrays:
         return (await self.ask({"model": model, "function": function}, feeds))[1]
 
-    async def chain(self, model: str, function: str, request: dict, arrays: Arrays) -> tuple[Arrays, list]:
-        """A Markov chain run in the worker (service.engine.chains): its last state and its scheduler's events."""
-        header, outputs = await self.ask({"model": model, "function": function, "chain": request}, arrays)
+    async def procedure(self, model: str, request: dict, arrays: Arrays) -> tuple[Arrays, dict]:
+        """An iterative procedure run in the worker (service.engine.worker_procedures): its outputs and its
+        schedulers' events."""
+        header, outputs = await self.ask({"model": model, "procedure": request}, arrays)
         return outputs, header["events"]
 
     async def ask(self, header: dict, arrays: Arrays) -> tuple[dict, Arrays]:
@@ -386,9 +389,9 @@ class WorkerPool:
     async def call(self, model: str, function: str, feeds: Arrays) -> Arrays:
         return await (await self._worker()).call(model, function, feeds)
 
-    async def chain(self, model: str, function: str, request: dict, arrays: Arrays) -> tuple[Arrays, list]:
-        """A Markov chain run in a worker, beside the runtime: its last state and its scheduler's events."""
-        return await (await self._worker()).chain(model, function, request, arrays)
+    async def procedure(self, model: str, request: dict, arrays: Arrays) -> tuple[Arrays, dict]:
+        """An iterative procedure run in a worker, beside the runtime: its outputs and its schedulers' events."""
+        return await (await self._worker()).procedure(model, request, arrays)
 
     async def stop(self) -> None:
         await asyncio.gather(*(worker.stop() for worker in self.workers))
