@@ -197,6 +197,8 @@ def held_out_calibration(report: dict, split: Split) -> dict | None:
 def data_spec(split: Split) -> dict:
     """The manifest's `data`: images carry their classes and class prior, text its vocabulary, audio its
     sample rate, encoding and voices (the classes) with their prior."""
+    if hasattr(split, "data_spec"):  # a split that describes itself (music: one bar per step)
+        return split.data_spec()
     spec = {"shape": list(split.shape), "levels": split.levels}
     if isinstance(split, TextSplit):
         return {"kind": "text", **spec, "vocabulary": list(split.vocabulary)}
@@ -287,7 +289,7 @@ def export(run_dir: Path, models_dir: Path, name: str | None = None, version: in
     manifest = {
         "schema_version": 1, "name": name, "version": version, "family": config["family"],
         "description": (family.__doc__ or "").strip().splitlines()[0],
-        "data": data_spec(split),
+        "data": family.data_spec(split) if hasattr(family, "data_spec") else data_spec(split),
         "functions": entries,
         "capabilities": capabilities,
         "batching": DEFAULT_BATCHING,

@@ -1,0 +1,282 @@
+"""MidiNet: a melody GAN that draws one bar at a time, conditioned on the previous bar and the bar's chord.
+
+MidiNet (Yang, Chou & Yang 2017, "MidiNet: A Convolutional Generative Adversarial Network for Symbolic-domain
+Music Generation"). A bar is STEPS = 16 sixteenths, each one of PITCHES pitches or a rest (monophonic:
+training/data/music.py), seen as one-hot columns [L = PITCHES + 1, 16]. The generator maps noise z ~ U(-1, 1)
+and the chord (one-hot over 24 triads and "none") through two dense layers to [C, 2] and transposed
+convolutions over time 2 -> 4 -> 8 -> 16, then a 1x1 convolution over the pitch axis to logits [L, 16]; before
+every layer it concatenates the chord and the conditioner's feature map of the same length. The conditioner is a
+CNN over the previous bar: a convolution across the whole pitch axis, then strided convolutions over time
+16 -> 8 -> 4 -> 2 (the paper's 2-D convolutions over [128, 16] with full-height kernels are these 1-D ones).
+
+Training (the paper's recipe): the non-saturating GAN loss with one-sided label smoothing (real target 0.9), two
+generator updates per discriminator update, and feature matching: the generator also minimizes
+    mean_weight * ||E x - E G(z)||^2 + feature_weight * ||E f(x) - E f(G(z))||^2,
+f the discriminator's first layer. The generator's bars reach the discriminator as each sixteenth's softmax (as the
+paper's sigmoid outputs do), which pushes the generator towards one-hot columns, or with relaxation "gumbel" as
+straight-through Gumbel-softmax samples (one-hot forward, softmax gradient). The discriminator sees the bar, its
+chord and (unlike the paper's) the previous bar, so that it judges how a bar follows the last. The chord is
+replaced by "none" with probability chord_dropout, so that one model samples with and without chords.
+
+Exported: `sample_step` (x_prev [B, 16] pitch indices, noise [B, latent + 16 L] uniform, temperature [B],
+chords [B] chord index) -> x [B, 16]: z = 2 u - 1 from the first `latent` uniforms, then Gumbel-max over
+logits / temperature at each sixteenth from the rest. The service rolls it bar by bar (procedure autoregressive,
+the previous bar as x_prev, all rests before the first; the chord a per-step control). No likelihood:
+`evaluate_test` compares melodies of generated, corpus and random pieces (training/data/music.py's statistics).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.data import music
+
+STEPS, LEVELS, REST, CHORDS = music.STEPS, music.LEVELS, music.REST, music.NO_CHORD + 1
+
+
+@dataclass
+class MidiNetConfig:
+    latent: int = 32
+    channels: int = 32  # C: the generator's width
+    conditioner: int = 16  # the conditioner's width at every length
+    critic: int = 32  # D: the discriminator's first width (2D after)
+    hidden: int = 256  # the generator's first dense layer
+    mean_weight: float = 0.1  # lambda_1: feature matching of the bars themselves
+    feature_weight: float = 1.0  # lambda_2: feature matching of the discriminator's first layer
+    real_target: float = 0.9  # one-sided label smoothing
+    generator_steps: int = 2  # generator updates per discriminator update
+    chord_dropout: float = 0.3
+    relaxation: str = "softmax"  # how the discriminator sees generated bars: "softmax" or "gumbel" (one-hot)
+    eval_pieces: int = 200  # generated pieces that evaluate_test measures
+    eval_bars: int = 8
+
+
+def one_hot(bars: torch.Tensor) -> torch.Tensor:
+    """Pitch indices [B, 16] -> one-hot columns [B, L, 16] float."""
+    return F.one_hot(bars, LEVELS).transpose(1, 2).float()
+
+
+def chord_map(chords: torch.Tensor, length: int) -> torch.Tensor:
+    """Chord indices [B] -> one-hot [B, CHORDS, length], the same at every time step."""
+    return F.one_hot(chords, CHORDS).float().unsqueeze(2).expand(-1, -1, length)
+
+
+class Conditioner(nn.Module):
+    """Previous bar [B, L, 16] -> feature maps [[B, K, 2], [B, K, 4], [B, K, 8], [B, K, 16]]."""
+
+    def __init__(self, c: MidiNetConfig):
+        super().__init__()
+        k = c.conditioner
+        self.pitch = nn.Sequential(nn.Conv1d(LEVELS, k, 1), nn.BatchNorm1d(k), nn.LeakyReLU(0.2))
+        self.down = nn.ModuleList(nn.Sequential(nn.Conv1d(k, k, 2, 2), nn.BatchNorm1d(k), nn.LeakyReLU(0.2))
+                                  for _ in range(3))
+
+    def forward(self, previous: torch.Tensor) -> list[torch.Tensor]:
+        maps = [self.pitch(previous)]
+        for layer in self.down:
+            maps.insert(0, layer(maps[0]))
+        return maps
+
+
+class Generator(nn.Module):
+    """(z [B, latent], chords [B], previous bar [B, L, 16]) -> logits [B, L, 16] over pitches and the rest."""
+
+    def __init__(self, c: MidiNetConfig):
+        super().__init__()
+        self.channels = c.channels
+        self.conditioner = Conditioner(c)
+        self.dense = nn.Sequential(nn.Linear(c.latent + CHORDS, c.hidden), nn.BatchNorm1d(c.hidden), nn.ReLU(),
+                                   nn.Linear(c.hidden, c.channels * 2), nn.BatchNorm1d(c.channels * 2), nn.ReLU())
+        width = c.channels + c.conditioner + CHORDS  # each layer's input: its own, the conditioner's, the chord
+        self.up = nn.ModuleList(nn.Sequential(nn.ConvTranspose1d(width, c.channels, 2, 2),
+                                              nn.BatchNorm1d(c.channels), nn.ReLU()) for _ in range(3))
+        self.out = nn.Conv1d(width, LEVELS, 1)
+
+    def forward(self, z: torch.Tensor, chords: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+        maps = self.conditioner(previous)  # lengths 2, 4, 8, 16
+        h = self.dense(torch.cat([z, F.one_hot(chords, CHORDS).float()], 1)).view(-1, self.channels, 2)
+        for layer, condition, length in zip(self.up, maps, (2, 4, 8), strict=False):  # [B, C, 2] -> 4 -> 8 -> 16
+            h = layer(torch.cat([h, condition, chord_map(chords, length)], 1))
+        return self.out(torch.cat([h, maps[-1], chord_map(chords, STEPS)], 1))  # [B, L, 16]
+
+
+class Discriminator(nn.Module):
+    """(bar [B, L, 16], chords [B], previous bar [B, L, 16]) -> (logit [B], first-layer features [B, D, 8])."""
+
+    def __init__(self, c: MidiNetConfig):
+        super().__init__()
+        d = c.critic
+        self.first = nn.Sequential(nn.Conv1d(2 * LEVELS + CHORDS, d, 2, 2), nn.LeakyReLU(0.2))
+        self.rest = nn.Sequential(nn.Conv1d(d, 2 * d, 2, 2), nn.BatchNorm1d(2 * d), nn.LeakyReLU(0.2),  # [B, 2D, 4]
+                                  nn.Flatten(), nn.Linear(8 * d, 64), nn.LeakyReLU(0.2), nn.Linear(64, 1))
+
+    def forward(self, bar: torch.Tensor, chords: torch.Tensor, previous: torch.Tensor):
+        features = self.first(torch.cat([bar, previous, chord_map(chords, STEPS)], 1))
+        return self.rest(features).squeeze(1), features
+
+
+class MidiNet(nn.Module):
+    def __init__(self, config: MidiNetConfig):
+        super().__init__()
+        self.config = config
+        self.generator, self.discriminator = Generator(config), Discriminator(config)
+
+    def prior(self, b: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return torch.rand(b, self.config.latent, generator=generator) * 2 - 1
+
+    def fake(self, chords: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+        """Generated bars [B, L, 16] as the discriminator sees them: each sixteenth's softmax over pitches and the
+        rest, or (relaxation "gumbel") one-hot samples by straight-through Gumbel-softmax."""
+        logits = self.generator(self.prior(len(chords)), chords, previous)
+        if self.config.relaxation == "gumbel":
+            return F.gumbel_softmax(logits, tau=1.0, hard=True, dim=1)
+        return torch.softmax(logits, dim=1)
+
+
+def build(model_config: dict, split) -> MidiNet:
+    if split.levels != LEVELS or split.shape != (2, STEPS):
+        raise ValueError(f"MidiNet needs pairs of bars [2, {STEPS}] of {LEVELS} levels, got {split.shape}")
+    return MidiNet(MidiNetConfig(**model_config))
+
+
+def optimizers(model: MidiNet, settings: dict) -> dict[str, torch.optim.Optimizer]:
+    betas = tuple(settings.get("betas", (0.5, 0.999)))
+    return {"discriminator": torch.optim.Adam(model.discriminator.parameters(), lr=settings["lr"], betas=betas),
+            "generator": torch.optim.Adam(model.generator.parameters(), lr=settings["lr"], betas=betas)}
+
+
+def _inputs(model: MidiNet, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pairs x [B, 2, 16] and chords y [B] -> (bar, previous) one-hot [B, L, 16] and the chords, each replaced
+    by "none" with probability chord_dropout while training."""
+    if model.training:
+        y = torch.where(torch.rand(len(y)) < model.config.chord_dropout, torch.full_like(y, CHORDS - 1), y)
+    return one_hot(x[:, 1]), one_hot(x[:, 0]), y
+
+
+def _discriminator_loss(model: MidiNet, real: torch.Tensor, previous: torch.Tensor, chords: torch.Tensor,
+                        fake: torch.Tensor) -> torch.Tensor:
+    real_logit, _ = model.discriminator(real, chords, previous)
+    fake_logit, _ = model.discriminator(fake, chords, previous)
+    target = torch.full_like(real_logit, model.config.real_target)
+    return F.binary_cross_entropy_with_logits(real_logit, target) + F.softplus(fake_logit).mean()
+
+
+def train_step(model: MidiNet, optimizers: dict, x: torch.Tensor, y: torch.Tensor, step: int) -> dict[str, float]:
+    """One discriminator update and generator_steps generator updates on pairs x [B, 2, 16], chords y [B]."""
+    c = model.config
+    real, previous, chords = _inputs(model, x, y)
+    with torch.no_grad():
+        fake = model.fake(chords, previous)
+    critic = _discriminator_loss(model, real, previous, chords, fake)
+    _step(optimizers["discriminator"], critic)
+    with torch.no_grad():
+        _, real_features = model.discriminator(real, chords, previous)
+    for _ in range(c.generator_steps):
+        fake = model.fake(chords, previous)
+        logit, features = model.discriminator(fake, chords, previous)
+        matching = c.mean_weight * (real.mean(0) - fake.mean(0)).square().sum() + \
+            c.feature_weight * (real_features.mean(0) - features.mean(0)).square().sum()
+        generator = F.softplus(-logit).mean() + matching
+        _step(optimizers["generator"], generator)
+    return {"discriminator": critic.item(), "generator": generator.item(), "matching": matching.item()}
+
+
+def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
+def loss(model: MidiNet, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """NOT a likelihood: the discriminator's loss on the batch against as many fresh bars."""
+    real, previous, chords = _inputs(model, x, y)
+    return _discriminator_loss(model, real, previous, chords, model.fake(chords, previous))
+
+
+def teacher_forced_logits(model: MidiNet, bars: torch.Tensor, z: torch.Tensor, chords: torch.Tensor) -> torch.Tensor:
+    """Every bar's logits given the bar before it (all rests before the first): one-hot bars [B, T, L, 16],
+    z [B, T, latent], chords [B, T] -> [B, T, L, 16]. Bar t's logits depend on bar t - 1 alone."""
+    b, t = bars.shape[:2]
+    rest = one_hot(torch.full((b, 1, STEPS), REST).flatten(0, 1)).view(b, 1, LEVELS, STEPS)
+    previous = torch.cat([rest, bars[:, :-1]], 1)  # [B, T, L, 16]
+    logits = model.generator(z.flatten(0, 1), chords.flatten(), previous.flatten(0, 1))
+    return logits.view(b, t, LEVELS, STEPS)
+
+
+class SampleStep(nn.Module):
+    """x_prev [B, 16], noise [B, latent + 16 L] uniform, temperature [B], chords [B] -> x [B, 16] pitch indices."""
+
+    def __init__(self, model: MidiNet):
+        super().__init__()
+        self.generator, self.latent = model.generator, model.config.latent
+
+    def forward(self, x_prev: torch.Tensor, noise: torch.Tensor, temperature: torch.Tensor,
+                chords: torch.Tensor) -> torch.Tensor:
+        z = noise[:, : self.latent] * 2 - 1
+        logits = self.generator(z, chords, one_hot(x_prev))  # [B, L, 16]
+        u = noise[:, self.latent:].view(-1, LEVELS, STEPS).clamp(1e-7, 1 - 1e-7)
+        gumbel = -torch.log(-torch.log(u))
+        return torch.argmax(logits / temperature.clamp(min=1e-3).view(-1, 1, 1) + gumbel, dim=1)
+
+
+@torch.no_grad()
+def generate(model: MidiNet, chords: torch.Tensor, generator: torch.Generator,
+             temperature: float = 1.0) -> torch.Tensor:
+    """Pieces bar by bar from all rests, chords [N, T] -> pitch indices [N, T, 16], as the service rolls them."""
+    model.eval()
+    step, (n, bars) = SampleStep(model), chords.shape
+    x, out = torch.full((n, STEPS), REST), []
+    for t in range(bars):
+        noise = torch.rand(n, model.config.latent + LEVELS * STEPS, generator=generator)
+        x = step(x, noise, torch.full((n,), temperature), chords[:, t])
+        out.append(x)
+    return torch.stack(out, 1)
+
+
+def sample_grid(model: MidiNet, generator: torch.Generator) -> torch.Tensor:
+    """Eight 8-bar pieces without chords as piano rolls [8, 1, PITCHES, 128] (high pitches on top) in 0..L-1."""
+    pieces = generate(model, torch.full((8, 8), CHORDS - 1), generator).flatten(1)  # [8, 128]
+    rolls = F.one_hot(pieces, LEVELS)[..., :REST].transpose(1, 2).flip(1)  # [8, PITCHES, 128]
+    return (rolls * (LEVELS - 1)).unsqueeze(1)
+
+
+def evaluate_test(model: MidiNet, split) -> dict:
+    """Melody statistics (music.statistics) of eval_pieces generated pieces of eval_bars bars (seed 0), without
+    chords and with the chords of test pieces, beside the test pieces themselves, the training pieces and a
+    random baseline (the test pieces' rhythms with uniform random pitches); each with the total-variation
+    distance of its pitch-class histogram to the test pieces'."""
+    c = model.config
+    g = torch.Generator().manual_seed(0)
+    test = split.pieces_test
+    chords = np.stack([np.resize(chords, c.eval_bars) for _, chords in test])  # each test piece's, repeated
+    chords = torch.from_numpy(chords[np.arange(c.eval_pieces) % len(chords)])
+    pieces = {
+        "midinet": list(generate(model, torch.full((c.eval_pieces, c.eval_bars), CHORDS - 1), g).numpy()),
+        "midinet_chords": list(generate(model, chords, g).numpy()),
+        "corpus_test": [bars for bars, _ in test],
+        "corpus_train": [bars for bars, _ in split.pieces_train],
+        "random": music.random_pitches([bars for bars, _ in test], np.random.default_rng(0)),
+    }
+    reference = music.pitch_class_histogram(pieces["corpus_test"])
+    report = {"eval_pieces": c.eval_pieces, "eval_bars": c.eval_bars}
+    for name, these in pieces.items():
+        for key, value in music.statistics(these, reference).items():
+            report[f"{name}_{key}"] = value
+    return report
+
+
+def exported_functions(model: MidiNet, split) -> tuple[dict, dict]:
+    """(functions, capabilities): see the module docstring."""
+    model.eval()
+    c, g = model.config, torch.Generator().manual_seed(0)
+    inputs = {"x_prev": torch.full((2, STEPS), REST), "noise": torch.rand(2, c.latent + LEVELS * STEPS, generator=g),
+              "temperature": torch.ones(2), "chords": torch.tensor([0, CHORDS - 1])}
+    names = [*music.CHORDS, "N"]
+    sample = {"procedure": "autoregressive", "function": "sample_step", "steps": 8, "max_steps": 64,
+              "max_row_steps": 2048, "step_shape": [STEPS], "noise_shape": [c.latent + LEVELS * STEPS], "state": {},
+              "x_prev_init": REST,
+              "step_controls": {"chords": {"names": names, "default": "N"}}}
+    return {"sample_step": (SampleStep(model), inputs, ["x"])}, {"sample": sample, "stream": sample}
