@@ -12,8 +12,9 @@
    default detector's flag rate on those fresh test digits against its threshold.
 
 Features are computed once per input through the in-process Engine (its NLL or critic, its class joint
-log p(x | y) p(y), its BiGAN reconstruction, the NLL of the likelihood ratio's background model) and every detector
-is computed from them with the served code. The background models (BACKGROUNDS: small-receptive-field PixelCNNs
+log p(x | y) p(y), its BiGAN reconstruction, the NLL of the likelihood ratio's background model, a hierarchical
+model's ratio L - L^{>1} at the same k and seed as its NLL) and every detector is computed from them with the
+served code. The background models (BACKGROUNDS: small-receptive-field PixelCNNs
 trained on perturbed training digits, training/configs/*-background.json) are no subjects of the table.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/anomaly.py [--models pixelcnn rbm] [--n 64] [--k 100] [--write]
@@ -47,6 +48,7 @@ SHAPE = [1, 28, 28]
 TEST_SIZE = 500
 CHUNK = 25
 QUANTILES = [round(q, 3) for q in np.linspace(0, 1, 201)]
+HIERARCHY_SKIP = 1  # the hierarchical ratio's k: the lowest latent layer from its conditional prior (hvae has two)
 BOOTSTRAP = 200
 CHOOSE_KINDS = ["erased", "pixel noise", "mixture", "two halves", "uniform noise"]
 REPORT_KINDS = ["letters", "symbols", "rotated", "flipped", "shrunk", "permuted pixels", "sklearn digits",
@@ -184,7 +186,7 @@ def candidates(engine: Engine, name: str) -> list[str]:
     m = engine.model(name)
     cap = m.capability("score")
     manifest = {**m.manifest, "calibration": {**m.manifest["calibration"], "detectors": {
-        d: {} for d in ("complexity", "class", "reconstruction", "likelihood_ratio")}}}
+        d: {} for d in ("complexity", "class", "reconstruction", "likelihood_ratio", "hierarchical_ratio")}}}
     base = [d for d in anomaly.available(manifest, cap, m.function_inputs, BACKGROUNDS[m.data["levels"]] in
                                          engine.models) if d != "typicality"]
     mixes = ["mix:" + "+".join(parts) for size in range(2, len(base) + 1) for parts in combinations(base, size)]
@@ -195,7 +197,8 @@ async def features(engine: Engine, name: str, x: np.ndarray, options: dict, need
     """The quantities every detector is computed from, through the engine, in chunks."""
     m = engine.model(name)
     cap = m.capability("score")
-    out: dict[str, list] = {"nll": [], "critic": [], "log_joint": [], "reconstruction": [], "background_nll": []}
+    out: dict[str, list] = {"nll": [], "critic": [], "log_joint": [], "reconstruction": [], "background_nll": [],
+                            "hierarchical_ratio": []}
     for start in range(0, len(x), CHUNK):
         chunk = x[start:start + CHUNK]
         if "class" in need:  # the marginal from the same rows, as the engine serves it
@@ -213,6 +216,9 @@ async def features(engine: Engine, name: str, x: np.ndarray, options: dict, need
         if "likelihood_ratio" in need:
             background = await engine.score(BACKGROUNDS[m.data["levels"]], chunk, anomaly_method="nll")
             out["background_nll"].append(np.array([r["anomaly"]["score"] for r in background]))
+        if "hierarchical_ratio" in need:  # the NLL's own draws (seed, k): L is that bound
+            log_w = await engine._hierarchy_log_weights(m, cap, chunk, options["k"], start)
+            out["hierarchical_ratio"].append(anomaly.hierarchical_ratio(log_w, cap["method"], HIERARCHY_SKIP))
     feats = {key: np.concatenate(v) for key, v in out.items() if v}
     if "complexity" in need:
         feats["png_bits"] = anomaly.png_bits(x, m.data["levels"])
@@ -242,11 +248,14 @@ def with_interval(f, in_s: np.ndarray, out_s: np.ndarray, rng: np.random.Generat
     return f(in_s, out_s), float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))
 
 
-def extra_entry(detector: str, feats: dict, levels: int) -> dict | None:
+def extra_entry(detector: str, feats: dict, levels: int, options: dict, method: str | None) -> dict | None:
     """What a detector's calibration entry carries beside its quantiles: the likelihood ratio's background model;
-    a mix's standardization, each part's mean and standard deviation on the training digits."""
+    the hierarchical ratio's skip, k and method; a mix's standardization, each part's mean and standard deviation
+    on the training digits."""
     if detector == "likelihood_ratio":
         return {"background": BACKGROUNDS[levels]}
+    if detector == "hierarchical_ratio":
+        return {"skip": HIERARCHY_SKIP, "k": options["k"], "method": method}
     if not detector.startswith("mix:"):
         return None
     return {"mix": {p: {"mean": float(v.mean()), "std": float(v.std() or 1.0)}
@@ -277,7 +286,8 @@ async def evaluate(engine: Engine, name: str, n: int, n_cal: int, seed: int, k: 
             feats[key] = await features(engine, name, x, options, need)
             bar.update()
     # 1. CHOOSE: training digits vs the CHOOSE kinds only
-    entries = {d: extra_entry(d, feats["choose/in"], levels) for d in detectors}
+    method = m.capability("score").get("method")
+    entries = {d: extra_entry(d, feats["choose/in"], levels, options, method) for d in detectors}
     choose = {d: {kind: auroc(scores(d, feats["choose/in"], entries[d]),
                               scores(d, feats[f"choose/{kind}"], entries[d])) for kind in CHOOSE_KINDS}
               for d in detectors}

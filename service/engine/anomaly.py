@@ -13,6 +13,15 @@ Per-input detectors (from what the engine computes for the input):
   (`"background": "<model name>"`), any model of the store with the same data spec that scores a likelihood
   (shipped: small-receptive-field PixelCNNs trained on perturbed training digits, which model the local
   statistics the two share, so that the ratio keeps what only the full model knows).
+- `hierarchical_ratio`: Havtorn et al. 2021, "Hierarchical VAEs Know What They Don't Know": LLR^{>k} = L - L^{>k},
+  the model's importance-sampled bound minus the bound where its k lowest latent layers are drawn from their
+  conditional prior given the layers above instead of inferred from x; high when only the low-level latents (local
+  statistics, which generalize to any image) explain x, so a more anomalous input scores higher (the paper's
+  sign: OOD has the larger LLR). For a model whose score capability names a `hierarchy` function (`log_weight`
+  [B, layers]: column k the log-weight with the k lowest layers from the prior, column 0 the full bound's). Both
+  bounds come from the same noise draws (the request's seed), with the calibration entry's `skip` (k), and its
+  `k` draws and `method` (iwae or elbo) whatever the request's own, so that scores and held-out quantiles agree;
+  L is then the bound the model serves at that seed, k and method.
 - `mix:<a>+<b>...`: the sum of the named detectors' scores, each standardized by a mean and standard deviation
   stored in the calibration entry (fit on the choice data, never on the calibration data).
 
@@ -23,8 +32,8 @@ Batch detector:
 
 The calibration of the manifest keeps its top-level entry (the model's first score, `nll` or `critic`); further
 detectors sit in `calibration["detectors"][name]` (score, quantiles, values, n, split; a mix's `mix`
-standardization; the likelihood ratio's `background`), and `calibration["default"]` names the detector that
-answers when a request names none.
+standardization; the likelihood ratio's `background`; the hierarchical ratio's `skip`, `k` and `method`), and
+`calibration["default"]` names the detector that answers when a request names none.
 """
 
 import io
@@ -32,6 +41,8 @@ import math
 
 import numpy as np
 from PIL import Image
+
+from service.engine import latent
 
 TYPICALITY_DRAWS = 4000
 TYPICALITY_SEED = 17
@@ -74,6 +85,21 @@ def background(manifest: dict) -> str | None:
     return manifest["calibration"].get("detectors", {}).get("likelihood_ratio", {}).get("background")
 
 
+def hierarchy_options(manifest: dict) -> tuple[int, int, str]:
+    """The hierarchical ratio's (skip, k, method): how many of the lowest latent layers its second bound draws from
+    the prior, and the draws and method of both bounds, as calibrated."""
+    entry = manifest["calibration"]["detectors"]["hierarchical_ratio"]
+    return entry["skip"], entry["k"], entry["method"]
+
+
+def hierarchical_ratio(log_w: np.ndarray, method: str, skip: int) -> np.ndarray:
+    """log_w [B, k, layers] (the hierarchy function's log-weights, k draws) -> L - L^{>skip} [B], both bounds
+    (elbo or iwae) from the same draws; skip 0 gives exactly 0."""
+    if not 0 <= skip < log_w.shape[2]:
+        raise ValueError(f"skip {skip}: the model has {log_w.shape[2]} latent layers")
+    return latent.bound(log_w[:, :, 0], method)[0] - latent.bound(log_w[:, :, skip], method)[0]
+
+
 def available(manifest: dict, capability: dict, function_inputs, has_background: bool = False) -> list[str]:
     """Every detector this model can answer: computable from its functions (the likelihood ratio: when its
     background model is served), and calibrated (typicality rides on the `nll` calibration)."""
@@ -86,6 +112,8 @@ def available(manifest: dict, capability: dict, function_inputs, has_background:
             computable.add("complexity")
         if has_background:
             computable.add("likelihood_ratio")
+        if "hierarchy" in capability:
+            computable.add("hierarchical_ratio")
         conditional = capability.get("conditional_function", capability["function"])
         if manifest["data"].get("class_prior") and conditional in manifest["functions"] \
                 and "label" in function_inputs(conditional) and capability["procedure"] == "direct" \
@@ -106,7 +134,7 @@ def class_score(log_joint: np.ndarray) -> np.ndarray:
 
 def per_input_scores(detector: str, features: dict[str, np.ndarray], entry: dict | None) -> np.ndarray:
     """A per-input detector's scores from the computed features (nll, critic, png_bits, log_joint, reconstruction,
-    background_nll)."""
+    background_nll, hierarchical_ratio)."""
     if detector == "nll":
         return np.asarray(features["nll"], np.float64)
     if detector == "critic":
@@ -119,6 +147,8 @@ def per_input_scores(detector: str, features: dict[str, np.ndarray], entry: dict
         return np.asarray(features["reconstruction"], np.float64)
     if detector == "likelihood_ratio":
         return np.asarray(features["nll"], np.float64) - np.asarray(features["background_nll"], np.float64)
+    if detector == "hierarchical_ratio":
+        return np.asarray(features["hierarchical_ratio"], np.float64)
     if detector.startswith("mix:"):
         total = 0.0
         for part in components(detector):
@@ -179,4 +209,5 @@ def calibration_for(scores: np.ndarray, score_kind: str, split: str, quantiles: 
 
 SCORE_KINDS = {"nll": "nll_nats", "critic": "negative_critic", "complexity": "nll_bits_minus_png_bits",
                "class": "neg_log_max_class_posterior", "reconstruction": "reconstruction_mse",
-               "likelihood_ratio": "nll_minus_background_nll_nats"}
+               "likelihood_ratio": "nll_minus_background_nll_nats",
+               "hierarchical_ratio": "bound_minus_bound_with_lowest_latents_from_prior_nats"}

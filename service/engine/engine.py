@@ -549,7 +549,7 @@ class Engine(LatentOperations):
                 raise InvalidInput(f"labels: model {name!r} scores without labels", field="labels")
             x = check_levels(x, m.shape, m.data["levels"], "inputs")
             results = await self._score_bound(m, cap, x, method, k, refine_steps, seed, refine)
-            return await self._detect(m, cap, x, labels, results, detector)
+            return await self._detect(m, cap, x, labels, results, detector, seed=seed)
         if method is not None and method != cap.get("method", "exact"):
             raise InvalidInput(f"method: model {name!r} scores by {cap.get('method', 'exact')!r} only", field="method")
         for field, value in (("k", k), ("refine_steps", refine_steps or None),
@@ -630,8 +630,17 @@ class Engine(LatentOperations):
         scale = m.data["levels"] - 1
         return (((mean - x) / scale) ** 2).reshape(len(x), -1).mean(axis=1)  # decode: the levels' scale
 
+    async def _hierarchy_log_weights(self, m: LoadedModel, cap: dict, x: np.ndarray, k: int,
+                                     seed: int) -> np.ndarray:
+        """The hierarchy function's k log-weights per input, [B, k, layers], under the noise that `seed` gives
+        the served bound too: column 0 is that bound's."""
+        self._check_work(m, cap, len(x), k, "inputs", "inputs x the hierarchical ratio's k")
+        log_weight = {"function": cap["hierarchy"]["function"], "noise": cap["noise"]}
+        request = worker_procedures.bound_request(log_weight, None, k, procedures.row_generators(seed, len(x)))
+        return (await self._in_worker(m, request, {"x": x}))["log_weight"]
+
     async def _detect(self, m: LoadedModel, cap: dict, x, labels, results: list[dict], detector: str,
-                      log_joint: np.ndarray | None = None) -> list[dict]:
+                      log_joint: np.ndarray | None = None, seed: int = 0) -> list[dict]:
         """Replace each result's `anomaly` with the detector's answer (the base detector's is already there)."""
         calibration = m.manifest["calibration"]
         if detector == anomaly.base_detector(m.manifest):
@@ -653,6 +662,10 @@ class Engine(LatentOperations):
             if "likelihood_ratio" in parts:  # the background's own NLL, per input (sequences: per value)
                 background = await self.score(anomaly.background(m.manifest), x, anomaly_method="nll")
                 features["background_nll"] = np.array([r["anomaly"]["score"] for r in background])
+            if "hierarchical_ratio" in parts:  # at the k and method it was calibrated with
+                skip, k, method = anomaly.hierarchy_options(m.manifest)
+                log_w = await self._hierarchy_log_weights(m, cap, x, k, seed)
+                features["hierarchical_ratio"] = anomaly.hierarchical_ratio(log_w, method, skip)
             entry = anomaly.calibration_entry(m.manifest, detector)
             answers = anomaly.answer(detector, entry, calibration["threshold_quantile"],
                                      anomaly.per_input_scores(detector, features, entry))

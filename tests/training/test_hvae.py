@@ -206,8 +206,9 @@ def test_export_parity_eager_onnx_torchscript(tmp_path):
 
     model = small_model(dtype=torch.float32)
     functions, capabilities = hvae.exported_functions(model, SimpleNamespace(levels=2, shape=(1, 28, 28)))
-    assert set(functions) == {"encode", "decode", "sample", "log_weight", "complete_step"}
-    assert {c["function"] for c in capabilities.values()} == set(functions)
+    assert set(functions) == {"encode", "decode", "sample", "log_weight", "complete_step", "log_weight_above"}
+    assert {c["function"] for c in capabilities.values()} | {capabilities["score"]["hierarchy"]["function"]} \
+        == set(functions)
     assert capabilities["score"]["noise"]["eps"]["shape"] == [D1 + D2]
     g, b = torch.Generator().manual_seed(11), 3  # a batch other than the example's: the batch axis is dynamic
     inputs = {"x": images(b, 4), "z": torch.randn(b, D1 + D2, generator=g), "eps": torch.randn(b, D1 + D2, generator=g),

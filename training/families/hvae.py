@@ -30,6 +30,7 @@ from training.families.vae import SIDE, kl_per_dim, log_mean_exp, reparameterize
 
 K_SERVED, K_EVAL = 1000, 5000  # the served default IWAE k (anomaly calibration) and the reported bound's
 STEP_OUTPUT = "next_x"  # complete_step's output: an ONNX graph cannot name an output like its input `x`
+LAYERS = 2  # stochastic layers (z1, z2): the columns of log_weights_above
 
 
 @dataclass
@@ -183,6 +184,22 @@ def log_weights(model: HVAE, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor
     return model.log_likelihood(x, z1) + log_p1 + log_p2 - log_q1 - log_q2
 
 
+def log_weights_above(model: HVAE, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """The log-weights of Havtorn et al. 2021's bounds L^{>k} ("Hierarchical VAEs Know What They Don't Know"),
+    where the k lowest latent layers are drawn from the conditional prior instead of q, for k = 0..LAYERS - 1:
+    x [B, 1, 28, 28], eps [..., B, D1 + D2] -> [..., B, LAYERS]. Column 0 is log_weights (the full bound's).
+    Column 1 draws z2 ~ q(z2 | x) and z1 ~ p(z1 | z2) from the same eps; p(z1 | z2) is both in the joint and
+    in the proposal, so its log-weight is log p(x | z1) + log p(z2) - log q(z2 | x)."""
+    eps1, eps2 = eps.split([model.config.z1, model.config.z2], dim=-1)
+    mean2, log_var2 = model.posterior2(model.features(x))
+    z2 = reparameterize(mean2, log_var2, eps2)  # [..., B, D2]
+    z1 = reparameterize(*model.prior1(z2), eps1)  # [..., B, D1]
+    zeros = torch.zeros_like(z2)
+    above1 = (model.log_likelihood(x, z1) + gaussian.log_prob(zeros, zeros, z2).sum(-1)
+              - gaussian.log_prob(mean2, 0.5 * log_var2, z2).sum(-1))
+    return torch.stack([log_weights(model, x, eps), above1], dim=-1)
+
+
 @torch.no_grad()
 def iwae(model: HVAE, x: torch.Tensor, k: int, chunk: int = 100,
          generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -247,6 +264,7 @@ def exported_functions(model: HVAE, split) -> tuple[dict, dict]:
         "log_weight": (Function(model, log_weights), {"x": x, "eps": eps}, ["log_weight"]),
         "complete_step": (Function(model, complete_step), {"x": x, "eps": eps, "noise": noise,
                                                             "observed": x.clone(), "mask": x.clone()}, [STEP_OUTPUT]),
+        "log_weight_above": (Function(model, log_weights_above), {"x": x, "eps": eps}, ["log_weight"]),
     }
     eps_spec = {"distribution": "normal", "shape": [d]}
     noise_spec = {"eps": eps_spec, "noise": {"distribution": "uniform", "shape": [1, SIDE, SIDE]}}
@@ -255,7 +273,8 @@ def exported_functions(model: HVAE, split) -> tuple[dict, dict]:
         "encode": {"procedure": "direct", "function": "encode"},
         "decode": {"procedure": "direct", "function": "decode"},
         "score": {"procedure": "importance", "function": "log_weight", "methods": ["iwae", "elbo"],
-                  "method": "iwae", "k": K_SERVED, "max_k": K_EVAL, "noise": {"eps": eps_spec}},
+                  "method": "iwae", "k": K_SERVED, "max_k": K_EVAL, "noise": {"eps": eps_spec},
+                  "hierarchy": {"function": "log_weight_above", "layers": LAYERS}},
         "complete": {"procedure": "markov_chain", "function": "complete_step", "steps": 50, "max_steps": 1000,
                      "noise": noise_spec},
     }
