@@ -1,9 +1,9 @@
 """The engine's operations on latent-variable models (docs/latent-variable-models.md): encode, decode,
 reconstruct, interpolate, importance-sampled bounds, and the checks of Markov-chain options.
 
-A mixin of service.engine.engine.Engine, which gives it `model`, `_batcher`, `_in_worker` and `_score_result`;
-the algorithms themselves are the procedures of service.engine.latent, and refinement and importance-weighted
-bounds run beside the runtimes (service.engine.worker_procedures).
+A mixin of service.engine.engine.Engine, which gives it `model`, `_batcher`, `_batching`, `_in_worker` and
+`_score_result`; the algorithms themselves are the procedures of service.engine.latent, and refinement and
+importance-weighted bounds run beside the runtimes (service.engine.worker_procedures).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ class LatentOperations:
         posterior = None
         if "mean" in m.function_inputs(cap["function"]):  # q's parameters come from encode (and refinement)
             posterior = self._posterior(m, refine_steps, refine)
+            self._check_refined_rows(m, len(x), refine_steps)
         elif refine_steps or refine != "gradient":
             field = "refine_steps" if refine_steps else "refine"
             raise InvalidInput(f"{field}: model {m.manifest['name']!r} does not refine its posterior", field=field)
@@ -63,10 +64,18 @@ class LatentOperations:
             raise InvalidInput(f"refine_steps: model {m.manifest['name']!r} takes 0..{most}", field="refine_steps")
         return worker_procedures.posterior_spec(cap, rules.get(refine), refine_steps)
 
+    def _check_refined_rows(self, m: LoadedModel, rows: int, refine_steps: int) -> None:
+        """Refinement steps run their rows together, so they must fit the scheduler's queue at once."""
+        most = self._batching(m).max_queue_size
+        if refine_steps and rows > most:
+            raise InvalidInput(f"inputs: {rows} inputs to refine, over the {most} that run together; send fewer "
+                               "inputs per request", field="inputs")
+
     async def _encode(self, m: LoadedModel, x: np.ndarray, refine_steps: int, rngs: list[np.random.Generator],
                       refine: str = "gradient") -> tuple[np.ndarray, np.ndarray]:
         """q(z | x)'s (mean, std) [B, D] each, after refine_steps steps of the refinement rule `refine`."""
         request = worker_procedures.posterior_request(self._posterior(m, refine_steps, refine), rngs)
+        self._check_refined_rows(m, len(x), refine_steps)
         q = await self._in_worker(m, request, {"x": x})
         return q["mean"], q["std"]
 

@@ -111,3 +111,11 @@ def test_samples_and_completions_follow_the_seed_and_keep_observed_pixels(engine
         assert (first[..., :10] == x[:, None, ..., :10]).all()
 
     asyncio.run(run())
+
+
+def test_refining_more_inputs_than_run_together_is_refused_naming_inputs(tiny_vae_store):
+    engine = Engine(ModelStore(tiny_vae_store), Settings(max_queue_size=8, intra_op_threads=1))
+    with pytest.raises(InvalidInput) as refused:
+        asyncio.run(engine.encode("vae", digits(9), refine_steps=1))
+    assert refused.value.field == "inputs"
+    assert asyncio.run(engine.encode("vae", digits(9)))["mean"].shape[0] == 9  # unrefined: sent in parts
