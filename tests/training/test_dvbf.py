@@ -18,11 +18,11 @@ def split():
 @pytest.fixture(scope="module")
 def model(split):
     torch.manual_seed(0)
-    return dvbf.build({"latent": 3, "hidden": 8, "matrices": 4, "init_frames": 2}, split).eval()
+    return dvbf.build({"latent": 3, "noise": 2, "hidden": 8, "matrices": 4, "init_frames": 2}, split).eval()
 
 
 def test_mixture_weights_are_a_distribution_and_mix_the_linear_systems(model):
-    z, u, w = torch.randn(5, 3) * 3, torch.randn(5, 1), torch.randn(5, 3)
+    z, u, w = torch.randn(5, 3) * 3, torch.randn(5, 1), torch.randn(5, 2)
     alpha = model.alpha(z)
     assert (alpha > 0).all() and torch.allclose(alpha.sum(-1), torch.ones(5))
     for b in range(5):  # z' = sum_i alpha_i (A_i z + B_i u + C_i w), row by row
@@ -31,7 +31,7 @@ def test_mixture_weights_are_a_distribution_and_mix_the_linear_systems(model):
 
 
 def test_transition_is_linear_in_action_and_noise_for_a_fixed_state(model):
-    z, u, w = torch.randn(4, 3), torch.randn(4, 1), torch.randn(4, 3)
+    z, u, w = torch.randn(4, 3), torch.randn(4, 1), torch.randn(4, 2)
     base = model.transition(z, torch.zeros_like(u), torch.zeros_like(w))
     assert torch.allclose(model.transition(z, 2 * u, 3 * w) - base,
                           2 * (model.transition(z, u, torch.zeros_like(w)) - base)
@@ -50,22 +50,22 @@ def test_the_analytic_kl_matches_a_monte_carlo_estimate():
 
 def test_the_filter_is_the_exported_steps_in_sequence(model, split):
     x, u = torch.from_numpy(split.x_test[:3]).long(), torch.from_numpy(split.y_test[:3])
-    noise = torch.randn(3, x.shape[1], 3)
-    states, kl = model.filter(x, u, noise)
-    z = dvbf.FilterInit(model)(x[:, :2], noise[:, 0])
+    initial, noise = model.noise(3, x.shape[1])
+    states, kl = model.filter(x, u, initial, noise)
+    z = dvbf.FilterInit(model)(x[:, :2], initial)
     step = dvbf.FilterStep(model)
     for t in range(x.shape[1] - 1):
         assert torch.allclose(z, states[:, t], atol=1e-5)
-        z = step(z, u[:, t], x[:, t + 1], noise[:, t + 1])
+        z = step(z, u[:, t], x[:, t + 1], noise[:, t])
     assert torch.allclose(z, states[:, -1], atol=1e-5) and (kl > 0).all()
 
 
 def test_prediction_rolls_the_transitions_mean(model, split):
     x, u = torch.from_numpy(split.x_test[:2]).long(), torch.from_numpy(split.y_test[:2])
     predicted = model.predict(x[:, :4], u, 3)  # [2, 3, 256] intensities
-    z = model.filter(x[:, :4], u, torch.zeros(2, 4, 3))[0][:, -1]
+    z = model.filter(x[:, :4], u, *model.noise(2, 4, torch.zeros))[0][:, -1]
     for t in range(3):
-        z = model.transition(z, u[:, 3 + t], torch.zeros_like(z))
+        z = model.transition(z, u[:, 3 + t], torch.zeros(2, 2))
         assert torch.allclose(predicted[:, t], torch.sigmoid(model.emit_logits(z)), atol=1e-6)
 
 

@@ -4,7 +4,7 @@ Karl et al. 2017, "Deep Variational Bayes Filters: Unsupervised Learning of Stat
 (arXiv 2016). The latent state z_t [D] moves by a locally linear transition conditioned on the action u_t [U]:
 
     z_{t+1} = A(z_t) z_t + B(z_t) u_t + C(z_t) w_t,   (A, B, C)(z) = sum_i alpha_i(z) (A_i, B_i, C_i),
-    alpha(z) = softmax(f(z)) over M matrices (a small net f),  w_t ~ N(0, I) under the prior.
+    alpha(z) = softmax(f(z)) over M matrices (a small net f),  w_t [W] ~ N(0, I) under the prior.
 
 The filter is reparameterized: the recognition net infers the process noise, w_t ~ q(w_t | z_t, u_t, x_{t+1}),
 and the next state is the transition of the sampled w_t, so that every state is a transition's output and the
@@ -16,9 +16,12 @@ terms warmed up linearly over warmup_steps (the paper's annealing).
 `kind: "vae-rnn"` builds the baseline instead: a per-frame VAE (the same frame encoder and decoder) whose latent
 means a GRU predicts one step ahead from the past means and actions; it has no transition model of its own.
 
+The process noise has W <= D dimensions (`noise`; 0: D). The simulator has none (the torques are known), and with
+W < D the filter can correct the state only along W directions per step: the rest must be the transition's.
+
 Exported (a state-space procedure; the service rolls it): `filter_init` (frames [B, K, 1, 16, 16], noise [B, D])
--> z; `filter_step` (z, u [B, U], x [B, 1, 16, 16], noise [B, D]) -> next_z, a draw from the filtering posterior;
-`transition` (z, u, noise [B, D]) -> next_z, a draw from the prior's; `emit` (z) -> x, the mean frame's levels.
+-> z; `filter_step` (z, u [B, U], x [B, 1, 16, 16], noise [B, W]) -> next_z, a draw from the filtering posterior;
+`transition` (z, u, noise [B, W]) -> next_z, a draw from the prior's; `emit` (z) -> x, the mean frame's levels.
 Zero noise gives the means: the filtered states of `encode`, the roll-out of `predict`.
 """
 
@@ -37,7 +40,8 @@ LEVELS = 256
 @dataclass
 class DVBFConfig:
     kind: str = "dvbf"  # or "vae-rnn": the baseline
-    latent: int = 6  # D, the state; the process noise w_t has D dimensions too
+    latent: int = 6  # D, the state
+    noise: int = 0  # W, the process noise w_t (0: D)
     hidden: int = 128
     matrices: int = 16  # M
     init_frames: int = 3  # K
@@ -78,15 +82,15 @@ class Frames(nn.Module):
 class DVBF(nn.Module):
     def __init__(self, c: DVBFConfig, pixels: int, actions: int):
         super().__init__()
-        self.config, d = c, c.latent
+        self.config, d, w = c, c.latent, c.noise or c.latent
         self.frames = Frames(c, pixels)
         self.initial = mlp(c.init_frames * c.hidden, c.hidden, 2 * d)  # -> mean, log std of z_1
-        self.noise_posterior = mlp(d + actions + c.hidden, c.hidden, 2 * d)  # -> mean, log std of w_t
+        self.noise_posterior = mlp(d + actions + c.hidden, c.hidden, 2 * w)  # -> mean, log std of w_t
         self.weights = mlp(d, c.hidden // 4, c.matrices)  # alpha's logits
         eye = torch.eye(d).expand(c.matrices, d, d)
         self.A = nn.Parameter(eye + 0.01 * torch.randn(c.matrices, d, d))  # [M, D, D]
         self.B = nn.Parameter(0.1 * torch.randn(c.matrices, d, actions))  # [M, D, U]
-        self.C = nn.Parameter(0.1 * torch.randn(c.matrices, d, d))  # [M, D, D]
+        self.C = nn.Parameter(0.1 * torch.randn(c.matrices, d, w))  # [M, D, W]
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
 
     def alpha(self, z: torch.Tensor) -> torch.Tensor:
@@ -94,7 +98,7 @@ class DVBF(nn.Module):
         return torch.softmax(self.weights(z), -1)
 
     def transition(self, z: torch.Tensor, u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """z_{t+1} = A z + B u + C w with the matrices mixed by alpha(z): z, w [B, D], u [B, U] -> [B, D]."""
+        """z_{t+1} = A z + B u + C w with the matrices mixed by alpha(z): z [B, D], u [B, U], w [B, W] -> [B, D]."""
         a = self.alpha(z)  # [B, M]
         moved = (torch.einsum("bm,mij,bj->bi", a, self.A, z) + torch.einsum("bm,mij,bj->bi", a, self.B, u)
                  + torch.einsum("bm,mij,bj->bi", a, self.C, w))
@@ -109,18 +113,25 @@ class DVBF(nn.Module):
         """q(w_t | z_t, u_t, x_{t+1}): z [B, D], u [B, U], the next frame's features [B, H] -> (mean, log std)."""
         return self.noise_posterior(torch.cat([z, u, features], -1)).chunk(2, -1)
 
-    def filter(self, x: torch.Tensor, u: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def filter(self, x: torch.Tensor, u: torch.Tensor, initial: torch.Tensor, noise: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         """The reparameterized filter over a whole sequence: x [B, T, 1, 16, 16] levels, u [B, T, U], standard
-        normal noise [B, T, D] -> (states z [B, T, D], KL of q(z_1) and every q(w_t) against the prior [B])."""
+        normal noise of z_1 [B, D] and of every w_t [B, T - 1, W] -> (states z [B, T, D], KL of q(z_1) and every
+        q(w_t) against the prior [B])."""
         mean, log_std = self.initial_posterior(x[:, :self.config.init_frames])
-        z = mean + log_std.exp() * noise[:, 0]
+        z = mean + log_std.exp() * initial
         kl, states = kl_normal(mean, log_std), [z]
         features = self.frames.encoder(intensity(x))  # [B, T, H]
         for t in range(x.shape[1] - 1):
             mean, log_std = self.noise_posterior_of(z, u[:, t], features[:, t + 1])
-            z = self.transition(z, u[:, t], mean + log_std.exp() * noise[:, t + 1])
+            z = self.transition(z, u[:, t], mean + log_std.exp() * noise[:, t])
             kl, states = kl + kl_normal(mean, log_std), states + [z]
         return torch.stack(states, 1), kl
+
+    def noise(self, batch: int, steps: int, draw=torch.randn) -> tuple[torch.Tensor, torch.Tensor]:
+        """The filter's noise for `steps` frames, from `draw` (torch.randn, or torch.zeros for the means):
+        z_1's [B, D] and the w_t's [B, T - 1, W]."""
+        return draw(batch, self.config.latent), draw(batch, steps - 1, self.C.shape[-1])
 
     def emit_logits(self, z: torch.Tensor) -> torch.Tensor:
         """p(x | z): z [..., D] -> Bernoulli logits of the intensities [..., 256]."""
@@ -132,7 +143,7 @@ class DVBF(nn.Module):
 
     def loss(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """The negative ELBO per sequence (the KL warmed up while training): x [B, T, 1, 16, 16], u [B, T, U]."""
-        z, kl = self.filter(x, u, torch.randn(*x.shape[:2], self.config.latent))
+        z, kl = self.filter(x, u, *self.noise(len(x), x.shape[1], torch.randn))
         reconstruction = bernoulli_nll(self.emit_logits(z), intensity(x)).sum(1)  # [B]
         if self.training:
             self.steps += 1
@@ -143,10 +154,10 @@ class DVBF(nn.Module):
     def predict(self, x: torch.Tensor, u: torch.Tensor, horizon: int) -> torch.Tensor:
         """Filter the observed frames x [B, T, 1, 16, 16] (means), roll the mean state `horizon` steps under the
         actions u [B, T + horizon, U] -> intensities of the predicted frames [B, horizon, 256]."""
-        z, _ = self.filter(x, u, torch.zeros(*x.shape[:2], self.config.latent))
+        z, _ = self.filter(x, u, *self.noise(len(x), x.shape[1], torch.zeros))
         z, out = z[:, -1], []
         for t in range(x.shape[1] - 1, x.shape[1] - 1 + horizon):
-            z = self.transition(z, u[:, t], torch.zeros_like(z))
+            z = self.transition(z, u[:, t], torch.zeros(len(z), self.C.shape[-1]))
             out.append(torch.sigmoid(self.emit_logits(z)))
         return torch.stack(out, 1)
 
@@ -226,7 +237,7 @@ def latents(model: nn.Module, x: np.ndarray, u: np.ndarray, batch_size: int = 10
     for i in range(0, len(x), batch_size):
         xb, ub = torch.from_numpy(x[i: i + batch_size]).long(), torch.from_numpy(u[i: i + batch_size])
         if isinstance(model, DVBF):
-            out.append(model.filter(xb, ub, torch.zeros(*xb.shape[:2], model.config.latent))[0])
+            out.append(model.filter(xb, ub, *model.noise(len(xb), xb.shape[1], torch.zeros))[0])
         else:
             out.append(model.encode(xb)[0])
     return torch.cat(out).numpy()
@@ -290,7 +301,7 @@ class FilterInit(nn.Module):
 
 class FilterStep(FilterInit):
     """z_{t+1} = transition(z_t, u_t, w_t), w_t ~ q(w_t | z_t, u_t, x_{t+1}): z [B, D], u [B, U], the next frame
-    x [B, 1, 16, 16] levels, noise [B, D] -> next_z [B, D]."""
+    x [B, 1, 16, 16] levels, noise [B, W] -> next_z [B, D]."""
 
     def forward(self, z: torch.Tensor, u: torch.Tensor, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         mean, log_std = self.model.noise_posterior_of(z, u, self.model.frames.encoder(intensity(x)))
@@ -298,7 +309,7 @@ class FilterStep(FilterInit):
 
 
 class Transition(FilterInit):
-    """z_{t+1} = transition(z_t, u_t, w_t) under the prior: z [B, D], u [B, U], w = noise [B, D] -> next_z."""
+    """z_{t+1} = transition(z_t, u_t, w_t) under the prior: z [B, D], u [B, U], w = noise [B, W] -> next_z."""
 
     def forward(self, z: torch.Tensor, u: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         return self.model.transition(z, u, noise)
@@ -325,18 +336,19 @@ def exported_functions(model: DVBF, split: PendulumSplit) -> tuple[dict, dict]:
     c, model = model.config, model.eval()
     g = torch.Generator().manual_seed(0)
     z, u = torch.randn(2, c.latent, generator=g), torch.randn(2, split.y_train.shape[-1], generator=g)
+    w = torch.randn(2, model.C.shape[-1], generator=g)
     frames = torch.from_numpy(split.x_test[:2]).long()  # [2, T, 1, 16, 16]
     functions = {
         "filter_init": (FilterInit(model), {"x": frames[:, :c.init_frames], "noise": torch.randn_like(z)}, ["z"]),
-        "filter_step": (FilterStep(model), {"z": z, "u": u, "x": frames[:, 1], "noise": torch.randn_like(z)},
-                        ["next_z"]),
-        "transition": (Transition(model), {"z": z, "u": u, "noise": torch.randn_like(z)}, ["next_z"]),
+        "filter_step": (FilterStep(model), {"z": z, "u": u, "x": frames[:, 1], "noise": w}, ["next_z"]),
+        "transition": (Transition(model), {"z": z, "u": u, "noise": w}, ["next_z"]),
         "emit": (Emit(model), {"z": z}, ["x"]),
     }
     state_space = {"procedure": "state_space", "function": "transition", "filter_init": "filter_init",
                    "filter_step": "filter_step", "emit": "emit", "init_frames": c.init_frames,
                    "actions": {"shape": [int(u.shape[1])], "low": -MAX_TORQUE, "high": MAX_TORQUE},
                    "max_steps": 128, "max_row_steps": 8192,
-                   "noise": {"noise": {"distribution": "normal", "shape": [c.latent]}}}
+                   "noise": {"noise": {"distribution": "normal", "shape": [int(w.shape[1])]}},
+                   "initial_noise": {"noise": {"distribution": "normal", "shape": [c.latent]}}}
     return functions, {"encode": {**state_space, "function": "filter_step"}, "predict": state_space,
                        "sample": state_space}
