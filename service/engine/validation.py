@@ -13,7 +13,14 @@ MAX_SECONDS = 86400.0  # audio to generate or continue per request
 
 
 def check_levels(x: np.ndarray, shape: list[int] | None, levels: int, field: str) -> np.ndarray:
-    """x [B, *shape] integers in 0..levels-1, or InvalidInput naming the field (shape None: any)."""
+    """x [B, *shape] integers in 0..levels-1, or InvalidInput naming the field (shape None: any). x may be a list
+    of B sequences (audio, text inputs are decoded as such), which must then all have the shape."""
+    if isinstance(x, list):
+        for b, xi in enumerate(x):
+            if shape is not None and list(np.shape(xi)) != shape:
+                raise InvalidInput(f"{field}[{b}]: each input must have shape {shape}, got {list(np.shape(xi))}",
+                                   field=f"{field}[{b}]")
+        x = np.stack(x) if x else np.zeros([0, *(shape or [])], np.int64)
     if shape is not None and list(x.shape[1:]) != shape:
         raise InvalidInput(f"{field}: each input must have shape {shape}, got {list(x.shape[1:])}", field=field)
     if len(x) == 0:
