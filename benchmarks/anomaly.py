@@ -14,7 +14,9 @@
 Features are computed once per input through the in-process Engine (its NLL or critic, its class joint
 log p(x | y) p(y), its BiGAN reconstruction, the NLL of the likelihood ratio's background model, a hierarchical
 model's ratio L - L^{>1} at the same k and seed as its NLL) and every detector is computed from them with the
-served code. The background models (BACKGROUNDS: small-receptive-field PixelCNNs
+served code. A model scored by an importance-sampled bound is scored at --k with its capability's method, and
+its calibration entries record that k and method: the service scores their detectors at them, whatever a
+request's k. The background models (BACKGROUNDS: small-receptive-field PixelCNNs
 trained on perturbed training digits, training/configs/*-background.json) are no subjects of the table.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/anomaly.py [--models pixelcnn rbm] [--n 64] [--k 100] [--write]
@@ -205,10 +207,12 @@ async def features(engine: Engine, name: str, x: np.ndarray, options: dict, need
             joint = await engine._class_log_joint(m, cap, chunk)
             out["log_joint"].append(joint)
             out["nll"].append(-np.logaddexp.reduce(joint, axis=1))
+        elif options:  # the bound at the benchmark's k, whatever k the manifest's calibrations record
+            results = await engine._score_bound(m, cap, chunk, None, options["k"], 0, start)
+            out["nll"].append(-np.array([r["log_likelihood_nats"] for r in results]))
         else:
-            results = await engine.score(name, chunk, seed=start, anomaly_method=anomaly.base_detector(m.manifest),
-                                         **options)  # nll or critic, whatever the manifest's default
-            base = np.array([r["anomaly"]["score"] for r in results])
+            results = await engine.score(name, chunk, seed=start, anomaly_method=anomaly.base_detector(m.manifest))
+            base = np.array([r["anomaly"]["score"] for r in results])  # nll, or the negative critic
             out["critic" if cap.get("method") == "critic" else "nll"].append(-base if cap.get("method") == "critic"
                                                                              else base)
         if "reconstruction" in need:
@@ -248,14 +252,14 @@ def with_interval(f, in_s: np.ndarray, out_s: np.ndarray, rng: np.random.Generat
     return f(in_s, out_s), float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))
 
 
-def extra_entry(detector: str, feats: dict, levels: int, options: dict, method: str | None) -> dict | None:
+def extra_entry(detector: str, feats: dict, levels: int) -> dict | None:
     """What a detector's calibration entry carries beside its quantiles: the likelihood ratio's background model;
-    the hierarchical ratio's skip, k and method; a mix's standardization, each part's mean and standard deviation
-    on the training digits."""
+    the hierarchical ratio's skip; a mix's standardization, each part's mean and standard deviation on the training
+    digits."""
     if detector == "likelihood_ratio":
         return {"background": BACKGROUNDS[levels]}
     if detector == "hierarchical_ratio":
-        return {"skip": HIERARCHY_SKIP, "k": options["k"], "method": method}
+        return {"skip": HIERARCHY_SKIP}
     if not detector.startswith("mix:"):
         return None
     return {"mix": {p: {"mean": float(v.mean()), "std": float(v.std() or 1.0)}
@@ -286,20 +290,21 @@ async def evaluate(engine: Engine, name: str, n: int, n_cal: int, seed: int, k: 
             feats[key] = await features(engine, name, x, options, need)
             bar.update()
     # 1. CHOOSE: training digits vs the CHOOSE kinds only
-    method = m.capability("score").get("method")
-    entries = {d: extra_entry(d, feats["choose/in"], levels, options, method) for d in detectors}
+    entries = {d: extra_entry(d, feats["choose/in"], levels) for d in detectors}
     choose = {d: {kind: auroc(scores(d, feats["choose/in"], entries[d]),
                               scores(d, feats[f"choose/{kind}"], entries[d])) for kind in CHOOSE_KINDS}
               for d in detectors}
     default = max(detectors, key=lambda d: (min(choose[d].values()), np.mean(list(choose[d].values()))))
-    # 2. CALIBRATE: the calibration half of the test split
+    # 2. CALIBRATE: the calibration half of the test split; a bound's entries record its k and method, at which
+    # the service scores every detector of theirs
+    bound = {"k": options["k"], "method": m.capability("score")["method"]} if options else {}
     calibration = {}
     for d in detectors:
         held_out = scores(d, feats["calibrate/in"], entries[d])
         kind = "mix_of_standardized_scores" if d.startswith("mix:") else anomaly.SCORE_KINDS[d]
         calibration[d] = {**anomaly.calibration_for(held_out, kind, f"{DATASETS[levels]}/test, half A "
                                                     f"({len(held_out)} of 250, seed {seed})", QUANTILES),
-                          **(entries[d] or {})}
+                          **bound, **(entries[d] or {})}
     # 3. REPORT: the report half of the test split vs the REPORT kinds
     brng = np.random.default_rng([seed, 3])
     report, flag_rate = {}, {}

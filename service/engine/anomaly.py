@@ -32,8 +32,14 @@ Batch detector:
 
 The calibration of the manifest keeps its top-level entry (the model's first score, `nll` or `critic`); further
 detectors sit in `calibration["detectors"][name]` (score, quantiles, values, n, split; a mix's `mix`
-standardization; the likelihood ratio's `background`; the hierarchical ratio's `skip`, `k` and `method`), and
+standardization; the likelihood ratio's `background`; the hierarchical ratio's `skip`), and
 `calibration["default"]` names the detector that answers when a request names none.
+
+A model scored by an importance-sampled bound (IWAE_k rises with k) records in each entry the bound its held-out
+scores were computed with, `k` and `method` (no refinement): every detector of that entry, typicality included on
+the top-level one, scores the bound at those settings from the request's seed, whatever the request's own k, method
+and refine_steps, so that its scores and quantiles agree. The answer's log-likelihood stays the bound the request
+asked for (the same numbers where the settings agree). An entry without them scores the request's bound.
 """
 
 import io
@@ -83,6 +89,18 @@ def components(detector: str) -> list[str]:
 def background(manifest: dict) -> str | None:
     """The model that supplies the likelihood ratio's background term, as the calibration names it."""
     return manifest["calibration"].get("detectors", {}).get("likelihood_ratio", {}).get("background")
+
+
+def bound_settings(entry: dict) -> tuple[int, str] | None:
+    """(k, method) of the importance-sampled bound a calibration entry's held-out scores come from; None where the
+    entry records none (then the request's bound is scored)."""
+    return (entry["k"], entry["method"]) if "k" in entry else None
+
+
+def reads_nll(detector: str) -> bool:
+    """Whether the detector's score is computed from the model's NLL (the hierarchical ratio computes its own
+    bounds)."""
+    return bool({"nll", "complexity", "likelihood_ratio", "typicality"} & set(components(detector)))
 
 
 def hierarchy_options(manifest: dict) -> tuple[int, int, str]:

@@ -539,7 +539,8 @@ class Engine(LatentOperations):
         estimate.
 
         `anomaly_method` names the anomaly detector (service/engine/anomaly.py; default: the manifest's
-        calibration `default`); the answer's `anomaly` names it as `method`.
+        calibration `default`); the answer's `anomaly` names it as `method`. A bound's detector scores the bound
+        at the k and method its calibration records, whatever the request's (anomaly.bound_settings).
         """
         m = self.model(name)
         cap = m.capability("score")
@@ -549,6 +550,7 @@ class Engine(LatentOperations):
                 raise InvalidInput(f"labels: model {name!r} scores without labels", field="labels")
             x = check_levels(x, m.shape, m.data["levels"], "inputs")
             results = await self._score_bound(m, cap, x, method, k, refine_steps, seed, refine)
+            await self._calibrated_bound(m, cap, x, results, detector, seed)
             return await self._detect(m, cap, x, labels, results, detector, seed=seed)
         if method is not None and method != cap.get("method", "exact"):
             raise InvalidInput(f"method: model {name!r} scores by {cap.get('method', 'exact')!r} only", field="method")
@@ -605,6 +607,20 @@ class Engine(LatentOperations):
             raise InvalidInput(f"anomaly_method: model {m.manifest['name']!r} has no calibrated detector "
                                f"{detector!r}; it has {names}", field="anomaly_method")
         return detector
+
+    async def _calibrated_bound(self, m: LoadedModel, cap: dict, x: np.ndarray, results: list[dict], detector: str,
+                                seed: int) -> None:
+        """Where the detector's calibration entry records the bound it was calibrated at (k, method; no refinement)
+        and the request asked for another, set each result's base `anomaly` (whose score the NLL-based detectors
+        read) from that bound at the request's seed; the log-likelihood stays the request's."""
+        settings = anomaly.bound_settings(anomaly.calibration_entry(m.manifest, detector))
+        asked = (results[0]["k"], results[0]["method"], results[0]["refine_steps"])
+        if settings is None or asked == (*settings, 0) or not anomaly.reads_nll(detector):
+            return
+        k, method = settings
+        self._check_work(m, cap, len(x), k, "inputs", "inputs x the anomaly detector's calibrated k")
+        for result, calibrated in zip(results, await self._score_bound(m, cap, x, method, k, 0, seed), strict=True):
+            result["anomaly"] = calibrated["anomaly"]
 
     def _has_background(self, m: LoadedModel) -> bool:
         """Whether the model its likelihood ratio names is served, scores a likelihood, and reads the same data."""
