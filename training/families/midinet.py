@@ -50,6 +50,8 @@ class MidiNetConfig:
     generator_steps: int = 2  # generator updates per discriminator update
     chord_dropout: float = 0.3
     relaxation: str = "softmax"  # how the discriminator sees generated bars: "softmax" or "gumbel" (one-hot)
+    critic_kernel: int = 2  # the discriminator's first convolution over time (stride 2): 4 also sees steps 1-2, 3-4
+    minibatch_std: bool = False  # the discriminator also sees its first features' spread over the batch
     eval_pieces: int = 200  # generated pieces that evaluate_test measures
     eval_bars: int = 8
 
@@ -104,18 +106,25 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """(bar [B, L, 16], chords [B], previous bar [B, L, 16]) -> (logit [B], first-layer features [B, D, 8])."""
+    """(bar [B, L, 16], chords [B], previous bar [B, L, 16]) -> (logit [B], first-layer features [B, D, 8]).
+    With minibatch_std the later layers also see the features' standard deviation over the batch, averaged, as one
+    more channel (Karras et al. 2018), which tells a batch of one repeated melody from real ones."""
 
     def __init__(self, c: MidiNetConfig):
         super().__init__()
-        d = c.critic
-        self.first = nn.Sequential(nn.Conv1d(2 * LEVELS + CHORDS, d, 2, 2), nn.LeakyReLU(0.2))
-        self.rest = nn.Sequential(nn.Conv1d(d, 2 * d, 2, 2), nn.BatchNorm1d(2 * d), nn.LeakyReLU(0.2),  # [B, 2D, 4]
+        d, k, self.minibatch_std = c.critic, c.critic_kernel, c.minibatch_std
+        self.first = nn.Sequential(nn.Conv1d(2 * LEVELS + CHORDS, d, k, 2, padding=(k - 2) // 2), nn.LeakyReLU(0.2))
+        self.rest = nn.Sequential(nn.Conv1d(d + c.minibatch_std, 2 * d, 2, 2), nn.BatchNorm1d(2 * d),
+                                  nn.LeakyReLU(0.2),  # [B, 2D, 4]
                                   nn.Flatten(), nn.Linear(8 * d, 64), nn.LeakyReLU(0.2), nn.Linear(64, 1))
 
     def forward(self, bar: torch.Tensor, chords: torch.Tensor, previous: torch.Tensor):
-        features = self.first(torch.cat([bar, previous, chord_map(chords, STEPS)], 1))
-        return self.rest(features).squeeze(1), features
+        features = self.first(torch.cat([bar, previous, chord_map(chords, STEPS)], 1))  # [B, D, 8]
+        h = features
+        if self.minibatch_std:
+            spread = features.std(0).mean().expand(len(features), 1, features.shape[2])  # [B, 1, 8]
+            h = torch.cat([features, spread], 1)
+        return self.rest(h).squeeze(1), features
 
 
 class MidiNet(nn.Module):
