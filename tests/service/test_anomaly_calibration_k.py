@@ -9,12 +9,14 @@ import asyncio
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from service.engine import anomaly
 from service.engine.engine import Engine
+from service.engine.errors import InvalidInput
 from service.settings import Settings
 from service.store import ModelStore
 
@@ -49,7 +51,7 @@ def plain(tiny_vae_store) -> Engine:
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_vae_store, tmp_path_factory, plain, halves) -> Engine:
+def store(tiny_vae_store, tmp_path_factory, plain, halves) -> Path:
     store = tmp_path_factory.mktemp("calibrated-k-store")
     shutil.copytree(tiny_vae_store, store, dirs_exist_ok=True)
     x = halves[0]
@@ -67,6 +69,11 @@ def engine(tiny_vae_store, tmp_path_factory, plain, halves) -> Engine:
         "mix:complexity+nll": {**anomaly.calibration_for(anomaly.per_input_scores("mix:complexity+nll", feats, mix),
                                                          "mix", "test half A", QUANTILES), **CALIBRATED, **mix}}
     path.write_text(json.dumps(manifest))
+    return store
+
+
+@pytest.fixture(scope="module")
+def engine(store) -> Engine:
     return Engine(ModelStore(store), Settings(intra_op_threads=1))
 
 
@@ -93,6 +100,15 @@ def test_a_request_at_another_bound_gets_the_calibrated_anomaly_score(engine, ha
 def test_without_recorded_settings_the_requests_bound_is_scored(plain, halves):
     log_p, answer = scored(plain, halves[1][:8], "nll", seed=5, **ASKED)
     np.testing.assert_allclose([a["score"] for a in answer], -log_p)
+
+
+def test_a_calibrated_bound_over_the_request_limit_is_refused_naming_inputs(store, halves):
+    engine = Engine(ModelStore(store), Settings(intra_op_threads=1))
+    engine.model(MODEL).capabilities["score"]["max_row_steps"] = 20  # 8 inputs: k=2 fits, the calibrated k=4 not
+    x = halves[1][:8]
+    with pytest.raises(InvalidInput, match="calibrated k") as refused:
+        run(engine.score(MODEL, x, k=2, anomaly_method="complexity"))
+    assert refused.value.field == "inputs"
 
 
 def test_the_flag_rate_on_fresh_digits_matches_the_threshold_at_any_requested_k(engine, halves):
