@@ -104,3 +104,11 @@ def test_a_parsed_chorale_is_in_c_major_or_a_minor():
     assert bars.min() >= 0 and bars.max() <= music.REST
     stats = music.statistics([bars], music.pitch_class_histogram([bars]))
     assert stats["in_key"] > 0.85 and stats["notes_per_bar"] >= 1
+
+
+def test_chord_tones_count_the_notes_in_each_bars_triad():
+    c_major, a_minor, none = music.CHORDS.index("C"), music.CHORDS.index("Am"), music.NO_CHORD
+    e, f, a = (p - music.LOW for p in (64, 65, 69))  # E4, F4, A4: E is in C and in Am, F in neither, A in Am
+    bars = np.array([[e] * 8 + [f] * 8, [a] * 16, [f] * 16])
+    assert music.chord_tones([bars], [[c_major, a_minor, none]]) == pytest.approx(2 / 3)  # E, F | A | (left out)
+    assert music.chord_tones([bars], [[a_minor, c_major, c_major]]) == pytest.approx(1 / 4)  # E, F | A | F

@@ -195,6 +195,20 @@ def statistics(pieces, reference: np.ndarray) -> dict:
             "mean_abs_interval": float(leaps.mean())}
 
 
+def chord_tones(pieces, chords) -> float:
+    """The share of notes, among those starting in a bar with a chord, whose pitch class is in its triad: pieces
+    [T, STEPS] each with chords [T] (chord indices; NO_CHORD bars are left out)."""
+    hits = total = 0
+    for bars, these in zip(pieces, chords, strict=True):
+        for pitch, start, _ in notes(bars):
+            chord = int(these[start // STEPS])
+            if chord != NO_CHORD:
+                root, minor = divmod(chord, 2)
+                hits += (pitch - root) % 12 in (0, 3 if minor else 4, 7)
+                total += 1
+    return hits / max(1, total)
+
+
 def random_pitches(pieces, rng: np.random.Generator) -> list[np.ndarray]:
     """The baseline: each piece's rhythm (its notes' starts and lengths, its rests) kept, every note's pitch
     drawn uniformly from the range."""

@@ -256,24 +256,27 @@ def evaluate_test(model: MidiNet, split) -> dict:
     """Melody statistics (music.statistics) of eval_pieces generated pieces of eval_bars bars (seed 0), without
     chords and with the chords of test pieces, beside the test pieces themselves, the training pieces and a
     random baseline (the test pieces' rhythms with uniform random pitches); each with the total-variation
-    distance of its pitch-class histogram to the test pieces'."""
+    distance of its pitch-class histogram to the test pieces', and the share of chord tones (music.chord_tones)
+    under the chords it was given (the generated pieces without chords: under the same chords, for reference)."""
     c = model.config
     g = torch.Generator().manual_seed(0)
     test = split.pieces_test
     chords = np.stack([np.resize(chords, c.eval_bars) for _, chords in test])  # each test piece's, repeated
-    chords = torch.from_numpy(chords[np.arange(c.eval_pieces) % len(chords)])
+    chords = chords[np.arange(c.eval_pieces) % len(chords)]  # [eval_pieces, eval_bars]
     pieces = {
-        "midinet": list(generate(model, torch.full((c.eval_pieces, c.eval_bars), CHORDS - 1), g).numpy()),
-        "midinet_chords": list(generate(model, chords, g).numpy()),
-        "corpus_test": [bars for bars, _ in test],
-        "corpus_train": [bars for bars, _ in split.pieces_train],
-        "random": music.random_pitches([bars for bars, _ in test], np.random.default_rng(0)),
+        "midinet": (list(generate(model, torch.full(chords.shape, CHORDS - 1), g).numpy()), chords),
+        "midinet_chords": (list(generate(model, torch.from_numpy(chords), g).numpy()), chords),
+        "corpus_test": ([bars for bars, _ in test], [these for _, these in test]),
+        "corpus_train": ([bars for bars, _ in split.pieces_train], [these for _, these in split.pieces_train]),
+        "random": (music.random_pitches([bars for bars, _ in test], np.random.default_rng(0)),
+                   [these for _, these in test]),
     }
-    reference = music.pitch_class_histogram(pieces["corpus_test"])
+    reference = music.pitch_class_histogram(pieces["corpus_test"][0])
     report = {"eval_pieces": c.eval_pieces, "eval_bars": c.eval_bars}
-    for name, these in pieces.items():
+    for name, (these, their_chords) in pieces.items():
         for key, value in music.statistics(these, reference).items():
             report[f"{name}_{key}"] = value
+        report[f"{name}_chord_tones"] = music.chord_tones(these, their_chords)
     return report
 
 
