@@ -93,11 +93,12 @@ async def measure(engine: Engine, name: str, capability: str, settings: Settings
     """Rates at the largest batch and at one row, and the limits they give."""
     m = engine.model(name)
     batch = settings.max_samples_per_request
-    probe = 2000 if m.is_sequence else 20  # values, chain steps or k per row
+    generates = m.is_sequence and m.capability(capability)["procedure"] == "autoregressive"  # not an audio bound
+    probe = 2000 if generates else 20  # values, chain steps or k per row
     await run(engine, name, capability, 2, 2)  # warm-up
     batched = batch * probe / await run(engine, name, capability, batch, probe)
     limits = {"max_row_steps": round_down(batched * budget_s)}
-    if m.is_sequence:
+    if generates:
         single = 4 * probe / await run(engine, name, capability, 1, 4 * probe)
         limits["max_length"] = min(round_down(single * budget_s), settings.max_sequence_length)
     return limits
