@@ -73,7 +73,7 @@ def test_chains_of_concurrent_requests_share_steps_and_keep_their_seeds(tiny_rbm
                                     engine.sample("rbm", 3, 2, 1.0, None, steps=40))
 
     first, second = asyncio.run(together())
-    (batcher, _), = engine.runner.chains.batchers.values()  # the chain's continuous batcher, beside the runtime
+    batcher, = engine.runner.procedures.schedulers.values()  # the chain's continuous batcher, beside the runtime
     assert batcher.steps_run < 80  # the two chains ran in shared steps, not one after the other
     alone = asyncio.run(engine.sample("rbm", 3, 2, 1.0, None, steps=40))
     assert np.array_equal(second, alone)  # a row depends on its seed only
