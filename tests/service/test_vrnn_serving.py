@@ -117,22 +117,24 @@ def test_score_is_the_iwae_bound_of_the_exported_function_under_the_services_noi
 
 def test_score_and_encode_over_rest_and_grpc(engine, settings, segment):
     wavs = [audio.to_wav(x, 16000) for x in segment]
+    wavs_b64 = [base64.b64encode(w).decode() for w in wavs]
     with TestClient(create_app(engine, settings)) as client:
-        scored = client.post(f"/v1/models/{MODEL}/score", json={"inputs": [base64.b64encode(w).decode() for w in wavs],
-                                                                 "k": 2, "seed": 3}).json()["results"]
-        encoded = client.post(f"/v1/models/{MODEL}/encode",
-                              json={"inputs": [base64.b64encode(w).decode() for w in wavs]}).json()
-        too_many = client.post(f"/v1/models/{MODEL}/score", json={"inputs": [base64.b64encode(wavs[0]).decode()],
-                                                                   "k": 10_000})
+        scored = client.post(f"/v1/models/{MODEL}/score", json={"inputs": wavs_b64, "k": 2, "seed": 3}).json()
+        encoded = client.post(f"/v1/models/{MODEL}/encode", json={"inputs": wavs_b64}).json()
+        too_many = client.post(f"/v1/models/{MODEL}/score", json={"inputs": wavs_b64[:1], "k": 10_000})
         too_long = client.post(f"/v1/models/{MODEL}/sample", json={"seconds": 10_000})
+        short = base64.b64encode(audio.to_wav(segment[0, :100], 16000)).decode()  # not one segment long
+        wrong_length = client.post(f"/v1/models/{MODEL}/score", json={"inputs": [wavs_b64[0], short]})
     direct = asyncio.run(engine.encode(MODEL, segment))
     frames = segment.shape[1] // 200
     assert np.array(encoded["mean"]).shape == direct["mean"].shape and direct["mean"].shape[:2] == (2, frames)
     assert np.allclose(encoded["std"], direct["std"], rtol=1e-5) and (direct["std"] > 0).all()
+    scored = scored["results"]
     assert [r["log_likelihood_nats"] for r in scored] == pytest.approx(
         [r["log_likelihood_nats"] for r in asyncio.run(engine.score(MODEL, segment, k=2, seed=3))], rel=1e-6)
     assert too_many.status_code == 422 and too_many.json()["error"]["field"] == "k"
     assert too_long.status_code == 422 and too_long.json()["error"]["field"] == "body.seconds"
+    assert wrong_length.status_code == 422 and wrong_length.json()["error"]["field"].endswith("inputs[1]")
 
     async def grpc_calls():
         async with grpc_stub(engine, settings) as stub:
