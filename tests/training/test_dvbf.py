@@ -89,3 +89,11 @@ def test_the_baseline_has_no_transition_and_predicts_by_its_rnn(split):
     assert not hasattr(baseline, "A") and baseline.predict(x[:, :4], u, 3).shape == (2, 3, 256)
     with pytest.raises(ValueError, match="baseline"):
         dvbf.exported_functions(baseline, split)
+
+
+def test_a_noise_scale_bounds_every_process_noise_matrix(split):
+    torch.manual_seed(0)
+    bounded = dvbf.build({"latent": 3, "noise": 2, "noise_scale": 0.05, "hidden": 8, "matrices": 4}, split)
+    with torch.no_grad():
+        bounded.C.mul_(100)  # far past the bound before tanh
+    assert bounded.noise_matrices().abs().max() <= 0.05 and bounded.noise_matrices().abs().max() > 0.049
