@@ -11,20 +11,24 @@ and prints the medians and their ratio.
     .venv/bin/python benchmarks/chain_overhead.py [--case chain|importance] [--steps N] [--k K] [--repeats 5]
 """
 
-import argparse
-import asyncio
-import dataclasses
-import statistics
-import subprocess
-import sys
-import tempfile
-import time
-from collections.abc import Awaitable, Callable
-from pathlib import Path
+import os
 
-import httpx
-import numpy as np
-from common import markdown_table
+os.environ["OMP_NUM_THREADS"] = "1"  # what the server gets (server_env), set before torch and numpy load
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import dataclasses  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Awaitable, Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+from common import markdown_table  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
