@@ -192,12 +192,11 @@ def decode_inputs(values: list[Any], spec: dict, field: str = "body.inputs") -> 
     return np.stack([decode_image(v, spec, f"{field}[{i}]") for i, v in enumerate(values)])
 
 
-def decode_prompt(prompt: str | None, spec: dict, field: str = "body.prompt") -> np.ndarray | None:
-    """A text model's prompt -> int64 ids; other models take none."""
-    if prompt is None:
-        return None
-    if spec.get("kind") != "text":
-        raise InvalidInput(f"{field}: only text models take a prompt", field=field)
+def decode_prompt(prompt: str | None, spec: dict, field: str = "body.prompt") -> np.ndarray | str | None:
+    """A text model's prompt -> int64 ids; another model's stays text, a caption that the engine encodes by the
+    words its sample capability declares, or refuses (service/engine/captions.py)."""
+    if prompt is None or spec.get("kind") != "text":
+        return prompt
     return text.encode(prompt, spec["vocabulary"], field)
 
 

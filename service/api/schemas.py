@@ -245,7 +245,8 @@ def request_models(settings: Settings) -> RequestModels:
         top_k: TopK = None
         prompt: Annotated[str | None, Field(max_length=settings.max_sequence_length,
                                             description="text models: the text to continue; samples start "
-                                                        "with it")] = None
+                                                        "with it. Caption models (capabilities.sample.prompt): "
+                                                        "the caption, in the model's words")] = None
         seconds: Seconds = None
         voice: Voice = None
         chunk_ms: Annotated[int | None, Field(ge=1, le=60000, description="audio streams: milliseconds of audio "

@@ -14,7 +14,8 @@ import time
 from collections.abc import AsyncIterator
 
 import numpy as np
-from service.engine import latent, procedures, worker_procedures
+
+from service.engine import captions, latent, procedures, worker_procedures
 from service.engine.errors import InvalidInput, MissingCapability, UnknownModel, UnsupportedModel
 from service.engine.latent_operations import LatentOperations
 from service.engine.metrics import EngineMetrics
@@ -409,10 +410,11 @@ class Engine(ScoringOperations, LatentOperations):
             self.metrics.audio_seconds.labels(m.manifest["name"]).inc(values / m.data["sample_rate"])
 
     async def sample(self, name: str, n: int, seed: int, temperature: float, label: int | None, *,
-                     length: int | None = None, top_k: int | None = None, prompt: np.ndarray | None = None,
+                     length: int | None = None, top_k: int | None = None, prompt: np.ndarray | str | None = None,
                      steps: int | None = None, controls: dict[str, list[float]] | None = None,
                      length_field: str = "length") -> np.ndarray:
         """[n, *shape] int64 samples, or [n, len(prompt) + length] for a sequence model (the prompt first).
+        An ancestral sample's prompt is text, for a capability that declares a prompt input (captions.py).
 
         Sample i depends only on (seed, i), whatever shares its batch. `steps`: a Markov chain's length.
         `length_field`: the request field that set `length` (an audio request's seconds), named in refusals.
@@ -423,15 +425,16 @@ class Engine(ScoringOperations, LatentOperations):
         if controls and "controls" not in cap:
             raise InvalidInput(f"controls: model {name!r} takes no controls", field="controls")
         if cap["procedure"] != "autoregressive":
-            self._no_sequence_options(m, length=length, top_k=top_k, prompt=prompt)
+            self._no_sequence_options(m, length=length, top_k=top_k)
             if n < 1:
                 raise InvalidInput("n: must be at least 1", field="n")
             rngs = procedures.row_generators(seed, n)
             if cap["procedure"] == "ancestral":
                 self._no_steps(m, cap, steps)
-                conditions = self._conditions(m, cap, label, controls or {}, rngs)
+                conditions = {**self._conditions(m, cap, label, controls or {}, rngs),
+                              **captions.condition(cap, prompt, n, name)}
                 return await latent.ancestral(self._caller(m), cap, rngs, temperature, conditions)
-            self._no_sequence_options(m, label=label)
+            self._no_sequence_options(m, label=label, prompt=prompt)
             if temperature != 1.0:
                 raise InvalidInput(f"temperature: model {name!r} samples by a Markov chain and takes none",
                                    field="temperature")

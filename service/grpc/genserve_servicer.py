@@ -210,10 +210,9 @@ def _label(request: Any, spec: dict) -> int | None:
 def _generation(request: pb.SampleRequest, spec: dict) -> dict:
     """The sequence-model knobs of a sample request, as engine keyword arguments (absent: None)."""
     prompt = request.prompt if request.HasField("prompt") else None
-    if prompt is not None and spec.get("kind") != "text":
-        raise InvalidInput("prompt: only text models take a prompt", field="prompt")
-    return {"length": _length(request, spec), "top_k": _top_k(request), **_length_field(request),
-            "prompt": None if prompt is None else text.encode(prompt, spec["vocabulary"], "prompt")}
+    if prompt is not None and spec.get("kind") == "text":
+        prompt = text.encode(prompt, spec["vocabulary"], "prompt")  # other models' prompts are captions (the engine's)
+    return {"length": _length(request, spec), "top_k": _top_k(request), **_length_field(request), "prompt": prompt}
 
 
 def _length_field(request: Any) -> dict:

@@ -279,26 +279,29 @@ def sample_grid(model: StackGAN, generator: torch.Generator) -> torch.Tensor:
     return draw(model, grid_captions(), generator)[1]
 
 
+WORD_PAIRS = {"thickness": (("thin", "a thin {}"), ("thick", "a thick {}")),
+              "size": (("small", "a small {}"), ("large", "a large {}")),
+              "slant": (("left", "a {} slanted to the left"), ("right", "a {} slanted to the right"))}
+
+
+def one_word_apart(pattern: str, draws: int) -> list[str]:
+    """A caption pattern filled with every digit, `draws` times each: [10 * draws] captions."""
+    return [words.caption_article(pattern.format(d)) for d in words.DIGITS for _ in range(draws)]
+
+
+@torch.no_grad()
 def attribute_table(model: StackGAN, generator: torch.Generator) -> dict:
     """For every digit, eval_per_word noise draws each drawn under captions that differ in one word only
-    ("a thin seven" / "a thick seven", ...): the mean measure per word over all digits, and the share of
-    (digit, noise) pairs in which the measure moves the way the words say."""
+    (WORD_PAIRS: "a thin seven" / "a thick seven", ...): the mean measure under each word over all digits, and the
+    share of (digit, noise) pairs in which the measure moves the way the words say."""
+    model.eval()
     n, table = model.config.eval_per_word, {}
-    pairs = {"thickness": ("a thin {}", "a thick {}"), "size": ("a small {}", "a large {}"),
-             "slant": ("a {} slanted to the left", "a {} slanted to the right")}
-    for attribute, patterns in pairs.items():
+    for attribute, pair in WORD_PAIRS.items():
         eps, eps_c = model.noise(10 * n, generator)
-        measured = []
-        for pattern in patterns:
-            texts = [words.caption_article(pattern.format(words.DIGITS[k])) for k in range(10) for _ in range(n)]
-            model.eval()
-            with torch.no_grad():
-                image = levels(model.generate(words.tokens(texts), eps, eps_c)[1])
-            measured.append(words.measure(image)[attribute])
-        low, high = measured
-        table[attribute] = {patterns[0].split()[1] if attribute != "slant" else "left": low.mean().item(),
-                            patterns[1].split()[1] if attribute != "slant" else "right": high.mean().item(),
-                            "share_ordered": (high > low).double().mean().item()}
+        measured = [words.measure(levels(model.generate(words.tokens(one_word_apart(pattern, n)), eps, eps_c)[1]))
+                    [attribute] for _, pattern in pair]
+        table[attribute] = {**{word: m.mean().item() for (word, _), m in zip(pair, measured, strict=True)},
+                            "share_ordered": (measured[1] > measured[0]).double().mean().item()}
     return table
 
 
