@@ -20,13 +20,13 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api import codecs, errors, playground, repository, schemas, security, v2
+from service.api import codecs, errors, frames, playground, repository, schemas, security, v2
 from service.api.disconnect import CLIENT_CLOSED_REQUEST, ClientGone, unless_disconnected
 from service.api.drain import Drain, DrainMiddleware
 from service.api.metrics import ApiMetrics, MetricsMiddleware
 from service.api.request_id import RequestIdApp
 from service.api.responses import FastJSONResponse
-from service.engine import audio
+from service.engine import audio, midi
 from service.engine.errors import EngineError, InvalidInput, MissingCapability
 from service.engine.validation import check_finite_outputs
 from service.settings import Settings
@@ -243,9 +243,10 @@ async def _events(first: np.ndarray, stream: AsyncIterator[np.ndarray], spec: di
 
 
 def _generation(body: Any, spec: dict) -> dict:
-    """The sequence-model knobs of a sample request, as engine keyword arguments."""
+    """The sequence-model knobs of a sample request (music: bars and a chord per bar), as engine keyword arguments."""
     return {"length": audio.length_of(body.seconds, body.length, spec, "body.seconds"), "top_k": body.top_k,
-            "prompt": codecs.decode_prompt(body.prompt, spec), **_length_field(body)}
+            "prompt": codecs.decode_prompt(body.prompt, spec), **_length_field(body),
+            "bars": body.bars, "step_controls": None if body.chords is None else {"chords": body.chords}}
 
 
 def _length_field(body: Any) -> dict:
@@ -260,6 +261,18 @@ def _wants_wav_file(request: Request, spec: dict, n: int) -> bool:
     if n != 1:
         raise InvalidInput("body.n: a WAV file answer holds one sample; ask for JSON for more", field="body.n")
     return True
+
+
+def _wants_music_file(request: Request, spec: dict, n: int) -> str | None:
+    """A music request with `Accept: audio/midi` (or `image/png`) gets the MIDI file (or the piano roll) itself
+    (one sample) instead of JSON: that media type, else None."""
+    accept = request.headers.get("accept", "")
+    wanted = next((t for t in ("audio/midi", "image/png") if t in accept), None)
+    if spec.get("kind") != "music" or wanted is None:
+        return None
+    if n != 1:
+        raise InvalidInput(f"body.n: a {wanted} answer holds one sample; ask for JSON for more", field="body.n")
+    return wanted
 
 
 async def _wav_stream(header: bytes, first: np.ndarray, stream: AsyncIterator[np.ndarray]) -> AsyncIterator[bytes]:
@@ -287,7 +300,7 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
     NamedScoreRequest, CompleteRequest = requests.score_named, requests.complete
     EncodeRequest, ReconstructRequest = requests.encode, requests.reconstruct
     DecodeRequest, InterpolateRequest = requests.decode, requests.interpolate
-    TranslateRequest = requests.translate
+    TranslateRequest, PredictRequest = requests.translate, requests.predict
     router = APIRouter(responses=_ERRORS)
     router.genserve_fast = {}  # route template -> (request model, handler) for RestFastPath
 
@@ -319,15 +332,19 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
         _check_label(body.label, spec, "body.label")
         label = audio.voice_label(body.voice, body.label, spec, "body.voice")
         fmt = codecs.output_format(body.format, spec)
-        wav_file = _wants_wav_file(request, spec, body.n)
+        wav_file, music_file = _wants_wav_file(request, spec, body.n), _wants_music_file(request, spec, body.n)
         seed = new_seed() if body.seed is None else body.seed
         x = await unless_disconnected(request, engine.sample(name, body.n, seed, body.temperature, label,
                                                              steps=body.steps, controls=body.controls,
-                                                             **_generation(body, spec)))
+                                                             actions=body.actions, **_generation(body, spec)))
         if wav_file:
             return Response(audio.to_wav(x[0], int(spec["sample_rate"])), media_type="audio/wav",
                             headers={"genserve-seed": str(seed)})
-        samples = codecs.encode_samples(x, spec, fmt)
+        if music_file:
+            body_bytes = midi.to_midi(x[0], spec) if music_file == "audio/midi" else midi.to_pianoroll_png(x[0], spec)
+            return Response(body_bytes, media_type=music_file, headers={"genserve-seed": str(seed)})
+        samples = codecs.encode_samples(x, spec, fmt) if body.actions is None else \
+            frames.encode_sequences(x, spec, fmt)  # roll-outs of a state-space model: [n, S + 1, *shape]
         return FastJSONResponse({"model": name, "version": description["version"], "seed": seed, "samples": samples})
 
     @router.post("/v1/models/{name}/sample/stream", tags=["inference"], response_class=StreamingResponse,
@@ -413,12 +430,13 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
         """q(z given x): the posterior's mean and std per input, [B, D] each."""
         description, spec = lookup(request, name)
         _require(description, "encode", name)
-        x = codecs.decode_inputs(body.inputs, spec)
+        x = codecs.decode_inputs(body.inputs, spec) if body.actions is None else \
+            frames.decode_sequences(body.inputs, spec)  # a state-space model's frames and the actions between them
         out = await unless_disconnected(request, engine.encode(name, x, refine_steps=body.refine_steps, seed=body.seed,
-                                                               refine=body.refine))
-        mean, std = np.asarray(out["mean"]), np.asarray(out["std"])
-        check_finite_outputs({"mean": mean, "std": std}, "body.inputs")
-        return FastJSONResponse({"model": name, "version": description["version"], "mean": mean, "std": std})
+                                                               refine=body.refine, actions=body.actions))
+        answer = {key: np.asarray(value) for key, value in out.items()}  # mean and std; a state-space model's: mean
+        check_finite_outputs(answer, "body.inputs")
+        return FastJSONResponse({"model": name, "version": description["version"], **answer})
 
     @router.post("/v1/models/{name}/decode", response_model=schemas.ImagesResponse, tags=["latent"])
     @fast("/v1/models/{name}/decode", DecodeRequest)
@@ -464,14 +482,33 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
     @fast("/v1/models/{name}/translate", TranslateRequest)
     async def translate(name: str, body: TranslateRequest, request: Request) -> dict:
         """Images of the capability's input shape and levels -> images of the model's data (pix2pix: edge maps
-        -> digits), deterministic."""
+        -> digits; cyclegan: either way between two digit domains, by `direction`), deterministic."""
         description, spec = lookup(request, name)
         _require(description, "translate", name)
         x = codecs.decode_inputs(body.inputs, engine.translate_input(name))  # [B, *input shape]
         fmt = codecs.output_format(body.format, spec)
-        images = await unless_disconnected(request, engine.translate(name, x))
+        images = await unless_disconnected(request, engine.translate(name, x, body.direction))
         return FastJSONResponse({"model": name, "version": description["version"],
                                  "images": codecs.encode_images(images, spec, fmt, field="body.inputs", array=True)})
+
+    @router.post("/v1/models/{name}/predict", response_model=schemas.PredictResponse, tags=["inference"],
+                 responses={200: {"content": {"image/png": {}, "image/gif": {}},
+                                  "description": "JSON, or with Accept: image/png or image/gif the animation of "
+                                                 "one input's predicted frames"}})
+    @fast("/v1/models/{name}/predict", PredictRequest)
+    async def predict(name: str, body: PredictRequest, request: Request) -> Any:
+        """A state-space model's filtered states of the observed frames, rolled forward under the further actions,
+        and the predicted frames (docs/latent-variable-models.md, "Predict")."""
+        description, spec = lookup(request, name)
+        _require(description, "predict", name)
+        x = frames.decode_sequences(body.inputs, spec)  # [B, T, *shape]
+        fmt, file = frames.output_format(body.format), frames.wanted_file(request, len(x))
+        out = await unless_disconnected(request, engine.predict(name, x, body.actions))
+        if file is not None:
+            return Response(frames.animation(out["frames"][0], int(spec["levels"]), file), media_type=f"image/{file}")
+        check_finite_outputs({"states": out["states"]}, "body.inputs")
+        return FastJSONResponse({"model": name, "version": description["version"], "states": out["states"],
+                                 "frames": frames.encode_sequences(out["frames"], spec, fmt)})
 
     return router
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from service.engine import audio, text
+from service.engine import audio, midi, text
 from service.engine.errors import InvalidInput
 from service.engine.validation import check_finite_outputs
 
@@ -250,7 +250,8 @@ def decode_mask(value: Any, spec: dict, batch: int, field: str = "body.mask") ->
 # --- outputs -----------------------------------------------------------------------------------------------------
 
 
-FORMATS = {"image": ("array", "png"), "text": ("text", "array"), "audio": ("wav", "array")}  # first: default
+FORMATS = {"image": ("array", "png"), "text": ("text", "array"), "audio": ("wav", "array"),
+           "music": ("midi", "array", "png")}  # first: default
 
 
 def output_format(fmt: str | None, spec: dict, field: str = "body.format") -> str:
@@ -260,7 +261,7 @@ def output_format(fmt: str | None, spec: dict, field: str = "body.format") -> st
     fmt = allowed[0] if fmt is None else fmt
     if fmt not in allowed:
         raise InvalidInput(f"{field}: {kind} models answer in {' or '.join(repr(f) for f in allowed)}", field=field)
-    if fmt == "png":
+    if fmt == "png" and kind != "music":  # music: a piano roll
         levels = _levels(spec)
         if png_layout(_shape(spec)) is None:
             raise InvalidInput(f"{field}: 'png' needs image data of shape [H,W], [1,H,W] or [3,H,W]", field=field)
@@ -270,7 +271,12 @@ def output_format(fmt: str | None, spec: dict, field: str = "body.format") -> st
 
 
 def encode_sample(x: np.ndarray, spec: dict, fmt: str) -> str | list:
-    """One sample [*shape] -> base64 PNG, text, base64 WAV, or nested ints ([H][W] when the shape is [1,H,W])."""
+    """One sample [*shape] -> base64 PNG, text, base64 WAV, base64 MIDI, or nested ints ([H][W] when the shape is
+    [1,H,W]). A music sample [bars, *shape] is a MIDI file, a piano-roll PNG or its bars."""
+    if fmt == "midi":
+        return base64.b64encode(midi.to_midi(x, spec)).decode("ascii")
+    if fmt == "png" and spec.get("kind") == "music":
+        return base64.b64encode(midi.to_pianoroll_png(x, spec)).decode("ascii")
     if fmt == "png":
         return encode_png_b64(x, _levels(spec) or 2)
     if fmt == "text":

@@ -52,10 +52,16 @@ Mask = Annotated[
         }
     ),
 ]
-Format = Annotated[Literal["array", "png", "text", "wav"] | None,
-                   Field(description="array (integer levels or codes), png (images), text (text models) or wav "
-                                     "(audio models: base64 16-bit PCM WAV); absent: text for text models, wav for "
-                                     "audio models, array otherwise")]
+Format = Annotated[Literal["array", "png", "text", "wav", "midi"] | None,
+                   Field(description="array (integer levels or codes), png (images; music: a piano roll), text (text "
+                                     "models), wav (audio models: base64 16-bit PCM WAV) or midi (music models: a "
+                                     "base64 Standard MIDI File); absent: text for text models, wav for audio models, "
+                                     "midi for music models, array otherwise")]
+Actions = Annotated[list[Any] | None,
+                    Field(description="state-space models (capabilities.predict.actions): the actions, [L, "
+                                      "*actions.shape] for every row or [rows, L, *actions.shape]; action t moves "
+                                      "frame t to frame t + 1. predict: T - 1 + S for T observed and S predicted "
+                                      "frames; encode: T - 1; sample: S, for S + 1 frames per sample")]
 Voice = Annotated[int | str | None, Field(description="audio models: the voice, by index or name (data.classes); "
                                                       "absent: drawn from the voice prior")]
 TopK = Annotated[int | None, Field(ge=0, le=MAX_INT32,
@@ -71,6 +77,13 @@ RefineSteps = Annotated[int, Field(ge=0, le=MAX_INT32,
 Refine = Annotated[str, Field(max_length=32, description="latent-variable models: the refinement rule, gradient "
                                                        "(ascent on the ELBO) or one in encode.refine.updates "
                                                        "(learned: a trained update, Marino et al. 2017)")]
+Bars = Annotated[int | None, Field(ge=1, le=MAX_INT32, description="music models: bars to generate, 1..the model's "
+                                                                   "max_steps; absent: one per chord, else the "
+                                                                   "model's default")]
+Chords = Annotated[list[Annotated[str, Field(max_length=16)]] | None,
+                   Field(max_length=4096, description="music models: a chord per bar by name (capabilities.sample."
+                                                      "step_controls.chords.names, e.g. C, Am, F#m; N: none); "
+                                                      "absent: none")]
 ChainSteps = Annotated[int | None, Field(ge=1, le=MAX_INT32,
                                          description="models that run a Markov chain (capability procedure "
                                                      "markov_chain): its number of steps, 1..max_steps; absent: the "
@@ -179,8 +192,20 @@ class CompleteResponse(_Open):
 class EncodeResponse(_Open):
     model: str
     version: int | str
-    mean: list[list[float]] = Field(description="q(z given x)'s mean per input, [B, D]")
-    std: list[list[float]] = Field(description="q(z given x)'s standard deviation per input, [B, D]")
+    mean: list[list[Any]] = Field(description="q(z given x)'s mean per input, [B, D]; a state-space model's filtered "
+                                              "state per frame, [B, T, D]; a VRNN's filtered q(z_t) per frame too")
+    std: list[list[Any]] | None = Field(None, description="q(z given x)'s standard deviation per input, [B, D] "
+                                                          "(a VRNN's per frame, [B, T, D]; absent for a state-space "
+                                                          "model)")
+
+
+class PredictResponse(_Open):
+    model: str
+    version: int | str
+    states: list[list[list[float]]] = Field(description="the filtered states of the observed frames, then the "
+                                                        "predicted ones: [B, T + S, D]")
+    frames: list[str | list[Any]] = Field(description="the S predicted frames per input: integer levels [S][H][W], "
+                                                      "or a base64 animated PNG or GIF (format)")
 
 
 class ImagesResponse(_Open):
@@ -218,6 +243,7 @@ class RequestModels:
     decode: type[BaseModel]
     interpolate: type[BaseModel]
     translate: type[BaseModel]
+    predict: type[BaseModel]
 
 
 def request_models(settings: Settings) -> RequestModels:
@@ -252,12 +278,15 @@ def request_models(settings: Settings) -> RequestModels:
         chunk_ms: Annotated[int | None, Field(ge=1, le=60000, description="audio streams: milliseconds of audio "
                                                                          "per chunk (absent: 100)")] = None
         steps: ChainSteps = None
+        bars: Bars = None
+        chords: Chords = None
         controls: Annotated[dict[str, ControlValue] | None,
                             Field(max_length=16, description="models with sample controls (capabilities.sample."
                                                              "controls, e.g. an InfoGAN's codes): a value per "
                                                              "control, an integer class for a categorical one, "
                                                              "a list for a continuous one; absent ones are drawn")
                             ] = None
+        actions: Actions = None
 
     class ScoreRequest(_Request):
         inputs: Inputs
@@ -316,7 +345,23 @@ def request_models(settings: Settings) -> RequestModels:
     class TranslateRequest(_Request):
         inputs: Annotated[list[Input], Field(min_length=1, max_length=settings.max_inputs_per_request,
                                              description="images of capabilities.translate.input's shape and levels")]
+        direction: Annotated[str | None, Field(max_length=64, description="one of capabilities.translate."
+                                               "directions (cyclegan: a_to_b, b_to_a); left out: the capability's "
+                                               "function")] = None
         format: ImageFormat = None
 
-    return RequestModels(SampleRequest, ScoreRequest, NamedScoreRequest, CompleteRequest, EncodeRequest,
-                         ReconstructRequest, DecodeRequest, InterpolateRequest, TranslateRequest)
+    class EncodeFramesRequest(EncodeRequest):
+        """encode: a state-space model's inputs are sequences of frames, and it takes the actions between them."""
+        actions: Actions = None
+
+    class PredictRequest(_Request):
+        inputs: Annotated[list[Any], Field(min_length=1, max_length=settings.max_inputs_per_request,
+                                           description="sequences of observed frames, each a list of frames (nested "
+                                                       "integer levels or base64 PNGs); all of one length T")]
+        actions: Actions
+        format: Annotated[Literal["array", "png", "gif"] | None,
+                          Field(description="the predicted frames as integer levels (array, the default), or one "
+                                            "base64 animated PNG or GIF per input")] = None
+
+    return RequestModels(SampleRequest, ScoreRequest, NamedScoreRequest, CompleteRequest, EncodeFramesRequest,
+                         ReconstructRequest, DecodeRequest, InterpolateRequest, TranslateRequest, PredictRequest)

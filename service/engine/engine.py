@@ -19,14 +19,16 @@ from service.engine import captions, latent, procedures, worker_procedures
 from service.engine.errors import InvalidInput, MissingCapability, UnknownModel, UnsupportedModel
 from service.engine.latent_operations import LatentOperations
 from service.engine.metrics import EngineMetrics
+from service.engine.predict import StateSpaceOperations
 from service.engine.scheduler import BatchingConfig, ContinuousBatcher, DynamicBatcher
 from service.engine.scoring import ScoringOperations
+from service.engine.step_controls import plan as plan_steps
 from service.engine.validation import check_batch, check_levels, check_sequence
 from service.engine.workers import InProcess, WorkerPool
 from service.settings import Settings
 from service.store import ModelEntry, ModelStore
 
-SERVED_KINDS = ("image", "text", "audio")
+SERVED_KINDS = ("image", "text", "audio", "music")
 SEQUENCE_KINDS = ("text", "audio")  # any length: generation takes a length and a prompt, scoring any length
 MAX_LENGTH_SCHEDULERS = 64  # schedulers kept per input length (sequence scoring) before idle ones are dropped
 # (model, version) a request names (/v1/models/{name}/versions/{v}/..., V2's model_version): Engine.model() of
@@ -72,7 +74,7 @@ class LoadedModel:
         return self.capabilities[name]
 
 
-class Engine(ScoringOperations, LatentOperations):
+class Engine(StateSpaceOperations, ScoringOperations, LatentOperations):
     def __init__(self, store: ModelStore, settings: Settings, metrics: EngineMetrics | None = None,
                  runner: InProcess | WorkerPool | None = None):
         """`runner` runs the model functions; by default this process loads and runs them itself."""
@@ -318,8 +320,8 @@ class Engine(ScoringOperations, LatentOperations):
 
     def _generate(self, m: LoadedModel, capability: str, seed: int, rows: int, temperature: float,
                   label: int | None, observed=None, mask=None, steps: int | None = None,
-                  top_k: int | None = None, rngs: list[np.random.Generator] | None = None
-                  ) -> AsyncIterator[np.ndarray]:
+                  top_k: int | None = None, rngs: list[np.random.Generator] | None = None,
+                  per_step: dict[str, np.ndarray] | None = None) -> AsyncIterator[np.ndarray]:
         """Every step's output [rows, *step_shape], from the model's continuous batcher."""
         cap = m.capability(capability)
         if rows < 1:
@@ -328,25 +330,29 @@ class Engine(ScoringOperations, LatentOperations):
         rngs = procedures.row_generators(seed, rows) if rngs is None else rngs
         per_row = self._per_row(m, cap["function"], label, top_k, rngs)
         sequence = procedures.autoregressive(cap, rngs, np.full(rows, temperature, np.float32), steps,
-                                             per_row, observed, mask)
+                                             per_row, observed, mask, per_step)
         return self._batcher(m, cap["function"], cap).generate(sequence)
 
     async def sample_stream(self, name: str, n: int, seed: int, temperature: float, label: int | None, *,
                             length: int | None = None, top_k: int | None = None, prompt: np.ndarray | None = None,
-                            chunk: int | None = None, length_field: str = "length") -> AsyncIterator[np.ndarray]:
-        """Yield the output as it is generated: every step's [n, *step_shape] (an image row), or for a sequence
-        model [n, chunk] values (characters, audio; default: one step's), the prompt first, the last chunk
-        shorter; the chunks add up to sample's output."""
+                            chunk: int | None = None, length_field: str = "length", bars: int | None = None,
+                            step_controls: dict[str, list[str]] | None = None) -> AsyncIterator[np.ndarray]:
+        """Yield the output as it is generated: every step's [n, *step_shape] (an image row, a bar), or for a
+        sequence model [n, chunk] values (characters, audio; default: one step's), the prompt first, the last
+        chunk shorter; the chunks add up to sample's output. bars, step_controls: as sample's."""
         m = self.model(name)
         if m.capability("sample")["procedure"] != "autoregressive":
             raise MissingCapability(f"model {name!r} draws each sample at once "
                                     f"({m.capability('sample')['procedure']}): use sample, not a stream", field="model")
         steps, observed, mask, values = self._plan(m, m.capability("sample"), prompt, length, n, length_field)
+        chosen, per_step = plan_steps(name, m.capability("sample"), n, bars, step_controls)
+        steps = chosen or steps
         if chunk is not None and (not m.is_sequence or chunk < 1):
             raise InvalidInput("chunk: a positive number of values, for text and audio models only", field="chunk")
         chunk = chunk or math.prod(m.capability("sample")["step_shape"])
         started, emitted, pending = time.monotonic(), 0, np.zeros((n, 0), np.int64)
-        async for value in self._generate(m, "sample", seed, n, temperature, label, observed, mask, steps, top_k):
+        async for value in self._generate(m, "sample", seed, n, temperature, label, observed, mask, steps, top_k,
+                                          per_step=per_step):
             if not m.is_sequence:
                 started = self._first_chunk(name, started)
                 yield value
@@ -412,16 +418,25 @@ class Engine(ScoringOperations, LatentOperations):
     async def sample(self, name: str, n: int, seed: int, temperature: float, label: int | None, *,
                      length: int | None = None, top_k: int | None = None, prompt: np.ndarray | str | None = None,
                      steps: int | None = None, controls: dict[str, list[float]] | None = None,
-                     length_field: str = "length") -> np.ndarray:
+                     length_field: str = "length", bars: int | None = None,
+                     step_controls: dict[str, list[str]] | None = None, actions=None) -> np.ndarray:
         """[n, *shape] int64 samples, or [n, len(prompt) + length] for a sequence model (the prompt first).
         An ancestral sample's prompt is text, for a capability that declares a prompt input (captions.py).
 
         Sample i depends only on (seed, i), whatever shares its batch. `steps`: a Markov chain's length.
         `length_field`: the request field that set `length` (an audio request's seconds), named in refusals.
         `controls`: the values of a model's sample controls (an InfoGAN's codes); the others are drawn.
+        `bars`, `step_controls`: an autoregressive model that lets the request choose its number of steps (a
+        music model: [n, bars, *step_shape]) and per-step controls (a chord per bar): service.engine.step_controls.
+        `actions`: a state-space model's roll-outs under them, [n, S + 1, *shape] (service.engine.predict).
         """
         m = self.model(name)
         cap = m.capability("sample")
+        if cap["procedure"] == "state_space" or actions is not None:
+            options = {"temperature": None if temperature == 1.0 else temperature, "label": label, "length": length,
+                       "top_k": top_k, "prompt": prompt, "steps": steps, "controls": controls, "bars": bars}
+            return await self.rollouts(m, cap, n, seed, actions, options)
+        chosen, per_step = plan_steps(name, cap, n, bars, step_controls)
         if controls and "controls" not in cap:
             raise InvalidInput(f"controls: model {name!r} takes no controls", field="controls")
         if cap["procedure"] != "autoregressive":
@@ -444,7 +459,9 @@ class Engine(ScoringOperations, LatentOperations):
         self._no_steps(m, cap, steps)
         steps, observed, mask, values = self._plan(m, m.capability("sample"), prompt, length, n, length_field)
         chunks = [v async for v in self._generate(m, "sample", seed, n, temperature, label, observed, mask,
-                                                  steps, top_k)]
+                                                  chosen or steps, top_k, per_step=per_step)]
+        if chosen is not None:
+            return np.stack(chunks, axis=1)  # [n, bars, *step_shape]
         x = np.stack(chunks, axis=1).reshape(n, -1)[:, :values]
         self._count_audio(m, x.size)
         return x if m.is_sequence else x.reshape(n, *m.shape)
@@ -535,13 +552,29 @@ class Engine(ScoringOperations, LatentOperations):
         model's data shape and levels); MissingCapability for a model that does not translate."""
         return {"kind": "image", **self.model(name).capability("translate")["input"]}
 
-    async def translate(self, name: str, x: np.ndarray) -> np.ndarray:
-        """Images x [B, *input shape] of the input levels -> images [B, *shape] int64 levels, by the capability's
-        one deterministic function (source -> x): the same inputs always give the same images."""
+    async def translate(self, name: str, x: np.ndarray, direction: str | None = None) -> np.ndarray:
+        """Images x [B, *input shape] of the input levels -> images [B, *shape] int64 levels, by a deterministic
+        function (source -> x): the same inputs always give the same images. The function is the named
+        `direction`'s among the capability's `directions` (a two-way model's), or without one the capability's own
+        `function`."""
         m = self.model(name)
         cap, spec = m.capability("translate"), self.translate_input(name)
+        function = self._translate_function(name, cap, direction)
         x = check_levels(np.asarray(x), spec["shape"], spec["levels"], "inputs")
-        return (await self._caller(m)(cap["function"], {"source": x}))["x"]
+        return (await self._caller(m)(function, {"source": x}))["x"]
+
+    @staticmethod
+    def _translate_function(name: str, cap: dict, direction: str | None) -> str:
+        """The function that translates in `direction` (None: the capability's own); InvalidInput naming
+        `direction` for one the capability does not list."""
+        if direction is None:
+            return cap["function"]
+        directions = cap.get("directions", {})
+        if direction not in directions:
+            listed = f"one of {sorted(directions)}" if directions else "left out: it translates one way only"
+            raise InvalidInput(f"direction: model {name!r} has no direction {direction!r}; it must be {listed}",
+                               field="direction")
+        return directions[direction]["function"]
 
     def function_spec(self, name: str, function: str) -> dict:
         """The manifest entry (inputs, outputs) of one named function; raises UnknownModel."""

@@ -34,13 +34,15 @@ def autoregressive(
     per_row: dict[str, np.ndarray] | None = None,
     observed: np.ndarray | None = None,
     mask: np.ndarray | None = None,
+    per_step: dict[str, np.ndarray] | None = None,
 ) -> Sequence:
     """A sequence of `steps` calls of the step function (default: the capability's), for a ContinuousBatcher.
 
     rngs, temperature and each per_row input (label, top_k) have one entry per row. Step t's output is
     [B, *step_shape] int64. observed and mask hold [B, steps * prod(step_shape)] values in generation order
     (any shape with that many values per row); where mask is 1 the output takes the observed value
-    (completion, a prompt), clamped inside the step so that later values condition on it.
+    (completion, a prompt), clamped inside the step so that later values condition on it. Each per_step input
+    [B, steps] gives step t its column t (a chord per bar: service.engine.step_controls).
     """
     rows, step_shape = len(rngs), capability["step_shape"]
     steps = capability["steps"] if steps is None else steps
@@ -52,7 +54,8 @@ def autoregressive(
 
     def feeds(t: int) -> dict[str, np.ndarray]:
         return {"noise": uniform_noise(rngs, noise_shape), "temperature": temperature,
-                "observed": observed[:, t], "mask": mask[:, t], **per_row}
+                "observed": observed[:, t], "mask": mask[:, t], **per_row,
+                **{name: values[:, t] for name, values in (per_step or {}).items()}}
 
     state = {"x_prev": np.full([rows, *step_shape], capability.get("x_prev_init", 0), np.int64)}
     for name, spec in capability["state"].items():

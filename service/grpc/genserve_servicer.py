@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from service.engine import audio, text
+from service.engine import audio, midi, text
 from service.engine.errors import EngineError, InvalidInput, MissingCapability
 from service.engine.validation import (
     MAX_SECONDS,
@@ -208,11 +208,14 @@ def _label(request: Any, spec: dict) -> int | None:
 
 
 def _generation(request: pb.SampleRequest, spec: dict) -> dict:
-    """The sequence-model knobs of a sample request, as engine keyword arguments (absent: None)."""
+    """The sequence-model knobs of a sample request (music: bars and a chord per bar), as engine keyword
+    arguments (absent: None)."""
     prompt = request.prompt if request.HasField("prompt") else None
     if prompt is not None and spec.get("kind") == "text":
         prompt = text.encode(prompt, spec["vocabulary"], "prompt")  # other models' prompts are captions (the engine's)
-    return {"length": _length(request, spec), "top_k": _top_k(request), **_length_field(request), "prompt": prompt}
+    return {"length": _length(request, spec), "top_k": _top_k(request), **_length_field(request), "prompt": prompt,
+            "bars": _optional(request, "bars"), "step_controls": {"chords": list(request.chords)} if request.chords
+            else None}
 
 
 def _length_field(request: Any) -> dict:
@@ -241,7 +244,10 @@ def _sequences(request: Any, spec: dict, limit: int) -> list[np.ndarray] | None:
 
 
 def _as_files(rows: np.ndarray, spec: dict) -> dict:
-    """[n, T] values -> {"texts": n texts} for a text model, {"wavs": n WAV files} for an audio model, else {}."""
+    """[n, T] values -> {"texts": n texts} for a text model, {"wavs": n WAV files} for an audio model, {"midis": n
+    MIDI files} for a music model ([n, bars, S] or one bar [n, S]), else {}."""
+    if spec.get("kind") == "music":
+        return {"midis": [midi.to_midi(row, spec) for row in rows]}
     if spec.get("kind") == "text":
         return {"texts": [text.decode(row, spec["vocabulary"]) for row in rows]}
     if spec.get("kind") == "audio":
@@ -294,6 +300,11 @@ def score_result(r: dict) -> pb.ScoreResult:
         if r.get(key) is not None:
             setattr(result, key, r[key])
     return result
+
+
+def _actions(request) -> np.ndarray | None:
+    """A state-space model's actions (SampleRequest.actions, PredictRequest.actions), if given."""
+    return to_array(request.actions, "actions") if request.HasField("actions") else None
 
 
 def _controls(request) -> dict[str, float | list[float]] | None:
@@ -359,7 +370,7 @@ class GenserveServicer(pb_grpc.GenserveServicer):
             n, temperature, seed = _samples(request, self.settings), _temperature(request), _seed(request)
             x = await self.engine.sample(name, n, seed, temperature, _label(request, spec),
                                          steps=_optional(request, "steps"), controls=_controls(request),
-                                         **_generation(request, spec))
+                                         actions=_actions(request), **_generation(request, spec))
             return pb.SampleResponse(model=name, version=str(description["version"]), seed=seed,
                                      samples=to_tensor(x, wire_dtype(spec)), **_as_files(x, spec))
 
@@ -380,11 +391,12 @@ class GenserveServicer(pb_grpc.GenserveServicer):
             index, steps = 0, 0
             async for values in steps_until_cancelled(stream):  # [n, *step_shape], or [n, chunk] values
                 # images: the steps tile the data, prod(shape) / prod(step_shape) of them (28 rows of a 28x28
-                # image); text and audio: as many as asked for (0: not known up front)
-                steps = steps or (0 if kind in ("text", "audio") else
+                # image); text, audio and music: as many as asked for (0: not known up front)
+                steps = steps or (0 if kind in ("text", "audio", "music") else
                                   math.prod(spec["shape"]) // max(math.prod(values.shape[1:]), 1))
+                music = {"chord": request.chords[index]} if index < len(request.chords) else {}
                 yield pb.SampleChunk(step=index, steps=steps, seed=seed, values=to_tensor(values, dtype),
-                                     model=name, version=version, **_chunk_extras(values, spec))
+                                     model=name, version=version, **_chunk_extras(values, spec), **music)
                 index += 1
 
     async def Score(self, request, context):
@@ -480,9 +492,30 @@ class GenserveServicer(pb_grpc.GenserveServicer):
         async with engine_errors(context, "Translate"):
             name = request.model
             description, _ = self._lookup(name, "translate")
-            images = await self.engine.translate(name, self._inputs(request, self.engine.translate_input(name)))
+            direction = request.direction if request.HasField("direction") else None
+            images = await self.engine.translate(name, self._inputs(request, self.engine.translate_input(name)),
+                                                 direction)
             return pb.TranslateResponse(model=name, version=str(description["version"]),
                                         images=to_tensor(images, np.int64))
+
+    async def Predict(self, request, context):
+        async with engine_errors(context, "Predict"):
+            name = request.model
+            description, _ = self._lookup(name, "predict")
+            out = await self.engine.predict(name, to_array(request.inputs, "inputs"), _actions(request))
+            return pb.PredictResponse(model=name, version=str(description["version"]),
+                                      states=to_tensor(out["states"], np.float32),
+                                      frames=to_tensor(out["frames"], np.int64))
+
+    async def PredictStream(self, request, context):
+        async with engine_errors(context, "PredictStream"):
+            name = request.model
+            description, _ = self._lookup(name, "predict")
+            stream = self.engine.predict_stream(name, to_array(request.inputs, "inputs"), _actions(request))
+            async for chunk in steps_until_cancelled(stream):  # one predicted frame of every input
+                yield pb.PredictChunk(model=name, version=str(description["version"]), step=chunk["step"],
+                                      steps=chunk["steps"], states=to_tensor(chunk["states"], np.float32),
+                                      frames=to_tensor(chunk["frames"], np.int64))
 
 
 def add_genserve_servicer(server: grpc.aio.Server, engine: Any, settings: Settings) -> str:

@@ -486,7 +486,7 @@ def test_reflection_lists_and_describes_the_services(engine, settings):
         genserve = next(f for f in files if f.name == "genserve/v1/genserve.proto")
         methods = {m.name for m in genserve.service[0].method}
         assert methods == {"ListModels", "GetModel", "Sample", "Score", "Complete", "Encode", "Decode", "Reconstruct",
-                           "Interpolate", "Translate", "SampleStream"}
+                           "Interpolate", "Translate", "Predict", "PredictStream", "SampleStream"}
 
     scenario(engine, settings, body)
 

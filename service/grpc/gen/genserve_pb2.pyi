@@ -76,7 +76,7 @@ class ControlValue(_message.Message):
     def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class SampleRequest(_message.Message):
-    __slots__ = ("model", "n", "seed", "temperature", "label", "length", "top_k", "prompt", "seconds", "chunk_ms", "voice", "steps", "controls")
+    __slots__ = ("model", "n", "seed", "temperature", "label", "length", "top_k", "prompt", "seconds", "chunk_ms", "voice", "steps", "controls", "actions", "bars", "chords")
     class ControlsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +97,9 @@ class SampleRequest(_message.Message):
     VOICE_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     CONTROLS_FIELD_NUMBER: _ClassVar[int]
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    BARS_FIELD_NUMBER: _ClassVar[int]
+    CHORDS_FIELD_NUMBER: _ClassVar[int]
     model: str
     n: int
     seed: int
@@ -110,26 +113,31 @@ class SampleRequest(_message.Message):
     voice: str
     steps: int
     controls: _containers.MessageMap[str, ControlValue]
-    def __init__(self, model: _Optional[str] = ..., n: _Optional[int] = ..., seed: _Optional[int] = ..., temperature: _Optional[float] = ..., label: _Optional[int] = ..., length: _Optional[int] = ..., top_k: _Optional[int] = ..., prompt: _Optional[str] = ..., seconds: _Optional[float] = ..., chunk_ms: _Optional[int] = ..., voice: _Optional[str] = ..., steps: _Optional[int] = ..., controls: _Optional[_Mapping[str, ControlValue]] = ...) -> None: ...
+    actions: Tensor
+    bars: int
+    chords: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., n: _Optional[int] = ..., seed: _Optional[int] = ..., temperature: _Optional[float] = ..., label: _Optional[int] = ..., length: _Optional[int] = ..., top_k: _Optional[int] = ..., prompt: _Optional[str] = ..., seconds: _Optional[float] = ..., chunk_ms: _Optional[int] = ..., voice: _Optional[str] = ..., steps: _Optional[int] = ..., controls: _Optional[_Mapping[str, ControlValue]] = ..., actions: _Optional[_Union[Tensor, _Mapping]] = ..., bars: _Optional[int] = ..., chords: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SampleResponse(_message.Message):
-    __slots__ = ("model", "version", "seed", "samples", "texts", "wavs")
+    __slots__ = ("model", "version", "seed", "samples", "texts", "wavs", "midis")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     WAVS_FIELD_NUMBER: _ClassVar[int]
+    MIDIS_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     seed: int
     samples: Tensor
     texts: _containers.RepeatedScalarFieldContainer[str]
     wavs: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., seed: _Optional[int] = ..., samples: _Optional[_Union[Tensor, _Mapping]] = ..., texts: _Optional[_Iterable[str]] = ..., wavs: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    midis: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., seed: _Optional[int] = ..., samples: _Optional[_Union[Tensor, _Mapping]] = ..., texts: _Optional[_Iterable[str]] = ..., wavs: _Optional[_Iterable[bytes]] = ..., midis: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class SampleChunk(_message.Message):
-    __slots__ = ("step", "steps", "seed", "values", "model", "version", "texts", "pcm")
+    __slots__ = ("step", "steps", "seed", "values", "model", "version", "texts", "pcm", "midis", "chord")
     STEP_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
@@ -138,6 +146,8 @@ class SampleChunk(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     PCM_FIELD_NUMBER: _ClassVar[int]
+    MIDIS_FIELD_NUMBER: _ClassVar[int]
+    CHORD_FIELD_NUMBER: _ClassVar[int]
     step: int
     steps: int
     seed: int
@@ -146,7 +156,9 @@ class SampleChunk(_message.Message):
     version: str
     texts: _containers.RepeatedScalarFieldContainer[str]
     pcm: bytes
-    def __init__(self, step: _Optional[int] = ..., steps: _Optional[int] = ..., seed: _Optional[int] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., pcm: _Optional[bytes] = ...) -> None: ...
+    midis: _containers.RepeatedScalarFieldContainer[bytes]
+    chord: str
+    def __init__(self, step: _Optional[int] = ..., steps: _Optional[int] = ..., seed: _Optional[int] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., pcm: _Optional[bytes] = ..., midis: _Optional[_Iterable[bytes]] = ..., chord: _Optional[str] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
     __slots__ = ("model", "inputs", "labels", "texts", "wavs", "method", "k", "refine_steps", "seed", "anomaly_method", "refine")
@@ -372,12 +384,14 @@ class InterpolateResponse(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., z: _Optional[_Union[Tensor, _Mapping]] = ..., images: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class TranslateRequest(_message.Message):
-    __slots__ = ("model", "inputs")
+    __slots__ = ("model", "inputs", "direction")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
     model: str
     inputs: Tensor
-    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    direction: str
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., direction: _Optional[str] = ...) -> None: ...
 
 class TranslateResponse(_message.Message):
     __slots__ = ("model", "version", "images")
@@ -388,3 +402,41 @@ class TranslateResponse(_message.Message):
     version: str
     images: Tensor
     def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., images: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class PredictRequest(_message.Message):
+    __slots__ = ("model", "inputs", "actions")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    inputs: Tensor
+    actions: Tensor
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., actions: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class PredictResponse(_message.Message):
+    __slots__ = ("model", "version", "states", "frames")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: str
+    states: Tensor
+    frames: Tensor
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., states: _Optional[_Union[Tensor, _Mapping]] = ..., frames: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class PredictChunk(_message.Message):
+    __slots__ = ("model", "version", "step", "steps", "states", "frames")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: str
+    step: int
+    steps: int
+    states: Tensor
+    frames: Tensor
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., step: _Optional[int] = ..., steps: _Optional[int] = ..., states: _Optional[_Union[Tensor, _Mapping]] = ..., frames: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...

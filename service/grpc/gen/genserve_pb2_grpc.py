@@ -84,6 +84,16 @@ class GenserveStub:
                 request_serializer=genserve_dot_v1_dot_genserve__pb2.TranslateRequest.SerializeToString,
                 response_deserializer=genserve_dot_v1_dot_genserve__pb2.TranslateResponse.FromString,
                 _registered_method=True)
+        self.Predict = channel.unary_unary(
+                '/genserve.v1.Genserve/Predict',
+                request_serializer=genserve_dot_v1_dot_genserve__pb2.PredictRequest.SerializeToString,
+                response_deserializer=genserve_dot_v1_dot_genserve__pb2.PredictResponse.FromString,
+                _registered_method=True)
+        self.PredictStream = channel.unary_stream(
+                '/genserve.v1.Genserve/PredictStream',
+                request_serializer=genserve_dot_v1_dot_genserve__pb2.PredictRequest.SerializeToString,
+                response_deserializer=genserve_dot_v1_dot_genserve__pb2.PredictChunk.FromString,
+                _registered_method=True)
         self.SampleStream = channel.unary_stream(
                 '/genserve.v1.Genserve/SampleStream',
                 request_serializer=genserve_dot_v1_dot_genserve__pb2.SampleRequest.SerializeToString,
@@ -164,6 +174,21 @@ class GenserveServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Predict(self, request, context):
+        """A state-space model's filtered states of observed frames, rolled forward under further actions, and the
+        predicted frames (capability predict; docs/latent-variable-models.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PredictStream(self, request, context):
+        """Predict, one predicted frame per PredictChunk as it is rolled.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SampleStream(self, request, context):
         """Sample, streamed: one chunk per generation step as soon as it is computed
         (an image row, an audio chunk, a token). Concatenating the chunks' values
@@ -226,6 +251,16 @@ def add_GenserveServicer_to_server(servicer, server):
                     servicer.Translate,
                     request_deserializer=genserve_dot_v1_dot_genserve__pb2.TranslateRequest.FromString,
                     response_serializer=genserve_dot_v1_dot_genserve__pb2.TranslateResponse.SerializeToString,
+            ),
+            'Predict': grpc.unary_unary_rpc_method_handler(
+                    servicer.Predict,
+                    request_deserializer=genserve_dot_v1_dot_genserve__pb2.PredictRequest.FromString,
+                    response_serializer=genserve_dot_v1_dot_genserve__pb2.PredictResponse.SerializeToString,
+            ),
+            'PredictStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.PredictStream,
+                    request_deserializer=genserve_dot_v1_dot_genserve__pb2.PredictRequest.FromString,
+                    response_serializer=genserve_dot_v1_dot_genserve__pb2.PredictChunk.SerializeToString,
             ),
             'SampleStream': grpc.unary_stream_rpc_method_handler(
                     servicer.SampleStream,
@@ -503,6 +538,60 @@ class Genserve:
             '/genserve.v1.Genserve/Translate',
             genserve_dot_v1_dot_genserve__pb2.TranslateRequest.SerializeToString,
             genserve_dot_v1_dot_genserve__pb2.TranslateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Predict(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/genserve.v1.Genserve/Predict',
+            genserve_dot_v1_dot_genserve__pb2.PredictRequest.SerializeToString,
+            genserve_dot_v1_dot_genserve__pb2.PredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PredictStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/genserve.v1.Genserve/PredictStream',
+            genserve_dot_v1_dot_genserve__pb2.PredictRequest.SerializeToString,
+            genserve_dot_v1_dot_genserve__pb2.PredictChunk.FromString,
             options,
             channel_credentials,
             insecure,
