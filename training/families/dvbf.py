@@ -19,7 +19,7 @@ means a GRU predicts one step ahead from the past means and actions; it has no t
 The process noise has W <= D dimensions (`noise`; 0: D), and `noise_scale` bounds every entry of every C_i. The
 simulator has none (the torques are known): with W < D the filter corrects the state along W directions per step,
 and with C bounded a large correction costs a large w, whose KL the transition saves by predicting the move. With
-W = D and C free, 60 epochs learned A ~ I and a random walk driven by w (benchmarks/dvbf_predict.py, README).
+W = D and C free, a first run learned A ~ I and a random walk driven by w (README, "Pendulum dynamics").
 
 Exported (a state-space procedure; the service rolls it): `filter_init` (frames [B, K, 1, 16, 16], noise [B, D])
 -> z; `filter_step` (z, u [B, U], x [B, 1, 16, 16], noise [B, W]) -> next_z, a draw from the filtering posterior;
