@@ -608,6 +608,9 @@ class Engine(StateSpaceOperations, ScoringOperations, LatentOperations):
 
     @staticmethod
     def _input_levels(m: LoadedModel, tensor: str) -> int | None:
-        """How many integer values an input of the naming conventions may take (None: not checked)."""
+        """How many integer values an input of the naming conventions, or a per-step control (a chord), may take
+        (None: not checked)."""
+        controls = {name: len(spec["names"]) for cap in m.capabilities.values()
+                    for name, spec in cap.get("step_controls", {}).items()}
         return {"x": m.data.get("levels"), "observed": m.data.get("levels"), "x_prev": m.data.get("levels"),
-                "mask": 2, "label": len(m.data.get("classes", [])) or None}.get(tensor)
+                "mask": 2, "label": len(m.data.get("classes", [])) or None, **controls}.get(tensor)
