@@ -56,6 +56,9 @@ def wanted_file(request: Request, rows: int, field: str = "body.inputs") -> str 
 
 def animation(frames: np.ndarray, levels: int, fmt: str) -> bytes:
     """Frames [T, 1, H, W] (or [T, H, W]) levels -> an animated PNG or GIF, grayscale, FRAME_MS per frame."""
+    if len(frames) == 0:
+        raise InvalidInput("actions: no frame to animate; give at least one action past the observed frames, or ask "
+                           "for JSON (the filtered states alone)", field="actions")
     pixels = codecs.to_pixels(frames.reshape(len(frames), *frames.shape[-2:]), levels)
     images = [Image.fromarray(np.ascontiguousarray(p)) for p in pixels]
     out = io.BytesIO()

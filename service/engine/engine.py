@@ -434,7 +434,8 @@ class Engine(StateSpaceOperations, ScoringOperations, LatentOperations):
         cap = m.capability("sample")
         if cap["procedure"] == "state_space" or actions is not None:
             options = {"temperature": None if temperature == 1.0 else temperature, "label": label, "length": length,
-                       "top_k": top_k, "prompt": prompt, "steps": steps, "controls": controls, "bars": bars}
+                       "top_k": top_k, "prompt": prompt, "steps": steps, "controls": controls, "bars": bars,
+                       "chords": step_controls or None}
             return await self.rollouts(m, cap, n, seed, actions, options)
         chosen, per_step = plan_steps(name, cap, n, bars, step_controls)
         if controls and "controls" not in cap:

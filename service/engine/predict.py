@@ -52,6 +52,12 @@ class StateSpaceOperations:
         if frames.shape[1] < cap["init_frames"]:
             raise InvalidInput(f"{field}: model {m.manifest['name']!r} filters from at least {cap['init_frames']} "
                                f"frames per sequence, got {frames.shape[1]}", field=field)
+        if frames.shape[1] > cap["max_steps"]:
+            raise InvalidInput(f"{field}: {frames.shape[1]} frames per sequence, over model {m.manifest['name']!r}'s "
+                               f"limit of {cap['max_steps']}", field=field)
+        if len(frames) > self.settings.max_inputs_per_request:
+            raise InvalidInput(f"{field}: give at most {self.settings.max_inputs_per_request} sequences, got "
+                               f"{len(frames)}", field=field)
         return check_levels(frames, None, m.data["levels"], field)
 
     @staticmethod

@@ -445,9 +445,10 @@ class GenserveServicer(pb_grpc.GenserveServicer):
             name = request.model
             description, spec = self._lookup(name, "encode")
             seed = _seed(request, absent=0)
-            out = await self.engine.encode(name, self._inputs(request, spec),
-                                           refine_steps=_optional(request, "refine_steps", 0), seed=seed,
-                                           refine=_optional(request, "refine", "gradient"))
+            actions = _actions(request)  # a state-space model's: its inputs are sequences of frames
+            x = self._inputs(request, spec) if actions is None else to_array(request.inputs, "inputs")
+            out = await self.engine.encode(name, x, refine_steps=_optional(request, "refine_steps", 0), seed=seed,
+                                           refine=_optional(request, "refine", "gradient"), actions=actions)
             return pb.EncodeResponse(model=name, version=str(description["version"]), seed=seed,
                                      outputs={key: to_tensor(value, np.float32) for key, value in out.items()})
 

@@ -106,6 +106,7 @@ def test_rest_predict_encode_and_sample(store, sequences):
     ({"actions": np.zeros((500, 1)).tolist()}, "actions"),  # too many steps
     ({"actions": np.zeros((STEPS, 1)).tolist(), "inputs": [[[[0] * 16] * 16]] * 2}, "inputs"),  # one frame
     ({"actions": np.zeros((STEPS, 1)).tolist(), "format": "jpeg"}, "body.format"),
+    ({"actions": np.zeros((OBSERVED - 1, 1)).tolist(), "format": "png"}, "actions"),  # no frame to animate
 ])
 def test_rest_refuses_bad_input_naming_the_field(store, sequences, body, field):
     settings = settings_for(store)
@@ -123,6 +124,22 @@ def test_sample_needs_actions_and_other_models_take_none(store):
     with pytest.raises(InvalidInput) as info:
         asyncio.run(engine.sample("dvbf", 2, 0, 0.5, None, actions=np.zeros((3, 1))))
     assert info.value.field == "temperature"
+    with pytest.raises(InvalidInput) as info:  # a per-step control is refused, not ignored
+        asyncio.run(engine.sample("dvbf", 2, 0, 1.0, None, actions=np.zeros((3, 1)), step_controls={"chords": ["C"]}))
+    assert info.value.field == "chords"
+
+
+def test_predict_refuses_more_sequences_or_frames_than_allowed_naming_inputs(store, sequences):
+    engine = Engine(ModelStore(store[0]), settings_for(store))
+    x = sequences[0][:1, :OBSERVED]
+    most = engine.settings.max_inputs_per_request
+    with pytest.raises(InvalidInput) as info:
+        asyncio.run(engine.predict("dvbf", np.repeat(x, most + 1, 0), np.zeros((OBSERVED - 1 + STEPS, 1))))
+    assert info.value.field == "inputs" and str(most) in info.value.message
+    longest = engine.model("dvbf").capability("predict")["max_steps"]
+    with pytest.raises(InvalidInput) as info:
+        asyncio.run(engine.predict("dvbf", np.zeros((1, longest + 1, 1, 16, 16), np.int64), np.zeros((longest, 1))))
+    assert info.value.field == "inputs"
 
 
 def test_grpc_predict_stream_and_sample_agree_with_rest(store, sequences):
@@ -141,17 +158,21 @@ def test_grpc_predict_stream_and_sample_agree_with_rest(store, sequences):
             chunks = [chunk async for chunk in stub.PredictStream(request, timeout=20)]
             sample = await stub.Sample(pb.SampleRequest(model="dvbf", n=2, seed=11,
                                                         actions=to_tensor(u[0, :STEPS])), timeout=20)
+            encoded = await stub.Encode(pb.EncodeRequest(model="dvbf", inputs=request.inputs,
+                                                         actions=to_tensor(u[:, :OBSERVED - 1])), timeout=20)
             with pytest.raises(grpc.aio.AioRpcError) as bad:
                 await stub.Predict(pb.PredictRequest(model="dvbf", inputs=request.inputs,
                                                      actions=to_tensor(np.zeros((500, 1), np.float32))), timeout=20)
             assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "actions" in bad.value.details()
-            return whole, chunks, sample
+            return whole, chunks, sample, encoded
         finally:
             await channel.close()
             await server.stop(grace=None)
 
-    whole, chunks, sample = asyncio.run(over_grpc())
+    whole, chunks, sample, encoded = asyncio.run(over_grpc())
     frames = to_array(whole.frames, "frames")
+    filtered = to_array(encoded.outputs["mean"], "mean")  # the observed frames' filtered states, as Predict's
+    assert np.allclose(filtered, to_array(whole.states, "states")[:, :OBSERVED], atol=1e-5)
     assert frames.shape == (2, STEPS, 1, 16, 16)
     assert to_array(whole.states, "states").shape == (2, OBSERVED + STEPS, 3)
     assert [c.step for c in chunks] == list(range(1, STEPS + 1)) and {c.steps for c in chunks} == {STEPS}

@@ -285,18 +285,20 @@ class CompleteResponse(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., seed: _Optional[int] = ..., completions: _Optional[_Union[Tensor, _Mapping]] = ..., texts: _Optional[_Iterable[str]] = ..., wavs: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class EncodeRequest(_message.Message):
-    __slots__ = ("model", "inputs", "seed", "refine_steps", "refine")
+    __slots__ = ("model", "inputs", "seed", "refine_steps", "refine", "actions")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     REFINE_STEPS_FIELD_NUMBER: _ClassVar[int]
     REFINE_FIELD_NUMBER: _ClassVar[int]
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
     model: str
     inputs: Tensor
     seed: int
     refine_steps: int
     refine: str
-    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., seed: _Optional[int] = ..., refine_steps: _Optional[int] = ..., refine: _Optional[str] = ...) -> None: ...
+    actions: Tensor
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., seed: _Optional[int] = ..., refine_steps: _Optional[int] = ..., refine: _Optional[str] = ..., actions: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class EncodeResponse(_message.Message):
     __slots__ = ("model", "version", "seed", "outputs")
