@@ -9,6 +9,10 @@ writing, every existing function of the new bundle is checked bit-identical to t
 ONNX and TorchScript forms against eager.
 
     .venv/bin/python scripts/add_hvae_hierarchy.py [--store models]
+
+A one-off migration, already applied to the shipped store (issue 17, commit df4a809); a fresh `genserve train hvae`
++ `genserve export` writes the function by itself. Its ONNX-writing steps repeat a few lines of training/export.py
+on purpose: it patches a store in place rather than exporting a run.
 """
 
 import argparse
