@@ -18,17 +18,15 @@ from fastapi.testclient import TestClient
 from service.api import create_app
 from service.engine import anomaly, latent
 from service.engine.engine import Engine
-from service.grpc import build_grpc_server
 from service.grpc.gen import genserve_pb2 as pb
-from service.grpc.gen import genserve_pb2_grpc as pb_grpc
 from service.grpc.genserve_servicer import to_tensor
 from service.settings import Settings
 from service.store import ModelStore
+from tests.service.grpc_score import grpc_scores
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 QUANTILES = [round(q, 3) for q in np.linspace(0, 1, 21)]
 K, SKIP = 8, 1  # the detector's draws and skipped layers, as calibrated here
-RPC_S = 30.0
 
 
 LOOP = asyncio.new_event_loop()  # one loop for the module's in-process engines: their schedulers live in it
@@ -113,28 +111,6 @@ def test_the_score_uses_the_calibrated_k_whatever_the_request_asks(engine, digit
 
 
 # --- serving: REST and gRPC alike; refused where there is no hierarchy ------------------------------------------------
-
-
-def grpc_scores(store: Path, requests: list[pb.ScoreRequest]) -> list:
-    settings = Settings(host="127.0.0.1", models=store, intra_op_threads=1)
-
-    async def main():
-        server = build_grpc_server(Engine(ModelStore(store), settings), settings, 0)
-        await server.start()
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.genserve_port}") as channel:
-                stub = pb_grpc.GenserveStub(channel)
-                out = []
-                for request in requests:
-                    try:
-                        out.append(await stub.Score(request, timeout=RPC_S))
-                    except grpc.aio.AioRpcError as error:
-                        out.append(error)
-                return out
-        finally:
-            await server.stop(grace=None)
-
-    return asyncio.run(asyncio.wait_for(main(), 120.0))
 
 
 def test_rest_and_grpc_serve_it_with_its_held_out_percentile(store, engine, digits):

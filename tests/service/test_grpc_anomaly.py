@@ -17,16 +17,14 @@ from service.api import create_app
 from service.engine import anomaly
 from service.engine.engine import Engine
 from service.engine.errors import InvalidInput
-from service.grpc import build_grpc_server
 from service.grpc.gen import genserve_pb2 as pb
-from service.grpc.gen import genserve_pb2_grpc as pb_grpc
 from service.grpc.genserve_servicer import to_tensor
 from service.settings import Settings
 from service.store import ModelStore
+from tests.service.grpc_score import grpc_scores
 
 MODEL = "pixelcnn"
 QUANTILES = [round(q, 3) for q in np.linspace(0, 1, 21)]
-RPC_S = 20.0
 
 
 def run(coroutine):
@@ -113,29 +111,6 @@ def test_the_likelihood_ratio_needs_its_background_served(store, digits, tmp_pat
 
 
 # --- gRPC: the same detectors, the same numbers as REST -----------------------------------------------------------
-
-
-def grpc_scores(store, requests: list[pb.ScoreRequest]) -> list:
-    """Each request's answer (or its error) from a fresh in-process gRPC server over the store."""
-    settings = Settings(host="127.0.0.1", models=store, intra_op_threads=1)
-
-    async def main():
-        server = build_grpc_server(Engine(ModelStore(store), settings), settings, 0)
-        await server.start()
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.genserve_port}") as channel:
-                stub = pb_grpc.GenserveStub(channel)
-                out = []
-                for request in requests:
-                    try:
-                        out.append(await stub.Score(request, timeout=RPC_S))
-                    except grpc.aio.AioRpcError as error:
-                        out.append(error)
-                return out
-        finally:
-            await server.stop(grace=None)
-
-    return run(main())
 
 
 def test_an_unknown_method_is_invalid_argument_naming_the_field(store, digits):
