@@ -2,28 +2,32 @@
 
 The REST and gRPC adapters call only this class. Its schedulers batch the work and
 hand each batch to a runner (service.engine.workers): the engine worker processes
-when serving, or this process in tests and benchmarks.
+when serving, or this process in tests and benchmarks. Iterative procedures with no
+output before their end run whole in the worker (service.engine.worker_procedures).
+
+Here: the store's models and versions, the schedulers, the worker hop, translate and
+V2 infer. The operations of each family of procedures are mixins in their own modules:
+generation.py (sample, complete, stream), latent_operations.py (encode, decode,
+reconstruct, interpolate, importance-weighted bounds), scoring.py (score and the
+anomaly detectors) and predict.py (state-space models: predict, roll-outs).
 """
 
 import asyncio
 import contextvars
 import dataclasses
 import logging
-import math
-import time
-from collections.abc import AsyncIterator
 
 import numpy as np
 
-from service.engine import captions, latent, procedures, worker_procedures
+from service.engine import procedures, worker_procedures
 from service.engine.errors import InvalidInput, MissingCapability, UnknownModel, UnsupportedModel
+from service.engine.generation import GenerationOperations
 from service.engine.latent_operations import LatentOperations
 from service.engine.metrics import EngineMetrics
 from service.engine.predict import StateSpaceOperations
 from service.engine.scheduler import BatchingConfig, ContinuousBatcher, DynamicBatcher
 from service.engine.scoring import ScoringOperations
-from service.engine.step_controls import plan as plan_steps
-from service.engine.validation import check_batch, check_levels, check_sequence
+from service.engine.validation import check_batch, check_levels
 from service.engine.workers import InProcess, WorkerPool
 from service.settings import Settings
 from service.store import ModelEntry, ModelStore
@@ -74,7 +78,7 @@ class LoadedModel:
         return self.capabilities[name]
 
 
-class Engine(StateSpaceOperations, ScoringOperations, LatentOperations):
+class Engine(GenerationOperations, StateSpaceOperations, ScoringOperations, LatentOperations):
     def __init__(self, store: ModelStore, settings: Settings, metrics: EngineMetrics | None = None,
                  runner: InProcess | WorkerPool | None = None):
         """`runner` runs the model functions; by default this process loads and runs them itself."""
@@ -198,38 +202,6 @@ class Engine(StateSpaceOperations, ScoringOperations, LatentOperations):
         m = self.model(name)
         return {**m.data, "num_classes": len(m.data.get("classes", []))}
 
-    def _labels(self, m: LoadedModel, label: int | None, rngs: list[np.random.Generator]) -> np.ndarray | None:
-        """label for every row: the given one, or drawn from the class prior (exact ancestral sampling)."""
-        classes = m.data.get("classes")
-        if not classes:
-            if label is not None:
-                raise InvalidInput(f"model {m.manifest['name']!r} takes no label", field="label")
-            return None
-        if label is not None:
-            if not 0 <= label < len(classes):
-                raise InvalidInput(f"label must be in 0..{len(classes) - 1}", field="label")
-            return np.full(len(rngs), label, np.int64)
-        prior = np.asarray(m.data["class_prior"])
-        return np.array([rng.choice(len(classes), p=prior / prior.sum()) for rng in rngs], np.int64)
-
-    def _conditions(self, m: LoadedModel, cap: dict, label: int | None, controls: dict[str, list[float]],
-                    rngs: list[np.random.Generator]) -> dict[str, np.ndarray]:
-        """An ancestral sample's inputs besides noise: the label where the function takes one (given, or drawn
-        from the class prior) and every control of the capability (given, or drawn from its distribution)."""
-        conditions = {}
-        if "label" in m.function_inputs(cap["function"]):
-            conditions["label"] = self._labels(m, label, rngs)
-        elif label is not None:
-            raise InvalidInput(f"label: model {m.manifest['name']!r} samples without a label", field="label")
-        specs = cap.get("controls", {})
-        for name in controls:
-            if name not in specs:
-                raise InvalidInput(f"controls.{name}: model {m.manifest['name']!r} has the controls "
-                                   f"{sorted(specs)}", field=f"controls.{name}")
-        for name, spec in specs.items():
-            conditions[name] = latent.control_values(spec, controls.get(name), rngs, f"controls.{name}")
-        return conditions
-
     def _batching(self, m: LoadedModel) -> BatchingConfig:
         """The manifest's batching knobs, with any set in settings taking precedence."""
         knobs = dict(m.manifest["batching"])
@@ -272,107 +244,6 @@ class Engine(StateSpaceOperations, ScoringOperations, LatentOperations):
                 if self._batchers[key].idle():
                     del self._batchers[key]
 
-    def _per_row(self, m: LoadedModel, function: str, label: int | None, top_k: int | None,
-                 rngs: list[np.random.Generator]) -> dict[str, np.ndarray]:
-        """The step's per-row inputs besides noise and temperature: label, top_k (0: no top-k cut)."""
-        per_row = {}
-        labels = self._labels(m, label, rngs)
-        if labels is not None:
-            per_row["label"] = labels
-        if "top_k" in m.function_inputs(function):
-            per_row["top_k"] = np.full(len(rngs), top_k or 0, np.int64)
-        elif top_k is not None:
-            raise InvalidInput(f"top_k: model {m.manifest['name']!r} does not take top_k", field="top_k")
-        return per_row
-
-    def _plan(self, m: LoadedModel, cap: dict, prompt: np.ndarray | None, length: int | None,
-              rows: int, length_field: str = "length") -> tuple[int, np.ndarray | None, np.ndarray | None, int]:
-        """(steps, observed, mask, values): a sequence model generates `length` values after the prompt.
-
-        observed and mask are [rows, steps * values per step], 1 over the prompt; images take neither.
-        `length_field` names the request field that set length (an audio request's seconds) in refusals.
-        """
-        per_step = math.prod(cap["step_shape"])
-        if not m.is_sequence:
-            for field, value in (("length", length), ("prompt", prompt)):
-                if value is not None:
-                    raise InvalidInput(f"{field}: model {m.manifest['name']!r} generates fixed-shape "
-                                       f"{m.data['kind']} data", field=field)
-            return cap["steps"], None, None, cap["steps"] * per_step
-        prompt = np.zeros(0, np.int64) if prompt is None or len(prompt) == 0 else \
-            check_sequence(prompt, m.data["levels"], "prompt")
-        length = cap["steps"] * per_step if length is None else length
-        if length < 1:
-            raise InvalidInput(f"{length_field}: must be at least 1 value", field=length_field)
-        values = len(prompt) + length
-        most = cap.get("max_length", self.settings.max_sequence_length)
-        if values > most:
-            seconds = f" ({values / m.data['sample_rate']:g} s; at most {most / m.data['sample_rate']:g} s)" \
-                if m.data["kind"] == "audio" else ""
-            raise InvalidInput(f"{length_field}: prompt and continuation are {values} values{seconds}, over model "
-                               f"{m.manifest['name']!r}'s limit of {most}", field=length_field)
-        self._check_work(m, cap, rows, values, length_field, "samples x values")
-        steps = math.ceil(values / per_step)
-        observed = np.zeros((rows, steps * per_step), np.int64)
-        observed[:, : len(prompt)] = prompt
-        mask = (np.arange(steps * per_step) < len(prompt)).astype(np.int64)
-        return steps, observed, np.broadcast_to(mask, observed.shape), values
-
-    def _generate(self, m: LoadedModel, capability: str, seed: int, rows: int, temperature: float,
-                  label: int | None, observed=None, mask=None, steps: int | None = None,
-                  top_k: int | None = None, rngs: list[np.random.Generator] | None = None,
-                  per_step: dict[str, np.ndarray] | None = None) -> AsyncIterator[np.ndarray]:
-        """Every step's output [rows, *step_shape], from the model's continuous batcher."""
-        cap = m.capability(capability)
-        if rows < 1:
-            raise InvalidInput("n: must be at least 1", field="n")
-        self._check_rows(m, rows)
-        rngs = procedures.row_generators(seed, rows) if rngs is None else rngs
-        per_row = self._per_row(m, cap["function"], label, top_k, rngs)
-        sequence = procedures.autoregressive(cap, rngs, np.full(rows, temperature, np.float32), steps,
-                                             per_row, observed, mask, per_step)
-        return self._batcher(m, cap["function"], cap).generate(sequence)
-
-    async def sample_stream(self, name: str, n: int, seed: int, temperature: float, label: int | None, *,
-                            length: int | None = None, top_k: int | None = None, prompt: np.ndarray | None = None,
-                            chunk: int | None = None, length_field: str = "length", bars: int | None = None,
-                            step_controls: dict[str, list[str]] | None = None) -> AsyncIterator[np.ndarray]:
-        """Yield the output as it is generated: every step's [n, *step_shape] (an image row, a bar), or for a
-        sequence model [n, chunk] values (characters, audio; default: one step's), the prompt first, the last
-        chunk shorter; the chunks add up to sample's output. bars, step_controls: as sample's."""
-        m = self.model(name)
-        if m.capability("sample")["procedure"] != "autoregressive":
-            raise MissingCapability(f"model {name!r} draws each sample at once "
-                                    f"({m.capability('sample')['procedure']}): use sample, not a stream", field="model")
-        steps, observed, mask, values = self._plan(m, m.capability("sample"), prompt, length, n, length_field)
-        chosen, per_step = plan_steps(name, m.capability("sample"), n, bars, step_controls)
-        steps = chosen or steps
-        if chunk is not None and (not m.is_sequence or chunk < 1):
-            raise InvalidInput("chunk: a positive number of values, for text and audio models only", field="chunk")
-        chunk = chunk or math.prod(m.capability("sample")["step_shape"])
-        started, emitted, pending = time.monotonic(), 0, np.zeros((n, 0), np.int64)
-        async for value in self._generate(m, "sample", seed, n, temperature, label, observed, mask, steps, top_k,
-                                          per_step=per_step):
-            if not m.is_sequence:
-                started = self._first_chunk(name, started)
-                yield value
-                continue
-            pending = np.concatenate([pending, value.reshape(n, -1)], axis=1)[:, : values - emitted]
-            while pending.shape[1] >= chunk or (pending.shape[1] and emitted + pending.shape[1] == values):
-                out, pending = pending[:, :chunk], pending[:, chunk:]
-                emitted += out.shape[1]
-                self._count_audio(m, out.size)
-                started = self._first_chunk(name, started)
-                yield out
-
-    async def _chain(self, m: LoadedModel, cap: dict, rngs: list[np.random.Generator], x: np.ndarray,
-                     observed: np.ndarray, mask: np.ndarray, steps: int) -> np.ndarray:
-        """A Markov chain's state after `steps` transitions from x, run beside the runtime: its steps share calls
-        with other requests' chains, pay no queue delay, and the deadline covers them all."""
-        self._check_rows(m, len(x))
-        request = worker_procedures.chain_request(cap, rngs, steps)
-        return (await self._in_worker(m, request, {"x": x, "observed": observed, "mask": mask}))["next_x"]
-
     async def _in_worker(self, m: LoadedModel, request: dict, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run an iterative procedure beside the runtime (service.engine.worker_procedures) under this request's
         deadline (timeout_ms from now); its schedulers' events go into this process's metrics."""
@@ -396,157 +267,6 @@ class Engine(StateSpaceOperations, ScoringOperations, LatentOperations):
         if rows > most:
             raise InvalidInput(f"n: inputs x n is {rows} rows, over the {most} that run together; send fewer "
                                "inputs or a smaller n per request", field="n")
-
-    def stream_values(self, name: str, length: int | None = None, prompt: np.ndarray | None = None) -> int:
-        """How many values per sample a sample_stream of these options yields in all (an audio stream's header
-        declares it): the prompt and `length` values for a sequence model (default: the capability's)."""
-        cap = self.model(name).capability("sample")
-        per_step = math.prod(cap["step_shape"])
-        if not self.model(name).is_sequence:
-            return cap["steps"] * per_step
-        return (0 if prompt is None else len(prompt)) + (cap["steps"] * per_step if length is None else length)
-
-    def _first_chunk(self, name: str, started: float | None) -> None:
-        """Record the time to a stream's first chunk, once: returns the new `started`, None."""
-        if started is not None:
-            self.metrics.first_chunk_seconds.labels(name).observe(time.monotonic() - started)
-
-    def _count_audio(self, m: LoadedModel, values: int) -> None:
-        if m.data["kind"] == "audio":
-            self.metrics.audio_seconds.labels(m.manifest["name"]).inc(values / m.data["sample_rate"])
-
-    async def sample(self, name: str, n: int, seed: int, temperature: float, label: int | None, *,
-                     length: int | None = None, top_k: int | None = None, prompt: np.ndarray | str | None = None,
-                     steps: int | None = None, controls: dict[str, list[float]] | None = None,
-                     length_field: str = "length", bars: int | None = None,
-                     step_controls: dict[str, list[str]] | None = None, actions=None) -> np.ndarray:
-        """[n, *shape] int64 samples, or [n, len(prompt) + length] for a sequence model (the prompt first).
-        An ancestral sample's prompt is text, for a capability that declares a prompt input (captions.py).
-
-        Sample i depends only on (seed, i), whatever shares its batch. `steps`: a Markov chain's length.
-        `length_field`: the request field that set `length` (an audio request's seconds), named in refusals.
-        `controls`: the values of a model's sample controls (an InfoGAN's codes); the others are drawn.
-        `bars`, `step_controls`: an autoregressive model that lets the request choose its number of steps (a
-        music model: [n, bars, *step_shape]) and per-step controls (a chord per bar): service.engine.step_controls.
-        `actions`: a state-space model's roll-outs under them, [n, S + 1, *shape] (service.engine.predict).
-        """
-        m = self.model(name)
-        cap = m.capability("sample")
-        if cap["procedure"] == "state_space" or actions is not None:
-            options = {"temperature": None if temperature == 1.0 else temperature, "label": label, "length": length,
-                       "top_k": top_k, "prompt": prompt, "steps": steps, "controls": controls, "bars": bars,
-                       "chords": step_controls or None}
-            return await self.rollouts(m, cap, n, seed, actions, options)
-        chosen, per_step = plan_steps(name, cap, n, bars, step_controls)
-        if controls and "controls" not in cap:
-            raise InvalidInput(f"controls: model {name!r} takes no controls", field="controls")
-        if cap["procedure"] != "autoregressive":
-            self._no_sequence_options(m, length=length, top_k=top_k)
-            if n < 1:
-                raise InvalidInput("n: must be at least 1", field="n")
-            rngs = procedures.row_generators(seed, n)
-            if cap["procedure"] == "ancestral":
-                self._no_steps(m, cap, steps)
-                conditions = {**self._conditions(m, cap, label, controls or {}, rngs),
-                              **captions.condition(cap, prompt, n, name)}
-                return await latent.ancestral(self._caller(m), cap, rngs, temperature, conditions)
-            self._no_sequence_options(m, label=label, prompt=prompt)
-            if temperature != 1.0:
-                raise InvalidInput(f"temperature: model {name!r} samples by a Markov chain and takes none",
-                                   field="temperature")
-            zeros = np.zeros([n, *m.shape], np.int64)
-            return await self._chain(m, cap, rngs, self._chain_start(m, rngs), zeros, zeros,
-                                     self._chain_steps(m, cap, steps, n))
-        self._no_steps(m, cap, steps)
-        steps, observed, mask, values = self._plan(m, m.capability("sample"), prompt, length, n, length_field)
-        chunks = [v async for v in self._generate(m, "sample", seed, n, temperature, label, observed, mask,
-                                                  chosen or steps, top_k, per_step=per_step)]
-        if chosen is not None:
-            return np.stack(chunks, axis=1)  # [n, bars, *step_shape]
-        x = np.stack(chunks, axis=1).reshape(n, -1)[:, :values]
-        self._count_audio(m, x.size)
-        return x if m.is_sequence else x.reshape(n, *m.shape)
-
-    async def complete(self, name: str, x: np.ndarray | list[np.ndarray], mask: np.ndarray | None, n: int,
-                       seed: int, temperature: float, label: int | None = None, *, length: int | None = None,
-                       top_k: int | None = None, steps: int | None = None,
-                       length_field: str = "length") -> np.ndarray | list[np.ndarray]:
-        """Fill in each input n times; observed values are kept exactly.
-
-        Images: x, mask [B, *shape] (mask 1 = observed) -> [B, n, *shape]. Sequence models continue each
-        prefix x[b] [T_b] by `length` values (no mask) -> per input [n, T_b + length]. A Markov chain
-        (pseudo-Gibbs, clamped Gibbs) runs `steps` transitions from random values at the unobserved pixels.
-        """
-        m = self.model(name)
-        cap = m.capability("complete")
-        if cap["procedure"] == "direct":
-            self._no_steps(m, cap, steps)
-            self._no_sequence_options(m, length=length, top_k=top_k, label=label)
-            if temperature != 1.0:
-                raise InvalidInput(f"temperature: model {name!r} completes by optimization and takes none",
-                                   field="temperature")
-        elif cap["procedure"] == "markov_chain":
-            self._no_sequence_options(m, length=length, top_k=top_k, label=label)
-            if temperature != 1.0:
-                raise InvalidInput(f"temperature: model {name!r} completes by a Markov chain and takes none",
-                                   field="temperature")
-        else:
-            self._no_steps(m, cap, steps)
-        if m.is_sequence:
-            if mask is not None:
-                raise InvalidInput(f"mask: model {name!r} continues each input and takes no mask", field="mask")
-            return await self._continue(m, x, n, seed, temperature, label, length, top_k, length_field)
-        self._no_sequence_options(m, length=length)  # an image's completion has the image's size
-        x = check_levels(x, m.shape, m.data["levels"], "inputs")
-        if mask is None:
-            raise InvalidInput("mask: image completion needs a mask (1 = observed)", field="mask")
-        if mask.ndim == len(m.shape):  # one mask for every input
-            mask = np.broadcast_to(mask, x.shape)
-        mask = check_levels(mask, m.shape, 2, "mask")
-        if len(mask) != len(x):
-            raise InvalidInput(f"mask: give one mask, or one per input ({len(x)})", field="mask")
-        if n < 1:
-            raise InvalidInput("n: must be at least 1", field="n")
-        rows_x, rows_mask = np.repeat(x, n, axis=0), np.repeat(mask, n, axis=0)
-        if cap["procedure"] == "direct":  # one function from a noise start (a GAN's latent optimization)
-            feeds = {"observed": rows_x, "mask": rows_mask,
-                     **latent.draw(cap.get("noise", {}), procedures.row_generators(seed, len(rows_x)))}
-            out = (await self._caller(m)(cap["function"], feeds))["x"]
-            return out.reshape(len(x), n, *m.shape)
-        if cap["procedure"] == "markov_chain":
-            rngs = procedures.row_generators(seed, len(rows_x))
-            start = np.where(rows_mask == 1, rows_x, self._chain_start(m, rngs))
-            out = await self._chain(m, cap, rngs, start, rows_x, rows_mask,
-                                    self._chain_steps(m, cap, steps, len(rows_x)))
-            return out.reshape(len(x), n, *m.shape)
-        values = [v async for v in self._generate(m, "complete", seed, len(rows_x), temperature, label,
-                                                  rows_x, rows_mask)]
-        return np.stack(values, axis=1).reshape(len(x), n, *m.shape)
-
-    async def _continue(self, m: LoadedModel, prefixes: list[np.ndarray], n: int, seed: int, temperature: float,
-                        label: int | None, length: int | None, top_k: int | None,
-                        length_field: str = "length") -> list[np.ndarray]:
-        """Each prefix [T_b] continued n times -> per prefix [n, T_b + length]; row b*n + i uses generator b*n + i."""
-        if len(prefixes) == 0:
-            raise InvalidInput("inputs: give at least one input", field="inputs")
-        if n < 1:
-            raise InvalidInput("n: must be at least 1", field="n")
-        rngs = procedures.row_generators(seed, len(prefixes) * n)
-        cap = m.capability("complete")
-
-        prefixes = [check_sequence(prefix, m.data["levels"], f"inputs[{b}]") for b, prefix in enumerate(prefixes)]
-        plans = [self._plan(m, cap, prefix, length, n, length_field) for prefix in prefixes]
-        self._check_work(m, cap, n, sum(values for *_, values in plans), length_field,
-                         "n x the values of every input")
-
-        async def one(b: int, steps: int, observed: np.ndarray, mask: np.ndarray, values: int) -> np.ndarray:
-            chunks = [v async for v in self._generate(m, "complete", seed, n, temperature, label, observed, mask,
-                                                      steps, top_k, rngs[b * n: (b + 1) * n])]
-            out = np.stack(chunks, axis=1).reshape(n, -1)[:, :values]
-            self._count_audio(m, n * (values - int(mask[0].sum())))  # the generated values, not the prefix
-            return out
-
-        return list(await asyncio.gather(*(one(b, *plan) for b, plan in enumerate(plans))))
 
     def translate_input(self, name: str) -> dict:
         """What `translate` takes: {"kind": "image", "shape", "levels"} of its input images (the answer's are the
