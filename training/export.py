@@ -181,17 +181,20 @@ def calibration(held_out_nll: np.ndarray, split_name: str, score: str = "nll_nat
 
 def held_out_calibration(report: dict, split: Split) -> dict | None:
     """From the test NLL: per input for images; per character for text and per sample for audio, whose inputs
-    may have any length. From a critic's test scores (a GAN): their negatives. None for a model without a score."""
+    may have any length. From a critic's test scores (a GAN): their negatives. None for a model without a score.
+    An importance-sampled bound's entry records the bound's k and method (service.engine.anomaly.bound_settings),
+    so that the service scores anomalies at the bound these quantiles come from."""
     if "test_critic_per_example" in report:
         return calibration(-np.array(report["test_critic_per_example"]), f"{split.name}/test", score="negative_critic")
     if "test_nll_per_example" not in report:
         return None
     test_nll = np.array(report["test_nll_per_example"])
+    bound = {"k": report["k"], "method": report["method"]} if "k" in report else {}
     if isinstance(split, TextSplit):
         return calibration(test_nll / split.shape[0], f"{split.name}/test", score="nll_nats_per_char")
     if isinstance(split, SpeechSplit):
-        return calibration(test_nll / split.shape[0], f"{split.name}/test", score="nll_nats_per_sample")
-    return calibration(test_nll, f"{split.name}/test")
+        return calibration(test_nll / split.shape[0], f"{split.name}/test", score="nll_nats_per_sample") | bound
+    return calibration(test_nll, f"{split.name}/test") | bound
 
 
 def data_spec(split: Split) -> dict:

@@ -45,9 +45,23 @@ def halves(digits) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def plain(tiny_vae_store) -> Engine:
-    """The exported tiny VAE, whose calibration records no bound settings."""
-    return Engine(ModelStore(tiny_vae_store), Settings(intra_op_threads=1))
+def plain(tiny_vae_store, tmp_path_factory) -> Engine:
+    """The exported tiny VAE with its calibration's bound settings taken out (a manifest from before they were
+    recorded)."""
+    store = tmp_path_factory.mktemp("plain-store")
+    shutil.copytree(tiny_vae_store, store, dirs_exist_ok=True)
+    path = store / MODEL / "1" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for setting in ("k", "method"):
+        manifest["calibration"].pop(setting)
+    path.write_text(json.dumps(manifest))
+    return Engine(ModelStore(store), Settings(intra_op_threads=1))
+
+
+def test_export_records_the_bound_its_calibration_comes_from(tiny_vae_store):
+    manifest = json.loads((tiny_vae_store / MODEL / "1" / "manifest.json").read_text())
+    score = manifest["capabilities"]["score"]
+    assert anomaly.bound_settings(manifest["calibration"]) == (score["k"], score["method"])
 
 
 @pytest.fixture(scope="module")
