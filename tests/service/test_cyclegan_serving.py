@@ -46,7 +46,8 @@ def store(tmp_path_factory):
     save_file(cyclegan.CycleGAN(cyclegan.CycleGANConfig(**config["model"])).state_dict(), run / "model.safetensors")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(cyclegan, "target_classifier",
-                      lambda: quality.train_classifier(cyclegan.digits28(), epochs=1, max_train=64))
+                      lambda mnist_frame=False: quality.train_classifier(cyclegan.digits28(mnist_frame), epochs=1,
+                                                                         max_train=64))
         export(run, root / "models", name="cyclegan", baseline=False)
     shutil.copytree(ROOT / "models" / "pix2pix", root / "models" / "pix2pix")
     return root / "models", run

@@ -241,7 +241,7 @@ def evaluate_test(model: CycleGAN, split: Split, classifier_dir: Path = quality.
     shipped, _ = quality.load_classifier(classifier_dir)
     framed = model.config.mnist_frame
     domain_a, domain_b = split, digits28(framed)
-    judge_b = target_classifier(mnist_frame=True) if framed else target_classifier()
+    judge_b = target_classifier(mnist_frame=framed)
     report = {}
     for direction, source, target, there, back, judge in (
             ("a_to_b", domain_a, domain_b, model.g_ab, model.g_ba, judge_b),
