@@ -36,6 +36,8 @@ Arrays = dict[str, np.ndarray]
 Call = Callable[[str, str, Arrays], Awaitable[Arrays]]
 Event = list  # [hook name, *its arguments]: a call of an Observer hook, as JSON
 Events = dict[str, list[Event]]  # function -> its events
+Run = Callable[[Arrays], Awaitable[Arrays]]  # one call of a function over a batch
+Scheduler = ContinuousBatcher | DynamicBatcher
 REFINED = {"mean": "next_mean", "std": "next_std"}  # a refinement step's carried inputs <- its outputs
 
 
@@ -146,27 +148,28 @@ class WorkerProcedures:
 
     def __init__(self, call: Call):
         self.call = call
-        self.schedulers: dict[tuple[str, str], ContinuousBatcher | DynamicBatcher] = {}
+        self.schedulers: dict[tuple[str, str], Scheduler] = {}
         self.recorders: dict[tuple[str, str], Recorder] = {}
 
-    def _run(self, model: str, function: str) -> Callable[[Arrays], Awaitable[Arrays]]:
+    def _run(self, model: str, function: str) -> Run:
         async def run(feeds: Arrays) -> Arrays:
             return await self.call(model, function, feeds)
         return run
 
-    def _continuous(self, model: str, function: str, config: BatchingConfig, carried: dict[str, str],
-                    emit: str) -> ContinuousBatcher:
+    def _scheduler(self, model: str, function: str, make: Callable[[Run, Recorder], Scheduler]) -> Scheduler:
+        """The function's one scheduler, made by make(run, its recorder) on first use."""
         if (model, function) not in self.schedulers:
             recorder = self.recorders[model, function] = Recorder()
-            self.schedulers[model, function] = ContinuousBatcher(self._run(model, function), carried, config,
-                                                                 recorder, emit)
+            self.schedulers[model, function] = make(self._run(model, function), recorder)
         return self.schedulers[model, function]
 
+    def _continuous(self, model: str, function: str, config: BatchingConfig, carried: dict[str, str],
+                    emit: str) -> ContinuousBatcher:
+        return self._scheduler(model, function, lambda run, recorder: ContinuousBatcher(run, carried, config,
+                                                                                        recorder, emit))
+
     def _dynamic(self, model: str, function: str, config: BatchingConfig) -> DynamicBatcher:
-        if (model, function) not in self.schedulers:
-            recorder = self.recorders[model, function] = Recorder()
-            self.schedulers[model, function] = DynamicBatcher(self._run(model, function), config, recorder)
-        return self.schedulers[model, function]
+        return self._scheduler(model, function, lambda run, recorder: DynamicBatcher(run, config, recorder))
 
     def _drain(self, model: str, functions: list[str]) -> Events:
         return {f: self.recorders[model, f].drain() for f in functions if (model, f) in self.recorders}
