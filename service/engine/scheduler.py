@@ -107,11 +107,12 @@ class DynamicBatcher:
         self.run, self.config = run, config
         self.observer = observer or Observer()
         self.queue: deque[_Request] = deque()
-        self.wakeup = asyncio.Event()
+        self.queued = 0  # rows in the queue
+        self.filled: asyncio.Future | None = None  # while the batch loop waits for a full batch
         self.task: asyncio.Task | None = None
 
     def queued_rows(self) -> int:
-        return sum(r.rows for r in self.queue)
+        return self.queued
 
     def idle(self) -> bool:
         """Nothing queued or running: the batcher can be dropped."""
@@ -134,33 +135,43 @@ class DynamicBatcher:
         if self.queued_rows() + rows > self.config.max_queue_size:
             self.observer.rejected()
             raise Overloaded(f"queue full ({self.config.max_queue_size} rows); retry later", field="inputs")
-        request = _Request(inputs, rows, deadline, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        request = _Request(inputs, rows, deadline, loop.create_future())
         self.queue.append(request)
+        self.queued += rows
         self.observer.queued()
-        self.wakeup.set()
+        if self.queued >= self.config.max_batch_size and self.filled is not None and not self.filled.done():
+            self.filled.set_result(None)
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._serve())
+        expiry = loop.call_later(max(deadline - time.monotonic(), 0.0), self._expire, request.future)
         outcome = CANCELLED  # unless the await below returns or raises
         try:
-            outputs = await asyncio.wait_for(asyncio.shield(request.future), max(deadline - time.monotonic(), 0.0))
+            outputs = await request.future
             outcome = SUCCESS
             return outputs
-        except TimeoutError:
+        except DeadlineExceeded:
             outcome = TIMEOUT
-            raise DeadlineExceeded(f"request timed out after {self.config.timeout_ms} ms",
-                                   field="timeout_ms") from None
+            raise
         except Exception:
             outcome = ERROR
             raise
         finally:
+            expiry.cancel()
             request.future.cancel()  # no-op when done; otherwise the batch loop skips it
             _finish(self.observer, request, outcome)
+
+    def _expire(self, future: asyncio.Future) -> None:
+        if not future.done():
+            future.set_exception(DeadlineExceeded(f"request timed out after {self.config.timeout_ms} ms",
+                                                  field="timeout_ms"))
 
     def _take_batch(self) -> list[_Request]:
         """Pop queued requests, oldest first, up to max_batch_size rows (one oversized request runs alone)."""
         batch, rows, now = [], 0, time.monotonic()
         while self.queue and (not batch or rows + self.queue[0].rows <= self.config.max_batch_size):
             request = self.queue.popleft()
+            self.queued -= request.rows
             if request.future.done() or request.deadline <= now:
                 continue  # cancelled or expired while queued: its caller has already been answered
             request.started = now
@@ -170,14 +181,19 @@ class DynamicBatcher:
         return batch
 
     async def _wait_to_fill(self) -> None:
-        """Wait until the batch is full or the oldest request has waited max_queue_delay_us."""
-        close = self.queue[0].arrived + self.config.max_queue_delay_us / 1e6
-        while self.queued_rows() < self.config.max_batch_size and (left := close - time.monotonic()) > 0:
-            self.wakeup.clear()
-            try:
-                await asyncio.wait_for(self.wakeup.wait(), left)
-            except TimeoutError:
-                break
+        """Wait until the batch is full or the oldest request has waited max_queue_delay_us (submit wakes it
+        when full; a request that is not the last needed does not)."""
+        left = self.queue[0].arrived + self.config.max_queue_delay_us / 1e6 - time.monotonic()
+        if self.queued >= self.config.max_batch_size or left <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        self.filled = loop.create_future()
+        timer = loop.call_later(left, lambda filled=self.filled: filled.done() or filled.set_result(None))
+        try:
+            await self.filled
+        finally:
+            timer.cancel()
+            self.filled = None
 
     async def _serve(self) -> None:
         while self.queue:
