@@ -8,16 +8,21 @@ the paper's choice) the discriminators minimize (D(real) - 1)^2 + D(fake)^2 and 
     (D_b(G_ab(a)) - 1)^2 + (D_a(G_ba(b)) - 1)^2
     + cycle_weight * (|G_ba(G_ab(a)) - a|_1 + |G_ab(G_ba(b)) - b|_1)       (the paper's lambda = 10)
     + identity_weight * (|G_ab(b) - b|_1 + |G_ba(a) - a|_1)                (the paper's 0.5 lambda; 0: off)
-No image pool, no dropout: translation is deterministic.
+    + semantic_weight * CE(f_a(G_ab(a)), y_a)                               (0: off)
+The last is the source side of CyCADA's semantic consistency loss (Hoffman et al. 2018, "CyCADA: Cycle-Consistent
+Adversarial Domain Adaptation"): f_a, a classifier trained on domain a's labelled train images and then frozen, must
+still read a's label in its translation to b. It uses domain a's labels (never b's); CyCADA's target side term,
+CE(f_a(G_ba(b)), argmax f_a(b)), is left out: f_a reads untranslated b at about 0.7 only, so its guesses would pull
+G_ba towards wrong classes. No image pool, no dropout: translation is deterministic.
 
 The two domains share no pairs: a is mnist5k (training/data's split), b is scikit-learn's digits (a different set
 of writers, collected apart), each 8x8 image (levels 0..16) upscaled bilinearly to 28x28 and rescaled to levels
 0..255 (`digits28`; with `mnist_frame`, upscaled to 20x20 and centred in a 4-pixel border: MNIST's box). Each step
-takes the loop's batch of a and a batch of b drawn independently (seeded by the step), and no label of either
-domain is ever used in training. Exported: `a_to_b` and `b_to_a`, each source [B, 1, 28, 28] int64 levels 0..255
--> x [B, 1, 28, 28] int64 levels; capability translate (procedure direct) names them under `directions` (a_to_b is
-the default). `evaluate_test`: per direction, the cycle reconstruction error, class survival and FID to the target
-domain (see its docstring).
+takes the loop's batch of a and a batch of b drawn independently (seeded by the step); no label of b is ever used in
+training, and a's only by the semantic loss when it is on. Exported: `a_to_b` and `b_to_a`, each source
+[B, 1, 28, 28] int64 levels 0..255 -> x [B, 1, 28, 28] int64 levels; capability translate (procedure direct) names
+them under `directions` (a_to_b is the default). `evaluate_test`: per direction, the cycle reconstruction error,
+class survival and FID to the target domain (see its docstring).
 """
 
 import functools
@@ -47,6 +52,7 @@ class CycleGANConfig:
     cycle_weight: float = 10.0
     identity_weight: float = 5.0
     mnist_frame: bool = False  # domain b's digits upscaled to 20x20 inside a 4-pixel border (MNIST's box), not 28x28
+    semantic_weight: float = 0.0  # CyCADA's semantic consistency on a -> b, with a's labels (0: off, plain CycleGAN)
 
 
 def upscale(x: np.ndarray, border: int = 0) -> np.ndarray:
@@ -153,6 +159,18 @@ def domain_b_batch(size: int, step: int, mnist_frame: bool = False) -> torch.Ten
     return torch.from_numpy(x[np.random.default_rng(step).choice(len(x), size, replace=len(x) < size)]).long()
 
 
+@functools.cache
+def source_classifier(seed: int = 1) -> quality.Classifier:
+    """f_a of the semantic loss: the project's classifier trained on mnist5k's train split (seed 1, where the shipped
+    evaluation classifier's is 0), frozen."""
+    return quality.train_classifier(mnist5k(), seed=seed).requires_grad_(False)
+
+
+def semantic_loss(fake_b: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of f_a on translations a -> b [B, 1, 28, 28] in [-1, 1] against a's labels y [B]."""
+    return F.cross_entropy(source_classifier()((fake_b + 1) / 2), y)
+
+
 def optimizers(model: CycleGAN, settings: dict) -> dict[str, torch.optim.Optimizer]:
     betas = tuple(settings.get("betas", (0.5, 0.999)))
     generators = [*model.g_ab.parameters(), *model.g_ba.parameters()]
@@ -169,7 +187,7 @@ def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
 
 def train_step(model: CycleGAN, optimizers: dict, x: torch.Tensor, y: torch.Tensor, step: int) -> dict[str, float]:
     """A generator update then a discriminator update on mnist5k digits x [B, 1, 28, 28] levels (domain a) and
-    an independent batch of domain b; the labels y are not used."""
+    an independent batch of domain b; the labels y [B] are used only by the semantic loss."""
     c = model.config
     a, b = unit(x), unit(domain_b_batch(len(x), step, c.mnist_frame))
     fake_b, fake_a = model.g_ab(a), model.g_ba(b)  # [B, 1, 28, 28] each
@@ -179,6 +197,8 @@ def train_step(model: CycleGAN, optimizers: dict, x: torch.Tensor, y: torch.Tens
     if c.identity_weight > 0:
         generators = generators + c.identity_weight * ((model.g_ab(b) - b).abs().mean()
                                                        + (model.g_ba(a) - a).abs().mean())
+    if c.semantic_weight > 0:
+        generators = generators + c.semantic_weight * semantic_loss(fake_b, y)
     _step(optimizers["generators"], generators)
     critics = (critic_loss(model.d_a(a), model.d_a(fake_a.detach()))
                + critic_loss(model.d_b(b), model.d_b(fake_b.detach())))
@@ -218,6 +238,15 @@ def sample_grid(model: CycleGAN, generator: torch.Generator, n: int = 8) -> torc
     return torch.cat(rows)
 
 
+def optdigits(x: np.ndarray) -> np.ndarray:
+    """MNIST digits [N, 1, 28, 28] levels -> [N, 1, 8, 8] levels 0..16 the way scikit-learn's digits were made from
+    their writers' bitmaps (UCI optdigits): MNIST's 20x20 box as a 32x32 bitmap (bilinear, on above half), its
+    on-pixels counted in each 4x4 block."""
+    box = torch.from_numpy(x[:, :, 4:24, 4:24]).float() / (LEVELS - 1)  # [N, 1, 20, 20]
+    bits = (F.interpolate(box, size=(32, 32), mode="bilinear", align_corners=False) > 0.5).float()
+    return torch.round(F.avg_pool2d(bits, 4) * 16).numpy().astype(np.uint8)  # [N, 1, 8, 8]
+
+
 @functools.cache
 def target_classifier(mnist_frame: bool = False, epochs: int = 12, seed: int = 0) -> quality.Classifier:
     """The project's classifier (training/quality.py) trained, seeded, on domain b's train images only."""
@@ -234,7 +263,10 @@ def evaluate_test(model: CycleGAN, split: Split, classifier_dir: Path = quality.
       classifier's on the translations;
     - fid: Frechet distance of that classifier's penultimate features (128) between the translations and the
       target domain's train images, beside the untranslated source images' (`fid_untranslated`) and the target's
-      own test images' (`fid_real_target`, the ceiling; a different N where the domains' test sets differ).
+      own test images' (`fid_real_target`, the ceiling; a different N where the domains' test sets differ);
+    - a -> b only, a translation by hand that keeps each digit's shape: mnist5k's test digits made into 8x8 digits
+      as scikit-learn's were (`optdigits`) and upscaled as domain b; class survival of these by b's classifier
+      (`a_to_b_class_survival_rendered`) and by the shipped one (`..._rendered_shipped_classifier`).
     """
     shipped, _ = quality.load_classifier(classifier_dir)
     framed = model.config.mnist_frame
@@ -259,6 +291,10 @@ def evaluate_test(model: CycleGAN, split: Split, classifier_dir: Path = quality.
             "fid_untranslated": quality.fid(quality.classify(judge, source.x_test, LEVELS)[1], reference),
             "fid_real_target": quality.fid(quality.classify(judge, target.x_test, LEVELS)[1], reference),
         }.items()}
+    rendered = upscale(optdigits(domain_a.x_test), border=4 if framed else 0)  # [500, 1, 28, 28]
+    report["a_to_b_class_survival_rendered"] = quality.accuracy(judge_b, rendered, domain_a.y_test, LEVELS)
+    report["a_to_b_class_survival_rendered_shipped_classifier"] = quality.accuracy(shipped, rendered, domain_a.y_test,
+                                                                                   LEVELS)
     return report
 
 
