@@ -43,6 +43,8 @@ class RefinerConfig:
     batch_size: int = 64
     lr: float = 1e-3
     samples: int = REFINE_SAMPLES  # Monte Carlo samples in each step's gradient (the served eps)
+    loss_samples: int = 1  # Monte Carlo samples in each step's training ELBO
+    init_step: float = 0.03  # the gradient step size the update starts from
     seed: int = 0
     train_images: int = 0  # the first this many training images (0: all; tiny configs for tests)
 
@@ -69,20 +71,26 @@ def squash(g: torch.Tensor) -> torch.Tensor:
 
 class UpdateNet(nn.Module):
     """(mean, log std, their ELBO gradients) [B, D] each -> the next (mean, log std), each a gated mix of the
-    current value and a proposal: g * now + (1 - g) * (now + delta). The gates start closed (the identity)."""
+    current value and a proposal: g * now + (1 - g) * (now + delta), where delta is a learned per-dimension step
+    along the gradient plus the network's correction. It starts as gradient ascent at step size `init_step`
+    (gates half open, no correction), so training begins from the baseline it has to beat."""
 
-    def __init__(self, latent: int, hidden: int):
+    def __init__(self, latent: int, hidden: int, init_step: float):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(4 * latent, hidden), nn.ELU(), nn.Linear(hidden, hidden), nn.ELU(),
                                  nn.Linear(hidden, 4 * latent))
+        self.log_step = nn.Parameter(torch.full((2 * latent,), math.log(2 * init_step)))  # [2D]: mean, log std
         with torch.no_grad():
-            self.net[-1].bias[2 * latent:] = 3.0  # sigmoid(3) = 0.95: start near the identity
+            self.net[-1].weight.zero_()
+            self.net[-1].bias.zero_()  # sigmoid(0) = 1/2: the gates start half open
 
     def forward(self, mean, log_std, grad_mean, grad_log_std):
-        out = self.net(torch.cat([mean, log_std, squash(grad_mean), squash(grad_log_std)], dim=1))
-        delta_mean, delta_log_std, gate_mean, gate_log_std = out.chunk(4, dim=1)  # [B, D] each
-        keep_mean, keep_log_std = torch.sigmoid(gate_mean), torch.sigmoid(gate_log_std)
-        return mean + (1 - keep_mean) * delta_mean, log_std + (1 - keep_log_std) * delta_log_std
+        grad = torch.cat([grad_mean, grad_log_std], dim=1)  # [B, 2D]
+        out = self.net(torch.cat([mean, log_std, squash(grad)], dim=1))
+        delta, gate = out.chunk(2, dim=1)  # [B, 2D] each
+        step = (1 - torch.sigmoid(gate)) * (self.log_step.exp() * grad + delta)
+        step_mean, step_log_std = step.chunk(2, dim=1)
+        return mean + step_mean, log_std + step_log_std
 
 
 class LearnedRefineStep(nn.Module):
@@ -114,7 +122,7 @@ def train(model: VAE, config: RefinerConfig) -> UpdateNet:
     torch.manual_seed(config.seed)
     x_train = torch.from_numpy(load("mnist5k-binarized").x_train.astype(np.int64))
     x_train = x_train[: config.train_images or len(x_train)]
-    update = UpdateNet(model.config.latent, config.hidden)
+    update = UpdateNet(model.config.latent, config.hidden, config.init_step)
     step = LearnedRefineStep(model, update)
     optimizer = torch.optim.Adam(update.parameters(), lr=config.lr)
     d, batches = model.config.latent, math.ceil(len(x_train) / config.batch_size)
@@ -126,7 +134,8 @@ def train(model: VAE, config: RefinerConfig) -> UpdateNet:
             loss = 0.0
             for _ in range(config.steps):
                 next_mean, next_std = step(x, mean.detach(), std.detach(), torch.randn(len(x), config.samples, d))
-                loss = loss - elbo(model, x, next_mean, next_std.log(), torch.randn(len(x), 1, d)).mean()
+                loss_eps = torch.randn(len(x), config.loss_samples, d)
+                loss = loss - elbo(model, x, next_mean, next_std.log(), loss_eps).mean()
                 mean, std = next_mean, next_std
             optimizer.zero_grad()
             loss.backward()
@@ -208,11 +217,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("action", choices=["train", "compare"])
     parser.add_argument("model_dir", type=Path, help="a VAE version directory, e.g. models/vae/1")
     parser.add_argument("--epochs", type=int, default=RefinerConfig.epochs)
+    parser.add_argument("--loss-samples", type=int, default=RefinerConfig.loss_samples,
+                        help="train: Monte Carlo samples in each step's training ELBO")
     parser.add_argument("--images", type=int, default=200, help="compare: test images")
     args = parser.parse_args(argv)
     model = load_vae(args.model_dir)
     if args.action == "train":
-        config = RefinerConfig(epochs=args.epochs)
+        config = RefinerConfig(epochs=args.epochs, loss_samples=args.loss_samples)
         command = "python -m training.iterative " + shlex.join(sys.argv[1:] if argv is None else argv)
         add_to_model(args.model_dir, model, train(model, config), config, command)
         print(f"added {FUNCTION} to {args.model_dir}")

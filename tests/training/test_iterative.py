@@ -15,7 +15,17 @@ from service.engine.errors import InvalidInput
 from service.settings import Settings
 from service.store import ModelStore
 from training.families.vae import elbo_gradients
-from training.iterative import FUNCTION, LearnedRefineStep, RefinerConfig, add_to_model, elbo, load_vae, train
+from training.iterative import (
+    FUNCTION,
+    LearnedRefineStep,
+    RefinerConfig,
+    UpdateNet,
+    add_to_model,
+    elbo,
+    gradient_step,
+    load_vae,
+    train,
+)
 
 TINY = RefinerConfig(hidden=16, steps=2, epochs=1, batch_size=32, train_images=64)
 
@@ -39,6 +49,17 @@ def test_the_refinement_gradient_is_autograds_gradient_of_the_monte_carlo_elbo(t
     elbo(model, x, mean, log_std, eps).sum().backward()
     grad_mean, grad_log_std = elbo_gradients(model, x, mean.detach(), log_std.detach().exp(), eps)
     assert torch.allclose(grad_mean, mean.grad, atol=1e-4) and torch.allclose(grad_log_std, log_std.grad, atol=1e-4)
+
+
+def test_the_untrained_update_is_gradient_ascent_at_its_initial_step_size(tiny_vae_store):
+    model = load_vae(tiny_vae_store / "vae" / "1")
+    x = torch.from_numpy(np.random.default_rng(3).integers(0, 2, (3, 1, 28, 28)))
+    mean, std, eps = torch.randn(3, 4), torch.rand(3, 4) + 0.5, torch.randn(3, 8, 4)
+    with torch.no_grad():
+        learned = LearnedRefineStep(model, UpdateNet(4, 16, init_step=0.02))(x, mean, std, eps)
+        gradient = gradient_step(model, 0.02)(x, mean, std, eps)
+    assert not torch.allclose(learned[0], mean)  # it moves
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(learned, gradient, strict=True))
 
 
 def test_the_rebuilt_vae_encodes_as_the_served_one(tiny_vae_store):
