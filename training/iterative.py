@@ -188,28 +188,54 @@ def refine_curve(model: VAE, x: torch.Tensor, step, at: list[int], eval_eps: tor
     return curve
 
 
-def compare(model: VAE, learned, images: int, lrs: list[float], steps: list[int]) -> str:
+def compare(model: VAE, learned, images: int, lrs: list[float], steps: list[int],
+            figure: Path | None = None) -> str:
     """A markdown table: the ELBO gained over the amortized encoder after each step count, the learned step
     against gradient ascent at the best fixed step size (chosen per step count from `lrs`: the baseline's
-    favour)."""
+    favour). figure: also plot the gain after every step count up to the largest, for the learned step and
+    each step size chosen in the table."""
     x = torch.from_numpy(load("mnist5k-binarized").x_test[:images].astype(np.int64))
     eval_eps = torch.randn(len(x), EVAL_SAMPLES, model.config.latent, generator=torch.Generator().manual_seed(2))
-    at = [0, *steps]
+    at = list(range(max(steps) + 1)) if figure else [0, *steps]
     with torch.no_grad():
         ours = refine_curve(model, x, learned, at, eval_eps)
         gradient = {lr: refine_curve(model, x, gradient_step(model, lr), at, eval_eps) for lr in lrs}
         best_long = max(lrs, key=lambda lr: gradient[lr][max(steps)])
         optimum = refine_curve(model, x, gradient_step(model, best_long), [0, 200], eval_eps)[200]
+    best = {t: max(lrs, key=lambda lr: gradient[lr][t]) for t in steps}
     rows = ["| steps | learned: ELBO gain (nats) | gradient, best fixed step size: gain (nats) | that step size |",
             "|---|---|---|---|"]
     for t in steps:
-        best = max(lrs, key=lambda lr: gradient[lr][t])
-        rows.append(f"| {t} | {ours[t] - ours[0]:+.2f} | {gradient[best][t] - gradient[best][0]:+.2f} | {best:g} |")
+        lr = best[t]
+        rows.append(f"| {t} | {ours[t] - ours[0]:+.2f} | {gradient[lr][t] - gradient[lr][0]:+.2f} | {lr:g} |")
+    if figure:
+        chosen = sorted(set(best.values()))
+        save_refine_curves({"learned": ours, **{f"gradient, step {lr:g}": gradient[lr] for lr in chosen}}, figure)
     rows.append(f"\nAmortized encoder: test ELBO {ours[0]:.2f} nats ({images} test images, {EVAL_SAMPLES} samples "
                 "each); "
                 f"200 gradient steps of size {best_long:g} reach {optimum:.2f}: an amortization gap of at least "
                 f"{optimum - ours[0]:.2f} nats.")
     return "\n".join(rows)
+
+
+def save_refine_curves(curves: dict[str, dict[int, float]], path: Path) -> None:
+    """curves: label -> {steps: mean ELBO} -> a PNG of the ELBO gained over step 0 against the steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
+    for label, curve in curves.items():
+        steps = sorted(curve)
+        ax.plot(steps, [curve[t] - curve[0] for t in steps], marker="o", label=label)
+    ax.set_xlabel("refinement steps")
+    ax.set_ylabel("ELBO gained over the encoder (nats)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -220,6 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--loss-samples", type=int, default=RefinerConfig.loss_samples,
                         help="train: Monte Carlo samples in each step's training ELBO")
     parser.add_argument("--images", type=int, default=200, help="compare: test images")
+    parser.add_argument("--figure", type=Path, help="compare: also plot the ELBO gain at every step count (PNG)")
     args = parser.parse_args(argv)
     model = load_vae(args.model_dir)
     if args.action == "train":
@@ -229,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"added {FUNCTION} to {args.model_dir}")
         return
     learned = torch.jit.load(str(args.model_dir / f"{FUNCTION}.pt"))  # the exported function, as served
-    print(compare(model, learned, args.images, [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1], [1, 2, 5, 10]))
+    print(compare(model, learned, args.images, [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1], [1, 2, 5, 10], args.figure))
 
 
 if __name__ == "__main__":
