@@ -91,6 +91,11 @@ async def _timed(run: Run, feeds: Arrays) -> tuple[Arrays, float]:
     return outputs, time.perf_counter() - start
 
 
+def _settle(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 @dataclass
 class _Request:
     inputs: Arrays
@@ -132,7 +137,7 @@ class DynamicBatcher:
                                         for name, value in inputs.items()}, deadline)
                      for start in range(0, rows, self.config.max_queue_size)]
             return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
-        if self.queued_rows() + rows > self.config.max_queue_size:
+        if self.queued + rows > self.config.max_queue_size:
             self.observer.rejected()
             raise Overloaded(f"queue full ({self.config.max_queue_size} rows); retry later", field="inputs")
         loop = asyncio.get_running_loop()
@@ -140,8 +145,8 @@ class DynamicBatcher:
         self.queue.append(request)
         self.queued += rows
         self.observer.queued()
-        if self.queued >= self.config.max_batch_size and self.filled is not None and not self.filled.done():
-            self.filled.set_result(None)
+        if self.queued >= self.config.max_batch_size and self.filled is not None:
+            _settle(self.filled)
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._serve())
         expiry = loop.call_later(max(deadline - time.monotonic(), 0.0), self._expire, request.future)
@@ -188,7 +193,7 @@ class DynamicBatcher:
             return
         loop = asyncio.get_running_loop()
         self.filled = loop.create_future()
-        timer = loop.call_later(left, lambda filled=self.filled: filled.done() or filled.set_result(None))
+        timer = loop.call_later(left, _settle, self.filled)
         try:
             await self.filled
         finally:

@@ -74,6 +74,35 @@ def test_dynamic_batcher_times_out_and_propagates_errors():
     assert all(isinstance(r, RuntimeError) for r in run(main()))
 
 
+def test_a_full_batch_runs_at_once_and_the_queue_count_drains_to_zero():
+    model = Recorder(delay=0.01)
+    never = 10**9  # a 1000 s queue delay: only a full batch starts a call
+    pair = DynamicBatcher(model, BatchingConfig(max_batch_size=2, max_queue_delay_us=never))
+    four = DynamicBatcher(model, BatchingConfig(max_batch_size=4, max_queue_delay_us=never, timeout_ms=30))
+
+    def one_row():
+        return {"x": np.ones((1, 1))}
+
+    async def main():
+        full = await asyncio.wait_for(asyncio.gather(pair.submit(one_row()), pair.submit(one_row())), 5)
+        assert [len(out["y"]) for out in full] == [1, 1] and model.batches == [2]
+        expiring, cancelled = (asyncio.create_task(four.submit(one_row())) for _ in range(2))
+        await asyncio.sleep(0)
+        assert four.queued_rows() == 2
+        cancelled.cancel()
+        with pytest.raises(DeadlineExceeded) as expired:
+            await expiring  # still queued, waiting for a full batch
+        assert expired.value.field == "timeout_ms"
+        await asyncio.gather(cancelled, return_exceptions=True)
+        # the two stale rows still count towards a full batch: two more start the call, which skips them
+        await asyncio.wait_for(asyncio.gather(four.submit(one_row()), four.submit(one_row())), 5)
+        await asyncio.sleep(0)
+        return four.queued_rows(), four.idle(), model.batches
+
+    queued, idle, batches = run(main())
+    assert (queued, idle, batches) == (0, True, [2, 2])
+
+
 class Counter:
     """A step function: x = x_prev + 1 + floor(10 * noise); records the rows of every step."""
 
