@@ -7,7 +7,7 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-from service import logs
+from service import event_loop, logs
 
 log = logging.getLogger("genserve")
 CUT_ANSWER_S = 5.0  # once a drain is cut, how long cut work gets to end (an HTTP 503 sent, a gRPC step finished)
@@ -98,8 +98,7 @@ def run(
     log.info("model store %s: %s", settings.models, ", ".join(store.names()) or "no models")
     app = create_app(engine, settings)
     tune_gc()
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(serve(app, engine, settings))
+    event_loop.run(serve(app, engine, settings))
 
 
 GC_THRESHOLD_0 = 100_000  # allocations between young-generation collections (CPython's default: 700)
@@ -115,15 +114,6 @@ def tune_gc() -> None:
     gc.freeze()
     _, gen1, gen2 = gc.get_threshold()
     gc.set_threshold(GC_THRESHOLD_0, gen1, gen2)
-
-
-def _loop_factory():
-    """uvloop's event loop when it is installed (a genserve dependency), else asyncio's."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 def _http_protocol() -> str:

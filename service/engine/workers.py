@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service import logs
+from service import event_loop, logs
 from service.engine.errors import WorkerLost
 from service.engine.runtimes import TensorFunction, import_torch, load_function
 from service.engine.worker_procedures import ProcedureFailed, WorkerProcedures, refusal
@@ -145,7 +145,7 @@ def worker_main(address: str, directories: dict[str, str], runtime: str, threads
     logs.configure(Settings().log_format, f"%(asctime)s %(levelname)s worker[{os.getpid()}]: %(message)s")
     functions = Functions({m: Path(d) for m, d in directories.items()}, runtime, threads, device)
     threading.Thread(target=_preload, args=(functions,), name="preload", daemon=True).start()
-    asyncio.run(_answer_calls(address, functions, parent))
+    event_loop.run(_answer_calls(address, functions, parent))
 
 
 def _preload(functions: Functions) -> None:
@@ -185,8 +185,9 @@ async def _answer_calls(address: str, functions: Functions, parent: int) -> None
         await socket.send_multipart(pack(reply_header, outputs), copy=False)
 
     tasks: dict[int, asyncio.Task] = {}
-    while os.getppid() == parent:  # orphaned (the API process was killed): exit
-        if await socket.poll(1000):
+    watchdog = asyncio.create_task(_cancel_when_orphaned(parent, asyncio.current_task()))
+    try:
+        while True:
             header, feeds = unpack(await socket.recv_multipart(copy=False))
             if "cancel" in header:  # the caller went away: its procedure leaves at the next step
                 if (task := tasks.get(header["cancel"])) is not None:
@@ -194,7 +195,20 @@ async def _answer_calls(address: str, functions: Functions, parent: int) -> None
                 continue
             task = tasks[header["id"]] = asyncio.create_task(answer(header, feeds))
             task.add_done_callback(lambda _, call_id=header["id"]: tasks.pop(call_id, None))
-    context.destroy(linger=0)
+    except asyncio.CancelledError:
+        if not watchdog.done():  # cancelled by something else than the watchdog: not an orphan's exit
+            raise
+    finally:
+        watchdog.cancel()
+        context.destroy(linger=0)
+
+
+async def _cancel_when_orphaned(parent: int, receiving: asyncio.Task) -> None:
+    """Cancel `receiving` once the process's parent is no longer `parent` (the API process was killed; checked
+    every second), so that the worker exits."""
+    while os.getppid() == parent:
+        await asyncio.sleep(1.0)
+    receiving.cancel()
 
 
 # --- the API side ----------------------------------------------------------------------------------------------------
