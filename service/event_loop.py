@@ -1,6 +1,7 @@
 """The event loop every genserve process runs on: uvloop's when it is installed (a genserve dependency),
-else asyncio's. On uvloop the API process's REST and gRPC paths cost less per request, and an engine
-worker's call about 40% less of its own overhead (`benchmarks/grpc_costs.py --parts worker`)."""
+else asyncio's. On uvloop the API process's REST and gRPC paths cost less per request, and so does an
+engine worker's call (`benchmarks/grpc_costs.py --parts worker`; before and after in
+benchmarks/results/grpc_costs.md)."""
 
 import asyncio
 from collections.abc import Callable, Coroutine
