@@ -1,11 +1,13 @@
 """Where the CPU of a V2 gRPC request goes (issue 16, goal 1: `vae.decode` over gRPC at 64 clients).
 
-Four measurements, each printed as one markdown table row (CPU from /proc and time.process_time, so a busy
+Five measurements, each printed as one markdown table row (CPU from /proc and time.process_time, so a busy
 machine moves them less than it moves throughput):
 
 - transport: a bare grpc.aio server (its own process, uvloop) answering every ModelInfer with a fixed
   response of the function's output shape, under the benchmarks' closed-loop gRPC clients: grpc.aio's own
   CPU per call, the floor of any Python gRPC front end;
+- layer: the same server behind genserve's own interceptors (the request id, sent back in the trailing
+  metadata, and the calls in flight), as build_grpc_server installs them without API keys;
 - handler: genserve's V2 ModelInfer handler over an in-process Engine whose runner answers at once, from
   concurrent tasks, no transport: validation, the dynamic batcher, metrics and encoding per request;
 - worker: one engine-worker round trip of `--rows` rows, one after another: the worker process's CPU and
@@ -55,9 +57,12 @@ def children(pid: int) -> list[int]:
 # --- transport -----------------------------------------------------------------------------------------------------
 
 
-def _bare_server(port: int) -> None:
+def _bare_server(port: int, layer: bool) -> None:
     import grpc
     import uvloop
+
+    from service.grpc.request_id import RequestIdInterceptor
+    from service.grpc.server import CallsInFlight
 
     answer = np.zeros(OUTPUT_SHAPE, "<f4").tobytes()
 
@@ -69,7 +74,7 @@ def _bare_server(port: int) -> None:
             return response
 
     async def serve():
-        server = grpc.aio.server()
+        server = grpc.aio.server(interceptors=[RequestIdInterceptor(), CallsInFlight()] if layer else None)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(Fixed(), server)
         server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()
@@ -78,9 +83,11 @@ def _bare_server(port: int) -> None:
     uvloop.run(serve())
 
 
-def transport(args) -> str:
-    port = 50000 + os.getpid() % 10000
-    server = multiprocessing.get_context("spawn").Process(target=_bare_server, args=(port,), daemon=True)
+def transport(args, layer: bool) -> str:
+    """The fixed-answer server alone, or (layer) behind genserve's own interceptors: the request id (in the
+    trailing metadata) and the calls in flight, as build_grpc_server installs them without API keys."""
+    port = 50000 + os.getpid() % 10000 + layer
+    server = multiprocessing.get_context("spawn").Process(target=_bare_server, args=(port, layer), daemon=True)
     server.start()
     try:
         time.sleep(2.0)
@@ -88,7 +95,8 @@ def transport(args) -> str:
                            args.duration_s, args.warmup_s, server.pid)
     finally:
         server.kill()
-    return (f"| transport: bare grpc.aio server, {args.clients} clients | {point.throughput:.0f} req/s | server "
+    what = "+ genserve's request id and calls in flight" if layer else "bare grpc.aio server"
+    return (f"| transport: {what}, {args.clients} clients | {point.throughput:.0f} req/s | server "
             f"{point.server_cpu_ms_per_request * 1000:.0f} us CPU per call |")
 
 
@@ -235,8 +243,8 @@ def server(args, store: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="models", help="the store holding `vae`")
-    parser.add_argument("--parts", nargs="+", choices=["transport", "handler", "worker", "server"],
-                        default=["transport", "handler", "worker", "server"])
+    parser.add_argument("--parts", nargs="+", choices=["transport", "layer", "handler", "worker", "server"],
+                        default=["transport", "layer", "handler", "worker", "server"])
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--requests", type=int, default=20000, help="handler: requests measured")
     parser.add_argument("--rows", type=int, default=3, help="worker: rows per call")
@@ -251,8 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     with scratch_store(args.models, [MODEL]) as store:
         for part in args.parts:
             print(f"{part} ...", file=sys.stderr)
-            if part == "transport":
-                print(transport(args), flush=True)
+            if part in ("transport", "layer"):
+                print(transport(args, layer=part == "layer"), flush=True)
             elif part == "handler":
                 print(handler(args, store), flush=True)
             elif part == "worker":
