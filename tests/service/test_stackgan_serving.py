@@ -23,6 +23,7 @@ from service.grpc.gen import genserve_pb2_grpc as pb_grpc
 from service.grpc.genserve_servicer import to_array
 from service.settings import Settings
 from service.store import ModelStore
+from tests.conftest import export_tiny, train_tiny
 
 ROOT = Path(__file__).resolve().parents[2]
 CAPTION = "a thick seven slanted to the right"
@@ -31,14 +32,10 @@ CAPTION = "a thick seven slanted to the right"
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """The tiny StackGAN run exported beside a copy of the shipped GAN (which takes no prompt): (models, run)."""
-    from training.export import export
-    from training.train import train
-
-    root = tmp_path_factory.mktemp("stackgan")
-    run = train(ROOT / "training" / "configs" / "stackgan-tiny.json", root / "run")
-    export(run, root / "models", name="stackgan", baseline=False)
-    shutil.copytree(ROOT / "models" / "gan", root / "models" / "gan")
-    return root / "models", run
+    run = train_tiny("stackgan-tiny", tmp_path_factory)
+    models = export_tiny(run, "stackgan", tmp_path_factory)
+    shutil.copytree(ROOT / "models" / "gan", models / "gan")
+    return models, run
 
 
 def engine(models: Path, runtime: str = "onnx") -> Engine:

@@ -24,6 +24,7 @@ from service.grpc.gen import genserve_pb2_grpc as pb_grpc
 from service.grpc.genserve_servicer import to_array, to_tensor
 from service.settings import Settings
 from service.store import ModelStore
+from tests.conftest import export_tiny, train_tiny
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,14 +32,10 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """The tiny pix2pix run exported beside a copy of the shipped GAN (which cannot translate): (store, run)."""
-    from training.export import export
-    from training.train import train
-
-    root = tmp_path_factory.mktemp("translate")
-    run = train(ROOT / "training" / "configs" / "pix2pix-tiny.json", root / "run")
-    export(run, root / "models", name="pix2pix", baseline=False)
-    shutil.copytree(ROOT / "models" / "gan", root / "models" / "gan")
-    return root / "models", run
+    run = train_tiny("pix2pix-tiny", tmp_path_factory)
+    models = export_tiny(run, "pix2pix", tmp_path_factory)
+    shutil.copytree(ROOT / "models" / "gan", models / "gan")
+    return models, run
 
 
 def edges(count: int, seed: int = 0) -> np.ndarray:
