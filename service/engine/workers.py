@@ -33,8 +33,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import zmq
 
 from service import event_loop, logs
+from service.engine.channel import Channel
 from service.engine.errors import WorkerLost
 from service.engine.runtimes import TensorFunction, import_torch, load_function
 from service.engine.worker_procedures import ProcedureFailed, WorkerProcedures, refusal
@@ -155,14 +157,10 @@ def _preload(functions: Functions) -> None:
 
 
 async def _answer_calls(address: str, functions: Functions, parent: int) -> None:
-    import zmq
-    import zmq.asyncio
-
-    context = zmq.asyncio.Context()
+    context = zmq.Context()
     socket = context.socket(zmq.DEALER)
     socket.setsockopt(zmq.LINGER, 0)  # an answer nobody will read never holds up the exit
     socket.connect(address)
-    await socket.send_multipart(pack({"ready": True}, {}))
     pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="run")
     loop = asyncio.get_running_loop()
 
@@ -182,33 +180,33 @@ async def _answer_calls(address: str, functions: Functions, parent: int) -> None
             reply_header.update(events=e.events, error=e.error.message, code=e.error.code, field=e.error.field)
         except Exception as e:  # noqa: BLE001 - the caller gets the error, the worker lives on
             reply_header["error"] = f"{type(e).__name__}: {e}"
-        await socket.send_multipart(pack(reply_header, outputs), copy=False)
+        channel.send(pack(reply_header, outputs))
 
     tasks: dict[int, asyncio.Task] = {}
-    watchdog = asyncio.create_task(_cancel_when_orphaned(parent, asyncio.current_task()))
+
+    def received(frames: list) -> None:
+        header, feeds = unpack(frames)
+        if "cancel" in header:  # the caller went away: its procedure leaves at the next step
+            if (task := tasks.get(header["cancel"])) is not None:
+                task.cancel()
+            return
+        task = tasks[header["id"]] = asyncio.create_task(answer(header, feeds))
+        task.add_done_callback(lambda _, call_id=header["id"]: tasks.pop(call_id, None))
+
+    channel = Channel(socket, received)
+    channel.send(pack({"ready": True}, {}))
     try:
-        while True:
-            header, feeds = unpack(await socket.recv_multipart(copy=False))
-            if "cancel" in header:  # the caller went away: its procedure leaves at the next step
-                if (task := tasks.get(header["cancel"])) is not None:
-                    task.cancel()
-                continue
-            task = tasks[header["id"]] = asyncio.create_task(answer(header, feeds))
-            task.add_done_callback(lambda _, call_id=header["id"]: tasks.pop(call_id, None))
-    except asyncio.CancelledError:
-        if not watchdog.done():  # cancelled by something else than the watchdog: not an orphan's exit
-            raise
+        await _orphaned(parent)
     finally:
-        watchdog.cancel()
+        channel.close()
         context.destroy(linger=0)
 
 
-async def _cancel_when_orphaned(parent: int, receiving: asyncio.Task) -> None:
-    """Cancel `receiving` once the process's parent is no longer `parent` (the API process was killed; checked
-    every second), so that the worker exits."""
+async def _orphaned(parent: int) -> None:
+    """Return once the process's parent is no longer `parent` (the API process was killed; checked every second),
+    so that the worker exits."""
     while os.getppid() == parent:
         await asyncio.sleep(1.0)
-    receiving.cancel()
 
 
 # --- the API side ----------------------------------------------------------------------------------------------------
@@ -245,52 +243,46 @@ class Worker:
         self.failed_starts = 0
         self.process: multiprocessing.Process | None = None
         self.started_at = 0.0
-        self.socket = None
+        self.channel: Channel | None = None
         self.address = ""
-        self.reader: asyncio.Task | None = None
 
     def start(self) -> None:
         """Spawn the process; up turns True when it answers (it loads the models meanwhile: Functions)."""
-        import zmq
-        import zmq.asyncio
-
         self.generation += 1
         self.address = f"{self.pool.sockets_dir}/{self.label.replace(':', '')}-{self.generation}"
-        self.socket = zmq.asyncio.Context.instance().socket(zmq.DEALER)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.bind(f"ipc://{self.address}")
+        socket = zmq.Context.instance().socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.bind(f"ipc://{self.address}")
+        self.channel = Channel(socket, self._received)
         self.process = self.pool.spawn(f"ipc://{self.address}", self.device)
         self.process.start()
         self.started_at = time.monotonic()
         asyncio.get_running_loop().add_reader(self.process.sentinel, self._died)
-        self.reader = asyncio.create_task(self._read())
-        self.reader.add_done_callback(self._reader_ended)
         log.info("engine worker %s: started, pid %d", self.label, self.process.pid)
 
-    async def _read(self) -> None:
-        while True:
-            header, outputs = unpack(await self.socket.recv_multipart(copy=False))
+    def _received(self, frames: list) -> None:
+        """An answer (or the worker's first message, ready): to the call waiting for it, if it still is."""
+        try:
+            header, outputs = unpack(frames)
             if header.get("ready"):
                 self.up, self.failed_starts = True, 0
                 self.pool.worker_up.set()
                 log.info("engine worker %s: ready in %.1f s", self.label, time.monotonic() - self.started_at)
-                continue
+                return
             future = self.pending.pop(header["id"], None)
-            if future is None or future.done():
-                continue  # its caller has gone
-            if "code" in header:
-                future.set_exception(ProcedureFailed(refusal(header["code"], header["error"], header["field"]),
-                                                 header["events"]))
-            elif "error" in header:
-                future.set_exception(RuntimeError(f"engine worker {self.label}: {header['error']}"))
-            else:
-                future.set_result((header, outputs))
-
-    def _reader_ended(self, reader: asyncio.Task) -> None:
-        """The reader never ends on its own; if it failed, the worker is unreachable: kill it (and restart)."""
-        if not reader.cancelled() and reader.exception() is not None:
-            log.error("engine worker %s: reading its answers failed (%r); killing it", self.label, reader.exception())
+        except Exception:  # a message that is not an answer: the worker cannot be trusted, kill it (and restart)
+            log.exception("engine worker %s: unreadable answer; killing it", self.label)
             self.process.kill()
+            return
+        if future is None or future.done():
+            return  # its caller has gone
+        if "code" in header:
+            future.set_exception(ProcedureFailed(refusal(header["code"], header["error"], header["field"]),
+                                                 header["events"]))
+        elif "error" in header:
+            future.set_exception(RuntimeError(f"engine worker {self.label}: {header['error']}"))
+        else:
+            future.set_result((header, outputs))
 
     def _died(self) -> None:
         """The process exited: fail its in-flight calls now, then start it again (unless stopping)."""
@@ -298,8 +290,7 @@ class Worker:
         self.process.join()
         code, was_up = self.process.exitcode, self.up
         self.up = False
-        self.reader.cancel()
-        self.socket.close()
+        self.channel.close()
         Path(self.address).unlink(missing_ok=True)
         lost = WorkerLost(f"engine worker {self.label} exited (code {code}) while running this request; "
                           "retry shortly")
@@ -327,29 +318,33 @@ class Worker:
     async def ask(self, header: dict, arrays: Arrays) -> tuple[dict, Arrays]:
         """Send one call, wait for its answer (header, arrays); a caller that goes away cancels it in the worker."""
         call_id = next(self.ids)
-        future = asyncio.get_running_loop().create_future()
-        self.pending[call_id] = future
+        loop = asyncio.get_running_loop()
+        future = self.pending[call_id] = loop.create_future()
+        timer = loop.call_later(self.pool.call_timeout_s, self._timed_out, future)
         try:
             try:
-                await self.socket.send_multipart(pack({**header, "id": call_id}, arrays), copy=False)
-            except (asyncio.CancelledError, Exception):
-                if future.done() and not future.cancelled() and future.exception() is not None:
-                    raise future.exception() from None  # the worker died mid-send and closed the socket
-                raise
-            try:
-                return await asyncio.wait_for(future, self.pool.call_timeout_s)
-            except asyncio.CancelledError:
-                if self.up:
-                    await self.socket.send_multipart(pack({"cancel": call_id}, {}))
-                raise
-        except TimeoutError:
-            log.error("engine worker %s: no answer in %.0f s; killing it", self.label, self.pool.call_timeout_s)
-            self.up = False  # not ready from now on, not only once _died() has run
-            self.process.kill()  # _died() fails every call in flight and restarts it
-            raise WorkerLost(f"engine worker {self.label} did not answer in {self.pool.call_timeout_s:.0f} s and "
-                             "was restarted; retry shortly") from None
+                self.channel.send(pack({**header, "id": call_id}, arrays))
+            except zmq.ZMQError:  # the socket closed: the worker has just died
+                raise WorkerLost(f"engine worker {self.label} exited; retry shortly") from None
+            return await future
+        except asyncio.CancelledError:
+            if self.up:
+                self.channel.send(pack({"cancel": call_id}, {}))
+            raise
         finally:
+            timer.cancel()
             self.pending.pop(call_id, None)
+
+    def _timed_out(self, future: asyncio.Future) -> None:
+        """A call went unanswered for call_timeout_s: kill the worker (_died() fails every call in flight and
+        restarts it); this call fails now."""
+        if future.done():
+            return
+        log.error("engine worker %s: no answer in %.0f s; killing it", self.label, self.pool.call_timeout_s)
+        self.up = False  # not ready from now on, not only once _died() has run
+        self.process.kill()
+        future.set_exception(WorkerLost(f"engine worker {self.label} did not answer in {self.pool.call_timeout_s:.0f}"
+                                        " s and was restarted; retry shortly"))
 
     async def stop(self) -> None:
         self.stopping = True
