@@ -18,15 +18,23 @@ Frames = list  # one message: zmq.Frame each (received without copying), or buff
 
 
 class Channel:
-    def __init__(self, socket: zmq.Socket, on_message: Callable[[Frames], None]):
-        """`socket` (a plain, not asyncio, zmq socket) is watched from now on; on_message(frames) is called on
-        the loop for each message received, in order."""
-        socket.setsockopt(zmq.SNDHWM, 0)
-        self.socket, self.on_message = socket, on_message
+    def __init__(self, context: zmq.Context, on_message: Callable[[Frames], None], *, bind: str = "",
+                 connect: str = ""):
+        """A DEALER socket of `context` (a plain, not asyncio, context) bound to `bind` or connected to `connect`,
+        watched from now on: on_message(frames) is called on the loop for each message received, in order.
+        Until a peer connects to a bound channel, a send raises zmq.Again."""
+        self.socket = context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)  # a message nobody will read never holds up a close
+        self.socket.setsockopt(zmq.SNDHWM, 0)  # before bind/connect, which make the pipes
+        if bind:
+            self.socket.bind(bind)
+        else:
+            self.socket.connect(connect)
+        self.on_message = on_message
         self.loop = asyncio.get_running_loop()
         self.drain_scheduled = False
-        self.loop.add_reader(socket.getsockopt(zmq.FD), self._drain)
-        self._schedule_drain()  # messages may have arrived before the reader was added
+        self.loop.add_reader(self.socket.getsockopt(zmq.FD), self._drain)
+        self._schedule_drain()  # in case a message came before the loop watched the descriptor
 
     def send(self, frames: Frames) -> None:
         """Queue one message (raises zmq.ZMQError when the socket cannot take it, e.g. closed)."""

@@ -158,9 +158,6 @@ def _preload(functions: Functions) -> None:
 
 async def _answer_calls(address: str, functions: Functions, parent: int) -> None:
     context = zmq.Context()
-    socket = context.socket(zmq.DEALER)
-    socket.setsockopt(zmq.LINGER, 0)  # an answer nobody will read never holds up the exit
-    socket.connect(address)
     pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="run")
     loop = asyncio.get_running_loop()
 
@@ -193,7 +190,7 @@ async def _answer_calls(address: str, functions: Functions, parent: int) -> None
         task = tasks[header["id"]] = asyncio.create_task(answer(header, feeds))
         task.add_done_callback(lambda _, call_id=header["id"]: tasks.pop(call_id, None))
 
-    channel = Channel(socket, received)
+    channel = Channel(context, received, connect=address)
     channel.send(pack({"ready": True}, {}))
     try:
         await _orphaned(parent)
@@ -250,10 +247,7 @@ class Worker:
         """Spawn the process; up turns True when it answers (it loads the models meanwhile: Functions)."""
         self.generation += 1
         self.address = f"{self.pool.sockets_dir}/{self.label.replace(':', '')}-{self.generation}"
-        socket = zmq.Context.instance().socket(zmq.DEALER)
-        socket.setsockopt(zmq.LINGER, 0)
-        socket.bind(f"ipc://{self.address}")
-        self.channel = Channel(socket, self._received)
+        self.channel = Channel(zmq.Context.instance(), self._received, bind=f"ipc://{self.address}")
         self.process = self.pool.spawn(f"ipc://{self.address}", self.device)
         self.process.start()
         self.started_at = time.monotonic()
