@@ -13,14 +13,17 @@
 
 Features are computed once per input through the in-process Engine (its NLL or critic, its class joint
 log p(x | y) p(y), its BiGAN reconstruction, the NLL of the likelihood ratio's background model, a hierarchical
-model's ratio L - L^{>1} at the same k and seed as its NLL) and every detector is computed from them with the
-served code. A model scored by an importance-sampled bound is scored at --k with its capability's method, and
-its calibration entries record that k and method: the service scores their detectors at them, whatever a
-request's k. The background models (BACKGROUNDS: small-receptive-field PixelCNNs
-trained on perturbed training digits, training/configs/*-background.json) are no subjects of the table.
+model's ratio L - L^{>1} at the same k and seed as its NLL, an encoder's posterior mean and std) and every
+detector is computed from them with the served code. A model scored by an importance-sampled bound is scored at
+--k with its capability's method, and its calibration entries record that k and method: the service scores their
+detectors at them, whatever a request's k. The latent Mahalanobis score's Gaussian is fitted on the training
+digits other than the CHOOSE step's own (the model's encoder, its noise seeded as the service seeds it). The
+background models (BACKGROUNDS: small-receptive-field PixelCNNs trained on perturbed training digits,
+training/configs/*-background.json) are no subjects of the table.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/anomaly.py [--models pixelcnn rbm] [--n 64] [--k 100] [--write]
     .venv/bin/python benchmarks/anomaly.py --merge part1.json part2.json   # the tables of runs split by --models
+    .venv/bin/python benchmarks/anomaly.py --merge part.json --write ...   # write the manifests from a run's rows
 """
 
 import argparse
@@ -38,7 +41,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from sklearn.datasets import load_digits
 from tqdm import tqdm
 
-from service.engine import anomaly
+from service.engine import anomaly, procedures
 from service.engine.engine import Engine
 from service.settings import Settings
 from service.store import ModelStore
@@ -49,6 +52,7 @@ BACKGROUNDS = {2: "pixelcnn-background", 256: "pixelcnn-gray-background"}  # per
 SHAPE = [1, 28, 28]
 TEST_SIZE = 500
 CHUNK = 25
+FIT_CHUNK = 250
 QUANTILES = [round(q, 3) for q in np.linspace(0, 1, 201)]
 HIERARCHY_SKIP = 1  # the hierarchical ratio's k: the lowest latent layer from its conditional prior (hvae has two)
 BOOTSTRAP = 200
@@ -188,11 +192,23 @@ def candidates(engine: Engine, name: str) -> list[str]:
     m = engine.model(name)
     cap = m.capability("score")
     manifest = {**m.manifest, "calibration": {**m.manifest["calibration"], "detectors": {
-        d: {} for d in ("complexity", "class", "reconstruction", "likelihood_ratio", "hierarchical_ratio")}}}
+        d: {} for d in ("complexity", "class", "reconstruction", "likelihood_ratio", "hierarchical_ratio",
+                        "latent_mahalanobis")}}}
     base = [d for d in anomaly.available(manifest, cap, m.function_inputs, BACKGROUNDS[m.data["levels"]] in
                                          engine.models) if d != "typicality"]
     mixes = ["mix:" + "+".join(parts) for size in range(2, len(base) + 1) for parts in combinations(base, size)]
     return base + mixes
+
+
+async def posterior(engine: Engine, name: str, x: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """q(z | x)'s mean and std [B, D] each, as the served latent_mahalanobis computes them."""
+    return await engine._encode(engine.model(name), x.astype(np.int64), 0, procedures.row_generators(seed, len(x)))
+
+
+async def latent_fit(engine: Engine, name: str, x: np.ndarray) -> dict:
+    """The latent_mahalanobis entry's Gaussian from training digits x, encoded in chunks."""
+    parts = [await posterior(engine, name, x[start:start + FIT_CHUNK], start) for start in range(0, len(x), FIT_CHUNK)]
+    return anomaly.latent_gaussian(*(np.concatenate(p) for p in zip(*parts, strict=True)))
 
 
 async def features(engine: Engine, name: str, x: np.ndarray, options: dict, need: set[str]) -> dict:
@@ -200,7 +216,7 @@ async def features(engine: Engine, name: str, x: np.ndarray, options: dict, need
     m = engine.model(name)
     cap = m.capability("score")
     out: dict[str, list] = {"nll": [], "critic": [], "log_joint": [], "reconstruction": [], "background_nll": [],
-                            "hierarchical_ratio": []}
+                            "hierarchical_ratio": [], "latent_mean": [], "latent_std": []}
     for start in range(0, len(x), CHUNK):
         chunk = x[start:start + CHUNK]
         if "class" in need:  # the marginal from the same rows, as the engine serves it
@@ -223,6 +239,10 @@ async def features(engine: Engine, name: str, x: np.ndarray, options: dict, need
         if "hierarchical_ratio" in need:  # the NLL's own draws (seed, k): L is that bound
             log_w = await engine._hierarchy_log_weights(m, cap, chunk, options["k"], start)
             out["hierarchical_ratio"].append(anomaly.hierarchical_ratio(log_w, cap["method"], HIERARCHY_SKIP))
+        if "latent_mahalanobis" in need:  # the encoder's noise from the chunk's seed, as the NLL's
+            mean, std = await posterior(engine, name, chunk, start)
+            out["latent_mean"].append(mean)
+            out["latent_std"].append(std)
     feats = {key: np.concatenate(v) for key, v in out.items() if v}
     if "complexity" in need:
         feats["png_bits"] = anomaly.png_bits(x, m.data["levels"])
@@ -252,14 +272,16 @@ def with_interval(f, in_s: np.ndarray, out_s: np.ndarray, rng: np.random.Generat
     return f(in_s, out_s), float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))
 
 
-def extra_entry(detector: str, feats: dict, levels: int) -> dict | None:
+def extra_entry(detector: str, feats: dict, levels: int, gaussian: dict | None) -> dict | None:
     """What a detector's calibration entry carries beside its quantiles: the likelihood ratio's background model;
-    the hierarchical ratio's skip; a mix's standardization, each part's mean and standard deviation on the training
-    digits."""
+    the hierarchical ratio's skip; the latent Mahalanobis score's Gaussian; a mix's standardization, each part's mean
+    and standard deviation on the training digits."""
     if detector == "likelihood_ratio":
         return {"background": BACKGROUNDS[levels]}
     if detector == "hierarchical_ratio":
         return {"skip": HIERARCHY_SKIP}
+    if detector == "latent_mahalanobis":
+        return {"latent": gaussian}
     if not detector.startswith("mix:"):
         return None
     return {"mix": {p: {"mean": float(v.mean()), "std": float(v.std() or 1.0)}
@@ -289,8 +311,13 @@ async def evaluate(engine: Engine, name: str, n: int, n_cal: int, seed: int, k: 
         for key, x in sets.items():
             feats[key] = await features(engine, name, x, options, need)
             bar.update()
+    gaussian = None
+    if "latent_mahalanobis" in need:  # fit on the training digits that are not the CHOOSE step's own
+        gaussian = await latent_fit(engine, name, np.delete(data.x_train, train_index, axis=0))
+        for f in feats.values():
+            f["latent_mahalanobis"] = anomaly.latent_mahalanobis(f["latent_mean"], f["latent_std"], gaussian)
     # 1. CHOOSE: training digits vs the CHOOSE kinds only
-    entries = {d: extra_entry(d, feats["choose/in"], levels) for d in detectors}
+    entries = {d: extra_entry(d, feats["choose/in"], levels, gaussian) for d in detectors}
     choose = {d: {kind: auroc(scores(d, feats["choose/in"], entries[d]),
                               scores(d, feats[f"choose/{kind}"], entries[d])) for kind in CHOOSE_KINDS}
               for d in detectors}
@@ -396,7 +423,8 @@ def main() -> None:
     parser.add_argument("--n-cal", type=int, default=250, help="calibration inputs (the test split's half A)")
     parser.add_argument("--k", type=int, default=100, help="importance samples for IWAE-scored models")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--write", action="store_true", help="write calibration.detectors/default to manifests")
+    parser.add_argument("--write", action="store_true", help="write calibration.detectors/default to manifests "
+                        "(with --merge: from the merged rows)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/anomaly.md"))
     parser.add_argument("--json", default="benchmarks/results/anomaly.json")
     parser.add_argument("--merge", nargs="+", type=Path, help="instead of running: the tables of these --json files' "
@@ -409,6 +437,8 @@ def main() -> None:
         rows = list({r["model"]: r for path in args.merge for r in json.loads(path.read_text())}.values())
         rows.sort(key=lambda r: r["model"])
         Path(args.json).write_text(json.dumps(rows))
+        for row in rows if args.write else []:
+            write_manifest(args.store, row)
     else:
         rows = asyncio.run(run(args))
     text = tables(rows, command, None if args.merge else time.perf_counter() - start)

@@ -22,6 +22,11 @@ Per-input detectors (from what the engine computes for the input):
   bounds come from the same noise draws (the request's seed), with the calibration entry's `skip` (k), and its
   `k` draws and `method` (iwae or elbo) whatever the request's own, so that scores and held-out quantiles agree;
   L is then the bound the model serves at that seed, k and method.
+- `latent_mahalanobis`: Lee et al. 2018's Mahalanobis score, in the model's latent space: the Mahalanobis distance
+  of the encoder's posterior (its `encode` function's mean, and log std where the encoder is stochastic; noise from
+  the request's seed) from a Gaussian fitted to the training digits' posteriors (mean, and covariance plus a small
+  ridge: the calibration entry's `latent`, `{"features", "mean": [F], "precision": [F, F]}`). For a model whose
+  manifest has an `encode` function (the VAEs, the BiGAN).
 - `mix:<a>+<b>...`: the sum of the named detectors' scores, each standardized by a mean and standard deviation
   stored in the calibration entry (fit on the choice data, never on the calibration data).
 
@@ -32,7 +37,8 @@ Batch detector:
 
 The calibration of the manifest keeps its top-level entry (the model's first score, `nll` or `critic`); further
 detectors sit in `calibration["detectors"][name]` (score, quantiles, values, n, split; a mix's `mix`
-standardization; the likelihood ratio's `background`; the hierarchical ratio's `skip`), and
+standardization; the likelihood ratio's `background`; the hierarchical ratio's `skip`; the latent Mahalanobis
+score's `latent`), and
 `calibration["default"]` names the detector that answers when a request names none.
 
 A model scored by an importance-sampled bound (IWAE_k rises with k) records in each entry the bound its held-out
@@ -52,6 +58,7 @@ from service.engine import latent
 
 TYPICALITY_DRAWS = 4000
 TYPICALITY_SEED = 17
+LATENT_RIDGE = 1e-3  # added to the latent covariance's diagonal, times its mean variance
 
 
 def png_bits(x: np.ndarray, levels: int) -> np.ndarray:
@@ -110,6 +117,39 @@ def hierarchy_options(manifest: dict) -> tuple[int, int, str]:
     return entry["skip"], entry["k"], entry["method"]
 
 
+def latent_features(mean: np.ndarray, std: np.ndarray, parts: list[str]) -> np.ndarray:
+    """q(z | x)'s mean and std [B, D] each -> the features [B, F] that `parts` names, in order: "mean", "log_std"."""
+    features = [mean if part == "mean" else np.log(std) for part in parts]  # a deterministic encoder's: no log std
+    return np.concatenate([np.asarray(f, np.float64) for f in features], axis=1)
+
+
+def latent_gaussian(mean: np.ndarray, std: np.ndarray, ridge: float = LATENT_RIDGE) -> dict:
+    """The training digits' posterior means and stds [N, D] each -> the latent_mahalanobis entry's `latent`: which
+    features it measures (the mean, and the log std where the encoder is stochastic: a deterministic encoder's std
+    is 0), their mean [F], and the precision [F, F] of their covariance plus ridge x its mean variance on the
+    diagonal."""
+    parts = ["mean", "log_std"] if (np.asarray(std) > 0).all() else ["mean"]
+    f = latent_features(mean, std, parts)
+    covariance = np.cov(f, rowvar=False)
+    covariance += ridge * np.trace(covariance) / len(covariance) * np.eye(len(covariance))
+    precision = np.linalg.inv(covariance)
+    return {"features": parts, "mean": f.mean(axis=0).tolist(), "precision": ((precision + precision.T) / 2).tolist(),
+            "n": len(f), "ridge": ridge}
+
+
+def latent_mahalanobis(mean: np.ndarray, std: np.ndarray, gaussian: dict) -> np.ndarray:
+    """q(z | x)'s mean and std [B, D] each -> sqrt((f - mu)^T precision (f - mu)) [B] of their features f: 0 at the
+    training digits' mean mu, higher farther from it."""
+    d = latent_features(mean, std, gaussian["features"]) - np.asarray(gaussian["mean"], np.float64)
+    squared = np.einsum("bi,ij,bj->b", d, np.asarray(gaussian["precision"], np.float64), d)
+    return np.sqrt(np.maximum(squared, 0.0))
+
+
+def fitted_latent_gaussian(manifest: dict) -> dict:
+    """The Gaussian of the training digits' posteriors that the latent Mahalanobis score measures from."""
+    return manifest["calibration"]["detectors"]["latent_mahalanobis"]["latent"]
+
+
 def hierarchical_ratio(log_w: np.ndarray, method: str, skip: int) -> np.ndarray:
     """log_w [B, k, layers] (the hierarchy function's log-weights, k draws) -> L - L^{>skip} [B], both bounds
     (elbo or iwae) from the same draws; skip 0 gives exactly 0."""
@@ -137,6 +177,8 @@ def available(manifest: dict, capability: dict, function_inputs, has_background:
                 and "label" in function_inputs(conditional) and capability["procedure"] == "direct" \
                 and "noise" not in capability:
             computable.add("class")
+    if "encode" in manifest["functions"]:
+        computable.add("latent_mahalanobis")
     calibrated = {base_detector(manifest)} | set(manifest["calibration"].get("detectors", {}))
     names = [d for d in sorted(computable) if d == "typicality" or d in calibrated]
     names += [d for d in sorted(manifest["calibration"].get("detectors", {}))
@@ -152,7 +194,7 @@ def class_score(log_joint: np.ndarray) -> np.ndarray:
 
 def per_input_scores(detector: str, features: dict[str, np.ndarray], entry: dict | None) -> np.ndarray:
     """A per-input detector's scores from the computed features (nll, critic, png_bits, log_joint, reconstruction,
-    background_nll, hierarchical_ratio)."""
+    background_nll, hierarchical_ratio, latent_mahalanobis)."""
     if detector == "nll":
         return np.asarray(features["nll"], np.float64)
     if detector == "critic":
@@ -165,8 +207,8 @@ def per_input_scores(detector: str, features: dict[str, np.ndarray], entry: dict
         return np.asarray(features["reconstruction"], np.float64)
     if detector == "likelihood_ratio":
         return np.asarray(features["nll"], np.float64) - np.asarray(features["background_nll"], np.float64)
-    if detector == "hierarchical_ratio":
-        return np.asarray(features["hierarchical_ratio"], np.float64)
+    if detector in ("hierarchical_ratio", "latent_mahalanobis"):
+        return np.asarray(features[detector], np.float64)
     if detector.startswith("mix:"):
         total = 0.0
         for part in components(detector):
@@ -228,4 +270,5 @@ def calibration_for(scores: np.ndarray, score_kind: str, split: str, quantiles: 
 SCORE_KINDS = {"nll": "nll_nats", "critic": "negative_critic", "complexity": "nll_bits_minus_png_bits",
                "class": "neg_log_max_class_posterior", "reconstruction": "reconstruction_mse",
                "likelihood_ratio": "nll_minus_background_nll_nats",
-               "hierarchical_ratio": "bound_minus_bound_with_lowest_latents_from_prior_nats"}
+               "hierarchical_ratio": "bound_minus_bound_with_lowest_latents_from_prior_nats",
+               "latent_mahalanobis": "mahalanobis_distance_of_posterior_mean"}

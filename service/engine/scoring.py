@@ -178,6 +178,10 @@ class ScoringOperations:
                 skip, k, method = anomaly.hierarchy_options(m.manifest)
                 log_w = await self._hierarchy_log_weights(m, cap, x, k, seed)
                 features["hierarchical_ratio"] = anomaly.hierarchical_ratio(log_w, method, skip)
+            if "latent_mahalanobis" in parts:
+                mean, std = await self._encode(m, x, 0, procedures.row_generators(seed, len(x)))  # noise: seed
+                features["latent_mahalanobis"] = anomaly.latent_mahalanobis(
+                    mean, std, anomaly.fitted_latent_gaussian(m.manifest))
             entry = anomaly.calibration_entry(m.manifest, detector)
             answers = anomaly.answer(detector, entry, calibration["threshold_quantile"],
                                      anomaly.per_input_scores(detector, features, entry))
