@@ -27,6 +27,7 @@ class survival and FID to the target domain (see its docstring).
 """
 
 import functools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,8 @@ class CycleGANConfig:
     identity_weight: float = 5.0
     mnist_frame: bool = False  # domain b's digits upscaled to 20x20 inside a 4-pixel border (MNIST's box), not 28x28
     semantic_weight: float = 0.0  # CyCADA's semantic consistency on a -> b, with a's labels (0: off, plain CycleGAN)
+    whole_image_critic: bool = False  # beside each PatchGAN, a DCGAN critic scoring the whole image
+    validation: int = 0  # the last `validation` train images of each domain kept out of training (see `held_out`)
 
 
 def upscale(x: np.ndarray, border: int = 0) -> np.ndarray:
@@ -117,9 +120,17 @@ class PatchGAN(nn.Module):
 class CycleGAN(nn.Module):
     def __init__(self, config: CycleGANConfig):
         super().__init__()
-        self.config, c = config, config.channels
+        self.config, c, k = config, config.channels, config.critic_channels
         self.g_ab, self.g_ba = Generator(c, config.residual_blocks), Generator(c, config.residual_blocks)
-        self.d_a, self.d_b = PatchGAN(config.critic_channels), PatchGAN(config.critic_channels)
+        self.d_a, self.d_b = PatchGAN(k), PatchGAN(k)
+        whole = config.whole_image_critic
+        self.d_a_whole, self.d_b_whole = (adv.Critic(k), adv.Critic(k)) if whole else (None, None)
+
+    def scores(self, domain: str, image: torch.Tensor) -> list[torch.Tensor]:
+        """Domain ("a" or "b")'s discriminators on images [B, 1, 28, 28] in [-1, 1]: the PatchGAN's [B, 7, 7],
+        then, with `whole_image_critic`, the whole-image critic's [B]."""
+        critics = (getattr(self, f"d_{domain}"), getattr(self, f"d_{domain}_whole"))
+        return [critic(image) for critic in critics if critic is not None]
 
 
 def build(model_config: dict, split: Split) -> CycleGAN:
@@ -153,10 +164,11 @@ def cycle_loss(g_ab: nn.Module, g_ba: nn.Module, a: torch.Tensor, b: torch.Tenso
     return (g_ba(g_ab(a)) - a).abs().mean() + (g_ab(g_ba(b)) - b).abs().mean()
 
 
-def domain_b_batch(size: int, step: int, mnist_frame: bool = False) -> torch.Tensor:
+def domain_b_batch(size: int, step: int, mnist_frame: bool = False, validation: int = 0) -> torch.Tensor:
     """A batch of domain b's training images [size, 1, 28, 28] levels, drawn by the step alone (independent of
-    the batch of a it meets)."""
+    the batch of a it meets), never from the last `validation` of them."""
     x = digits28(mnist_frame).x_train
+    x = x[: len(x) - validation]
     return torch.from_numpy(x[np.random.default_rng(step).choice(len(x), size, replace=len(x) < size)]).long()
 
 
@@ -175,7 +187,7 @@ def semantic_loss(fake_b: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def optimizers(model: CycleGAN, settings: dict) -> dict[str, torch.optim.Optimizer]:
     betas = tuple(settings.get("betas", (0.5, 0.999)))
     generators = [*model.g_ab.parameters(), *model.g_ba.parameters()]
-    critics = [*model.d_a.parameters(), *model.d_b.parameters()]
+    critics = [p for name, p in model.named_parameters() if name.startswith("d_")]
     return {"generators": torch.optim.Adam(generators, lr=settings["lr"], betas=betas),
             "critics": torch.optim.Adam(critics, lr=settings["lr"], betas=betas)}
 
@@ -190,9 +202,9 @@ def train_step(model: CycleGAN, optimizers: dict, x: torch.Tensor, y: torch.Tens
     """A generator update then a discriminator update on mnist5k digits x [B, 1, 28, 28] levels (domain a) and
     an independent batch of domain b; the labels y [B] are used only by the semantic loss."""
     c = model.config
-    a, b = unit(x), unit(domain_b_batch(len(x), step, c.mnist_frame))
+    a, b = unit(x), unit(domain_b_batch(len(x), step, c.mnist_frame, c.validation))
     fake_b, fake_a = model.g_ab(a), model.g_ba(b)  # [B, 1, 28, 28] each
-    adversarial = generator_loss(model.d_b(fake_b)) + generator_loss(model.d_a(fake_a))
+    adversarial = sum(map(generator_loss, model.scores("b", fake_b) + model.scores("a", fake_a)))
     cycle = (model.g_ba(fake_b) - a).abs().mean() + (model.g_ab(fake_a) - b).abs().mean()
     generators = adversarial + c.cycle_weight * cycle
     if c.identity_weight > 0:
@@ -201,8 +213,9 @@ def train_step(model: CycleGAN, optimizers: dict, x: torch.Tensor, y: torch.Tens
     if c.semantic_weight > 0:
         generators = generators + c.semantic_weight * semantic_loss(fake_b, y)
     _step(optimizers["generators"], generators)
-    critics = (critic_loss(model.d_a(a), model.d_a(fake_a.detach()))
-               + critic_loss(model.d_b(b), model.d_b(fake_b.detach())))
+    critics = sum(critic_loss(real, fake) for domain, real_images, fake_images in (("a", a, fake_a), ("b", b, fake_b))
+                  for real, fake in zip(model.scores(domain, real_images), model.scores(domain, fake_images.detach()),
+                                        strict=True))
     _step(optimizers["critics"], critics)
     return {"critics": critics.item(), "adversarial": adversarial.item(), "cycle": cycle.item()}
 
@@ -248,10 +261,112 @@ def optdigits(x: np.ndarray) -> np.ndarray:
     return torch.round(F.avg_pool2d(bits, 4) * 16).numpy().astype(np.uint8)  # [N, 1, 8, 8]
 
 
+@dataclass(frozen=True)
+class Augmentation:
+    """Random changes of b's digits for training its judge, each drawn uniformly per image."""
+    copies: int = 0  # augmented copies of each train image added to the originals (0: no augmentation)
+    rotation: float = 10.0  # degrees either way
+    shift: float = 2.0  # pixels either way, per axis
+    scale: float = 0.1  # 1 - scale .. 1 + scale
+    thickness: float = 1.0  # a blend towards the 3x3 dilation (> 0, thicker) or erosion (< 0, thinner), up to this
+    blur: float = 1.0  # a blend towards a Gaussian blur (sigma 1 pixel), up to this
+
+
+def augment(x: np.ndarray, settings: Augmentation, rng: np.random.Generator) -> np.ndarray:
+    """Images [N, 1, 28, 28] levels 0..255 -> as many, each rotated, shifted, scaled (bilinear), its strokes
+    thickened or thinned and blurred by its own random draws (`Augmentation`)."""
+    n, image = len(x), torch.from_numpy(x).float() / (LEVELS - 1)
+
+    def draw(bound: float, low: float | None = None) -> torch.Tensor:  # [N] uniform in [low, bound]
+        return torch.from_numpy(rng.uniform(-bound if low is None else low, bound, n)).float()
+
+    angle, zoom = torch.deg2rad(draw(settings.rotation)), 1 + draw(settings.scale)
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    shift = torch.stack([draw(settings.shift), draw(settings.shift)], 1) * 2 / SIDE  # [N, 2] in [-1, 1] units
+    theta = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)  # [N, 2, 2]: rotate, zoom
+    grid = F.affine_grid(torch.cat([theta, shift[:, :, None]], 2), list(image.shape), align_corners=False)
+    image = F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    t = draw(settings.thickness)[:, None, None, None]  # [N, 1, 1, 1]
+    thick, thin = F.max_pool2d(image, 3, 1, 1), -F.max_pool2d(-image, 3, 1, 1)
+    image = image + t.clamp(min=0) * (thick - image) + (-t).clamp(min=0) * (thin - image)
+    kernel = torch.exp(-torch.arange(-2, 3).float().square() / 2)
+    kernel = (kernel[:, None] * kernel[None, :] / kernel.sum() ** 2)[None, None]  # [1, 1, 5, 5]
+    image = image + draw(settings.blur, 0)[:, None, None, None] * (F.conv2d(image, kernel, padding=2) - image)
+    return torch.clamp(torch.round(image * (LEVELS - 1)), 0, LEVELS - 1).numpy().astype(np.uint8)
+
+
+def train_judge(x: np.ndarray, y: np.ndarray, settings: Augmentation, epochs: int = 12,
+                seed: int = 0) -> quality.Classifier:
+    """The project's classifier (training/quality.py) trained, seeded, on images x [N, 1, 28, 28] levels with
+    labels y [N], plus `settings.copies` augmented copies of them."""
+    rng = np.random.default_rng(seed)
+    copies = [augment(x, settings, rng) for _ in range(settings.copies)]
+    augmented = Split("digits-28-augmented", np.concatenate([x, *copies]), np.tile(y, settings.copies + 1),
+                      x[:0], y[:0], levels=LEVELS)
+    return quality.train_classifier(augmented, epochs=epochs, seed=seed)
+
+
+JUDGE_CANDIDATES = {  # name: augmentation (4 copies where on)
+    "no augmentation (the judge before)": Augmentation(),
+    "affine: 10 degrees, 2 pixels, scale 0.1": Augmentation(copies=4, thickness=0, blur=0),
+    "affine, thickness, blur": Augmentation(copies=4),
+    "wider affine (20 degrees, 4 pixels, scale 0.2), thickness, blur": Augmentation(copies=4, rotation=20, shift=4,
+                                                                                     scale=0.2),
+}
+
+
+def choose_judge(validation: int = 300, seeds: tuple[int, ...] = (0, 1, 2)) -> dict:
+    """Each candidate judge for a -> b trained, once per seed, on b's framed train images less the last
+    `validation`, scored without any translation: accuracy on those held-out b images, and on mnist5k's train digits
+    drawn as b's (`optdigits`, upscaled and framed: whether a judge reads a digit's shape drawn b's way); each the
+    mean and the range over the seeds."""
+    b, a = digits28(mnist_frame=True), mnist5k()
+    rendered = upscale(optdigits(a.x_train), border=4)  # [4500, 1, 28, 28]
+    n = len(b.x_train) - validation
+    report = {}
+    for name, settings in JUDGE_CANDIDATES.items():
+        scores = np.array([[quality.accuracy(judge, b.x_train[n:], b.y_train[n:], LEVELS),
+                            quality.accuracy(judge, rendered, a.y_train, LEVELS)]
+                           for judge in (train_judge(b.x_train[:n], b.y_train[:n], settings, seed=seed)
+                                         for seed in seeds)])  # [seeds, 2]
+        report[name] = {f"{key}_{stat}": float(getattr(np, stat)(column))
+                        for key, column in zip(("b_validation", "rendered_mnist5k_train"), scores.T, strict=True)
+                        for stat in ("mean", "min", "max")}
+        print(name, report[name], flush=True)
+    return report
+
+
+# b's judge, chosen by `python -m training.families.cyclegan`: the highest mean rendered accuracy among the candidates
+# that read b's validation images at least as well as the judge without augmentation did
+JUDGE = JUDGE_CANDIDATES["wider affine (20 degrees, 4 pixels, scale 0.2), thickness, blur"]
+
+
 @functools.cache
-def target_classifier(mnist_frame: bool = False, epochs: int = 12, seed: int = 0) -> quality.Classifier:
-    """The project's classifier (training/quality.py) trained, seeded, on domain b's train images only."""
-    return quality.train_classifier(digits28(mnist_frame), epochs=epochs, seed=seed)
+def target_classifier(mnist_frame: bool = False, settings: Augmentation = JUDGE) -> quality.Classifier:
+    """b's judge: the project's classifier trained, seeded, on domain b's train images only (with `settings`'
+    augmented copies)."""
+    b = digits28(mnist_frame)
+    return train_judge(b.x_train, b.y_train, settings)
+
+
+def held_out(model: CycleGAN, split: Split) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The validation images (x, y) of each domain, kept out of training to choose between variants: the last
+    `validation` train images of a (the config's train max_train stops a's batches before them: 4,500 - validation)
+    and of b (domain_b_batch never draws them)."""
+    n, b = model.config.validation, digits28(model.config.mnist_frame)
+    return {"a": (split.x_train[-n:], split.y_train[-n:]), "b": (b.x_train[-n:], b.y_train[-n:])}
+
+
+def _survival(there: nn.Module, back: nn.Module, x: np.ndarray, y: np.ndarray, judge: quality.Classifier,
+              shipped: quality.Classifier, reference: np.ndarray) -> dict:
+    """One direction on source images x [N, 1, 28, 28] with labels y [N]: cycle L1 (0..1 intensities), class
+    survival by the target domain's judge and by the shipped classifier, and FID to the reference features."""
+    translated = translate(there, x)
+    probs, features = quality.classify(judge, translated, LEVELS)
+    return {"cycle_l1": float(np.abs(translate(back, translated) / 255 - x / 255).mean()),
+            "class_survival": float((probs.argmax(1) == y).mean()),
+            "class_survival_shipped_classifier": quality.accuracy(shipped, translated, y, LEVELS),
+            "fid": quality.fid(features, reference)}
 
 
 def evaluate_test(model: CycleGAN, split: Split, classifier_dir: Path = quality.SHIPPED) -> dict:
@@ -259,39 +374,40 @@ def evaluate_test(model: CycleGAN, split: Split, classifier_dir: Path = quality.
     digits-28: 179):
     - cycle_l1: mean |source -> target -> source - source| on 0..1 intensities;
     - class_survival: a classifier trained on the target domain agrees with the source label (for b -> a: the shipped
-      classifier, trained on mnist5k's train split; for a -> b: the same CNN trained on digits-28's train split),
-      beside its agreement on the untranslated source images (`class_survival_untranslated`) and the shipped
-      classifier's on the translations;
+      classifier, trained on mnist5k's train split; for a -> b: `target_classifier`, trained on digits-28's train
+      split), beside its agreement on the untranslated source images (`class_survival_untranslated`) and the
+      shipped classifier's on the translations;
     - fid: Frechet distance of that classifier's penultimate features (128) between the translations and the
       target domain's train images, beside the untranslated source images' (`fid_untranslated`) and the target's
       own test images' (`fid_real_target`, the ceiling; a different N where the domains' test sets differ);
     - a -> b only, a translation by hand that keeps each digit's shape: mnist5k's test digits made into 8x8 digits
       as scikit-learn's were (`optdigits`) and upscaled as domain b; class survival of these by b's classifier
-      (`a_to_b_class_survival_rendered`) and by the shipped one (`..._rendered_shipped_classifier`).
+      (`a_to_b_class_survival_rendered`) and by the shipped one (`..._rendered_shipped_classifier`);
+    - with `validation`, the same survival, cycle L1 and FID on each domain's held-out train images (`held_out`),
+      keys prefixed validation_.
     """
     shipped, _ = quality.load_classifier(classifier_dir)
     framed = model.config.mnist_frame
     domain_a, domain_b = split, digits28(framed)
     judge_b = target_classifier(mnist_frame=framed)
+    held = held_out(model, split) if model.config.validation else {}
     report = {}
     for direction, source, target, there, back, judge in (
             ("a_to_b", domain_a, domain_b, model.g_ab, model.g_ba, judge_b),
             ("b_to_a", domain_b, domain_a, model.g_ba, model.g_ab, shipped)):
-        translated = translate(there, source.x_test)
-        cycled = translate(back, translated)
         reference = quality.classify(judge, target.x_train, LEVELS)[1]
-        probs, features = quality.classify(judge, translated, LEVELS)
         report |= {f"{direction}_{key}": value for key, value in {
-            "test_images": len(translated),
-            "cycle_l1": float(np.abs(cycled / 255 - source.x_test / 255).mean()),
-            "class_survival": float((probs.argmax(1) == source.y_test).mean()),
+            "test_images": len(source.x_test),
+            **_survival(there, back, source.x_test, source.y_test, judge, shipped, reference),
             "class_survival_untranslated": quality.accuracy(judge, source.x_test, source.y_test, LEVELS),
-            "class_survival_shipped_classifier": quality.accuracy(shipped, translated, source.y_test, LEVELS),
             "target_classifier_real_accuracy": quality.accuracy(judge, target.x_test, target.y_test, LEVELS),
-            "fid": quality.fid(features, reference),
             "fid_untranslated": quality.fid(quality.classify(judge, source.x_test, LEVELS)[1], reference),
             "fid_real_target": quality.fid(quality.classify(judge, target.x_test, LEVELS)[1], reference),
         }.items()}
+        if held:
+            x, y = held[direction[0]]
+            report |= {f"validation_{direction}_{key}": value
+                       for key, value in _survival(there, back, x, y, judge, shipped, reference).items()}
     rendered = upscale(optdigits(domain_a.x_test), border=4 if framed else 0)  # [500, 1, 28, 28]
     report["a_to_b_class_survival_rendered"] = quality.accuracy(judge_b, rendered, domain_a.y_test, LEVELS)
     report["a_to_b_class_survival_rendered_shipped_classifier"] = quality.accuracy(shipped, rendered, domain_a.y_test,
@@ -322,3 +438,7 @@ def exported_functions(model: CycleGAN, split: Split) -> tuple[dict, dict]:
     functions = {"a_to_b": (Translate(model.g_ab), {"source": source}, ["x"]),
                  "b_to_a": (Translate(model.g_ba), {"source": source}, ["x"])}
     return functions, {"translate": capability}
+
+
+if __name__ == "__main__":  # python -m training.families.cyclegan: the judge candidates' table (minutes)
+    print(json.dumps(choose_judge(), indent=2))
