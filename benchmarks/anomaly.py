@@ -24,6 +24,16 @@ training/configs/*-background.json) are no subjects of the table.
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/anomaly.py [--models pixelcnn rbm] [--n 64] [--k 100] [--write]
     .venv/bin/python benchmarks/anomaly.py --merge part1.json part2.json   # the tables of runs split by --models
     .venv/bin/python benchmarks/anomaly.py --merge part.json --write ...   # write the manifests from a run's rows
+
+Two modes check and redo step 2 alone on the store as it is: `--check-calibration` (the default detectors' flag on
+all 250 digits of half B against the threshold, with a binomial and a permutation p-value:
+benchmarks/results/anomaly-calibration.md) and `--recalibrate` (the manifests' calibration.detectors quantiles
+re-estimated by anomaly.calibration_for from their held-out scores, recomputed as step 2 computed them and checked
+against the stored quantiles first; defaults and everything else unchanged).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/anomaly.py --check-calibration \
+        --out benchmarks/results/anomaly-calibration.md --json benchmarks/results/anomaly-calibration.json
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/anomaly.py --recalibrate [--models vae rbm]
 """
 
 import argparse
@@ -38,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from scipy import stats
 from sklearn.datasets import load_digits
 from tqdm import tqdm
 
@@ -56,6 +67,8 @@ FIT_CHUNK = 250
 QUANTILES = [round(q, 3) for q in np.linspace(0, 1, 201)]
 HIERARCHY_SKIP = 1  # the hierarchical ratio's k: the lowest latent layer from its conditional prior (hvae has two)
 BOOTSTRAP = 200
+PERMUTATIONS = 2000
+FRESH_SEED = 10_000  # the fresh digits' noise: chunk seeds other than the calibration's
 CHOOSE_KINDS = ["erased", "pixel noise", "mixture", "two halves", "uniform noise"]
 REPORT_KINDS = ["letters", "symbols", "rotated", "flipped", "shrunk", "permuted pixels", "sklearn digits",
                 "inverted", "blurred", "random strokes"]
@@ -346,6 +359,130 @@ async def evaluate(engine: Engine, name: str, n: int, n_cal: int, seed: int, k: 
             "options": options}
 
 
+def halves(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The test split's calibration half A and report half B (indices), as `evaluate` draws them."""
+    order = np.random.default_rng([seed, 17]).permutation(TEST_SIZE)
+    return np.sort(order[:TEST_SIZE // 2]), np.sort(order[TEST_SIZE // 2:])
+
+
+async def served(engine: Engine, name: str, x: np.ndarray, seed: int, entry: dict) -> np.ndarray:
+    """The default detector's scores [B] as the service answers them, in chunks, chunk i seeded seed + its start
+    (seed 0: the calibration's own seeds); a bound asked at the entry's k and method (any other gives the same
+    anomaly scores, after computing a second bound)."""
+    bound = dict(zip(("k", "method"), anomaly.bound_settings(entry) or (), strict=False))
+    parts = [await engine.score(name, x[start:start + CHUNK], seed=seed + start, **bound)
+             for start in range(0, len(x), CHUNK)]
+    return np.array([r["anomaly"]["score"] for part in parts for r in part])
+
+
+def binomial_tail(flags: int, n: int, p: float) -> float:
+    """P(X >= flags), X ~ Binomial(n, p)."""
+    return float(stats.binom.sf(flags - 1, n, p))
+
+
+def exchangeable_tail(held_out: np.ndarray, fresh: np.ndarray, q: float, method: str, flags: int,
+                      rng: np.random.Generator, draws: int = PERMUTATIONS) -> tuple[float, float]:
+    """(mean flags, P(flags >= observed)) when held-out and fresh scores are exchangeable (a calibrated detector):
+    the pooled scores split at random into the two sizes, thresholded by the same quantile estimate."""
+    pooled = np.concatenate([held_out, fresh])
+    counts = []
+    for _ in range(draws):
+        order = rng.permutation(len(pooled))
+        cal, test = pooled[order[:len(held_out)]], pooled[order[len(held_out):]]
+        counts.append(int(np.count_nonzero(test >= np.quantile(cal, q, method=method))))
+    counts = np.array(counts)
+    return float(counts.mean()), float(np.mean(counts >= flags))
+
+
+async def check_calibration(engine: Engine, name: str, seed: int) -> dict:
+    """The default detector's flag on test digits that neither the choice (training digits) nor its calibration
+    used: its false-positive rate against the threshold, a binomial p-value, and a permutation p-value that also
+    counts the threshold's own sampling error. The held-out scores are recomputed through the service at the
+    calibration's seeds and compared with the stored quantiles (equal where the calibration is the served score)."""
+    m = engine.model(name)
+    detector = anomaly.default_detector(m.manifest)
+    entry = anomaly.calibration_entry(m.manifest, detector)
+    q = m.manifest["calibration"]["threshold_quantile"]
+    x = load(DATASETS[m.data["levels"]]).x_test
+    half_a, half_b = halves(seed)
+    calibrated_on_half_a = entry["split"].endswith(f"half A (250 of 250, seed {seed})")
+    held_out_x, fresh_x = (x[half_a], x[half_b]) if calibrated_on_half_a else (x, x[:0])
+    held_out = await served(engine, name, held_out_x, 0, entry)
+    stored = np.asarray(entry["values"])
+    method = entry.get("quantile_method", "linear")
+    recomputed = np.quantile(held_out, entry["quantiles"], method=method)
+    row = {"model": name, "detector": detector, "split": entry["split"], "n_cal": len(held_out),
+           "reproduced": float(np.max(np.abs(recomputed - stored)) / (stored[-1] - stored[0])),
+           "expected_fpr": 1 - q, "n_fresh": len(fresh_x)}
+    if len(fresh_x):
+        fresh = await served(engine, name, fresh_x, FRESH_SEED, entry)
+        flagged = anomaly.percentile(entry, fresh) >= q * 100.0
+        flags = int(np.count_nonzero(flagged))
+        mean, tail = exchangeable_tail(held_out, fresh, q, method, flags, np.random.default_rng([seed, 5]))
+        row |= {"flags": flags, "fpr": flags / len(fresh), "binomial_p": binomial_tail(flags, len(fresh), 1 - q),
+                "exchangeable_mean": mean, "exchangeable_p": tail, "flagged": half_b[flagged].tolist()}
+    return row
+
+
+async def recalibrate(engine: Engine, store: Path, name: str, seed: int) -> list[str]:
+    """Rewrite the quantiles of the manifest's `calibration.detectors` from their held-out scores by
+    anomaly.calibration_for's estimator; everything else (default, mix standardization, latent Gaussian, background,
+    k) stays. The held-out scores are recomputed as `evaluate` computed them, and must reproduce the stored quantiles
+    by their own estimator first. Returns the detectors rewritten."""
+    m = engine.model(name)
+    entries = {d: e for d, e in m.manifest["calibration"].get("detectors", {}).items()
+               if e["split"].endswith(f"half A (250 of 250, seed {seed})")}
+    if not entries:
+        return []
+    (k,) = {e.get("k", 0) for e in entries.values()}
+    need = {p for d in entries for p in anomaly.components(d)}
+    x = load(DATASETS[m.data["levels"]]).x_test[halves(seed)[0]]
+    feats = await features(engine, name, x, score_options(engine, name, k), need)
+    if "latent_mahalanobis" in need:
+        feats["latent_mahalanobis"] = anomaly.latent_mahalanobis(feats["latent_mean"], feats["latent_std"],
+                                                                 entries["latent_mahalanobis"]["latent"])
+    path = store / name / "1" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for d, entry in entries.items():
+        held_out = scores(d, feats, entry)
+        stored = np.asarray(entry["values"])
+        gap = np.abs(np.quantile(held_out, entry["quantiles"], method=entry.get("quantile_method", "linear")) - stored)
+        if gap.max() > 1e-5 * (stored[-1] - stored[0]):
+            raise SystemExit(f"{name} {d}: the held-out scores do not reproduce the stored quantiles ({gap.max():.3g})")
+        manifest["calibration"]["detectors"][d] |= anomaly.calibration_for(held_out, entry["score"], entry["split"],
+                                                                           entry["quantiles"])
+    path.write_text(json.dumps(manifest, indent=2))  # as the manifests are written: no final newline
+    return sorted(entries)
+
+
+def calibration_table(rows: list[dict], command: str) -> str:
+    lines = ["# Anomaly calibration: the default detector's flag on fresh test digits\n", f"    {command}\n",
+             "Fresh: the test split's half B (250 digits), which neither the choose step (training digits) nor the "
+             "calibration (half A) used, scored through the service (chunks of 25, seeds "
+             f"{FRESH_SEED} + start). `p binomial`: P(X >= flags), X ~ Binomial(n, 0.01), the threshold taken as "
+             "exact. `p exchangeable`: the same tail when half A and half B are exchangeable (a calibrated score), "
+             f"from {PERMUTATIONS} random splits of the pooled 500 scores, each thresholded by the same quantile "
+             "estimate, so that it also counts the threshold's sampling error; `E flags` its mean. `reproduced`: the "
+             "largest gap between the stored quantiles and those of the held-out scores recomputed through the "
+             "service at the calibration's seeds, over the stored range (0: the calibration is the served "
+             "score).\n",
+             "| model | default | calibration | reproduced | fresh n | flags | FPR | p binomial | E flags | "
+             "p exchangeable |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        fresh = (f"{r['n_fresh']} | {r['flags']} | {r['fpr']:.3f} | {r['binomial_p']:.3f} | "
+                 f"{r['exchangeable_mean']:.2f} | {r['exchangeable_p']:.3f}") if r["n_fresh"] else \
+            "0 | - | - | - | - | - (every test digit calibrates it)"
+        lines.append(f"| {r['model']} | {r['detector']} | {r['split']} (n={r['n_cal']}) | {r['reproduced']:.1e} | "
+                     f"{fresh} |")
+    tested = [r for r in rows if r["n_fresh"]]
+    lines += ["\nThe flagged fresh digits (indices into the test split):\n"]
+    lines += [f"- {r['model']}: {r['flagged']}" for r in tested]
+    flags, n = sum(r["flags"] for r in tested), sum(r["n_fresh"] for r in tested)
+    lines.append(f"\nAll {len(tested)} tested models together: {flags} flags of {n} fresh digits, FPR {flags / n:.4f}; "
+                 f"P(X >= {flags}), X ~ Binomial({n}, 0.01) = {binomial_tail(flags, n, 0.01):.3g}.")
+    return "\n".join(lines) + "\n"
+
+
 def scoring_models(engine: Engine, wanted: list[str] | None) -> list[str]:
     names = [name for name, m in sorted(engine.models.items())
              if "score" in m.capabilities and m.data["kind"] == "image" and m.shape == SHAPE
@@ -415,6 +552,22 @@ async def run(args) -> list[dict]:
     return rows
 
 
+async def check_all(args) -> list[dict]:
+    engine = Engine(ModelStore(args.store), Settings(intra_op_threads=1))
+    rows = []
+    for name in scoring_models(engine, args.models):
+        rows.append(await check_calibration(engine, name, args.seed))
+        print(rows[-1], file=sys.stderr)
+        Path(args.json).write_text(json.dumps(rows))
+    return rows
+
+
+async def recalibrate_all(args) -> None:
+    engine = Engine(ModelStore(args.store), Settings(intra_op_threads=1))
+    for name in scoring_models(engine, args.models):
+        print(name, "rewrote", await recalibrate(engine, args.store, name, args.seed), file=sys.stderr)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", type=Path, default=Path("models"))
@@ -427,12 +580,25 @@ def main() -> None:
                         "(with --merge: from the merged rows)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/anomaly.md"))
     parser.add_argument("--json", default="benchmarks/results/anomaly.json")
+    parser.add_argument("--check-calibration", action="store_true", help="instead of running: the default "
+                        "detectors' flag rate on fresh test digits (--out anomaly-calibration.md)")
+    parser.add_argument("--recalibrate", action="store_true", help="instead of running: rewrite the "
+                        "quantiles of calibration.detectors by anomaly.calibration_for from recomputed held-out scores")
     parser.add_argument("--merge", nargs="+", type=Path, help="instead of running: the tables of these --json files' "
                         "rows, a model's row from the last file that has it (runs split by --models)")
     args = parser.parse_args()
     threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
     command = threads + shlex.join([os.path.relpath(sys.executable), *sys.argv])
     start = time.perf_counter()
+    if args.recalibrate:
+        asyncio.run(recalibrate_all(args))
+        return
+    if args.check_calibration:
+        rows = asyncio.run(check_all(args))
+        text = calibration_table(rows, command)
+        print(text)
+        args.out.write_text(text)
+        return
     if args.merge:
         rows = list({r["model"]: r for path in args.merge for r in json.loads(path.read_text())}.values())
         rows.sort(key=lambda r: r["model"])

@@ -28,7 +28,8 @@ Per-input detectors (from what the engine computes for the input):
   ridge: the calibration entry's `latent`, `{"features", "mean": [F], "precision": [F, F]}`). For a model whose
   manifest has an `encode` function (the VAEs, the BiGAN).
 - `mix:<a>+<b>...`: the sum of the named detectors' scores, each standardized by a mean and standard deviation
-  stored in the calibration entry (fit on the choice data, never on the calibration data).
+  stored in the calibration entry (fit on the choice data, never on the calibration data); served only where each
+  part has its own calibration entry too.
 
 Batch detector:
 - `typicality`: Nalisnick et al. 2019's typicality test over a request's inputs: the statistic |mean NLL - H|,
@@ -58,6 +59,7 @@ from service.engine import latent
 
 TYPICALITY_DRAWS = 4000
 TYPICALITY_SEED = 17
+QUANTILE_METHOD = "weibull"  # numpy's name for the quantile at rank q (n + 1): calibration_for
 LATENT_RIDGE = 1e-3  # added to the latent covariance's diagonal, times its mean variance
 
 
@@ -91,6 +93,15 @@ def calibration_entry(manifest: dict, detector: str) -> dict | None:
 def components(detector: str) -> list[str]:
     """The per-input detectors a detector needs: itself, or a mix's parts."""
     return detector[len("mix:"):].split("+") if detector.startswith("mix:") else [detector]
+
+
+def uncalibrated_parts(manifest: dict, detector: str) -> list[str]:
+    """The parts of a detector (itself, or a mix's parts) without a calibration entry of their own (the base detector's
+    is the top-level one): a mix is served only when each part is calibrated alone, which also holds what a part
+    computes from (the latent Mahalanobis score's Gaussian, the hierarchical ratio's skip, the likelihood ratio's
+    background)."""
+    calibrated = {base_detector(manifest)} | set(manifest["calibration"].get("detectors", {}))
+    return [part for part in components(detector) if part not in calibrated]
 
 
 def background(manifest: dict) -> str | None:
@@ -160,7 +171,8 @@ def hierarchical_ratio(log_w: np.ndarray, method: str, skip: int) -> np.ndarray:
 
 def available(manifest: dict, capability: dict, function_inputs, has_background: bool = False) -> list[str]:
     """Every detector this model can answer: computable from its functions (the likelihood ratio: when its
-    background model is served), and calibrated (typicality rides on the `nll` calibration)."""
+    background model is served), and calibrated (typicality rides on the `nll` calibration; a mix: each part
+    too)."""
     if capability.get("method") == "critic":
         computable = {"critic"} | ({"reconstruction"} if {"encode", "decode"} <= set(manifest["functions"]) else set())
     else:
@@ -182,7 +194,7 @@ def available(manifest: dict, capability: dict, function_inputs, has_background:
     calibrated = {base_detector(manifest)} | set(manifest["calibration"].get("detectors", {}))
     names = [d for d in sorted(computable) if d == "typicality" or d in calibrated]
     names += [d for d in sorted(manifest["calibration"].get("detectors", {}))
-              if d.startswith("mix:") and set(components(d)) <= computable]
+              if d.startswith("mix:") and set(components(d)) <= computable and not uncalibrated_parts(manifest, d)]
     return names
 
 
@@ -262,9 +274,12 @@ def typicality_answer(nll: np.ndarray, entry: dict) -> list[dict]:
 
 
 def calibration_for(scores: np.ndarray, score_kind: str, split: str, quantiles: list[float]) -> dict:
-    """A detector's calibration entry from held-out in-distribution scores."""
-    return {"score": score_kind, "quantiles": quantiles, "values": np.quantile(scores, quantiles).tolist(),
-            "n": len(scores), "split": split}
+    """A detector's calibration entry from n held-out in-distribution scores: quantile q at rank q (n + 1) of the
+    sorted scores (`weibull`), where a fresh score's rank among them is uniform, so that a flag at q has false-positive
+    rate 1 - q in the mean over calibrations (numpy's default rank 1 + q (n - 1) has 1.4% at 0.99 with n = 250)."""
+    return {"score": score_kind, "quantiles": quantiles,
+            "values": np.quantile(scores, quantiles, method=QUANTILE_METHOD).tolist(), "n": len(scores),
+            "split": split, "quantile_method": QUANTILE_METHOD}
 
 
 SCORE_KINDS = {"nll": "nll_nats", "critic": "negative_critic", "complexity": "nll_bits_minus_png_bits",

@@ -97,12 +97,15 @@ class ScoringOperations:
         """The anomaly detector a request names, or the model's default; InvalidInput if it cannot answer it."""
         detector = anomaly.default_detector(m.manifest) if anomaly_method is None else anomaly_method
         names = anomaly.available(m.manifest, cap, m.function_inputs, self._has_background(m))
-        if anomaly_method is None and detector not in names:  # a default whose background model is not served
-            detector = anomaly.base_detector(m.manifest)  # the answer's `method` says so
-        if detector not in names:
-            raise InvalidInput(f"anomaly_method: model {m.manifest['name']!r} has no calibrated detector "
-                               f"{detector!r}; it has {names}", field="anomaly_method")
-        return detector
+        if detector in names:
+            return detector
+        missing = anomaly.uncalibrated_parts(m.manifest, detector)
+        if anomaly_method is None and not missing:  # a default whose background model is not served
+            return anomaly.base_detector(m.manifest)  # the answer's `method` says so
+        which = "its default detector" if anomaly_method is None else "no calibrated detector"
+        parts = f" (no calibration entry for {missing})" if detector.startswith("mix:") and missing else ""
+        raise InvalidInput(f"anomaly_method: model {m.manifest['name']!r} has {which} {detector!r}{parts}; "
+                           f"name one of {names}", field="anomaly_method")
 
     async def _calibrated_bound(self, m: LoadedModel, cap: dict, x: np.ndarray, results: list[dict], detector: str,
                                 seed: int) -> None:
