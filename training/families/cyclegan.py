@@ -14,7 +14,8 @@ Adversarial Domain Adaptation"): f_a, a classifier trained on domain a's labelle
 still read a's label in its translation to b. It uses domain a's labels (never b's); CyCADA's target side term,
 CE(f_a(G_ba(b)), argmax f_a(b)), is left out: an mnist5k classifier misreads about a third of framed b's test digits
 (the shipped one reads 0.698 of them right: `b_to_a_class_survival_untranslated`), so its guesses would pull G_ba
-towards wrong classes. No image pool, no dropout: translation is deterministic.
+towards wrong classes. With `whole_image_critic`, each domain also has a whole-image critic (the DCGAN critic: one
+score per image) whose LSGAN terms add to the PatchGAN's. No image pool, no dropout: translation is deterministic.
 
 The two domains share no pairs: a is mnist5k (training/data's split), b is scikit-learn's digits (a different set
 of writers, collected apart), each 8x8 image (levels 0..16) upscaled bilinearly to 28x28 and rescaled to levels
@@ -23,7 +24,10 @@ takes the loop's batch of a and a batch of b drawn independently (seeded by the 
 training, and a's only by the semantic loss when it is on. Exported: `a_to_b` and `b_to_a`, each source
 [B, 1, 28, 28] int64 levels 0..255 -> x [B, 1, 28, 28] int64 levels; capability translate (procedure direct) names
 them under `directions` (a_to_b is the default). `evaluate_test`: per direction, the cycle reconstruction error,
-class survival and FID to the target domain (see its docstring).
+class survival and FID to the target domain (see its docstring); a -> b's judge is a classifier trained on b's train
+images and augmented copies of them (`augment`, settings `JUDGE`, chosen by `choose_judge` without translations:
+`python -m training.families.cyclegan`). With `validation` (n), the last n train images of each domain are kept out
+of training (a's by the train setting max_train) and scored apart, to compare variants without the test images.
 """
 
 import functools
