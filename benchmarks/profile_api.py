@@ -9,7 +9,7 @@ idle threads not sampled) for --duration-s. Then it prints, for each process:
 
 - its CPU use over the recording (cores, from /proc) and the load's throughput meanwhile;
 - self time by library: the share of samples whose innermost frame is in each library (json, asyncio, h11,
-  uvicorn, starlette, fastapi, pydantic, genserve's api/engine/grpc packages, zmq, grpc, numpy, logging, threads);
+  uvicorn, starlette, fastapi, pydantic, genserve's api/engine/grpc packages, grpc, numpy, logging, threads);
 - inclusive time of the parts of the hot path (a sample counts once for each part its stack passes through);
 - the top functions by self time.
 
@@ -65,7 +65,6 @@ LIBRARIES = [
     ("prometheus_client", r"prometheus_client"),
     ("grpc", r"[(/]grpc/|_cygrpc"),
     ("protobuf", r"[(/]google/protobuf/|_message\.abi3|PyUpb|upb_"),
-    ("zmq", r"[(/]zmq/"),
     ("numpy", r"[(/]numpy/|_multiarray"),
     ("onnxruntime", r"onnxruntime"),
     ("genserve api", r"[(/]service/api/"),
@@ -107,7 +106,7 @@ PARTS = [
     ("engine: infer checks (levels, shapes)",
      r"(check_levels|check_batch|_input_levels|infer) \((.*/)?service/engine/"),
     ("engine: dynamic batcher", r"[(/]service/engine/scheduler\.py"),
-    ("engine: worker IPC (pack/unpack, zmq)", r"[(/]service/engine/workers\.py|[(/]zmq/"),
+    ("engine: worker IPC (pack/unpack, channel)", r"[(/]service/engine/(workers|channel)\.py"),
     ("prometheus metrics", r"prometheus_client"),
     ("threads (to_thread, executors, thread switches)", r"[(/]threading\.py|[(/]concurrent/futures/|to_thread"),
     ("asyncio event loop (select, callbacks)", r"_run_once \(|select \((.*/)?selectors\.py"),

@@ -1,61 +1,93 @@
-"""A zmq DEALER socket on the running asyncio loop, without pyzmq's asyncio layer.
+"""Messages between the API process and an engine worker: one Unix stream socket, watched by the event loop.
 
-The API process and each engine worker exchange every call over one of these. pyzmq's asyncio sockets
-make a future, a poller registration and a callback for every receive; here the loop watches the socket's
-file descriptor and a callback drains every message that is waiting, without blocking, into `on_message`.
-Sends never wait: the send queue is unbounded (the schedulers bound what is in flight).
+A message is a list of frames (a JSON header, then each tensor's raw bytes: workers.pack). On the wire it is the
+frame count (u32), each frame's length (u64 each), then the frames, written with one writelines. There is no
+broker and no I/O thread: a send is one socket write and a receive is the loop's own wake-up (zmq, used before,
+woke its I/O thread on both sides of every message: about 100 us and 45 us of CPU per side for a small round trip,
+against 15 and 6 here; benchmarks/results/grpc_costs.md).
 
-zmq's descriptor is edge-triggered and a send can consume the edge of a message that arrived meanwhile,
-so every send also schedules one more drain.
+The API process listens (`listen`); the worker connects (`connect`). Sends never wait: what the peer has not read
+yet stays in the transport's buffer (the schedulers bound what is in flight). `closed` is done when the
+connection ends, so a worker whose API process died learns it at once.
 """
 
 import asyncio
+import struct
 from collections.abc import Callable
 
-import zmq
+COUNT = struct.Struct("<I")  # frames in the message
+Frames = list  # bytes-like objects to send; memoryviews of one received message's bytes
 
-Frames = list  # one message: zmq.Frame each (received without copying), or buffers to send
 
-
-class Channel:
-    def __init__(self, context: zmq.Context, on_message: Callable[[Frames], None], *, bind: str = "",
-                 connect: str = ""):
-        """A DEALER socket of `context` (a plain, not asyncio, context) bound to `bind` or connected to `connect`,
-        watched from now on: on_message(frames) is called on the loop for each message received, in order.
-        Until a peer connects to a bound channel, a send raises zmq.Again."""
-        self.socket = context.socket(zmq.DEALER)
-        self.socket.setsockopt(zmq.LINGER, 0)  # a message nobody will read never holds up a close
-        self.socket.setsockopt(zmq.SNDHWM, 0)  # before bind/connect, which make the pipes
-        if bind:
-            self.socket.bind(bind)
-        else:
-            self.socket.connect(connect)
+class Channel(asyncio.Protocol):
+    def __init__(self, on_message: Callable[[Frames], None]):
+        """on_message(frames) is called on the loop for each message received, in order."""
         self.on_message = on_message
-        self.loop = asyncio.get_running_loop()
-        self.drain_scheduled = False
-        self.loop.add_reader(self.socket.getsockopt(zmq.FD), self._drain)
-        self._schedule_drain()  # in case a message came before the loop watched the descriptor
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.closed = asyncio.get_running_loop().create_future()
+
+    # --- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while (frames := self._next_message()) is not None:
+            self.on_message(frames)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    # --- use
 
     def send(self, frames: Frames) -> None:
-        """Queue one message (raises zmq.ZMQError when the socket cannot take it, e.g. closed)."""
-        self.socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
-        self._schedule_drain()
+        """Queue one message; ConnectionError when the connection is not (or no longer) there."""
+        if self.transport is None or self.transport.is_closing():
+            raise ConnectionError("the channel is closed")
+        lengths = [memoryview(frame).nbytes for frame in frames]
+        self.transport.writelines([COUNT.pack(len(frames)) + struct.pack(f"<{len(frames)}Q", *lengths), *frames])
 
     def close(self) -> None:
-        if not self.socket.closed:
-            self.loop.remove_reader(self.socket.getsockopt(zmq.FD))
-            self.socket.close(linger=0)
+        if self.transport is not None:
+            self.transport.close()
 
-    def _schedule_drain(self) -> None:
-        if not self.drain_scheduled:
-            self.drain_scheduled = True
-            self.loop.call_soon(self._drain)
+    def _next_message(self) -> Frames | None:
+        """The first whole message in the buffer, taken out of it (None: not all of it has arrived)."""
+        if len(self.buffer) < COUNT.size:
+            return None
+        (count,) = COUNT.unpack_from(self.buffer)
+        start = COUNT.size + 8 * count
+        if len(self.buffer) < start:
+            return None
+        lengths = struct.unpack_from(f"<{count}Q", self.buffer, COUNT.size)
+        end = start + sum(lengths)
+        if len(self.buffer) < end:
+            return None
+        message = memoryview(bytes(self.buffer[start:end]))  # one copy; the frames view it
+        del self.buffer[:end]
+        frames, offset = [], 0
+        for length in lengths:
+            frames.append(message[offset: offset + length])
+            offset += length
+        return frames
 
-    def _drain(self) -> None:
-        self.drain_scheduled = False
-        while not self.socket.closed:
-            try:
-                frames = self.socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            self.on_message(frames)
+
+async def listen(path: str, on_message: Callable[[Frames], None],
+                 on_connected: Callable[[Channel], None]) -> asyncio.AbstractServer:
+    """Listen on the Unix socket `path`; each connection gets a Channel, handed to on_connected(channel)."""
+    def connected() -> Channel:
+        channel = Channel(on_message)
+        on_connected(channel)
+        return channel
+
+    return await asyncio.get_running_loop().create_unix_server(connected, path)
+
+
+async def connect(path: str, on_message: Callable[[Frames], None]) -> Channel:
+    """A Channel connected to the listener at `path`."""
+    channel = Channel(on_message)
+    await asyncio.get_running_loop().create_unix_connection(lambda: channel, path)
+    return channel

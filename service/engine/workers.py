@@ -7,8 +7,8 @@ beside the runtimes (service.engine.worker_procedures: its state never crosses p
 schedulers stay in the API process, next to the requests they serve.
 
 WorkerPool starts one worker process per visible CUDA device, else one CPU worker. A call
-travels over zmq (ipc://) as a JSON header frame and one raw buffer frame per tensor: no
-pickle on the hot path, and the receiver wraps the frames without copying them. When a worker
+travels over a Unix socket (service.engine.channel) as a JSON header frame and one raw buffer frame per
+tensor: no pickle on the hot path, and the receiver's arrays view the message's bytes. When a worker
 dies its in-flight calls fail at once with WorkerLost (503; gRPC UNAVAILABLE) and it is started
 again; a worker that takes longer than call_timeout_s over one call is killed, which takes the
 same path. While no worker is up, ready() is False and a new call waits (at most
@@ -17,6 +17,7 @@ restarted worker instead of failing.
 """
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -33,9 +34,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import zmq
 
 from service import event_loop, logs
+from service.engine import channel
 from service.engine.channel import Channel
 from service.engine.errors import WorkerLost
 from service.engine.runtimes import TensorFunction, import_torch, load_function
@@ -122,16 +123,16 @@ class InProcess:
 
 
 def pack(header: dict, arrays: Arrays) -> list:
-    """[JSON header with each tensor's name, dtype and shape, then each tensor's raw bytes]."""
+    """[JSON header with each tensor's name, dtype and shape, then each tensor's raw bytes (a flat uint8 view)]."""
     arrays = {name: np.asarray(a, order="C") for name, a in arrays.items()}  # (ascontiguousarray makes 0-d 1-d)
     header = {**header, "tensors": [[name, a.dtype.str, list(a.shape)] for name, a in arrays.items()]}
-    return [json.dumps(header).encode(), *arrays.values()]
+    return [json.dumps(header).encode(), *(a.reshape(-1).view(np.uint8) for a in arrays.values())]
 
 
 def unpack(frames: list) -> tuple[dict, Arrays]:
     """The header and the tensors of a packed message; the arrays view the frames' memory (no copy)."""
-    header = json.loads(bytes(frames[0].buffer))
-    arrays = {name: np.frombuffer(frame.buffer, np.dtype(dtype)).reshape(shape)
+    header = json.loads(bytes(frames[0]))
+    arrays = {name: np.frombuffer(frame, np.dtype(dtype)).reshape(shape)
               for (name, dtype, shape), frame in zip(header.pop("tensors"), frames[1:], strict=True)}
     return header, arrays
 
@@ -139,15 +140,14 @@ def unpack(frames: list) -> tuple[dict, Arrays]:
 # --- the worker process ----------------------------------------------------------------------------------------------
 
 
-def worker_main(address: str, directories: dict[str, str], runtime: str, threads: int, device: int | None,
-                parent: int) -> None:
-    """Entry point of a worker process: answer calls until the API process `parent` goes, loading every model's
+def worker_main(address: str, directories: dict[str, str], runtime: str, threads: int, device: int | None) -> None:
+    """Entry point of a worker process: answer calls until the API process closes the connection, loading every model's
     functions meanwhile (a call loads the function it needs first, if the preload has not reached it yet)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C drains the API process, which then stops its workers
     logs.configure(Settings().log_format, f"%(asctime)s %(levelname)s worker[{os.getpid()}]: %(message)s")
     functions = Functions({m: Path(d) for m, d in directories.items()}, runtime, threads, device)
     threading.Thread(target=_preload, args=(functions,), name="preload", daemon=True).start()
-    event_loop.run(_answer_calls(address, functions, parent))
+    event_loop.run(_answer_calls(address, functions))
 
 
 def _preload(functions: Functions) -> None:
@@ -156,8 +156,7 @@ def _preload(functions: Functions) -> None:
     log.info("all %d functions loaded in %.1f s", len(functions.specs), time.monotonic() - start)
 
 
-async def _answer_calls(address: str, functions: Functions, parent: int) -> None:
-    context = zmq.Context()
+async def _answer_calls(address: str, functions: Functions) -> None:
     pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="run")
     loop = asyncio.get_running_loop()
 
@@ -177,7 +176,8 @@ async def _answer_calls(address: str, functions: Functions, parent: int) -> None
             reply_header.update(events=e.events, error=e.error.message, code=e.error.code, field=e.error.field)
         except Exception as e:  # noqa: BLE001 - the caller gets the error, the worker lives on
             reply_header["error"] = f"{type(e).__name__}: {e}"
-        channel.send(pack(reply_header, outputs))
+        if not connection.closed.done():
+            connection.send(pack(reply_header, outputs))
 
     tasks: dict[int, asyncio.Task] = {}
 
@@ -190,20 +190,9 @@ async def _answer_calls(address: str, functions: Functions, parent: int) -> None
         task = tasks[header["id"]] = asyncio.create_task(answer(header, feeds))
         task.add_done_callback(lambda _, call_id=header["id"]: tasks.pop(call_id, None))
 
-    channel = Channel(context, received, connect=address)
-    channel.send(pack({"ready": True}, {}))
-    try:
-        await _orphaned(parent)
-    finally:
-        channel.close()
-        context.destroy(linger=0)
-
-
-async def _orphaned(parent: int) -> None:
-    """Return once the process's parent is no longer `parent` (the API process was killed; checked every second),
-    so that the worker exits."""
-    while os.getppid() == parent:
-        await asyncio.sleep(1.0)
+    connection = await channel.connect(address, received)
+    connection.send(pack({"ready": True}, {}))  # no call comes before it, so `connection` is set when one does
+    await connection.closed  # the API process closed it, or died: the worker exits
 
 
 # --- the API side ----------------------------------------------------------------------------------------------------
@@ -240,19 +229,23 @@ class Worker:
         self.failed_starts = 0
         self.process: multiprocessing.Process | None = None
         self.started_at = 0.0
-        self.channel: Channel | None = None
+        self.listener: asyncio.AbstractServer | None = None
+        self.channel: Channel | None = None  # once the process connects
         self.address = ""
 
-    def start(self) -> None:
-        """Spawn the process; up turns True when it answers (it loads the models meanwhile: Functions)."""
+    async def start(self) -> None:
+        """Listen, spawn the process; up turns True when it answers (it loads the models meanwhile: Functions)."""
         self.generation += 1
         self.address = f"{self.pool.sockets_dir}/{self.label.replace(':', '')}-{self.generation}"
-        self.channel = Channel(zmq.Context.instance(), self._received, bind=f"ipc://{self.address}")
-        self.process = self.pool.spawn(f"ipc://{self.address}", self.device)
+        self.listener = await channel.listen(self.address, self._received, self._connected)
+        self.process = self.pool.spawn(self.address, self.device)
         self.process.start()
         self.started_at = time.monotonic()
         asyncio.get_running_loop().add_reader(self.process.sentinel, self._died)
         log.info("engine worker %s: started, pid %d", self.label, self.process.pid)
+
+    def _connected(self, connection: Channel) -> None:
+        self.channel = connection
 
     def _received(self, frames: list) -> None:
         """An answer (or the worker's first message, ready): to the call waiting for it, if it still is."""
@@ -284,7 +277,10 @@ class Worker:
         self.process.join()
         code, was_up = self.process.exitcode, self.up
         self.up = False
-        self.channel.close()
+        self.listener.close()
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
         Path(self.address).unlink(missing_ok=True)
         lost = WorkerLost(f"engine worker {self.label} exited (code {code}) while running this request; "
                           "retry shortly")
@@ -298,7 +294,11 @@ class Worker:
         self.failed_starts = 0 if was_up else self.failed_starts + 1
         self.pool.on_restart()
         delay = RESTART_BACKOFF_S[min(self.failed_starts, len(RESTART_BACKOFF_S) - 1)]
-        asyncio.get_running_loop().call_later(delay, lambda: None if self.stopping else self.start())
+        asyncio.get_running_loop().call_later(delay, self._restart)
+
+    def _restart(self) -> None:
+        if not self.stopping:
+            asyncio.ensure_future(self.start())
 
     async def call(self, model: str, function: str, feeds: Arrays) -> Arrays:
         return (await self.ask({"model": model, "function": function}, feeds))[1]
@@ -317,13 +317,16 @@ class Worker:
         timer = loop.call_later(self.pool.call_timeout_s, self._timed_out, future)
         try:
             try:
+                if self.channel is None:
+                    raise ConnectionError
                 self.channel.send(pack({**header, "id": call_id}, arrays))
-            except zmq.ZMQError:  # the socket closed: the worker has just died
+            except ConnectionError:  # the worker has just died; _died() has run, or soon will
                 raise WorkerLost(f"engine worker {self.label} exited; retry shortly") from None
             return await future
         except asyncio.CancelledError:
-            if self.up:
-                self.channel.send(pack({"cancel": call_id}, {}))
+            if self.up and self.channel is not None:
+                with contextlib.suppress(ConnectionError):  # a worker that is going has nothing to cancel
+                    self.channel.send(pack({"cancel": call_id}, {}))
             raise
         finally:
             timer.cancel()
@@ -347,6 +350,8 @@ class Worker:
             await asyncio.to_thread(self.process.join, 10)
             if self.process.is_alive():
                 self.process.kill()
+        if self.listener is not None:
+            self.listener.close()
 
 
 class WorkerPool:
@@ -364,14 +369,14 @@ class WorkerPool:
         self.workers = [Worker(device, self) for device in (visible_cuda_devices(runtime) or [None])]
 
     def spawn(self, address: str, device: int | None) -> multiprocessing.Process:
-        args = (address, self.directories, self.runtime, self.threads, device, os.getpid())
+        args = (address, self.directories, self.runtime, self.threads, device)
         return multiprocessing.get_context("spawn").Process(target=worker_main, args=args, daemon=True,
                                                             name=f"genserve-worker-{device}")
 
     async def start(self) -> None:
         """Spawn every worker without waiting for them: ready() says when they are up."""
         for worker in self.workers:
-            worker.start()
+            await worker.start()
 
     def ready(self) -> bool:
         """True when every worker answers calls (False while one restarts); models it has not loaded yet load

@@ -1,57 +1,82 @@
-"""service.engine.channel: every message arrives, in order, both ways, while both ends send and receive at once
-(zmq's descriptor is edge-triggered: a drain missed after a send would stall, and the wait_for would fail)."""
+"""service.engine.channel: every message arrives whole and in order, both ways, while both ends send at once, and
+whatever sizes the socket splits them into; a closed peer closes the other end."""
 
 import asyncio
 
-import zmq
+import numpy as np
 
-from service.engine.channel import Channel
+from service.engine import channel
 
 
-async def _exchange(address: str, messages: int) -> tuple[list[int], list[int]]:
-    context = zmq.Context()
-    got_here, got_there, done, connected = [], [], asyncio.Event(), asyncio.Event()
+def _message(n: int) -> list:
+    """Message n: its number, an empty frame, and n % 97 * 1021 bytes (up to about 100 kB: split across reads)."""
+    return [str(n).encode(), b"", np.full(n % 97 * 1021, n % 251, np.uint8)]
 
-    def at_here(frames):  # "hello" first, then the answers
-        if bytes(frames[0].buffer) == b"hello":
-            return connected.set()
-        got_here.append(int(bytes(frames[0].buffer)))
+
+def _check(frames: list) -> int:
+    n = int(bytes(frames[0]))
+    assert len(frames) == 3 and bytes(frames[1]) == b""
+    assert bytes(frames[2]) == bytes(_message(n)[2])
+    return n
+
+
+async def _exchange(path: str, messages: int) -> tuple[list[int], list[int], bool]:
+    got_here, got_there, done, connected = [], [], asyncio.Event(), asyncio.get_running_loop().create_future()
+
+    def at_here(frames):  # the echoes
+        got_here.append(_check(frames))
         if len(got_here) == messages:
             done.set()
 
-    def at_there(frames):  # answers each message at once, and sends one of its own
-        n = int(bytes(frames[0].buffer))
-        got_there.append(n)
-        there_channel.send([str(n).encode()])
+    def at_there(frames):  # echoes each message at once
+        got_there.append(_check(frames))
+        there.send(_message(got_there[-1]))
 
-    here_channel = Channel(context, at_here, bind=address)
-    there_channel = Channel(context, at_there, connect=address)
+    listener = await channel.listen(path, at_here, connected.set_result)
+    there = await channel.connect(path, at_there)
+    here = await asyncio.wait_for(connected, 10)
     try:
-        there_channel.send([b"hello"])  # a bound channel can send once its peer is there
-        await asyncio.wait_for(connected.wait(), 10)
         for n in range(messages):
-            here_channel.send([str(n).encode()])
+            here.send(_message(n))
             if n % 7 == 0:
-                await asyncio.sleep(0)  # let some answers arrive between sends
-        await asyncio.wait_for(done.wait(), 10)
+                await asyncio.sleep(0)  # let some echoes arrive between sends
+        await asyncio.wait_for(done.wait(), 30)
+        here.close()
+        await asyncio.wait_for(there.closed, 10)  # the peer learns that the other end went
+        return got_here, got_there, there.closed.done()
     finally:
-        here_channel.close()
-        there_channel.close()
-        context.destroy(linger=0)
-    return got_here, got_there
+        listener.close()
 
 
-def test_every_message_arrives_in_order_both_ways(tmp_path):
-    got_here, got_there = asyncio.run(_exchange(f"ipc://{tmp_path}/channel", 2000))
-    assert got_there == list(range(2000))
-    assert got_here == list(range(2000))
+def test_every_message_arrives_whole_and_in_order_both_ways(tmp_path):
+    got_here, got_there, peer_closed = asyncio.run(_exchange(str(tmp_path / "channel"), 1000))
+    assert got_there == list(range(1000))
+    assert got_here == list(range(1000))
+    assert peer_closed
 
 
-def test_close_is_idempotent():
-    async def closed_twice():
-        channel = Channel(zmq.Context.instance(), lambda frames: None, connect="ipc:///nonexistent/channel")
-        channel.close()
-        channel.close()  # a second close is a no-op
-        return channel.socket.closed
+def test_a_message_split_anywhere_is_put_back_together():
+    async def feed_in_pieces():
+        received = []
+        receiver = channel.Channel(received.append)
+        sender = channel.Channel(lambda frames: None)
+        wire = []
 
-    assert asyncio.run(closed_twice())
+        class Recorder:  # the sender's transport: keeps what it would write
+            def writelines(self, parts):
+                wire.extend(bytes(memoryview(p).cast("B")) if memoryview(p).nbytes else b"" for p in parts)
+
+            def is_closing(self):
+                return False
+
+        sender.connection_made(Recorder())
+        sender.send([b"header", b"", b"0123456789" * 30])
+        sender.send([b"second"])
+        data = b"".join(wire)
+        for i in range(0, len(data), 7):  # 7 bytes at a time: every split of the length prefix and the frames
+            receiver.data_received(data[i: i + 7])
+        return [[bytes(frame) for frame in frames] for frames in received], receiver.buffer
+
+    received, left = asyncio.run(feed_in_pieces())
+    assert received == [[b"header", b"", b"0123456789" * 30], [b"second"]]
+    assert left == b""
