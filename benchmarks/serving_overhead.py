@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                               "goal met", "calls"], rows))
         print("\np50: median over the rounds of each point's p50; added: median over the rounds of the path's p50 "
               "minus the same round's in-process p50 (the model run in the calling process, on a thread); added "
-              "over the worker hop: the same against Engine.infer through the engine worker process (zmq), i.e. "
+              "over the worker hop: the same against Engine.infer through the engine worker process, i.e. "
               "what HTTP or gRPC alone adds. REST and gRPC p50 include the client's own time (wrk; grpc.aio in "
               "Python)\n")
 

@@ -3,8 +3,7 @@
 A message is a list of frames (a JSON header, then each tensor's raw bytes: workers.pack). On the wire it is the
 frame count (u32), each frame's length (u64 each), then the frames, written with one writelines. There is no
 broker and no I/O thread: a send is one socket write and a receive is the loop's own wake-up (zmq, used before,
-woke its I/O thread on both sides of every message: about 100 us and 45 us of CPU per side for a small round trip,
-against 15 and 6 here; benchmarks/results/grpc_costs.md).
+woke its I/O thread on both sides of every message; what that cost per call: benchmarks/results/grpc_costs.md).
 
 The API process listens (`listen`); the worker connects (`connect`). Sends never wait: what the peer has not read
 yet stays in the transport's buffer (the schedulers bound what is in flight). `closed` is done when the
