@@ -2,15 +2,15 @@
 
 Optional, outside `make test` (issue 16, goals 2 and 6). Three parts (--parts, default all), each with its table:
 
-- overhead (goal 2): the p50 at 1 client of `vae.decode` and `pixelcnn.log_prob_given_label` over V2 REST JSON,
-  V2 REST binary (wrk), V2 gRPC (grpc.aio clients in this process) and genserve's own route (/v1/models/vae/decode,
-  /score; wrk), against the p50 of the same call made in-process: sequential `Engine.infer` calls on one event
-  loop in a child process (from the same source tree), with the model functions run in that process (InProcess
-  runner: the goal's baseline) and through an engine worker process over zmq (WorkerPool: what the server does, so
-  the difference to it is HTTP/gRPC alone). Every round measures each path once, in-process included, the order
-  reversed every other round; a path's `added` is the median over rounds of its p50 minus the same round's
-  in-process p50, so slow phases of a shared machine cancel out. A lone request waits up to max_queue_delay_us for
-  company on every path, so that wait cancels out too. Goal: REST at most 1 ms added, gRPC at most 0.5 ms.
+- overhead (goal 2): the p50 at 1 client of `vae.decode` and `pixelcnn.log_prob_given_label` over V2 REST JSON, V2
+  REST binary (wrk), V2 gRPC (grpc.aio clients in this process) and genserve's own route (/v1/models/vae/decode,
+  /score; wrk), against the p50 of the same call made in-process: sequential `Engine.infer` calls on one event loop in
+  a child process (from the same source tree), with the model functions run in that process (InProcess runner: the
+  goal's baseline) and through an engine worker process over its Unix socket (WorkerPool: what the server does, so the
+  difference to it is HTTP/gRPC alone). Every round measures each path once, in-process included, the order reversed
+  every other round; a path's `added` is the median over rounds of its p50 minus the same round's in-process p50, so
+  slow phases of a shared machine cancel out. A lone request waits up to max_queue_delay_us for company on every path,
+  so that wait cancels out too. Goal: REST at most 1 ms added, gRPC at most 0.5 ms.
 - routes (goal 2): genserve's own REST route against the V2 REST JSON route for the same work, at --route-concurrency
   (1 16), alternating: throughput and p50 ratios (goal: within 10%).
 - batching (goal 6): at --batching-concurrency 64 on `vae.decode`, a server with batching on (--max-batch-size 64,

@@ -65,7 +65,9 @@ class Channel(asyncio.Protocol):
         end = start + sum(lengths)
         if len(self.buffer) < end:
             return None
-        message = memoryview(bytes(self.buffer[start:end]))  # one copy; the frames view it
+        # one copy, which the frames view; writable, as arrays made in the worker are (for numba's kernels a
+        # read-only array is another signature, compiled again on first use)
+        message = memoryview(self.buffer[start:end])
         del self.buffer[:end]
         frames, offset = [], 0
         for length in lengths:

@@ -148,6 +148,7 @@ def worker_main(address: str, directories: dict[str, str], runtime: str, threads
     functions = Functions({m: Path(d) for m, d in directories.items()}, runtime, threads, device)
     threading.Thread(target=_preload, args=(functions,), name="preload", daemon=True).start()
     event_loop.run(_answer_calls(address, functions))
+    os._exit(0)  # nothing to flush; a shutdown would wait on (or abort in) a preload still loading a model
 
 
 def _preload(functions: Functions) -> None:
@@ -176,7 +177,7 @@ async def _answer_calls(address: str, functions: Functions) -> None:
             reply_header.update(events=e.events, error=e.error.message, code=e.error.code, field=e.error.field)
         except Exception as e:  # noqa: BLE001 - the caller gets the error, the worker lives on
             reply_header["error"] = f"{type(e).__name__}: {e}"
-        if not connection.closed.done():
+        with contextlib.suppress(ConnectionError):  # the API process has gone: nobody to answer
             connection.send(pack(reply_header, outputs))
 
     tasks: dict[int, asyncio.Task] = {}
@@ -238,14 +239,21 @@ class Worker:
         self.generation += 1
         self.address = f"{self.pool.sockets_dir}/{self.label.replace(':', '')}-{self.generation}"
         self.listener = await channel.listen(self.address, self._received, self._connected)
+        if self.stopping:  # stop() came while listening
+            self.listener.close()
+            return
         self.process = self.pool.spawn(self.address, self.device)
-        self.process.start()
+        try:
+            self.process.start()
+        except BaseException:
+            self.listener.close()
+            raise
         self.started_at = time.monotonic()
         asyncio.get_running_loop().add_reader(self.process.sentinel, self._died)
         log.info("engine worker %s: started, pid %d", self.label, self.process.pid)
 
     def _connected(self, connection: Channel) -> None:
-        self.channel = connection
+        self.channel = connection  # the socket is in a private folder: only the worker connects
 
     def _received(self, frames: list) -> None:
         """An answer (or the worker's first message, ready): to the call waiting for it, if it still is."""
@@ -298,7 +306,16 @@ class Worker:
 
     def _restart(self) -> None:
         if not self.stopping:
-            asyncio.ensure_future(self.start())
+            asyncio.ensure_future(self.start()).add_done_callback(self._started)
+
+    def _started(self, starting: asyncio.Future) -> None:
+        """A restart that failed (no socket, no process) is logged and tried again after the next backoff."""
+        if starting.cancelled() or starting.exception() is None:
+            return
+        log.error("engine worker %s: restart failed (%r); trying again", self.label, starting.exception())
+        self.failed_starts += 1
+        delay = RESTART_BACKOFF_S[min(self.failed_starts, len(RESTART_BACKOFF_S) - 1)]
+        asyncio.get_running_loop().call_later(delay, self._restart)
 
     async def call(self, model: str, function: str, feeds: Arrays) -> Arrays:
         return (await self.ask({"model": model, "function": function}, feeds))[1]

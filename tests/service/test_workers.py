@@ -20,7 +20,7 @@ def test_pack_then_unpack_gives_back_every_tensor_exactly():
     arrays = {"x": np.arange(24, dtype=np.int64).reshape(2, 3, 4), "t": np.float32(0.5) * np.ones(2, np.float32),
               "scalar": np.array(7, np.int32), "empty": np.zeros((0, 5), np.float64),
               "strided": np.arange(10.0)[::2], "flag": np.array([True, False])}
-    frames = [memoryview(bytes(memoryview(f))) for f in pack({"id": 3}, arrays)]  # as the channel receives them
+    frames = [memoryview(bytearray(memoryview(f))) for f in pack({"id": 3}, arrays)]  # as the channel receives them
     header, back = unpack(frames)
     assert header == {"id": 3}
     assert list(back) == list(arrays)
