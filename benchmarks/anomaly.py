@@ -511,7 +511,13 @@ def scoring_models(engine: Engine, wanted: list[str] | None) -> list[str]:
 
 
 def write_manifest(store: Path, row: dict) -> None:
-    """Only calibration.detectors and calibration.default; re-read right before writing."""
+    """Only calibration.detectors and calibration.default; re-read right before writing. Rows whose entries were
+    estimated before calibration_for took its quantiles at rank q (n + 1) are refused: writing them would bring back
+    the biased thresholds that --recalibrate replaced."""
+    stale = [d for d, e in row["calibration"].items() if "quantile_method" not in e and d not in ("nll", "critic")]
+    if stale:
+        raise SystemExit(f"{row['model']}: calibration entries {stale} predate quantile_method; rerun the model "
+                         "instead of writing these rows")
     path = store / row["model"] / "1" / "manifest.json"
     manifest = json.loads(path.read_text())
     base = "critic" if manifest["calibration"]["score"] == "negative_critic" else "nll"
@@ -596,8 +602,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--write", action="store_true", help="write calibration.detectors/default to manifests "
                         "(with --merge: from the merged rows)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/anomaly.md"))
-    parser.add_argument("--json", default="benchmarks/results/anomaly.json")
+    parser.add_argument("--out", type=Path, help="(default: benchmarks/results/anomaly.md, with "
+                        "--check-calibration anomaly-calibration.md)")
+    parser.add_argument("--json", help="(default: benchmarks/results/anomaly.json, with --check-calibration "
+                        "anomaly-calibration.json)")
     parser.add_argument("--check-calibration", action="store_true", help="instead of running: the default "
                         "detectors' flag rate on fresh test digits (--out anomaly-calibration.md)")
     parser.add_argument("--recalibrate", action="store_true", help="instead of running: rewrite the "
@@ -605,6 +613,9 @@ def main() -> None:
     parser.add_argument("--merge", nargs="+", type=Path, help="instead of running: the tables of these --json files' "
                         "rows, a model's row from the last file that has it (runs split by --models)")
     args = parser.parse_args()
+    results = Path("benchmarks/results") / ("anomaly-calibration" if args.check_calibration else "anomaly")
+    args.out = args.out or results.with_suffix(".md")  # a calibration check never overwrites the AUROC tables
+    args.json = args.json or str(results.with_suffix(".json"))
     threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
     command = threads + shlex.join([os.path.relpath(sys.executable), *sys.argv])
     start = time.perf_counter()

@@ -171,10 +171,12 @@ def share_onnx_weights(out_dir: Path, onnx_files: list[str], min_bytes: int = 10
 
 
 def calibration(held_out_nll: np.ndarray, split_name: str, score: str = "nll_nats") -> dict:
-    """Quantiles of held-out NLL: a new input's percentile is read off them."""
+    """Quantiles of held-out NLL: a new input's percentile is read off them. Quantile q at rank q (n + 1) of the
+    sorted scores (numpy's `weibull`), as service.engine.anomaly.calibration_for: a flag at 0.99 then has a 1%
+    false-positive rate in the mean (numpy's default rank: 1.2% at n = 500)."""
     return {
         "score": score, "quantiles": QUANTILES,
-        "values": np.quantile(held_out_nll, QUANTILES).tolist(),
+        "values": np.quantile(held_out_nll, QUANTILES, method="weibull").tolist(), "quantile_method": "weibull",
         "threshold_quantile": 0.99, "n": len(held_out_nll), "split": split_name,
     }
 

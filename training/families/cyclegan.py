@@ -32,6 +32,7 @@ of training (a's by the train setting max_train) and scored apart, to compare va
 
 import functools
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -336,7 +337,7 @@ def choose_judge(validation: int = 300, seeds: tuple[int, ...] = (0, 1, 2)) -> d
         report[name] = {f"{key}_{stat}": float(getattr(np, stat)(column))
                         for key, column in zip(("b_validation", "rendered_mnist5k_train"), scores.T, strict=True)
                         for stat in ("mean", "min", "max")}
-        print(name, report[name], flush=True)
+        print(name, report[name], file=sys.stderr, flush=True)  # progress; stdout is the JSON table
     return report
 
 
