@@ -95,12 +95,17 @@ def components(detector: str) -> list[str]:
     return detector[len("mix:"):].split("+") if detector.startswith("mix:") else [detector]
 
 
+def calibrated_detectors(manifest: dict) -> set[str]:
+    """The detectors with a calibration entry: the base detector's is the top-level one, the others' sit in
+    `detectors`."""
+    return {base_detector(manifest)} | set(manifest["calibration"].get("detectors", {}))
+
+
 def uncalibrated_parts(manifest: dict, detector: str) -> list[str]:
-    """The parts of a detector (itself, or a mix's parts) without a calibration entry of their own (the base detector's
-    is the top-level one): a mix is served only when each part is calibrated alone, which also holds what a part
-    computes from (the latent Mahalanobis score's Gaussian, the hierarchical ratio's skip, the likelihood ratio's
-    background)."""
-    calibrated = {base_detector(manifest)} | set(manifest["calibration"].get("detectors", {}))
+    """The parts of a detector (itself, or a mix's parts) without a calibration entry of their own: a mix is served
+    only when each part is calibrated alone, which also holds what a part computes from (the latent Mahalanobis
+    score's Gaussian, the hierarchical ratio's skip, the likelihood ratio's background)."""
+    calibrated = calibrated_detectors(manifest)
     return [part for part in components(detector) if part not in calibrated]
 
 
@@ -191,7 +196,7 @@ def available(manifest: dict, capability: dict, function_inputs, has_background:
             computable.add("class")
     if "encode" in manifest["functions"]:
         computable.add("latent_mahalanobis")
-    calibrated = {base_detector(manifest)} | set(manifest["calibration"].get("detectors", {}))
+    calibrated = calibrated_detectors(manifest)
     names = [d for d in sorted(computable) if d == "typicality" or d in calibrated]
     names += [d for d in sorted(manifest["calibration"].get("detectors", {}))
               if d.startswith("mix:") and set(components(d)) <= computable and not uncalibrated_parts(manifest, d)]

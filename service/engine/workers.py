@@ -37,7 +37,6 @@ import numpy as np
 
 from service import event_loop, logs
 from service.engine import channel
-from service.engine.channel import Channel
 from service.engine.errors import WorkerLost
 from service.engine.runtimes import TensorFunction, import_torch, load_function
 from service.engine.worker_procedures import ProcedureFailed, WorkerProcedures, refusal
@@ -231,7 +230,7 @@ class Worker:
         self.process: multiprocessing.Process | None = None
         self.started_at = 0.0
         self.listener: asyncio.AbstractServer | None = None
-        self.channel: Channel | None = None  # once the process connects
+        self.channel: channel.Channel | None = None  # once the process connects
         self.address = ""
 
     async def start(self) -> None:
@@ -252,7 +251,7 @@ class Worker:
         asyncio.get_running_loop().add_reader(self.process.sentinel, self._died)
         log.info("engine worker %s: started, pid %d", self.label, self.process.pid)
 
-    def _connected(self, connection: Channel) -> None:
+    def _connected(self, connection: channel.Channel) -> None:
         self.channel = connection  # the socket is in a private folder: only the worker connects
 
     def _received(self, frames: list) -> None:
@@ -301,6 +300,10 @@ class Worker:
         log.error("engine worker %s: exited with code %s; restarting", self.label, code)
         self.failed_starts = 0 if was_up else self.failed_starts + 1
         self.pool.on_restart()
+        self._restart_later()
+
+    def _restart_later(self) -> None:
+        """Start the worker again after the backoff its failed starts so far call for."""
         delay = RESTART_BACKOFF_S[min(self.failed_starts, len(RESTART_BACKOFF_S) - 1)]
         asyncio.get_running_loop().call_later(delay, self._restart)
 
@@ -314,8 +317,7 @@ class Worker:
             return
         log.error("engine worker %s: restart failed (%r); trying again", self.label, starting.exception())
         self.failed_starts += 1
-        delay = RESTART_BACKOFF_S[min(self.failed_starts, len(RESTART_BACKOFF_S) - 1)]
-        asyncio.get_running_loop().call_later(delay, self._restart)
+        self._restart_later()
 
     async def call(self, model: str, function: str, feeds: Arrays) -> Arrays:
         return (await self.ask({"model": model, "function": function}, feeds))[1]
