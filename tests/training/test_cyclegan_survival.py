@@ -61,3 +61,28 @@ def test_optdigits_counts_the_on_pixels_of_the_20x20_box_per_4x4_block_of_a_32x3
     assert small.shape == (2, 1, 8, 8) and small.dtype == np.uint8
     assert (small[0] == 16).all()
     assert (small[1, 0, :, :4] == 16).all() and (small[1, 0, :, 4:] == 0).all()
+
+
+def test_layout_loss_ignores_ink_moved_within_4x4_blocks_and_counts_ink_moved_across():
+    source = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    blocks = source.reshape(2, 1, 7, 4, 7, 4)
+    within = blocks.flip(3, 5).reshape(2, 1, 28, 28)  # each 4x4 block mirrored: same means, other pixels
+    assert not torch.equal(within, source)
+    assert cyclegan.layout_loss(source, within).item() == pytest.approx(0, abs=1e-6)
+    across = source.roll(4, dims=3)  # each column of blocks moved one block right
+    expected = (F.avg_pool2d(source, 4).roll(1, dims=3) - F.avg_pool2d(source, 4)).abs().mean()
+    assert cyclegan.layout_loss(source, across).item() == pytest.approx(expected.item(), rel=1e-6) and expected > 0
+
+
+def test_a_step_with_the_layout_loss_moves_the_generators_towards_their_sources_layout():
+    x = torch.randint(0, 256, (4, 1, 28, 28), generator=torch.Generator().manual_seed(1))
+    a = cyclegan.unit(x)
+    layouts = []
+    for weight in (0.0, 100.0):
+        model = _model(0.0)
+        model.config.layout_weight = weight
+        optimizers = cyclegan.optimizers(model, {"lr": 1e-2})
+        for step in range(3):
+            cyclegan.train_step(model, optimizers, x, torch.zeros(4).long(), step)
+        layouts.append(cyclegan.layout_loss(a, model.g_ab(a)).item())
+    assert layouts[1] < layouts[0]
