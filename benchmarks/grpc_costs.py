@@ -6,8 +6,8 @@ machine moves them less than it moves throughput):
 - transport: a bare grpc.aio server (its own process, uvloop) answering every ModelInfer with a fixed
   response of the function's output shape, under the benchmarks' closed-loop gRPC clients: grpc.aio's own
   CPU per call, the floor of any Python gRPC front end;
-- layer: the same server behind genserve's own interceptors (the request id, sent back in the trailing
-  metadata, and the calls in flight), as build_grpc_server installs them without API keys;
+- layer: the same server with genserve's own code around every call (the request id, sent back in the trailing
+  metadata, and the calls in flight), as build_grpc_server wraps each method without API keys;
 - handler: genserve's V2 ModelInfer handler over an in-process Engine whose runner answers at once, from
   concurrent tasks, no transport: validation, the dynamic batcher, metrics and encoding per request;
 - worker: one engine-worker round trip of `--rows` rows, one after another: the worker process's CPU and
@@ -61,8 +61,8 @@ def _bare_server(port: int, layer: bool) -> None:
     import grpc
     import uvloop
 
-    from service.grpc.request_id import RequestIdInterceptor
-    from service.grpc.server import CallsInFlight
+    from service.grpc.handlers import AroundEveryCall
+    from service.grpc.server import CallsInFlight, around_every_call
 
     answer = np.zeros(OUTPUT_SHAPE, "<f4").tobytes()
 
@@ -74,8 +74,9 @@ def _bare_server(port: int, layer: bool) -> None:
             return response
 
     async def serve():
-        server = grpc.aio.server(interceptors=[RequestIdInterceptor(), CallsInFlight()] if layer else None)
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(Fixed(), server)
+        server = grpc.aio.server()
+        around = AroundEveryCall(server, around_every_call(CallsInFlight())) if layer else server
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(Fixed(), around)
         server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()
         await server.wait_for_termination()
@@ -84,8 +85,8 @@ def _bare_server(port: int, layer: bool) -> None:
 
 
 def transport(args, layer: bool) -> str:
-    """The fixed-answer server alone, or (layer) behind genserve's own interceptors: the request id (in the
-    trailing metadata) and the calls in flight, as build_grpc_server installs them without API keys."""
+    """The fixed-answer server alone, or (layer) with genserve's own code around every call: the request id (in
+    the trailing metadata) and the calls in flight, as build_grpc_server wraps each method without API keys."""
     port = 50000 + os.getpid() % 10000 + layer
     server = multiprocessing.get_context("spawn").Process(target=_bare_server, args=(port, layer), daemon=True)
     server.start()

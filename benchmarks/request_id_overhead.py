@@ -1,6 +1,6 @@
 """What the request id costs per request: REST (RequestIdMiddleware around a bare ASGI app, in-process, no
-sockets) and gRPC (grpc.aio health Check over 127.0.0.1, with and without RequestIdInterceptor in front of the
-server's CallsInFlight interceptor, as build_grpc_server has them).
+sockets) and gRPC (grpc.aio health Check over 127.0.0.1, each call wrapped in the calls in flight alone, or in
+the request id and the calls in flight, as build_grpc_server wraps them).
 
     .venv/bin/python benchmarks/request_id_overhead.py [--requests 5000] [--calls 400]
 
@@ -17,8 +17,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from service.api.request_id import RequestIdMiddleware
-from service.grpc.request_id import RequestIdInterceptor
-from service.grpc.server import CallsInFlight
+from service.grpc.handlers import AroundEveryCall
+from service.grpc.server import CallsInFlight, around_every_call
 
 ROUNDS = 25
 HEADERS = [(b"host", b"127.0.0.1:8000"), (b"user-agent", b"bench"), (b"accept", b"*/*"),
@@ -50,11 +50,12 @@ async def rest_us(app, requests: int, given: bool) -> float:
 
 
 async def grpc_us(calls: int) -> tuple[float, float]:
-    """Health Check calls on a server without and one with the interceptor, rounds interleaved."""
+    """Health Check calls on a server without and one with the request id, rounds interleaved."""
     servers, channels, checks = [], [], []
-    for interceptors in ([CallsInFlight()], [RequestIdInterceptor(), CallsInFlight()]):
-        server = grpc.aio.server(interceptors=interceptors)
-        health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(), server)
+    calls = CallsInFlight()
+    for around in (lambda method, _context: calls.tracked(method), around_every_call(calls)):
+        server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(), AroundEveryCall(server, around))
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         servers.append(server)

@@ -3,12 +3,13 @@
 Every call needs it (UNAUTHENTICATED otherwise) except grpc.health.v1.Health, which load balancers and
 orchestrators probe without credentials, as REST's /healthz and /readyz. Server reflection needs a key like
 everything else: it lists the services, as REST's /openapi.json does, and that needs a key too.
-A refused call's request is never deserialized.
+A refused call's request is never deserialized; it answers with its request id, as every call does.
 """
 
 import grpc
 
 from service.credentials import ApiKeys
+from service.grpc import request_id
 
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 MISSING = "authorization: missing; send the metadata 'authorization: Bearer <key>'"
@@ -33,7 +34,8 @@ def _refusal(handler: grpc.RpcMethodHandler | None, message: str) -> grpc.RpcMet
     """A handler of the same kind as `handler` (unary for an unknown method) that aborts UNAUTHENTICATED."""
 
     async def refuse(_request, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        rid = request_id.id_of(context.invocation_metadata())
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message, trailing_metadata=((request_id.KEY, rid),))
 
     kind = (handler.request_streaming, handler.response_streaming) if handler is not None else (False, False)
     return _HANDLERS[kind](refuse)  # no deserializer: the request stays bytes

@@ -1,4 +1,9 @@
-"""Server interceptors that run code around every call: one wrapper for the request id and the calls in flight."""
+"""Code around every call, installed once when a service registers, not by an interceptor on every call.
+
+A grpc.aio interceptor runs on every call (a coroutine per interceptor and a new method handler); wrapping each
+method's behavior once, when its service is added, costs a call only the wrapper itself. `AroundEveryCall`
+stands in for the server in the generated `add_*Servicer_to_server` functions to do that.
+"""
 
 import inspect
 from collections.abc import Callable
@@ -30,3 +35,22 @@ def around_calls(handler: grpc.RpcMethodHandler,
                 return await behavior(request, context)
         return handler._replace(**{kind: call})
     return handler
+
+
+class AroundEveryCall:
+    """Pass it, in place of `server`, to a generated `add_*Servicer_to_server(servicer, server)`: every method of
+    that service runs inside `around(method, context)`, method being "/package.Service/Method"."""
+
+    def __init__(self, server: grpc.aio.Server, around: Callable[[str, Any], AbstractContextManager]):
+        self.server, self.around = server, around
+
+    def add_generic_rpc_handlers(self, _generic_handlers) -> None:
+        """The generated code passes the same handlers to add_registered_method_handlers, which adds both."""
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        wrapped = {name: self._wrapped(f"/{service}/{name}", handler) for name, handler in handlers.items()}
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, wrapped),))
+        self.server.add_registered_method_handlers(service, wrapped)
+
+    def _wrapped(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        return around_calls(handler, lambda context: self.around(method, context))

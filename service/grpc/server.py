@@ -16,13 +16,14 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha._async import ReflectionServicer
 
 from service.credentials import api_keys, tls_pair
 from service.grpc.auth import AuthInterceptor
 from service.grpc.genserve_servicer import add_genserve_servicer
-from service.grpc.handlers import around_calls
-from service.grpc.request_id import RequestIdInterceptor
+from service.grpc.handlers import AroundEveryCall
+from service.grpc.request_id import answering_with_id
 from service.in_flight import InFlight
 from service.settings import Settings
 
@@ -78,40 +79,37 @@ class EngineHealth(HealthServicer):
             await self.refresh()
 
 
-class CallsInFlight(InFlight, grpc.aio.ServerInterceptor):
+class CallsInFlight(InFlight):
     """Tracks the calls in flight by method, so that a drain cut short can say what it cut."""
 
     def __init__(self) -> None:
         super().__init__()
         self.methods: Counter[str] = Counter()
 
-    async def intercept_service(self, continuation, handler_call_details: grpc.HandlerCallDetails):
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        return around_calls(handler, lambda context: self._tracked(handler_call_details.method))
-
     @contextmanager
-    def _tracked(self, method: str):
+    def tracked(self, method: str):
         """The call counted while it runs."""
-        self._enter(method)
+        self.methods[method] += 1
+        self.started()
         try:
             yield
         finally:
-            self._leave(method)
-
-    def _enter(self, method: str) -> None:
-        self.methods[method] += 1
-        self.started()
-
-    def _leave(self, method: str) -> None:
-        self.methods[method] -= 1
-        if not self.methods[method]:
-            del self.methods[method]
-        self.ended(len(self.methods))
+            self.methods[method] -= 1
+            if not self.methods[method]:
+                del self.methods[method]
+            self.ended(len(self.methods))
 
 
-def _add_inference(server: grpc.aio.Server, engine: Any) -> str:
+def around_every_call(calls: CallsInFlight):
+    """What runs around each call: its request id, then its count in flight."""
+    @contextmanager
+    def around(method: str, context):
+        with answering_with_id(context), calls.tracked(method):
+            yield
+    return around
+
+
+def _add_inference(server: AroundEveryCall, engine: Any) -> str:
     """The Open Inference Protocol servicer (inference.GRPCInferenceService)."""
     from service.grpc.inference import add_inference_servicer
 
@@ -141,16 +139,16 @@ def build_grpc_server(engine: Any, settings: Settings, port: int) -> grpc.aio.Se
     cannot be used raises service.credentials.CredentialsError.
     """
     keys, calls = api_keys(settings), CallsInFlight()
-    auth = [] if keys is None else [AuthInterceptor(keys)]  # a refused call is not counted
-    interceptors = [RequestIdInterceptor(), *auth, calls]  # the id first: a refused call answers with one too
-    server = grpc.aio.server(interceptors=interceptors, options=[
+    server = grpc.aio.server(interceptors=[] if keys is None else [AuthInterceptor(keys)], options=[
         ("grpc.max_receive_message_length", settings.max_body_bytes),
         ("grpc.so_reuseport", 0),  # a port in use is an error, not a silently shared socket
-    ])
-    services = [add_genserve_servicer(server, engine, settings), _add_inference(server, engine)]
+    ])  # a call refused for its key is not counted in flight: its handler is the interceptor's, not wrapped
+    wrapping = AroundEveryCall(server, around_every_call(calls))
+    services = [add_genserve_servicer(wrapping, engine, settings), _add_inference(wrapping, engine)]
     health = EngineHealth(engine, services)
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection([*services, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME], server)
+    health_pb2_grpc.add_HealthServicer_to_server(health, wrapping)
+    names = [*services, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME]
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(ReflectionServicer(names), wrapping)
     address = _address(settings.host, port)
     credentials = _tls_credentials(settings)
     bound = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)

@@ -3,7 +3,6 @@ startup checks of the keys file and the TLS pair. REST against the fake engine o
 
 import asyncio
 import logging
-from types import SimpleNamespace
 
 import grpc
 import pytest
@@ -18,6 +17,7 @@ from service.grpc.gen import genserve_pb2 as pb
 from service.grpc.gen import genserve_pb2_grpc as pb_grpc
 from service.grpc.gen_inference import grpc_predict_v2_pb2 as v2_pb
 from service.grpc.gen_inference import grpc_predict_v2_pb2_grpc as v2_pb_grpc
+from service.grpc.handlers import around_calls
 from service.grpc.server import CallsInFlight
 from service.main import check_security
 from service.settings import Settings
@@ -291,13 +291,11 @@ def test_calls_in_flight_are_counted_by_method_until_they_end():
         yield "row"
 
     async def main():
-        async def wrapped(method, handler):
-            async def continuation(_details):
-                return handler
-            return await calls.intercept_service(continuation, SimpleNamespace(method=method, invocation_metadata=()))
+        def wrapped(method, handler):
+            return around_calls(handler, lambda _context: calls.tracked(method))
 
-        one = await wrapped("/s/Unary", grpc.unary_unary_rpc_method_handler(unary))
-        two = await wrapped("/s/Stream", grpc.unary_stream_rpc_method_handler(stream))
+        one = wrapped("/s/Unary", grpc.unary_unary_rpc_method_handler(unary))
+        two = wrapped("/s/Stream", grpc.unary_stream_rpc_method_handler(stream))
         rows = two.unary_stream(None, None)
         running = [asyncio.ensure_future(one.unary_unary(None, None)), asyncio.ensure_future(anext(rows)),
                    asyncio.ensure_future(one.unary_unary(None, None))]
