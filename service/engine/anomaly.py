@@ -40,7 +40,9 @@ The calibration of the manifest keeps its top-level entry (the model's first sco
 detectors sit in `calibration["detectors"][name]` (score, quantiles, values, n, split; a mix's `mix`
 standardization; the likelihood ratio's `background`; the hierarchical ratio's `skip`; the latent Mahalanobis
 score's `latent`), and
-`calibration["default"]` names the detector that answers when a request names none.
+`calibration["default"]` names the detector that answers when a request names none; a default that could never
+answer (a part the model cannot compute or without a calibration entry of its own, a mix without its own entry) is
+an exporter's mistake that the store refuses at load (default_problem), naming the model and the part.
 
 A model scored by an importance-sampled bound (IWAE_k rises with k) records in each entry the bound its held-out
 scores were computed with, `k` and `method` (no refinement): every detector of that entry, typicality included on
@@ -155,15 +157,24 @@ def latent_gaussian(mean: np.ndarray, std: np.ndarray, ridge: float = LATENT_RID
 
 def latent_mahalanobis(mean: np.ndarray, std: np.ndarray, gaussian: dict) -> np.ndarray:
     """q(z | x)'s mean and std [B, D] each -> sqrt((f - mu)^T precision (f - mu)) [B] of their features f: 0 at the
-    training digits' mean mu, higher farther from it."""
+    training digits' mean mu, higher farther from it. `gaussian`: a `latent` entry, its mean and precision as lists
+    (a fresh fit) or as float64 arrays, which np.asarray passes through without a copy (the served one:
+    fitted_latent_gaussian)."""
     d = latent_features(mean, std, gaussian["features"]) - np.asarray(gaussian["mean"], np.float64)
     squared = np.einsum("bi,ij,bj->b", d, np.asarray(gaussian["precision"], np.float64), d)
     return np.sqrt(np.maximum(squared, 0.0))
 
 
-def fitted_latent_gaussian(manifest: dict) -> dict:
-    """The Gaussian of the training digits' posteriors that the latent Mahalanobis score measures from."""
-    return manifest["calibration"]["detectors"]["latent_mahalanobis"]["latent"]
+def fitted_latent_gaussian(manifest: dict) -> dict | None:
+    """The Gaussian of the training digits' posteriors that the latent Mahalanobis score measures from, its mean [F]
+    and precision [F, F] as float64 arrays: the engine builds it once when it loads the model (LoadedModel), not from
+    the manifest's JSON lists on every request. None where the manifest calibrates no latent Mahalanobis score."""
+    entry = manifest.get("calibration", {}).get("detectors", {}).get("latent_mahalanobis")
+    if entry is None:
+        return None
+    latent = entry["latent"]
+    return {"features": list(latent["features"]), "mean": np.asarray(latent["mean"], np.float64),
+            "precision": np.asarray(latent["precision"], np.float64)}
 
 
 def hierarchical_ratio(log_w: np.ndarray, method: str, skip: int) -> np.ndarray:
@@ -174,33 +185,66 @@ def hierarchical_ratio(log_w: np.ndarray, method: str, skip: int) -> np.ndarray:
     return latent.bound(log_w[:, :, 0], method)[0] - latent.bound(log_w[:, :, skip], method)[0]
 
 
-def available(manifest: dict, capability: dict, function_inputs, has_background: bool = False) -> list[str]:
-    """Every detector this model can answer: computable from its functions (the likelihood ratio: when its
-    background model is served), and calibrated (typicality rides on the `nll` calibration; a mix: each part
-    too)."""
+def computable(manifest: dict, capability: dict, function_inputs, has_background: bool = False) -> set[str]:
+    """The detectors this model's functions compute (the likelihood ratio: when its background model is served),
+    calibrated or not."""
     if capability.get("method") == "critic":
-        computable = {"critic"} | ({"reconstruction"} if {"encode", "decode"} <= set(manifest["functions"]) else set())
+        detectors = {"critic"} | ({"reconstruction"} if {"encode", "decode"} <= set(manifest["functions"]) else set())
     else:
-        computable = {"nll", "typicality"}
+        detectors = {"nll", "typicality"}
         image = manifest["data"]["kind"] == "image"
         if image:
-            computable.add("complexity")
+            detectors.add("complexity")
         if has_background:
-            computable.add("likelihood_ratio")
+            detectors.add("likelihood_ratio")
         if "hierarchy" in capability:
-            computable.add("hierarchical_ratio")
+            detectors.add("hierarchical_ratio")
         conditional = capability.get("conditional_function", capability["function"])
         if manifest["data"].get("class_prior") and conditional in manifest["functions"] \
                 and "label" in function_inputs(conditional) and capability["procedure"] == "direct" \
                 and "noise" not in capability:
-            computable.add("class")
+            detectors.add("class")
     if "encode" in manifest["functions"]:
-        computable.add("latent_mahalanobis")
+        detectors.add("latent_mahalanobis")
+    return detectors
+
+
+def available(manifest: dict, capability: dict, function_inputs, has_background: bool = False) -> list[str]:
+    """Every detector this model can answer: computable, and calibrated (typicality rides on the `nll`
+    calibration; a mix: each part too)."""
+    can = computable(manifest, capability, function_inputs, has_background)
     calibrated = calibrated_detectors(manifest)
-    names = [d for d in sorted(computable) if d == "typicality" or d in calibrated]
+    names = [d for d in sorted(can) if d == "typicality" or d in calibrated]
     names += [d for d in sorted(manifest["calibration"].get("detectors", {}))
-              if d.startswith("mix:") and set(components(d)) <= computable and not uncalibrated_parts(manifest, d)]
+              if d.startswith("mix:") and set(components(d)) <= can and not uncalibrated_parts(manifest, d)]
     return names
+
+
+def default_problem(manifest: dict) -> str | None:
+    """Why the manifest's `calibration.default` could never answer, or None: a part the model cannot compute, a
+    part without a calibration entry of its own, or a mix without its own entry or a part's standardization. An
+    exporter's mistake, refused when the store loads the model (a default whose background model is not served
+    is none: the service falls back to the base detector and says so)."""
+    default = manifest.get("calibration", {}).get("default")
+    if default is None or "score" not in manifest["capabilities"]:
+        return None
+    parts = components(default)
+    cannot = sorted(set(parts) - computable(manifest, manifest["capabilities"]["score"], lambda function: [
+        tensor["name"] for tensor in manifest["functions"][function]["inputs"]], has_background=True))
+    missing = [] if default == "typicality" else uncalibrated_parts(manifest, default)  # typicality: nll's entry
+    if cannot:
+        return f"default anomaly detector {default!r}: the model cannot compute {cannot}"
+    if missing:
+        return f"default anomaly detector {default!r}: no calibration entry for {missing} in calibration.detectors"
+    if not default.startswith("mix:"):
+        return None
+    entry = manifest["calibration"].get("detectors", {}).get(default)
+    if entry is None:
+        return f"default anomaly detector {default!r}: no calibration entry of its own in calibration.detectors"
+    unstandardized = [part for part in parts if part not in entry.get("mix", {})]
+    if unstandardized:
+        return f"default anomaly detector {default!r}: its entry has no `mix` standardization for {unstandardized}"
+    return None
 
 
 def class_score(log_joint: np.ndarray) -> np.ndarray:

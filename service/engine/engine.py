@@ -19,7 +19,7 @@ import logging
 
 import numpy as np
 
-from service.engine import procedures, worker_procedures
+from service.engine import anomaly, procedures, worker_procedures
 from service.engine.errors import InvalidInput, MissingCapability, UnknownModel, UnsupportedModel
 from service.engine.generation import GenerationOperations
 from service.engine.latent_operations import LatentOperations
@@ -58,6 +58,7 @@ class LoadedModel:
         self.shape = list(self.data["shape"])
         self.capabilities = self.manifest["capabilities"]
         self.is_sequence = self.data["kind"] in SEQUENCE_KINDS
+        self.latent_gaussian = anomaly.fitted_latent_gaussian(self.manifest)  # arrays, once: not per request
 
     def function_inputs(self, function: str) -> list[str]:
         return [tensor["name"] for tensor in self.manifest["functions"][function]["inputs"]]

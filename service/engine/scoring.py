@@ -183,8 +183,7 @@ class ScoringOperations:
                 features["hierarchical_ratio"] = anomaly.hierarchical_ratio(log_w, method, skip)
             if "latent_mahalanobis" in parts:
                 mean, std = await self._encode(m, x, 0, procedures.row_generators(seed, len(x)))  # noise: seed
-                features["latent_mahalanobis"] = anomaly.latent_mahalanobis(
-                    mean, std, anomaly.fitted_latent_gaussian(m.manifest))
+                features["latent_mahalanobis"] = anomaly.latent_mahalanobis(mean, std, m.latent_gaussian)
             entry = anomaly.calibration_entry(m.manifest, detector)
             answers = anomaly.answer(detector, entry, calibration["threshold_quantile"],
                                      anomaly.per_input_scores(detector, features, entry))

@@ -113,13 +113,13 @@ def test_a_mix_with_every_part_calibrated_is_served(tiny_vae_store, tmp_path, di
     assert [a["anomaly"]["method"] for a in answers] == [MIX] * 4
 
 
-@pytest.mark.parametrize("default", [None, MIX])
-def test_a_mix_whose_part_has_no_entry_is_refused_naming_the_field(tiny_vae_store, tmp_path, digits, default):
-    """Named in the request, or the manifest's default: a 4xx (REST's for invalid input, 422) / INVALID_ARGUMENT
-    naming anomaly_method and the part; the base detector still answers when named."""
-    store = store_with(tiny_vae_store, tmp_path, digits, default, with_part=False)
+def test_a_mix_whose_part_has_no_entry_is_refused_naming_the_field(tiny_vae_store, tmp_path, digits):
+    """Named in the request: a 4xx (REST's for invalid input, 422) / INVALID_ARGUMENT naming anomaly_method and the
+    part; the base detector still answers when named. (As the manifest's default, the store refuses it at load:
+    test_anomaly_default_at_load.py.)"""
+    store = store_with(tiny_vae_store, tmp_path, digits, None, with_part=False)
     x = digits[1][:2]
-    asked = {} if default else {"anomaly_method": MIX}
+    asked = {"anomaly_method": MIX}
     with pytest.raises(InvalidInput, match="latent_mahalanobis") as error:
         asyncio.run(engine_of(store).score("vae", x, **asked))
     assert error.value.field == "anomaly_method"

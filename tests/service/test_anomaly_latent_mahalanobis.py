@@ -111,6 +111,29 @@ def test_the_served_score_is_the_distance_of_the_served_posterior(store, data):
     np.testing.assert_allclose([r["anomaly"]["score"] for r in results], want, rtol=1e-9)
 
 
+def test_the_gaussian_is_built_once_at_load_and_requests_read_its_arrays(store, data, tiny_vae_store):
+    """The loaded model holds the fitted Gaussian as float64 arrays equal to the manifest's lists, built when the
+    engine loads it; a request reads those arrays, not the manifest's JSON lists: with the lists spoiled after load,
+    the served scores stay the same. A model without the entry holds none."""
+    engine = engine_of(store)
+    m = engine.model("vae")
+    latent = m.manifest["calibration"]["detectors"]["latent_mahalanobis"]["latent"]
+    gaussian = m.latent_gaussian
+    assert gaussian["precision"].dtype == gaussian["mean"].dtype == np.float64
+    assert gaussian["precision"].shape == (len(latent["mean"]),) * 2
+    np.testing.assert_array_equal(gaussian["precision"], latent["precision"])
+    np.testing.assert_array_equal(gaussian["mean"], latent["mean"])
+    x = data.x_test[40:44].astype(np.int64)
+
+    def served() -> list[float]:
+        return [r["anomaly"]["score"] for r in run(engine.score("vae", x, anomaly_method="latent_mahalanobis"))]
+
+    before = served()
+    latent["mean"], latent["precision"] = [0.0] * len(latent["mean"]), None  # what a per-request read would meet
+    assert served() == before and m.latent_gaussian is gaussian
+    assert engine_of(tiny_vae_store).model("vae").latent_gaussian is None
+
+
 def test_inputs_far_from_the_training_digits_score_higher_through_the_served_encoder(store, data):
     engine = engine_of(store)
     digits = data.x_test[40:80].astype(np.int64)

@@ -1,0 +1,78 @@
+"""A manifest whose `calibration.default` could never answer is an exporter's mistake that the store refuses at load,
+naming the model and the part (service/engine/anomaly.py's default_problem, service/store/store.py), instead of a
+4xx on every request that names no detector; no shipped manifest trips it."""
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from service.engine import anomaly
+from service.store import ModelStore, StoreError
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+MIX = "mix:complexity+nll"
+ENTRY = {"score": "s", "quantiles": [0.0, 1.0], "values": [0.0, 1.0], "n": 2, "split": "test"}
+
+
+@pytest.fixture(scope="module")
+def manifest(tiny_vae_store) -> dict:
+    """The tiny VAE's manifest (an importance-scored model with an encoder, no background model)."""
+    return json.loads((tiny_vae_store / "vae" / "1" / "manifest.json").read_text())
+
+
+def with_calibration(manifest: dict, default: str, detectors: dict) -> dict:
+    out = copy.deepcopy(manifest)
+    out["calibration"] |= {"default": default, "detectors": detectors}
+    return out
+
+
+def standardized(parts: list[str]) -> dict:
+    return {**ENTRY, "mix": {p: {"mean": 0.0, "std": 1.0} for p in parts}}
+
+
+@pytest.mark.parametrize(("default", "detectors", "problem"), [
+    (MIX, {MIX: standardized(["complexity", "nll"])}, "no calibration entry for ['complexity']"),
+    ("complexity", {}, "no calibration entry for ['complexity']"),
+    (MIX, {"complexity": ENTRY}, f"{MIX!r}: no calibration entry of its own"),
+    (MIX, {"complexity": ENTRY, MIX: standardized(["nll"])}, "no `mix` standardization for ['complexity']"),
+    ("class", {"class": ENTRY}, "the model cannot compute ['class']"),  # the VAE has no classes
+    ("critic", {}, "the model cannot compute ['critic']"),
+])
+def test_a_default_that_could_never_answer_is_named_with_its_part(manifest, default, detectors, problem):
+    assert problem in anomaly.default_problem(with_calibration(manifest, default, detectors))
+
+
+@pytest.mark.parametrize(("default", "detectors"), [
+    (MIX, {"complexity": ENTRY, MIX: standardized(["complexity", "nll"])}),
+    ("nll", {}),
+    ("typicality", {}),  # rides on the top-level nll entry
+    ("likelihood_ratio", {"likelihood_ratio": {**ENTRY, "background": "absent"}}),  # served: falls back to nll
+])
+def test_a_default_that_can_answer_passes(manifest, default, detectors):
+    assert anomaly.default_problem(with_calibration(manifest, default, detectors)) is None
+
+
+def test_the_store_refuses_it_at_load_naming_the_model_and_the_part(tiny_vae_store, manifest, tmp_path):
+    """The whole load stops with the manifest's path, the model and the part; with skip_bad the model alone is left
+    out, with that reason."""
+    store = tmp_path / "store"
+    shutil.copytree(tiny_vae_store / "vae", store / "vae")
+    broken = with_calibration(manifest, MIX, {MIX: standardized(["complexity", "nll"])})
+    (store / "vae" / "1" / "manifest.json").write_text(json.dumps(broken))
+    with pytest.raises(StoreError, match=r"vae/1/manifest.json: model 'vae': .*no calibration entry for "
+                                         r"\['complexity'\]") as error:
+        ModelStore(store)
+    assert error.value.kind == "manifest"
+    skipped = ModelStore(store, skip_bad=True)
+    assert "vae" not in skipped.entries and "['complexity']" in skipped.unavailable["vae"].reason
+
+
+def test_no_shipped_manifest_has_a_default_that_could_never_answer():
+    manifests = {p.parent.parent.name: json.loads(p.read_text()) for p in MODELS.glob("*/*/manifest.json")}
+    defaults = {name: m["calibration"]["default"] for name, m in manifests.items()
+                if "default" in m.get("calibration", {})}
+    assert len(defaults) >= 13  # the shipped scoring image models' defaults, mixes among them
+    assert {name: anomaly.default_problem(m) for name, m in manifests.items()} == dict.fromkeys(manifests)
