@@ -342,8 +342,8 @@ async def evaluate(engine: Engine, name: str, n: int, n_cal: int, seed: int, k: 
     for d in detectors:
         held_out = scores(d, feats["calibrate/in"], entries[d])
         kind = "mix_of_standardized_scores" if d.startswith("mix:") else anomaly.SCORE_KINDS[d]
-        calibration[d] = {**anomaly.calibration_for(held_out, kind, f"{DATASETS[levels]}/test, half A "
-                                                    f"({len(held_out)} of 250, seed {seed})", QUANTILES),
+        calibration[d] = {**anomaly.calibration_for(held_out, kind, f"{DATASETS[levels]}/test, "
+                                                    f"{half_a_split(len(held_out), seed)}", QUANTILES),
                           **bound, **(entries[d] or {})}
     # 3. REPORT: the report half of the test split vs the REPORT kinds
     brng = np.random.default_rng([seed, 3])
@@ -357,6 +357,12 @@ async def evaluate(engine: Engine, name: str, n: int, n_cal: int, seed: int, k: 
     return {"model": name, "levels": levels, "detectors": detectors, "default": default, "choose": choose,
             "calibration": calibration, "report": report, "flag_rate": flag_rate, "n": n, "n_cal": len(cal_index),
             "options": options}
+
+
+def half_a_split(n_cal: int, seed: int) -> str:
+    """How a calibration entry's split names the test split's half A (n_cal of its digits), as `evaluate` writes it
+    and --check-calibration and --recalibrate recognize the entries calibrated on all of it."""
+    return f"half A ({n_cal} of {TEST_SIZE // 2}, seed {seed})"
 
 
 def halves(seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -387,12 +393,21 @@ def split_flags(pooled: np.ndarray, n_cal: int, q: float, method: str, orders: n
                      for o in orders])
 
 
+def permutation_p(counts: np.ndarray, observed: int) -> float:
+    """The permutation test's upper-tail p-value of `observed` among the permuted `counts`: (1 + #{counts >=
+    observed}) / (1 + draws), counting the observed split as one of the draws (never 0)."""
+    return float((1 + np.count_nonzero(counts >= observed)) / (1 + len(counts)))
+
+
 def permutation_tests(rows: list[dict], seed: int) -> dict:
     """Each tested row's `exchangeable_mean` and `exchangeable_p`: its flags' mean and upper tail when half A and
     half B are exchangeable (a calibrated score), over random splits of its pooled scores; and the same for the sum
     of every row's flags, over the same splits for every model (the models share the digits, so their flags are
     correlated and no binomial sum describes them)."""
     tested = [r for r in rows if r["n_fresh"]]
+    if not tested:
+        raise SystemExit(f"no fresh digits to test: every model of {[r['model'] for r in rows]} has its default "
+                         f"calibrated on the whole test split, not on {half_a_split(TEST_SIZE // 2, seed)}")
     size = tested[0]["n_cal"] + tested[0]["n_fresh"]
     rng = np.random.default_rng([seed, 5])
     orders = np.array([rng.permutation(size) for _ in range(PERMUTATIONS)])
@@ -400,11 +415,11 @@ def permutation_tests(rows: list[dict], seed: int) -> dict:
     for r in tested:
         counts = split_flags(np.array(r["held_out_scores"] + r["fresh_scores"]), r["n_cal"], 1 - r["expected_fpr"],
                              r["quantile_method"], orders)
-        r |= {"exchangeable_mean": float(counts.mean()), "exchangeable_p": float(np.mean(counts >= r["flags"]))}
+        r |= {"exchangeable_mean": float(counts.mean()), "exchangeable_p": permutation_p(counts, r["flags"])}
         total += counts
     flags = sum(r["flags"] for r in tested)
     return {"models": len(tested), "flags": flags, "fresh": sum(r["n_fresh"] for r in tested),
-            "exchangeable_mean": float(total.mean()), "exchangeable_p": float(np.mean(total >= flags))}
+            "exchangeable_mean": float(total.mean()), "exchangeable_p": permutation_p(total, flags)}
 
 
 async def check_calibration(engine: Engine, name: str, seed: int) -> dict:
@@ -419,7 +434,7 @@ async def check_calibration(engine: Engine, name: str, seed: int) -> dict:
     q = m.manifest["calibration"]["threshold_quantile"]
     x = load(DATASETS[m.data["levels"]]).x_test
     half_a, half_b = halves(seed)
-    calibrated_on_half_a = entry["split"].endswith(f"half A (250 of 250, seed {seed})")
+    calibrated_on_half_a = entry["split"].endswith(half_a_split(TEST_SIZE // 2, seed))
     held_out_x, fresh_x = (x[half_a], x[half_b]) if calibrated_on_half_a else (x, x[:0])
     held_out = await served(engine, name, held_out_x, 0, entry)
     stored = np.asarray(entry["values"])
@@ -445,10 +460,14 @@ async def recalibrate(engine: Engine, store: Path, name: str, seed: int) -> list
     by their own estimator first. Returns the detectors rewritten."""
     m = engine.model(name)
     entries = {d: e for d, e in m.manifest["calibration"].get("detectors", {}).items()
-               if e["split"].endswith(f"half A (250 of 250, seed {seed})")}
+               if e["split"].endswith(half_a_split(TEST_SIZE // 2, seed))}
     if not entries:
         return []
-    (k,) = {e.get("k", 0) for e in entries.values()}
+    ks = {d: e.get("k", 0) for d, e in entries.items()}  # 0: a bound-free score
+    if len(set(ks.values())) != 1:
+        raise SystemExit(f"{name}: --recalibrate rescores every calibration.detectors entry at one bound, so their "
+                         f"k must agree; found k {ks}")
+    k = next(iter(ks.values()))
     need = {p for d in entries for p in anomaly.components(d)}
     x = load(DATASETS[m.data["levels"]]).x_test[halves(seed)[0]]
     feats = await features(engine, name, x, score_options(engine, name, k), need)
@@ -471,15 +490,15 @@ async def recalibrate(engine: Engine, store: Path, name: str, seed: int) -> list
 
 def calibration_table(rows: list[dict], joint: dict, command: str) -> str:
     lines = ["# Anomaly calibration: the default detector's flag on fresh test digits\n", f"    {command}\n",
-             "Fresh: the test split's half B (250 digits), which neither the choose step (training digits) nor the "
-             "calibration (half A) used, scored through the service (chunks of 25, seeds "
-             f"{FRESH_SEED} + start). `p binomial`: P(X >= flags), X ~ Binomial(n, 0.01), the threshold taken as "
-             "exact. `p exchangeable`: the same tail when half A and half B are exchangeable (a calibrated score), "
-             f"from {PERMUTATIONS} random splits of the pooled 500 scores, each thresholded by the same quantile "
-             "estimate, so that it also counts the threshold's sampling error; `E flags` its mean. `reproduced`: the "
-             "largest gap between the stored quantiles and those of the held-out scores recomputed through the "
-             "service at the calibration's seeds, over the stored range (0: the calibration is the served "
-             "score).\n",
+             f"Fresh: the test split's half B ({TEST_SIZE - TEST_SIZE // 2} digits), which neither the choose step "
+             f"(training digits) nor the calibration (half A) used, scored through the service (chunks of {CHUNK}, "
+             f"seeds {FRESH_SEED} + start). `p binomial`: P(X >= flags), X ~ Binomial(n, 0.01), the threshold taken "
+             "as exact. `p exchangeable`: the same tail when half A and half B are exchangeable (a calibrated score): "
+             f"(1 + the splits with at least as many flags) / (1 + {PERMUTATIONS}) over {PERMUTATIONS} random splits "
+             f"of the pooled {TEST_SIZE} scores, each thresholded by the same quantile estimate, so that it also "
+             "counts the threshold's sampling error; `E flags` its mean. `reproduced`: the largest gap between the "
+             "stored quantiles and those of the held-out scores recomputed through the service at the calibration's "
+             "seeds, over the stored range (0: the calibration is the served score).\n",
              "| model | default | calibration | reproduced | fresh n | flags | FPR | p binomial | E flags | "
              "p exchangeable |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
