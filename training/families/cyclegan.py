@@ -9,18 +9,19 @@ the paper's choice) the discriminators minimize (D(real) - 1)^2 + D(fake)^2 and 
     + cycle_weight * (|G_ba(G_ab(a)) - a|_1 + |G_ab(G_ba(b)) - b|_1)       (the paper's lambda = 10)
     + identity_weight * (|G_ab(b) - b|_1 + |G_ba(a) - a|_1)                (the paper's 0.5 lambda; 0: off)
     + semantic_weight * CE(f_a(G_ab(a)), y_a)                               (0: off)
-    + layout_weight * (|pool(G_ab(a)) - pool(a)|_1 + |pool(G_ba(b)) - pool(b)|_1)   (0: off)
+    + layout_weight * |pool(G_ab(a)) - pool(a)|_1                              (0: off)
 The semantic one is the source side of CyCADA's semantic consistency loss (Hoffman et al. 2018, "CyCADA: Cycle-
 Consistent Adversarial Domain Adaptation"): f_a, a classifier trained on domain a's labelled train images then
 frozen, must still read a's label in its translation to b. It uses domain a's labels (never b's); CyCADA's target
 side term, CE(f_a(G_ba(b)), argmax f_a(b)), is left out: an mnist5k classifier misreads about a third of framed b's
 test digits (the shipped one reads 0.698 of them right: `b_to_a_class_survival_untranslated`), so its guesses would
 pull G_ba towards wrong classes. With `whole_image_critic`, each domain also has a whole-image critic (the DCGAN
-critic: one score per image) whose LSGAN terms add to the PatchGAN's. The layout term (`layout_weight`) asks each
-translation to keep its source's 7x7 layout (`pool`: means over 4x4 blocks), label-free: b's digits are 32x32
-bitmaps counted in 4x4 blocks, so a digit drawn b's way (`optdigits`) keeps most of its layout at that scale, and so
-does the inverse map (a kind of the f-constancy of Taigman et al. 2016, "Unsupervised Cross-Domain Image
-Generation", with a fixed f).
+critic: one score per image) whose LSGAN terms add to the PatchGAN's. The layout term (`layout_weight`) asks a -> b to
+keep its source's 7x7 layout (`pool`: means over 4x4 blocks), label-free: b's digits are 32x32 bitmaps counted in
+4x4 blocks, so a digit drawn b's way (`optdigits`) keeps most of its layout at that scale (a kind of the f-constancy
+of Taigman et al. 2016, "Unsupervised Cross-Domain Image Generation", with a fixed f). b -> a is left free: b's
+writers draw some digits in shapes mnist's writers do not (a 7's crossbar, a 1's flag and base), which a
+translation to a has to change.
 No image pool, no dropout: translation is deterministic.
 
 The two domains share no pairs: a is mnist5k (training/data's split), b is scikit-learn's digits (a different set
@@ -67,7 +68,7 @@ class CycleGANConfig:
     mnist_frame: bool = False  # domain b's digits upscaled to 20x20 inside a 4-pixel border (MNIST's box), not 28x28
     semantic_weight: float = 0.0  # CyCADA's semantic consistency on a -> b, with a's labels (0: off, plain CycleGAN)
     whole_image_critic: bool = False  # beside each PatchGAN, a DCGAN critic scoring the whole image
-    layout_weight: float = 0.0  # each translation keeps its source's 7x7 layout (see `layout_loss`; 0: off)
+    layout_weight: float = 0.0  # a -> b keeps its source's 7x7 layout (see `layout_loss`; 0: off)
     validation: int = 0  # the last `validation` train images of each domain kept out of training (see `held_out`)
 
 
@@ -234,7 +235,7 @@ def train_step(model: CycleGAN, optimizers: dict, x: torch.Tensor, y: torch.Tens
         generators = generators + c.identity_weight * ((model.g_ab(b) - b).abs().mean()
                                                        + (model.g_ba(a) - a).abs().mean())
     if c.layout_weight > 0:
-        generators = generators + c.layout_weight * (layout_loss(a, fake_b) + layout_loss(b, fake_a))
+        generators = generators + c.layout_weight * layout_loss(a, fake_b)
     if c.semantic_weight > 0:
         generators = generators + c.semantic_weight * semantic_loss(fake_b, y)
     _step(optimizers["generators"], generators)
