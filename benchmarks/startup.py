@@ -9,6 +9,8 @@ line and sends the same requests again (all loaded).
 """
 
 import argparse
+import json
+import math
 import subprocess
 import sys
 import tempfile
@@ -23,19 +25,27 @@ sys.path.insert(0, str(REPO / "tests" / "e2e"))
 from test_server import free_port, server_env, stop  # noqa: E402
 
 
-def probe(client: httpx.Client, model: dict) -> float:
-    """Seconds of one small request to the model (a score of a blank image or a short text where it scores,
-    else one sample); NaN if it failed."""
+def probe(client: httpx.Client, model: dict, capabilities: dict) -> float:
+    """Seconds of one small request to the model (a score of a blank image or a short text where it scores, a
+    translation of a blank image where it translates, else one sample: of a caption where it takes a prompt, under
+    two zero actions where it rolls out); NaN if it failed. `capabilities`: its manifest's."""
     name, data = model["name"], model["data"]
+    blank = [[[0] * data["shape"][-1] for _ in range(data["shape"][-2])]] if data["kind"] == "image" else None
     start = time.perf_counter()
-    if "score" in model["capabilities"] and data["kind"] == "image":
-        blank = [[[0] * data["shape"][-1] for _ in range(data["shape"][-2])]]
+    if "score" in capabilities and data["kind"] == "image":
         response = client.post(f"/v1/models/{name}/score", json={"inputs": [blank]})
-    elif "score" in model["capabilities"] and data["kind"] == "text":
+    elif "score" in capabilities and data["kind"] == "text":
         response = client.post(f"/v1/models/{name}/score", json={"inputs": ["hello"]})
+    elif "translate" in capabilities:
+        response = client.post(f"/v1/models/{name}/translate", json={"inputs": [blank]})
     else:
-        audio = {"length": 16} if data["kind"] == "audio" else {}  # a Markov chain runs its default steps
-        response = client.post(f"/v1/models/{name}/sample", json={"n": 1, "seed": 0, **audio})
+        sample = capabilities["sample"]
+        extra = {"length": 16} if data["kind"] == "audio" else {}  # a Markov chain runs its default steps
+        if "prompt" in sample:
+            extra["prompt"] = "a thick seven"
+        if "actions" in sample:
+            extra["actions"] = [[0.0] * math.prod(sample["actions"]["shape"])] * 2
+        response = client.post(f"/v1/models/{name}/sample", json={"n": 1, "seed": 0, **extra})
     seconds = time.perf_counter() - start
     return seconds if response.status_code == 200 else float("nan")
 
@@ -65,13 +75,15 @@ def main() -> None:
                 time.sleep(0.05)
             ready = time.monotonic() - start
             models = client.get("/v1/models").json()["models"]
-            first = {m["name"]: probe(client, m) for m in models}
+            capabilities = {m["name"]: json.loads((args.models_dir / m["name"] / str(m["version"]) /
+                                                   "manifest.json").read_text())["capabilities"] for m in models}
+            first = {m["name"]: probe(client, m, capabilities[m["name"]]) for m in models}
             while "functions loaded in" not in (logs / "stderr").read_text():
                 if time.monotonic() - start > 300:
                     raise SystemExit(f"the worker did not finish loading in 300 s; log: {logs}")
                 time.sleep(0.2)
             loaded = time.monotonic() - start
-            warm = {m["name"]: probe(client, m) for m in models}
+            warm = {m["name"]: probe(client, m, capabilities[m["name"]]) for m in models}
     finally:
         stop(process)
     rows = [[name, f"{first[name] * 1000:.0f}", f"{warm[name] * 1000:.0f}"] for name in first]
