@@ -52,8 +52,8 @@ async def rest_us(app, requests: int, given: bool) -> float:
 async def grpc_us(calls: int) -> tuple[float, float]:
     """Health Check calls on a server without and one with the request id, rounds interleaved."""
     servers, channels, checks = [], [], []
-    calls = CallsInFlight()
-    for around in (lambda method, _context: calls.tracked(method), around_every_call(calls)):
+    in_flight = CallsInFlight()
+    for around in (lambda method, _context: in_flight.tracked(method), around_every_call(in_flight)):
         server = grpc.aio.server()
         health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(), AroundEveryCall(server, around))
         port = server.add_insecure_port("127.0.0.1:0")

@@ -1,6 +1,6 @@
 """Work in flight and a bounded wait until none is left: what both front-ends need to drain on SIGTERM.
 
-The HTTP drain (service.api.drain.Drain) tracks requests and the gRPC interceptor
+The HTTP drain (service.api.drain.Drain) tracks requests and the gRPC wrapper around every method
 (service.grpc.server.CallsInFlight) tracks calls; both derive from InFlight, as the two layers may not import
 each other. service.main waits on both with finished(), and a second signal ends the wait with stop_waiting().
 """

@@ -519,7 +519,8 @@ class GenserveServicer(pb_grpc.GenserveServicer):
                                       frames=to_tensor(chunk["frames"], np.int64))
 
 
-def add_genserve_servicer(server: grpc.aio.Server, engine: Any, settings: Settings) -> str:
-    """Register genserve.v1.Genserve on `server`; returns its full service name."""
+def add_genserve_servicer(server: Any, engine: Any, settings: Settings) -> str:
+    """Register genserve.v1.Genserve on `server` (a grpc.aio.Server, or service.grpc.handlers.AroundEveryCall over
+    one); returns its full service name."""
     pb_grpc.add_GenserveServicer_to_server(GenserveServicer(engine, settings), server)
     return SERVICE_NAME

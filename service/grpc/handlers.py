@@ -43,11 +43,22 @@ class AroundEveryCall:
 
     def __init__(self, server: grpc.aio.Server, around: Callable[[str, Any], AbstractContextManager]):
         self.server, self.around = server, around
+        self.unwrapped: set[str] = set()  # services given to add_generic_rpc_handlers alone, so far
 
-    def add_generic_rpc_handlers(self, _generic_handlers) -> None:
-        """The generated code passes the same handlers to add_registered_method_handlers, which adds both."""
+    def add_generic_rpc_handlers(self, generic_handlers) -> None:
+        """The generated code passes the same handlers to add_registered_method_handlers next, which adds both;
+        check_all_wrapped() names a service that never got there (it would not be served)."""
+        self.unwrapped.update(getattr(h, "service_name", lambda h=h: repr(h))() for h in generic_handlers)
+
+    def check_all_wrapped(self) -> None:
+        """TypeError naming any service registered without add_registered_method_handlers (hand-written generic
+        handlers, or stubs generated before grpcio-tools 1.62): its calls would answer UNIMPLEMENTED."""
+        if self.unwrapped:
+            raise TypeError(f"gRPC services {sorted(self.unwrapped)}: registered through add_generic_rpc_handlers "
+                            "alone; register their method handlers with add_registered_method_handlers")
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self.unwrapped.discard(service)
         wrapped = {name: self._wrapped(f"/{service}/{name}", handler) for name, handler in handlers.items()}
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, wrapped),))
         self.server.add_registered_method_handlers(service, wrapped)

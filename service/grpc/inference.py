@@ -243,7 +243,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return await self._control(context, "RepositoryModelUnload", work)
 
 
-def add_inference_servicer(server: grpc.aio.Server, engine: Any) -> str:
-    """Register inference.GRPCInferenceService over `engine` on `server`; returns the service's full name."""
+def add_inference_servicer(server: Any, engine: Any) -> str:
+    """Register inference.GRPCInferenceService over `engine` on `server` (a grpc.aio.Server, or
+    service.grpc.handlers.AroundEveryCall over one); returns the service's full name."""
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(engine), server)
     return SERVICE_NAME

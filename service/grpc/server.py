@@ -149,6 +149,7 @@ def build_grpc_server(engine: Any, settings: Settings, port: int) -> grpc.aio.Se
     health_pb2_grpc.add_HealthServicer_to_server(health, wrapping)
     names = [*services, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME]
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(ReflectionServicer(names), wrapping)
+    wrapping.check_all_wrapped()
     address = _address(settings.host, port)
     credentials = _tls_credentials(settings)
     bound = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)

@@ -496,8 +496,9 @@ def test_inference_servicer_is_registered_when_present(engine, settings, monkeyp
     name = "inference.GRPCInferenceService"
     fake = types.ModuleType("service.grpc.inference")
 
-    def add_inference_servicer(server, _engine):
+    def add_inference_servicer(server, _engine):  # as generated code registers a service
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, {}),))
+        server.add_registered_method_handlers(name, {})
         return name
 
     fake.add_inference_servicer = add_inference_servicer

@@ -204,3 +204,77 @@ def test_grpc_a_call_refused_for_its_key_still_answers_with_its_id(engine, tmp_p
         assert dict(refused.value.trailing_metadata())["x-request-id"] == GIVEN
 
     grpc_scenario(engine, body, api_keys_file=keys)
+
+
+def test_grpc_every_registered_service_answers_with_the_id_and_counts_its_calls(engine):
+    """Health, reflection and the V2 service are wrapped like genserve.v1 (AroundEveryCall): the caller's id comes
+    back, and a call still open (a health Watch) is counted in flight until it ends."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    from service.grpc.gen_inference import grpc_predict_v2_pb2 as v2
+    from service.grpc.gen_inference import grpc_predict_v2_pb2_grpc as v2_grpc
+
+    given = (("x-request-id", GIVEN),)
+    watch_method = "/grpc.health.v1.Health/Watch"
+
+    async def reflect(channel):
+        stream = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(metadata=given, timeout=RPC_S)
+        await stream.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+        await stream.read()
+        await stream.done_writing()
+        await stream.read()  # the end of the stream
+        return dict(await stream.trailing_metadata())["x-request-id"]
+
+    async def main() -> None:
+        server = build_grpc_server(engine, Settings(host="127.0.0.1", intra_op_threads=1), 0)
+        await server.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.genserve_port}")
+        try:
+            health = health_pb2_grpc.HealthStub(channel)
+            assert await answered_id(health.Check(health_pb2.HealthCheckRequest(), metadata=given,
+                                                  timeout=RPC_S)) == GIVEN
+            assert await answered_id(health.Check(health_pb2.HealthCheckRequest(service="nope"), metadata=given,
+                                                  timeout=RPC_S)) == GIVEN  # NOT_FOUND
+            assert await answered_id(v2_grpc.GRPCInferenceServiceStub(channel).ServerLive(
+                v2.ServerLiveRequest(), metadata=given, timeout=RPC_S)) == GIVEN
+            assert await reflect(channel) == GIVEN
+            watch = health.Watch(health_pb2.HealthCheckRequest(), metadata=given, timeout=RPC_S)
+            await watch.read()  # the first status: the call is open
+            assert server.genserve_calls.methods == {watch_method: 1}
+            watch.cancel()
+            for _ in range(100):  # the server learns of the cancellation on its next poll
+                if not server.genserve_calls.methods:
+                    break
+                await asyncio.sleep(0.05)
+            assert not server.genserve_calls.methods
+        finally:
+            await channel.close()
+            await server.stop(grace=None)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_grpc_a_service_registered_without_its_method_handlers_is_refused_at_build():
+    """A generic handler alone (hand-written, or stubs older than grpcio-tools 1.62) would bypass the per-call code
+    and, through AroundEveryCall, not be served at all: building the server names it instead."""
+    from service.grpc.handlers import AroundEveryCall
+
+    async def unary(_request, _context):
+        return b""
+
+    class Server:  # what AroundEveryCall passes on
+        def add_generic_rpc_handlers(self, generic_handlers):
+            pass
+
+        def add_registered_method_handlers(self, service, method_handlers):
+            pass
+
+    wrapping = AroundEveryCall(Server(), lambda method, context: None)
+    handlers = {"Call": grpc.unary_unary_rpc_method_handler(unary)}
+    wrapping.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("a.Registered", handlers),))
+    wrapping.add_registered_method_handlers("a.Registered", handlers)
+    wrapping.check_all_wrapped()  # both ways, as generated code does: fine
+    wrapping.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("b.GenericOnly", handlers),))
+    with pytest.raises(TypeError, match=r"\['b.GenericOnly'\]"):
+        wrapping.check_all_wrapped()
