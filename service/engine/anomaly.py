@@ -42,7 +42,8 @@ standardization; the likelihood ratio's `background`; the hierarchical ratio's `
 score's `latent`), and
 `calibration["default"]` names the detector that answers when a request names none; a default that could never
 answer (a part the model cannot compute or without a calibration entry of its own, a mix without its own entry) is
-an exporter's mistake that the store refuses at load (default_problem), naming the model and the part.
+an exporter's mistake that the engine refuses when it loads the model (default_problem), naming the model and the
+part.
 
 A model scored by an importance-sampled bound (IWAE_k rises with k) records in each entry the bound its held-out
 scores were computed with, `k` and `method` (no refinement): every detector of that entry, typicality included on
@@ -223,7 +224,7 @@ def available(manifest: dict, capability: dict, function_inputs, has_background:
 def default_problem(manifest: dict) -> str | None:
     """Why the manifest's `calibration.default` could never answer, or None: a part the model cannot compute, a
     part without a calibration entry of its own, or a mix without its own entry or a part's standardization. An
-    exporter's mistake, refused when the store loads the model (a default whose background model is not served
+    exporter's mistake, refused when the engine loads the model (a default whose background model is not served
     is none: the service falls back to the base detector and says so)."""
     default = manifest.get("calibration", {}).get("default")
     if default is None or "score" not in manifest["capabilities"]:

@@ -55,6 +55,8 @@ class LoadedModel:
         if self.data["kind"] not in SERVED_KINDS:
             raise UnsupportedModel(f"model {entry.name!r}: {self.data['kind']} data is not served yet "
                                    f"(served: {', '.join(SERVED_KINDS)}); remove it from the store", field="model")
+        if (problem := anomaly.default_problem(self.manifest)) is not None:  # else every request would be refused
+            raise UnsupportedModel(f"model {entry.name!r}: {problem}; fix its manifest", field="model")
         self.shape = list(self.data["shape"])
         self.capabilities = self.manifest["capabilities"]
         self.is_sequence = self.data["kind"] in SEQUENCE_KINDS
@@ -143,8 +145,11 @@ class Engine(GenerationOperations, StateSpaceOperations, ScoringOperations, Late
             reasons = "; ".join(b.reason for b in bad) or f"no <version>/manifest.json under {name!r} in the store"
             raise UnknownModel(f"model {name!r}: nothing to load: {reasons}", field="model")
         served = self.versions.get(name, {})
-        loaded = {v: served[v] if v in served and served[v].entry == entry else
-                  LoadedModel(entry, str(entry.directory.resolve())) for v, entry in good.items()}
+        try:
+            loaded = {v: served[v] if v in served and served[v].entry == entry else
+                      LoadedModel(entry, str(entry.directory.resolve())) for v, entry in good.items()}
+        except UnsupportedModel as e:  # a version this engine cannot serve: nothing is loaded, as for a bad one
+            raise UnknownModel(f"model {name!r}: nothing to load: {e.detail}", field="model") from e
         self.versions[name], self.models[name] = loaded, loaded[max(loaded)]  # one assignment each: no torn read
         self.unloaded.discard(name)
         self.unavailable = [u for u in self.unavailable if u["name"] != name]

@@ -94,18 +94,20 @@ class ScoringOperations:
         return await self._detect(m, cap, x, labels, results, detector, log_joint)
 
     def _detector(self, m: LoadedModel, cap: dict, anomaly_method: str | None) -> str:
-        """The anomaly detector a request names, or the model's default; InvalidInput if it cannot answer it."""
-        detector = anomaly.default_detector(m.manifest) if anomaly_method is None else anomaly_method
+        """The anomaly detector a request names, or InvalidInput if the model cannot answer it; else the model's
+        default, which can always answer (LoadedModel refuses a manifest whose default could not:
+        anomaly.default_problem) unless its background model is not served: then the base detector answers, and
+        the answer's `method` says so."""
         names = anomaly.available(m.manifest, cap, m.function_inputs, self._has_background(m))
-        if detector in names:
-            return detector
-        missing = anomaly.uncalibrated_parts(m.manifest, detector)
-        if anomaly_method is None and not missing:  # a default whose background model is not served
-            return anomaly.base_detector(m.manifest)  # the answer's `method` says so
-        which = "its default detector" if anomaly_method is None else "no calibrated detector"
-        parts = f" (no calibration entry for {missing})" if detector.startswith("mix:") and missing else ""
-        raise InvalidInput(f"anomaly_method: model {m.manifest['name']!r} has {which} {detector!r}{parts}; "
-                           f"name one of {names}", field="anomaly_method")
+        if anomaly_method is None:
+            default = anomaly.default_detector(m.manifest)
+            return default if default in names else anomaly.base_detector(m.manifest)
+        if anomaly_method in names:
+            return anomaly_method
+        missing = anomaly.uncalibrated_parts(m.manifest, anomaly_method)
+        parts = f" (no calibration entry for {missing})" if anomaly_method.startswith("mix:") and missing else ""
+        raise InvalidInput(f"anomaly_method: model {m.manifest['name']!r} has no calibrated detector "
+                           f"{anomaly_method!r}{parts}; name one of {names}", field="anomaly_method")
 
     async def _calibrated_bound(self, m: LoadedModel, cap: dict, x: np.ndarray, results: list[dict], detector: str,
                                 seed: int) -> None:

@@ -14,8 +14,6 @@ from pathlib import Path
 
 import jsonschema
 
-from service.engine import anomaly
-
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")  # a link to proto/'s, a copy in an installed package
 
 
@@ -114,8 +112,6 @@ def load_entry(directory: Path, validator: jsonschema.protocols.Validator) -> Mo
         raise StoreError(f"{manifest_path}: says {manifest['name']}/{manifest['version']}, but lies in "
                          f"{directory.parent.name}/{directory.name}", "misplaced")
     check_references(directory, manifest)
-    if (problem := anomaly.default_problem(manifest)) is not None:  # else every request would be refused
-        raise StoreError(f"{manifest_path}: model {manifest['name']!r}: {problem}", "manifest")
     verify_files(directory, manifest)
     return ModelEntry(manifest["name"], manifest["version"], directory, manifest)
 

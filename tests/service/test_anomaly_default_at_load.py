@@ -1,6 +1,6 @@
-"""A manifest whose `calibration.default` could never answer is an exporter's mistake that the store refuses at load,
-naming the model and the part (service/engine/anomaly.py's default_problem, service/store/store.py), instead of a
-4xx on every request that names no detector; no shipped manifest trips it."""
+"""A manifest whose `calibration.default` could never answer is an exporter's mistake that the engine refuses when it
+loads the model, naming the model and the part (service/engine/anomaly.py's default_problem, LoadedModel), instead of
+a 4xx on every request that names no detector; no shipped manifest trips it."""
 
 import copy
 import json
@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 
 from service.engine import anomaly
-from service.store import ModelStore, StoreError
+from service.engine.engine import Engine
+from service.engine.errors import UnknownModel, UnsupportedModel
+from service.settings import Settings
+from service.store import ModelStore
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 MIX = "mix:complexity+nll"
@@ -55,19 +58,22 @@ def test_a_default_that_can_answer_passes(manifest, default, detectors):
     assert anomaly.default_problem(with_calibration(manifest, default, detectors)) is None
 
 
-def test_the_store_refuses_it_at_load_naming_the_model_and_the_part(tiny_vae_store, manifest, tmp_path):
-    """The whole load stops with the manifest's path, the model and the part; with skip_bad the model alone is left
-    out, with that reason."""
+def test_the_engine_refuses_it_at_start_and_at_a_live_load_naming_the_model_and_the_part(tiny_vae_store, manifest,
+                                                                                          tmp_path):
+    """At start the engine is not built (`genserve serve` stops with the message); a live load of a version with
+    such a manifest loads nothing and answers as for a model with no good version."""
     store = tmp_path / "store"
     shutil.copytree(tiny_vae_store / "vae", store / "vae")
-    broken = with_calibration(manifest, MIX, {MIX: standardized(["complexity", "nll"])})
-    (store / "vae" / "1" / "manifest.json").write_text(json.dumps(broken))
-    with pytest.raises(StoreError, match=r"vae/1/manifest.json: model 'vae': .*no calibration entry for "
-                                         r"\['complexity'\]") as error:
-        ModelStore(store)
-    assert error.value.kind == "manifest"
-    skipped = ModelStore(store, skip_bad=True)
-    assert "vae" not in skipped.entries and "['complexity']" in skipped.unavailable["vae"].reason
+    manifest_path = store / "vae" / "1" / "manifest.json"
+    manifest_path.write_text(json.dumps(with_calibration(manifest, MIX, {MIX: standardized(["complexity", "nll"])})))
+    with pytest.raises(UnsupportedModel, match=r"model 'vae': .*no calibration entry for \['complexity'\]"):
+        Engine(ModelStore(store), Settings())
+    manifest_path.write_text(json.dumps(manifest))
+    engine = Engine(ModelStore(store), Settings())
+    manifest_path.write_text(json.dumps(with_calibration(manifest, "critic", {})))
+    with pytest.raises(UnknownModel, match=r"nothing to load: model 'vae': .*cannot compute \['critic'\]"):
+        engine.load_model("vae")
+    assert engine.model("vae").manifest == manifest  # the served version stays
 
 
 def test_no_shipped_manifest_has_a_default_that_could_never_answer():

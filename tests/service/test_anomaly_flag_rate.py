@@ -115,7 +115,7 @@ def test_a_mix_with_every_part_calibrated_is_served(tiny_vae_store, tmp_path, di
 
 def test_a_mix_whose_part_has_no_entry_is_refused_naming_the_field(tiny_vae_store, tmp_path, digits):
     """Named in the request: a 4xx (REST's for invalid input, 422) / INVALID_ARGUMENT naming anomaly_method and the
-    part; the base detector still answers when named. (As the manifest's default, the store refuses it at load:
+    part; the base detector still answers when named. (As the manifest's default, the engine refuses it at load:
     test_anomaly_default_at_load.py.)"""
     store = store_with(tiny_vae_store, tmp_path, digits, None, with_part=False)
     x = digits[1][:2]
