@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from training import quality
-from training.data import Split, mnist5k
+from training.data import mnist5k
 from training.families import cyclegan as cg
 
 HELD_OUT = 300
@@ -49,9 +49,7 @@ def train(x: np.ndarray, y: np.ndarray, seed: int, rerender: bool = False, warp:
     copies = [cg.augment(elastic(x, warp, rng) if warp else x, settings, rng) for _ in range(settings.copies)]
     if rerender:
         copies = [cg.upscale(cg.optdigits(copy), border=4) for copy in copies]
-    augmented = Split("digits-28-augmented", np.concatenate([x, *copies]), np.tile(y, settings.copies + 1),
-                      x[:0], y[:0], levels=cg.LEVELS)
-    return quality.train_classifier(augmented, seed=seed, config=quality.ClassifierConfig(channels=channels))
+    return cg.judge_on(x, y, copies, seed=seed, config=quality.ClassifierConfig(channels=channels))
 
 
 VARIANTS = {"chosen (wide affine, thickness, blur)": {}, "re-rendered": {"rerender": True},

@@ -326,10 +326,16 @@ def train_judge(x: np.ndarray, y: np.ndarray, settings: Augmentation, epochs: in
     """The project's classifier (training/quality.py) trained, seeded, on images x [N, 1, 28, 28] levels with
     labels y [N], plus `settings.copies` augmented copies of them."""
     rng = np.random.default_rng(seed)
-    copies = [augment(x, settings, rng) for _ in range(settings.copies)]
-    augmented = Split("digits-28-augmented", np.concatenate([x, *copies]), np.tile(y, settings.copies + 1),
+    return judge_on(x, y, [augment(x, settings, rng) for _ in range(settings.copies)], epochs, seed)
+
+
+def judge_on(x: np.ndarray, y: np.ndarray, copies: list[np.ndarray], epochs: int = 12, seed: int = 0,
+             config: quality.ClassifierConfig | None = None) -> quality.Classifier:
+    """The project's classifier trained, seeded, on images x [N, 1, 28, 28] levels with labels y [N] and on each of
+    `copies` (images like x, the same labels)."""
+    augmented = Split("digits-28-augmented", np.concatenate([x, *copies]), np.tile(y, len(copies) + 1),
                       x[:0], y[:0], levels=LEVELS)
-    return quality.train_classifier(augmented, epochs=epochs, seed=seed)
+    return quality.train_classifier(augmented, epochs=epochs, seed=seed, config=config)
 
 
 JUDGE_CANDIDATES = {  # name: augmentation (4 copies where on)
