@@ -37,7 +37,9 @@ def probe(client: httpx.Client, model: dict, capabilities: dict) -> float:
     elif "score" in capabilities and data["kind"] == "text":
         response = client.post(f"/v1/models/{name}/score", json={"inputs": ["hello"]})
     elif "translate" in capabilities:
-        response = client.post(f"/v1/models/{name}/translate", json={"inputs": [blank]})
+        shape = capabilities["translate"]["input"]["shape"]  # [C, H, W]
+        image = [[[0] * shape[-1] for _ in range(shape[-2])]]
+        response = client.post(f"/v1/models/{name}/translate", json={"inputs": [image]})
     else:
         sample = capabilities["sample"]
         extra = {"length": 16} if data["kind"] == "audio" else {}  # a Markov chain runs its default steps
