@@ -386,6 +386,15 @@ def binomial_tail(flags: int, n: int, p: float) -> float:
     return float(stats.binom.sf(flags - 1, n, p))
 
 
+def fresh_flags(entry: dict, fresh: np.ndarray, q: float, index: np.ndarray) -> dict:
+    """The fresh scores' [n] flags as the service sets them (percentile among the entry's held-out scores at least
+    100 q): their count, rate, binomial p-value against rate 1 - q, and the flagged inputs' `index` [n] entries."""
+    flagged = anomaly.percentile(entry, fresh) >= q * 100.0
+    flags = int(np.count_nonzero(flagged))
+    return {"flags": flags, "fpr": flags / len(fresh), "binomial_p": binomial_tail(flags, len(fresh), 1 - q),
+            "flagged": index[flagged].tolist()}
+
+
 def split_flags(pooled: np.ndarray, n_cal: int, q: float, method: str, orders: np.ndarray) -> np.ndarray:
     """Flags [draws] of the fresh side of each random split of the pooled held-out and fresh scores (orders
     [draws, N]: the first n_cal calibrate, by the same quantile estimate; the rest are flagged at q)."""
@@ -445,11 +454,8 @@ async def check_calibration(engine: Engine, name: str, seed: int) -> dict:
            "expected_fpr": 1 - q, "n_fresh": len(fresh_x)}
     if len(fresh_x):
         fresh = await served(engine, name, fresh_x, FRESH_SEED, entry)
-        flagged = anomaly.percentile(entry, fresh) >= q * 100.0
-        flags = int(np.count_nonzero(flagged))
-        row |= {"flags": flags, "fpr": flags / len(fresh), "binomial_p": binomial_tail(flags, len(fresh), 1 - q),
-                "flagged": half_b[flagged].tolist(), "quantile_method": method,
-                "held_out_scores": held_out.tolist(), "fresh_scores": fresh.tolist()}
+        row |= fresh_flags(entry, fresh, q, half_b) | {"quantile_method": method, "held_out_scores": held_out.tolist(),
+                                                       "fresh_scores": fresh.tolist()}
     return row
 
 
