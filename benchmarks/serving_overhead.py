@@ -3,14 +3,14 @@
 Optional, outside `make test` (issue 16, goals 2 and 6). Three parts (--parts, default all), each with its table:
 
 - overhead (goal 2): the p50 at 1 client of `vae.decode` and `pixelcnn.log_prob_given_label` over V2 REST JSON, V2
-  REST binary (wrk), V2 gRPC (grpc.aio clients in this process) and genserve's own route (/v1/models/vae/decode,
-  /score; wrk), against the p50 of the same call made in-process: sequential `Engine.infer` calls on one event loop in
-  a child process (from the same source tree), with the model functions run in that process (InProcess runner: the
-  goal's baseline) and through an engine worker process over its Unix socket (WorkerPool: what the server does, so the
-  difference to it is HTTP/gRPC alone). Every round measures each path once, in-process included, the order reversed
-  every other round; a path's `added` is the median over rounds of its p50 minus the same round's in-process p50, so
-  slow phases of a shared machine cancel out. A lone request waits up to max_queue_delay_us for company on every path,
-  so that wait cancels out too. Goal: REST at most 1 ms added, gRPC at most 0.5 ms.
+  REST binary (wrk), V2 gRPC (h2load; or grpc.aio clients in this process, --grpc-client aio) and genserve's own route
+  (/v1/models/vae/decode, /score; wrk), against the p50 of the same call made in-process: sequential `Engine.infer`
+  calls on one event loop in a child process (from the same source tree), with the model functions run in that process
+  (InProcess runner: the goal's baseline) and through an engine worker process over its Unix socket (WorkerPool: what
+  the server does, so the difference to it is HTTP/gRPC alone). Every round measures each path once, in-process
+  included, the order reversed every other round; a path's `added` is the median over rounds of its p50 minus the same
+  round's in-process p50, so slow phases of a shared machine cancel out. A lone request waits up to max_queue_delay_us
+  for company on every path, so that wait cancels out too. Goal: REST at most 1 ms added, gRPC at most 0.5 ms.
 - routes (goal 2): genserve's own REST route against the V2 REST JSON route for the same work, at --route-concurrency
   (1 16), alternating: throughput and p50 ratios (goal: within 10%).
 - batching (goal 6): at --batching-concurrency 64 on `vae.decode`, a server with batching on (--max-batch-size 64,
@@ -42,12 +42,15 @@ from common import fmt, markdown_table, write_json
 from loadgen import BATCHING_OFF, REPO, _interrupt
 from v2load import (
     FUNCTIONS,
+    GRPC_CLIENT_TEXT,
+    GRPC_CLIENTS,
     Genserve,
     Point,
     batching_env,
     grpc_check,
-    grpc_point,
+    grpc_load_point,
     point_line,
+    require_h2load,
     require_wrk,
     rest_check,
     rest_point,
@@ -184,7 +187,8 @@ def measure(server: Genserve, route: str, function: str, c: int, args: argparse.
     work = v2_work(function)
     pid = server.process.pid if server.process else None
     if route == "grpc":
-        point = grpc_point(server.label, function, server.grpc_target, work, c, args.duration_s, args.warmup_s, pid)
+        point = grpc_load_point(args.grpc_client, server.label, function, server.grpc_target, work, c,
+                                args.duration_s, args.warmup_s, pid)
     else:
         request = v1_request(work) if route == "v1" else rest_request(work, route == "rest-binary")
         point = rest_point(server.label, route, function, server.base_url, request, c, args.duration_s,
@@ -254,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1, help="measure every point this many times")
     parser.add_argument("--genserve-source", type=Path, default=None,
                         help="run genserve from this source tree (e.g. `git archive` of a baseline commit)")
+    parser.add_argument("--grpc-client", choices=GRPC_CLIENTS, default="h2load",
+                        help="gRPC load generator (default: %(default)s: one connection per client; h2load-shared: one "
+                             "connection for all; aio: grpc.aio clients on one channel in this process)")
     parser.add_argument("--json", type=Path, help="also write every point as JSON")
     parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)  # the child's mode
     parser.add_argument("--store", help=argparse.SUPPRESS)
@@ -264,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.duration_s < 1 or args.rounds < 1:
         parser.error("--duration-s must be >= 1 and --rounds >= 1")
     require_wrk()
+    if args.grpc_client.startswith("h2load"):
+        require_h2load()
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM unwinds like Ctrl-C, so the servers are stopped too
     on_env = batching_env(args.threads, args.max_batch_size, args.queue_delay_us)
     off_env = {**batching_env(args.threads, None, None), **BATCHING_OFF}
@@ -319,8 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\np50: median over the rounds of each point's p50; added: median over the rounds of the path's p50 "
               "minus the same round's in-process p50 (the model run in the calling process, on a thread); added "
               "over the worker hop: the same against Engine.infer through the engine worker process, i.e. "
-              "what HTTP or gRPC alone adds. REST and gRPC p50 include the client's own time (wrk; grpc.aio in "
-              "Python)\n")
+              "what HTTP or gRPC alone adds. REST and gRPC p50 include the client's own time (wrk; gRPC: "
+              f"{GRPC_CLIENT_TEXT[args.grpc_client]})\n")
 
     if "routes" in args.parts:
         rows = []

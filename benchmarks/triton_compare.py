@@ -14,7 +14,10 @@ point (A B, B A, ...), --rounds times (the table shows each server's median over
 
 - rest-json: V2 REST with JSON tensors, driven by `wrk` (benchmarks/wrk_post.lua; one wrk thread);
 - rest-binary: V2 REST with the binary tensor data extension, inputs and outputs (what tritonclient.http sends), wrk;
-- grpc: V2 gRPC ModelInfer with raw_input_contents, closed-loop grpc.aio clients in this process (v2load.py).
+- grpc: V2 gRPC ModelInfer with raw_input_contents, driven by `h2load` (nghttp2's C load generator: C connections,
+  one call in flight on each, as wrk's C connections; v2load.py says how it tells a gRPC error from an answer).
+  --grpc-client h2load-shared: the same calls on one connection; aio: closed-loop grpc.aio clients on one channel in
+  this process, as before 2026-12-06 (they take a fifth to a third of a core from the servers on 2 cores).
 
 Each point: --warmup-s untimed, then --duration-s measured. Columns: throughput, p50, p99, the ratios, `goal met`
 (genserve's throughput at least Triton's and its p99 no worse), and the server CPU per request (the whole process
@@ -28,12 +31,13 @@ Make the Triton venv once with any Python 3.12 (nvidia-pytriton ships a Triton s
 
     python3.12 -m venv .venv-triton
     .venv-triton/bin/pip install nvidia-pytriton onnxruntime numpy
-    apt-get install -y wrk
+    apt-get install -y wrk nghttp2-client   # wrk for REST, h2load for gRPC
 
 then, from the repository root:
 
     .venv/bin/python benchmarks/triton_compare.py [--functions vae.decode pixelcnn.log_prob_given_label]
         [--protocols rest-json rest-binary grpc] [--concurrency 1 16 64] [--duration-s 5] [--rounds 1] [--json out]
+        [--grpc-client h2load|h2load-shared|aio]
 """
 
 import argparse
@@ -48,13 +52,16 @@ from common import fmt, markdown_table, write_json
 from loadgen import REPO, Server, _interrupt
 from v2load import (
     FUNCTIONS,
+    GRPC_CLIENT_TEXT,
+    GRPC_CLIENTS,
     PROTOCOLS,
     Genserve,
     Point,
     batching_env,
     grpc_check,
-    grpc_point,
+    grpc_load_point,
     point_line,
+    require_h2load,
     require_wrk,
     rest_check,
     rest_point,
@@ -144,7 +151,8 @@ def measure_point(label: str, server: Server, function: str, protocol: str, c: i
     work = v2_work(function, scalar_as_column=label == "triton")
     pid = server.process.pid if server.process else None
     if protocol == "grpc":
-        point = grpc_point(label, function, server.grpc_target, work, c, args.duration_s, args.warmup_s, pid)
+        point = grpc_load_point(args.grpc_client, label, function, server.grpc_target, work, c, args.duration_s,
+                                args.warmup_s, pid)
     else:
         point = rest_point(label, protocol, function, server.base_url, rest_request(work, protocol == "rest-binary"),
                            c, args.duration_s, args.warmup_s, pid)
@@ -186,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1, help="measure every point this many times per server")
     parser.add_argument("--genserve-source", type=Path, default=None,
                         help="run genserve from this source tree (e.g. `git archive` of a baseline commit)")
+    parser.add_argument("--grpc-client", choices=GRPC_CLIENTS, default="h2load",
+                        help="gRPC load generator (default: %(default)s: one connection per client; h2load-shared: one "
+                             "connection for all; aio: grpc.aio clients on one channel in this process)")
     parser.add_argument("--json", type=Path, help="also write every point as JSON")
     args = parser.parse_args(argv)
     if min(args.concurrency) < 1 or args.duration_s < 1 or args.rounds < 1:
@@ -195,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if any(p.startswith("rest") for p in args.protocols):
         require_wrk()
+    if "grpc" in args.protocols and args.grpc_client.startswith("h2load"):
+        require_h2load()
     points_total = len(args.functions) * len(args.protocols) * len(args.concurrency) * 2 * args.rounds
     print(f"workload: V2 {', '.join(args.functions)}; max_batch_size {args.max_batch_size}, max_queue_delay_us "
           f"{args.queue_delay_us}, onnxruntime {args.threads or 'default'} intra-op threads, in both servers; "
@@ -237,7 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown_table(HEADERS, rows))
     print(f"\n{args.duration_s:g} s per point after {args.warmup_s:g} s warm-up, servers alternating"
           + (f", median of {args.rounds} rounds" if args.rounds > 1 else "")
-          + "; REST by wrk (1 thread), gRPC by grpc.aio clients in the benchmark's process; goal met: genserve's "
+          + "; REST by wrk (1 thread), gRPC by "
+          + GRPC_CLIENT_TEXT[args.grpc_client]
+          + "; goal met: genserve's "
           "throughput at least Triton's and its p99 no worse; server CPU: CPU ms of the server's whole process "
           "tree per answered request")
     write_json(args.json, results)

@@ -8,8 +8,18 @@
 - REST load: `wrk` (Debian package `wrk`; one thread, C connections, each with one request in flight, for a fixed
   duration after an untimed warm-up run) with benchmarks/wrk_post.lua, which posts the body and prints a JSON
   summary. wrk's latency percentiles are over every completed request.
-- gRPC load: closed-loop grpc.aio clients in the manner of loadgen.py (C asyncio tasks on one channel, in this
-  process), the same warm-up and duration. No ghz: it is not packaged for the registries this machine reaches.
+- gRPC load, two clients (`--grpc-client`):
+  - `h2load` (the default; Debian package `nghttp2-client`): nghttp2's C load generator posts the gRPC message
+    itself (its 5-byte length prefix, content-type application/grpc, te: trailers) over C HTTP/2 connections, one
+    call in flight on each, for a fixed duration after an untimed warm-up run: C clients as wrk makes them for REST.
+    `h2load-shared`: the same calls as C streams of one connection (as C tasks on one grpcio channel). Latency
+    percentiles come from h2load's per-request log. h2load sees HTTP statuses only, and a gRPC error answers 200
+    with no DATA: every answer to the fixed request has the same length, so the DATA bytes received, divided
+    by that length (read once through grpcio), count the answers that carried a result; the rest are errors.
+    No ghz: it is not packaged for the registries this machine reaches.
+  - `aio`: closed-loop grpc.aio clients in the manner of loadgen.py (C asyncio tasks on one channel, in this
+    process), the same warm-up and duration. On this 2-core machine they use a fifth to a third of a core, which
+    the server then lacks, and their own time per call is part of every latency.
 - Server CPU: the CPU time of the server's whole process tree (API process and engine worker; Triton's launcher,
   tritonserver and its Python backend stubs) over the measured seconds, from /proc: cores used, and CPU ms per
   request, which the other load on a shared machine disturbs less than throughput does.
@@ -26,6 +36,7 @@ import os
 import re
 import resource
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -40,6 +51,12 @@ LUA = Path(__file__).resolve().with_name("wrk_post.lua")
 FUNCTIONS = ["vae.decode", "pixelcnn.log_prob_given_label"]
 PROTOCOLS = ["rest-json", "rest-binary", "grpc"]
 HEADER_LENGTH = "Inference-Header-Content-Length"
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+GRPC_HEADERS = ["content-type: application/grpc", "te: trailers"]  # what a gRPC server requires of a call
+GRPC_PREFIX = 5  # bytes before each gRPC message: the compressed flag and the length
+GRPC_CLIENT_TEXT = {"h2load": "h2load, one connection per client", "h2load-shared": "h2load, one connection for all "
+                    "clients", "aio": "grpc.aio clients on one channel in the benchmark's process"}
+GRPC_CLIENTS = list(GRPC_CLIENT_TEXT)
 
 
 # --- workloads -----------------------------------------------------------------------------------------------------
@@ -144,21 +161,27 @@ def rest_check(base_url: str, request: HttpRequest, output: str) -> np.ndarray:
     return rest_values(response.content, response.headers, output)
 
 
+def grpc_request(work: V2Work):
+    """The work as a V2 ModelInferRequest, its inputs in raw_input_contents."""
+    from service.grpc.gen_inference import grpc_predict_v2_pb2 as pb
+
+    tensors = [pb.ModelInferRequest.InferInputTensor(name=name, datatype=_v2_datatype(a.dtype), shape=list(a.shape))
+               for name, a in work.inputs.items()]
+    return pb.ModelInferRequest(model_name=work.model, inputs=tensors,
+                                raw_input_contents=[a.tobytes() for a in work.inputs.values()])
+
+
 class GrpcV2Client:
     """inference.GRPCInferenceService/ModelInfer with raw_input_contents; the output's values as float64."""
 
     def __init__(self, target: str, work: V2Work, timeout_s: float):
         import grpc
 
-        from service.grpc.gen_inference import grpc_predict_v2_pb2 as pb
         from service.grpc.gen_inference import grpc_predict_v2_pb2_grpc as pb_grpc
 
         self.channel = grpc.aio.insecure_channel(target)
         self.stub, self.timeout_s, self.output = pb_grpc.GRPCInferenceServiceStub(self.channel), timeout_s, work.output
-        tensors = [pb.ModelInferRequest.InferInputTensor(name=name, datatype=_v2_datatype(a.dtype), shape=list(a.shape))
-                   for name, a in work.inputs.items()]
-        self.request = pb.ModelInferRequest(model_name=work.model, inputs=tensors,
-                                            raw_input_contents=[a.tobytes() for a in work.inputs.values()])
+        self.request = grpc_request(work)
 
     async def values(self) -> np.ndarray:
         response = await self.stub.ModelInfer(self.request, timeout=self.timeout_s)
@@ -317,6 +340,88 @@ def grpc_point(server: str, model: str, target: str, work: V2Work, concurrency: 
     p50, p99 = (float(np.percentile(latencies, q)) * 1000.0 for q in (50, 99)) if latencies else (np.nan, np.nan)
     return Point(server, "grpc", model, concurrency, len(latencies), errors, seconds, p50, p99, client_cpu,
                  server_cpu, first_error)
+
+
+def require_h2load() -> None:
+    if shutil.which("h2load") is None:
+        raise SystemExit("error: h2load is not installed (Debian: apt-get install -y nghttp2-client), or use "
+                         "--grpc-client aio")
+
+
+def grpc_body(work: V2Work) -> bytes:
+    """ModelInfer's request as gRPC puts it in the HTTP/2 body: flag 0 (uncompressed), length (big-endian u32), the
+    protobuf."""
+    message = grpc_request(work).SerializeToString()
+    return b"\x00" + struct.pack(">I", len(message)) + message
+
+
+def grpc_answer_bytes(target: str, work: V2Work, timeout_s: float = 30.0) -> int:
+    """The length in the HTTP/2 body (prefix and protobuf) of the server's answer to the work, asked once."""
+    import grpc
+
+    from service.grpc.gen_inference import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        answer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(grpc_request(work), timeout=timeout_s)
+    return GRPC_PREFIX + len(answer.SerializeToString())
+
+
+def h2load(target: str, body: bytes, connections: int, streams: int, duration_s: float, timeout_s: float) -> dict:
+    """One h2load run posting `body` to ModelInfer over `connections`, `streams` calls in flight on each, for
+    duration_s. {"latencies_s": each completed request's, "seconds", "done", "failed", "data_bytes", "cpu_s"}."""
+    headers = [part for header in GRPC_HEADERS for part in ("-H", header)]
+    with tempfile.NamedTemporaryFile(prefix="h2load-body-") as file, \
+            tempfile.NamedTemporaryFile(prefix="h2load-log-", mode="r") as log:
+        file.write(body)
+        file.flush()
+        command = ["h2load", f"-c{connections}", f"-m{streams}", f"-D{round(max(duration_s, 1.0) * 1000)}ms",
+                   "-d", file.name, "--log-file", log.name, *headers, f"http://{target}{MODEL_INFER}"]
+        cpu = _children_cpu()
+        done = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + timeout_s + 30)
+        cpu = _children_cpu() - cpu
+        latencies = [int(line.split("\t")[2]) / 1e6 for line in log.read().splitlines() if line.strip()]
+    out = done.stdout
+    finished = re.search(r"^finished in ([\d.]+)(ms|s),", out, re.MULTILINE)
+    requests = re.search(r"^requests: \d+ total, \d+ started, (\d+) done, \d+ succeeded, (\d+) failed, (\d+) errored",
+                         out, re.MULTILINE)
+    data = re.search(r"^traffic: .*\((\d+)\) data$", out, re.MULTILINE)
+    if done.returncode != 0 or not (finished and requests and data):
+        raise RuntimeError(f"h2load failed ({done.returncode}): {out[-1000:]} {done.stderr[-1000:]}")
+    seconds = float(finished.group(1)) / (1000.0 if finished.group(2) == "ms" else 1.0)
+    return {"latencies_s": latencies, "seconds": seconds, "done": int(requests.group(1)),
+            "failed": int(requests.group(2)) + int(requests.group(3)), "data_bytes": int(data.group(1)), "cpu_s": cpu}
+
+
+def grpc_h2load_point(server: str, model: str, target: str, work: V2Work, concurrency: int, duration_s: float,
+                      warmup_s: float, server_pid: int | None = None, timeout_s: float = 30.0,
+                      shared: bool = False) -> Point:
+    """h2load for warmup_s (not counted), then for duration_s: `concurrency` connections with one call in flight
+    each, or (shared) one connection with `concurrency` calls in flight. A request counts as answered when its
+    answer carried a result: the DATA bytes received hold that many whole answers (a gRPC error has none)."""
+    body, answer_bytes = grpc_body(work), grpc_answer_bytes(target, work, timeout_s)
+    connections, streams = (1, concurrency) if shared else (concurrency, 1)
+    if warmup_s > 0:
+        h2load(target, body, connections, streams, warmup_s, timeout_s)
+    cpu = process_cpu_s(server_pid)
+    run = h2load(target, body, connections, streams, duration_s, timeout_s)
+    server_cpu = (process_cpu_s(server_pid) - cpu) / run["seconds"] if server_pid else float("nan")
+    answered = min(run["done"], run["data_bytes"] // answer_bytes)
+    errors = run["done"] - answered + run["failed"]
+    latencies = run["latencies_s"]
+    p50, p99 = (float(np.percentile(latencies, q)) * 1000.0 for q in (50, 99)) if latencies else (np.nan, np.nan)
+    return Point(server, "grpc", model, concurrency, answered, errors, run["seconds"], p50, p99,
+                 run["cpu_s"] / run["seconds"], server_cpu,
+                 f"{errors} of {run['done']} h2load requests without a result ({run['failed']} failed or errored; "
+                 f"{run['data_bytes']} DATA bytes, {answer_bytes} per answer)" if errors else None)
+
+
+def grpc_load_point(client: str, server: str, model: str, target: str, work: V2Work, concurrency: int,
+                    duration_s: float, warmup_s: float, server_pid: int | None = None) -> Point:
+    """One gRPC point driven by `client`, one of GRPC_CLIENTS."""
+    if client == "aio":
+        return grpc_point(server, model, target, work, concurrency, duration_s, warmup_s, server_pid)
+    return grpc_h2load_point(server, model, target, work, concurrency, duration_s, warmup_s, server_pid,
+                             shared=client == "h2load-shared")
 
 
 def point_line(p: Point) -> str:
