@@ -133,6 +133,24 @@ def _export(args: argparse.Namespace) -> None:
     print(f"exported to {out}")
 
 
+RUN_FILES = ("config.json", "model.safetensors")  # what `load_model` reads from a training run
+
+
+def _check_run(run_dir: Path) -> None:
+    """`genserve eval`: refuse, in one line naming the path and what it lacks, a run_dir that is not a training
+    run (before torch loads)."""
+    if not run_dir.is_dir():
+        raise SystemExit(f"genserve eval: {run_dir} is not a training run: no such directory")
+    missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
+    if missing:
+        exported = ""
+        if (run_dir / "manifest.json").is_file():
+            store = run_dir.parent.parent  # an exported model is <store>/<name>/<version>
+            exported = f" (an exported model: `genserve eval --models {store}` prints the store's table)"
+        raise SystemExit(f"genserve eval: {run_dir} is not a training run: it has no "
+                         f"{' and no '.join(missing)}{exported}")
+
+
 def _eval(args: argparse.Namespace) -> None:
     from training.evaluate import evaluate, store_table
 
@@ -146,6 +164,7 @@ def _eval(args: argparse.Namespace) -> None:
     else:
         from training.train import load_model
 
+        _check_run(Path(args.run_dir))
         loaded = load_model(Path(args.run_dir))
         evaluate(Path(args.run_dir), baseline=not args.no_baseline, loaded=loaded)
         kind = _scored_quantity(*loaded)
