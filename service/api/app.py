@@ -188,7 +188,8 @@ def _knows(engine: Any, name: str) -> bool:
 
 def _require(description: dict, capability: str, name: str) -> None:
     if capability not in description.get("capabilities", []):
-        raise MissingCapability(f"name: model {name!r} has no {capability!r} capability", field="name")
+        raise MissingCapability(f"model: model {name!r} has no {capability!r} capability; it has "
+                                f"{sorted(description.get('capabilities', []))}", field="model")
 
 
 def _check_label(label: int | None, spec: dict, field: str) -> None:
