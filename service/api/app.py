@@ -479,7 +479,7 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
         check_finite_outputs({"z": z}, "body.inputs")
         return FastJSONResponse({"model": name, "version": description["version"], "z": z, "images": images})
 
-    @router.post("/v1/models/{name}/translate", response_model=schemas.ImagesResponse, tags=["inference"])
+    @router.post("/v1/models/{name}/translate", response_model=schemas.TranslateResponse, tags=["inference"])
     @fast("/v1/models/{name}/translate", TranslateRequest)
     async def translate(name: str, body: TranslateRequest, request: Request) -> dict:
         """Images of the capability's input shape and levels -> images of the model's data (pix2pix: edge maps
@@ -488,9 +488,9 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
         _require(description, "translate", name)
         x = codecs.decode_inputs(body.inputs, engine.translate_input(name))  # [B, *input shape]
         fmt = codecs.output_format(body.format, spec)
-        images = await unless_disconnected(request, engine.translate(name, x, body.direction))
+        images = await unless_disconnected(request, engine.translate(name, x, body.direction))  # int64 levels
         return FastJSONResponse({"model": name, "version": description["version"],
-                                 "images": codecs.encode_images(images, spec, fmt, field="body.inputs", array=True)})
+                                 "images": codecs.encode_levels(images, spec, fmt)})
 
     @router.post("/v1/models/{name}/predict", response_model=schemas.PredictResponse, tags=["inference"],
                  responses={200: {"content": {"image/png": {}, "image/gif": {}},

@@ -308,6 +308,14 @@ def encode_images(xs: np.ndarray, spec: dict, fmt: str, field: str = "body.z",
     return images if array else images.tolist()
 
 
+def encode_levels(xs: np.ndarray, spec: dict, fmt: str) -> list | np.ndarray:
+    """Images [n, *shape] of integer levels (translate's answers) -> one int64 array [n, *shape] (the data shape,
+    channel kept: gRPC's tensor, which orjson writes as nested ints), or n base64 PNGs (levels scaled to 0..255)."""
+    if fmt == "png":
+        return [encode_png_b64(x, _levels(spec) or 2) for x in xs]
+    return np.ascontiguousarray(xs, dtype=np.int64)
+
+
 def decode_latents(value: list, field: str = "body.z") -> np.ndarray:
     """A rectangular [B, D] list of finite numbers -> float32 [B, D]."""
     try:

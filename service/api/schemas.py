@@ -231,6 +231,13 @@ class ImagesResponse(_Open):
                                                       "level units, or base64 PNGs")
 
 
+class TranslateResponse(_Open):
+    model: str
+    version: int | str
+    images: list[str | list[Any]] = Field(description="the translations, [B, *data.shape] integer levels "
+                                                      "0..data.levels-1 (as gRPC's int64 tensor), or base64 PNGs")
+
+
 class InterpolateResponse(ImagesResponse):
     z: list[list[float]] = Field(description="the latents, [steps, D]: the ends are the inputs' posterior means")
 
@@ -367,7 +374,9 @@ def request_models(settings: Settings) -> RequestModels:
         direction: Annotated[str | None, Field(max_length=64, description="one of capabilities.translate."
                                                "directions (cyclegan: a_to_b, b_to_a); left out: the capability's "
                                                "function")] = None
-        format: ImageFormat = None
+        format: Annotated[Literal["array", "png"] | None,
+                          Field(description="array (nested integer levels, [B, *data.shape]) or png (levels "
+                                            "scaled to 0..255); absent: array")] = None
 
     class EncodeFramesRequest(EncodeRequest):
         """encode: a state-space model's inputs are sequences of frames, and it takes the actions between them."""
