@@ -1,7 +1,7 @@
-"""The single entry point: `genserve serve | train | export | eval`.
+"""The single entry point: `genserve serve | train | export | eval | call`.
 
-Each subcommand imports only its own side: `serve` loads the service (no
-training code), the others load the training package.
+Each subcommand imports only its own side: `serve` loads the service and `call`
+its gRPC stubs (no training code), the others load the training package.
 """
 
 import argparse
