@@ -8,6 +8,7 @@ from typing import Any
 from service.credentials import ApiKeys, CredentialsError
 from service.engine.errors import UnknownModel
 from service.settings import Settings
+from service.store import is_version_number
 
 
 class AdminKeys:
@@ -62,4 +63,4 @@ def v2_pin(engine: Any, v2_name: str, version: str | None) -> tuple[str, int] | 
     if not version:
         return latest_pin(engine, model)
     served = getattr(engine, "versions", {}).get(model, {})
-    return (model, int(version)) if version.isdigit() and int(version) in served else None
+    return (model, int(version)) if is_version_number(version) and int(version) in served else None

@@ -25,6 +25,7 @@ from service.engine.engine import PINNED_VERSION
 from service.engine.errors import EngineError
 from service.model_control import AdminKeys, latest_pin, load, unload, v2_pin
 from service.settings import Settings
+from service.store import is_version_number
 
 _V1_MODEL = re.compile(r"/v1/models/([^/]+)(?:/versions/([^/]+))?(/.*)?")
 _V2_MODEL = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(?:/.*)?")
@@ -76,7 +77,7 @@ class VersionedRoutes:
             else:
                 path = f"/v1/models/{name}{rest or ''}"
                 scope = {**scope, "path": path, "raw_path": path.encode()}
-                pinned = (name, int(version) if version.isdigit() else -1)  # -1: no such version (404)
+                pinned = (name, int(version) if is_version_number(version) else -1)  # -1: no such version (404)
         elif match := _V2_MODEL.fullmatch(scope["path"]):
             pinned = v2_pin(self.engine, *match.groups())
         token = PINNED_VERSION.set(pinned)

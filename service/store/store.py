@@ -116,9 +116,14 @@ def load_entry(directory: Path, validator: jsonschema.protocols.Validator) -> Mo
     return ModelEntry(manifest["name"], manifest["version"], directory, manifest)
 
 
+def is_version_number(name: str) -> bool:
+    """A version named by digits 0-9 alone (str.isdigit also takes "²", which int() refuses)."""
+    return name.isascii() and name.isdigit()
+
+
 def _version_key(directory: Path) -> tuple[int, int | str]:
     """Numbered versions order by number, after any directory whose name is not a number."""
-    return (1, int(directory.name)) if directory.name.isdigit() else (0, directory.name)
+    return (1, int(directory.name)) if is_version_number(directory.name) else (0, directory.name)
 
 
 class ModelStore:

@@ -215,3 +215,17 @@ def test_store_poll_loads_a_new_version(store):
 
     assert asyncio.run(poll()) == 2
     assert Settings().store_poll_s == 0  # off by default
+
+
+def test_a_version_of_other_digits_is_no_version(store):
+    """str.isdigit takes "²" and "³", which int() refuses: such a version in a path answers 404 (it was a 500), and
+    such a directory in the store is no version, not a crash of the scan."""
+    (store / MODEL / "²").mkdir()
+    models = ModelStore(store)
+    assert sorted(models.scan_model(MODEL)[0]) == [1]
+    with TestClient(create_app(Engine(models, settings()), settings())) as client:
+        for path in (f"/v2/models/{MODEL}.log_prob/versions/²/ready", f"/v2/models/{MODEL}.log_prob/versions/³",
+                     "/v2/models/0/versions/²/ready"):
+            assert client.get(path).status_code == 404, path
+        missing = client.post(f"/v1/models/{MODEL}/versions/³/sample", json={"n": 1})
+        assert missing.status_code == 404, missing.text
