@@ -17,7 +17,7 @@ point (A B, B A, ...), --rounds times (the table shows each server's median over
 - grpc: V2 gRPC ModelInfer with raw_input_contents, driven by `h2load` (nghttp2's C load generator: C connections,
   one call in flight on each, as wrk's C connections; v2load.py says how it tells a gRPC error from an answer).
   --grpc-client h2load-shared: the same calls on one connection; aio: closed-loop grpc.aio clients on one channel in
-  this process, as before 2026-12-06 (they take a fifth to a third of a core from the servers on 2 cores).
+  this process, as before 2026-12-06 (they take a fifth to a half of a core from the servers on 2 cores).
 
 Each point: --warmup-s untimed, then --duration-s measured. Columns: throughput, p50, p99, the ratios, `goal met`
 (genserve's throughput at least Triton's and its p99 no worse), and the server CPU per request (the whole process

@@ -18,7 +18,7 @@
     by that length (read once through grpcio), count the answers that carried a result; the rest are errors.
     No ghz: it is not packaged for the registries this machine reaches.
   - `aio`: closed-loop grpc.aio clients in the manner of loadgen.py (C asyncio tasks on one channel, in this
-    process), the same warm-up and duration. On this 2-core machine they use a fifth to a third of a core, which
+    process), the same warm-up and duration. On this 2-core machine they use a fifth to a half of a core, which
     the server then lacks, and their own time per call is part of every latency.
 - Server CPU: the CPU time of the server's whole process tree (API process and engine worker; Triton's launcher,
   tritonserver and its Python backend stubs) over the measured seconds, from /proc: cores used, and CPU ms per
