@@ -368,7 +368,9 @@ def grpc_answer_bytes(target: str, work: V2Work, timeout_s: float = 30.0) -> int
 
 def h2load(target: str, body: bytes, connections: int, streams: int, duration_s: float, timeout_s: float) -> dict:
     """One h2load run posting `body` to ModelInfer over `connections`, `streams` calls in flight on each, for
-    duration_s. {"latencies_s": each completed request's, "seconds", "done", "failed", "data_bytes", "cpu_s"}."""
+    duration_s. {"latencies_s": each request's answered with HTTP 200, "seconds", "started", "done", "failed" (of
+    the done: reset or refused streams), "data_bytes", "cpu_s"}. A call still in flight when duration_s ends is started
+    but not done; the DATA bytes of its answer may already be counted."""
     headers = [part for header in GRPC_HEADERS for part in ("-H", header)]
     with tempfile.NamedTemporaryFile(prefix="h2load-body-") as file, \
             tempfile.NamedTemporaryFile(prefix="h2load-log-", mode="r") as log:
@@ -379,25 +381,29 @@ def h2load(target: str, body: bytes, connections: int, streams: int, duration_s:
         cpu = _children_cpu()
         done = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + timeout_s + 30)
         cpu = _children_cpu() - cpu
-        latencies = [int(line.split("\t")[2]) / 1e6 for line in log.read().splitlines() if line.strip()]
+        rows = [line.split("\t") for line in log.read().splitlines() if line.strip()]  # start, status, microseconds
+        latencies = [int(row[2]) / 1e6 for row in rows if row[1] == "200"]
     out = done.stdout
     finished = re.search(r"^finished in ([\d.]+)(ms|s),", out, re.MULTILINE)
-    requests = re.search(r"^requests: \d+ total, \d+ started, (\d+) done, \d+ succeeded, (\d+) failed, (\d+) errored",
-                         out, re.MULTILINE)
+    requests = re.search(r"^requests: \d+ total, (\d+) started, (\d+) done, \d+ succeeded, (\d+) failed", out,
+                         re.MULTILINE)
     data = re.search(r"^traffic: .*\((\d+)\) data$", out, re.MULTILINE)
     if done.returncode != 0 or not (finished and requests and data):
         raise RuntimeError(f"h2load failed ({done.returncode}): {out[-1000:]} {done.stderr[-1000:]}")
     seconds = float(finished.group(1)) / (1000.0 if finished.group(2) == "ms" else 1.0)
-    return {"latencies_s": latencies, "seconds": seconds, "done": int(requests.group(1)),
-            "failed": int(requests.group(2)) + int(requests.group(3)), "data_bytes": int(data.group(1)), "cpu_s": cpu}
+    started, done, failed = (int(group) for group in requests.groups())
+    return {"latencies_s": latencies, "seconds": seconds, "started": started, "done": done, "failed": failed,
+            "data_bytes": int(data.group(1)), "cpu_s": cpu}
 
 
 def grpc_h2load_point(server: str, model: str, target: str, work: V2Work, concurrency: int, duration_s: float,
                       warmup_s: float, server_pid: int | None = None, timeout_s: float = 30.0,
                       shared: bool = False) -> Point:
     """h2load for warmup_s (not counted), then for duration_s: `concurrency` connections with one call in flight
-    each, or (shared) one connection with `concurrency` calls in flight. A request counts as answered when its
-    answer carried a result: the DATA bytes received hold that many whole answers (a gRPC error has none)."""
+    each, or (shared) one connection with `concurrency` calls in flight. A done request counts as answered when its
+    answer carried a result: the DATA bytes received hold that many whole answers (a gRPC error has none; a failed
+    stream is done too). No request done at all (a server that stopped answering) counts every started one as an
+    error, as the aio client's timeouts do."""
     body, answer_bytes = grpc_body(work), grpc_answer_bytes(target, work, timeout_s)
     connections, streams = (1, concurrency) if shared else (concurrency, 1)
     if warmup_s > 0:
@@ -406,13 +412,14 @@ def grpc_h2load_point(server: str, model: str, target: str, work: V2Work, concur
     run = h2load(target, body, connections, streams, duration_s, timeout_s)
     server_cpu = (process_cpu_s(server_pid) - cpu) / run["seconds"] if server_pid else float("nan")
     answered = min(run["done"], run["data_bytes"] // answer_bytes)
-    errors = run["done"] - answered + run["failed"]
+    errors = run["done"] - answered if run["done"] else run["started"]
     latencies = run["latencies_s"]
     p50, p99 = (float(np.percentile(latencies, q)) * 1000.0 for q in (50, 99)) if latencies else (np.nan, np.nan)
     return Point(server, "grpc", model, concurrency, answered, errors, run["seconds"], p50, p99,
                  run["cpu_s"] / run["seconds"], server_cpu,
-                 f"{errors} of {run['done']} h2load requests without a result ({run['failed']} failed or errored; "
-                 f"{run['data_bytes']} DATA bytes, {answer_bytes} per answer)" if errors else None)
+                 f"{errors} h2load requests without a result ({run['started']} started, {run['done']} done, "
+                 f"{run['failed']} of them failed; {run['data_bytes']} DATA bytes, {answer_bytes} per answer)"
+                 if errors else None)
 
 
 def grpc_load_point(client: str, server: str, model: str, target: str, work: V2Work, concurrency: int,

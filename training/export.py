@@ -249,7 +249,8 @@ class VersionExists(FileExistsError):
 
 def next_free_version(model_dir: Path) -> int:
     """One more than the highest numbered version under <models>/<name>/ (1 for a new model)."""
-    versions = [int(p.name) for p in Path(model_dir).glob("*") if p.is_dir() and p.name.isdigit()]
+    versions = [int(p.name) for p in Path(model_dir).glob("*")
+                if p.is_dir() and p.name.isascii() and p.name.isdigit()]  # "²".isdigit(), but int("²") fails
     return max(versions, default=0) + 1
 
 

@@ -121,8 +121,18 @@ def decode_png_b64(text: str, shape: tuple[int, ...], levels: int, field: str) -
 # --- nested arrays -----------------------------------------------------------------------------------------------
 
 
+def _holds_boolean(value: Any) -> bool:
+    """Whether a nested list holds a JSON true or false anywhere (numpy reads one among integers as 1 or 0)."""
+    if not isinstance(value, list):
+        return isinstance(value, bool)
+    types = set(map(type, value))  # in C: a row of 28 pixels costs about a microsecond
+    return bool in types or (list in types and any(_holds_boolean(item) for item in value))
+
+
 def nested_to_array(value: Any, shape: tuple[int, ...], field: str) -> np.ndarray:
     """A nested JSON list of integers of an accepted shape -> int64 array of `shape`."""
+    if _holds_boolean(value):
+        raise InvalidInput(f"{field}: values must be integers, not true or false", field=field)
     try:
         arr = np.asarray(value)
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:

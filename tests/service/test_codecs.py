@@ -65,6 +65,7 @@ def test_nested_arrays_with_or_without_channel():
         ([[0] * 8] * 7 + [[0] * 7], "rectangular"),
         ([[0.0] * 8] * 8, "integers"),
         ([[True] * 8] * 8, "integers"),
+        ([[True] + [0] * 7] + [[0] * 8] * 7, "not true or false"),  # numpy would read a lone true among ints as 1
         ([["1"] * 8] * 8, "integers"),
         ([[None] * 8] * 8, "integers"),
         ([[2**70] * 8] * 8, "integers"),

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from service.engine.runtimes import load_function
-from training.export import BUNDLE, SHARED_WEIGHTS, export_function, save_bundle, share_onnx_weights
+from training.export import BUNDLE, SHARED_WEIGHTS, export_function, next_free_version, save_bundle, share_onnx_weights
 
 
 class Twice(nn.Module):
@@ -75,3 +75,11 @@ def test_onnx_and_bundle_give_the_eager_outputs_through_the_service_runtimes(tmp
             function = load_function(name, entry, tmp_path, runtime, threads=1)
             got = function(**{n: v.numpy() for n, v in inputs.items()})[outputs[0]]
             assert np.allclose(got, eager, atol=1e-5), (name, runtime)
+
+
+def test_next_free_version_counts_numbered_directories_only(tmp_path):
+    for name in ("1", "3", "²", "notes"):  # "²".isdigit() is True, but int("²") fails
+        (tmp_path / name).mkdir()
+    (tmp_path / "7").write_text("a file, not a version")
+    assert next_free_version(tmp_path) == 4
+    assert next_free_version(tmp_path / "new-model") == 1
