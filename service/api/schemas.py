@@ -29,16 +29,19 @@ from service.engine.validation import MAX_INT32, MAX_SECONDS, MAX_SEED, MAX_TEMP
 from service.settings import Settings
 
 
-def _not_boolean(value: Any) -> Any:
-    """JSON true or false where a number belongs is refused: pydantic's lax mode would read it as 1 or 0."""
-    if isinstance(value, bool):
-        raise PydanticCustomError("number_not_boolean", "must be a number, not true or false")
-    return value
+def not_boolean(what: str) -> BeforeValidator:
+    """A validator refusing JSON true or false where `what` belongs: pydantic's lax mode would read it as 1 or 0."""
+    def refuse(value: Any) -> Any:
+        if isinstance(value, bool):
+            raise PydanticCustomError("number_not_boolean", f"must be {what}, not true or false")
+        return value
+
+    return BeforeValidator(refuse)
 
 
 # On every number of a request, after its Field (so that the OpenAPI schema keeps its minimum and maximum): 3 (and
 # 3.0) is 3, true is a 422 naming the field.
-NotBoolean = BeforeValidator(_not_boolean)
+NotBoolean = not_boolean("a number")
 Number = Annotated[float, NotBoolean]  # a number without bounds (a latent, a control's value)
 
 # An input: for an image model a base64 PNG or nested integer levels, for a text model a string.
@@ -77,7 +80,8 @@ Actions = Annotated[list[Any] | None,
                                       "frame t to frame t + 1. predict: T - 1 + S for T observed and S predicted "
                                       "frames; encode: T - 1; sample: S, for S + 1 frames per sample")]
 Voice = Annotated[int | str | None, Field(description="audio models: the voice, by index or name (data.classes); "
-                                                      "absent: drawn from the voice prior"), NotBoolean]
+                                                      "absent: drawn from the voice prior"),
+                  not_boolean("a voice's index or name")]
 TopK = Annotated[int | None, Field(ge=0, le=MAX_INT32,
                                    description="text models: sample among the k likeliest characters (0 or absent: "
                                                "all)"), NotBoolean]

@@ -78,3 +78,9 @@ def test_the_openapi_schema_keeps_integer_bounds(client):
                            "title": "N", "type": "integer"}
     label = next(branch for branch in sample["label"]["anyOf"] if branch.get("type") == "integer")
     assert label["minimum"] == 0 and label["maximum"] == 2**31 - 1
+
+
+def test_a_boolean_voice_is_refused_as_neither_index_nor_name(client):
+    """voice takes an index or a name, and its refusal says so (not "must be a number")."""
+    error = client.post(SAMPLE, json={"voice": False}).json()["error"]
+    assert error["field"] == "body.voice" and "index or name" in error["message"], error
