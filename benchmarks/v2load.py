@@ -53,7 +53,7 @@ PROTOCOLS = ["rest-json", "rest-binary", "grpc"]
 HEADER_LENGTH = "Inference-Header-Content-Length"
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 GRPC_HEADERS = ["content-type: application/grpc", "te: trailers"]  # what a gRPC server requires of a call
-GRPC_PREFIX = 5  # bytes before each gRPC message: the compressed flag and the length
+GRPC_PREFIX = struct.Struct(">BI")  # before each gRPC message: the compressed flag (0: not) and its length
 GRPC_CLIENT_TEXT = {"h2load": "h2load, one connection per client", "h2load-shared": "h2load, one connection for all "
                     "clients", "aio": "grpc.aio clients on one channel in the benchmark's process"}
 GRPC_CLIENTS = list(GRPC_CLIENT_TEXT)
@@ -352,7 +352,7 @@ def grpc_body(work: V2Work) -> bytes:
     """ModelInfer's request as gRPC puts it in the HTTP/2 body: flag 0 (uncompressed), length (big-endian u32), the
     protobuf."""
     message = grpc_request(work).SerializeToString()
-    return b"\x00" + struct.pack(">I", len(message)) + message
+    return GRPC_PREFIX.pack(0, len(message)) + message
 
 
 def grpc_answer_bytes(target: str, work: V2Work, timeout_s: float = 30.0) -> int:
@@ -363,7 +363,7 @@ def grpc_answer_bytes(target: str, work: V2Work, timeout_s: float = 30.0) -> int
 
     with grpc.insecure_channel(target) as channel:
         answer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(grpc_request(work), timeout=timeout_s)
-    return GRPC_PREFIX + len(answer.SerializeToString())
+    return GRPC_PREFIX.size + len(answer.SerializeToString())
 
 
 def h2load(target: str, body: bytes, connections: int, streams: int, duration_s: float, timeout_s: float) -> dict:
@@ -379,17 +379,17 @@ def h2load(target: str, body: bytes, connections: int, streams: int, duration_s:
         command = ["h2load", f"-c{connections}", f"-m{streams}", f"-D{round(max(duration_s, 1.0) * 1000)}ms",
                    "-d", file.name, "--log-file", log.name, *headers, f"http://{target}{MODEL_INFER}"]
         cpu = _children_cpu()
-        done = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + timeout_s + 30)
+        process = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + timeout_s + 30)
         cpu = _children_cpu() - cpu
         rows = [line.split("\t") for line in log.read().splitlines() if line.strip()]  # start, status, microseconds
         latencies = [int(row[2]) / 1e6 for row in rows if row[1] == "200"]
-    out = done.stdout
+    out = process.stdout
     finished = re.search(r"^finished in ([\d.]+)(ms|s),", out, re.MULTILINE)
     requests = re.search(r"^requests: \d+ total, (\d+) started, (\d+) done, \d+ succeeded, (\d+) failed", out,
                          re.MULTILINE)
     data = re.search(r"^traffic: .*\((\d+)\) data$", out, re.MULTILINE)
-    if done.returncode != 0 or not (finished and requests and data):
-        raise RuntimeError(f"h2load failed ({done.returncode}): {out[-1000:]} {done.stderr[-1000:]}")
+    if process.returncode != 0 or not (finished and requests and data):
+        raise RuntimeError(f"h2load failed ({process.returncode}): {out[-1000:]} {process.stderr[-1000:]}")
     seconds = float(finished.group(1)) / (1000.0 if finished.group(2) == "ms" else 1.0)
     started, done, failed = (int(group) for group in requests.groups())
     return {"latencies_s": latencies, "seconds": seconds, "started": started, "done": done, "failed": failed,
