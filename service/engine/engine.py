@@ -61,6 +61,16 @@ class LoadedModel:
         self.capabilities = self.manifest["capabilities"]
         self.is_sequence = self.data["kind"] in SEQUENCE_KINDS
         self.latent_gaussian = anomaly.fitted_latent_gaussian(self.manifest)  # arrays, once: not per request
+        self.input_levels = self._input_levels()  # tensor name -> levels, once: not per request
+
+    def _input_levels(self) -> dict[str, int]:
+        """How many integer values an input of the naming conventions, or a per-step control (a chord), may take
+        (an input not named here is not checked)."""
+        controls = {name: len(spec["names"]) for cap in self.capabilities.values()
+                    for name, spec in cap.get("step_controls", {}).items()}
+        levels = {"x": self.data.get("levels"), "observed": self.data.get("levels"), "x_prev": self.data.get("levels"),
+                  "mask": 2, "label": len(self.data.get("classes", [])) or None, **controls}
+        return {name: n for name, n in levels.items() if n is not None}
 
     def function_inputs(self, function: str) -> list[str]:
         return [tensor["name"] for tensor in self.manifest["functions"][function]["inputs"]]
@@ -325,19 +335,9 @@ class Engine(GenerationOperations, StateSpaceOperations, ScoringOperations, Late
         check_batch(inputs)
         m = self.model(name)
         for tensor_name, value in inputs.items():
-            levels = self._input_levels(m, tensor_name)
-            if levels is not None:
-                check_levels(np.asarray(value), None, levels, tensor_name)
+            if tensor_name in m.input_levels:
+                check_levels(np.asarray(value), None, m.input_levels[tensor_name], tensor_name)
         unknown = set(inputs) - {t["name"] for t in spec["inputs"]}
         if unknown:
             raise InvalidInput(f"inputs: {function} has no inputs {sorted(unknown)}", field=sorted(unknown)[0])
         return await self._batcher(m, function).submit(inputs)
-
-    @staticmethod
-    def _input_levels(m: LoadedModel, tensor: str) -> int | None:
-        """How many integer values an input of the naming conventions, or a per-step control (a chord), may take
-        (None: not checked)."""
-        controls = {name: len(spec["names"]) for cap in m.capabilities.values()
-                    for name, spec in cap.get("step_controls", {}).items()}
-        return {"x": m.data.get("levels"), "observed": m.data.get("levels"), "x_prev": m.data.get("levels"),
-                "mask": 2, "label": len(m.data.get("classes", [])) or None, **controls}.get(tensor)

@@ -47,6 +47,8 @@ log = logging.getLogger("genserve.grpc.inference")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name  # "inference.GRPCInferenceService"
 
+WIRE = {v2: dtype.newbyteorder("<") for v2, dtype in NUMPY.items()}  # raw contents are little-endian
+V2_OF = {dtype: v2 for v2, dtype in NUMPY.items()}  # an array's dtype -> its V2 datatype
 CONTENTS = {  # the InferTensorContents field of each datatype; FP16 has none (raw only)
     "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
     "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
@@ -83,7 +85,7 @@ def decode_inputs(request: pb.ModelInferRequest, spec: dict) -> dict[str, np.nda
             if len(raw[i]) != count * dtype.itemsize:
                 raise InvalidInput(f"{name}: raw_input_contents[{i}] holds {len(raw[i])} bytes; shape {shape} "
                                    f"of {want} needs {count * dtype.itemsize}", field=name)
-            array = np.frombuffer(raw[i], dtype=dtype.newbyteorder("<")).astype(dtype, copy=False)
+            array = np.frombuffer(raw[i], dtype=WIRE[want]).astype(dtype, copy=False)
             inputs[name] = check_finite(array.reshape(shape), name)
             continue
         if want not in CONTENTS:
@@ -121,16 +123,15 @@ def encode_outputs(response: pb.ModelInferResponse, outputs: dict[str, np.ndarra
                    wanted: list[str], raw: bool) -> None:
     """Append the wanted outputs to `response`, raw when asked (or when a datatype has no typed field)."""
     dtypes = {t["name"]: t["dtype"] for t in spec["outputs"]}
-    arrays = {}
+    arrays = {}  # name -> (V2 datatype, C-ordered array)
     for name in wanted:
-        dtype = dtypes[name] if dtypes[name] in DATATYPES else np.asarray(outputs[name]).dtype.name
-        arrays[name] = np.ascontiguousarray(outputs[name], dtype=dtype)
-    raw = raw or any(v2_datatype(a.dtype.name) not in CONTENTS for a in arrays.values())
-    for name, array in arrays.items():
-        datatype = v2_datatype(array.dtype.name)
-        tensor = response.outputs.add(name=name, datatype=datatype, shape=list(array.shape))
+        array = np.ascontiguousarray(outputs[name], dtype=dtypes[name] if dtypes[name] in DATATYPES else None)
+        arrays[name] = V2_OF.get(array.dtype) or v2_datatype(array.dtype.name), array
+    raw = raw or any(datatype not in CONTENTS for datatype, _ in arrays.values())
+    for name, (datatype, array) in arrays.items():
+        tensor = response.outputs.add(name=name, datatype=datatype, shape=array.shape)
         if raw:
-            response.raw_output_contents.append(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+            response.raw_output_contents.append(array.astype(WIRE.get(datatype, array.dtype), copy=False).tobytes())
         else:
             getattr(tensor.contents, CONTENTS[datatype]).extend(array.ravel().tolist())
 
