@@ -13,7 +13,8 @@
 
 Features are computed once per input through the in-process Engine (its NLL or critic, its class joint
 log p(x | y) p(y), its BiGAN reconstruction, the NLL of the likelihood ratio's background model, a hierarchical
-model's ratio L - L^{>1} at the same k and seed as its NLL, an encoder's posterior mean and std) and every
+model's ratio L - L^{>1} at the same k and seed as its NLL, an encoder's posterior mean and std, a GAN's
+cross-fitted inversion residual from the same seed as the service's) and every
 detector is computed from them with the served code. A model scored by an importance-sampled bound is scored at
 --k with its capability's method, and its calibration entries record that k and method: the service scores their
 detectors at them, whatever a request's k. The latent Mahalanobis score's Gaussian is fitted on the training
@@ -206,7 +207,7 @@ def candidates(engine: Engine, name: str) -> list[str]:
     cap = m.capability("score")
     manifest = {**m.manifest, "calibration": {**m.manifest["calibration"], "detectors": {
         d: {} for d in ("complexity", "class", "reconstruction", "likelihood_ratio", "hierarchical_ratio",
-                        "latent_mahalanobis")}}}
+                        "latent_mahalanobis", "inversion")}}}
     base = [d for d in anomaly.available(manifest, cap, m.function_inputs, BACKGROUNDS[m.data["levels"]] in
                                          engine.models) if d != "typicality"]
     mixes = ["mix:" + "+".join(parts) for size in range(2, len(base) + 1) for parts in combinations(base, size)]
@@ -229,7 +230,7 @@ async def features(engine: Engine, name: str, x: np.ndarray, options: dict, need
     m = engine.model(name)
     cap = m.capability("score")
     out: dict[str, list] = {"nll": [], "critic": [], "log_joint": [], "reconstruction": [], "background_nll": [],
-                            "hierarchical_ratio": [], "latent_mean": [], "latent_std": []}
+                            "hierarchical_ratio": [], "latent_mean": [], "latent_std": [], "inversion": []}
     for start in range(0, len(x), CHUNK):
         chunk = x[start:start + CHUNK]
         if "class" in need:  # the marginal from the same rows, as the engine serves it
@@ -256,6 +257,8 @@ async def features(engine: Engine, name: str, x: np.ndarray, options: dict, need
             mean, std = await posterior(engine, name, chunk, start)
             out["latent_mean"].append(mean)
             out["latent_std"].append(std)
+        if "inversion" in need:  # the latent searches from the chunk's seed, as the service's
+            out["inversion"].append(await engine._inversion(m, chunk.astype(np.int64), start))
     feats = {key: np.concatenate(v) for key, v in out.items() if v}
     if "complexity" in need:
         feats["png_bits"] = anomaly.png_bits(x, m.data["levels"])

@@ -8,6 +8,13 @@ Per-input detectors (from what the engine computes for the input):
 - `class`: for class-conditional models, -log max_y p(y | x) = log p(x) - log max_y p(x | y) p(y) >= 0: how much
   the marginal exceeds the best single class's explanation of x; 0 when one class explains x fully.
 - `reconstruction`: a BiGAN's encoder-decoder reconstruction, mean squared error per pixel on 0..1 intensities.
+- `inversion`: AnoGAN's residual (Schlegl et al. 2017, "Unsupervised Anomaly Detection with Generative Adversarial
+  Networks") for a model whose `complete` capability is a direct latent search (a GAN's): find z whose G(z) best
+  matches x, score the mismatch. `complete` keeps observed pixels exactly, so with every pixel observed its residual
+  would be 0; the residual is cross-fitted instead: complete x observed on a checkerboard's black squares, then on
+  its white ones (inversion_masks), and read each pixel from the search that did not see it (inversion_residual):
+  mean squared error per pixel on 0..1 intensities, each search started from the request's seeded noise z (row b
+  of both searches: input b's generator).
 - `likelihood_ratio`: Ren et al. 2019, "Likelihood Ratios for Out-of-Distribution Detection": the NLL minus the
   NLL of a background model, -(log p(x) - log p_background(x)). The calibration entry names the background model
   (`"background": "<model name>"`), any model of the store with the same data spec that scores a likelihood
@@ -207,6 +214,8 @@ def computable(manifest: dict, capability: dict, function_inputs, has_background
             detectors.add("class")
     if "encode" in manifest["functions"]:
         detectors.add("latent_mahalanobis")
+    if inverts(manifest):
+        detectors.add("inversion")
     return detectors
 
 
@@ -248,6 +257,29 @@ def default_problem(manifest: dict) -> str | None:
     return None
 
 
+def inversion_masks(shape: list[int]) -> np.ndarray:
+    """The two complementary observation masks [2, *shape] (1 = observed) of the cross-fitted inversion: a
+    checkerboard over the last two axes and its complement."""
+    rows, cols = np.indices(shape[-2:])
+    board = np.broadcast_to((rows + cols) % 2, shape).astype(np.int64)
+    return np.stack([board, 1 - board])
+
+
+def inversion_residual(x: np.ndarray, completed: np.ndarray, levels: int) -> np.ndarray:
+    """x [B, *shape] levels, completed [2, B, *shape] (x completed from inversion_masks' first and second mask) ->
+    [B] mean squared error on 0..1 intensities of each pixel against the completion that did not observe it."""
+    masks = inversion_masks(list(x.shape[1:]))[:, None]  # [2, 1, *shape]
+    unseen = np.where(masks[0] == 1, completed[1], completed[0]).astype(np.float64)  # each pixel from the other
+    return (((unseen - x) / (levels - 1)) ** 2).reshape(len(x), -1).mean(axis=1)
+
+
+def inverts(manifest: dict) -> bool:
+    """Whether the model completes an image by one direct latent search (a GAN's `complete`): what `inversion`
+    needs."""
+    complete = manifest["capabilities"].get("complete", {})
+    return manifest["data"]["kind"] == "image" and complete.get("procedure") == "direct"
+
+
 def class_score(log_joint: np.ndarray) -> np.ndarray:
     """log_joint [B, C] = log p(x | y) + log p(y) -> -log max_y p(y | x) = logsumexp_y - max_y (>= 0)."""
     log_joint = np.asarray(log_joint, np.float64)
@@ -256,7 +288,7 @@ def class_score(log_joint: np.ndarray) -> np.ndarray:
 
 def per_input_scores(detector: str, features: dict[str, np.ndarray], entry: dict | None) -> np.ndarray:
     """A per-input detector's scores from the computed features (nll, critic, png_bits, log_joint, reconstruction,
-    background_nll, hierarchical_ratio, latent_mahalanobis)."""
+    background_nll, hierarchical_ratio, latent_mahalanobis, inversion)."""
     if detector == "nll":
         return np.asarray(features["nll"], np.float64)
     if detector == "critic":
@@ -269,7 +301,7 @@ def per_input_scores(detector: str, features: dict[str, np.ndarray], entry: dict
         return np.asarray(features["reconstruction"], np.float64)
     if detector == "likelihood_ratio":
         return np.asarray(features["nll"], np.float64) - np.asarray(features["background_nll"], np.float64)
-    if detector in ("hierarchical_ratio", "latent_mahalanobis"):
+    if detector in ("hierarchical_ratio", "latent_mahalanobis", "inversion"):
         return np.asarray(features[detector], np.float64)
     if detector.startswith("mix:"):
         total = 0.0
@@ -336,4 +368,5 @@ SCORE_KINDS = {"nll": "nll_nats", "critic": "negative_critic", "complexity": "nl
                "class": "neg_log_max_class_posterior", "reconstruction": "reconstruction_mse",
                "likelihood_ratio": "nll_minus_background_nll_nats",
                "hierarchical_ratio": "bound_minus_bound_with_lowest_latents_from_prior_nats",
-               "latent_mahalanobis": "mahalanobis_distance_of_posterior_mean"}
+               "latent_mahalanobis": "mahalanobis_distance_of_posterior_mean",
+               "inversion": "cross_fitted_inversion_mse"}

@@ -2,7 +2,8 @@
 (service.engine.anomaly).
 
 A mixin of service.engine.engine.Engine, which gives it `model`, `models`, `settings`, `_caller`, `_batcher`,
-`_in_worker` and the latent operations' `_score_bound` and `_check_work`.
+`_in_worker`, the latent operations' `_score_bound` and `_check_work`, and the generation's `complete` (the
+inversion detector's latent search).
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ class ScoringOperations:
             for result in results:
                 result.update(stderr=cap["log_partition_stderr"], is_lower_bound=False,
                               free_energy=-result["log_likelihood_nats"] - cap["log_partition"])
-        return await self._detect(m, cap, x, labels, results, detector, log_joint)
+        return await self._detect(m, cap, x, labels, results, detector, log_joint, seed)
 
     def _detector(self, m: LoadedModel, cap: dict, anomaly_method: str | None) -> str:
         """The anomaly detector a request names, or InvalidInput if the model cannot answer it; else the model's
@@ -147,6 +148,13 @@ class ScoringOperations:
         scale = m.data["levels"] - 1
         return (((mean - x) / scale) ** 2).reshape(len(x), -1).mean(axis=1)  # decode: the levels' scale
 
+    async def _inversion(self, m: LoadedModel, x: np.ndarray, seed: int) -> np.ndarray:
+        """The cross-fitted inversion residual per input [B] (anomaly.inversion_residual): x completed by the model's
+        latent search once per mask of anomaly.inversion_masks, both searches from the seed's noise."""
+        masks = anomaly.inversion_masks(m.shape)
+        completed = await asyncio.gather(*(self.complete(m.manifest["name"], x, mask, 1, seed, 1.0) for mask in masks))
+        return anomaly.inversion_residual(x, np.stack(completed)[:, :, 0], m.data["levels"])  # [2, B, 1 (n), *shape]
+
     async def _hierarchy_log_weights(self, m: LoadedModel, cap: dict, x: np.ndarray, k: int,
                                      seed: int) -> np.ndarray:
         """The hierarchy function's k log-weights per input, [B, k, layers], under the noise that `seed` gives
@@ -186,6 +194,8 @@ class ScoringOperations:
             if "latent_mahalanobis" in parts:
                 mean, std = await self._encode(m, x, 0, procedures.row_generators(seed, len(x)))  # noise: seed
                 features["latent_mahalanobis"] = anomaly.latent_mahalanobis(mean, std, m.latent_gaussian)
+            if "inversion" in parts:
+                features["inversion"] = await self._inversion(m, x, seed)
             entry = anomaly.calibration_entry(m.manifest, detector)
             answers = anomaly.answer(detector, entry, calibration["threshold_quantile"],
                                      anomaly.per_input_scores(detector, features, entry))
