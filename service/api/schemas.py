@@ -29,20 +29,23 @@ from service.engine.validation import MAX_INT32, MAX_SECONDS, MAX_SEED, MAX_TEMP
 from service.settings import Settings
 
 
-def not_boolean(what: str) -> BeforeValidator:
-    """A validator refusing JSON true or false where `what` belongs: pydantic's lax mode would read it as 1 or 0."""
+def not_lax(what: str, text_allowed: bool = False) -> BeforeValidator:
+    """A validator refusing JSON true or false where `what` belongs, and a string unless `what` may be text:
+    pydantic's lax mode would read true as 1 and "3" as 3."""
     def refuse(value: Any) -> Any:
         if isinstance(value, bool):
             raise PydanticCustomError("number_not_boolean", f"must be {what}, not true or false")
+        if isinstance(value, str) and not text_allowed:
+            raise PydanticCustomError("number_not_string", f"must be {what}, not a string")
         return value
 
     return BeforeValidator(refuse)
 
 
 # On every number of a request, after its Field (so that the OpenAPI schema keeps its minimum and maximum): 3 (and
-# 3.0) is 3, true is a 422 naming the field.
-NotBoolean = not_boolean("a number")
-Number = Annotated[float, NotBoolean]  # a number without bounds (a latent, a control's value)
+# 3.0) is 3; true and "3" are 422s naming the field.
+JsonNumber = not_lax("a number")
+Number = Annotated[float, JsonNumber]  # a number without bounds (a latent, a control's value)
 
 # An input: for an image model a base64 PNG or nested integer levels, for a text model a string.
 # The codecs check the structure themselves, so that every problem gets one message naming the input's index.
@@ -81,25 +84,25 @@ Actions = Annotated[list[Any] | None,
                                       "frames; encode: T - 1; sample: S, for S + 1 frames per sample")]
 Voice = Annotated[int | str | None, Field(description="audio models: the voice, by index or name (data.classes); "
                                                       "absent: drawn from the voice prior"),
-                  not_boolean("a voice's index or name")]
+                  not_lax("a voice's index or name", text_allowed=True)]
 TopK = Annotated[int | None, Field(ge=0, le=MAX_INT32,
                                    description="text models: sample among the k likeliest characters (0 or absent: "
-                                               "all)"), NotBoolean]
+                                               "all)"), JsonNumber]
 Seed = Annotated[int | None, Field(ge=0, le=MAX_SEED, description="random seed; drawn and echoed when absent"),
-                 NotBoolean]
-Temperature = Annotated[float, Field(gt=0.0, le=MAX_TEMPERATURE, description="sampling temperature"), NotBoolean]
+                 JsonNumber]
+Temperature = Annotated[float, Field(gt=0.0, le=MAX_TEMPERATURE, description="sampling temperature"), JsonNumber]
 NoiseSeed = Annotated[int, Field(ge=0, le=MAX_SEED, description="seed of the noise (importance samples, posterior "
                                                                  "refinement); absent: 0, so answers are "
-                                                                 "reproducible"), NotBoolean]
+                                                                 "reproducible"), JsonNumber]
 RefineSteps = Annotated[int, Field(ge=0, le=MAX_INT32,
                                    description="latent-variable models: gradient steps refining q(z given x) before "
-                                               "use, 0..the model's max (encode.refine.max_steps)"), NotBoolean]
+                                               "use, 0..the model's max (encode.refine.max_steps)"), JsonNumber]
 Refine = Annotated[str, Field(max_length=32, description="latent-variable models: the refinement rule, gradient "
                                                        "(ascent on the ELBO) or one in encode.refine.updates "
                                                        "(learned: a trained update, Marino et al. 2017)")]
 Bars = Annotated[int | None, Field(ge=1, le=MAX_INT32, description="music models: bars to generate, 1..the model's "
                                                                    "max_steps; absent: one per chord, else the "
-                                                                   "model's default"), NotBoolean]
+                                                                   "model's default"), JsonNumber]
 Chords = Annotated[list[Annotated[str, Field(max_length=16)]] | None,
                    Field(max_length=4096, description="music models: a chord per bar by name (capabilities.sample."
                                                       "step_controls.chords.names, e.g. C, Am, F#m; N: none); "
@@ -107,8 +110,8 @@ Chords = Annotated[list[Annotated[str, Field(max_length=16)]] | None,
 ChainSteps = Annotated[int | None, Field(ge=1, le=MAX_INT32,
                                          description="models that run a Markov chain (capability procedure "
                                                      "markov_chain): its number of steps, 1..max_steps; absent: the "
-                                                     "model's default"), NotBoolean]
-Label = Annotated[int, Field(ge=0, le=MAX_INT32), NotBoolean]
+                                                     "model's default"), JsonNumber]
+Label = Annotated[int, Field(ge=0, le=MAX_INT32), JsonNumber]
 
 
 def _control_value(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
@@ -120,7 +123,7 @@ def _control_value(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
                                                    "list of finite numbers (a continuous one)") from None
 
 
-ControlValue = Annotated[int | float | list[Number], NotBoolean, WrapValidator(_control_value)]
+ControlValue = Annotated[int | float | list[Number], JsonNumber, WrapValidator(_control_value)]
 ImageFormat = Annotated[Literal["array", "png"] | None,
                         Field(description="array (nested floats, [B, *data.shape], expected values in level units) "
                                           "or png (grayscale or RGB, levels scaled to 0..255); absent: array")]
@@ -276,15 +279,15 @@ class RequestModels:
 def request_models(settings: Settings) -> RequestModels:
     """Request bodies with this deployment's limits baked in."""
     Samples = Annotated[int, Field(ge=1, le=settings.max_samples_per_request, description="number of samples"),
-                        NotBoolean]
+                        JsonNumber]
     Inputs = Annotated[list[Input], Field(min_length=1, max_length=settings.max_inputs_per_request)]
     Length = Annotated[int | None, Field(ge=1, le=settings.max_sequence_length,
                                          description="text and audio models: characters or audio samples to "
                                                      "generate after the prompt or input (absent: the model's "
-                                                     "default)"), NotBoolean]
+                                                     "default)"), JsonNumber]
     Seconds = Annotated[float | None, Field(gt=0, le=MAX_SECONDS,
                                             description="audio models: seconds to generate (instead of length)"),
-                        NotBoolean]
+                        JsonNumber]
     Labels = Annotated[
         list[Label | None] | None,
         Field(max_length=settings.max_inputs_per_request, description="class label per input; null: marginalize"),
@@ -305,7 +308,7 @@ def request_models(settings: Settings) -> RequestModels:
         seconds: Seconds = None
         voice: Voice = None
         chunk_ms: Annotated[int | None, Field(ge=1, le=60000, description="audio streams: milliseconds of audio "
-                                                                         "per chunk (absent: 100)"), NotBoolean] = None
+                                                                         "per chunk (absent: 100)"), JsonNumber] = None
         steps: ChainSteps = None
         bars: Bars = None
         chords: Chords = None
@@ -325,7 +328,7 @@ def request_models(settings: Settings) -> RequestModels:
                                                                        "absent: the model's default")] = None
         k: Annotated[int | None, Field(ge=1, le=MAX_INT32, description="importance samples per input, 1..max_k; "
                                                                        "absent: the model's default"),
-                     NotBoolean] = None
+                     JsonNumber] = None
         refine_steps: RefineSteps = 0
         refine: Refine = "gradient"
         seed: NoiseSeed = 0
@@ -369,7 +372,7 @@ def request_models(settings: Settings) -> RequestModels:
     class InterpolateRequest(_Request):
         inputs: Annotated[list[Input], Field(min_length=2, max_length=2, description="the two ends")]
         steps: Annotated[int, Field(description="points on the line between the ends' posterior means, ends "
-                                                "included (2..64)"), NotBoolean] = 8
+                                                "included (2..64)"), JsonNumber] = 8
         format: ImageFormat = None
 
     class TranslateRequest(_Request):

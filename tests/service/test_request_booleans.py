@@ -1,5 +1,6 @@
-"""JSON true or false for a number of a REST request is a 422 naming the field, never read as 1 or 0 (a `label`
-of true sampled class 1); JSON numbers still work, 3.0 included, and the OpenAPI schema keeps its bounds."""
+"""JSON true or false, or a string, for a number of a REST request is a 422 naming the field, never read as 1 or 0
+(a `label` of true sampled class 1) or as the number it spells ("3"); JSON numbers still work, 3.0 included, and the
+OpenAPI schema keeps its bounds."""
 
 import pytest
 from fastapi.testclient import TestClient
@@ -38,6 +39,17 @@ BOOLEANS = [
     ("/v1/models/binary/interpolate", {"inputs": [GOOD, GOOD], "steps": True}, "body.steps"),
 ]
 
+# (route, body with one number given as a string, the field the 422 names, what its message says)
+STRINGS = [
+    (SAMPLE, {"n": "3"}, "body.n", "not a string"),
+    (SAMPLE, {"seed": "7"}, "body.seed", "not a string"),
+    (SAMPLE, {"temperature": "0.5"}, "body.temperature", "not a string"),
+    (SAMPLE, {"label": "1"}, "body.label", "not a string"),
+    (SAMPLE, {"controls": {"style": ["0.5"]}}, "body.controls.style", "a list of finite numbers"),
+    (SCORE, {"inputs": [GOOD], "k": "4"}, "body.k", "not a string"),
+    ("/v1/models/binary/decode", {"z": [["0.5", 0.5]]}, "body.z[0][0]", "not a string"),
+]
+
 
 @pytest.fixture(scope="module")
 def engine():
@@ -57,6 +69,14 @@ def test_a_boolean_for_a_number_is_a_422_naming_the_field(client, route, body, f
     assert reply.status_code == 422, reply.text
     error = reply.json()["error"]
     assert error["code"] == "invalid_request" and error["field"] == field, error
+
+
+@pytest.mark.parametrize(("route", "body", "field", "says"), STRINGS)
+def test_a_string_for_a_number_is_a_422_naming_the_field(client, route, body, field, says):
+    reply = client.post(route, json=body)
+    assert reply.status_code == 422, reply.text
+    error = reply.json()["error"]
+    assert error["field"] == field and says in error["message"], error
 
 
 def test_numbers_still_pass_and_reach_the_engine_as_given(client, engine):
@@ -84,3 +104,9 @@ def test_a_boolean_voice_is_refused_as_neither_index_nor_name(client):
     """voice takes an index or a name, and its refusal says so (not "must be a number")."""
     error = client.post(SAMPLE, json={"voice": False}).json()["error"]
     assert error["field"] == "body.voice" and "index or name" in error["message"], error
+
+
+def test_a_voice_by_name_is_still_a_string(client):
+    """voice takes a name: a string there is not refused as a number's would be."""
+    reply = client.post(SAMPLE, json={"voice": "alice"})
+    assert "not a string" not in reply.text
