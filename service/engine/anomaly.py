@@ -274,10 +274,13 @@ def inversion_residual(x: np.ndarray, completed: np.ndarray, levels: int) -> np.
 
 
 def inverts(manifest: dict) -> bool:
-    """Whether the model completes an image by one direct latent search (a GAN's `complete`): what `inversion`
+    """Whether the model completes an image by one direct latent search from noise alone (an unconditional GAN's
+    `complete`; a conditional one's would need a label that a score request does not give): what `inversion`
     needs."""
     complete = manifest["capabilities"].get("complete", {})
-    return manifest["data"]["kind"] == "image" and complete.get("procedure") == "direct"
+    if manifest["data"]["kind"] != "image" or complete.get("procedure") != "direct":
+        return False
+    return "label" not in [tensor["name"] for tensor in manifest["functions"][complete["function"]]["inputs"]]
 
 
 def class_score(log_joint: np.ndarray) -> np.ndarray:
