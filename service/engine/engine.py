@@ -64,12 +64,20 @@ class LoadedModel:
         self.input_levels = self._input_levels()  # tensor name -> levels, once: not per request
 
     def _input_levels(self) -> dict[str, int]:
-        """How many integer values an input of the naming conventions, or a per-step control (a chord), may take
-        (an input not named here is not checked)."""
-        controls = {name: len(spec["names"]) for cap in self.capabilities.values()
-                    for name, spec in cap.get("step_controls", {}).items()}
+        """How many integer values an input may take, by its name: the naming conventions' inputs, a per-step
+        control (a chord), a categorical control (a class), a prompt's word ids and a translation's source (an input
+        not named here is not checked; an index out of range would otherwise reach the runtime)."""
+        caps = self.capabilities.values()
+        step_controls = {name: len(spec["names"]) for cap in caps
+                         for name, spec in cap.get("step_controls", {}).items()}
+        categorical = {name: spec["classes"] for cap in caps for name, spec in cap.get("controls", {}).items()
+                       if spec["kind"] == "categorical"}
+        words = {cap["prompt"]["input"]: len(cap["prompt"]["vocabulary"]) for cap in caps if "prompt" in cap}
+        translate = self.capabilities.get("translate")
+        source = {"source": translate["input"]["levels"]} if translate else {}
         levels = {"x": self.data.get("levels"), "observed": self.data.get("levels"), "x_prev": self.data.get("levels"),
-                  "mask": 2, "label": len(self.data.get("classes", [])) or None, **controls}
+                  "mask": 2, "label": len(self.data.get("classes", [])) or None, **step_controls, **categorical,
+                  **words, **source}
         return {name: n for name, n in levels.items() if n is not None}
 
     def function_inputs(self, function: str) -> list[str]:

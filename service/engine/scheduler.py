@@ -2,7 +2,10 @@
 
 DynamicBatcher (Triton style) merges one-shot requests into batches of up to
 `max_batch_size` rows, waiting at most `max_queue_delay_us` for the batch to
-fill. ContinuousBatcher (Orca/vLLM style) runs an autoregressive step function
+fill. It merges only requests whose inputs agree in all but the batch axis
+(a function of any sequence length gets requests of many), and a merged batch
+that fails runs again one request at a time, so that an input the runtime
+refuses fails its own request only. ContinuousBatcher (Orca/vLLM style) runs an autoregressive step function
 over a running batch that sequences join and leave at step boundaries.
 
 Both take `run`, an async function of named numpy arrays (service.engine.workers
@@ -44,6 +47,11 @@ class BatchingConfig:
 
 def rows_of(arrays: Arrays) -> int:
     return len(next(iter(arrays.values())))
+
+
+def merge_key(arrays: Arrays) -> tuple:
+    """What requests must share to run in one batch: each input's name, dtype and shape past the batch axis."""
+    return tuple((name, value.dtype.str, value.shape[1:]) for name, value in arrays.items())
 
 
 class Observer:
@@ -102,6 +110,7 @@ class _Request:
     rows: int
     deadline: float
     future: asyncio.Future
+    key: tuple  # merge_key(inputs)
     arrived: float = field(default_factory=time.monotonic)
     started: float | None = None  # when it left the queue for a batch
     compute: float = 0.0  # seconds its batch ran
@@ -141,7 +150,7 @@ class DynamicBatcher:
             self.observer.rejected()
             raise Overloaded(f"queue full ({self.config.max_queue_size} rows); retry later", field="inputs")
         loop = asyncio.get_running_loop()
-        request = _Request(inputs, rows, deadline, loop.create_future())
+        request = _Request(inputs, rows, deadline, loop.create_future(), merge_key(inputs))
         self.queue.append(request)
         self.queued += rows
         self.observer.queued()
@@ -172,17 +181,23 @@ class DynamicBatcher:
                                                   field="timeout_ms"))
 
     def _take_batch(self) -> list[_Request]:
-        """Pop queued requests, oldest first, up to max_batch_size rows (one oversized request runs alone)."""
-        batch, rows, now = [], 0, time.monotonic()
-        while self.queue and (not batch or rows + self.queue[0].rows <= self.config.max_batch_size):
+        """Pop the oldest queued request and, oldest first, those that merge with it and fit, up to max_batch_size
+        rows (one oversized request runs alone); the others stay queued, in order."""
+        batch, rows, now, left = [], 0, time.monotonic(), []
+        while self.queue and rows < self.config.max_batch_size:
             request = self.queue.popleft()
-            self.queued -= request.rows
             if request.future.done() or request.deadline <= now:
+                self.queued -= request.rows
                 continue  # cancelled or expired while queued: its caller has already been answered
+            if batch and (request.key != batch[0].key or rows + request.rows > self.config.max_batch_size):
+                left.append(request)
+                continue
+            self.queued -= request.rows
             request.started = now
             self.observer.dequeued()
             batch.append(request)
             rows += request.rows
+        self.queue.extendleft(reversed(left))
         return batch
 
     async def _wait_to_fill(self) -> None:
@@ -204,23 +219,38 @@ class DynamicBatcher:
         while self.queue:
             await self._wait_to_fill()
             batch = self._take_batch()
-            if not batch:
-                continue
-            try:
-                merged = {k: np.concatenate([r.inputs[k] for r in batch]) for k in batch[0].inputs}
-                self.observer.batch(rows_of(merged))
-                outputs, seconds = await _timed(self.run, merged)
-            except Exception as e:  # noqa: BLE001 - the error belongs to every request in the batch
-                for r in batch:
-                    if not r.future.done():
-                        r.future.set_exception(e)
-                continue
-            start = 0
+            if batch:
+                await self._run_batch(batch)
+
+    async def _run_batch(self, batch: list[_Request]) -> None:
+        """Run the batch's requests as one call and answer each with its rows. When a merged call fails other
+        than by an EngineError (a refusal, a lost worker: the same for every request), each request runs again
+        alone, so that the error reaches only the request whose input caused it."""
+        try:
+            merged = {k: np.concatenate([r.inputs[k] for r in batch]) for k in batch[0].inputs}
+            self.observer.batch(rows_of(merged))
+            outputs, seconds = await _timed(self.run, merged)
+        except EngineError as e:
+            return _fail(batch, e)
+        except Exception as e:  # noqa: BLE001 - answered below: to the request alone, or to the whole batch
+            if len(batch) == 1:
+                return _fail(batch, e)
             for r in batch:
-                r.compute = seconds
                 if not r.future.done():
-                    r.future.set_result({k: v[start: start + r.rows] for k, v in outputs.items()})
-                start += r.rows
+                    await self._run_batch([r])
+            return
+        start = 0
+        for r in batch:
+            r.compute = seconds
+            if not r.future.done():
+                r.future.set_result({k: v[start: start + r.rows] for k, v in outputs.items()})
+            start += r.rows
+
+
+def _fail(batch: list[_Request], error: Exception) -> None:
+    for r in batch:
+        if not r.future.done():
+            r.future.set_exception(error)
 
 
 @dataclass
