@@ -68,6 +68,13 @@ def from_engine_error(exc: EngineError) -> JSONResponse:
 # --- V2 models over the engine -------------------------------------------------------------------------------------
 
 
+def row_limit(engine: Any, model: str) -> int:
+    """The rows one infer request may hold: the model's max_queue_size, GENSERVE_MAX_QUEUE_SIZE when set (as its
+    batcher reads it), so that a request never has to be sent in parts."""
+    most = getattr(getattr(engine, "settings", None), "max_queue_size", None)
+    return engine.describe(model)["batching"]["max_queue_size"] if most is None else most
+
+
 # --- infer bodies --------------------------------------------------------------------------------------------------
 
 
@@ -108,7 +115,7 @@ def _binary_size(tensor: dict, field: str) -> int | None:
     return size
 
 
-def _tensor_header(tensor: Any, i: int, specs: dict) -> tuple[str, list[int], np.dtype]:
+def _tensor_header(tensor: Any, i: int, specs: dict, max_rows: int) -> tuple[str, list[int], np.dtype]:
     if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
         raise InvalidInput(f"inputs[{i}]: must be an object with a string name", field=f"inputs[{i}]")
     name = tensor["name"]
@@ -119,6 +126,7 @@ def _tensor_header(tensor: Any, i: int, specs: dict) -> tuple[str, list[int], np
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
         raise InvalidInput(f"{name}.shape: must be a list of integers, got {shape!r}", field=name)
     check_shape(shape, f"{name}.shape")
+    check_rows(name, shape, max_rows)
     want = v2_datatype(specs[name]["dtype"])
     if tensor.get("datatype") != want:
         raise InvalidInput(f"{name}: datatype must be {want}, got {tensor.get('datatype')!r}", field=name)
@@ -140,8 +148,17 @@ def _json_array(data: Any, dtype: np.dtype, name: str) -> np.ndarray:
         raise InvalidInput(f"{name}.data: not {v2_datatype(dtype.name)} values: {e}", field=name) from None
 
 
-def decode_inputs(doc: dict, tail: bytes, spec: dict) -> dict[str, np.ndarray]:
-    """The request's input tensors by name, checked against the function's spec (names, datatypes, sizes)."""
+def check_rows(name: str, shape: list[int], max_rows: int) -> None:
+    """Refuse a tensor of more rows (dim 0) than the model's max_queue_size, the rows its batcher holds at once (as
+    Triton refuses a batch over the model's max batch size); checked from the header, before the data."""
+    if shape and shape[0] > max_rows:
+        raise InvalidInput(f"{name}: {shape[0]} rows (dim 0), over the model's limit of {max_rows} per request "
+                           "(its max_queue_size); send fewer, or in parts", field=name)
+
+
+def decode_inputs(doc: dict, tail: bytes, spec: dict, max_rows: int) -> dict[str, np.ndarray]:
+    """The request's input tensors by name, checked against the function's spec (names, datatypes, sizes) and
+    the model's rows per request."""
     specs = {t["name"]: t for t in spec["inputs"]}
     tensors = doc.get("inputs")
     if not isinstance(tensors, list):
@@ -149,7 +166,7 @@ def decode_inputs(doc: dict, tail: bytes, spec: dict) -> dict[str, np.ndarray]:
     inputs: dict[str, np.ndarray] = {}
     offset = 0
     for i, tensor in enumerate(tensors):
-        name, shape, dtype = _tensor_header(tensor, i, specs)
+        name, shape, dtype = _tensor_header(tensor, i, specs, max_rows)
         if name in inputs:
             raise InvalidInput(f"{name}: given twice", field=name)
         count, size = math.prod(shape), _binary_size(tensor, name)
@@ -178,7 +195,7 @@ def decode_inputs(doc: dict, tail: bytes, spec: dict) -> dict[str, np.ndarray]:
 def requested_outputs(doc: dict, spec: dict) -> list[tuple[str, bool]]:
     """(output name, binary?) to answer with, in order: the requested ones, else all of the function's."""
     names = [t["name"] for t in spec["outputs"]]
-    binary_default = bool(_object(doc.get("parameters"), "parameters").get("binary_data_output", False))
+    binary_default = _flag(_object(doc.get("parameters"), "parameters"), "binary_data_output", False, "parameters")
     wanted = doc.get("outputs")
     if wanted is None:
         return [(name, binary_default) for name in names]
@@ -190,11 +207,21 @@ def requested_outputs(doc: dict, spec: dict) -> list[tuple[str, bool]]:
             got = output.get("name") if isinstance(output, dict) else output
             raise InvalidInput(f"outputs[{i}].name: no output {got!r}; the model has {names}",
                                field=f"outputs[{i}].name")
+        if output["name"] in [name for name, _ in result]:
+            raise InvalidInput(f"outputs[{i}].name: {output['name']!r} requested twice", field=f"outputs[{i}].name")
         parameters = _object(output.get("parameters"), f"outputs[{i}].parameters")
         if parameters.get("classification"):
             raise InvalidInput(f"outputs[{i}].parameters.classification: not supported", field=f"outputs[{i}]")
-        result.append((output["name"], bool(parameters.get("binary_data", binary_default))))
+        result.append((output["name"], _flag(parameters, "binary_data", binary_default, f"outputs[{i}].parameters")))
     return result
+
+
+def _flag(parameters: dict, key: str, default: bool, field: str) -> bool:
+    """A boolean parameter: JSON true or false only (the string "false" is not false)."""
+    value = parameters.get(key, default)
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{field}.{key}: must be true or false, got {value!r}", field=f"{field}.{key}")
+    return value
 
 
 def encode_response(header: dict, outputs: dict[str, np.ndarray], spec: dict,
@@ -314,7 +341,7 @@ def router(engine: Any) -> APIRouter:
             model, function, spec, version = lookup(request, model_name, model_version)
             body = _decompress(await request.body(), request.headers.get("content-encoding"), body_limit)
             doc, tail = _parse(body, request.headers.get(HEADER_LENGTH))
-            inputs = decode_inputs(doc, tail, spec)
+            inputs = decode_inputs(doc, tail, spec, row_limit(engine, model))
             wanted = requested_outputs(doc, spec)
             outputs = await unless_disconnected(request, engine.infer(model, function, inputs))
             check_finite_outputs({name: outputs[name] for name, _ in wanted}, float_inputs(inputs))

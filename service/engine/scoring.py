@@ -60,10 +60,7 @@ class ScoringOperations:
             if len(x) == 0:
                 raise InvalidInput("inputs: give at least one input", field="inputs")
             x = [check_sequence(xi, m.data["levels"], f"inputs[{b}]") for b, xi in enumerate(x)]
-            longest = max(range(len(x)), key=lambda b: len(x[b]))
-            if len(x[longest]) > self.settings.max_sequence_length:
-                raise InvalidInput(f"inputs[{longest}]: {len(x[longest])} values, over the limit of "
-                                   f"{self.settings.max_sequence_length}", field=f"inputs[{longest}]")
+            self._check_score_values(m, cap, [len(xi) for xi in x])
         else:
             x = check_levels(x, m.shape, m.data["levels"], "inputs")
         labels = [None] * len(x) if labels is None else labels
@@ -93,6 +90,29 @@ class ScoringOperations:
                 result.update(stderr=cap["log_partition_stderr"], is_lower_bound=False,
                               free_energy=-result["log_likelihood_nats"] - cap["log_partition"])
         return await self._detect(m, cap, x, labels, results, detector, log_joint, seed)
+
+    def _score_limits(self, m: LoadedModel, cap: dict) -> tuple[int, int]:
+        """(values per input, values per request) a sequence model's direct score takes: the score capability's own
+        `max_length` and `max_row_steps` where its manifest entry sets them; else the longest sequence the model
+        generates (its sample capability's max_length) and its samples x values (max_row_steps), neither over
+        MAX_SEQUENCE_LENGTH. Scoring a value costs one parallel pass where sampling it costs a step, so the
+        sample's budget bounds the time; the setting bounds the memory, which grows with the values scored at once."""
+        sample, most = m.capabilities.get("sample", {}), self.settings.max_sequence_length
+        return (cap.get("max_length", min(sample.get("max_length", most), most)),
+                cap.get("max_row_steps", min(sample.get("max_row_steps", most), most)))
+
+    def _check_score_values(self, m: LoadedModel, cap: dict, lengths: list[int]) -> None:
+        """Refuse, before any work, a sequence score of an input longer than the model's limit (naming it) or of
+        more values in all (inputs x values) than its limit per request (naming `inputs`)."""
+        per_input, per_request = self._score_limits(m, cap)
+        longest = max(range(len(lengths)), key=lengths.__getitem__)
+        if lengths[longest] > per_input:
+            raise InvalidInput(f"inputs[{longest}]: {lengths[longest]} values, over model {m.manifest['name']!r}'s "
+                               f"limit of {per_input} per input", field=f"inputs[{longest}]")
+        if sum(lengths) > per_request:
+            raise InvalidInput(f"inputs: {len(lengths)} inputs of {sum(lengths)} values in all, over model "
+                               f"{m.manifest['name']!r}'s limit of {per_request} per request; send fewer, or in "
+                               "parts", field="inputs")
 
     def _detector(self, m: LoadedModel, cap: dict, anomaly_method: str | None) -> str:
         """The anomaly detector a request names, or InvalidInput if the model cannot answer it; else the model's

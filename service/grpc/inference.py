@@ -59,8 +59,16 @@ CONTENTS = {  # the InferTensorContents field of each datatype; FP16 has none (r
 # --- tensors -------------------------------------------------------------------------------------------------------
 
 
-def decode_inputs(request: pb.ModelInferRequest, spec: dict) -> dict[str, np.ndarray]:
-    """The request's input tensors by name, checked against the function's spec (names, datatypes, sizes)."""
+def row_limit(engine: Any, model: str) -> int:
+    """The rows one infer request may hold: the model's max_queue_size, GENSERVE_MAX_QUEUE_SIZE when set (as its
+    batcher reads it), so that a request never has to be sent in parts."""
+    most = getattr(getattr(engine, "settings", None), "max_queue_size", None)
+    return engine.describe(model)["batching"]["max_queue_size"] if most is None else most
+
+
+def decode_inputs(request: pb.ModelInferRequest, spec: dict, max_rows: int) -> dict[str, np.ndarray]:
+    """The request's input tensors by name, checked against the function's spec (names, datatypes, sizes) and
+    the model's rows per request (as Triton refuses a batch over the model's max batch size)."""
     specs = {t["name"]: t for t in spec["inputs"]}
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
@@ -78,6 +86,9 @@ def decode_inputs(request: pb.ModelInferRequest, spec: dict) -> dict[str, np.nda
         if tensor.datatype != want:
             raise InvalidInput(f"{name}: datatype must be {want}, got {tensor.datatype!r}", field=name)
         shape = check_shape(tensor.shape, f"{name}.shape")
+        if shape and shape[0] > max_rows:
+            raise InvalidInput(f"{name}: {shape[0]} rows (dim 0), over the model's limit of {max_rows} per request "
+                               "(its max_queue_size); send fewer, or in parts", field=name)
         count, dtype = math.prod(shape), NUMPY[want]
         if raw:
             if tensor.HasField("contents"):
@@ -112,6 +123,8 @@ def requested_outputs(request: pb.ModelInferRequest, spec: dict) -> list[str]:
         if output.name not in names:
             raise InvalidInput(f"outputs[{i}].name: no output {output.name!r}; the model has {names}",
                                field=f"outputs[{i}].name")
+        if output.name in wanted:
+            raise InvalidInput(f"outputs[{i}].name: {output.name!r} requested twice", field=f"outputs[{i}].name")
         if "classification" in output.parameters:
             raise InvalidInput(f"outputs[{i}].parameters.classification: not supported",
                                field=f"outputs[{i}].parameters")
@@ -201,7 +214,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request, context):
         async def work():
             model, function, spec, version = resolve(self.engine, request.model_name, request.model_version)
-            inputs = decode_inputs(request, spec)
+            inputs = decode_inputs(request, spec, row_limit(self.engine, model))
             wanted = requested_outputs(request, spec)
             outputs = await self.engine.infer(model, function, inputs)
             check_finite_outputs({name: outputs[name] for name in wanted}, float_inputs(inputs))
