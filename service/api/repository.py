@@ -20,9 +20,10 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.api.errors import error_response
 from service.api.v2 import from_engine_error, v2_error
 from service.engine.engine import PINNED_VERSION
-from service.engine.errors import EngineError
+from service.engine.errors import EngineError, UnknownModel
 from service.model_control import AdminKeys, latest_pin, load, unload, v2_pin
 from service.settings import Settings
 from service.store import is_version_number
@@ -74,10 +75,15 @@ class VersionedRoutes:
             name, version, rest = match.groups()
             if version is None:
                 pinned = latest_pin(self.engine, name)
+            elif not is_version_number(version):  # "+1", "1.0", "²" (int() would read "+1" as 1)
+                refusal = error_response(404, UnknownModel.code, f"version: {version!r} is not a version number "
+                                         "(digits 0-9)", "version")
+                await refusal(scope, receive, send)
+                return
             else:
                 path = f"/v1/models/{name}{rest or ''}"
                 scope = {**scope, "path": path, "raw_path": path.encode()}
-                pinned = (name, int(version) if is_version_number(version) else -1)  # -1: no such version (404)
+                pinned = (name, int(version))
         elif match := _V2_MODEL.fullmatch(scope["path"]):
             pinned = v2_pin(self.engine, *match.groups())
         token = PINNED_VERSION.set(pinned)

@@ -25,7 +25,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from service.engine.validation import MAX_INT32, MAX_SECONDS, MAX_SEED, MAX_TEMPERATURE
+from service.engine.validation import MAX_INT32, MAX_SECONDS, MAX_SEED, MAX_TEMPERATURE, MIN_TEMPERATURE
 from service.settings import Settings
 
 
@@ -90,7 +90,8 @@ TopK = Annotated[int | None, Field(ge=0, le=MAX_INT32,
                                                "all)"), JsonNumber]
 Seed = Annotated[int | None, Field(ge=0, le=MAX_SEED, description="random seed; drawn and echoed when absent"),
                  JsonNumber]
-Temperature = Annotated[float, Field(gt=0.0, le=MAX_TEMPERATURE, description="sampling temperature"), JsonNumber]
+Temperature = Annotated[float, Field(ge=MIN_TEMPERATURE, le=MAX_TEMPERATURE, description="sampling temperature"),
+                        JsonNumber]
 NoiseSeed = Annotated[int, Field(ge=0, le=MAX_SEED, description="seed of the noise (importance samples, posterior "
                                                                  "refinement); absent: 0, so answers are "
                                                                  "reproducible"), JsonNumber]

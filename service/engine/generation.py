@@ -25,7 +25,7 @@ import numpy as np
 from service.engine import captions, latent, procedures, worker_procedures
 from service.engine.errors import InvalidInput, MissingCapability
 from service.engine.step_controls import plan as plan_steps
-from service.engine.validation import check_levels, check_sequence
+from service.engine.validation import check_levels, check_range, check_sequence
 
 if TYPE_CHECKING:  # engine.py imports this module
     from service.engine.engine import LoadedModel
@@ -62,6 +62,8 @@ class GenerationOperations:
                                    f"{sorted(specs)}", field=f"controls.{name}")
         for name, spec in specs.items():
             conditions[name] = latent.control_values(spec, controls.get(name), rngs, f"controls.{name}")
+            if spec["kind"] == "uniform" and name in controls:  # a given value, within the range trained on
+                check_range(conditions[name], spec["low"], spec["high"], f"controls.{name}")
         return conditions
 
     def _per_row(self, m: LoadedModel, function: str, label: int | None, top_k: int | None,
@@ -77,12 +79,14 @@ class GenerationOperations:
             raise InvalidInput(f"top_k: model {m.manifest['name']!r} does not take top_k", field="top_k")
         return per_row
 
-    def _plan(self, m: LoadedModel, cap: dict, prompt: np.ndarray | None, length: int | None,
-              rows: int, length_field: str = "length") -> tuple[int, np.ndarray | None, np.ndarray | None, int]:
+    def _plan(self, m: LoadedModel, cap: dict, prompt: np.ndarray | None, length: int | None, rows: int,
+              length_field: str = "length",
+              prompt_field: str = "prompt") -> tuple[int, np.ndarray | None, np.ndarray | None, int]:
         """(steps, observed, mask, values): a sequence model generates `length` values after the prompt.
 
         observed and mask are [rows, steps * values per step], 1 over the prompt; images take neither.
-        `length_field` names the request field that set length (an audio request's seconds) in refusals.
+        `length_field` names the request field that set length (an audio request's seconds) in refusals,
+        `prompt_field` the one that gave the prompt (a continued input's).
         """
         per_step = math.prod(cap["step_shape"])
         if not m.is_sequence:
@@ -92,7 +96,8 @@ class GenerationOperations:
                                        f"{m.data['kind']} data", field=field)
             return cap["steps"], None, None, cap["steps"] * per_step
         prompt = np.zeros(0, np.int64) if prompt is None or len(prompt) == 0 else \
-            check_sequence(prompt, m.data["levels"], "prompt")
+            check_sequence(prompt, m.data["levels"], prompt_field)
+        chose_length = length is not None
         length = cap["steps"] * per_step if length is None else length
         if length < 1:
             raise InvalidInput(f"{length_field}: must be at least 1 value", field=length_field)
@@ -101,8 +106,10 @@ class GenerationOperations:
         if values > most:
             seconds = f" ({values / m.data['sample_rate']:g} s; at most {most / m.data['sample_rate']:g} s)" \
                 if m.data["kind"] == "audio" else ""
-            raise InvalidInput(f"{length_field}: prompt and continuation are {values} values{seconds}, over model "
-                               f"{m.manifest['name']!r}'s limit of {most}", field=length_field)
+            too_long = len(prompt) and (len(prompt) >= most or not chose_length)  # the field the client sent
+            field = prompt_field if too_long else length_field
+            raise InvalidInput(f"{field}: prompt and continuation are {values} values{seconds}, over model "
+                               f"{m.manifest['name']!r}'s limit of {most}", field=field)
         self._check_work(m, cap, rows, values, length_field, "samples x values")
         steps = math.ceil(values / per_step)
         observed = np.zeros((rows, steps * per_step), np.int64)
@@ -303,7 +310,8 @@ class GenerationOperations:
         cap = m.capability("complete")
 
         prefixes = [check_sequence(prefix, m.data["levels"], f"inputs[{b}]") for b, prefix in enumerate(prefixes)]
-        plans = [self._plan(m, cap, prefix, length, n, length_field) for prefix in prefixes]
+        plans = [self._plan(m, cap, prefix, length, n, length_field, f"inputs[{b}]")
+                 for b, prefix in enumerate(prefixes)]
         self._check_work(m, cap, n, sum(values for *_, values in plans), length_field,
                          "n x the values of every input")
 

@@ -134,11 +134,13 @@ class LatentOperations:
 
     @classmethod
     def _chain_steps(cls, m: LoadedModel, cap: dict, steps: int | None, rows: int) -> int:
-        """The steps of a Markov chain over `rows` rows (inputs x n), checked against both limits."""
+        """The steps of a Markov chain over `rows` rows (inputs x n), checked against both limits; over the work
+        limit, the refusal names steps where the request gave them, else n (the field it can change)."""
+        field = "n" if steps is None else "steps"
         steps = cap["steps"] if steps is None else steps
         if not 1 <= steps <= cap["max_steps"]:
             raise InvalidInput(f"steps: model {m.manifest['name']!r} takes 1..{cap['max_steps']}", field="steps")
-        cls._check_work(m, cap, rows, steps, "steps", "chains x steps")
+        cls._check_work(m, cap, rows, steps, field, "chains x steps")
         return steps
 
     @staticmethod

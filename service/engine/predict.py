@@ -29,7 +29,7 @@ import numpy as np
 
 from service.engine import latent, procedures
 from service.engine.errors import InvalidInput, MissingCapability
-from service.engine.validation import check_levels
+from service.engine.validation import check_levels, check_range
 
 if TYPE_CHECKING:  # engine.py imports this module
     from service.engine.engine import LoadedModel
@@ -81,8 +81,7 @@ class StateSpaceOperations:
             raise InvalidInput(f"{field}: give [{rows}, L, {', '.join(map(str, shape))}] (one sequence of actions per "
                                f"row) or [L, {', '.join(map(str, shape))}] (the same for all), got "
                                f"{list(actions.shape)}", field=field)
-        if not (np.abs(actions) <= latent.FLOAT32_MAX).all():  # NaN compares False
-            raise InvalidInput(f"{field}: values must be finite float32 numbers", field=field)
+        check_range(actions, cap["actions"]["low"], cap["actions"]["high"], field)  # the range trained on
         return np.ascontiguousarray(actions, np.float32)
 
     def _check_length(self, m: LoadedModel, cap: dict, rows: int, frames: int, field: str = "actions") -> None:

@@ -9,6 +9,9 @@ MAX_DIMS = 32  # dimensions of a tensor on the wire (numpy itself stops at 64)
 MAX_SEED = 2**63 - 1
 MAX_INT32 = 2**31 - 1  # the gRPC API's counts are int32: REST takes no more, so the two agree
 MAX_TEMPERATURE = 10.0
+# The least temperature: logits / temperature stay finite float32 numbers for logits up to 1e8 (at 1e-38 a charrnn
+# emits newlines only, at 1e-300, float32's 0, a wavenet full scale); 1e-30 samples greedily
+MIN_TEMPERATURE = 1e-30
 MAX_SECONDS = 86400.0  # audio to generate or continue per request
 
 
@@ -69,6 +72,14 @@ def check_finite(x: np.ndarray, field: str) -> np.ndarray:
     """x itself, or InvalidInput naming the field when a float value is NaN or infinite."""
     if np.asarray(x).dtype.kind in "fc" and not np.isfinite(x).all():
         raise InvalidInput(f"{field}: values must be finite numbers (no NaN or infinity)", field=field)
+    return x
+
+
+def check_range(x: np.ndarray, low: float, high: float, field: str) -> np.ndarray:
+    """x itself, or InvalidInput naming the field when a value lies outside the declared [low, high] (or is NaN):
+    a model fed far outside what it was trained on answers NaN or saturates."""
+    if not ((x >= low) & (x <= high)).all():
+        raise InvalidInput(f"{field}: values must be in [{low:g}, {high:g}], the model's declared range", field=field)
     return x
 
 

@@ -28,6 +28,7 @@ from service.engine.validation import (
     MAX_SECONDS,
     MAX_SEED,
     MAX_TEMPERATURE,
+    MIN_TEMPERATURE,
     check_finite,
     check_finite_outputs,
     check_shape,
@@ -154,8 +155,9 @@ def _samples(request: Any, settings: Settings) -> int:
 
 def _temperature(request: Any) -> float:
     t = request.temperature if request.HasField("temperature") else 1.0
-    if not 0.0 < t <= MAX_TEMPERATURE:  # also refuses NaN
-        raise InvalidInput(f"temperature: must be in (0, {MAX_TEMPERATURE:g}], got {t}", field="temperature")
+    if not MIN_TEMPERATURE <= t <= MAX_TEMPERATURE:  # also refuses NaN
+        raise InvalidInput(f"temperature: must be in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}], got {t}",
+                           field="temperature")
     return t
 
 

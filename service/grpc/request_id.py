@@ -7,7 +7,7 @@ it), a refused key (service.grpc.auth). Not the initial metadata: sending that a
 write per call, a large share of what a small unary call costs.
 """
 
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from service.logs import REQUEST_ID, request_id
 
@@ -31,4 +31,7 @@ def answering_with_id(context):
         context.set_trailing_metadata(((KEY, rid),))
         yield
     finally:
-        REQUEST_ID.reset(token)
+        # a stream's async generator may be finalized in another context (a cancelled call's aclose): its
+        # context, and the id set in it, is gone, and there is nothing to reset
+        with suppress(ValueError):
+            REQUEST_ID.reset(token)
