@@ -6,7 +6,7 @@ import { imageCanvas } from "./pixels.js";
 import { byName, h, levelsOf, models } from "./ui.js";
 
 const GRPC = { sample: "Sample", score: "Score", complete: "Complete", encode: "Encode", decode: "Decode",
-  stream: "SampleStream" };
+  predict: "Predict", stream: "SampleStream" };
 
 /** capability -> [REST body, gRPC body]: an example call of each capability the data kind has. */
 function examples(model) {
@@ -25,16 +25,38 @@ function examples(model) {
         { wavs: [wav], seconds: 0.5 }], stream: [{ seconds: 2.0, voice: 0, chunk_ms: 100 },
         { seconds: 2.0, voice: classes[0], chunk_ms: 100 }] };
   }
+  const { capabilities } = model.manifest;
+  if (capabilities.sample?.procedure === "state_space") return stateSpaceExamples(capabilities.sample, shape, tensor);
   const image = "[[0, ..., 0], ... a row of levels per line]";
   const levels = tensor("the little-endian int64 levels", "int64", [1, ...shape]);
-  const decoder = model.manifest.functions[model.manifest.capabilities.decode?.function];
+  const decoder = model.manifest.functions[capabilities.decode?.function];
   const latents = decoder?.inputs[0].shape.at(-1) ?? 0;
-  return { sample: [{ n: 4, seed: 0 }, { n: 4, seed: 0 }], score: [{ inputs: [image] }, { inputs: levels }],
+  const words = capabilities.sample?.prompt?.vocabulary;  // a caption model samples from a caption
+  const sample = words ? { n: 4, seed: 0, prompt: caption(words) } : { n: 4, seed: 0 };
+  return { sample: [sample, sample], score: [{ inputs: [image] }, { inputs: levels }],
     complete: [{ inputs: [image], mask: "[[1, ..., 0], ... 1 = observed]", n: 2, seed: 0 },
       { inputs: levels, mask: tensor("the int64 mask, 1 = observed", "int64", shape), n: 2, seed: 0 }],
     encode: [{ inputs: [image] }, { inputs: levels }],
     decode: [{ z: [Array(latents).fill(0)] }, { z: tensor("the little-endian float32 latents", "float32",
       [1, latents]) }] };
+}
+
+/** "a thin seven", of the words the caption model knows. */
+const caption = (words) => ["a", "thin", "seven"].filter((word) => words.includes(word)).join(" ")
+  || words.find(Boolean);
+
+/** A state-space model's calls: K observed frames (the fewest it filters from) and actions at the middle of the
+ * range trained on (capabilities.*.actions), action t moving frame t to t + 1; sample rolls out 8. */
+function stateSpaceExamples({ init_frames: k, actions: { shape, low, high } }, frameShape, tensor) {
+  const action = shape.reduceRight((inner, size) => Array(size).fill(inner), (low + high) / 2);
+  const actions = (count) => [Array(count).fill(action),
+    tensor("the little-endian float32 actions", "float32", [count, ...shape])];
+  const frames = [[`[frame 1], ..., [frame ${k}]: ${k} frames, each a row of levels per line`],
+    tensor("the little-endian int64 levels", "int64", [1, k, ...frameShape])];
+  const call = (more, count) => actions(count).map((u, i) => ({ ...more[i], actions: u }));
+  return { sample: call([{ n: 1, seed: 0 }, { n: 1, seed: 0 }], 8),
+    encode: call(frames.map((inputs) => ({ inputs })), k - 1),
+    predict: call(frames.map((inputs) => ({ inputs })), k - 1 + 4) };
 }
 
 export function showModelList() {
