@@ -60,12 +60,13 @@ class ScoringOperations:
             if len(x) == 0:
                 raise InvalidInput("inputs: give at least one input", field="inputs")
             x = [check_sequence(xi, m.data["levels"], f"inputs[{b}]") for b, xi in enumerate(x)]
-            self._check_score_values(m, cap, [len(xi) for xi in x])
         else:
             x = check_levels(x, m.shape, m.data["levels"], "inputs")
         labels = [None] * len(x) if labels is None else labels
         if len(labels) != len(x):
             raise InvalidInput(f"labels: give one per input ({len(x)}), or none", field="labels")
+        if m.is_sequence:
+            self._check_score_values(m, cap, [len(xi) for xi in x], labels)
         if cap.get("method") == "critic" and "label" in m.function_inputs(cap["function"]) and None in labels:
             raise InvalidInput(f"labels: model {name!r} is a conditional critic: give one label per input "
                                "(a critic's outputs cannot be summed over classes as likelihoods can)", field="labels")
@@ -92,8 +93,8 @@ class ScoringOperations:
         return await self._detect(m, cap, x, labels, results, detector, log_joint, seed)
 
     def _score_limits(self, m: LoadedModel, cap: dict) -> tuple[int, int]:
-        """(values per input, values per request) a sequence model's direct score takes: the score capability's own
-        `max_length` and `max_row_steps` where its manifest entry sets them; else the longest sequence the model
+        """(values per input, rows x values per request) a sequence model's direct score takes: the score capability's
+        own `max_length` and `max_row_steps` where its manifest entry sets them; else the longest sequence the model
         generates (its sample capability's max_length) and its samples x values (max_row_steps), neither over
         MAX_SEQUENCE_LENGTH. Scoring a value costs one parallel pass where sampling it costs a step, so the
         sample's budget bounds the time; the setting bounds the memory, which grows with the values scored at once."""
@@ -101,18 +102,24 @@ class ScoringOperations:
         return (cap.get("max_length", min(sample.get("max_length", most), most)),
                 cap.get("max_row_steps", min(sample.get("max_row_steps", most), most)))
 
-    def _check_score_values(self, m: LoadedModel, cap: dict, lengths: list[int]) -> None:
+    def _check_score_values(self, m: LoadedModel, cap: dict, lengths: list[int], labels: list[int | None]) -> None:
         """Refuse, before any work, a sequence score of an input longer than the model's limit (naming it) or of
-        more values in all (inputs x values) than its limit per request (naming `inputs`)."""
+        more rows x values in all than its limit per request (naming `inputs`). An input without a label of a model
+        whose score takes one runs once per class (its exact marginal), so it counts once per class."""
         per_input, per_request = self._score_limits(m, cap)
         longest = max(range(len(lengths)), key=lengths.__getitem__)
         if lengths[longest] > per_input:
             raise InvalidInput(f"inputs[{longest}]: {lengths[longest]} values, over model {m.manifest['name']!r}'s "
                                f"limit of {per_input} per input", field=f"inputs[{longest}]")
-        if sum(lengths) > per_request:
-            raise InvalidInput(f"inputs: {len(lengths)} inputs of {sum(lengths)} values in all, over model "
-                               f"{m.manifest['name']!r}'s limit of {per_request} per request; send fewer, or in "
-                               "parts", field="inputs")
+        classes = len(m.data["classes"]) if "label" in m.function_inputs(cap["function"]) else 1
+        rows = [1 if label is not None else classes for label in labels]
+        values = sum(n * r for n, r in zip(lengths, rows, strict=True))
+        if values > per_request:
+            marginal = f" (x {classes} classes for each input without a label: its exact marginal scores every " \
+                "class)" if classes > 1 and None in labels else ""
+            raise InvalidInput(f"inputs: {len(lengths)} inputs of {sum(lengths)} values are {values} rows x values"
+                               f"{marginal}, over model {m.manifest['name']!r}'s limit of {per_request} per request; "
+                               "send fewer, or in parts", field="inputs")
 
     def _detector(self, m: LoadedModel, cap: dict, anomaly_method: str | None) -> str:
         """The anomaly detector a request names, or InvalidInput if the model cannot answer it; else the model's

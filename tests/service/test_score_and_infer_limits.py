@@ -131,6 +131,28 @@ def test_the_shipped_limits_refuse_the_reported_requests_before_any_work(tmp_pat
     assert caught.value.field == "inputs" and "limit of 480000" in caught.value.message
 
 
+class ReachedTheWork(Exception):
+    pass
+
+
+def test_an_input_without_a_label_counts_once_per_class(tmp_path, monkeypatch):
+    """wavenet's score without a voice is the exact marginal over its 4 voices: 4 rows per input."""
+    (tmp_path / "wavenet").symlink_to(ROOT / "models" / "wavenet")
+    engine = Engine(ModelStore(tmp_path), Settings(intra_op_threads=1))
+
+    async def reached(*args, **kwargs):
+        raise ReachedTheWork
+
+    monkeypatch.setattr(engine, "_log_prob", reached)
+    audio = np.full(480000, 5, np.int64)
+    with pytest.raises(InvalidInput) as caught:
+        asyncio.run(engine.score("wavenet", [audio[:120001]]))
+    assert caught.value.field == "inputs" and "480004 rows x values (x 4 classes" in caught.value.message
+    for inputs, labels in (([audio[:120000]], None), ([audio], [0]), ([audio[:60000], audio[:240000]], [None, 1])):
+        with pytest.raises(ReachedTheWork):
+            asyncio.run(engine.score("wavenet", inputs, labels))
+
+
 # --- V2 ------------------------------------------------------------------------------------------------------------
 
 
