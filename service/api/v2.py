@@ -42,6 +42,7 @@ from service.engine.oip import (
     EXTENSIONS,
     NUMPY,
     SERVER_NAME,
+    check_rows,
     platform,
     resolve,
     tensor_metadata,
@@ -66,13 +67,6 @@ def from_engine_error(exc: EngineError) -> JSONResponse:
 
 
 # --- V2 models over the engine -------------------------------------------------------------------------------------
-
-
-def row_limit(engine: Any, model: str) -> int:
-    """The rows one infer request may hold: the model's max_queue_size, GENSERVE_MAX_QUEUE_SIZE when set (as its
-    batcher reads it), so that a request never has to be sent in parts."""
-    most = getattr(getattr(engine, "settings", None), "max_queue_size", None)
-    return engine.describe(model)["batching"]["max_queue_size"] if most is None else most
 
 
 # --- infer bodies --------------------------------------------------------------------------------------------------
@@ -146,14 +140,6 @@ def _json_array(data: Any, dtype: np.dtype, name: str) -> np.ndarray:
             return np.asarray(data, dtype=dtype)
     except (TypeError, ValueError, OverflowError) as e:
         raise InvalidInput(f"{name}.data: not {v2_datatype(dtype.name)} values: {e}", field=name) from None
-
-
-def check_rows(name: str, shape: list[int], max_rows: int) -> None:
-    """Refuse a tensor of more rows (dim 0) than the model's max_queue_size, the rows its batcher holds at once (as
-    Triton refuses a batch over the model's max batch size); checked from the header, before the data."""
-    if shape and shape[0] > max_rows:
-        raise InvalidInput(f"{name}: {shape[0]} rows (dim 0), over the model's limit of {max_rows} per request "
-                           "(its max_queue_size); send fewer, or in parts", field=name)
 
 
 def decode_inputs(doc: dict, tail: bytes, spec: dict, max_rows: int) -> dict[str, np.ndarray]:
@@ -341,7 +327,7 @@ def router(engine: Any) -> APIRouter:
             model, function, spec, version = lookup(request, model_name, model_version)
             body = _decompress(await request.body(), request.headers.get("content-encoding"), body_limit)
             doc, tail = _parse(body, request.headers.get(HEADER_LENGTH))
-            inputs = decode_inputs(doc, tail, spec, row_limit(engine, model))
+            inputs = decode_inputs(doc, tail, spec, engine.max_rows(model))
             wanted = requested_outputs(doc, spec)
             outputs = await unless_disconnected(request, engine.infer(model, function, inputs))
             check_finite_outputs({name: outputs[name] for name, _ in wanted}, float_inputs(inputs))

@@ -285,6 +285,11 @@ class Engine(GenerationOperations, StateSpaceOperations, ScoringOperations, Late
         for function, its_events in events.items():
             worker_procedures.replay(its_events, self.metrics.observer(m.manifest["name"], function))
 
+    def max_rows(self, name: str) -> int:
+        """The rows one V2 request may hold: the model's queue (max_queue_size, or its setting), so that a request
+        is never run in parts (as Triton refuses a batch over the model's max batch size)."""
+        return self._batching(self.model(name)).max_queue_size
+
     def _check_rows(self, m: LoadedModel, rows: int) -> None:
         """A sequence's rows (inputs x n) run together, so they must fit the scheduler's queue at once."""
         most = self._batching(m).max_queue_size

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from service.engine.errors import UnknownModel
+from service.engine.errors import InvalidInput, UnknownModel
 
 SERVER_NAME = "genserve"
 EXTENSIONS = ["binary_tensor_data"]
@@ -23,6 +23,14 @@ NUMPY = {v2: np.dtype(name) for name, v2 in DATATYPES.items()}
 
 def v2_datatype(dtype: str) -> str:
     return DATATYPES.get(dtype, dtype.upper())
+
+
+def check_rows(name: str, shape: list[int], max_rows: int) -> None:
+    """Refuse a tensor of more rows (dim 0) than the request may hold (Engine.max_rows); checked from the tensor's
+    header, before its data is decoded."""
+    if shape and shape[0] > max_rows:
+        raise InvalidInput(f"{name}: {shape[0]} rows (dim 0), over the model's limit of {max_rows} per request "
+                           "(its max_queue_size); send fewer, or in parts", field=name)
 
 
 def tensor_metadata(spec: dict) -> dict:

@@ -32,6 +32,7 @@ from service.engine.oip import (
     EXTENSIONS,
     NUMPY,
     SERVER_NAME,
+    check_rows,
     platform,
     resolve,
     tensor_metadata,
@@ -59,13 +60,6 @@ CONTENTS = {  # the InferTensorContents field of each datatype; FP16 has none (r
 # --- tensors -------------------------------------------------------------------------------------------------------
 
 
-def row_limit(engine: Any, model: str) -> int:
-    """The rows one infer request may hold: the model's max_queue_size, GENSERVE_MAX_QUEUE_SIZE when set (as its
-    batcher reads it), so that a request never has to be sent in parts."""
-    most = getattr(getattr(engine, "settings", None), "max_queue_size", None)
-    return engine.describe(model)["batching"]["max_queue_size"] if most is None else most
-
-
 def decode_inputs(request: pb.ModelInferRequest, spec: dict, max_rows: int) -> dict[str, np.ndarray]:
     """The request's input tensors by name, checked against the function's spec (names, datatypes, sizes) and
     the model's rows per request (as Triton refuses a batch over the model's max batch size)."""
@@ -86,9 +80,7 @@ def decode_inputs(request: pb.ModelInferRequest, spec: dict, max_rows: int) -> d
         if tensor.datatype != want:
             raise InvalidInput(f"{name}: datatype must be {want}, got {tensor.datatype!r}", field=name)
         shape = check_shape(tensor.shape, f"{name}.shape")
-        if shape and shape[0] > max_rows:
-            raise InvalidInput(f"{name}: {shape[0]} rows (dim 0), over the model's limit of {max_rows} per request "
-                               "(its max_queue_size); send fewer, or in parts", field=name)
+        check_rows(name, shape, max_rows)
         count, dtype = math.prod(shape), NUMPY[want]
         if raw:
             if tensor.HasField("contents"):
@@ -214,7 +206,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request, context):
         async def work():
             model, function, spec, version = resolve(self.engine, request.model_name, request.model_version)
-            inputs = decode_inputs(request, spec, row_limit(self.engine, model))
+            inputs = decode_inputs(request, spec, self.engine.max_rows(model))
             wanted = requested_outputs(request, spec)
             outputs = await self.engine.infer(model, function, inputs)
             check_finite_outputs({name: outputs[name] for name in wanted}, float_inputs(inputs))

@@ -184,9 +184,9 @@ def error(response, status: int = 400) -> str:
 
 
 def test_v2_rest_refuses_more_rows_than_the_queue_holds(client, small_queue, tiny_store):
-    assert v2.row_limit(small_queue, "pixelcnn") == 4
+    assert small_queue.max_rows("pixelcnn") == 4
     default = Engine(ModelStore(tiny_store), Settings(runtime="onnx", intra_op_threads=1))
-    assert v2.row_limit(default, "pixelcnn") == default.describe("pixelcnn")["batching"]["max_queue_size"]
+    assert default.max_rows("pixelcnn") == default.describe("pixelcnn")["batching"]["max_queue_size"]
     assert error(client.post(f"/v2/models/{LOG_PROB}/infer", json=json_body(images(5)))).startswith("x: 5 rows")
     raw = images(5).astype("<i8").tobytes()
     header = json.dumps({"inputs": [{"name": "x", "shape": [5, 1, 28, 28], "datatype": "INT64",
