@@ -62,8 +62,8 @@ class GenerationOperations:
                                    f"{sorted(specs)}", field=f"controls.{name}")
         for name, spec in specs.items():
             conditions[name] = latent.control_values(spec, controls.get(name), rngs, f"controls.{name}")
-            if spec["kind"] == "uniform" and name in controls:  # a given value, within the range trained on
-                check_range(conditions[name], spec["low"], spec["high"], f"controls.{name}")
+            if spec["kind"] == "uniform" and name in controls:  # a given value: latent.extrapolation_range
+                check_range(conditions[name], *latent.extrapolation_range(spec), f"controls.{name}")
         return conditions
 
     def _per_row(self, m: LoadedModel, function: str, label: int | None, top_k: int | None,

@@ -31,12 +31,20 @@ def draw(noise: dict, rngs: list[np.random.Generator], count: int | None = None)
     return out
 
 
+def extrapolation_range(spec: dict) -> tuple[float, float]:
+    """The values a continuous control may be given: its [low, high] widened by half its width at each end, twice
+    the range about its centre, as InfoGAN's paper varies codes trained on [-1, 1] over [-2, 2]; beyond, a model
+    answers NaN or saturates."""
+    half = (spec["high"] - spec["low"]) / 2
+    return spec["low"] - half, spec["high"] + half
+
+
 def control_values(spec: dict, given: float | list[float] | None, rngs: list[np.random.Generator],
                    field: str) -> np.ndarray:
     """One sample control for every row: the given value, or row r's draw from rngs[r].
 
     categorical ({"classes": C}): int64 [rows] in 0..C-1; uniform ({"low", "high", "shape"}): float32
-    [rows, *shape] (a given value may lie outside [low, high], to extrapolate).
+    [rows, *shape] (a given value may lie outside [low, high], to extrapolate: see extrapolation_range).
     """
     if spec["kind"] == "categorical":
         classes = spec["classes"]

@@ -115,13 +115,15 @@ def test_grpc_names_actions_and_the_range(engine, settings):
         assert refused.details().startswith("actions"), (method, refused.details())
 
 
-def test_a_continuous_control_outside_its_range_is_refused(engine, settings, client):
-    inside = client.post("/v1/models/infogan/sample", json={"n": 1, "seed": 0, "controls": {"style": [1, -1]}})
-    assert inside.status_code == 200, inside.text
-    error = rest_error(client.post("/v1/models/infogan/sample", json={"controls": {"style": [1.5, 0]}}))
-    assert error["field"] == "controls.style" and "[-1, 1]" in error["message"]
+def test_a_continuous_control_beyond_twice_its_range_is_refused(engine, settings, client):
+    """InfoGAN's style codes, trained on [-1, 1], may extrapolate to [-2, 2] (its paper's figures); not beyond."""
+    for inside in ([1, -1], [1.5, -2]):
+        answer = client.post("/v1/models/infogan/sample", json={"n": 1, "seed": 0, "controls": {"style": inside}})
+        assert answer.status_code == 200, answer.text
+    error = rest_error(client.post("/v1/models/infogan/sample", json={"controls": {"style": [2.5, 0]}}))
+    assert error["field"] == "controls.style" and "[-2, 2]" in error["message"]
     refused = grpc_refusal(engine, settings, "Sample", pb.SampleRequest(
-        model="infogan", controls={"style": pb.ControlValue(values=[0, -1.01])}))
+        model="infogan", controls={"style": pb.ControlValue(values=[0, -2.01])}))
     assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT and refused.details().startswith("controls.style")
 
 
