@@ -19,7 +19,7 @@ import logging
 
 import numpy as np
 
-from service.engine import anomaly, procedures, worker_procedures
+from service.engine import anomaly, latent, procedures, worker_procedures
 from service.engine.errors import InvalidInput, MissingCapability, UnknownModel, UnsupportedModel
 from service.engine.generation import GenerationOperations
 from service.engine.latent_operations import LatentOperations
@@ -27,7 +27,7 @@ from service.engine.metrics import EngineMetrics
 from service.engine.predict import StateSpaceOperations
 from service.engine.scheduler import BatchingConfig, ContinuousBatcher, DynamicBatcher
 from service.engine.scoring import ScoringOperations
-from service.engine.validation import check_batch, check_levels
+from service.engine.validation import MAX_TEMPERATURE, MIN_TEMPERATURE, check_batch, check_levels, check_range
 from service.engine.workers import InProcess, WorkerPool
 from service.settings import Settings
 from service.store import ModelEntry, ModelStore
@@ -62,6 +62,7 @@ class LoadedModel:
         self.is_sequence = self.data["kind"] in SEQUENCE_KINDS
         self.latent_gaussian = anomaly.fitted_latent_gaussian(self.manifest)  # arrays, once: not per request
         self.input_levels = self._input_levels()  # tensor name -> levels, once: not per request
+        self.input_ranges = self._input_ranges()  # tensor name -> (low, high) of a float input, once
 
     def _input_levels(self) -> dict[str, int]:
         """How many integer values an input may take, by its name: the naming conventions' inputs, a per-step
@@ -79,6 +80,18 @@ class LoadedModel:
                   "mask": 2, "label": len(self.data.get("classes", [])) or None, **step_controls, **categorical,
                   **words, **source}
         return {name: n for name, n in levels.items() if n is not None}
+
+    def _input_ranges(self) -> dict[str, tuple[float, float]]:
+        """The values a float input may take, by its name: a temperature, a continuous control (as far as it may
+        extrapolate) and a state-space model's actions `u` (the range trained on); beyond, a model answers NaN,
+        saturates, or its levels overflow."""
+        ranges = {"temperature": (MIN_TEMPERATURE, MAX_TEMPERATURE)}
+        for cap in self.capabilities.values():
+            ranges |= {name: latent.extrapolation_range(spec) for name, spec in cap.get("controls", {}).items()
+                       if spec["kind"] == "uniform"}
+            if "actions" in cap:
+                ranges["u"] = (cap["actions"]["low"], cap["actions"]["high"])
+        return ranges
 
     def function_inputs(self, function: str) -> list[str]:
         return [tensor["name"] for tensor in self.manifest["functions"][function]["inputs"]]
@@ -290,6 +303,14 @@ class Engine(GenerationOperations, StateSpaceOperations, ScoringOperations, Late
         is never run in parts (as Triton refuses a batch over the model's max batch size)."""
         return self._batching(self.model(name)).max_queue_size
 
+    def _check_sequence_values(self, m: LoadedModel, rows: int, length: int) -> None:
+        """A V2 call's sequence input x [rows, length] within the model's score limits (values per row and per
+        request, as /score takes them), naming `x`."""
+        per_row, per_request = self._score_limits(m, m.capabilities.get("score", {}))
+        if length > per_row or rows * length > per_request:
+            raise InvalidInput(f"x: {rows} x {length} values; model {m.manifest['name']} takes at most {per_row} per "
+                               f"row and {per_request} per request", field="x")
+
     def _check_rows(self, m: LoadedModel, rows: int) -> None:
         """A sequence's rows (inputs x n) run together, so they must fit the scheduler's queue at once."""
         most = self._batching(m).max_queue_size
@@ -350,6 +371,10 @@ class Engine(GenerationOperations, StateSpaceOperations, ScoringOperations, Late
         for tensor_name, value in inputs.items():
             if tensor_name in m.input_levels:
                 check_levels(np.asarray(value), None, m.input_levels[tensor_name], tensor_name)
+            if tensor_name in m.input_ranges:
+                check_range(np.asarray(value), *m.input_ranges[tensor_name], tensor_name)
+        if m.is_sequence and np.ndim(inputs.get("x")) == 2:
+            self._check_sequence_values(m, *np.shape(inputs["x"]))
         unknown = set(inputs) - {t["name"] for t in spec["inputs"]}
         if unknown:
             raise InvalidInput(f"inputs: {function} has no inputs {sorted(unknown)}", field=sorted(unknown)[0])

@@ -177,9 +177,10 @@ class ScoringOperations:
 
     async def _inversion(self, m: LoadedModel, x: np.ndarray, seed: int) -> np.ndarray:
         """The cross-fitted inversion residual per input [B] (anomaly.inversion_residual): x completed by the model's
-        latent search once per mask of anomaly.inversion_masks, both searches from the seed's noise."""
+        latent search once per mask of anomaly.inversion_masks, both searches from the seed's noise, one after the
+        other (both at once would queue 2 x B rows, more than the queue holds for a request of B up to its limit)."""
         masks = anomaly.inversion_masks(m.shape)
-        completed = await asyncio.gather(*(self.complete(m.manifest["name"], x, mask, 1, seed, 1.0) for mask in masks))
+        completed = [await self.complete(m.manifest["name"], x, mask, 1, seed, 1.0) for mask in masks]
         return anomaly.inversion_residual(x, np.stack(completed)[:, :, 0], m.data["levels"])  # [2, B, 1 (n), *shape]
 
     async def _hierarchy_log_weights(self, m: LoadedModel, cap: dict, x: np.ndarray, k: int,
