@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -90,8 +91,17 @@ TopK = Annotated[int | None, Field(ge=0, le=MAX_INT32,
                                                "all)"), JsonNumber]
 Seed = Annotated[int | None, Field(ge=0, le=MAX_SEED, description="random seed; drawn and echoed when absent"),
                  JsonNumber]
-Temperature = Annotated[float, Field(ge=MIN_TEMPERATURE, le=MAX_TEMPERATURE, description="sampling temperature"),
-                        JsonNumber]
+def _at_least_min_temperature(value: float) -> float:
+    """A temperature under MIN_TEMPERATURE, said in its own words (pydantic writes 1e-30 out in 30 decimals)."""
+    if value < MIN_TEMPERATURE:
+        raise PydanticCustomError("temperature_too_low", f"must be at least {MIN_TEMPERATURE:g} (below, logits / "
+                                                         "temperature overflow float32)")
+    return value
+
+
+Temperature = Annotated[float, Field(gt=0.0, le=MAX_TEMPERATURE, description=f"sampling temperature, "
+                                     f"{MIN_TEMPERATURE:g}..{MAX_TEMPERATURE:g}"), JsonNumber,
+                        AfterValidator(_at_least_min_temperature)]
 NoiseSeed = Annotated[int, Field(ge=0, le=MAX_SEED, description="seed of the noise (importance samples, posterior "
                                                                  "refinement); absent: 0, so answers are "
                                                                  "reproducible"), JsonNumber]

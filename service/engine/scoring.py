@@ -109,8 +109,8 @@ class ScoringOperations:
         per_input, per_request = self._score_limits(m, cap)
         longest = max(range(len(lengths)), key=lengths.__getitem__)
         if lengths[longest] > per_input:
-            raise InvalidInput(f"inputs[{longest}]: {lengths[longest]} values, over model {m.manifest['name']!r}'s "
-                               f"limit of {per_input} per input", field=f"inputs[{longest}]")
+            raise InvalidInput(f"inputs[{longest}]: {lengths[longest]} values, over the limit of {per_input} per "
+                               f"input of model {m.manifest['name']!r}", field=f"inputs[{longest}]")
         classes = len(m.data["classes"]) if "label" in m.function_inputs(cap["function"]) else 1
         rows = [1 if label is not None else classes for label in labels]
         values = sum(n * r for n, r in zip(lengths, rows, strict=True))
@@ -118,8 +118,8 @@ class ScoringOperations:
             marginal = f" (x {classes} classes for each input without a label: its exact marginal scores every " \
                 "class)" if classes > 1 and None in labels else ""
             raise InvalidInput(f"inputs: {len(lengths)} inputs of {sum(lengths)} values are {values} rows x values"
-                               f"{marginal}, over model {m.manifest['name']!r}'s limit of {per_request} per request; "
-                               "send fewer, or in parts", field="inputs")
+                               f"{marginal}, over the limit of {per_request} per request of model "
+                               f"{m.manifest['name']!r}; send fewer, or in parts", field="inputs")
 
     def _detector(self, m: LoadedModel, cap: dict, anomaly_method: str | None) -> str:
         """The anomaly detector a request names, or InvalidInput if the model cannot answer it; else the model's
