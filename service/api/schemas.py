@@ -91,16 +91,18 @@ TopK = Annotated[int | None, Field(ge=0, le=MAX_INT32,
                                                "all)"), JsonNumber]
 Seed = Annotated[int | None, Field(ge=0, le=MAX_SEED, description="random seed; drawn and echoed when absent"),
                  JsonNumber]
+
+
 def _at_least_min_temperature(value: float) -> float:
-    """A temperature under MIN_TEMPERATURE, said in its own words (pydantic writes 1e-30 out in 30 decimals)."""
+    """Refuse a temperature under MIN_TEMPERATURE in words (Field(ge=1e-30) would write it out in 30 decimals)."""
     if value < MIN_TEMPERATURE:
         raise PydanticCustomError("temperature_too_low", f"must be at least {MIN_TEMPERATURE:g} (below, logits / "
                                                          "temperature overflow float32)")
     return value
 
 
-Temperature = Annotated[float, Field(gt=0.0, le=MAX_TEMPERATURE, description=f"sampling temperature, "
-                                     f"{MIN_TEMPERATURE:g}..{MAX_TEMPERATURE:g}"), JsonNumber,
+Temperature = Annotated[float, Field(le=MAX_TEMPERATURE, description="sampling temperature",
+                                     json_schema_extra={"minimum": MIN_TEMPERATURE}), JsonNumber,
                         AfterValidator(_at_least_min_temperature)]
 NoiseSeed = Annotated[int, Field(ge=0, le=MAX_SEED, description="seed of the noise (importance samples, posterior "
                                                                  "refinement); absent: 0, so answers are "

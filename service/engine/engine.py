@@ -60,6 +60,9 @@ class LoadedModel:
         self.shape = list(self.data["shape"])
         self.capabilities = self.manifest["capabilities"]
         self.is_sequence = self.data["kind"] in SEQUENCE_KINDS
+        # a sequence model scored by one pass over its values (charrnn, wavenet; not an importance-sampled vrnn,
+        # whose score limits count samples k): its V2 x [rows, values] is held to those limits
+        self.scores_values = self.is_sequence and self.capabilities.get("score", {}).get("procedure") == "direct"
         self.latent_gaussian = anomaly.fitted_latent_gaussian(self.manifest)  # arrays, once: not per request
         self.input_levels = self._input_levels()  # tensor name -> levels, once: not per request
         self.input_ranges = self._input_ranges()  # tensor name -> (low, high) of a float input, once
@@ -304,8 +307,8 @@ class Engine(GenerationOperations, StateSpaceOperations, ScoringOperations, Late
         return self._batching(self.model(name)).max_queue_size
 
     def _check_sequence_values(self, m: LoadedModel, rows: int, length: int) -> None:
-        """A V2 call's sequence input x [rows, length] within the model's score limits (values per row and per
-        request, as /score takes them), naming `x`."""
+        """A V2 call's sequence input x [rows, length] of a directly scored model (charrnn, wavenet) within its score
+        limits (values per row and per request, as /score takes them), naming `x`."""
         per_row, per_request = self._score_limits(m, m.capabilities.get("score", {}))
         if length > per_row or rows * length > per_request:
             raise InvalidInput(f"x: {rows} x {length} values; model {m.manifest['name']} takes at most {per_row} per "
@@ -373,7 +376,7 @@ class Engine(GenerationOperations, StateSpaceOperations, ScoringOperations, Late
                 check_levels(np.asarray(value), None, m.input_levels[tensor_name], tensor_name)
             if tensor_name in m.input_ranges:
                 check_range(np.asarray(value), *m.input_ranges[tensor_name], tensor_name)
-        if m.is_sequence and np.ndim(inputs.get("x")) == 2:
+        if m.scores_values and np.ndim(inputs.get("x")) == 2:
             self._check_sequence_values(m, *np.shape(inputs["x"]))
         unknown = set(inputs) - {t["name"] for t in spec["inputs"]}
         if unknown:

@@ -177,10 +177,17 @@ class ScoringOperations:
 
     async def _inversion(self, m: LoadedModel, x: np.ndarray, seed: int) -> np.ndarray:
         """The cross-fitted inversion residual per input [B] (anomaly.inversion_residual): x completed by the model's
-        latent search once per mask of anomaly.inversion_masks, both searches from the seed's noise, one after the
-        other (both at once would queue 2 x B rows, more than the queue holds for a request of B up to its limit)."""
+        latent search once per mask of anomaly.inversion_masks, both searches from the seed's noise: at once (one
+        merged call) when their 2 x B rows fit the queue, else one after the other (B may be up to the queue's size)."""
         masks = anomaly.inversion_masks(m.shape)
-        completed = [await self.complete(m.manifest["name"], x, mask, 1, seed, 1.0) for mask in masks]
+
+        def search(mask: np.ndarray):  # -> [B, 1 (n), *shape]
+            return self.complete(m.manifest["name"], x, mask, 1, seed, 1.0)
+
+        if 2 * len(x) <= self._batching(m).max_queue_size:
+            completed = await asyncio.gather(*map(search, masks))
+        else:
+            completed = [await search(mask) for mask in masks]
         return anomaly.inversion_residual(x, np.stack(completed)[:, :, 0], m.data["levels"])  # [2, B, 1 (n), *shape]
 
     async def _hierarchy_log_weights(self, m: LoadedModel, cap: dict, x: np.ndarray, k: int,

@@ -79,7 +79,7 @@ def check_range(x: np.ndarray, low: float, high: float, field: str) -> np.ndarra
     """x itself, or InvalidInput naming the field when a value lies outside the declared [low, high] (or is NaN):
     a model fed far outside what it was trained on answers NaN or saturates."""
     if not ((x >= low) & (x <= high)).all():
-        raise InvalidInput(f"{field}: values must be in [{low:g}, {high:g}], the model's declared range", field=field)
+        raise InvalidInput(f"{field}: values must be in [{low:g}, {high:g}]", field=field)
     return x
 
 

@@ -118,6 +118,13 @@ def test_the_served_score_is_the_cross_fitted_residual_of_the_served_completions
     np.testing.assert_array_equal(served(engine, x, seed=5), anomaly.inversion_residual(x, np.stack(completed), 256))
 
 
+def test_a_request_of_more_than_half_the_queue_is_scored_the_same(store, digits):
+    """Its two searches (2 x B rows) would not fit the queue at once: they run one after the other, same scores."""
+    x = digits[24:27]
+    small_queue = Engine(ModelStore(store), Settings(intra_op_threads=1, max_queue_size=4))  # 3 rows fit, 6 do not
+    np.testing.assert_array_equal(served(small_queue, x, seed=2), served(engine_of(store), x, seed=2))
+
+
 def test_a_seed_gives_the_same_scores_every_time_and_another_seed_other_ones(store, digits):
     x = digits[28:32]
     first = served(engine_of(store), x, seed=3)

@@ -158,7 +158,8 @@ def test_errors_and_cancellations_are_counted(read):
                                     return_exceptions=True)
 
     assert all(isinstance(r, RuntimeError) for r in run(fail()))
-    assert read.outcomes()["error"] == 3 and read("genserve_inference_exec_count_total") == 1
+    # the merged call, then each request alone (a failed merged call is rerun per request): four run calls
+    assert read.outcomes()["error"] == 3 and read("genserve_inference_exec_count_total") == 4
 
     slow = read.dynamic(Doubler(delay=0.1), max_batch_size=1, max_queue_delay_us=0)
 
