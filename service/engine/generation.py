@@ -110,7 +110,7 @@ class GenerationOperations:
             field = prompt_field if too_long else length_field
             raise InvalidInput(f"{field}: prompt and continuation are {values} values{seconds}, over model "
                                f"{m.manifest['name']!r}'s limit of {most}", field=field)
-        self._check_work(m, cap, rows, values, length_field, "samples x values")
+        self._check_work(m, cap, rows, values, length_field if chose_length else "n", "samples x values")
         steps = math.ceil(values / per_step)
         observed = np.zeros((rows, steps * per_step), np.int64)
         observed[:, : len(prompt)] = prompt

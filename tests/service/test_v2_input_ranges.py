@@ -1,7 +1,7 @@
 """A V2 call (Engine.infer) is held to the limits the engine's own routes apply: float inputs within their ranges
-(temperature, a continuous control as far as it may extrapolate, a state-space model's actions `u`) and a sequence
-input within the model's values per row and per request. Each refusal is an InvalidInput naming the tensor, before
-anything is queued."""
+(temperature, a continuous control as far as it may extrapolate, a state-space model's actions `u`) and a directly
+scored sequence model's input within its values per row and per request. Each refusal is an InvalidInput naming the
+tensor, before anything is queued. And a sampling refusal names what the client sent."""
 
 import asyncio
 from pathlib import Path
@@ -68,3 +68,14 @@ def test_inputs_within_their_limits_still_run(engine):
     # vrnn's score is importance-sampled (its limits count samples k): its x [B, 8000] is not held to them
     asyncio.run(engine.infer("vrnn", "encode", {"x": np.zeros((2, 8000), np.int64)}))
     assert Runner.calls == before + 3
+
+
+def test_too_much_sampling_work_names_what_the_client_sent(engine):
+    """wavenet: 64 samples of its default length (16,000 values) are over its 860,000 samples x values: the refusal
+    names n, which the client sent, unless the client chose the length."""
+    with pytest.raises(InvalidInput) as refused:
+        asyncio.run(engine.sample("wavenet", 64, 0, 1.0, None))
+    assert refused.value.field == "n" and "samples x values" in refused.value.message
+    with pytest.raises(InvalidInput) as refused:
+        asyncio.run(engine.sample("wavenet", 64, 0, 1.0, None, length=16000))
+    assert refused.value.field == "length"
