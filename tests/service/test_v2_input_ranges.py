@@ -79,3 +79,16 @@ def test_too_much_sampling_work_names_what_the_client_sent(engine):
     with pytest.raises(InvalidInput) as refused:
         asyncio.run(engine.sample("wavenet", 64, 0, 1.0, None, length=16000))
     assert refused.value.field == "length"
+
+
+def test_an_index_out_of_range_is_refused_before_queueing(engine):
+    """V2 lagan.sample with class 5 (of 2) is refused naming `class` (it reached onnxruntime, failing its batch)."""
+    inputs = {"eps": np.zeros((1, 64), np.float32), "temperature": np.ones(1, np.float32),
+              "class": np.array([5], np.int64)}
+    before = Runner.calls
+    with pytest.raises(InvalidInput) as refused:
+        asyncio.run(engine.infer("lagan", "sample", inputs))
+    assert refused.value.field.startswith("class") and Runner.calls == before
+    inputs["class"] = np.array([1], np.int64)
+    asyncio.run(engine.infer("lagan", "sample", inputs))
+    assert Runner.calls == before + 1
