@@ -5,8 +5,9 @@ DynamicBatcher (Triton style) merges one-shot requests into batches of up to
 fill. It merges only requests whose inputs agree in all but the batch axis
 (a function of any sequence length gets requests of many), and a merged batch
 that fails runs again one request at a time, so that an input the runtime
-refuses fails its own request only. ContinuousBatcher (Orca/vLLM style) runs an autoregressive step function
-over a running batch that sequences join and leave at step boundaries.
+refuses fails its own request only. ContinuousBatcher (Orca/vLLM style) runs
+an autoregressive step function over a running batch that sequences join and
+leave at step boundaries.
 
 Both take `run`, an async function of named numpy arrays (service.engine.workers
 sends it to a worker process). A full queue raises Overloaded at once; an expired request
