@@ -221,8 +221,9 @@ def parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="serve the model store over REST and gRPC", formatter_class=_Help)
     serve.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="env GENSERVE_HOST")
-    serve.add_argument("--port", type=int, default=int(_env("PORT", 8000)), help="HTTP port; env GENSERVE_PORT")
-    serve.add_argument("--grpc-port", type=int, default=int(_env("GRPC_PORT", 8001)),
+    # string defaults: argparse converts them only when `serve` parses, so a bad GENSERVE_PORT is serve's usage error
+    serve.add_argument("--port", type=int, default=_env("PORT", "8000"), help="HTTP port; env GENSERVE_PORT")
+    serve.add_argument("--grpc-port", type=int, default=_env("GRPC_PORT", "8001"),
                        help="gRPC port; env GENSERVE_GRPC_PORT")
     serve.add_argument("--models", default=_env("MODELS", "models"),
                        help="model store (<name>/<version>/manifest.json under it); env GENSERVE_MODELS")
