@@ -151,10 +151,21 @@ def _check_run(run_dir: Path) -> None:
                          f"{' and no '.join(missing)}{exported}")
 
 
+def _check_store(models: Path) -> None:
+    """`genserve eval` without a run: refuse, in one line as `serve` does, a store path with no model in it."""
+    from service.store.store import describe_store_path
+
+    if not models.is_dir():
+        raise SystemExit(f"genserve eval: model store {models} is not a directory")
+    if not any(models.glob("*/*/manifest.json")):
+        raise SystemExit(f"genserve eval: no model in the store: {describe_store_path(models)}")
+
+
 def _eval(args: argparse.Namespace) -> None:
     from training.evaluate import evaluate, store_table
 
     if args.run_dir is None:
+        _check_store(Path(args.models))
         print(store_table(Path(args.models)))
         if args.quality:
             from genserve.quality import table

@@ -13,6 +13,7 @@ import contextlib
 import datetime
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import warnings
@@ -261,20 +262,59 @@ def check_free(out_dir: Path, force: bool) -> None:
                             f"free version), or give --force to replace it")
 
 
+def check_name_and_version(name: str, version: int) -> None:
+    """Refuse, before anything is written, a name outside the store's rule (the manifest schema's pattern: no
+    "..", no "/") or a version below 1."""
+    properties = json.loads(SCHEMA.read_text())["properties"]
+    pattern = properties["name"]["pattern"]
+    if not re.fullmatch(pattern, name):
+        raise ValueError(f"--name {name!r} is not a model name: it must match {pattern} (lowercase letters, "
+                         "digits and -)")
+    if version < properties["version"]["minimum"]:
+        raise ValueError(f"--version {version} is not a version: it must be {properties['version']['minimum']} "
+                         "or more")
+
+
+class FamilyMismatch(ValueError):
+    """The model name holds a model of another family (a re-export under it needs force=True)."""
+
+
+def stored_families(model_dir: Path) -> set[str]:
+    """The families of the versions stored under <models>/<name>/ (unreadable manifests left out)."""
+    families = set()
+    for manifest_path in Path(model_dir).glob("*/manifest.json"):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            families.add(json.loads(manifest_path.read_text()).get("family"))
+    return families - {None}
+
+
+def check_family(model_dir: Path, family: str, force: bool) -> None:
+    """Refuse, unless `force`, to export a run of one family under a name that holds a model of another."""
+    others = sorted(stored_families(model_dir) - {family})
+    if others and not force:
+        raise FamilyMismatch(f"{model_dir} holds a {' and a '.join(map(repr, others))} model, but this run is a "
+                             f"{family!r}: give another --name, or --force to export it under this name anyway")
+
+
 def export(run_dir: Path, models_dir: Path, name: str | None = None, version: int = 1, baseline: bool = True,
            reuse_eval: bool = False, force: bool = False) -> Path:
     """Export a training run into the model store as <models_dir>/<name>/<version>/.
 
-    An existing version is refused (VersionExists, before anything is measured) unless `force`, which replaces
-    it whole. The test metrics are measured afresh (or read from the run's eval.json with reuse_eval), with the
-    baseline beside them unless `baseline` is False (there is one for binary images only).
+    A name outside the store's rule or a version below 1 is refused (ValueError) before anything is written. An
+    existing version, or a name that holds a model of another family, is refused (VersionExists, FamilyMismatch,
+    before anything is measured) unless `force`, which replaces the version whole. The test metrics are measured
+    afresh (or read from the run's eval.json with reuse_eval), with the baseline beside them unless `baseline` is
+    False (there is one for binary images only).
     """
     config_path = Path(run_dir) / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a training run: it has no config.json")
-    name = name or json.loads(config_path.read_text())["family"]
+    run_family = json.loads(config_path.read_text())["family"]
+    name = name or run_family
+    check_name_and_version(name, version)
     out_dir = Path(models_dir) / name / str(version)
     check_free(out_dir, force)
+    check_family(out_dir.parent, run_family, force)
     model, config, split = load_model(run_dir)
     family = family_module(config["family"])
     if not hasattr(family, "exported_functions"):
