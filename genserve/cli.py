@@ -6,6 +6,7 @@ its gRPC stubs (no training code), the others load the training package.
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 
@@ -208,9 +209,20 @@ def _call(args: argparse.Namespace) -> None:
         try:
             answers = call(request, metadata=metadata, timeout=args.timeout)
             for answer in answers if method.server_streaming else [answers]:
-                print(json_format.MessageToJson(answer, indent=None, always_print_fields_with_no_presence=True))
+                print(json_format.MessageToJson(answer, indent=None, always_print_fields_with_no_presence=True),
+                      flush=True)
         except grpc.RpcError as e:
             raise SystemExit(f"genserve call: {e.code().name}: {e.details()}") from e
+        except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as a shell tool does
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a number of seconds above 0."""
+    value = float(text)
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
+    return value
 
 
 def _env(name: str, default):
@@ -285,7 +297,7 @@ def parser() -> argparse.ArgumentParser:
                            "a Tensor's data is base64)")
     call.add_argument("--target", default=f"127.0.0.1:{_env('GRPC_PORT', 8001)}", help="the gRPC server")
     call.add_argument("--key", help="API key (default: env GENSERVE_API_KEY)")
-    call.add_argument("--timeout", type=float, default=60.0, help="seconds")
+    call.add_argument("--timeout", type=_seconds, default=60.0, help="seconds")
     call.set_defaults(run=_call)
     return top
 

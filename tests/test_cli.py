@@ -234,3 +234,10 @@ def test_call_refuses_an_unknown_method_or_a_bad_request_in_one_line():
 def test_call_to_no_server_is_one_line():
     message = refusal(["call", "ListModels", "--target", f"127.0.0.1:{_free_port()}", "--timeout", "5"])
     assert message.startswith("genserve call: UNAVAILABLE") or message.startswith("genserve call: DEADLINE_EXCEEDED")
+
+
+@pytest.mark.parametrize("timeout", ["0", "-1", "nan"])
+def test_call_refuses_a_timeout_that_is_not_a_positive_number_of_seconds(timeout, capsys):
+    with pytest.raises(SystemExit) as usage:
+        cli.parser().parse_args(["call", "ListModels", "--timeout", timeout])
+    assert usage.value.code == 2 and "must be more than 0 seconds" in capsys.readouterr().err
