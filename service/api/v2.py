@@ -38,15 +38,16 @@ from service.api.errors import v2_error
 from service.api.responses import dumps
 from service.engine.errors import RETRY_AFTER_S, EngineError, InvalidInput
 from service.engine.oip import (
-    DATATYPES,
     EXTENSIONS,
     NUMPY,
     SERVER_NAME,
     check_rows,
+    output_tensor,
     platform,
     resolve,
     tensor_metadata,
     v2_datatype,
+    wire_bytes,
 )
 from service.engine.validation import check_finite, check_finite_outputs, check_shape, float_inputs
 
@@ -216,11 +217,10 @@ def encode_response(header: dict, outputs: dict[str, np.ndarray], spec: dict,
     dtypes = {t["name"]: t["dtype"] for t in spec["outputs"]}
     tensors, chunks = [], []
     for name, binary in wanted:
-        dtype = dtypes[name] if dtypes[name] in DATATYPES else np.asarray(outputs[name]).dtype.name
-        array = np.ascontiguousarray(outputs[name], dtype=dtype)
-        tensor = {"name": name, "datatype": v2_datatype(array.dtype.name), "shape": list(array.shape)}
+        datatype, array = output_tensor(outputs[name], dtypes[name])
+        tensor = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if binary:
-            chunks.append(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+            chunks.append(wire_bytes(datatype, array))
             tensor["parameters"] = {"binary_data_size": len(chunks[-1])}
         else:
             tensor["data"] = array.ravel()  # orjson writes it directly

@@ -19,10 +19,24 @@ DATATYPES = {  # manifest dtype (numpy name) -> V2 datatype
     "float16": "FP16", "float32": "FP32", "float64": "FP64",
 }
 NUMPY = {v2: np.dtype(name) for name, v2 in DATATYPES.items()}
+WIRE = {v2: dtype.newbyteorder("<") for v2, dtype in NUMPY.items()}  # binary tensor contents are little-endian
+V2_OF = {dtype: v2 for v2, dtype in NUMPY.items()}  # an array's dtype -> its V2 datatype (dtype.name is slow)
 
 
 def v2_datatype(dtype: str) -> str:
     return DATATYPES.get(dtype, dtype.upper())
+
+
+def output_tensor(value: Any, dtype: str) -> tuple[str, np.ndarray]:
+    """An output as both V2 adapters answer it: (its V2 datatype, the array C-ordered in the manifest's `dtype`,
+    else in its own)."""
+    array = np.ascontiguousarray(value, dtype=dtype if dtype in DATATYPES else None)
+    return V2_OF.get(array.dtype) or v2_datatype(array.dtype.name), array
+
+
+def wire_bytes(datatype: str, array: np.ndarray) -> bytes:
+    """An output's binary contents, little-endian."""
+    return array.astype(WIRE.get(datatype) or array.dtype.newbyteorder("<"), copy=False).tobytes()
 
 
 def check_rows(name: str, shape: list[int], max_rows: int) -> None:

@@ -28,15 +28,17 @@ import genserve
 from service.engine.engine import PINNED_VERSION
 from service.engine.errors import EngineError, InvalidInput
 from service.engine.oip import (
-    DATATYPES,
     EXTENSIONS,
     NUMPY,
     SERVER_NAME,
+    WIRE,
     check_rows,
+    output_tensor,
     platform,
     resolve,
     tensor_metadata,
     v2_datatype,
+    wire_bytes,
 )
 from service.engine.validation import check_finite, check_finite_outputs, check_shape, float_inputs
 from service.grpc.gen_inference import grpc_predict_v2_pb2 as pb
@@ -48,8 +50,6 @@ log = logging.getLogger("genserve.grpc.inference")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name  # "inference.GRPCInferenceService"
 
-WIRE = {v2: dtype.newbyteorder("<") for v2, dtype in NUMPY.items()}  # raw contents are little-endian
-V2_OF = {dtype: v2 for v2, dtype in NUMPY.items()}  # an array's dtype -> its V2 datatype
 CONTENTS = {  # the InferTensorContents field of each datatype; FP16 has none (raw only)
     "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
     "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
@@ -128,15 +128,12 @@ def encode_outputs(response: pb.ModelInferResponse, outputs: dict[str, np.ndarra
                    wanted: list[str], raw: bool) -> None:
     """Append the wanted outputs to `response`, raw when asked (or when a datatype has no typed field)."""
     dtypes = {t["name"]: t["dtype"] for t in spec["outputs"]}
-    arrays = {}  # name -> (V2 datatype, C-ordered array)
-    for name in wanted:
-        array = np.ascontiguousarray(outputs[name], dtype=dtypes[name] if dtypes[name] in DATATYPES else None)
-        arrays[name] = V2_OF.get(array.dtype) or v2_datatype(array.dtype.name), array
+    arrays = {name: output_tensor(outputs[name], dtypes[name]) for name in wanted}  # name -> (datatype, array)
     raw = raw or any(datatype not in CONTENTS for datatype, _ in arrays.values())
     for name, (datatype, array) in arrays.items():
         tensor = response.outputs.add(name=name, datatype=datatype, shape=array.shape)
         if raw:
-            response.raw_output_contents.append(array.astype(WIRE.get(datatype, array.dtype), copy=False).tobytes())
+            response.raw_output_contents.append(wire_bytes(datatype, array))
         else:
             getattr(tensor.contents, CONTENTS[datatype]).extend(array.ravel().tolist())
 
