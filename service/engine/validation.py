@@ -76,8 +76,9 @@ def check_finite(x: np.ndarray, field: str) -> np.ndarray:
 
 
 def check_range(x: np.ndarray, low: float, high: float, field: str) -> np.ndarray:
-    """x itself, or InvalidInput naming the field when a value lies outside the declared [low, high] (or is NaN):
-    a model fed far outside what it was trained on answers NaN or saturates."""
+    """x itself, or InvalidInput naming the field when a value lies outside [low, high] (or is NaN): a declared
+    range, as far as it may extrapolate, or a temperature's; a model fed far outside them answers NaN or
+    saturates."""
     if not ((x >= low) & (x <= high)).all():
         raise InvalidInput(f"{field}: values must be in [{low:g}, {high:g}]", field=field)
     return x
