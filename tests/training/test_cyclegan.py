@@ -55,9 +55,11 @@ def test_domain_b_is_the_upscaled_sklearn_digits_drawn_by_step():
     assert not torch.equal(cyclegan.domain_b_batch(8, 3), cyclegan.domain_b_batch(8, 4))
 
 
-def test_a_training_step_updates_all_four_networks_without_labels():
+@pytest.mark.parametrize("b_grid", [False, True])
+def test_a_training_step_updates_all_four_networks_without_labels(b_grid):
     torch.manual_seed(0)
-    model = cyclegan.CycleGAN(cyclegan.CycleGANConfig(channels=4, residual_blocks=1, critic_channels=4))
+    model = cyclegan.CycleGAN(cyclegan.CycleGANConfig(channels=4, residual_blocks=1, critic_channels=4,
+                                                      mnist_frame=b_grid, b_grid=b_grid))
     before = {name: [p.clone() for p in net.parameters()] for name, net in model.named_children()}
     optimizers = cyclegan.optimizers(model, {"lr": 1e-3})
     losses = cyclegan.train_step(model, optimizers, torch.randint(0, 256, (4, 1, 28, 28)), None, 0)
@@ -75,10 +77,32 @@ def test_patch_scores_see_only_their_window():
     assert image.grad[1].abs().sum() == 0 and image.grad[0, 0, 11:, :].abs().sum() == 0  # rows 0..10 only
 
 
+def test_on_grid_draws_as_b_is_drawn_and_reads_back_through_noise():
+    assert torch.allclose(cyclegan.area_matrix(20, 8).sum(1), torch.ones(8))  # each cell an average
+    ramp = torch.arange(20.0).expand(20, 20)  # [20, 20]: column j holds j
+    cells = cyclegan.area_matrix(20, 8) @ ramp @ cyclegan.area_matrix(20, 8).T  # [8, 8]
+    # cell 0 covers pixels 0, 1 and half of 2: (0 + 1 + 2 / 2) / 2.5; cell 1 half of 2, then 3 and 4; mirrored
+    assert torch.allclose(cells[0, :2], torch.tensor([0.8, 3.2])) and torch.allclose(cells[0] + cells[0].flip(0),
+                                                                                      torch.full((8,), 19.0))
+    on_grid = cyclegan.OnGrid(cyclegan.Generator(4, 1), border=4)
+    grid = torch.randint(0, 17, (3, 1, 8, 8), generator=torch.Generator().manual_seed(0))
+    drawn = cyclegan.levels(on_grid.draw(grid.float() / 8 - 1)).numpy()  # levels 0..16 as [-1, 1]
+    assert np.abs(drawn - cyclegan.upscale(grid.numpy().astype(np.uint8), border=4)).max() <= 1  # rounding
+    a = cyclegan.unit(torch.randint(0, 256, (3, 1, 28, 28), generator=torch.Generator().manual_seed(1)))
+    fake_b, read_back = cyclegan.a_to_b_and_read_back(on_grid, a)
+    assert torch.equal(fake_b, on_grid(a))
+    assert fake_b[:, :, :4].eq(-1).all() and 0 < (read_back - fake_b).abs().max() <= cyclegan.GRID_NOISE
+    plain = cyclegan.Generator(4, 1)
+    assert all(torch.equal(t, plain(a)) for t in cyclegan.a_to_b_and_read_back(plain, a))
+
+
+@pytest.mark.parametrize("b_grid", [False, True])
 @pytest.mark.parametrize("direction", ["a_to_b", "b_to_a"])
-def test_both_directions_export_with_parity(tmp_path, three_ways, direction):
+def test_both_directions_export_with_parity(tmp_path, three_ways, direction, b_grid):
     torch.manual_seed(0)
-    model = cyclegan.CycleGAN(cyclegan.CycleGANConfig(channels=4, residual_blocks=1, critic_channels=4)).eval()
+    config = cyclegan.CycleGANConfig(channels=4, residual_blocks=1, critic_channels=4, mnist_frame=b_grid,
+                                     b_grid=b_grid)
+    model = cyclegan.CycleGAN(config).eval()
     functions, capabilities = cyclegan.exported_functions(model, cyclegan.digits28())
     assert capabilities["translate"]["directions"][direction]["function"] == direction
     module, _, outputs = functions[direction]

@@ -70,6 +70,7 @@ class CycleGANConfig:
     whole_image_critic: bool = False  # beside each PatchGAN, a DCGAN critic scoring the whole image
     layout_weight: float = 0.0  # a -> b keeps its source's 7x7 layout (see `layout_loss`; 0: off)
     validation: int = 0  # the last `validation` train images of each domain kept out of training (see `held_out`)
+    b_grid: bool = False  # a -> b draws on b's 8x8 grid, and the cycle reads it as a b digit can carry it (`OnGrid`)
 
 
 def upscale(x: np.ndarray, border: int = 0) -> np.ndarray:
@@ -119,6 +120,46 @@ class Generator(nn.Module):
         return self.up(h)
 
 
+def area_matrix(size: int, cells: int) -> torch.Tensor:
+    """[cells, size]: row i averages the pixels that cell i of `cells` equal cells covers (fractional at the edges),
+    so M @ image @ M.T is an image's area average on a cells x cells grid (exported as two matrix products)."""
+    edges = torch.arange(size + 1).float()  # pixel j covers [j, j + 1)
+    low, high = torch.arange(cells)[:, None] * size / cells, (torch.arange(cells)[:, None] + 1) * size / cells
+    overlap = (torch.minimum(edges[1:], high) - torch.maximum(edges[:-1], low)).clamp(min=0)  # [cells, size]
+    return overlap / overlap.sum(1, keepdim=True)
+
+
+class OnGrid(nn.Module):
+    """A generator whose images are drawn as domain b's are: its output's box (MNIST's 20x20 with `mnist_frame`, else
+    all 28x28) area-averaged to 8x8 values, upscaled bilinearly back and framed in the dark border (`upscale`'s
+    steps, on [-1, 1] intensities). `grid` gives the 8x8 values, `draw` the image of any such values, so that training
+    can read a translation through one level of noise of b's 17 (`GRID_NOISE`): all that a b digit carries. Without
+    it, the cycle can pass a's detail to the way back in faint signals no b digit has (CycleGAN's steganography,
+    Chu et al. 2017, "CycleGAN, a Master of Steganography"), and the way back learns to read those, not the shape."""
+
+    def __init__(self, generator: Generator, border: int):
+        super().__init__()
+        self.generator, self.border = generator, border
+        self.register_buffer("area", area_matrix(SIDE - 2 * border, 8), persistent=False)  # [8, box]
+
+    def grid(self, image: torch.Tensor) -> torch.Tensor:
+        """[B, 1, 28, 28] in [-1, 1] -> the generator's drawing as 8x8 values [B, 1, 8, 8] in [-1, 1]."""
+        inner = self.generator(image)[:, :, self.border: SIDE - self.border, self.border: SIDE - self.border]
+        return self.area @ inner @ self.area.T
+
+    def draw(self, grid: torch.Tensor) -> torch.Tensor:
+        """8x8 values [B, 1, 8, 8] -> their image [B, 1, 28, 28], as `upscale` draws b's digits."""
+        inner = SIDE - 2 * self.border
+        big = F.interpolate(grid, size=(inner, inner), mode="bilinear", align_corners=False)
+        return F.pad(big, (self.border,) * 4, value=-1.0)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.draw(self.grid(image))
+
+
+GRID_NOISE = 1 / 16  # one of b's 17 levels in [-1, 1] units is 2 / 16: uniform noise of +-half a level
+
+
 class PatchGAN(nn.Module):
     """image [B, 1, 28, 28] -> scores [B, 7, 7], one per 18x18 window (as pix2pix's, on one image)."""
 
@@ -135,6 +176,8 @@ class CycleGAN(nn.Module):
         super().__init__()
         self.config, c, k = config, config.channels, config.critic_channels
         self.g_ab, self.g_ba = Generator(c, config.residual_blocks), Generator(c, config.residual_blocks)
+        if config.b_grid:
+            self.g_ab = OnGrid(self.g_ab, border=4 if config.mnist_frame else 0)
         self.d_a, self.d_b = PatchGAN(k), PatchGAN(k)
         whole = config.whole_image_critic
         self.d_a_whole, self.d_b_whole = (adv.Critic(k), adv.Critic(k)) if whole else (None, None)
@@ -227,9 +270,9 @@ def train_step(model: CycleGAN, optimizers: dict, x: torch.Tensor, y: torch.Tens
     an independent batch of domain b; the labels y [B] are used only by the semantic loss."""
     c = model.config
     a, b = unit(x), unit(domain_b_batch(len(x), step, c.mnist_frame, c.validation))
-    fake_b, fake_a = model.g_ab(a), model.g_ba(b)  # [B, 1, 28, 28] each
+    (fake_b, read_back), fake_a = a_to_b_and_read_back(model.g_ab, a), model.g_ba(b)  # [B, 1, 28, 28] each
     adversarial = sum(map(generator_loss, model.scores("b", fake_b) + model.scores("a", fake_a)))
-    cycle = (model.g_ba(fake_b) - a).abs().mean() + (model.g_ab(fake_a) - b).abs().mean()
+    cycle = (model.g_ba(read_back) - a).abs().mean() + (model.g_ab(fake_a) - b).abs().mean()
     generators = adversarial + c.cycle_weight * cycle
     if c.identity_weight > 0:
         generators = generators + c.identity_weight * ((model.g_ab(b) - b).abs().mean()
@@ -244,6 +287,17 @@ def train_step(model: CycleGAN, optimizers: dict, x: torch.Tensor, y: torch.Tens
                                         strict=True))
     _step(optimizers["critics"], critics)
     return {"critics": critics.item(), "adversarial": adversarial.item(), "cycle": cycle.item()}
+
+
+def a_to_b_and_read_back(g_ab: nn.Module, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """a [B, 1, 28, 28] -> (its translations to b, what the cycle's way back reads of them), each [B, 1, 28, 28]:
+    with `b_grid` the translations' 8x8 values plus uniform noise of half of one of b's levels (`OnGrid`), drawn
+    again; otherwise the translations themselves."""
+    if not isinstance(g_ab, OnGrid):
+        fake_b = g_ab(a)
+        return fake_b, fake_b
+    grid = g_ab.grid(a)  # [B, 1, 8, 8]
+    return g_ab.draw(grid), g_ab.draw(grid + (torch.rand_like(grid) * 2 - 1) * GRID_NOISE)
 
 
 def loss(model: CycleGAN, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
