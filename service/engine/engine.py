@@ -27,7 +27,14 @@ from service.engine.metrics import EngineMetrics
 from service.engine.predict import StateSpaceOperations
 from service.engine.scheduler import BatchingConfig, ContinuousBatcher, DynamicBatcher
 from service.engine.scoring import ScoringOperations
-from service.engine.validation import MAX_TEMPERATURE, MIN_TEMPERATURE, check_batch, check_levels, check_range
+from service.engine.validation import (
+    MAX_TEMPERATURE,
+    MIN_TEMPERATURE,
+    check_batch,
+    check_levels,
+    check_range,
+    check_sequence_work,
+)
 from service.engine.workers import InProcess, WorkerPool
 from service.settings import Settings
 from service.store import ModelEntry, ModelStore
@@ -306,14 +313,6 @@ class Engine(GenerationOperations, StateSpaceOperations, ScoringOperations, Late
         is never run in parts (as Triton refuses a batch over the model's max batch size)."""
         return self._batching(self.model(name)).max_queue_size
 
-    def _check_sequence_values(self, m: LoadedModel, rows: int, length: int) -> None:
-        """A V2 call's sequence input x [rows, length] of a directly scored model (charrnn, wavenet) within its score
-        limits (values per row and per request, as /score takes them), naming `x`."""
-        per_row, per_request = self._score_limits(m, m.capabilities.get("score", {}))
-        if length > per_row or rows * length > per_request:
-            raise InvalidInput(f"x: {rows} x {length} values; model {m.manifest['name']} takes at most {per_row} per "
-                               f"row and {per_request} per request", field="x")
-
     def _check_rows(self, m: LoadedModel, rows: int) -> None:
         """A sequence's rows (inputs x n) run together, so they must fit the scheduler's queue at once."""
         most = self._batching(m).max_queue_size
@@ -376,8 +375,10 @@ class Engine(GenerationOperations, StateSpaceOperations, ScoringOperations, Late
                 check_levels(np.asarray(value), None, m.input_levels[tensor_name], tensor_name)
             if tensor_name in m.input_ranges:
                 check_range(np.asarray(value), *m.input_ranges[tensor_name], tensor_name)
-        if m.scores_values and np.ndim(inputs.get("x")) == 2:
-            self._check_sequence_values(m, *np.shape(inputs["x"]))
+        if m.scores_values and np.ndim(inputs.get("x")) == 2:  # x [rows, values]: held to the score's limits
+            rows, length = np.shape(inputs["x"])
+            check_sequence_work([length] * rows, [1] * rows, self._score_limits(m, m.capabilities["score"]),
+                                m.manifest["name"], "x", "x")
         unknown = set(inputs) - {t["name"] for t in spec["inputs"]}
         if unknown:
             raise InvalidInput(f"inputs: {function} has no inputs {sorted(unknown)}", field=sorted(unknown)[0])

@@ -16,7 +16,7 @@ import numpy as np
 
 from service.engine import anomaly, latent, procedures, worker_procedures
 from service.engine.errors import InvalidInput
-from service.engine.validation import check_levels, check_sequence
+from service.engine.validation import check_levels, check_sequence, check_sequence_work
 
 if TYPE_CHECKING:  # engine.py imports this module
     from service.engine.engine import LoadedModel
@@ -103,23 +103,15 @@ class ScoringOperations:
                 cap.get("max_row_steps", min(sample.get("max_row_steps", most), most)))
 
     def _check_score_values(self, m: LoadedModel, cap: dict, lengths: list[int], labels: list[int | None]) -> None:
-        """Refuse, before any work, a sequence score of an input longer than the model's limit (naming it) or of
-        more rows x values in all than its limit per request (naming `inputs`). An input without a label of a model
-        whose score takes one runs once per class (its exact marginal), so it counts once per class."""
-        per_input, per_request = self._score_limits(m, cap)
-        longest = max(range(len(lengths)), key=lengths.__getitem__)
-        if lengths[longest] > per_input:
-            raise InvalidInput(f"inputs[{longest}]: {lengths[longest]} values, over the limit of {per_input} per "
-                               f"input of model {m.manifest['name']!r}", field=f"inputs[{longest}]")
+        """Refuse, before any work, a sequence score over the model's limits (validation.check_sequence_work). An
+        input without a label of a model whose score takes one runs once per class (its exact marginal), so it
+        counts once per class."""
         classes = len(m.data["classes"]) if "label" in m.function_inputs(cap["function"]) else 1
-        rows = [1 if label is not None else classes for label in labels]
-        values = sum(n * r for n, r in zip(lengths, rows, strict=True))
-        if values > per_request:
-            marginal = f" (x {classes} classes for each input without a label: its exact marginal scores every " \
-                "class)" if classes > 1 and None in labels else ""
-            raise InvalidInput(f"inputs: {len(lengths)} inputs of {sum(lengths)} values are {values} rows x values"
-                               f"{marginal}, over the limit of {per_request} per request of model "
-                               f"{m.manifest['name']!r}; send fewer, or in parts", field="inputs")
+        repeats = [1 if label is not None else classes for label in labels]
+        marginal = f" (x {classes} classes for each input without a label: its exact marginal scores every " \
+            "class)" if classes > 1 and None in labels else ""
+        check_sequence_work(lengths, repeats, self._score_limits(m, cap), m.manifest["name"], "inputs", "inputs[{}]",
+                            marginal)
 
     def _detector(self, m: LoadedModel, cap: dict, anomaly_method: str | None) -> str:
         """The anomaly detector a request names, or InvalidInput if the model cannot answer it; else the model's

@@ -96,3 +96,22 @@ def check_finite_outputs(outputs: dict[str, np.ndarray], field: str) -> None:
 def float_inputs(inputs: dict[str, np.ndarray]) -> str:
     """The inputs to name when outputs are not finite: the float ones (latents, noise), else all of them."""
     return ", ".join(name for name, x in inputs.items() if x.dtype.kind == "f") or "inputs"
+
+
+def check_sequence_work(lengths: list[int], repeats: list[int], limits: tuple[int, int], model: str, field: str,
+                        input_field: str, why: str = "") -> None:
+    """Refuse, before any work, sequences to score of `lengths` values, each run `repeats` times (a row each), when
+    one is longer than the model's limits (values per input, rows x values per request) allow per input, naming
+    `input_field` formatted with its position ("inputs[{}]"), or when they hold more rows x values in all than
+    allowed per request, naming `field` (`why` says why an input runs more than once)."""
+    per_input, per_request = limits
+    longest = max(range(len(lengths)), key=lengths.__getitem__)
+    if lengths[longest] > per_input:
+        name = input_field.format(longest)
+        raise InvalidInput(f"{name}: {lengths[longest]} values, over the limit of {per_input} per input of model "
+                           f"{model!r}", field=name)
+    values = sum(n * r for n, r in zip(lengths, repeats, strict=True))
+    if values > per_request:
+        raise InvalidInput(f"{field}: {len(lengths)} inputs of {sum(lengths)} values are {values} rows x values{why}, "
+                           f"over the limit of {per_request} per request of model {model!r}; send fewer, or in parts",
+                           field=field)
