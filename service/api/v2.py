@@ -41,6 +41,7 @@ from service.engine.oip import (
     EXTENSIONS,
     NUMPY,
     SERVER_NAME,
+    check_output_name,
     check_rows,
     output_tensor,
     platform,
@@ -190,12 +191,9 @@ def requested_outputs(doc: dict, spec: dict) -> list[tuple[str, bool]]:
         raise InvalidInput("outputs: must be a list", field="outputs")
     result = []
     for i, output in enumerate(wanted):
-        if not isinstance(output, dict) or output.get("name") not in names:
-            got = output.get("name") if isinstance(output, dict) else output
-            raise InvalidInput(f"outputs[{i}].name: no output {got!r}; the model has {names}",
-                               field=f"outputs[{i}].name")
-        if output["name"] in [name for name, _ in result]:
-            raise InvalidInput(f"outputs[{i}].name: {output['name']!r} requested twice", field=f"outputs[{i}].name")
+        if not isinstance(output, dict):
+            raise InvalidInput(f"outputs[{i}]: must be an object with a name, got {output!r}", field=f"outputs[{i}]")
+        check_output_name(i, output.get("name"), names, [name for name, _ in result])
         parameters = _object(output.get("parameters"), f"outputs[{i}].parameters")
         if parameters.get("classification"):
             raise InvalidInput(f"outputs[{i}].parameters.classification: not supported", field=f"outputs[{i}]")

@@ -47,6 +47,14 @@ def check_rows(name: str, shape: list[int], max_rows: int) -> None:
                            "(its max_queue_size); send fewer, or in parts", field=name)
 
 
+def check_output_name(i: int, name: Any, names: list[str], earlier: list[str]) -> None:
+    """The name of a request's outputs[i]: one of the function's output `names`, not among the `earlier` ones."""
+    if name not in names:
+        raise InvalidInput(f"outputs[{i}].name: no output {name!r}; the model has {names}", field=f"outputs[{i}].name")
+    if name in earlier:
+        raise InvalidInput(f"outputs[{i}].name: {name!r} requested twice", field=f"outputs[{i}].name")
+
+
 def tensor_metadata(spec: dict) -> dict:
     return {"name": spec["name"], "datatype": v2_datatype(spec["dtype"]), "shape": list(spec["shape"])}
 

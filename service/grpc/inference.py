@@ -32,6 +32,7 @@ from service.engine.oip import (
     NUMPY,
     SERVER_NAME,
     WIRE,
+    check_output_name,
     check_rows,
     output_tensor,
     platform,
@@ -112,11 +113,7 @@ def requested_outputs(request: pb.ModelInferRequest, spec: dict) -> list[str]:
         return names
     wanted = []
     for i, output in enumerate(request.outputs):
-        if output.name not in names:
-            raise InvalidInput(f"outputs[{i}].name: no output {output.name!r}; the model has {names}",
-                               field=f"outputs[{i}].name")
-        if output.name in wanted:
-            raise InvalidInput(f"outputs[{i}].name: {output.name!r} requested twice", field=f"outputs[{i}].name")
+        check_output_name(i, output.name, names, wanted)
         if "classification" in output.parameters:
             raise InvalidInput(f"outputs[{i}].parameters.classification: not supported",
                                field=f"outputs[{i}].parameters")
