@@ -279,7 +279,8 @@ class Engine(GenerationOperations, StateSpaceOperations, ScoringOperations, Late
                 state, emit = procedures.state_outputs(capability)
                 self._batchers[key] = ContinuousBatcher(run, state, self._batching(m), observer, emit)
             else:
-                self._batchers[key] = DynamicBatcher(run, self._batching(m), observer)
+                self._batchers[key] = DynamicBatcher(run, self._batching(m), observer,
+                                                     self._batch_values(m, function))
         return self._batchers[key]
 
     def _forget_idle_lengths(self) -> None:

@@ -1,7 +1,8 @@
 """Schedulers decide what runs; the runtime runs it. Neither imports torch.
 
 DynamicBatcher (Triton style) merges one-shot requests into batches of up to
-`max_batch_size` rows, waiting at most `max_queue_delay_us` for the batch to
+`max_batch_size` rows (and, where given, of up to `max_values` values: a sequence
+score's limit per request), waiting at most `max_queue_delay_us` for the batch to
 fill. It merges only requests whose inputs agree in all but the batch axis
 (a function of any sequence length gets requests of many), and a merged batch
 that fails runs again one request at a time, so that an input the runtime
@@ -19,6 +20,7 @@ Prometheus); the default one does nothing, so the schedulers need no prometheus.
 """
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -48,6 +50,12 @@ class BatchingConfig:
 
 def rows_of(arrays: Arrays) -> int:
     return len(next(iter(arrays.values())))
+
+
+def values_of(arrays: Arrays) -> int:
+    """A request's work as a values budget counts it: its largest input's size (a sequence score's x: rows x
+    values)."""
+    return max(value.size for value in arrays.values())
 
 
 def merge_key(arrays: Arrays) -> tuple:
@@ -109,6 +117,7 @@ def _settle(future: asyncio.Future) -> None:
 class _Request:
     inputs: Arrays
     rows: int
+    values: int  # values_of(inputs)
     deadline: float
     future: asyncio.Future
     key: tuple  # merge_key(inputs)
@@ -118,8 +127,11 @@ class _Request:
 
 
 class DynamicBatcher:
-    def __init__(self, run: Run, config: BatchingConfig, observer: Observer | None = None):
+    def __init__(self, run: Run, config: BatchingConfig, observer: Observer | None = None,
+                 max_values: float = math.inf):
+        """`max_values`: the most values (values_of) one batch may hold (by default no limit but its rows)."""
         self.run, self.config = run, config
+        self.max_values = max_values
         self.observer = observer or Observer()
         self.queue: deque[_Request] = deque()
         self.queued = 0  # rows in the queue
@@ -151,7 +163,7 @@ class DynamicBatcher:
             self.observer.rejected()
             raise Overloaded(f"queue full ({self.config.max_queue_size} rows); retry later", field="inputs")
         loop = asyncio.get_running_loop()
-        request = _Request(inputs, rows, deadline, loop.create_future(), merge_key(inputs))
+        request = _Request(inputs, rows, values_of(inputs), deadline, loop.create_future(), merge_key(inputs))
         self.queue.append(request)
         self.queued += rows
         self.observer.queued()
@@ -183,14 +195,15 @@ class DynamicBatcher:
 
     def _take_batch(self) -> list[_Request]:
         """Pop the oldest queued request and, oldest first, those that merge with it and fit, up to max_batch_size
-        rows (one oversized request runs alone); the others stay queued, in order."""
-        batch, rows, now, left = [], 0, time.monotonic(), []
+        rows and max_values values (one oversized request runs alone); the others stay queued, in order."""
+        batch, rows, values, now, left = [], 0, 0, time.monotonic(), []
         while self.queue and rows < self.config.max_batch_size:
             request = self.queue.popleft()
             if request.future.done() or request.deadline <= now:
                 self.queued -= request.rows
                 continue  # cancelled or expired while queued: its caller has already been answered
-            if batch and (request.key != batch[0].key or rows + request.rows > self.config.max_batch_size):
+            if batch and (request.key != batch[0].key or rows + request.rows > self.config.max_batch_size
+                          or values + request.values > self.max_values):
                 left.append(request)
                 continue
             self.queued -= request.rows
@@ -198,6 +211,7 @@ class DynamicBatcher:
             self.observer.dequeued()
             batch.append(request)
             rows += request.rows
+            values += request.values
         self.queue.extendleft(reversed(left))
         return batch
 

@@ -102,6 +102,15 @@ class ScoringOperations:
         return (cap.get("max_length", min(sample.get("max_length", most), most)),
                 cap.get("max_row_steps", min(sample.get("max_row_steps", most), most)))
 
+    def _batch_values(self, m: LoadedModel, function: str) -> float:
+        """The most values one batch of the model's `function` may hold: a directly scored sequence model's score
+        functions take one request's limit (rows x values), so that merged requests never run beyond what one
+        request may (the batcher keeps the others for its next batch); other functions have no such limit."""
+        cap = m.capabilities.get("score", {})
+        if m.scores_values and function in (cap.get("function"), cap.get("conditional_function")):
+            return self._score_limits(m, cap)[1]
+        return math.inf
+
     def _check_score_values(self, m: LoadedModel, cap: dict, lengths: list[int], labels: list[int | None]) -> None:
         """Refuse, before any work, a sequence score over the model's limits (validation.check_sequence_work). An
         input without a label of a model whose score takes one runs once per class (its exact marginal), so it
