@@ -5,8 +5,10 @@ its gRPC stubs (no training code), the others load the training package.
 """
 
 import argparse
+import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 
@@ -33,8 +35,6 @@ def _known() -> str:
 def _family_of(name: str) -> str | None:
     """The family a `train` argument names: the family of training/configs/<name>.json, else the name itself
     when it is a family (e.g. realnvp -> flow, wgan-gp -> gan, flow -> flow); None when it is neither."""
-    import json
-
     from training.families import FAMILIES
 
     try:
@@ -67,14 +67,66 @@ def _train_config(family: str, path: str | None) -> tuple[Path, dict]:
         named = f"{family!r}" if wanted == family else f"{family!r} (a {wanted!r})"
         raise SystemExit(f"genserve train: {config_path} trains a {config['family']!r} model, not {named}; give "
                          f"the matching family, e.g. `genserve train {config['family']} --config {config_path}`")
+    epochs = config["train"].get("epochs") if isinstance(config["train"], dict) else None
+    if not _is_count(epochs):
+        raise SystemExit(f"genserve train: {config_path}: not a usable config: train.epochs must be a whole number, "
+                         f"1 or more, got {epochs!r}")
     return config_path, config
+
+
+def _check_writable(path: Path, command: str, flag: str) -> None:
+    """Refuse, in one line naming the flag, a directory that cannot be made or written in: a file on its way, or a
+    nearest existing folder where no file can be made (tried with a nameless temporary file, since root's
+    permission bits do not tell, e.g. under /proc). Nothing is left behind."""
+    existing = next(p for p in (path, *path.parents) if os.path.exists(p))
+    if not os.path.isdir(existing):
+        raise SystemExit(f"genserve {command}: {flag} {path}: {existing} is a file, not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise SystemExit(f"genserve {command}: {flag} {path}: cannot write in {existing} ({e.strerror})") from e
+
+
+def _check_output_file(path: Path, command: str, flag: str) -> None:
+    """Refuse, in one line naming the flag, a file that cannot be written: a directory, or one whose folder is
+    missing or cannot be written in (checked before the work whose result it is meant to hold)."""
+    if path.is_dir():
+        raise SystemExit(f"genserve {command}: {flag} {path} is a directory")
+    if not path.parent.is_dir():
+        raise SystemExit(f"genserve {command}: {flag} {path}: no directory {path.parent}")
+    _check_writable(path.parent, command, flag)
+
+
+def _check_run_dir(run_dir: Path, config: dict) -> None:
+    """`genserve train`: refuse, in one line naming both, a run dir that holds a run of another family, or a
+    checkpoint of the same family with another model or dataset (resuming it could not load its weights)."""
+    saved_path = run_dir / "config.json"
+    if not saved_path.is_file():
+        return
+    try:
+        saved = json.loads(saved_path.read_text())
+        family = saved["family"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"genserve train: --run-dir {run_dir} holds a config.json that is not a genserve run's; "
+                         "give another --run-dir") from e
+    if family != config["family"]:
+        raise SystemExit(f"genserve train: --run-dir {run_dir} holds a run of the family {family!r}, not "
+                         f"{config['family']!r}; give another --run-dir")
+    changed = [key for key in ("dataset", "model") if saved.get(key) != config[key]]
+    if changed and (run_dir / "state.json").is_file():
+        raise SystemExit(f"genserve train: --run-dir {run_dir} holds a {family!r} checkpoint of another "
+                         f"{' and '.join(changed)} than this config's, which cannot be resumed; give another --run-dir")
 
 
 def _train(args: argparse.Namespace) -> None:
     from training.train import train
 
     config_path, config = _train_config(args.family, args.config)
-    run_dir = train(config_path, Path(args.run_dir or f"runs/{args.family}"), epochs=args.epochs)
+    run_dir = Path(args.run_dir or f"runs/{args.family}")
+    _check_writable(run_dir, "train", "--run-dir")
+    _check_run_dir(run_dir, config)
+    run_dir = train(config_path, run_dir, epochs=args.epochs)
     print(f"checkpoint, samples (png or txt) and loss.png in {run_dir}")
     note = _training_nll_note(run_dir, config["family"])
     if note:
@@ -124,6 +176,7 @@ def _training_nll_note(run_dir: Path, family_name: str) -> str | None:
 def _export(args: argparse.Namespace) -> None:
     from training.export import VersionExists, export
 
+    _check_writable(Path(args.models), "export", "--models")
     try:
         out = export(Path(args.run_dir), Path(args.models), name=args.name, version=args.version,
                      baseline=not args.no_baseline, reuse_eval=args.reuse_eval, force=args.force)
@@ -167,6 +220,8 @@ def _eval(args: argparse.Namespace) -> None:
 
     if args.run_dir is None:
         _check_store(Path(args.models))
+        if args.quality and args.json:
+            _check_output_file(args.json, "eval", "--json")
         print(store_table(Path(args.models)))
         if args.quality:
             from genserve.quality import table
@@ -186,8 +241,6 @@ def _eval(args: argparse.Namespace) -> None:
 
 def _call(args: argparse.Namespace) -> None:
     """One genserve.v1 gRPC call with the committed stubs: the request as JSON, the answer printed as JSON."""
-    import json
-
     import grpc
     from google.protobuf import json_format
 
@@ -222,6 +275,21 @@ def _seconds(text: str) -> float:
     value = float(text)
     if not value > 0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
+    return value
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _count(text: str) -> int:
+    """An argparse type: a whole number, 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number, 1 or more, got {text}")
     return value
 
 
@@ -261,7 +329,7 @@ def parser() -> argparse.ArgumentParser:
                                       "with --config, the config's family must match it")
     train.add_argument("--config", help="JSON config (default: training/configs/<family>.json)")
     train.add_argument("--run-dir", help="checkpoint directory (default: runs/<family>)")
-    train.add_argument("--epochs", type=int, help="override the configured epochs")
+    train.add_argument("--epochs", type=_count, help="override the configured epochs")
     train.set_defaults(run=_train)
 
     export = sub.add_parser("export", help="export a run to ONNX + TorchScript + manifest", formatter_class=_Help)
@@ -284,7 +352,7 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-baseline", action="store_true", help="skip the Bernoulli-mixture baseline")
     evaluate.add_argument("--quality", action="store_true",
                           help="(no run) also sample every 28x28 model and print IS, FID and mode coverage")
-    evaluate.add_argument("--n", type=int, default=500, help="--quality: samples per model (and real images)")
+    evaluate.add_argument("--n", type=_count, default=500, help="--quality: samples per model (and real images)")
     evaluate.add_argument("--json", type=Path, help="--quality: also save the scores as JSON")
     evaluate.set_defaults(run=_eval)
 
