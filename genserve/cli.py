@@ -99,8 +99,12 @@ def _check_output_file(path: Path, command: str, flag: str) -> None:
 
 
 def _check_run_dir(run_dir: Path, config: dict) -> None:
-    """`genserve train`: refuse, in one line naming both, a run dir that holds a run of another family, or a
-    checkpoint of the same family with another model or dataset (resuming it could not load its weights)."""
+    """`genserve train`: refuse, in one line, an exported model version (training would write into the store), a
+    run dir that holds a run of another family (naming both), or a checkpoint of the same family with another model
+    or dataset (resuming it could not load its weights)."""
+    if (run_dir / "manifest.json").is_file():
+        raise SystemExit(f"genserve train: --run-dir {run_dir} is an exported model version (it holds a "
+                         "manifest.json), not a training run; give another --run-dir")
     saved_path = run_dir / "config.json"
     if not saved_path.is_file():
         return

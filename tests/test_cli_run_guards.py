@@ -2,7 +2,8 @@
 trained, what used to end in a traceback: --epochs (or a config's epochs) or eval's --n below 1, a --run-dir or
 --models that cannot be made or written in (a file on the way, /proc), an `eval --quality --json` file that could not
 be written, and a --run-dir that holds a run of another family, or a checkpoint of the same family with another
-model (resuming it could not load its weights)."""
+model (resuming it could not load its weights), or an exported model version (training would write into the
+store)."""
 
 import json
 import subprocess
@@ -146,6 +147,17 @@ def test_train_refuses_a_run_dir_whose_config_is_not_a_run(tmp_path):
     run.mkdir()
     (run / "config.json").write_text("{not json")
     assert "holds a config.json that is not a genserve run's" in refusal([*CHARRNN, "--run-dir", str(run)])
+
+
+def test_train_refuses_an_exported_model_version_as_run_dir(tmp_path):
+    version = tmp_path / "models" / "charrnn" / "1"
+    version.mkdir(parents=True)
+    (version / "manifest.json").write_text("{}")
+    before = contents(tmp_path)
+    assert refusal([*CHARRNN, "--run-dir", str(version)]) == (
+        f"genserve train: --run-dir {version} is an exported model version (it holds a manifest.json), not a "
+        "training run; give another --run-dir")
+    assert contents(tmp_path) == before
 
 
 def test_a_new_run_dir_a_resumable_one_and_a_writable_store_get_past_the_checks(tmp_path):
