@@ -149,6 +149,17 @@ def test_train_refuses_a_run_dir_whose_config_is_not_a_run(tmp_path):
     assert "holds a config.json that is not a genserve run's" in refusal([*CHARRNN, "--run-dir", str(run)])
 
 
+def test_export_refuses_a_model_name_that_is_a_file_in_the_store(tmp_path):
+    run = a_run(tmp_path / "charrnn", "charrnn-tiny.json")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "charrnn").write_text("not a directory")
+    before = contents(tmp_path)
+    assert refusal(["export", str(run), "--models", str(tmp_path / "models")]) == (
+        f"genserve export: {tmp_path / 'models' / 'charrnn'} is a file, not a model's directory: give another "
+        "--name or --models")
+    assert contents(tmp_path) == before
+
+
 def test_train_refuses_an_exported_model_version_as_run_dir(tmp_path):
     version = tmp_path / "models" / "charrnn" / "1"
     version.mkdir(parents=True)

@@ -289,7 +289,10 @@ def stored_families(model_dir: Path) -> set[str]:
 
 
 def check_family(model_dir: Path, family: str, force: bool) -> None:
-    """Refuse, unless `force`, to export a run of one family under a name that holds a model of another."""
+    """Refuse, unless `force`, to export a run of one family under a name that holds a model of another; refuse
+    always a name that is a file, not a directory."""
+    if model_dir.exists() and not model_dir.is_dir():
+        raise ValueError(f"{model_dir} is a file, not a model's directory: give another --name or --models")
     others = sorted(stored_families(model_dir) - {family})
     if others and not force:
         raise FamilyMismatch(f"{model_dir} holds a {' and a '.join(map(repr, others))} model, but this run is a "
