@@ -229,10 +229,10 @@ async def _events(first: np.ndarray, stream: AsyncIterator[np.ndarray], spec: di
     """Server-sent events: `chunk` {"step", "values" or "text": one entry per sample}, then `done`
     (or `error` {"error": ...} if generation fails midway)."""
     key = "text" if fmt == "text" else "values"
-    step, values = 0, first
+    step, values, encode = 0, first, codecs.stream_encoder(spec, fmt, len(first))
     try:
         while values is not None:
-            yield _event("chunk", {"step": step, key: codecs.encode_samples(values, spec, fmt)})
+            yield _event("chunk", {"step": step, key: encode(values)})
             step += 1
             values = await anext(stream, None)
     except EngineError as exc:

@@ -13,6 +13,7 @@ exact for every levels <= 256.
 import base64
 import binascii
 import io
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -301,6 +302,15 @@ def encode_sample(x: np.ndarray, spec: dict, fmt: str) -> str | list:
 def encode_samples(xs: np.ndarray, spec: dict, fmt: str) -> list:
     """[n, *shape] -> list of n encoded samples."""
     return [encode_sample(x, spec, fmt) for x in xs]
+
+
+def stream_encoder(spec: dict, fmt: str, n: int) -> Callable[[np.ndarray], list]:
+    """A stream's chunk [n, *step_shape] -> n encoded samples, as encode_samples; but a music stream's MIDI files
+    hold each sample's melody so far (a held note stays one note; the last chunk's are /sample's files)."""
+    if fmt != "midi":
+        return lambda xs: encode_samples(xs, spec, fmt)
+    melodies = midi.Melodies(spec, n)
+    return lambda bars: [base64.b64encode(file).decode("ascii") for file in melodies.add(bars)]
 
 
 def encode_images(xs: np.ndarray, spec: dict, fmt: str, field: str = "body.z",

@@ -15,14 +15,14 @@ import json
 import logging
 import math
 import secrets
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import grpc
 import numpy as np
 
-from service.engine import audio, midi, text
+from service.engine import audio, midi, step_controls, text
 from service.engine.errors import EngineError, InvalidInput, MissingCapability
 from service.engine.validation import (
     MAX_SECONDS,
@@ -41,6 +41,7 @@ from service.settings import Settings
 log = logging.getLogger("genserve.grpc")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Genserve"].full_name  # "genserve.v1.Genserve"
+SEQUENCE_FIELDS = {"text": "texts", "audio": "wavs"}  # a sequence model's inputs, by data kind
 WIRE_DTYPES = {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
                "float16", "float32", "float64"}
 
@@ -67,6 +68,21 @@ async def engine_errors(context: grpc.aio.ServicerContext, method: str) -> Async
             raise asyncio.CancelledError from exc  # the client left while a step ran: nothing to answer
         log.exception("unhandled error in %s", method)
         await context.abort(grpc.StatusCode.INTERNAL, "internal error; it has been logged")
+
+
+@contextmanager
+def _sequence_fields(spec: dict) -> Iterator[None]:
+    """The engine names a text or audio model's inputs `inputs` and `inputs[i]`, as REST's request does; gRPC's
+    request gives them as `texts` or `wavs`, so an error about them names that field (texts[3])."""
+    try:
+        yield
+    except EngineError as exc:
+        field, name = exc.field or "", SEQUENCE_FIELDS.get(spec.get("kind"))
+        if name is None or not (field == "inputs" or field.startswith("inputs[")):
+            raise
+        renamed = name + field[len("inputs"):]
+        message = renamed + exc.message[len(field):] if exc.message.startswith(field) else exc.message
+        raise type(exc)(message, field=renamed) from None
 
 
 # --- tensors -------------------------------------------------------------------------------------------------------
@@ -230,7 +246,7 @@ def _sequences(request: Any, spec: dict, limit: int) -> list[np.ndarray] | None:
     kind = spec.get("kind")
     decoders = {"texts": lambda value, field: text.encode(value, spec["vocabulary"], field),
                 "wavs": lambda value, field: audio.from_wav(value, int(spec["sample_rate"]), field)}
-    wanted = {"text": "texts", "audio": "wavs"}.get(kind)
+    wanted = SEQUENCE_FIELDS.get(kind)
     for name in decoders:
         if name != wanted and getattr(request, name):
             raise InvalidInput(f"{name}: {kind} models do not take {name}", field=name)
@@ -247,7 +263,7 @@ def _sequences(request: Any, spec: dict, limit: int) -> list[np.ndarray] | None:
 
 def _as_files(rows: np.ndarray, spec: dict) -> dict:
     """[n, T] values -> {"texts": n texts} for a text model, {"wavs": n WAV files} for an audio model, {"midis": n
-    MIDI files} for a music model ([n, bars, S] or one bar [n, S]), else {}."""
+    MIDI files} for a music model ([n, bars, S]), else {}."""
     if spec.get("kind") == "music":
         return {"midis": [midi.to_midi(row, spec) for row in rows]}
     if spec.get("kind") == "text":
@@ -257,11 +273,16 @@ def _as_files(rows: np.ndarray, spec: dict) -> dict:
     return {}
 
 
-def _chunk_extras(values: np.ndarray, spec: dict) -> dict:
-    """A stream chunk's characters (text models) or 16-bit PCM, sample i as channel i (audio models)."""
+def _chunk_encoder(spec: dict, n: int) -> Callable[[np.ndarray], dict]:
+    """A stream chunk [n, ...] -> its characters (text models), 16-bit PCM, sample i as channel i (audio models),
+    or each sample's melody so far as a MIDI file (music models: a held note stays one note, and the last chunk's
+    files are Sample's)."""
     if spec.get("kind") == "audio":
-        return {"pcm": audio.pcm16(values)}
-    return _as_files(values, spec)  # {"texts": ...} for text, {} for images
+        return lambda values: {"pcm": audio.pcm16(values)}
+    if spec.get("kind") == "music":
+        melodies = midi.Melodies(spec, n)
+        return lambda bars: {"midis": melodies.add(bars)}
+    return lambda values: _as_files(values, spec)  # {"texts": ...} for text, {} for images
 
 
 def _require(description: dict, capability: str, name: str) -> None:
@@ -388,18 +409,25 @@ class GenserveServicer(pb_grpc.GenserveServicer):
             if request.HasField("steps"):
                 raise InvalidInput("steps: a stream runs no Markov chain; use Sample", field="steps")
             chunk = max(1, int(spec["sample_rate"]) * chunk_ms // 1000) if kind == "audio" else None
+            generation = _generation(request, spec)
             stream = self.engine.sample_stream(name, n, seed, temperature, _label(request, spec), chunk=chunk,
-                                               **_generation(request, spec))
-            index, steps = 0, 0
+                                               **generation)
+            steps = self._bars(name, n, generation) if kind == "music" else 0
+            index, encode = 0, _chunk_encoder(spec, n)
             async for values in steps_until_cancelled(stream):  # [n, *step_shape], or [n, chunk] values
                 # images: the steps tile the data, prod(shape) / prod(step_shape) of them (28 rows of a 28x28
-                # image); text, audio and music: as many as asked for (0: not known up front)
-                steps = steps or (0 if kind in ("text", "audio", "music") else
+                # image); music: the bars; text and audio: as many values as asked for (0: not known up front)
+                steps = steps or (0 if kind in ("text", "audio") else
                                   math.prod(spec["shape"]) // max(math.prod(values.shape[1:]), 1))
                 music = {"chord": request.chords[index]} if index < len(request.chords) else {}
                 yield pb.SampleChunk(step=index, steps=steps, seed=seed, values=to_tensor(values, dtype),
-                                     model=name, version=version, **_chunk_extras(values, spec), **music)
+                                     model=name, version=version, **encode(values), **music)
                 index += 1
+
+    def _bars(self, name: str, n: int, generation: dict) -> int:
+        """A music stream's number of chunks, known before the first: the bars the engine plans for the request."""
+        cap = self.engine.model(name).capability("sample")
+        return step_controls.plan(name, cap, n, generation["bars"], generation["step_controls"])[0]
 
     async def Score(self, request, context):
         async with engine_errors(context, "Score"):
@@ -408,12 +436,13 @@ class GenserveServicer(pb_grpc.GenserveServicer):
             x = _sequences(request, spec, self.settings.max_inputs_per_request)
             if x is None:
                 x = data_batch(request.inputs, spec, self.settings.max_inputs_per_request, "inputs")
-            results = await self.engine.score(name, x, _labels(request, len(x)), method=_optional(request, "method"),
-                                              k=_optional(request, "k"),
-                                              refine_steps=_optional(request, "refine_steps", 0),
-                                              seed=_seed(request, absent=0),
-                                              anomaly_method=_optional(request, "anomaly_method"),
-                                              refine=_optional(request, "refine", "gradient"))
+            with _sequence_fields(spec):
+                results = await self.engine.score(name, x, _labels(request, len(x)),
+                                                  method=_optional(request, "method"), k=_optional(request, "k"),
+                                                  refine_steps=_optional(request, "refine_steps", 0),
+                                                  seed=_seed(request, absent=0),
+                                                  anomaly_method=_optional(request, "anomaly_method"),
+                                                  refine=_optional(request, "refine", "gradient"))
             return pb.ScoreResponse(model=name, version=str(description["version"]),
                                     results=[score_result(r) for r in results])
 
@@ -424,12 +453,13 @@ class GenserveServicer(pb_grpc.GenserveServicer):
             n, temperature, seed = _samples(request, self.settings), _temperature(request), _seed(request)
             prefixes = _sequences(request, spec, self.settings.max_inputs_per_request)
             if prefixes is not None:
-                out = await self.engine.complete(name, prefixes, None, n, seed, temperature, _label(request, spec),
-                                                 length=_length(request, spec), top_k=_top_k(request),
-                                                 steps=_optional(request, "steps"),
-                                                 **_length_field(request))  # per input [n, T_b]
+                with _sequence_fields(spec):
+                    out = await self.engine.complete(name, prefixes, None, n, seed, temperature,
+                                                     _label(request, spec), length=_length(request, spec),
+                                                     top_k=_top_k(request), steps=_optional(request, "steps"),
+                                                     **_length_field(request))  # per input [n, T_b]
                 files = [_as_files(rows, spec) for rows in out]
-                key = "texts" if spec.get("kind") == "text" else "wavs"
+                key = SEQUENCE_FIELDS[spec["kind"]]
                 return pb.CompleteResponse(model=name, version=str(description["version"]), seed=seed,
                                            **{key: [f for per_input in files for f in per_input[key]]})
             x = data_batch(request.inputs, spec, self.settings.max_inputs_per_request, "inputs")
