@@ -50,7 +50,7 @@ from service.engine.oip import (
     v2_datatype,
     wire_bytes,
 )
-from service.engine.validation import check_finite, check_finite_outputs, check_shape, float_inputs
+from service.engine.validation import brief, check_finite, check_finite_outputs, check_shape, float_inputs
 
 log = logging.getLogger("genserve.api.v2")
 
@@ -116,16 +116,16 @@ def _tensor_header(tensor: Any, i: int, specs: dict, max_rows: int) -> tuple[str
         raise InvalidInput(f"inputs[{i}]: must be an object with a string name", field=f"inputs[{i}]")
     name = tensor["name"]
     if name not in specs:
-        raise InvalidInput(f"inputs[{i}].name: no input {name!r}; the model takes {sorted(specs)}",
+        raise InvalidInput(f"inputs[{i}].name: no input {brief(name)}; the model takes {sorted(specs)}",
                            field=f"inputs[{i}].name")
     shape = tensor.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
-        raise InvalidInput(f"{name}.shape: must be a list of integers, got {shape!r}", field=name)
+        raise InvalidInput(f"{name}.shape: must be a list of integers, got {brief(shape)}", field=name)
     check_shape(shape, f"{name}.shape")
     check_rows(name, shape, max_rows)
     want = v2_datatype(specs[name]["dtype"])
     if tensor.get("datatype") != want:
-        raise InvalidInput(f"{name}: datatype must be {want}, got {tensor.get('datatype')!r}", field=name)
+        raise InvalidInput(f"{name}: datatype must be {want}, got {brief(tensor.get('datatype'))}", field=name)
     return name, shape, NUMPY[want]
 
 
@@ -192,7 +192,8 @@ def requested_outputs(doc: dict, spec: dict) -> list[tuple[str, bool]]:
     result = []
     for i, output in enumerate(wanted):
         if not isinstance(output, dict):
-            raise InvalidInput(f"outputs[{i}]: must be an object with a name, got {output!r}", field=f"outputs[{i}]")
+            raise InvalidInput(f"outputs[{i}]: must be an object with a name, got {brief(output)}",
+                               field=f"outputs[{i}]")
         check_output_name(i, output.get("name"), names, [name for name, _ in result])
         parameters = _object(output.get("parameters"), f"outputs[{i}].parameters")
         if parameters.get("classification"):
@@ -205,7 +206,7 @@ def _flag(parameters: dict, key: str, default: bool, field: str) -> bool:
     """A boolean parameter: JSON true or false only (the string "false" is not false)."""
     value = parameters.get(key, default)
     if not isinstance(value, bool):
-        raise InvalidInput(f"{field}.{key}: must be true or false, got {value!r}", field=f"{field}.{key}")
+        raise InvalidInput(f"{field}.{key}: must be true or false, got {brief(value)}", field=f"{field}.{key}")
     return value
 
 

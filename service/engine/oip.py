@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from service.engine.errors import InvalidInput, UnknownModel
+from service.engine.validation import brief
 
 SERVER_NAME = "genserve"
 EXTENSIONS = ["binary_tensor_data"]
@@ -50,9 +51,10 @@ def check_rows(name: str, shape: list[int], max_rows: int) -> None:
 def check_output_name(i: int, name: Any, names: list[str], earlier: list[str]) -> None:
     """The name of a request's outputs[i]: one of the function's output `names`, not among the `earlier` ones."""
     if name not in names:
-        raise InvalidInput(f"outputs[{i}].name: no output {name!r}; the model has {names}", field=f"outputs[{i}].name")
+        raise InvalidInput(f"outputs[{i}].name: no output {brief(name)}; the model has {names}",
+                           field=f"outputs[{i}].name")
     if name in earlier:
-        raise InvalidInput(f"outputs[{i}].name: {name!r} requested twice", field=f"outputs[{i}].name")
+        raise InvalidInput(f"outputs[{i}].name: {brief(name)} requested twice", field=f"outputs[{i}].name")
 
 
 def tensor_metadata(spec: dict) -> dict:

@@ -1,5 +1,7 @@
 """Input checks shared by the engine's operations: each failure is an InvalidInput naming the field."""
 
+import reprlib
+
 import numpy as np
 
 from service.engine.errors import InvalidInput
@@ -115,3 +117,13 @@ def check_sequence_work(lengths: list[int], repeats: list[int], limits: tuple[in
         raise InvalidInput(f"{field}: {len(lengths)} inputs of {sum(lengths)} values are {values} rows x values{why}, "
                            f"over the limit of {per_request} per request of model {model!r}; send fewer, or in parts",
                            field=field)
+
+
+_BRIEF = reprlib.Repr()  # Python 3.11 takes its limits as attributes
+_BRIEF.maxlevel, _BRIEF.maxstring, _BRIEF.maxother, _BRIEF.maxlist, _BRIEF.maxdict = 3, 60, 60, 8, 8
+
+
+def brief(value: object) -> str:
+    """A client's value as a refusal quotes it: its repr, bounded in depth and length (a list nested 1,000 deep
+    parses as JSON, but its full repr overflows the stack, and a megabyte string would be echoed whole)."""
+    return _BRIEF.repr(value)

@@ -270,6 +270,24 @@ def test_bad_requests_are_400_naming_the_field(client, body, field):
     assert v2_error(infer(client, body), 400).startswith(field)
 
 
+DEEP = "[" * 990 + "]" * 990  # parses (orjson allows 1,024 levels), but its full repr overflows the stack
+X = json.dumps({"name": "x", "shape": [1, *SHAPE], "datatype": "INT64", "data": [0] * 784})
+
+
+@pytest.mark.parametrize(("template", "field"), [  # @X: a good input x; @DEEP: the nested list
+    ('{"inputs": [@X], "outputs": [@DEEP]}', "outputs[0]:"),
+    ('{"inputs": [@X], "outputs": [{"name": @DEEP}]}', "outputs[0].name:"),
+    ('{"inputs": [{"name": "x", "shape": @DEEP, "datatype": "INT64", "data": [0]}]}', "x.shape:"),
+    ('{"inputs": [{"name": "x", "shape": [1, 1], "datatype": @DEEP, "data": [0]}]}', "x:"),
+    ('{"inputs": [@X], "parameters": {"binary_data_output": @DEEP}}', "parameters.binary_data_output:"),
+])
+def test_a_deeply_nested_value_is_quoted_briefly_in_a_400(client, template, field):
+    body = template.replace("@X", X).replace("@DEEP", DEEP)
+    response = client.post(f"/v2/models/{LOG_PROB}/infer", content=body, headers={"Content-Type": "application/json"})
+    message = v2_error(response, 400)
+    assert message.startswith(field) and "[[[[...]]]]" in message and len(message) < 200
+
+
 def test_missing_input_names_it(client, images):
     assert "label" in v2_error(infer(client, {"inputs": [tensor("x", images)]}, GIVEN_LABEL), 400)
 
