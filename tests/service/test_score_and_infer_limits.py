@@ -88,7 +88,7 @@ def test_the_score_capability_and_the_setting_bound_it_too(tiny_text_store, tmp_
     assert len(asyncio.run(capped.score(TEXT, [np.ones(40, np.int64)]))) == 1
 
 
-def test_rest_and_grpc_score_refuse_too_many_values_naming_inputs(text_engine):
+def test_rest_and_grpc_score_refuse_too_many_values_naming_inputs_and_grpc_texts(text_engine):
     settings = text_engine.settings
     with TestClient(create_app(text_engine, settings)) as client:
         for path, body in ((f"/v1/models/{TEXT}/score", {"inputs": ["a" * 50] * 3}),
@@ -110,7 +110,7 @@ def test_rest_and_grpc_score_refuse_too_many_values_naming_inputs(text_engine):
         finally:
             await server.stop(grace=None)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert info.value.details().startswith("inputs:") and "limit of 120" in info.value.details()
+        assert info.value.details().startswith("texts:") and "limit of 120" in info.value.details()
 
     asyncio.run(asyncio.wait_for(main(), 60))
 
