@@ -43,9 +43,10 @@ def _family_of(name: str) -> str | None:
         return name if name in FAMILIES else None
 
 
-def _train_config(family: str, path: str | None) -> tuple[Path, dict]:
-    """The config that `genserve train family [--config path]` runs, checked before anything loads: it exists,
-    parses, names a known family, and that family is the one the argument names. Refusals are one line."""
+def _train_config(family: str, path: str | None, epochs: int | None = None) -> tuple[Path, dict]:
+    """The config that `genserve train family [--config path] [--epochs epochs]` runs, checked before anything
+    loads: it exists, parses, names a known family, that family is the one the argument names, and its train
+    settings are an object whose epochs (unless `epochs` overrides them) are 1 or more. Refusals are one line."""
     from training.families import FAMILIES
     from training.train import load_config
 
@@ -67,10 +68,11 @@ def _train_config(family: str, path: str | None) -> tuple[Path, dict]:
         named = f"{family!r}" if wanted == family else f"{family!r} (a {wanted!r})"
         raise SystemExit(f"genserve train: {config_path} trains a {config['family']!r} model, not {named}; give "
                          f"the matching family, e.g. `genserve train {config['family']} --config {config_path}`")
-    epochs = config["train"].get("epochs") if isinstance(config["train"], dict) else None
-    if not _is_count(epochs):
+    if not isinstance(config["train"], dict):
+        raise SystemExit(f"genserve train: {config_path}: not a usable config: train must be an object")
+    if epochs is None and not _is_count(config["train"].get("epochs")):
         raise SystemExit(f"genserve train: {config_path}: not a usable config: train.epochs must be a whole number, "
-                         f"1 or more, got {epochs!r}")
+                         f"1 or more, got {config['train'].get('epochs')!r} (or give --epochs)")
     return config_path, config
 
 
@@ -126,7 +128,7 @@ def _check_run_dir(run_dir: Path, config: dict) -> None:
 def _train(args: argparse.Namespace) -> None:
     from training.train import train
 
-    config_path, config = _train_config(args.family, args.config)
+    config_path, config = _train_config(args.family, args.config, args.epochs)
     run_dir = Path(args.run_dir or f"runs/{args.family}")
     _check_writable(run_dir, "train", "--run-dir")
     _check_run_dir(run_dir, config)

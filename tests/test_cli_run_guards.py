@@ -82,8 +82,10 @@ def test_train_refuses_a_config_whose_epochs_are_below_one(tmp_path):
     path.write_text(json.dumps(config))
     message = refusal(["train", "charrnn", "--config", str(path), "--run-dir", str(tmp_path / "run")])
     assert message == (f"genserve train: {path}: not a usable config: train.epochs must be a whole number, 1 or "
-                       "more, got 0")
+                       "more, got 0 (or give --epochs)")
     assert files_under(tmp_path) == [path]
+    with pytest.raises(RuntimeError, match="past the checks"):  # --epochs overrides the config's
+        cli.main(["train", "charrnn", "--config", str(path), "--run-dir", str(tmp_path / "run"), "--epochs", "1"])
 
 
 def unwritable_paths(tmp_path: Path) -> list[tuple[Path, str]]:
@@ -157,6 +159,17 @@ def test_export_refuses_a_model_name_that_is_a_file_in_the_store(tmp_path):
     assert refusal(["export", str(run), "--models", str(tmp_path / "models")]) == (
         f"genserve export: {tmp_path / 'models' / 'charrnn'} is a file, not a model's directory: give another "
         "--name or --models")
+    assert contents(tmp_path) == before
+
+
+def test_export_refuses_a_version_that_is_a_file_even_with_force(tmp_path):
+    run = a_run(tmp_path / "charrnn", "charrnn-tiny.json")
+    (tmp_path / "models" / "charrnn").mkdir(parents=True)
+    (tmp_path / "models" / "charrnn" / "1").write_text("not a directory")
+    before = contents(tmp_path)
+    assert refusal(["export", str(run), "--models", str(tmp_path / "models"), "--force"]) == (
+        f"genserve export: {tmp_path / 'models' / 'charrnn' / '1'} is a file, not a model version's directory: give "
+        "another --version or --models")
     assert contents(tmp_path) == before
 
 

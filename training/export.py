@@ -256,7 +256,10 @@ def next_free_version(model_dir: Path) -> int:
 
 
 def check_free(out_dir: Path, force: bool) -> None:
-    """Refuse to replace an existing version unless `force`, naming the next free version number."""
+    """Refuse to replace an existing version unless `force`, naming the next free version number; refuse always a
+    version that is a file, not a directory."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir} is a file, not a model version's directory: give another --version or --models")
     if out_dir.exists() and not force:
         raise VersionExists(f"{out_dir} exists; export as --version {next_free_version(out_dir.parent)} (the next "
                             f"free version), or give --force to replace it")
