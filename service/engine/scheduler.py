@@ -135,6 +135,7 @@ class DynamicBatcher:
         self.observer = observer or Observer()
         self.queue: deque[_Request] = deque()
         self.queued = 0  # rows in the queue
+        self.queued_values = 0  # their values (values_of)
         self.filled: asyncio.Future | None = None  # while the batch loop waits for a full batch
         self.task: asyncio.Task | None = None
 
@@ -166,8 +167,9 @@ class DynamicBatcher:
         request = _Request(inputs, rows, values_of(inputs), deadline, loop.create_future(), merge_key(inputs))
         self.queue.append(request)
         self.queued += rows
+        self.queued_values += request.values
         self.observer.queued()
-        if self.queued >= self.config.max_batch_size and self.filled is not None:
+        if self._full() and self.filled is not None:
             _settle(self.filled)
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._serve())
@@ -201,12 +203,14 @@ class DynamicBatcher:
             request = self.queue.popleft()
             if request.future.done() or request.deadline <= now:
                 self.queued -= request.rows
+                self.queued_values -= request.values
                 continue  # cancelled or expired while queued: its caller has already been answered
             if batch and (request.key != batch[0].key or rows + request.rows > self.config.max_batch_size
                           or values + request.values > self.max_values):
                 left.append(request)
                 continue
             self.queued -= request.rows
+            self.queued_values -= request.values
             request.started = now
             self.observer.dequeued()
             batch.append(request)
@@ -215,11 +219,16 @@ class DynamicBatcher:
         self.queue.extendleft(reversed(left))
         return batch
 
+    def _full(self) -> bool:
+        """No more could join the next batch: max_batch_size rows or max_values values are queued (merge keys
+        aside)."""
+        return self.queued >= self.config.max_batch_size or self.queued_values >= self.max_values
+
     async def _wait_to_fill(self) -> None:
         """Wait until the batch is full or the oldest request has waited max_queue_delay_us (submit wakes it
         when full; a request that is not the last needed does not)."""
         left = self.queue[0].arrived + self.config.max_queue_delay_us / 1e6 - time.monotonic()
-        if self.queued >= self.config.max_batch_size or left <= 0:
+        if self._full() or left <= 0:
             return
         loop = asyncio.get_running_loop()
         self.filled = loop.create_future()

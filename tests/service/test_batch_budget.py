@@ -55,6 +55,17 @@ def test_requests_over_the_budget_together_run_in_several_calls_in_order():
     assert runner.calls == [(4, 20), (4, 20), (2, 20)]  # oldest first, each call within 100 values
 
 
+def test_a_batch_full_by_values_runs_without_waiting_out_the_queue_delay():
+    runner = Runner()
+    batcher = DynamicBatcher(runner, BatchingConfig(max_batch_size=64, max_queue_delay_us=60_000_000), max_values=100)
+
+    async def main():  # two requests of 50 values fill the budget: the batch runs at once, not after 60 s
+        return await asyncio.wait_for(asyncio.gather(*(batcher.submit({"x": np.ones((1, 50), np.int64)})
+                                                       for _ in range(2))), 5)
+
+    assert len(asyncio.run(main())) == 2 and runner.calls == [(2, 50)]
+
+
 def test_without_a_budget_the_same_requests_run_in_one_call():
     runner = Runner()
     batcher = DynamicBatcher(runner, GATHER)
