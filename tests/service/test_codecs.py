@@ -1,6 +1,7 @@
 """Images <-> level arrays: exact PNG round trips, the pixel->level mapping, and refusals that name the field."""
 
 import base64
+import functools
 import io
 
 import numpy as np
@@ -72,6 +73,9 @@ def test_nested_arrays_with_or_without_channel():
         ([[2**63] * 8] * 8, "range"),
         ([[2] * 8] * 8, "out of range"),
         ([[-1] * 8] * 8, "out of range"),
+        (functools.reduce(lambda inner, _: [inner], range(600), 0), "rectangular"),  # deeper than recursion goes
+        ([[0] * 7 + [functools.reduce(lambda inner, _: [inner], range(600), True)]] + [[0] * 8] * 7,
+         "not true or false"),
         ({"a": 1}, "base64 PNG string or a nested array"),
         (3, "base64 PNG string or a nested array"),
         ("@@@", "not valid base64"),
