@@ -292,8 +292,8 @@ def output_format(fmt: str | None, spec: dict, field: str = "body.format") -> st
 
 
 def encode_sample(x: np.ndarray, spec: dict, fmt: str) -> str | list:
-    """One sample [*shape] -> base64 PNG, text, base64 WAV, base64 MIDI, or nested ints ([H][W] when the shape is
-    [1,H,W]). A music sample [bars, *shape] is a MIDI file, a piano-roll PNG or its bars."""
+    """One sample [*shape] -> base64 PNG, text, base64 WAV, base64 MIDI, or nested ints ([H][W] when the data shape
+    is [1,H,W]). A music sample [bars, *shape] is a MIDI file, a piano-roll PNG or its bars."""
     if fmt == "midi":
         return base64.b64encode(midi.to_midi(x, spec)).decode("ascii")
     if fmt == "png" and spec.get("kind") == "music":
@@ -304,9 +304,16 @@ def encode_sample(x: np.ndarray, spec: dict, fmt: str) -> str | list:
         return text.decode(x, spec["vocabulary"])
     if fmt == "wav":
         return base64.b64encode(audio.to_wav(x, int(spec["sample_rate"]))).decode("ascii")
-    if x.ndim > 1 and x.shape[0] == 1:
+    if _has_single_channel(x, spec):
         x = x[0]
     return np.asarray(x, dtype=np.int64).tolist()
+
+
+def _has_single_channel(x: np.ndarray, spec: dict) -> bool:
+    """Whether x is one image of the data shape [1,H,W], whose channel an array answer drops. Only the data spec
+    tells a channel from another leading axis of length 1 (a music sample's one bar: [1, 16] stays [1][16])."""
+    shape = _shape(spec)
+    return x.shape == shape and len(accepted_shapes(shape)) > 1
 
 
 def encode_samples(xs: np.ndarray, spec: dict, fmt: str) -> list:
