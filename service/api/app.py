@@ -365,6 +365,12 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
         is_audio = spec.get("kind") == "audio"
         if body.steps is not None:
             raise InvalidInput("body.steps: a stream runs no Markov chain; use /sample", field="body.steps")
+        if body.controls:
+            raise InvalidInput("body.controls: a stream takes no controls (a model with controls draws each sample at "
+                               "once: use /sample)", field="body.controls")
+        if body.actions is not None:
+            raise InvalidInput("body.actions: a stream takes no actions (a state-space model's roll-outs: use "
+                               "/sample)", field="body.actions")
         if body.chunk_ms is not None and not is_audio:
             raise InvalidInput("body.chunk_ms: only audio streams are chunked by time", field="body.chunk_ms")
         chunk = max(1, int(spec["sample_rate"]) * (body.chunk_ms or 100) // 1000) if is_audio else None

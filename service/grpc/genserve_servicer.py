@@ -408,6 +408,12 @@ class GenserveServicer(pb_grpc.GenserveServicer):
             chunk_ms = request.chunk_ms if request.HasField("chunk_ms") else 100
             if request.HasField("steps"):
                 raise InvalidInput("steps: a stream runs no Markov chain; use Sample", field="steps")
+            if request.controls:
+                raise InvalidInput("controls: a stream takes no controls (a model with controls draws each sample at "
+                                   "once: use Sample)", field="controls")
+            if request.HasField("actions"):
+                raise InvalidInput("actions: a stream takes no actions (a state-space model's roll-outs: use Sample)",
+                                   field="actions")
             chunk = max(1, int(spec["sample_rate"]) * chunk_ms // 1000) if kind == "audio" else None
             generation = _generation(request, spec)
             stream = self.engine.sample_stream(name, n, seed, temperature, _label(request, spec), chunk=chunk,

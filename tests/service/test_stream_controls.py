@@ -1,0 +1,71 @@
+"""A stream refuses `controls` and `actions` naming the field, over REST and gRPC, as /sample refuses them for a model
+that takes none: it no longer answers 200 having ignored them (the shipped midinet and charrnn)."""
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.api import create_app
+from service.engine.engine import Engine
+from service.grpc import build_grpc_server
+from service.grpc.gen import genserve_pb2 as pb
+from service.grpc.gen import genserve_pb2_grpc as pb_grpc
+from service.grpc.genserve_servicer import to_tensor
+from service.settings import Settings
+from service.store import ModelStore
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+SAMPLE_ONLY = [("controls", {"controls": {"class": 1}}), ("actions", {"actions": [[0.0]]})]
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory) -> Engine:
+    store = tmp_path_factory.mktemp("store")
+    for name in ("midinet", "charrnn"):
+        (store / name).symlink_to(MODELS / name)
+    return Engine(ModelStore(store), Settings(runtime="onnx", intra_op_threads=1))
+
+
+@pytest.mark.parametrize("model", ["midinet", "charrnn"])
+@pytest.mark.parametrize("field, extra", SAMPLE_ONLY)
+def test_rest_stream_refuses_what_sample_refuses(engine, model, field, extra):
+    client = TestClient(create_app(engine, Settings()))
+    body = {"n": 1, "seed": 1, **extra}
+    assert client.post(f"/v1/models/{model}/sample", json=body).status_code == 422  # /sample: the reference
+    response = client.post(f"/v1/models/{model}/sample/stream", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["field"] == f"body.{field}"
+
+
+def grpc_requests() -> list[tuple[str, pb.SampleRequest]]:
+    with_controls = pb.SampleRequest(model="midinet", n=1, seed=1)
+    with_controls.controls["class"].values.append(1)
+    with_actions = pb.SampleRequest(model="midinet", n=1, seed=1, actions=to_tensor(np.zeros((1, 1), np.float32)))
+    return [("controls", with_controls), ("actions", with_actions)]
+
+
+@pytest.mark.parametrize("field, request_", grpc_requests())
+def test_grpc_stream_refuses_controls_and_actions(engine, field, request_):
+    async def refusal() -> grpc.aio.AioRpcError:
+        server = build_grpc_server(engine, Settings(), 0)
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.genserve_port}") as channel:
+                stub = pb_grpc.GenserveStub(channel)
+                with pytest.raises(grpc.aio.AioRpcError) as sample:
+                    await stub.Sample(request_, timeout=30)
+                assert sample.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # Sample: the reference
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    async for _ in stub.SampleStream(request_, timeout=30):
+                        pass
+                return info.value
+        finally:
+            await server.stop(grace=None)
+
+    error = asyncio.run(refusal())
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details().startswith(f"{field}:")
