@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Coroutine, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -29,6 +29,19 @@ from service.engine.validation import check_levels, check_range, check_sequence
 
 if TYPE_CHECKING:  # engine.py imports this module
     from service.engine.engine import LoadedModel
+
+T = TypeVar("T")
+
+
+async def together(parts: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
+    """The parts' results in order, run at once; the first part to fail cancels the others (asyncio.gather lets
+    them run on), and its own error is raised rather than TaskGroup's ExceptionGroup."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(part) for part in parts]
+    except BaseExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+    return [task.result() for task in tasks]
 
 
 class GenerationOperations:
@@ -306,6 +319,7 @@ class GenerationOperations:
             raise InvalidInput("inputs: give at least one input", field="inputs")
         if n < 1:
             raise InvalidInput("n: must be at least 1", field="n")
+        self._check_rows(m, len(prefixes) * n)  # every prefix's rows queue at once
         rngs = procedures.row_generators(seed, len(prefixes) * n)
         cap = m.capability("complete")
 
@@ -322,4 +336,4 @@ class GenerationOperations:
             self._count_audio(m, n * (values - int(mask[0].sum())))  # the generated values, not the prefix
             return out
 
-        return list(await asyncio.gather(*(one(b, *plan) for b, plan in enumerate(plans))))
+        return await together(one(b, *plan) for b, plan in enumerate(plans))

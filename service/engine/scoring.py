@@ -8,7 +8,6 @@ inversion detector's latent search).
 
 from __future__ import annotations
 
-import asyncio
 import math
 from typing import TYPE_CHECKING
 
@@ -16,6 +15,7 @@ import numpy as np
 
 from service.engine import anomaly, latent, procedures, worker_procedures
 from service.engine.errors import InvalidInput
+from service.engine.generation import together
 from service.engine.validation import check_levels, check_sequence, check_sequence_work
 
 if TYPE_CHECKING:  # engine.py imports this module
@@ -186,7 +186,7 @@ class ScoringOperations:
             return self.complete(m.manifest["name"], x, mask, 1, seed, 1.0)
 
         if 2 * len(x) <= self._batching(m).max_queue_size:
-            completed = await asyncio.gather(*map(search, masks))
+            completed = await together(map(search, masks))
         else:
             completed = [await search(mask) for mask in masks]
         return anomaly.inversion_residual(x, np.stack(completed)[:, :, 0], m.data["levels"])  # [2, B, 1 (n), *shape]
@@ -247,9 +247,9 @@ class ScoringOperations:
         for b, xi in enumerate(x):
             by_length.setdefault(len(xi), []).append(b)
         groups = list(by_length.values())
-        parts = await asyncio.gather(*(
+        parts = await together(
             self._log_prob_batch(m, cap, np.stack([x[b] for b in group]), [labels[b] for b in group])
-            for group in groups))
+            for group in groups)
         log_p = np.empty(len(x))
         for group, part in zip(groups, parts, strict=True):
             log_p[group] = part
