@@ -333,6 +333,8 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
         _check_label(body.label, spec, "body.label")
         label = audio.voice_label(body.voice, body.label, spec, "body.voice")
         fmt = codecs.output_format(body.format, spec)
+        if body.chunk_ms is not None:
+            raise InvalidInput("body.chunk_ms: only /sample/stream chunks audio by time", field="body.chunk_ms")
         wav_file, music_file = _wants_wav_file(request, spec, body.n), _wants_music_file(request, spec, body.n)
         seed = new_seed() if body.seed is None else body.seed
         x = await unless_disconnected(request, engine.sample(name, body.n, seed, body.temperature, label,

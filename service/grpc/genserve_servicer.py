@@ -242,7 +242,8 @@ def _length_field(request: Any) -> dict:
 
 
 def _sequences(request: Any, spec: dict, limit: int) -> list[np.ndarray] | None:
-    """A text model's `texts` or an audio model's `wavs` -> B arrays of their own lengths; None for image models."""
+    """A text model's `texts` or an audio model's `wavs` -> B arrays of their own lengths; None for image models.
+    A sequence model refuses the fields of image inputs (`inputs`, Complete's `mask`) rather than ignore them."""
     kind = spec.get("kind")
     decoders = {"texts": lambda value, field: text.encode(value, spec["vocabulary"], field),
                 "wavs": lambda value, field: audio.from_wav(value, int(spec["sample_rate"]), field)}
@@ -252,6 +253,10 @@ def _sequences(request: Any, spec: dict, limit: int) -> list[np.ndarray] | None:
             raise InvalidInput(f"{name}: {kind} models do not take {name}", field=name)
     if wanted is None:
         return None
+    if request.HasField("inputs"):
+        raise InvalidInput(f"inputs: {kind} models take {wanted}, not inputs", field="inputs")
+    if "mask" in request.DESCRIPTOR.fields_by_name and request.HasField("mask"):
+        raise InvalidInput(f"mask: {kind} models continue each input and take no mask", field="mask")
     values = getattr(request, wanted)
     if not 1 <= len(values) <= limit:
         raise InvalidInput(f"{wanted}: give 1..{limit} of them, got {len(values)}", field=wanted)
@@ -391,6 +396,8 @@ class GenserveServicer(pb_grpc.GenserveServicer):
             name = request.model
             description, spec = self._lookup(name, "sample")
             n, temperature, seed = _samples(request, self.settings), _temperature(request), _seed(request)
+            if request.HasField("chunk_ms"):
+                raise InvalidInput("chunk_ms: only SampleStream chunks audio by time", field="chunk_ms")
             x = await self.engine.sample(name, n, seed, temperature, _label(request, spec),
                                          steps=_optional(request, "steps"), controls=_controls(request),
                                          actions=_actions(request), **_generation(request, spec))

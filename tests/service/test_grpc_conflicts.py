@@ -1,0 +1,64 @@
+"""gRPC refuses, naming the field, what a request sets that the model or method cannot use, as REST refuses it: a text
+model's Complete `mask` and Score or Complete `inputs` (it takes `texts`), and Sample's `chunk_ms` (SampleStream's)."""
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.api import create_app
+from service.engine.engine import Engine
+from service.grpc import build_grpc_server
+from service.grpc.gen import genserve_pb2 as pb
+from service.grpc.gen import genserve_pb2_grpc as pb_grpc
+from service.grpc.genserve_servicer import to_tensor
+from service.settings import Settings
+from service.store import ModelStore
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+CODES = to_tensor(np.ones((1, 4), np.int64))
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory) -> Engine:
+    store = tmp_path_factory.mktemp("store")
+    for name in ("midinet", "charrnn"):
+        (store / name).symlink_to(MODELS / name)
+    return Engine(ModelStore(store), Settings(runtime="onnx", intra_op_threads=1))
+
+
+CONFLICTS = [
+    ("Complete", pb.CompleteRequest(model="charrnn", texts=["ab"], length=2, seed=1, mask=CODES), "mask"),
+    ("Complete", pb.CompleteRequest(model="charrnn", texts=["ab"], length=2, seed=1, inputs=CODES), "inputs"),
+    ("Score", pb.ScoreRequest(model="charrnn", texts=["ab"], inputs=CODES), "inputs"),
+    ("Sample", pb.SampleRequest(model="midinet", n=1, seed=1, chunk_ms=100), "chunk_ms"),
+]
+
+
+@pytest.mark.parametrize("method, request_, field", CONFLICTS)
+def test_grpc_refuses_a_field_it_would_ignore(engine, method, request_, field):
+    async def call() -> grpc.aio.AioRpcError:
+        server = build_grpc_server(engine, Settings(), 0)
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.genserve_port}") as channel:
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await getattr(pb_grpc.GenserveStub(channel), method)(request_, timeout=30)
+                return info.value
+        finally:
+            await server.stop(grace=None)
+
+    error = asyncio.run(call())
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert error.details().startswith(f"{field}:")
+
+
+def test_rest_refuses_the_same(engine):
+    client = TestClient(create_app(engine, Settings()))
+    complete = client.post("/v1/models/charrnn/complete", json={"inputs": ["ab"], "mask": [1], "length": 2})
+    assert complete.status_code == 422 and complete.json()["error"]["field"] == "body.mask"
+    sample = client.post("/v1/models/midinet/sample", json={"n": 1, "seed": 1, "chunk_ms": 100})
+    assert sample.status_code == 422 and sample.json()["error"]["field"] == "body.chunk_ms"
