@@ -86,13 +86,18 @@ def _parse(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
         if not 0 <= n <= len(body):
             raise InvalidInput(f"{HEADER_LENGTH}: {n} is outside the body's {len(body)} bytes", field=HEADER_LENGTH)
         head, tail = body[:n], body[n:]
-    try:
-        doc = orjson.loads(head)
-    except orjson.JSONDecodeError:  # or what only the standard library reads (NaN, huge numbers), or its message
-        doc = _stdlib_loads(head)
+    doc = _loads(head)
     if not isinstance(doc, dict):
         raise InvalidInput("body: must be a JSON object", field="body")
     return doc, tail
+
+
+def _loads(head: bytes) -> Any:
+    """A JSON body; what it cannot be (invalid, too deep, a huge integer) is a 400 naming the body."""
+    try:
+        return orjson.loads(head)
+    except orjson.JSONDecodeError:  # or what only the standard library reads (NaN, huge numbers), or its message
+        return _stdlib_loads(head)
 
 
 def _stdlib_loads(head: bytes) -> Any:
@@ -353,9 +358,12 @@ def router(engine: Any) -> APIRouter:
         """Every V2 model; the body may be empty, or {"ready": true} for the ready ones only."""
         body = await request.body()
         try:
-            only_ready = bool(json.loads(body).get("ready", False)) if body.strip() else False
-        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-            return v2_error(400, "body: must be empty or a JSON object like {\"ready\": true}")
+            doc = _loads(body) if body.strip() else {}
+            if not isinstance(doc, dict):
+                raise InvalidInput("body: must be empty or a JSON object like {\"ready\": true}", field="body")
+            only_ready = _flag(doc, "ready", False, "body")
+        except EngineError as e:
+            return from_engine_error(e)
         index = engine.repository_index(bool(engine.ready()))  # every version in the store, served or not
         return [entry for entry in index if entry["state"] == "READY"] if only_ready else index
 

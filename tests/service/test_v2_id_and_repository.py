@@ -1,0 +1,88 @@
+"""V2 REST bodies that parse as JSON but that the server cannot answer as they are: an `id` with a lone surrogate
+(refused before the model runs, since no answer could echo it), a repository index body nested too deeply or with
+a huge integer, a `ready` that is no JSON bool; and the refusals' texts for an integer out of INT64's range and a
+gzip body cut short. On the tiny PixelCNN store; each answer is a 400 naming the field, never a 500."""
+
+import json
+
+import numpy as np
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from service.api import v2
+from service.engine.engine import Engine
+from service.settings import Settings
+from service.store import ModelStore
+
+LOG_PROB = "pixelcnn.log_prob"
+DEPTH = 5000  # past orjson's 1,024 levels and the standard library's recursion limit
+
+
+class CountingInfer:
+    """The real engine, counting its infer calls."""
+
+    def __init__(self, engine: Engine):
+        self._engine, self.calls = engine, 0
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    async def infer(self, *args, **kwargs):
+        self.calls += 1
+        return await self._engine.infer(*args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_store) -> CountingInfer:
+    return CountingInfer(Engine(ModelStore(tiny_store), Settings(runtime="onnx", intra_op_threads=1)))
+
+
+@pytest.fixture(scope="module")
+def client(engine):
+    app = FastAPI()
+    app.include_router(v2.router(engine))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+def body(**extra) -> dict:
+    x = np.zeros((1, 1, 28, 28), np.int64)
+    return {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "INT64", "data": x.ravel().tolist()}],
+            **extra}
+
+
+def infer(client, payload: bytes | dict, **kwargs):
+    content = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return client.post(f"/v2/models/{LOG_PROB}/infer", content=content, **kwargs)
+
+
+def refusal(response, field: str) -> str:
+    assert response.status_code == 400, response.text
+    message = response.json()["error"]
+    assert message.startswith(f"{field}:"), message
+    return message
+
+
+def deep(levels: int) -> bytes:
+    return b'{"a": ' * levels + b"1" + b"}" * levels
+
+
+@pytest.mark.parametrize("content", [deep(DEPTH), b'{"ready": ' + b"9" * 5000 + b"}", b"[" * DEPTH + b"]" * DEPTH],
+                         ids=["nested", "huge-integer", "nested-list"])
+def test_repository_index_refuses_what_python_cannot_read(client, content):
+    refusal(client.post("/v2/repository/index", content=content), "body")
+
+
+@pytest.mark.parametrize("ready", ["false", "true", 0, 1, None, [], {}])
+def test_repository_index_ready_is_a_json_bool(client, ready):
+    assert "ready" in refusal(client.post("/v2/repository/index", json={"ready": ready}), "body.ready")
+
+
+def test_repository_index_bodies_still_read(client):
+    index = client.post("/v2/repository/index").json()
+    assert index and client.post("/v2/repository/index", content=b"  ").json() == index
+    assert client.post("/v2/repository/index", json={}).json() == index
+    assert client.post("/v2/repository/index", json={"ready": False}).json() == index
+    assert client.post("/v2/repository/index", json={"ready": True}).json() == index  # all ready
+    refusal(client.post("/v2/repository/index", json=[1]), "body")
