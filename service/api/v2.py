@@ -92,6 +92,20 @@ def _parse(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
     return doc, tail
 
 
+def echoed_id(doc: dict) -> str:
+    """The body's `id`, echoed in the answer ("" when absent): a string UTF-8 can write, so not one holding a
+    lone surrogate (JSON's "\\ud800" parses, but no answer could carry it)."""
+    value = doc.get("id", "")
+    if not isinstance(value, str):
+        raise InvalidInput(f"id: must be a string, got {brief(value)}", field="id")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"id: {brief(value)} holds a lone surrogate, which UTF-8 cannot write", field="id") \
+            from None
+    return value
+
+
 def _loads(head: bytes) -> Any:
     """A JSON body; what it cannot be (invalid, too deep, a huge integer) is a 400 naming the body."""
     try:
@@ -331,6 +345,7 @@ def router(engine: Any) -> APIRouter:
             model, function, spec, version = lookup(request, model_name, model_version)
             body = _decompress(await request.body(), request.headers.get("content-encoding"), body_limit)
             doc, tail = _parse(body, request.headers.get(HEADER_LENGTH))
+            echo_id = echoed_id(doc)
             inputs = decode_inputs(doc, tail, spec, engine.max_rows(model))
             wanted = requested_outputs(doc, spec)
             outputs = await unless_disconnected(request, engine.infer(model, function, inputs))
@@ -340,9 +355,7 @@ def router(engine: Any) -> APIRouter:
         except Exception:
             log.exception("unhandled error in POST /v2/models/%s/infer", model_name)
             return v2_error(500, "internal error; it has been logged")
-        header = {"model_name": model_name, "model_version": version}
-        if isinstance(doc.get("id"), str) and doc["id"]:
-            header["id"] = doc["id"]
+        header = {"model_name": model_name, "model_version": version} | ({"id": echo_id} if echo_id else {})
         return encode_response(header, outputs, spec, wanted)
 
     r.add_api_route("/models/{model_name}", model_metadata, methods=["GET"])

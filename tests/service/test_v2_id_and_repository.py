@@ -64,6 +64,18 @@ def refusal(response, field: str) -> str:
     return message
 
 
+def test_an_id_with_a_lone_surrogate_is_refused_before_the_model_runs(client, engine):
+    calls = engine.calls
+    message = refusal(infer(client, json.dumps(body(id="\ud800")).encode()), "id")  # json.dumps writes "\ud800"
+    assert "surrogate" in message and "\\ud800" in message
+    refusal(infer(client, body(id="ok-\udfff-tail")), "id")
+    refusal(infer(client, body(id=7)), "id")
+    assert engine.calls == calls  # refused before engine.infer
+    answer = infer(client, body(id="r\u00e9q-\U0001f600"))  # any valid text is echoed as it is
+    assert answer.status_code == 200 and answer.json()["id"] == "r\u00e9q-\U0001f600"
+    assert "id" not in infer(client, body(id="")).json()  # an empty id is not echoed, as before
+
+
 def deep(levels: int) -> bytes:
     return b'{"a": ' * levels + b"1" + b"}" * levels
 
