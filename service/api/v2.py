@@ -153,14 +153,29 @@ _KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}  # JSON value kinds each t
 
 def _json_array(data: Any, dtype: np.dtype, name: str) -> np.ndarray:
     """JSON data (flat or nested) as `dtype`: no silent float->int or int->bool casts, no overflow."""
+    datatype = v2_datatype(dtype.name)
     try:
         given = np.asarray(data)
         if given.size and given.dtype.kind not in _KINDS[dtype.kind]:
+            if _whole_beyond(given, dtype):  # orjson reads an integer beyond 64 bits as a float
+                raise OverflowError
             raise ValueError(f"got {given.dtype.name} values")
         with np.errstate(over="ignore"):  # a float beyond the datatype becomes inf, which check_finite refuses
             return np.asarray(data, dtype=dtype)
-    except (TypeError, ValueError, OverflowError) as e:
-        raise InvalidInput(f"{name}.data: not {v2_datatype(dtype.name)} values: {e}", field=name) from None
+    except OverflowError:  # only integer datatypes overflow: a float beyond FP32 becomes inf
+        info = np.iinfo(dtype)
+        raise InvalidInput(f"{name}.data: a value is out of {datatype}'s range [{info.min}, {info.max}]",
+                           field=name) from None
+    except (TypeError, ValueError) as e:
+        raise InvalidInput(f"{name}.data: not {datatype} values: {e}", field=name) from None
+
+
+def _whole_beyond(given: np.ndarray, dtype: np.dtype) -> bool:
+    """Whether float `given` holds whole numbers, one beyond integer `dtype`'s range (2**70 for INT64)."""
+    if dtype.kind not in "iu" or given.dtype.kind != "f":
+        return False
+    info = np.iinfo(dtype)  # compared with max + 1, which a float holds exactly (2**63; 2**63 - 1 it rounds up)
+    return bool(np.all(np.mod(given, 1) == 0) and np.any((given < info.min) | (given >= info.max + 1)))
 
 
 def decode_inputs(doc: dict, tail: bytes, spec: dict, max_rows: int) -> dict[str, np.ndarray]:
@@ -263,6 +278,9 @@ def _decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
         raise InvalidInput(f"body: cannot {encoding}-decompress: {e}", field="body") from None
     if inflater.unconsumed_tail:
         raise TooLarge(f"body: over the limit of {limit} bytes once decompressed", field="body")
+    if not inflater.eof:
+        raise InvalidInput(f"body: cannot {encoding}-decompress: the data ends early (Content-Encoding: "
+                           f"{encoding})", field="body")
     return out
 
 

@@ -3,6 +3,7 @@
 a huge integer, a `ready` that is no JSON bool; and the refusals' texts for an integer out of INT64's range and a
 gzip body cut short. On the tiny PixelCNN store; each answer is a 400 naming the field, never a 500."""
 
+import gzip
 import json
 
 import numpy as np
@@ -98,3 +99,23 @@ def test_repository_index_bodies_still_read(client):
     assert client.post("/v2/repository/index", json={"ready": False}).json() == index
     assert client.post("/v2/repository/index", json={"ready": True}).json() == index  # all ready
     refusal(client.post("/v2/repository/index", json=[1]), "body")
+
+
+@pytest.mark.parametrize("value", ["1180591620717411303424", "9223372036854775808", "-1180591620717411303424"],
+                         ids=["2**70", "2**63", "-2**70"])
+def test_an_integer_out_of_int64_is_said_so(client, value):
+    payload = json.dumps(body()).replace('"data": [0,', f'"data": [{value},', 1).encode()
+    message = refusal(infer(client, payload), "x.data")
+    assert "out of INT64's range" in message and "float64" not in message
+
+
+def test_a_whole_float_in_int64_stays_a_float_refusal(client):
+    payload = json.dumps(body()).replace('"data": [0,', '"data": [3.0,', 1).encode()
+    assert "got float64 values" in refusal(infer(client, payload), "x.data")
+
+
+def test_a_truncated_gzip_body_names_the_encoding(client):
+    whole = gzip.compress(json.dumps(body()).encode())
+    message = refusal(infer(client, whole[:len(whole) // 2], headers={"Content-Encoding": "gzip"}), "body")
+    assert "Content-Encoding: gzip" in message and "invalid JSON" not in message
+    assert infer(client, whole, headers={"Content-Encoding": "gzip"}).status_code == 200
