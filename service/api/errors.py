@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.engine.errors import RETRY_AFTER_S, EngineError
+from service.engine.validation import brief
 
 log = logging.getLogger("genserve.api")
 
@@ -35,6 +36,7 @@ _HTTP_CODES = {
     503: "unavailable",
 }
 _MAX_LISTED = 5  # validation problems listed in one message
+_MAX_NAME = 60  # a longer name in a field path (a client's unknown key) is quoted through validation.brief
 
 
 def printable(text: str) -> str:
@@ -71,13 +73,14 @@ def protocol_error(path: str, status: int, code: str, message: str, field: str |
 
 
 def field_path(loc: tuple | list) -> str:
-    """("body", "inputs", 1) -> "body.inputs[1]"."""
+    """("body", "inputs", 1) -> "body.inputs[1]". A name of a client's (an unknown key) is echoed bounded."""
     path = ""
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
         else:
-            path += f".{part}" if path else str(part)
+            name = str(part) if len(str(part)) <= _MAX_NAME else brief(str(part))
+            path += f".{name}" if path else name
     return path or "body"
 
 

@@ -12,6 +12,7 @@ import wave
 import numpy as np
 
 from service.engine.errors import InvalidInput
+from service.engine.validation import brief
 
 MU = 255
 PCM_SCALE = 32767  # float [-1, 1] <-> int16
@@ -118,7 +119,7 @@ def voice_label(voice: int | str | None, label: int | None, spec: dict, field: s
         raise InvalidInput(f"{field}: give a voice or a label, not both", field=field)
     if isinstance(voice, str):
         if voice not in voices:
-            raise InvalidInput(f"{field}: unknown voice {voice!r}; known: {voices}", field=field)
+            raise InvalidInput(f"{field}: unknown voice {brief(voice)}; known: {voices}", field=field)
         return voices.index(voice)
     if not 0 <= voice < len(voices):
         raise InvalidInput(f"{field}: voice {voice} out of range, expected 0..{len(voices) - 1}", field=field)

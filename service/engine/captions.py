@@ -11,6 +11,7 @@ import re
 import numpy as np
 
 from service.engine.errors import InvalidInput
+from service.engine.validation import brief
 
 
 def words(text: str, spec: dict) -> list[str]:
@@ -20,18 +21,19 @@ def words(text: str, spec: dict) -> list[str]:
 
 
 def encode(text: str, spec: dict, field: str = "prompt") -> np.ndarray:
-    """Text -> int64 [max_words] word ids padded with 0, or InvalidInput naming the field and every unknown word."""
+    """Text -> int64 [max_words] word ids padded with 0, or InvalidInput naming the field: too many words (counted
+    first, so a long prompt is refused in one line), or the unknown words (quoted through validation.brief)."""
     if not isinstance(text, str):
         raise InvalidInput(f"{field}: must be text", field=field)
     found = words(text, spec)
     index = {w: i for i, w in enumerate(spec["vocabulary"]) if i > 0}
-    unknown = list(dict.fromkeys(w for w in found if w not in index))
-    if unknown:
-        raise InvalidInput(f"{field}: unknown words {unknown}; the model knows {sorted(index)}", field=field)
     if not found:
         raise InvalidInput(f"{field}: has no words", field=field)
     if len(found) > spec["max_words"]:
         raise InvalidInput(f"{field}: {len(found)} words, over the model's {spec['max_words']}", field=field)
+    unknown = list(dict.fromkeys(w for w in found if w not in index))
+    if unknown:
+        raise InvalidInput(f"{field}: unknown words {brief(unknown)}; the model knows {sorted(index)}", field=field)
     ids = np.zeros(spec["max_words"], np.int64)
     ids[: len(found)] = [index[w] for w in found]
     return ids
