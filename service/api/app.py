@@ -255,9 +255,33 @@ def _length_field(body: Any) -> dict:
     return {} if body.seconds is None else {"length_field": "body.seconds"}
 
 
+def _accept_weights(accept: str) -> dict[str, float]:
+    """An Accept header -> {media type: its q}; q absent: 1, a q outside 0..1 or no number: 0 (not acceptable)."""
+    weights: dict[str, float] = {}
+    for item in accept.split(","):
+        media, *params = (part.strip() for part in item.split(";"))
+        q = next((p.split("=", 1)[1] for p in params if p.lower().replace(" ", "").startswith("q=")), "1")
+        try:
+            weight = float(q)
+        except ValueError:
+            weight = 0.0
+        weights[media.lower()] = max(weights.get(media.lower(), 0.0), weight if 0.0 <= weight <= 1.0 else 0.0)
+    return weights
+
+
+def wanted_file(accept: str, files: tuple[str, ...]) -> str | None:
+    """The media type of `files` that an Accept header prefers to JSON: the one of highest q (a tie: the first),
+    when that q is above 0 and no lower than JSON's (application/json, application/*, */*); a tie goes to the file,
+    so "audio/midi, application/json" is MIDI as before. None: JSON."""
+    weights = _accept_weights(accept)
+    best = max(files, key=lambda media: weights.get(media, 0.0))
+    json_q = max(weights.get(media, 0.0) for media in ("application/json", "application/*", "*/*"))
+    return best if weights.get(best, 0.0) > 0 and weights.get(best, 0.0) >= json_q else None
+
+
 def _wants_wav_file(request: Request, spec: dict, n: int) -> bool:
-    """An audio request with `Accept: audio/wav` gets the WAV file itself (one sample) instead of JSON."""
-    if spec.get("kind") != "audio" or "audio/wav" not in request.headers.get("accept", ""):
+    """An audio request with `Accept: audio/wav` (preferred to JSON) gets the WAV file itself (one sample)."""
+    if spec.get("kind") != "audio" or wanted_file(request.headers.get("accept", ""), ("audio/wav",)) is None:
         return False
     if n != 1:
         raise InvalidInput("body.n: a WAV file answer holds one sample; ask for JSON for more", field="body.n")
@@ -265,10 +289,9 @@ def _wants_wav_file(request: Request, spec: dict, n: int) -> bool:
 
 
 def _wants_music_file(request: Request, spec: dict, n: int) -> str | None:
-    """A music request with `Accept: audio/midi` (or `image/png`) gets the MIDI file (or the piano roll) itself
-    (one sample) instead of JSON: that media type, else None."""
-    accept = request.headers.get("accept", "")
-    wanted = next((t for t in ("audio/midi", "image/png") if t in accept), None)
+    """A music request with `Accept: audio/midi` (or `image/png`), preferred to JSON, gets the MIDI file (or the
+    piano roll) itself (one sample) instead of JSON: that media type, else None."""
+    wanted = wanted_file(request.headers.get("accept", ""), ("audio/midi", "image/png"))
     if spec.get("kind") != "music" or wanted is None:
         return None
     if n != 1:
