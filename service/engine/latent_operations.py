@@ -101,7 +101,14 @@ class LatentOperations:
             raise InvalidInput(f"z: give one or more latents of shape {dims}, got {list(z.shape)}", field="z")
         if not np.isfinite(z).all():
             raise InvalidInput("z: values must be finite numbers", field="z")
-        return (await self._caller(m)(cap["function"], {"z": z}))["mean"]
+        mean = (await self._caller(m)(cap["function"], {"z": z}))["mean"]
+        levels = m.data["levels"]
+        # A flow's inverse that overflowed is cast through int64 in its graph: finite, far outside the levels. A hair
+        # outside rounds to a level; NaN is left to the callers' finite checks (validation.check_finite_outputs).
+        if ((mean < -0.5) | (mean > levels - 0.5)).any():
+            raise InvalidInput(f"z: decoding these latents overflowed (values outside levels 0..{levels - 1}); give "
+                               "latents nearer the prior", field="z")
+        return mean
 
     async def reconstruct(self, name: str, x: np.ndarray, refine_steps: int = 0, seed: int = 0,
                           refine: str = "gradient") -> np.ndarray:
