@@ -3,6 +3,8 @@ unload models (GENSERVE_ADMIN_KEYS_FILE), which store model a request names, and
 to for its whole run. The routes are in service/api/repository.py and service/grpc/inference.py."""
 
 import asyncio
+import json
+from pathlib import Path
 from typing import Any
 
 from service.credentials import ApiKeys, CredentialsError
@@ -32,12 +34,33 @@ class AdminKeys:
 
 
 def store_model(engine: Any, name: str) -> str:
-    """The store's model a repository request names: "pixelcnn", or a V2 model of it ("pixelcnn.log_prob")."""
+    """The store's model a repository request names: "pixelcnn", or a V2 model of it ("pixelcnn.log_prob": a
+    function that a manifest of the model in the store defines; not "pixelcnn.nope" nor "pixelcnn.")."""
     names = engine.store.model_names()
-    for candidate in (name, name.rpartition(".")[0]):
-        if candidate in names:
-            return candidate
-    raise UnknownModel(f"model_name: no model {name!r} in the store; it holds {names}", field="model_name")
+    if name in names:
+        return name
+    model, _, function = name.rpartition(".")
+    if model not in names:
+        raise UnknownModel(f"model_name: no model {name!r} in the store; it holds {names}", field="model_name")
+    functions = stored_functions(engine.store.root / model)
+    if function not in functions:
+        raise UnknownModel(f"model_name: no V2 model {name!r} in the store; model {model!r} has the functions "
+                           f"{sorted(functions)}", field="model_name")
+    return model
+
+
+def stored_functions(model_directory: Path) -> set[str]:
+    """The functions that the manifests of a model's versions define, read as they are (a manifest the load refuses
+    adds none; the load says why)."""
+    functions: set[str] = set()
+    for path in model_directory.glob("*/manifest.json"):
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, ValueError):  # unreadable, not UTF-8, not JSON
+            continue
+        if isinstance(manifest, dict) and isinstance(manifest.get("functions"), dict):
+            functions.update(manifest["functions"])
+    return functions
 
 
 async def load(engine: Any, name: str) -> list[int]:
