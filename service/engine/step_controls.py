@@ -25,14 +25,15 @@ def plan(model: str, cap: dict, rows: int, bars: int | None,
     for name in controls:
         if name not in specs:
             raise InvalidInput(f"{name}: model {model!r} takes the per-step controls {sorted(specs)}", field=name)
-    given = next(iter(controls.values()), None)
-    steps = bars if bars is not None else cap["steps"] if given is None else len(given)
+    given = next(iter(controls.items()), None)  # without bars, the first control's length sets the steps
+    field = "bars" if bars is not None or given is None else given[0]  # the request field that set the steps
+    steps = bars if bars is not None else cap["steps"] if given is None else len(given[1])
     if not 1 <= steps <= cap["max_steps"]:
-        raise InvalidInput(f"bars: model {model!r} generates 1..{cap['max_steps']}, not {steps}", field="bars")
+        raise InvalidInput(f"{field}: model {model!r} generates 1..{cap['max_steps']} bars, not {steps}", field=field)
     most = cap.get("max_row_steps")
     if most is not None and rows * steps > most:
-        raise InvalidInput(f"bars: samples x bars is {rows} x {steps}, over model {model!r}'s limit of {most} per "
-                           "request; send fewer, or in parts", field="bars")
+        raise InvalidInput(f"{field}: samples x bars is {rows} x {steps}, over model {model!r}'s limit of {most} per "
+                           "request; send fewer, or in parts", field=field)
     return steps, {name: _indices(name, spec, controls.get(name), steps, rows) for name, spec in specs.items()}
 
 
