@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import codecs, errors, frames, playground, repository, schemas, security, v2
+from service.api.accept import wanted_file
 from service.api.disconnect import CLIENT_CLOSED_REQUEST, ClientGone, unless_disconnected
 from service.api.drain import Drain, DrainMiddleware
 from service.api.metrics import ApiMetrics, MetricsMiddleware
@@ -253,30 +254,6 @@ def _generation(body: Any, spec: dict) -> dict:
 def _length_field(body: Any) -> dict:
     """The engine names `body.seconds` in a refusal of the length when the request gave seconds."""
     return {} if body.seconds is None else {"length_field": "body.seconds"}
-
-
-def _accept_weights(accept: str) -> dict[str, float]:
-    """An Accept header -> {media type: its q}; q absent: 1, a q outside 0..1 or no number: 0 (not acceptable)."""
-    weights: dict[str, float] = {}
-    for item in accept.split(","):
-        media, *params = (part.strip() for part in item.split(";"))
-        q = next((p.split("=", 1)[1] for p in params if p.lower().replace(" ", "").startswith("q=")), "1")
-        try:
-            weight = float(q)
-        except ValueError:
-            weight = 0.0
-        weights[media.lower()] = max(weights.get(media.lower(), 0.0), weight if 0.0 <= weight <= 1.0 else 0.0)
-    return weights
-
-
-def wanted_file(accept: str, files: tuple[str, ...]) -> str | None:
-    """The media type of `files` that an Accept header prefers to JSON: the one of highest q (a tie: the first),
-    when that q is above 0 and no lower than JSON's (application/json, application/*, */*); a tie goes to the file,
-    so "audio/midi, application/json" is MIDI as before. None: JSON."""
-    weights = _accept_weights(accept)
-    best = max(files, key=lambda media: weights.get(media, 0.0))
-    json_q = max(weights.get(media, 0.0) for media in ("application/json", "application/*", "*/*"))
-    return best if weights.get(best, 0.0) > 0 and weights.get(best, 0.0) >= json_q else None
 
 
 def _wants_wav_file(request: Request, spec: dict, n: int) -> bool:

@@ -14,7 +14,7 @@ import numpy as np
 from fastapi import Request
 from PIL import Image
 
-from service.api import codecs
+from service.api import accept, codecs
 from service.engine.errors import InvalidInput
 
 FORMATS = ("array", "png", "gif")  # first: the default
@@ -45,9 +45,9 @@ def output_format(fmt: str | None, field: str = "body.format") -> str:
 
 
 def wanted_file(request: Request, rows: int, field: str = "body.inputs") -> str | None:
-    """The animation format an Accept header asks for as the answer itself (one sequence), else None."""
-    accept = request.headers.get("accept", "")
-    fmt = next((f for media, f in FILES.items() if media in accept), None)
+    """The animation format an Accept header prefers to JSON as the answer itself (one sequence), else None."""
+    media = accept.wanted_file(request.headers.get("accept", ""), tuple(FILES))
+    fmt = FILES[media] if media is not None else None
     if fmt is not None and rows != 1:
         raise InvalidInput(f"{field}: an image file answer holds one sequence, got {rows}; ask for JSON for more",
                            field=field)

@@ -137,7 +137,6 @@ def _control_value(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
 
 
 ControlValue = Annotated[int | float | list[Number], JsonNumber, WrapValidator(_control_value)]
-ControlName = Annotated[str, Field(max_length=64)]  # a name that refusals echo (capabilities.sample.controls)
 ImageFormat = Annotated[Literal["array", "png"] | None,
                         Field(description="array (nested floats, [B, *data.shape], expected values in level units) "
                                           "or png (grayscale or RGB, levels scaled to 0..255); absent: array")]
@@ -326,7 +325,7 @@ def request_models(settings: Settings) -> RequestModels:
         steps: ChainSteps = None
         bars: Bars = None
         chords: Chords = None
-        controls: Annotated[dict[ControlName, ControlValue] | None,
+        controls: Annotated[dict[str, ControlValue] | None,
                             Field(max_length=16, description="models with sample controls (capabilities.sample."
                                                              "controls, e.g. an InfoGAN's codes): a value per "
                                                              "control, an integer class for a categorical one, "

@@ -32,6 +32,8 @@ if TYPE_CHECKING:  # engine.py imports this module
 
 T = TypeVar("T")
 
+MAX_CONTROL_NAME = 64  # characters in a control name (capabilities.sample.controls)
+
 
 async def together(parts: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
     """The parts' results in order, run at once; the first part to fail cancels the others (asyncio.gather lets
@@ -70,6 +72,9 @@ class GenerationOperations:
             raise InvalidInput(f"label: model {m.manifest['name']!r} samples without a label", field="label")
         specs = cap.get("controls", {})
         for name in controls:
+            if len(name) > MAX_CONTROL_NAME:  # a refusal echoes the name: a long one is refused without it
+                raise InvalidInput(f"controls: a control name is at most {MAX_CONTROL_NAME} characters, got "
+                                   f"{len(name)}", field="controls")
             if name not in specs:
                 raise InvalidInput(f"controls.{name}: model {m.manifest['name']!r} has the controls "
                                    f"{sorted(specs)}", field=f"controls.{name}")

@@ -7,7 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.api import create_app
-from service.api.app import wanted_file
+from service.api.accept import wanted_file
 from service.engine.engine import Engine
 from service.settings import Settings
 from service.store import ModelStore

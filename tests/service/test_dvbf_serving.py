@@ -87,6 +87,9 @@ def test_rest_predict_encode_and_sample(store, sequences):
         for t in range(STEPS):  # an animated PNG is lossless
             animation.seek(t)
             assert np.array_equal(np.asarray(animation.convert("L")), predicted[0, t])
+        preferring_json = client.post("/v1/models/dvbf/predict", json={"inputs": frames[:1], "actions": actions[0]},
+                                      headers={"accept": "image/gif;q=0.5, application/json"})  # q: JSON wins
+        assert preferring_json.headers["content-type"] == "application/json"
         gif = client.post("/v1/models/dvbf/predict", json={"inputs": frames, "actions": actions, "format": "gif"})
         assert Image.open(io.BytesIO(base64.b64decode(gif.json()["frames"][1]))).n_frames == STEPS
         encoded = client.post("/v1/models/dvbf/encode", json={"inputs": x[:, :, 0].tolist(),
