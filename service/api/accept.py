@@ -21,5 +21,6 @@ def wanted_file(accept: str, files: tuple[str, ...]) -> str | None:
     so "audio/midi, application/json" is MIDI as before. None: JSON."""
     weights = _accept_weights(accept)
     best = max(files, key=lambda media: weights.get(media, 0.0))
-    json_q = max(weights.get(media, 0.0) for media in ("application/json", "application/*", "*/*"))
+    json_q = next((weights[media] for media in ("application/json", "application/*", "*/*") if media in weights),
+                  0.0)  # the most specific range that names JSON decides (RFC 9110, 12.5.1)
     return best if weights.get(best, 0.0) > 0 and weights.get(best, 0.0) >= json_q else None

@@ -93,9 +93,11 @@ def _parse(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
 
 
 def echoed_id(doc: dict) -> str:
-    """The body's `id`, echoed in the answer ("" when absent): a string UTF-8 can write, so not one holding a
-    lone surrogate (JSON's "\\ud800" parses, but no answer could carry it)."""
-    value = doc.get("id", "")
+    """The body's `id`, echoed in the answer ("" when absent or null): a string UTF-8 can write, so not one holding
+    a lone surrogate (JSON's "\\ud800" parses, but no answer could carry it)."""
+    value = doc.get("id")
+    if value is None:
+        return ""
     if not isinstance(value, str):
         raise InvalidInput(f"id: must be a string, got {brief(value)}", field="id")
     try:
@@ -175,6 +177,8 @@ def _whole_beyond(given: np.ndarray, dtype: np.dtype) -> bool:
     if dtype.kind not in "iu" or given.dtype.kind != "f":
         return False
     info = np.iinfo(dtype)  # compared with max + 1, which a float holds exactly (2**63; 2**63 - 1 it rounds up)
+    if not np.isfinite(given).all():  # inf and NaN are not whole numbers (and np.mod of them warns)
+        return False
     return bool(np.all(np.mod(given, 1) == 0) and np.any((given < info.min) | (given >= info.max + 1)))
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from service.engine import anomaly, latent, procedures, worker_procedures
 from service.engine.errors import InvalidInput, MissingCapability, UnknownModel, UnsupportedModel
 from service.engine.generation import GenerationOperations
-from service.engine.latent_operations import LatentOperations
+from service.engine.latent_operations import LatentOperations, check_decoding
 from service.engine.metrics import EngineMetrics
 from service.engine.predict import StateSpaceOperations
 from service.engine.scheduler import BatchingConfig, ContinuousBatcher, DynamicBatcher
@@ -383,4 +383,7 @@ class Engine(GenerationOperations, StateSpaceOperations, ScoringOperations, Late
         unknown = set(inputs) - {t["name"] for t in spec["inputs"]}
         if unknown:
             raise InvalidInput(f"inputs: {function} has no inputs {sorted(unknown)}", field=sorted(unknown)[0])
-        return await self._batcher(m, function).submit(inputs)
+        outputs = await self._batcher(m, function).submit(inputs)
+        if function == m.capabilities.get("decode", {}).get("function"):
+            check_decoding(outputs["mean"], m.data["levels"])
+        return outputs

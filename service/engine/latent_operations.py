@@ -22,6 +22,15 @@ if TYPE_CHECKING:  # engine.py imports this module
     from service.engine.engine import LoadedModel
 
 
+def check_decoding(mean: np.ndarray, levels: int) -> None:
+    """A decoding [B, *shape] in level units must lie in levels 0..levels-1. A flow's inverse that overflowed is cast
+    through int64 in its graph: finite, far outside them. A hair outside rounds to a level; NaN is left to the
+    callers' finite checks (validation.check_finite_outputs)."""
+    if ((mean < -0.5) | (mean > levels - 0.5)).any():
+        raise InvalidInput(f"z: decoding these latents overflowed (values outside levels 0..{levels - 1}); give "
+                           "latents nearer the prior", field="z")
+
+
 class LatentOperations:
     async def _score_bound(self, m: LoadedModel, cap: dict, x: np.ndarray, method: str | None, k: int | None,
                            refine_steps: int, seed: int, refine: str = "gradient") -> list[dict]:
@@ -102,12 +111,7 @@ class LatentOperations:
         if not np.isfinite(z).all():
             raise InvalidInput("z: values must be finite numbers", field="z")
         mean = (await self._caller(m)(cap["function"], {"z": z}))["mean"]
-        levels = m.data["levels"]
-        # A flow's inverse that overflowed is cast through int64 in its graph: finite, far outside the levels. A hair
-        # outside rounds to a level; NaN is left to the callers' finite checks (validation.check_finite_outputs).
-        if ((mean < -0.5) | (mean > levels - 0.5)).any():
-            raise InvalidInput(f"z: decoding these latents overflowed (values outside levels 0..{levels - 1}); give "
-                               "latents nearer the prior", field="z")
+        check_decoding(mean, m.data["levels"])
         return mean
 
     async def reconstruct(self, name: str, x: np.ndarray, refine_steps: int = 0, seed: int = 0,

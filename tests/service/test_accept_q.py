@@ -27,6 +27,8 @@ MUSIC = ("audio/midi", "image/png")
     ("audio/midi;q=nan", None),
     ("audio/midi;q=2", None),
     ("*/*", None),
+    ("audio/midi;q=0.5, application/json;q=0, */*", "audio/midi"),  # the most specific range decides JSON's q
+    ("audio/midi;q=0.5, application/json;q=0.1, */*;q=0.8", "audio/midi"),
     ("", None),
 ])
 def test_the_file_only_when_preferred_to_json(accept, wanted):

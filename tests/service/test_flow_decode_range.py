@@ -54,3 +54,16 @@ def test_rest_decode_of_an_overflowing_latent_is_a_422_on_z(engine, settings):
         response = client.post("/v1/models/realnvp/decode", json={"z": latents(engine, "realnvp", 1e37).tolist()})
     assert response.status_code == 422, response.text
     assert response.json()["error"]["field"] == "z"
+
+
+def test_v2_infer_of_a_decode_function_is_held_to_the_levels_too(engine, settings):
+    z = latents(engine, "realnvp", 1e37)
+    with pytest.raises(InvalidInput) as refused:
+        asyncio.run(engine.infer("realnvp", "decode", {"z": z}))
+    assert refused.value.field == "z"
+    with TestClient(create_app(engine, settings)) as client:
+        body = {"inputs": [{"name": "z", "shape": list(z.shape), "datatype": "FP32", "data": z.ravel().tolist()}]}
+        response = client.post("/v2/models/realnvp.decode/infer", json=body)
+        assert response.status_code == 400 and response.json()["error"].startswith("z: "), response.text
+        near = {"inputs": [{**body["inputs"][0], "data": [0.0] * z.size}]}
+        assert client.post("/v2/models/realnvp.decode/infer", json=near).status_code == 200

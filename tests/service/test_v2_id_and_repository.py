@@ -75,6 +75,7 @@ def test_an_id_with_a_lone_surrogate_is_refused_before_the_model_runs(client, en
     answer = infer(client, body(id="r\u00e9q-\U0001f600"))  # any valid text is echoed as it is
     assert answer.status_code == 200 and answer.json()["id"] == "r\u00e9q-\U0001f600"
     assert "id" not in infer(client, body(id="")).json()  # an empty id is not echoed, as before
+    assert "id" not in infer(client, body(id=None)).json()  # nor is null: as if absent
 
 
 def deep(levels: int) -> bytes:
