@@ -29,7 +29,7 @@ from service.api.request_id import RequestIdApp
 from service.api.responses import FastJSONResponse
 from service.engine import audio, midi
 from service.engine.errors import EngineError, InvalidInput, MissingCapability
-from service.engine.validation import check_finite_outputs
+from service.engine.validation import check_finite_outputs, check_stream_options
 from service.settings import Settings
 
 log = logging.getLogger("genserve.api")
@@ -365,14 +365,7 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
         if fmt == "png":
             raise InvalidInput("body.format: a stream sends rows as 'array', not 'png'", field="body.format")
         is_audio = spec.get("kind") == "audio"
-        if body.steps is not None:
-            raise InvalidInput("body.steps: a stream runs no Markov chain; use /sample", field="body.steps")
-        if body.controls:
-            raise InvalidInput("body.controls: a stream takes no controls (a model with controls draws each sample at "
-                               "once: use /sample)", field="body.controls")
-        if body.actions is not None:
-            raise InvalidInput("body.actions: a stream takes no actions (a state-space model's roll-outs: use "
-                               "/sample)", field="body.actions")
+        check_stream_options("body.", body.steps is not None, bool(body.controls), body.actions is not None)
         if body.chunk_ms is not None and not is_audio:
             raise InvalidInput("body.chunk_ms: only audio streams are chunked by time", field="body.chunk_ms")
         chunk = max(1, int(spec["sample_rate"]) * (body.chunk_ms or 100) // 1000) if is_audio else None

@@ -127,3 +127,13 @@ def brief(value: object) -> str:
     """A client's value as a refusal quotes it: its repr, bounded in depth and length (a list nested 1,000 deep
     parses as JSON, but its full repr overflows the stack, and a megabyte string would be echoed whole)."""
     return _BRIEF.repr(value)
+
+
+def check_stream_options(prefix: str, steps: bool, controls: bool, actions: bool) -> None:
+    """Refuse, naming the field (`prefix` + its name), what a one-shot sample takes and a stream cannot: a stream
+    serves an autoregressive model, which runs no Markov chain and takes no controls or actions."""
+    for given, name, why in ((steps, "steps", "runs no Markov chain"),
+                             (controls, "controls", "takes no controls (a model with them draws each sample at once)"),
+                             (actions, "actions", "takes no actions (a state-space model's roll-outs)")):
+        if given:
+            raise InvalidInput(f"{prefix}{name}: a stream {why}; use sample", field=f"{prefix}{name}")

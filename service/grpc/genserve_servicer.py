@@ -32,6 +32,7 @@ from service.engine.validation import (
     check_finite,
     check_finite_outputs,
     check_shape,
+    check_stream_options,
 )
 from service.grpc.gen import genserve_pb2 as pb
 from service.grpc.gen import genserve_pb2_grpc as pb_grpc
@@ -413,14 +414,7 @@ class GenserveServicer(pb_grpc.GenserveServicer):
             if request.HasField("chunk_ms") and (kind != "audio" or not 1 <= request.chunk_ms <= 60000):
                 raise InvalidInput("chunk_ms: 1..60000, for audio models only", field="chunk_ms")
             chunk_ms = request.chunk_ms if request.HasField("chunk_ms") else 100
-            if request.HasField("steps"):
-                raise InvalidInput("steps: a stream runs no Markov chain; use Sample", field="steps")
-            if request.controls:
-                raise InvalidInput("controls: a stream takes no controls (a model with controls draws each sample at "
-                                   "once: use Sample)", field="controls")
-            if request.HasField("actions"):
-                raise InvalidInput("actions: a stream takes no actions (a state-space model's roll-outs: use Sample)",
-                                   field="actions")
+            check_stream_options("", request.HasField("steps"), bool(request.controls), request.HasField("actions"))
             chunk = max(1, int(spec["sample_rate"]) * chunk_ms // 1000) if kind == "audio" else None
             generation = _generation(request, spec)
             stream = self.engine.sample_stream(name, n, seed, temperature, _label(request, spec), chunk=chunk,
