@@ -130,18 +130,28 @@ def test_grpc_stream_sends_pcm_chunks_of_the_requested_duration(engine, settings
     async def main():
         server = build_grpc_server(engine, settings, 0)
         await server.start()
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.genserve_port}") as channel:
-            stub = pb_grpc.GenserveStub(channel)
-            request = pb.SampleRequest(model=MODEL, n=2, seed=6, seconds=0.05, chunk_ms=20, voice=spec["classes"][0])
-            chunks = [c async for c in stub.SampleStream(request, timeout=60)]
-            whole = await stub.Sample(request, timeout=60)
-            assert [len(c.pcm) for c in chunks] == [2 * 2 * 320, 2 * 2 * 320, 2 * 2 * 160]
-            pcm = np.frombuffer(b"".join(c.pcm for c in chunks), "<i2").reshape(-1, 2).T  # [2, 800]
-            for i, wav_bytes in enumerate(whole.wavs):
-                with wave.open(io.BytesIO(wav_bytes)) as w:
-                    assert np.array_equal(np.frombuffer(w.readframes(w.getnframes()), "<i2"), pcm[i])
-            scored = await stub.Score(pb.ScoreRequest(model=MODEL, wavs=list(whole.wavs)), timeout=60)
-            assert len(scored.results) == 2 and all(r.bits_per_dim > 0 for r in scored.results)
-        await server.stop(grace=None)
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.genserve_port}") as channel:
+                stub = pb_grpc.GenserveStub(channel)
+                request = pb.SampleRequest(model=MODEL, n=2, seed=6, seconds=0.05, chunk_ms=20,
+                                           voice=spec["classes"][0])
+                chunks = [c async for c in stub.SampleStream(request, timeout=60)]
+                one_shot = pb.SampleRequest()
+                one_shot.CopyFrom(request)
+                one_shot.ClearField("chunk_ms")  # Sample refuses it: only a stream chunks audio by time
+                whole = await stub.Sample(one_shot, timeout=60)
+                assert [len(c.pcm) for c in chunks] == [2 * 2 * 320, 2 * 2 * 320, 2 * 2 * 160]
+                pcm = np.frombuffer(b"".join(c.pcm for c in chunks), "<i2").reshape(-1, 2).T  # [2, 800]
+                for i, wav_bytes in enumerate(whole.wavs):
+                    with wave.open(io.BytesIO(wav_bytes)) as w:
+                        assert np.array_equal(np.frombuffer(w.readframes(w.getnframes()), "<i2"), pcm[i])
+                scored = await stub.Score(pb.ScoreRequest(model=MODEL, wavs=list(whole.wavs)), timeout=60)
+                assert len(scored.results) == 2 and all(r.bits_per_dim > 0 for r in scored.results)
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await stub.Sample(request, timeout=60)
+                assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "chunk_ms" in refused.value.details()
+        finally:  # a failed check must not leave a server behind: the next test's would hang
+            await server.stop(grace=None)
 
     asyncio.run(asyncio.wait_for(main(), 120))
