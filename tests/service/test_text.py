@@ -175,25 +175,29 @@ def test_grpc_text_stream_adds_up_to_sample_and_texts_score(engine, settings):
     async def main():
         server = build_grpc_server(engine, settings, 0)
         await server.start()
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.genserve_port}") as channel:
-            stub = pb_grpc.GenserveStub(channel)
-            request = pb.SampleRequest(model=MODEL, n=2, seed=4, prompt="if ", length=10, top_k=3)
-            whole = await stub.Sample(request, timeout=30)
-            chunks = [c async for c in stub.SampleStream(request, timeout=30)]
-            assert len(whole.texts) == 2 and all(t.startswith("if ") and len(t) == 13 for t in whole.texts)
-            assert ["".join(c.texts[i] for c in chunks) for i in range(2)] == list(whole.texts)
-            scored = await stub.Score(pb.ScoreRequest(model=MODEL, texts=["The list.", "x"]), timeout=30)
-            want = await engine.score(MODEL, [text.encode(s, engine.data_spec(MODEL)["vocabulary"], "t")
-                                              for s in ["The list.", "x"]])
-            assert [r.log_likelihood_nats for r in scored.results] == pytest.approx(
-                [r["log_likelihood_nats"] for r in want])
-            completed = await stub.Complete(pb.CompleteRequest(model=MODEL, texts=["def "], n=2, length=4, seed=1),
-                                            timeout=30)
-            assert [len(t) for t in completed.texts] == [8, 8] and all(t.startswith("def ") for t in completed.texts)
-            with pytest.raises(grpc.aio.AioRpcError) as info:
-                await stub.Score(pb.ScoreRequest(model=MODEL, texts=["ok", "caf\u00e9"]), timeout=30)
-            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and info.value.details().startswith("texts[1]")
-        await server.stop(grace=None)
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.genserve_port}") as channel:
+                stub = pb_grpc.GenserveStub(channel)
+                request = pb.SampleRequest(model=MODEL, n=2, seed=4, prompt="if ", length=10, top_k=3)
+                whole = await stub.Sample(request, timeout=30)
+                chunks = [c async for c in stub.SampleStream(request, timeout=30)]
+                assert len(whole.texts) == 2 and all(t.startswith("if ") and len(t) == 13 for t in whole.texts)
+                assert ["".join(c.texts[i] for c in chunks) for i in range(2)] == list(whole.texts)
+                scored = await stub.Score(pb.ScoreRequest(model=MODEL, texts=["The list.", "x"]), timeout=30)
+                want = await engine.score(MODEL, [text.encode(s, engine.data_spec(MODEL)["vocabulary"], "t")
+                                                  for s in ["The list.", "x"]])
+                assert [r.log_likelihood_nats for r in scored.results] == pytest.approx(
+                    [r["log_likelihood_nats"] for r in want])
+                completed = await stub.Complete(pb.CompleteRequest(model=MODEL, texts=["def "], n=2, length=4, seed=1),
+                                                timeout=30)
+                assert [len(t) for t in completed.texts] == [8, 8]
+                assert all(t.startswith("def ") for t in completed.texts)
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await stub.Score(pb.ScoreRequest(model=MODEL, texts=["ok", "caf\u00e9"]), timeout=30)
+                assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert info.value.details().startswith("texts[1]")
+        finally:  # a failed check must not leave a server behind: the next test's would hang
+            await server.stop(grace=None)
 
     asyncio.run(asyncio.wait_for(main(), 120))
 
