@@ -15,22 +15,11 @@ import pytest
 import training.export as export
 import training.train as train
 from genserve import cli
+from tests.test_cli_store_guards import files_under, refusal
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "training" / "configs"
 CHARRNN = ["train", "charrnn", "--config", str(CONFIGS / "charrnn-tiny.json")]
-
-
-def refusal(argv: list[str]) -> str:
-    with pytest.raises(SystemExit) as info:
-        cli.main(argv)
-    message = info.value.code
-    assert isinstance(message, str) and "\n" not in message, message  # one line, not an exit status
-    return message
-
-
-def files_under(root: Path) -> list[Path]:
-    return sorted(root.rglob("*"))
 
 
 def contents(root: Path) -> dict[Path, bytes]:

@@ -24,13 +24,11 @@ from service.grpc.gen import genserve_pb2_grpc as pb_grpc
 from service.grpc.genserve_servicer import to_array
 from service.settings import Settings
 from service.store import ModelStore
+from tests.service.test_midi import SPEC, R, read_notes
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 SEEDS = range(6)
 N = 2
-SPEC = {"kind": "music", "shape": [16], "levels": 33, "pitch_low": 55, "rest": 32, "steps_per_beat": 4,
-        "tempo_bpm": 90}
-R = 32
 
 
 @pytest.fixture(scope="module")
@@ -52,20 +50,6 @@ def engine(store: Path) -> Engine:
 def held_across_a_bar_line(bars: np.ndarray) -> bool:
     """Whether some note of one sample's bars [T, 16] sounds on both sides of a bar line."""
     return any(start // 16 != (start + length - 1) // 16 for _, start, length in midi.notes(bars, SPEC))
-
-
-def mido_notes(data: bytes) -> list[tuple[int, int, int]]:
-    """A MIDI file's notes (pitch, start step, length in steps), as mido reads them."""
-    ticks, now, sounding, found = midi.TICKS_PER_BEAT // SPEC["steps_per_beat"], 0, {}, []
-    for message in mido.MidiFile(file=io.BytesIO(data)).tracks[0]:
-        now += message.time
-        if message.type == "note_on" and message.velocity > 0:
-            sounding[message.note] = now
-        elif message.type in ("note_on", "note_off"):
-            start = sounding.pop(message.note)
-            found.append((message.note, start // ticks, (now - start) // ticks))
-    assert not sounding
-    return sorted(found, key=lambda note: note[1])
 
 
 def mido_file(bars: np.ndarray) -> bytes:
@@ -95,7 +79,7 @@ def test_a_melody_given_bar_by_bar_is_its_file_so_far_and_mido_writes_the_same_b
     melody = midi.Melody(SPEC)
     for t in range(len(bars)):
         assert melody.add(bars[t]).file() == midi.to_midi(bars[: t + 1], SPEC) == mido_file(bars[: t + 1])
-    assert mido_notes(midi.to_midi(bars, SPEC)) == [(55, 0, 4), (57, 4, 16), (86, 28, 20), *(
+    assert read_notes(midi.to_midi(bars, SPEC))[0] == [(55, 0, 4), (57, 4, 16), (86, 28, 20), *(
         (55 + p, 48 + s, 1) for s, p in enumerate([5, 6] * 8))]
     rng = np.random.default_rng(0)
     for _ in range(20):  # long runs of few pitches, and rests
@@ -123,7 +107,7 @@ def test_a_rest_stream_ends_with_the_sample_files_and_holds_notes_across_bar_lin
             for t, chunk in enumerate(chunks):  # each chunk: the melody so far
                 assert [base64.b64decode(f) for f in chunk] == [midi.to_midi(b[: t + 1], SPEC) for b in bars]
             for sample, file in zip(bars, files, strict=True):
-                assert mido_notes(file) == midi.notes(sample, SPEC)
+                assert read_notes(file)[0] == midi.notes(sample, SPEC)
                 held += held_across_a_bar_line(sample)
     assert held >= 3  # the seeds hold notes across bar lines: a stream that split them would fail above
 

@@ -6,6 +6,8 @@ import asyncio
 import json
 import shutil
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -161,11 +163,12 @@ def test_loading_a_version_mid_traffic_drops_no_request(store, keys):
     assert any(after for _, _, after in answers)
 
 
-def test_grpc_load_and_unload_need_an_admin_key(store, keys):
-    engine = Engine(ModelStore(store), settings(admin_keys_file=keys[0]))
+@contextmanager
+def inference_channel(engine: Engine) -> Iterator[grpc.Channel]:
+    """A blocking channel to `engine`'s V2 gRPC service, served by grpc.aio on an event loop in a thread of its
+    own; the server stops on the way out."""
     loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
 
     async def start():
         server = grpc.aio.server()
@@ -177,26 +180,32 @@ def test_grpc_load_and_unload_need_an_admin_key(store, keys):
     server, port = asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=TIMEOUT_S)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            unload = pb.RepositoryModelUnloadRequest(model_name=MODEL)
-            with pytest.raises(grpc.RpcError) as refused:
-                stub.RepositoryModelUnload(unload, timeout=TIMEOUT_S, metadata=[("authorization", f"Bearer {USER}")])
-            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
-            admin = [("authorization", f"Bearer {ADMIN}")]
-            stub.RepositoryModelUnload(unload, timeout=TIMEOUT_S, metadata=admin)
-            index = stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=TIMEOUT_S).models
-            assert index and all(m.state == "UNAVAILABLE" and m.reason == "unloaded" for m in index)
-            add_version(store, 2)
-            stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=MODEL), timeout=TIMEOUT_S,
-                                     metadata=admin)
-            ready = stub.RepositoryIndex(pb.RepositoryIndexRequest(ready=True), timeout=TIMEOUT_S).models
-            assert {m.version for m in ready} == {"1", "2"}
-            metadata = stub.ModelMetadata(pb.ModelMetadataRequest(name=f"{MODEL}.log_prob", version="1"),
-                                          timeout=TIMEOUT_S)
-            assert list(metadata.versions) == ["1"]
+            yield channel
     finally:
         asyncio.run_coroutine_threadsafe(server.stop(None), loop).result(timeout=TIMEOUT_S)
         loop.call_soon_threadsafe(loop.stop)
+
+
+def test_grpc_load_and_unload_need_an_admin_key(store, keys):
+    engine = Engine(ModelStore(store), settings(admin_keys_file=keys[0]))
+    with inference_channel(engine) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        unload = pb.RepositoryModelUnloadRequest(model_name=MODEL)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.RepositoryModelUnload(unload, timeout=TIMEOUT_S, metadata=[("authorization", f"Bearer {USER}")])
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        admin = [("authorization", f"Bearer {ADMIN}")]
+        stub.RepositoryModelUnload(unload, timeout=TIMEOUT_S, metadata=admin)
+        index = stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=TIMEOUT_S).models
+        assert index and all(m.state == "UNAVAILABLE" and m.reason == "unloaded" for m in index)
+        add_version(store, 2)
+        stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=MODEL), timeout=TIMEOUT_S,
+                                 metadata=admin)
+        ready = stub.RepositoryIndex(pb.RepositoryIndexRequest(ready=True), timeout=TIMEOUT_S).models
+        assert {m.version for m in ready} == {"1", "2"}
+        metadata = stub.ModelMetadata(pb.ModelMetadataRequest(name=f"{MODEL}.log_prob", version="1"),
+                                      timeout=TIMEOUT_S)
+        assert list(metadata.versions) == ["1"]
 
 
 def test_store_poll_loads_a_new_version(store):

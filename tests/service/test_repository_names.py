@@ -2,10 +2,8 @@
 its V2 models ("pixelcnn.log_prob"), a function its manifest defines; "pixelcnn.nope" and "pixelcnn." name nothing
 (404 naming model_name, the model untouched), over REST and gRPC alike. One tiny PixelCNN as version 1."""
 
-import asyncio
 import json
 import shutil
-import threading
 from pathlib import Path
 
 import grpc
@@ -16,10 +14,10 @@ from service.api import create_app
 from service.engine.engine import Engine
 from service.grpc.gen_inference import grpc_predict_v2_pb2 as pb
 from service.grpc.gen_inference import grpc_predict_v2_pb2_grpc as pb_grpc
-from service.grpc.inference import add_inference_servicer
 from service.model_control import stored_functions
 from service.settings import Settings
 from service.store import ModelStore
+from tests.service.test_model_repository import inference_channel
 
 MODEL = "pixelcnn"
 ADMIN = "admin-key-1"
@@ -65,35 +63,19 @@ def test_a_v2_model_names_its_store_model(engine):
 
 
 def test_grpc_shares_the_names(engine):
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-
-    async def start():
-        server = grpc.aio.server()
-        add_inference_servicer(server, engine)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        return server, port
-
-    server, port = asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=TIMEOUT_S)
     admin = [("authorization", f"Bearer {ADMIN}")]
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            for name in (f"{MODEL}.nope", f"{MODEL}."):
-                with pytest.raises(grpc.RpcError) as refused:
-                    stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name=name), timeout=TIMEOUT_S,
-                                               metadata=admin)
-                assert refused.value.code() == grpc.StatusCode.NOT_FOUND, refused.value.details()
-                assert refused.value.details().startswith("model_name:")
-            assert MODEL in engine.versions
-            stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name=f"{MODEL}.log_prob"),
-                                       timeout=TIMEOUT_S, metadata=admin)
-            assert MODEL not in engine.versions
-    finally:
-        asyncio.run_coroutine_threadsafe(server.stop(None), loop).result(timeout=TIMEOUT_S)
-        loop.call_soon_threadsafe(loop.stop)
+    with inference_channel(engine) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        for name in (f"{MODEL}.nope", f"{MODEL}."):
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name=name), timeout=TIMEOUT_S,
+                                           metadata=admin)
+            assert refused.value.code() == grpc.StatusCode.NOT_FOUND, refused.value.details()
+            assert refused.value.details().startswith("model_name:")
+        assert MODEL in engine.versions
+        stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name=f"{MODEL}.log_prob"),
+                                   timeout=TIMEOUT_S, metadata=admin)
+        assert MODEL not in engine.versions
 
 
 def test_a_broken_manifest_adds_no_function(engine):

@@ -1,5 +1,7 @@
-"""A stream refuses `controls` and `actions` naming the field, over REST and gRPC, as /sample refuses them for a model
-that takes none: it no longer answers 200 having ignored them (the shipped midinet and charrnn)."""
+"""Fields a request sets that the model or method cannot use are refused naming the field, over REST and gRPC alike,
+never answered 200 having been ignored (the shipped midinet and charrnn): a stream's `controls` and `actions` (as
+/sample refuses them for a model that takes none), a text model's Complete `mask` and Score or Complete `inputs` (it
+takes `texts`), and Sample's `chunk_ms` (SampleStream's)."""
 
 import asyncio
 from pathlib import Path
@@ -20,6 +22,7 @@ from service.store import ModelStore
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 SAMPLE_ONLY = [("controls", {"controls": {"class": 1}}), ("actions", {"actions": [[0.0]]})]
+CODES = to_tensor(np.ones((1, 4), np.int64))
 
 
 @pytest.fixture(scope="module")
@@ -69,3 +72,37 @@ def test_grpc_stream_refuses_controls_and_actions(engine, field, request_):
     error = asyncio.run(refusal())
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details().startswith(f"{field}:")
+
+
+CONFLICTS = [
+    ("Complete", pb.CompleteRequest(model="charrnn", texts=["ab"], length=2, seed=1, mask=CODES), "mask"),
+    ("Complete", pb.CompleteRequest(model="charrnn", texts=["ab"], length=2, seed=1, inputs=CODES), "inputs"),
+    ("Score", pb.ScoreRequest(model="charrnn", texts=["ab"], inputs=CODES), "inputs"),
+    ("Sample", pb.SampleRequest(model="midinet", n=1, seed=1, chunk_ms=100), "chunk_ms"),
+]
+
+
+@pytest.mark.parametrize("method, request_, field", CONFLICTS)
+def test_grpc_refuses_a_field_it_would_ignore(engine, method, request_, field):
+    async def call() -> grpc.aio.AioRpcError:
+        server = build_grpc_server(engine, Settings(), 0)
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.genserve_port}") as channel:
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await getattr(pb_grpc.GenserveStub(channel), method)(request_, timeout=30)
+                return info.value
+        finally:
+            await server.stop(grace=None)
+
+    error = asyncio.run(call())
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert error.details().startswith(f"{field}:")
+
+
+def test_rest_refuses_the_same(engine):
+    client = TestClient(create_app(engine, Settings()))
+    complete = client.post("/v1/models/charrnn/complete", json={"inputs": ["ab"], "mask": [1], "length": 2})
+    assert complete.status_code == 422 and complete.json()["error"]["field"] == "body.mask"
+    sample = client.post("/v1/models/midinet/sample", json={"n": 1, "seed": 1, "chunk_ms": 100})
+    assert sample.status_code == 422 and sample.json()["error"]["field"] == "body.chunk_ms"
