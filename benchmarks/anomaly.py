@@ -206,8 +206,8 @@ def candidates(engine: Engine, name: str) -> list[str]:
     m = engine.model(name)
     cap = m.capability("score")
     manifest = {**m.manifest, "calibration": {**m.manifest["calibration"], "detectors": {
-        d: {} for d in ("complexity", "class", "reconstruction", "likelihood_ratio", "hierarchical_ratio",
-                        "latent_mahalanobis", "inversion")}}}
+        d: {} for d in ("typical_nll", "complexity", "class", "reconstruction", "likelihood_ratio",
+                        "hierarchical_ratio", "latent_mahalanobis", "inversion")}}}
     base = [d for d in anomaly.available(manifest, cap, m.function_inputs, BACKGROUNDS[m.data["levels"]] in
                                          engine.models) if d != "typicality"]
     mixes = ["mix:" + "+".join(parts) for size in range(2, len(base) + 1) for parts in combinations(base, size)]
@@ -288,10 +288,18 @@ def with_interval(f, in_s: np.ndarray, out_s: np.ndarray, rng: np.random.Generat
     return f(in_s, out_s), float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))
 
 
+def score_parameters(detector: str, feats: dict) -> dict:
+    """The parameters a per-input score is computed with, fitted on the training digits' features `feats`, kept in its
+    entry and in a mix's standardization of it: typical_nll's center (their mean NLL)."""
+    return {"center": float(np.mean(feats["nll"]))} if detector == "typical_nll" else {}
+
+
 def extra_entry(detector: str, feats: dict, levels: int, gaussian: dict | None) -> dict | None:
     """What a detector's calibration entry carries beside its quantiles: the likelihood ratio's background model;
-    the hierarchical ratio's skip; the latent Mahalanobis score's Gaussian; a mix's standardization, each part's mean
-    and standard deviation on the training digits."""
+    the hierarchical ratio's skip; the latent Mahalanobis score's Gaussian; typical_nll's center; a mix's
+    standardization, each part's mean and standard deviation on the training digits (and its score's parameters)."""
+    if detector == "typical_nll":
+        return score_parameters(detector, feats)
     if detector == "likelihood_ratio":
         return {"background": BACKGROUNDS[levels]}
     if detector == "hierarchical_ratio":
@@ -300,8 +308,9 @@ def extra_entry(detector: str, feats: dict, levels: int, gaussian: dict | None) 
         return {"latent": gaussian}
     if not detector.startswith("mix:"):
         return None
-    return {"mix": {p: {"mean": float(v.mean()), "std": float(v.std() or 1.0)}
-                    for p in anomaly.components(detector) for v in [scores(p, feats, None)]}}
+    return {"mix": {p: {**own, "mean": float(v.mean()), "std": float(v.std() or 1.0)}
+                    for p in anomaly.components(detector)
+                    for own in [score_parameters(p, feats)] for v in [scores(p, feats, own)]}}
 
 
 async def evaluate(engine: Engine, name: str, n: int, n_cal: int, seed: int, k: int) -> dict:

@@ -346,10 +346,10 @@ def request_models(settings: Settings) -> RequestModels:
         refine: Refine = "gradient"
         seed: NoiseSeed = 0
         anomaly_method: Annotated[str | None, Field(
-            max_length=64, description="the anomaly detector: nll (a GAN: critic), complexity, class, reconstruction, "
-                                       "likelihood_ratio, hierarchical_ratio, mix:<a>+<b>[+<c>], typicality (one "
-                                       "p-value for the request's inputs); absent: the model's calibrated "
-                                       "default")] = None
+            max_length=64, description="the anomaly detector: nll (a GAN: critic), typical_nll, complexity, class, "
+                                       "reconstruction, inversion, likelihood_ratio, hierarchical_ratio, "
+                                       "latent_mahalanobis, mix:<a>+<b>[+<c>], typicality (one p-value for the "
+                                       "request's inputs); absent: the model's calibrated default")] = None
 
     class NamedScoreRequest(ScoreRequest):
         model: str = Field(description="model name")

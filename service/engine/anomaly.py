@@ -4,6 +4,10 @@ anomalous; its percentile is read off held-out in-distribution quantiles in the 
 Per-input detectors (from what the engine computes for the input):
 - `nll`: the negative log-likelihood (nats per image; per character or per sample for sequences); a critic
   model's `critic` detector is the negated critic output instead.
+- `typical_nll`: Nalisnick et al. 2019's typicality statistic for a batch of one input, |NLL - H|, H the mean NLL
+  of the training digits (the calibration entry's `center`, at the entry's bound): an input is anomalous when the
+  model finds it far less likely than a typical digit, or far more likely (a blank or smooth image, which a
+  likelihood model may rate above any digit), so a more anomalous input scores higher either way.
 - `complexity`: Serrà et al. 2020, NLL in bits minus the bits of the input's PNG (images only).
 - `class`: for class-conditional models, -log max_y p(y | x) = log p(x) - log max_y p(x | y) p(y) >= 0: how much
   the marginal exceeds the best single class's explanation of x; 0 when one class explains x fully.
@@ -35,8 +39,8 @@ Per-input detectors (from what the engine computes for the input):
   ridge: the calibration entry's `latent`, `{"features", "mean": [F], "precision": [F, F]}`). For a model whose
   manifest has an `encode` function (the VAEs, the BiGAN).
 - `mix:<a>+<b>...`: the sum of the named detectors' scores, each standardized by a mean and standard deviation
-  stored in the calibration entry (fit on the choice data, never on the calibration data); served only where each
-  part has its own calibration entry too.
+  stored in the calibration entry (fit on the choice data, never on the calibration data), beside any parameter the
+  part's score needs (`typical_nll`'s `center`); served only where each part has its own calibration entry too.
 
 Batch detector:
 - `typicality`: Nalisnick et al. 2019's typicality test over a request's inputs: the statistic |mean NLL - H|,
@@ -46,7 +50,7 @@ Batch detector:
 The calibration of the manifest keeps its top-level entry (the model's first score, `nll` or `critic`); further
 detectors sit in `calibration["detectors"][name]` (score, quantiles, values, n, split; a mix's `mix`
 standardization; the likelihood ratio's `background`; the hierarchical ratio's `skip`; the latent Mahalanobis
-score's `latent`), and
+score's `latent`; typical_nll's `center`), and
 `calibration["default"]` names the detector that answers when a request names none; a default that could never
 answer (a part the model cannot compute or without a calibration entry of its own, a mix without its own entry) is
 an exporter's mistake that the engine refuses when it loads the model (default_problem), naming the model and the
@@ -133,7 +137,7 @@ def bound_settings(entry: dict) -> tuple[int, str] | None:
 def reads_nll(detector: str) -> bool:
     """Whether the detector's score is computed from the model's NLL (the hierarchical ratio computes its own
     bounds)."""
-    return bool({"nll", "complexity", "likelihood_ratio", "typicality"} & set(components(detector)))
+    return bool({"nll", "typical_nll", "complexity", "likelihood_ratio", "typicality"} & set(components(detector)))
 
 
 def hierarchy_options(manifest: dict) -> tuple[int, int, str]:
@@ -199,7 +203,7 @@ def computable(manifest: dict, capability: dict, function_inputs, has_background
     if capability.get("method") == "critic":
         detectors = {"critic"} | ({"reconstruction"} if {"encode", "decode"} <= set(manifest["functions"]) else set())
     else:
-        detectors = {"nll", "typicality"}
+        detectors = {"nll", "typical_nll", "typicality"}
         image = manifest["data"]["kind"] == "image"
         if image:
             detectors.add("complexity")
@@ -291,9 +295,12 @@ def class_score(log_joint: np.ndarray) -> np.ndarray:
 
 def per_input_scores(detector: str, features: dict[str, np.ndarray], entry: dict | None) -> np.ndarray:
     """A per-input detector's scores from the computed features (nll, critic, png_bits, log_joint, reconstruction,
-    background_nll, hierarchical_ratio, latent_mahalanobis, inversion)."""
+    background_nll, hierarchical_ratio, latent_mahalanobis, inversion) and the parameters of its entry (a mix's
+    part: the part's standardization, which carries them too)."""
     if detector == "nll":
         return np.asarray(features["nll"], np.float64)
+    if detector == "typical_nll":
+        return np.abs(np.asarray(features["nll"], np.float64) - entry["center"])
     if detector == "critic":
         return -np.asarray(features["critic"], np.float64)
     if detector == "complexity":
@@ -309,8 +316,9 @@ def per_input_scores(detector: str, features: dict[str, np.ndarray], entry: dict
     if detector.startswith("mix:"):
         total = 0.0
         for part in components(detector):
-            mean, std = entry["mix"][part]["mean"], entry["mix"][part]["std"]
-            total = total + (per_input_scores(part, features, None) - mean) / std
+            standardization = entry["mix"][part]
+            mean, std = standardization["mean"], standardization["std"]
+            total = total + (per_input_scores(part, features, standardization) - mean) / std
         return np.asarray(total, np.float64)
     raise ValueError(f"unknown detector {detector!r}")
 
@@ -367,7 +375,8 @@ def calibration_for(scores: np.ndarray, score_kind: str, split: str, quantiles: 
             "split": split, "quantile_method": QUANTILE_METHOD}
 
 
-SCORE_KINDS = {"nll": "nll_nats", "critic": "negative_critic", "complexity": "nll_bits_minus_png_bits",
+SCORE_KINDS = {"nll": "nll_nats", "typical_nll": "abs_nll_minus_training_mean_nats", "critic": "negative_critic",
+               "complexity": "nll_bits_minus_png_bits",
                "class": "neg_log_max_class_posterior", "reconstruction": "reconstruction_mse",
                "likelihood_ratio": "nll_minus_background_nll_nats",
                "hierarchical_ratio": "bound_minus_bound_with_lowest_latents_from_prior_nats",
