@@ -113,11 +113,11 @@ def tune_gc(young_threshold: int, registry) -> None:
     (gc.freeze), so no collection walks it again. The young generation is collected after `young_threshold`
     net allocations instead of CPython's 700: a request's short-lived objects are mostly freed by reference
     counting before a collection sees them. Not much higher than 10,000: what reference counting cannot free
-    waits for the collection, and a pause grows with it. grpc.aio leaves a reference cycle of 6 objects on
-    every call (its method lookup's closure), so at 100,000 one collection freed about 11,000 calls' cycles
-    in 110-150 ms while every call in flight waited: the p99 of gRPC `vae.decode` at 64 clients rose from
-    60-90 ms to 130-205 ms in about half the 5 s rounds. At 10,000 the longest young collection under that
-    load took 8 ms (benchmarks/gc_pauses.py, README "Garbage collection pauses")."""
+    waits for the collection, and a pause grows with it. grpc.aio leaves a reference cycle on every call (its
+    method lookup's closure), so at 100,000 one collection freed thousands of calls' cycles at once while every
+    call in flight waited, and gRPC's p99 at 64 clients doubled in the rounds it fell in
+    (benchmarks/gc_pauses.py; benchmarks/results/gc_pauses.md). Not applied under Ray Serve, whose replicas are
+    not started by `genserve serve`."""
     from prometheus_client import Histogram
 
     pauses = Histogram("genserve_gc_pause_seconds", "Garbage collection pauses of the API process", ["generation"],

@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     # Shutdown: on SIGTERM, in-flight requests get this long to finish; what is still running is cut and logged.
     drain_timeout_s: Annotated[float, Field(ge=0)] = 30.0
     # allocations between collections of the young generation (CPython: 700); higher runs fewer collections, but
-    # each one is longer, and every request in flight waits for it (service.main.tune_gc)
+    # each one is longer, and every request in flight waits for it (service.main.tune_gc; `genserve serve` only)
     gc_young_threshold: AtLeastOne = 10_000
     access_log: bool = False  # one log line per HTTP request (off: it costs the hot path)
     log_format: Literal["text", "json"] = "text"  # "json": one JSON object per line (service.logs)

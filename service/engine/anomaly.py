@@ -37,7 +37,8 @@ Per-input detectors (from what the engine computes for the input):
   of the encoder's posterior (its `encode` function's mean, and log std where the encoder is stochastic; noise from
   the request's seed) from a Gaussian fitted to the training digits' posteriors (mean, and covariance plus a small
   ridge: the calibration entry's `latent`, `{"features", "mean": [F], "precision": [F, F]}`). For a model whose
-  manifest has an `encode` function (the VAEs, the BiGAN).
+  manifest has an `encode` function whose latent has at most LATENT_MAX_DIM dimensions (the VAEs, the BiGAN; not
+  the flows, whose z is as large as x).
 - `mix:<a>+<b>...`: the sum of the named detectors' scores, each standardized by a mean and standard deviation
   stored in the calibration entry (fit on the choice data, never on the calibration data), beside any parameter the
   part's score needs (`typical_nll`'s `center`); served only where each part has its own calibration entry too.
@@ -75,6 +76,10 @@ TYPICALITY_DRAWS = 4000
 TYPICALITY_SEED = 17
 QUANTILE_METHOD = "weibull"  # numpy's name for the quantile at rank q (n + 1): calibration_for
 LATENT_RIDGE = 1e-3  # added to the latent covariance's diagonal, times its mean variance
+# latent_mahalanobis keeps a full precision matrix over up to 2 x this many features in the manifest's JSON: a VAE's
+# 32-dimensional latent gives 64 x 64 numbers; a flow's 784-dimensional z would give 784 x 784 (22 MB of JSON for
+# the store to parse and validate at every start), so a flow does not offer it
+LATENT_MAX_DIM = 128
 
 
 def png_bits(x: np.ndarray, levels: int) -> np.ndarray:
@@ -216,11 +221,17 @@ def computable(manifest: dict, capability: dict, function_inputs, has_background
                 and "label" in function_inputs(conditional) and capability["procedure"] == "direct" \
                 and "noise" not in capability:
             detectors.add("class")
-    if "encode" in manifest["functions"]:
+    if "encode" in manifest["functions"] and latent_dim(manifest) <= LATENT_MAX_DIM:
         detectors.add("latent_mahalanobis")
     if inverts(manifest):
         detectors.add("inversion")
     return detectors
+
+
+def latent_dim(manifest: dict) -> int:
+    """The size of the latent that the model's `encode` function's `mean` output gives per input."""
+    outputs = manifest["functions"]["encode"]["outputs"]
+    return next(o for o in outputs if o["name"] == "mean")["shape"][-1]
 
 
 def available(manifest: dict, capability: dict, function_inputs, has_background: bool = False) -> list[str]:

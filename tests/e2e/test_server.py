@@ -200,6 +200,9 @@ def test_metrics_count_requests(client):
              and 'endpoint="/v1/models/{name}/sample"' in line and 'code="200"' in line]
     assert len(lines) == 1
     assert float(lines[0].rsplit(" ", 1)[1]) >= 1
+    # `genserve serve` times each garbage collection of the API process, by generation (service.main.tune_gc)
+    for generation in range(3):
+        assert f'genserve_gc_pause_seconds_count{{generation="{generation}"}}' in text
 
 
 # --- errors --------------------------------------------------------------------------------------------------------

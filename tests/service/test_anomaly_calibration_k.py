@@ -24,7 +24,7 @@ MODEL = "vae"
 CALIBRATED = {"k": 4, "method": "elbo"}
 ASKED = {"k": 64, "method": "iwae"}
 QUANTILES = [round(q, 3) for q in np.linspace(0, 1, 201)]
-DETECTORS = ("nll", "complexity", "mix:complexity+nll", "typicality")
+DETECTORS = ("nll", "complexity", "mix:complexity+nll", "typical_nll", "typicality")
 
 
 def run(coroutine):
@@ -73,6 +73,7 @@ def store(tiny_vae_store, tmp_path_factory, plain, halves) -> Path:
     feats = {"nll": nll, "png_bits": anomaly.png_bits(x, 2)}
     mix = {"mix": {p: {"mean": float(v.mean()), "std": float(v.std())}
                    for p in ("complexity", "nll") for v in [anomaly.per_input_scores(p, feats, None)]}}
+    center = {"center": float(nll.mean())}
     path = store / MODEL / "1" / "manifest.json"
     manifest = json.loads(path.read_text())
     manifest["calibration"].update(anomaly.calibration_for(nll, "nll_nats", "test half A", QUANTILES), **CALIBRATED)
@@ -81,7 +82,10 @@ def store(tiny_vae_store, tmp_path_factory, plain, halves) -> Path:
                                                  anomaly.SCORE_KINDS["complexity"], "test half A", QUANTILES),
                        **CALIBRATED},
         "mix:complexity+nll": {**anomaly.calibration_for(anomaly.per_input_scores("mix:complexity+nll", feats, mix),
-                                                         "mix", "test half A", QUANTILES), **CALIBRATED, **mix}}
+                                                         "mix", "test half A", QUANTILES), **CALIBRATED, **mix},
+        "typical_nll": {**anomaly.calibration_for(anomaly.per_input_scores("typical_nll", feats, center),
+                                                  anomaly.SCORE_KINDS["typical_nll"], "test half A", QUANTILES),
+                        **CALIBRATED, **center}}
     path.write_text(json.dumps(manifest))
     return store
 

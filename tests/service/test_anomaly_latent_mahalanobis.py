@@ -177,3 +177,15 @@ def test_uncalibrated_or_unknown_is_refused_with_a_4xx_naming_the_field(tiny_vae
     (error,) = grpc_scores(tiny_vae_store, [pb.ScoreRequest(model="vae", inputs=to_tensor(x), anomaly_method=method)])
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert dict(error.trailing_metadata() or ())["genserve-error-field"] == "anomaly_method"
+
+
+@pytest.mark.parametrize("dim, offered", [(32, True), (anomaly.LATENT_MAX_DIM, True),
+                                          (anomaly.LATENT_MAX_DIM + 1, False), (784, False)])
+def test_a_latent_too_large_for_a_precision_matrix_in_the_manifest_is_not_offered(tiny_vae_store, dim, offered):
+    """A flow's z is as large as x (784): its Gaussian's 784 x 784 precision would be 22 MB of manifest JSON."""
+    manifest = json.loads((tiny_vae_store / "vae" / "1" / "manifest.json").read_text())
+    for output in manifest["functions"]["encode"]["outputs"]:
+        output["shape"] = [-1, dim]
+    inputs = {name: [t["name"] for t in f["inputs"]] for name, f in manifest["functions"].items()}
+    detectors = anomaly.computable(manifest, manifest["capabilities"]["score"], inputs.__getitem__)
+    assert ("latent_mahalanobis" in detectors) == offered
