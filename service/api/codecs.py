@@ -21,7 +21,7 @@ from PIL import Image
 
 from service.engine import audio, midi, text
 from service.engine.errors import InvalidInput
-from service.engine.validation import check_finite_outputs
+from service.engine.validation import check_finite_outputs, check_no_mask
 
 _DATA_URL_PREFIX = "data:image/png;base64,"
 _MAX_PNG_LEVELS = 256
@@ -247,11 +247,10 @@ def _is_single(value: Any, shape: tuple[int, ...]) -> bool:
 def decode_mask(value: Any, spec: dict, batch: int, field: str = "body.mask") -> np.ndarray | None:
     """One mask for every input, or one per input -> int64 [B, *shape] of 0/1 (1 = observed).
 
-    Text models continue each input and take none (None).
+    Text and audio models continue each input and take none (None).
     """
     if spec.get("kind") in ("text", "audio"):
-        if value is not None:
-            raise InvalidInput(f"{field}: {spec['kind']} models continue each input and take no mask", field=field)
+        check_no_mask(spec["kind"], value is not None, field)
         return None
     if value is None:
         raise InvalidInput(f"{field}: required for image models (1 = observed, 0 = fill in)", field=field)

@@ -25,7 +25,7 @@ import numpy as np
 from service.engine import captions, latent, procedures, worker_procedures
 from service.engine.errors import InvalidInput, MissingCapability
 from service.engine.step_controls import plan as plan_steps
-from service.engine.validation import check_levels, check_range, check_sequence
+from service.engine.validation import check_levels, check_no_mask, check_range, check_sequence
 
 if TYPE_CHECKING:  # engine.py imports this module
     from service.engine.engine import LoadedModel
@@ -286,8 +286,7 @@ class GenerationOperations:
         else:
             self._no_steps(m, cap, steps)
         if m.is_sequence:
-            if mask is not None:
-                raise InvalidInput(f"mask: model {name!r} continues each input and takes no mask", field="mask")
+            check_no_mask(m.data["kind"], mask is not None, "mask")  # a direct caller's; the adapters check first
             return await self._continue(m, x, n, seed, temperature, label, length, top_k, length_field)
         self._no_sequence_options(m, length=length)  # an image's completion has the image's size
         x = check_levels(x, m.shape, m.data["levels"], "inputs")

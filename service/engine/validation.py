@@ -129,6 +129,13 @@ def brief(value: object) -> str:
     return _BRIEF.repr(value)
 
 
+def check_no_mask(kind: str, given: bool, field: str) -> None:
+    """Refuse, naming the field, a mask given to a sequence model (text, audio): it continues each input, so no
+    value of an input is missing."""
+    if given:
+        raise InvalidInput(f"{field}: {kind} models continue each input and take no mask", field=field)
+
+
 def check_stream_options(prefix: str, steps: bool, controls: bool, actions: bool) -> None:
     """Refuse, naming the field (`prefix` + its name), what a one-shot sample takes and a stream cannot: a stream
     serves an autoregressive model, which runs no Markov chain and takes no controls or actions."""

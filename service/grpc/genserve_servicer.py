@@ -31,6 +31,7 @@ from service.engine.validation import (
     MIN_TEMPERATURE,
     check_finite,
     check_finite_outputs,
+    check_no_mask,
     check_shape,
     check_stream_options,
 )
@@ -256,8 +257,7 @@ def _sequences(request: Any, spec: dict, limit: int) -> list[np.ndarray] | None:
         return None
     if request.HasField("inputs"):
         raise InvalidInput(f"inputs: {kind} models take {wanted}, not inputs", field="inputs")
-    if "mask" in request.DESCRIPTOR.fields_by_name and request.HasField("mask"):
-        raise InvalidInput(f"mask: {kind} models continue each input and take no mask", field="mask")
+    check_no_mask(kind, "mask" in request.DESCRIPTOR.fields_by_name and request.HasField("mask"), "mask")
     values = getattr(request, wanted)
     if not 1 <= len(values) <= limit:
         raise InvalidInput(f"{wanted}: give 1..{limit} of them, got {len(values)}", field=wanted)
