@@ -158,12 +158,8 @@ class GenerationOperations:
         sequence model [n, chunk] values (characters, audio; default: one step's), the prompt first, the last
         chunk shorter; the chunks add up to sample's output. bars, step_controls: as sample's."""
         m = self.model(name)
-        if m.capability("sample")["procedure"] != "autoregressive":
-            raise MissingCapability(f"model {name!r} draws each sample at once "
-                                    f"({m.capability('sample')['procedure']}): use sample, not a stream", field="model")
-        steps, observed, mask, values = self._plan(m, m.capability("sample"), prompt, length, n, length_field)
-        chosen, per_step = plan_steps(name, m.capability("sample"), n, bars, step_controls)
-        steps = chosen or steps
+        steps, observed, mask, values, per_step = self._stream_plan(m, n, prompt, length, length_field, bars,
+                                                                    step_controls)
         if chunk is not None and (not m.is_sequence or chunk < 1):
             raise InvalidInput("chunk: a positive number of values, for text and audio models only", field="chunk")
         chunk = chunk or math.prod(m.capability("sample")["step_shape"])
@@ -181,6 +177,26 @@ class GenerationOperations:
                 self._count_audio(m, out.size)
                 started = self._first_chunk(name, started)
                 yield out
+
+    def _stream_plan(self, m: LoadedModel, n: int, prompt: np.ndarray | None, length: int | None, length_field: str,
+                     bars: int | None, step_controls: dict[str, list[str]] | None) -> tuple:
+        """(steps, observed, mask, values, per-step inputs) of a sample_stream: _plan's, but the request's bars
+        where the model lets it choose them (service.engine.step_controls)."""
+        cap = m.capability("sample")
+        if cap["procedure"] != "autoregressive":
+            raise MissingCapability(f"model {m.manifest['name']!r} draws each sample at once ({cap['procedure']}): "
+                                    "use sample, not a stream", field="model")
+        steps, observed, mask, values = self._plan(m, cap, prompt, length, n, length_field)
+        chosen, per_step = plan_steps(m.manifest["name"], cap, n, bars, step_controls)
+        return chosen or steps, observed, mask, values, per_step
+
+    def stream_steps(self, name: str, n: int, bars: int | None = None,
+                     step_controls: dict[str, list[str]] | None = None) -> int | None:
+        """How many chunks a sample_stream of n samples with these bars and step controls yields, known before the
+        first, where each chunk is a step (an image's row, a music model's bar): the steps the stream plans. None
+        for a sequence model (text, audio), whose chunks are values (stream_values)."""
+        m = self.model(name)
+        return None if m.is_sequence else self._stream_plan(m, n, None, None, "length", bars, step_controls)[0]
 
     async def _chain(self, m: LoadedModel, cap: dict, rngs: list[np.random.Generator], x: np.ndarray,
                      observed: np.ndarray, mask: np.ndarray, steps: int) -> np.ndarray:

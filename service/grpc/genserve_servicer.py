@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from service.engine import audio, midi, step_controls, text
+from service.engine import audio, midi, text
 from service.engine.errors import EngineError, InvalidInput, MissingCapability
 from service.engine.validation import (
     MAX_SECONDS,
@@ -419,22 +419,14 @@ class GenserveServicer(pb_grpc.GenserveServicer):
             generation = _generation(request, spec)
             stream = self.engine.sample_stream(name, n, seed, temperature, _label(request, spec), chunk=chunk,
                                                **generation)
-            steps = self._bars(name, n, generation) if kind == "music" else 0
+            # the engine's plan: an image's rows, a music model's bars; 0 for text and audio (chunks of values)
+            steps = self.engine.stream_steps(name, n, generation["bars"], generation["step_controls"]) or 0
             index, encode = 0, _chunk_encoder(spec, n)
             async for values in steps_until_cancelled(stream):  # [n, *step_shape], or [n, chunk] values
-                # images: the steps tile the data, prod(shape) / prod(step_shape) of them (28 rows of a 28x28
-                # image); music: the bars; text and audio: as many values as asked for (0: not known up front)
-                steps = steps or (0 if kind in ("text", "audio") else
-                                  math.prod(spec["shape"]) // max(math.prod(values.shape[1:]), 1))
                 music = {"chord": request.chords[index]} if index < len(request.chords) else {}
                 yield pb.SampleChunk(step=index, steps=steps, seed=seed, values=to_tensor(values, dtype),
                                      model=name, version=version, **encode(values), **music)
                 index += 1
-
-    def _bars(self, name: str, n: int, generation: dict) -> int:
-        """A music stream's number of chunks, known before the first: the bars the engine plans for the request."""
-        cap = self.engine.model(name).capability("sample")
-        return step_controls.plan(name, cap, n, generation["bars"], generation["step_controls"])[0]
 
     async def Score(self, request, context):
         async with engine_errors(context, "Score"):
