@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     drain_timeout_s: Annotated[float, Field(ge=0)] = 30.0
     # allocations between collections of the young generation (CPython: 700); higher runs fewer collections, but
     # each one is longer, and every request in flight waits for it (service.main.tune_gc; `genserve serve` only)
-    gc_young_threshold: AtLeastOne = 10_000
+    gc_young_threshold: Annotated[int, Field(ge=1, le=2**31 - 1)] = 10_000  # gc.set_threshold's C int
     access_log: bool = False  # one log line per HTTP request (off: it costs the hot path)
     log_format: Literal["text", "json"] = "text"  # "json": one JSON object per line (service.logs)
     # The store at start-up: a store with no model is refused unless allow_empty; a model that fails its checks

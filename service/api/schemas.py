@@ -26,7 +26,14 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from service.engine.validation import MAX_INT32, MAX_SECONDS, MAX_SEED, MAX_TEMPERATURE, MIN_TEMPERATURE
+from service.engine.validation import (
+    ANOMALY_METHOD_MAX,
+    MAX_INT32,
+    MAX_SECONDS,
+    MAX_SEED,
+    MAX_TEMPERATURE,
+    MIN_TEMPERATURE,
+)
 from service.settings import Settings
 
 
@@ -346,13 +353,14 @@ def request_models(settings: Settings) -> RequestModels:
         refine: Refine = "gradient"
         seed: NoiseSeed = 0
         anomaly_method: Annotated[str | None, Field(
-            max_length=64, description="the anomaly detector: nll (a GAN: critic), typical_nll, complexity, class, "
-                                       "reconstruction, inversion, likelihood_ratio, hierarchical_ratio, "
-                                       "latent_mahalanobis, mix:<a>+<b>[+<c>], typicality (one p-value for the "
-                                       "request's inputs); absent: the model's calibrated default")] = None
+            max_length=ANOMALY_METHOD_MAX,
+            description="the anomaly detector: nll (a GAN: critic), typical_nll, complexity, class, reconstruction, "
+                        "inversion, likelihood_ratio, hierarchical_ratio, latent_mahalanobis, mix:<a>+<b>[+<c>], "
+                        "typicality (one p-value for the request's inputs); absent: the model's calibrated "
+                        "default")] = None
 
     class NamedScoreRequest(ScoreRequest):
-        model: str = Field(description="model name")
+        model: str = Field(max_length=256, description="model name")
 
     class CompleteRequest(_Request):
         inputs: Inputs

@@ -219,14 +219,15 @@ def decode_inputs(doc: dict, tail: bytes, spec: dict, max_rows: int) -> dict[str
 
 
 def requested_outputs(doc: dict, spec: dict) -> list[tuple[str, bool]]:
-    """(output name, binary?) to answer with, in order: the requested ones, else all of the function's."""
+    """(output name, binary?) to answer with, in order: the requested ones, else (no `outputs`, or an empty list, as
+    V2 gRPC's absent repeated field) all of the function's."""
     names = [t["name"] for t in spec["outputs"]]
     binary_default = _flag(_object(doc.get("parameters"), "parameters"), "binary_data_output", False, "parameters")
     wanted = doc.get("outputs")
-    if wanted is None:
-        return [(name, binary_default) for name in names]
-    if not isinstance(wanted, list):
+    if wanted is not None and not isinstance(wanted, list):
         raise InvalidInput("outputs: must be a list", field="outputs")
+    if not wanted:
+        return [(name, binary_default) for name in names]
     result = []
     for i, output in enumerate(wanted):
         if not isinstance(output, dict):
@@ -270,8 +271,10 @@ def encode_response(header: dict, outputs: dict[str, np.ndarray], spec: dict,
 
 
 def _decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
-    """A gzip/deflate body inflated to at most `limit` bytes (413 beyond: no zip bombs)."""
-    if encoding in (None, "", "identity"):
+    """A gzip/deflate body inflated to at most `limit` bytes (413 beyond: no zip bombs). The coding's name is
+    case-insensitive (HTTP); bytes after the compressed stream are refused, not ignored."""
+    encoding = (encoding or "").strip().lower()
+    if encoding in ("", "identity"):
         return body
     if encoding not in ("gzip", "deflate"):
         raise InvalidInput(f"Content-Encoding: {encoding!r} is not supported (gzip, deflate)", field="Content-Encoding")
@@ -285,6 +288,9 @@ def _decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
     if not inflater.eof:
         raise InvalidInput(f"body: cannot {encoding}-decompress: the data ends early (Content-Encoding: "
                            f"{encoding})", field="body")
+    if inflater.unused_data:
+        raise InvalidInput(f"body: {len(inflater.unused_data)} bytes after the {encoding} stream (one stream per "
+                           "body)", field="body")
     return out
 
 

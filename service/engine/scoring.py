@@ -16,7 +16,7 @@ import numpy as np
 from service.engine import anomaly, latent, procedures, worker_procedures
 from service.engine.errors import InvalidInput
 from service.engine.generation import together
-from service.engine.validation import check_levels, check_sequence, check_sequence_work
+from service.engine.validation import ANOMALY_METHOD_MAX, check_levels, check_sequence, check_sequence_work
 
 if TYPE_CHECKING:  # engine.py imports this module
     from service.engine.engine import LoadedModel
@@ -128,6 +128,9 @@ class ScoringOperations:
         anomaly.default_problem) unless its background model is not served: then the base detector answers, and
         the answer's `method` says so."""
         names = anomaly.available(m.manifest, cap, m.function_inputs, self._has_background(m))
+        if anomaly_method is not None and len(anomaly_method) > ANOMALY_METHOD_MAX:
+            raise InvalidInput(f"anomaly_method: at most {ANOMALY_METHOD_MAX} characters, got {len(anomaly_method)}; "
+                               f"name one of {names}", field="anomaly_method")
         if anomaly_method is None:
             default = anomaly.default_detector(m.manifest)
             return default if default in names else anomaly.base_detector(m.manifest)

@@ -235,6 +235,9 @@ def test_score_by_body_model_and_labels(client, engine):
     by_body = client.post("/score", json={"model": "binary", "inputs": inputs, "labels": [3, None]}).json()
     assert by_path == by_body
     assert engine.calls[-1][3] == [3, None]
+    overlong = client.post("/score", json={"model": "x" * 5_000, "inputs": inputs})  # not echoed back whole
+    assert overlong.status_code == 422 and len(overlong.content) < 2_000
+    assert overlong.json()["error"]["field"] == "body.model", overlong.text
 
 
 def test_complete_keeps_observed_pixels(client):

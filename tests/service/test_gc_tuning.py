@@ -24,9 +24,10 @@ def test_tune_gc_sets_the_threshold_and_times_each_collection():
         gc.set_threshold(*threshold)
 
 
-def test_the_young_threshold_setting_defaults_to_10000_and_refuses_0(monkeypatch):
+def test_the_young_threshold_setting_defaults_to_10000_and_refuses_0_and_above_a_c_int(monkeypatch):
     monkeypatch.delenv("GENSERVE_GC_YOUNG_THRESHOLD", raising=False)
     assert Settings().gc_young_threshold == 10_000
-    monkeypatch.setenv("GENSERVE_GC_YOUNG_THRESHOLD", "0")
-    with pytest.raises(ValueError, match="gc_young_threshold"):
-        Settings()
+    for refused in ("0", str(2**31)):  # gc.set_threshold takes a C int: beyond it, an OverflowError at start
+        monkeypatch.setenv("GENSERVE_GC_YOUNG_THRESHOLD", refused)
+        with pytest.raises(ValueError, match="gc_young_threshold"):
+            Settings()

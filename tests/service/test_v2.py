@@ -231,6 +231,24 @@ def test_infer_compressed_body(client, images, expected, encoding):
     np.testing.assert_allclose(response.json()["outputs"][0]["data"], expected, rtol=RTOL)
 
 
+def test_content_coding_names_are_case_insensitive_and_trailing_bytes_are_refused(client, images, expected):
+    body = gzip.compress(json.dumps({"inputs": [tensor("x", images)]}).encode())
+    response = client.post(f"/v2/models/{LOG_PROB}/infer", content=body, headers={"Content-Encoding": " GZip"})
+    assert response.status_code == 200, response.text
+    np.testing.assert_allclose(response.json()["outputs"][0]["data"], expected, rtol=RTOL)
+    for tail in (b"junk", gzip.compress(b" ")):  # bytes after the stream, or a second gzip member
+        response = client.post(f"/v2/models/{LOG_PROB}/infer", content=body + tail,
+                               headers={"Content-Encoding": "gzip"})
+        assert "after the gzip stream" in v2_error(response, 400)
+
+
+def test_an_empty_outputs_list_answers_every_output_as_grpc_does(client, images, expected):
+    response = infer(client, {"inputs": [tensor("x", images)], "outputs": []})
+    assert response.status_code == 200, response.text
+    assert [o["name"] for o in response.json()["outputs"]] == ["log_prob"]
+    np.testing.assert_allclose(response.json()["outputs"][0]["data"], expected, rtol=RTOL)
+
+
 def test_compressed_body_is_bounded_once_inflated(client, engine):
     bomb = gzip.compress(b" " * (engine.settings.max_body_bytes + 1))  # a few kB that inflate past the limit
     response = client.post(f"/v2/models/{LOG_PROB}/infer", content=bomb, headers={"Content-Encoding": "gzip"})
