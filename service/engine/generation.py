@@ -113,6 +113,9 @@ class GenerationOperations:
                     raise InvalidInput(f"{field}: model {m.manifest['name']!r} generates fixed-shape "
                                        f"{m.data['kind']} data", field=field)
             return cap["steps"], None, None, cap["steps"] * per_step
+        if isinstance(prompt, str) and m.data["kind"] != "text":  # an audio model's prompt is a recording
+            raise InvalidInput(f"{prompt_field}: {m.data['kind']} models take no text prompt; continue a recording "
+                               "with complete", field=prompt_field)
         prompt = np.zeros(0, np.int64) if prompt is None or len(prompt) == 0 else \
             check_sequence(prompt, m.data["levels"], prompt_field)
         chose_length = length is not None
