@@ -52,7 +52,7 @@ class GenerationOperations:
         classes = m.data.get("classes")
         if not classes:
             if label is not None:
-                raise InvalidInput(f"model {m.manifest['name']!r} takes no label", field="label")
+                raise InvalidInput(f"label: model {m.manifest['name']!r} takes no class label", field="label")
             return None
         if label is not None:
             if not 0 <= label < len(classes):

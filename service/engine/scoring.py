@@ -265,9 +265,10 @@ class ScoringOperations:
         if given.any():
             label = np.array([lab for lab in labels if lab is not None], np.int64)
             if "label" not in m.function_inputs(cap.get("conditional_function", cap["function"])):
-                raise InvalidInput(f"model {m.manifest['name']!r} scores without labels", field="labels")
+                raise InvalidInput(f"labels: model {m.manifest['name']!r} scores without labels", field="labels")
             if label.min() < 0 or label.max() >= classes:
-                raise InvalidInput(f"labels must be in 0..{classes - 1}", field="labels")
+                raise InvalidInput(f"labels: each must be in 0..{classes - 1}, got {int(label.min())}.."
+                                   f"{int(label.max())}", field="labels")
         if "label" in m.function_inputs(cap["function"]):
             return await self._log_prob_over_labels(m, cap["function"], x, labels, length)
         log_p = np.empty(len(x))

@@ -92,6 +92,8 @@ def _sequence_fields(spec: dict) -> Iterator[None]:
 
 def to_array(tensor: pb.Tensor, field: str) -> np.ndarray:
     """A wire Tensor -> numpy array (read-only view of the bytes), or InvalidInput naming the field."""
+    if not tensor.dtype and not tensor.shape and not tensor.data:
+        raise InvalidInput(f"{field}: required", field=field)
     if tensor.dtype not in WIRE_DTYPES:
         raise InvalidInput(f"{field}.dtype: {tensor.dtype!r} is not one of {sorted(WIRE_DTYPES)}",
                            field=f"{field}.dtype")
