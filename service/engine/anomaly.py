@@ -221,7 +221,7 @@ def computable(manifest: dict, capability: dict, function_inputs, has_background
                 and "label" in function_inputs(conditional) and capability["procedure"] == "direct" \
                 and "noise" not in capability:
             detectors.add("class")
-    if "encode" in manifest["functions"] and latent_dim(manifest) <= LATENT_MAX_DIM:
+    if "encode" in manifest["functions"] and 0 < latent_dim(manifest) <= LATENT_MAX_DIM:
         detectors.add("latent_mahalanobis")
     if inverts(manifest):
         detectors.add("inversion")
@@ -229,9 +229,10 @@ def computable(manifest: dict, capability: dict, function_inputs, has_background
 
 
 def latent_dim(manifest: dict) -> int:
-    """The size of the latent that the model's `encode` function's `mean` output gives per input."""
-    outputs = manifest["functions"]["encode"]["outputs"]
-    return next(o for o in outputs if o["name"] == "mean")["shape"][-1]
+    """The size of the latent that the model's `encode` function's `mean` output gives per input (0: no such
+    output, or a size not fixed in the manifest)."""
+    mean = next((o for o in manifest["functions"]["encode"]["outputs"] if o["name"] == "mean"), None)
+    return max(mean["shape"][-1], 0) if mean is not None and mean["shape"] else 0
 
 
 def available(manifest: dict, capability: dict, function_inputs, has_background: bool = False) -> list[str]:

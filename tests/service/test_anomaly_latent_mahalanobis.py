@@ -180,7 +180,7 @@ def test_uncalibrated_or_unknown_is_refused_with_a_4xx_naming_the_field(tiny_vae
 
 
 @pytest.mark.parametrize("dim, offered", [(32, True), (anomaly.LATENT_MAX_DIM, True),
-                                          (anomaly.LATENT_MAX_DIM + 1, False), (784, False)])
+                                          (anomaly.LATENT_MAX_DIM + 1, False), (784, False), (-1, False)])
 def test_a_latent_too_large_for_a_precision_matrix_in_the_manifest_is_not_offered(tiny_vae_store, dim, offered):
     """A flow's z is as large as x (784): its Gaussian's 784 x 784 precision would be 22 MB of manifest JSON."""
     manifest = json.loads((tiny_vae_store / "vae" / "1" / "manifest.json").read_text())
