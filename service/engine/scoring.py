@@ -24,6 +24,11 @@ if TYPE_CHECKING:  # engine.py imports this module
 UNITS = {"text": "char", "audio": "sample"}  # what one value of a sequence is
 
 
+def no_labels(name: str) -> InvalidInput:
+    """The refusal of labels sent to a model whose score takes none."""
+    return InvalidInput(f"labels: model {name!r} scores without labels", field="labels")
+
+
 class ScoringOperations:
     async def score(self, name: str, x: np.ndarray | list[np.ndarray], labels: list[int | None] | None = None,
                     *, method: str | None = None, k: int | None = None, refine_steps: int = 0,
@@ -44,7 +49,7 @@ class ScoringOperations:
         detector = self._detector(m, cap, anomaly_method)
         if cap["procedure"] == "importance":
             if labels is not None:
-                raise InvalidInput(f"labels: model {name!r} scores without labels", field="labels")
+                raise no_labels(name)
             x = check_levels(x, m.shape, m.data["levels"], "inputs")
             results = await self._score_bound(m, cap, x, method, k, refine_steps, seed, refine)
             await self._calibrated_bound(m, cap, x, results, detector, seed)
@@ -73,7 +78,7 @@ class ScoringOperations:
         log_joint = None  # [B, classes], when the detector needs the classes
         if "noise" in cap:  # one draw of a stochastic estimate (a flow's dequantization), from the seed
             if any(label is not None for label in labels):
-                raise InvalidInput(f"labels: model {name!r} scores without labels", field="labels")
+                raise no_labels(name)
             feeds = {"x": x, **latent.draw(cap["noise"], procedures.row_generators(seed, len(x)))}
             log_p = (await self._caller(m)(cap["function"], feeds))["log_prob"]
         elif "class" in anomaly.components(detector) and all(label is None for label in labels):
@@ -265,7 +270,7 @@ class ScoringOperations:
         if given.any():
             label = np.array([lab for lab in labels if lab is not None], np.int64)
             if "label" not in m.function_inputs(cap.get("conditional_function", cap["function"])):
-                raise InvalidInput(f"labels: model {m.manifest['name']!r} scores without labels", field="labels")
+                raise no_labels(m.manifest["name"])
             if label.min() < 0 or label.max() >= classes:
                 raise InvalidInput(f"labels: each must be in 0..{classes - 1}, got {int(label.min())}.."
                                    f"{int(label.max())}", field="labels")

@@ -20,7 +20,7 @@ MODELS = Path(__file__).resolve().parents[2] / "models"
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory) -> Engine:
     store = tmp_path_factory.mktemp("store")
-    for name in ("pixelcnn", "midinet"):
+    for name in ("pixelcnn", "midinet", "vae", "realnvp"):
         (store / name).symlink_to(MODELS / name)
     return Engine(ModelStore(store), Settings(intra_op_threads=1))
 
@@ -40,5 +40,8 @@ def test_label_refusals_begin_with_their_field(engine):
     digits = np.zeros((1, 1, 28, 28), np.int64)
     error = refused(lambda: asyncio.run(engine.score("pixelcnn", digits, labels=[10])))
     assert error.field == "labels" and "0..9, got 10..10" in error.detail
+    for model in ("vae", "realnvp"):  # an importance-sampled bound; a flow's dequantized likelihood
+        error = refused(lambda model=model: asyncio.run(engine.score(model, digits, labels=[3])))
+        assert error.detail == f"labels: model {model!r} scores without labels"
     error = refused(lambda: asyncio.run(engine.sample("midinet", 1, 0, 1.0, 1)))
     assert error.field == "label" and "takes no class label" in error.detail
