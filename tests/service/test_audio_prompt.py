@@ -2,7 +2,6 @@
 422 naming the prompt over REST and INVALID_ARGUMENT over the engine (gRPC reaches the same check)."""
 
 import asyncio
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -11,16 +10,12 @@ from service.api import create_app
 from service.engine.engine import Engine
 from service.engine.errors import InvalidInput
 from service.settings import Settings
-from service.store import ModelStore
-
-MODELS = Path(__file__).resolve().parents[2] / "models"
+from tests.service.shipped import shipped_engine
 
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory) -> Engine:
-    store = tmp_path_factory.mktemp("store")
-    (store / "wavenet").symlink_to(MODELS / "wavenet")
-    return Engine(ModelStore(store), Settings(runtime="onnx", intra_op_threads=1))
+    return shipped_engine(tmp_path_factory, ["wavenet"])
 
 
 @pytest.mark.parametrize("prompt", ["abc", ""])

@@ -2,7 +2,6 @@
 (an absent message is an empty Tensor on the wire), a label a model does not take, labels out of range."""
 
 import asyncio
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,18 +10,12 @@ from service.engine.engine import Engine
 from service.engine.errors import InvalidInput
 from service.grpc.gen import genserve_pb2 as pb
 from service.grpc.genserve_servicer import to_array
-from service.settings import Settings
-from service.store import ModelStore
-
-MODELS = Path(__file__).resolve().parents[2] / "models"
+from tests.service.shipped import shipped_engine
 
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory) -> Engine:
-    store = tmp_path_factory.mktemp("store")
-    for name in ("pixelcnn", "midinet", "vae", "realnvp"):
-        (store / name).symlink_to(MODELS / name)
-    return Engine(ModelStore(store), Settings(intra_op_threads=1))
+    return shipped_engine(tmp_path_factory, ["pixelcnn", "midinet", "vae", "realnvp"])
 
 
 def refused(call) -> InvalidInput:

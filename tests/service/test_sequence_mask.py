@@ -2,7 +2,6 @@
 mask in the same words (validation.check_no_mask), each naming its own field (body.mask, mask)."""
 
 import asyncio
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -19,9 +18,8 @@ from service.grpc.gen import genserve_pb2 as pb
 from service.grpc.gen import genserve_pb2_grpc as pb_grpc
 from service.grpc.genserve_servicer import to_tensor
 from service.settings import Settings
-from service.store import ModelStore
+from tests.service.shipped import shipped_engine
 
-MODELS = Path(__file__).resolve().parents[2] / "models"
 KINDS = {"charrnn": "text", "wavenet": "audio"}
 MASK = np.ones((1, 4), np.int64)
 WAV = audio.to_wav(np.full(400, 128, np.int64), 16000)  # wavenet's sample rate
@@ -30,10 +28,7 @@ INPUTS = {"charrnn": ["ab"], "wavenet": [[128, 130, 127]]}  # REST's: a text, mu
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory) -> Engine:
-    store = tmp_path_factory.mktemp("store")
-    for name in KINDS:
-        (store / name).symlink_to(MODELS / name)
-    return Engine(ModelStore(store), Settings(runtime="onnx", intra_op_threads=1))
+    return shipped_engine(tmp_path_factory, KINDS)
 
 
 def refusal(kind: str, field: str) -> str:

@@ -3,7 +3,6 @@ model's bars (the request's bars or chords, else the capability's); none up fron
 are values. A stream yields exactly that many chunks, and gRPC's SampleStream says the engine's number."""
 
 import asyncio
-from pathlib import Path
 
 import grpc
 import pytest
@@ -14,17 +13,12 @@ from service.grpc import build_grpc_server
 from service.grpc.gen import genserve_pb2 as pb
 from service.grpc.gen import genserve_pb2_grpc as pb_grpc
 from service.settings import Settings
-from service.store import ModelStore
-
-MODELS = Path(__file__).resolve().parents[2] / "models"
+from tests.service.shipped import shipped_engine
 
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory) -> Engine:
-    store = tmp_path_factory.mktemp("store")
-    for name in ("midinet", "pixelcnn", "charrnn", "gan"):
-        (store / name).symlink_to(MODELS / name)
-    return Engine(ModelStore(store), Settings(runtime="onnx", intra_op_threads=1))
+    return shipped_engine(tmp_path_factory, ["midinet", "pixelcnn", "charrnn", "gan"])
 
 
 async def chunks(engine: Engine, name: str, **options) -> int:
