@@ -159,17 +159,22 @@ def _json_array(data: Any, dtype: np.dtype, name: str) -> np.ndarray:
     try:
         given = np.asarray(data)
         if given.size and given.dtype.kind not in _KINDS[dtype.kind]:
-            if _whole_beyond(given, dtype):  # orjson reads an integer beyond 64 bits as a float
-                raise OverflowError
+            if _whole_beyond(given, dtype) or (dtype.kind in "iuf" and _huge_integers(given)):
+                raise OverflowError  # orjson reads beyond 64 bits a float, beyond a double Python's int
             raise ValueError(f"got {given.dtype.name} values")
         with np.errstate(over="ignore"):  # a float beyond the datatype becomes inf, which check_finite refuses
             return np.asarray(data, dtype=dtype)
-    except OverflowError:  # only integer datatypes overflow: a float beyond FP32 becomes inf
-        info = np.iinfo(dtype)
+    except OverflowError:  # integers beyond an integer datatype, or beyond any float; a float beyond FP32 is inf
+        info = np.iinfo(dtype) if dtype.kind in "iu" else np.finfo(dtype)
         raise InvalidInput(f"{name}.data: a value is out of {datatype}'s range [{info.min}, {info.max}]",
                            field=name) from None
     except (TypeError, ValueError) as e:
         raise InvalidInput(f"{name}.data: not {datatype} values: {e}", field=name) from None
+
+
+def _huge_integers(given: np.ndarray) -> bool:
+    """Whether an object array holds only Python integers (JSON integers beyond a double's range)."""
+    return given.dtype.kind == "O" and all(type(value) is int for value in given.flat)
 
 
 def _whole_beyond(given: np.ndarray, dtype: np.dtype) -> bool:

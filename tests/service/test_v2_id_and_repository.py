@@ -102,8 +102,9 @@ def test_repository_index_bodies_still_read(client):
     refusal(client.post("/v2/repository/index", json=[1]), "body")
 
 
-@pytest.mark.parametrize("value", ["1180591620717411303424", "9223372036854775808", "-1180591620717411303424"],
-                         ids=["2**70", "2**63", "-2**70"])
+@pytest.mark.parametrize("value", ["1180591620717411303424", "9223372036854775808", "-1180591620717411303424",
+                                   "1" + "0" * 400],
+                         ids=["2**70", "2**63", "-2**70", "10**400"])
 def test_an_integer_out_of_int64_is_said_so(client, value):
     payload = json.dumps(body()).replace('"data": [0,', f'"data": [{value},', 1).encode()
     message = refusal(infer(client, payload), "x.data")
@@ -120,3 +121,10 @@ def test_a_truncated_gzip_body_names_the_encoding(client):
     message = refusal(infer(client, whole[:len(whole) // 2], headers={"Content-Encoding": "gzip"}), "body")
     assert "Content-Encoding: gzip" in message and "invalid JSON" not in message
     assert infer(client, whole, headers={"Content-Encoding": "gzip"}).status_code == 200
+
+
+@pytest.mark.parametrize("dtype, says", [(np.float32, "out of FP32's range"), (np.bool_, "got object values")])
+def test_an_integer_beyond_a_double_is_refused_for_other_datatypes(dtype, says):
+    with pytest.raises(v2.InvalidInput, match="z.data: ") as refused:
+        v2._json_array([1, 10**400], np.dtype(dtype), "z")  # the standard library's reading of such a body
+    assert says in str(refused.value)
