@@ -7,6 +7,7 @@
   so a web page cannot drive the server with a form or a text/plain "simple request" that skips CORS.
   tritonclient.http sends no Content-Type at all, so none is allowed too, unless the request carries an
   Origin (every browser POST does): a page must say JSON, which makes its browser ask CORS first.
+- A coded body (Content-Encoding other than identity) is 415 except on V2 /infer, which inflates gzip and deflate.
 - CORS (Starlette's CORSMiddleware) only for settings.cors_origins; none by default, so no CORS headers.
 
 Refusals use the error body of the route's protocol: {"error": {"code", "message", "field"}} for /v1 and
@@ -80,18 +81,33 @@ def content_type_problem(content_type: bytes | None, origin: bytes | None) -> st
             "(V2 binary tensors: application/octet-stream)")
 
 
+def content_encoding_problem(path: str, encoding: bytes | None) -> str | None:
+    """Why a POST body's Content-Encoding is refused (415), or None: only V2 /infer inflates gzip and deflate
+    (v2._decompress); every other route reads the body as it comes, so a coded one would be misread."""
+    if encoding is None or encoding.strip().lower() == b"identity":
+        return None
+    if path.startswith("/v2/") and path.endswith("/infer"):
+        return None
+    shown = encoding.decode("latin-1")[:SHOWN_TYPE_CHARS]
+    return (f"content-encoding: {shown!r} is not accepted on {path[:SHOWN_TYPE_CHARS]!r}; send the body "
+            "uncompressed (V2 /infer routes accept gzip and deflate)")
+
+
 class ContentTypeMiddleware:
-    """415 for a POST whose body is not JSON or V2 binary tensors (content_type_problem)."""
+    """415 for a POST whose body is not JSON or V2 binary tensors (content_type_problem), or is coded where the
+    route cannot inflate it (content_encoding_problem)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            problem = content_type_problem(_header(scope, b"content-type"), _header(scope, b"origin"))
-            if problem is not None:
-                await _refusal(scope, 415, "unsupported_media_type", problem, "content-type")(scope, receive, send)
-                return
+            for field, problem in (
+                    ("content-type", content_type_problem(_header(scope, b"content-type"), _header(scope, b"origin"))),
+                    ("content-encoding", content_encoding_problem(scope["path"], _header(scope, b"content-encoding")))):
+                if problem is not None:
+                    await _refusal(scope, 415, "unsupported_media_type", problem, field)(scope, receive, send)
+                    return
         await self.app(scope, receive, send)
 
 

@@ -2,6 +2,7 @@
 startup checks of the keys file and the TLS pair. REST against the fake engine of test_api; gRPC in-process."""
 
 import asyncio
+import gzip
 import logging
 
 import grpc
@@ -190,6 +191,20 @@ def test_json_and_v2_binary_bodies_pass_and_a_browser_must_say_json():
                              "application/vnd.sagemaker-triton.binary+json;json-header-size=2"):
             response = client.post(V2_INFER, content=b"{}", headers={"Content-Type": content_type})
             assert response.status_code != 415, response.text  # the V2 route itself answers
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", " GZip"])
+def test_a_coded_body_is_415_except_where_v2_infer_inflates_it(encoding):
+    body = gzip.compress(b'{"n": 1, "seed": 3}')
+    headers = {"Content-Type": "application/json", "Content-Encoding": encoding}
+    with app_client() as client:
+        message = assert_refused(client.post(SAMPLE, content=body, headers=headers), 415, "unsupported_media_type",
+                                 "content-encoding")
+        assert encoding.strip() in message and SAMPLE in message
+        response = client.post(V2_INFER, content=body, headers=headers)  # the V2 route itself answers
+        assert response.status_code != 415, response.text
+        plain = {"Content-Type": "application/json", "Content-Encoding": "identity"}
+        assert client.post(SAMPLE, content=b'{"n": 1, "seed": 3}', headers=plain).status_code == 200
 
 
 def test_cors_is_off_by_default_and_on_for_the_configured_origins(keys_file):
