@@ -1,18 +1,14 @@
 """REST v1 honours an Accept header's q-values: a file (MIDI, piano roll, WAV) is answered instead of JSON only when
 the header prefers it to JSON; `audio/midi;q=0.5, application/json` was MIDI. A tie still goes to the file."""
 
-from pathlib import Path
-
 import pytest
 from fastapi.testclient import TestClient
 
 from service.api import create_app
 from service.api.accept import wanted_file
-from service.engine.engine import Engine
 from service.settings import Settings
-from service.store import ModelStore
+from tests.service.shipped import shipped_engine
 
-MODELS = Path(__file__).resolve().parents[2] / "models"
 MUSIC = ("audio/midi", "image/png")
 
 
@@ -37,9 +33,7 @@ def test_the_file_only_when_preferred_to_json(accept, wanted):
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    store = tmp_path_factory.mktemp("store")
-    (store / "midinet").symlink_to(MODELS / "midinet")
-    return TestClient(create_app(Engine(ModelStore(store), Settings(runtime="onnx", intra_op_threads=1)), Settings()))
+    return TestClient(create_app(shipped_engine(tmp_path_factory, ["midinet"]), Settings()))
 
 
 @pytest.mark.parametrize("accept, media", [("audio/midi;q=0.5, application/json", "application/json"),

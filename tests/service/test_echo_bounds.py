@@ -1,30 +1,23 @@
 """A REST v1 refusal quotes a client's string bounded (validation.brief), never whole: a 300 KB voice, unknown body key
 or controls key, and a 400 KB prompt of unknown words were echoed in 300-600 KB answers (the shipped models)."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from service.api import create_app
 from service.engine import captions
-from service.engine.engine import Engine
 from service.engine.errors import InvalidInput
 from service.settings import Settings
-from service.store import ModelStore
+from tests.service.shipped import shipped_engine
 
-MODELS = Path(__file__).resolve().parents[2] / "models"
 HUGE = "q" * 300_000
 MOST_BYTES = 4_000
 
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    store = tmp_path_factory.mktemp("store")
-    for name in ("midinet", "wavenet", "stackgan", "infogan"):
-        (store / name).symlink_to(MODELS / name)
-    engine = Engine(ModelStore(store), Settings(runtime="onnx", intra_op_threads=1))
+    engine = shipped_engine(tmp_path_factory, ["midinet", "wavenet", "stackgan", "infogan"])
     return TestClient(create_app(engine, Settings()))
 
 

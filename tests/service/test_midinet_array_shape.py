@@ -1,18 +1,14 @@
 """An array answer drops only an image's channel of 1 ([1,H,W] -> [H][W]): a music sample of one bar keeps its bars
 axis ([1][16], as gRPC's [n, 1, 16] and the docs' [bars][16]), through the codec and the shipped midinet over REST."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from service.api import codecs, create_app
-from service.engine.engine import Engine
 from service.settings import Settings
-from service.store import ModelStore
+from tests.service.shipped import shipped_engine
 
-MODELS = Path(__file__).resolve().parents[2] / "models"
 MUSIC = {"kind": "music", "shape": [16], "levels": 33}
 IMAGE = {"kind": "image", "shape": [1, 4, 4], "levels": 2}
 
@@ -34,9 +30,7 @@ def test_only_the_data_shape_channel_is_dropped():
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    store = tmp_path_factory.mktemp("store")
-    (store / "midinet").symlink_to(MODELS / "midinet")
-    return TestClient(create_app(Engine(ModelStore(store), Settings(runtime="onnx", intra_op_threads=1)), Settings()))
+    return TestClient(create_app(shipped_engine(tmp_path_factory, ["midinet"]), Settings()))
 
 
 @pytest.mark.parametrize("bars", [1, 2])

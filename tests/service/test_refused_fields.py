@@ -4,7 +4,6 @@ never answered 200 having been ignored (the shipped midinet and charrnn): a stre
 takes `texts`), and Sample's `chunk_ms` (SampleStream's)."""
 
 import asyncio
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -18,19 +17,15 @@ from service.grpc.gen import genserve_pb2 as pb
 from service.grpc.gen import genserve_pb2_grpc as pb_grpc
 from service.grpc.genserve_servicer import to_tensor
 from service.settings import Settings
-from service.store import ModelStore
+from tests.service.shipped import shipped_engine
 
-MODELS = Path(__file__).resolve().parents[2] / "models"
 SAMPLE_ONLY = [("controls", {"controls": {"class": 1}}), ("actions", {"actions": [[0.0]]})]
 CODES = to_tensor(np.ones((1, 4), np.int64))
 
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory) -> Engine:
-    store = tmp_path_factory.mktemp("store")
-    for name in ("midinet", "charrnn"):
-        (store / name).symlink_to(MODELS / name)
-    return Engine(ModelStore(store), Settings(runtime="onnx", intra_op_threads=1))
+    return shipped_engine(tmp_path_factory, ["midinet", "charrnn"])
 
 
 @pytest.mark.parametrize("model", ["midinet", "charrnn"])
