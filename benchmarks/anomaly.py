@@ -18,7 +18,11 @@ cross-fitted inversion residual from the same seed as the service's) and every
 detector is computed from them with the served code. A model scored by an importance-sampled bound is scored at
 --k with its capability's method, and its calibration entries record that k and method: the service scores their
 detectors at them, whatever a request's k. The latent Mahalanobis score's Gaussian is fitted on the training
-digits other than the CHOOSE step's own (the model's encoder, its noise seeded as the service seeds it). The
+digits other than the CHOOSE step's own (the model's encoder, its noise seeded as the service seeds it), and every
+set is scored with its arrays as the service reads them (float32, anomaly.latent_arrays); they are saved beside the
+--json rows (<json stem>.<model>.latent_gaussian.safetensors), and `--write` copies that file into the model's
+directory as anomaly.LATENT_FILE, listed in the manifest's files with its sha256 (with --merge: the file beside the
+rows' own --json). The
 background models (BACKGROUNDS: small-receptive-field PixelCNNs trained on perturbed training digits,
 training/configs/*-background.json) are no subjects of the table.
 
@@ -39,6 +43,7 @@ against the stored quantiles first; defaults and everything else unchanged).
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import shlex
@@ -49,6 +54,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from safetensors.numpy import save_file
 from scipy import stats
 from sklearn.datasets import load_digits
 from tqdm import tqdm
@@ -70,6 +76,7 @@ HIERARCHY_SKIP = 1  # the hierarchical ratio's k: the lowest latent layer from i
 BOOTSTRAP = 200
 PERMUTATIONS = 2000
 FRESH_SEED = 10_000  # the fresh digits' noise: chunk seeds other than the calibration's
+MAX_FILE_BYTES = 8 << 20  # the store's limit on one artifact file (DESIGN.md): the latent Gaussian's
 CHOOSE_KINDS = ["erased", "pixel noise", "mixture", "two halves", "uniform noise"]
 REPORT_KINDS = ["letters", "symbols", "rotated", "flipped", "shrunk", "permuted pixels", "sklearn digits",
                 "inverted", "blurred", "random strokes"]
@@ -305,7 +312,7 @@ def extra_entry(detector: str, feats: dict, levels: int, gaussian: dict | None) 
     if detector == "hierarchical_ratio":
         return {"skip": HIERARCHY_SKIP}
     if detector == "latent_mahalanobis":
-        return {"latent": gaussian}
+        return {"latent": anomaly.latent_entry(gaussian)}
     if not detector.startswith("mix:"):
         return None
     return {"mix": {p: {**own, "mean": float(v.mean()), "std": float(v.std() or 1.0)}
@@ -313,7 +320,9 @@ def extra_entry(detector: str, feats: dict, levels: int, gaussian: dict | None) 
                     for own in [score_parameters(p, feats)] for v in [scores(p, feats, own)]}}
 
 
-async def evaluate(engine: Engine, name: str, n: int, n_cal: int, seed: int, k: int) -> dict:
+async def evaluate(engine: Engine, name: str, n: int, n_cal: int, seed: int, k: int) -> tuple[dict, dict | None]:
+    """The model's row (its choice, calibration entries and report) and its fitted latent Gaussian (None: no
+    latent_mahalanobis), whose arrays the row's entry names by file."""
     m = engine.model(name)
     levels = m.data["levels"]
     options = score_options(engine, name, k)
@@ -339,8 +348,9 @@ async def evaluate(engine: Engine, name: str, n: int, n_cal: int, seed: int, k: 
     gaussian = None
     if "latent_mahalanobis" in need:  # fit on the training digits that are not the CHOOSE step's own
         gaussian = await latent_fit(engine, name, np.delete(data.x_train, train_index, axis=0))
+        served = {**gaussian, **anomaly.latent_arrays(gaussian)}  # the arrays as the service reads them
         for f in feats.values():
-            f["latent_mahalanobis"] = anomaly.latent_mahalanobis(f["latent_mean"], f["latent_std"], gaussian)
+            f["latent_mahalanobis"] = anomaly.latent_mahalanobis(f["latent_mean"], f["latent_std"], served)
     # 1. CHOOSE: training digits vs the CHOOSE kinds only
     entries = {d: extra_entry(d, feats["choose/in"], levels, gaussian) for d in detectors}
     choose = {d: {kind: auroc(scores(d, feats["choose/in"], entries[d]),
@@ -368,7 +378,7 @@ async def evaluate(engine: Engine, name: str, n: int, n_cal: int, seed: int, k: 
         flag_rate[d] = float(np.mean(anomaly.percentile(calibration[d], in_s) >= 99.0))
     return {"model": name, "levels": levels, "detectors": detectors, "default": default, "choose": choose,
             "calibration": calibration, "report": report, "flag_rate": flag_rate, "n": n, "n_cal": len(cal_index),
-            "options": options}
+            "options": options}, gaussian
 
 
 def half_a_split(n_cal: int, seed: int) -> str:
@@ -491,7 +501,7 @@ async def recalibrate(engine: Engine, store: Path, name: str, seed: int) -> list
     feats = await features(engine, name, x, score_options(engine, name, k), need)
     if "latent_mahalanobis" in need:
         feats["latent_mahalanobis"] = anomaly.latent_mahalanobis(feats["latent_mean"], feats["latent_std"],
-                                                                 entries["latent_mahalanobis"]["latent"])
+                                                                 m.latent_gaussian)
     path = store / name / "1" / "manifest.json"
     manifest = json.loads(path.read_text())
     for d, entry in entries.items():
@@ -547,19 +557,48 @@ def scoring_models(engine: Engine, wanted: list[str] | None) -> list[str]:
     return [name for name in names if wanted is None or name in wanted]
 
 
-def write_manifest(store: Path, row: dict) -> None:
-    """Only calibration.detectors and calibration.default; re-read right before writing. Rows whose entries were
+def gaussian_path(rows_json: Path, model: str) -> Path:
+    """Where a run keeps a model's latent Gaussian (anomaly.latent_arrays, safetensors): beside its --json rows."""
+    return rows_json.with_name(f"{rows_json.stem}.{model}.{anomaly.LATENT_FILE}")
+
+
+def latent_file(rows_json: Path, row: dict) -> bytes | None:
+    """The bytes of the latent Gaussian file that the row's latent_mahalanobis entry names (None: no such entry).
+    Rows whose Gaussian is JSON lists (written before the file) are refused, and so is a missing or oversized file."""
+    latent = row["calibration"].get("latent_mahalanobis", {}).get("latent")
+    if latent is None:
+        return None
+    if "file" not in latent:
+        raise SystemExit(f"{row['model']}: its latent_mahalanobis Gaussian is JSON lists in the rows (written before "
+                         f"{anomaly.LATENT_FILE}); rerun the model instead of writing these rows")
+    source = gaussian_path(rows_json, row["model"])
+    if not source.is_file():
+        raise SystemExit(f"{row['model']}: {source}, the latent Gaussian of these rows, is missing; rerun the model")
+    data = source.read_bytes()
+    if len(data) > MAX_FILE_BYTES:
+        raise SystemExit(f"{row['model']}: {source} is {len(data)} bytes, over the store's {MAX_FILE_BYTES} per file")
+    return data
+
+
+def write_manifest(store: Path, row: dict, rows_json: Path) -> None:
+    """Only calibration.detectors and calibration.default, and the latent Gaussian's file (copied from beside the
+    rows' --json, `rows_json`) with its sha256 in files; re-read right before writing. Rows whose entries were
     estimated before calibration_for took its quantiles at rank q (n + 1) are refused: writing them would bring back
     the biased thresholds that --recalibrate replaced."""
     stale = [d for d, e in row["calibration"].items() if "quantile_method" not in e and d not in ("nll", "critic")]
     if stale:
         raise SystemExit(f"{row['model']}: calibration entries {stale} predate quantile_method; rerun the model "
                          "instead of writing these rows")
-    path = store / row["model"] / "1" / "manifest.json"
+    gaussian = latent_file(rows_json, row)
+    directory = store / row["model"] / "1"
+    path = directory / "manifest.json"
     manifest = json.loads(path.read_text())
     base = "critic" if manifest["calibration"]["score"] == "negative_critic" else "nll"
     manifest["calibration"]["detectors"] = {d: e for d, e in row["calibration"].items() if d != base}
     manifest["calibration"]["default"] = row["default"]
+    if gaussian is not None:
+        (directory / anomaly.LATENT_FILE).write_bytes(gaussian)
+        manifest["files"][anomaly.LATENT_FILE] = hashlib.sha256(gaussian).hexdigest()
     path.write_text(json.dumps(manifest, indent=2))  # as the manifests are written: no final newline
 
 
@@ -604,10 +643,12 @@ async def run(args) -> list[dict]:
     engine = Engine(ModelStore(args.store), Settings(intra_op_threads=1))
     rows = []
     for name in scoring_models(engine, args.models):
-        row = await evaluate(engine, name, args.n, args.n_cal, args.seed, args.k)
+        row, gaussian = await evaluate(engine, name, args.n, args.n_cal, args.seed, args.k)
         rows.append(row)
+        if gaussian is not None:
+            save_file(anomaly.latent_arrays(gaussian), str(gaussian_path(Path(args.json), name)))
         if args.write:
-            write_manifest(args.store, row)
+            write_manifest(args.store, row, Path(args.json))
         Path(args.json).write_text(json.dumps(rows))
     return rows
 
@@ -666,11 +707,11 @@ def main() -> None:
         args.out.write_text(text)
         return
     if args.merge:
-        rows = list({r["model"]: r for path in args.merge for r in json.loads(path.read_text())}.values())
-        rows.sort(key=lambda r: r["model"])
+        merged = {r["model"]: (r, path) for path in args.merge for r in json.loads(path.read_text())}
+        rows = sorted((r for r, _ in merged.values()), key=lambda r: r["model"])
         Path(args.json).write_text(json.dumps(rows))
         for row in rows if args.write else []:
-            write_manifest(args.store, row)
+            write_manifest(args.store, row, merged[row["model"]][1])
     else:
         rows = asyncio.run(run(args))
     text = tables(rows, command, None if args.merge else time.perf_counter() - start)

@@ -36,9 +36,11 @@ Per-input detectors (from what the engine computes for the input):
 - `latent_mahalanobis`: Lee et al. 2018's Mahalanobis score, in the model's latent space: the Mahalanobis distance
   of the encoder's posterior (its `encode` function's mean, and log std where the encoder is stochastic; noise from
   the request's seed) from a Gaussian fitted to the training digits' posteriors (mean, and covariance plus a small
-  ridge: the calibration entry's `latent`, `{"features", "mean": [F], "precision": [F, F]}`). For a model whose
-  manifest has an `encode` function whose latent has at most LATENT_MAX_DIM dimensions (the VAEs, the BiGAN; not
-  the flows, whose z is as large as x).
+  ridge: the calibration entry's `latent`, `{"features", "n", "ridge", "file"}`, whose `file` (LATENT_FILE, listed
+  with its sha256 in the manifest's files and verified by the store like any artifact file) holds its `mean` [F] and
+  `precision` [F, F] in float32; a manifest written before the file holds them as JSON lists in `latent` instead,
+  the BiGAN's). For a model whose manifest has an `encode` function with a `mean` output of a fixed size (the VAEs,
+  the BiGAN, the flows, whose z is as large as x).
 - `mix:<a>+<b>...`: the sum of the named detectors' scores, each standardized by a mean and standard deviation
   stored in the calibration entry (fit on the choice data, never on the calibration data), beside any parameter the
   part's score needs (`typical_nll`'s `center`); served only where each part has its own calibration entry too.
@@ -66,9 +68,11 @@ asked for (the same numbers where the settings agree). An entry without them sco
 
 import io
 import math
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from safetensors.numpy import load_file
 
 from service.engine import latent
 
@@ -76,10 +80,9 @@ TYPICALITY_DRAWS = 4000
 TYPICALITY_SEED = 17
 QUANTILE_METHOD = "weibull"  # numpy's name for the quantile at rank q (n + 1): calibration_for
 LATENT_RIDGE = 1e-3  # added to the latent covariance's diagonal, times its mean variance
-# latent_mahalanobis keeps a full precision matrix over up to 2 x this many features in the manifest's JSON: a VAE's
-# 32-dimensional latent gives 64 x 64 numbers; a flow's 784-dimensional z would give 784 x 784 (22 MB of JSON for
-# the store to parse and validate at every start), so a flow does not offer it
-LATENT_MAX_DIM = 128
+# latent_mahalanobis's Gaussian, beside the manifest: its precision [F, F] in float32 is 2.5 MB for a flow's 784
+# features (its encoder is deterministic: the mean alone), not the 22 MB of JSON lists the manifest would parse
+LATENT_FILE = "latent_gaussian.safetensors"
 
 
 def png_bits(x: np.ndarray, levels: int) -> np.ndarray:
@@ -159,10 +162,10 @@ def latent_features(mean: np.ndarray, std: np.ndarray, parts: list[str]) -> np.n
 
 
 def latent_gaussian(mean: np.ndarray, std: np.ndarray, ridge: float = LATENT_RIDGE) -> dict:
-    """The training digits' posterior means and stds [N, D] each -> the latent_mahalanobis entry's `latent`: which
-    features it measures (the mean, and the log std where the encoder is stochastic: a deterministic encoder's std
-    is 0), their mean [F], and the precision [F, F] of their covariance plus ridge x its mean variance on the
-    diagonal."""
+    """The training digits' posterior means and stds [N, D] each -> the fitted Gaussian, as JSON lists (its file's
+    arrays: latent_arrays; the entry's `latent` that names the file: latent_entry): which features it measures (the
+    mean, and the log std where the encoder is stochastic: a deterministic encoder's std is 0), their mean [F], and
+    the precision [F, F] of their covariance plus ridge x its mean variance on the diagonal."""
     parts = ["mean", "log_std"] if (np.asarray(std) > 0).all() else ["mean"]
     f = latent_features(mean, std, parts)
     covariance = np.cov(f, rowvar=False)
@@ -182,16 +185,30 @@ def latent_mahalanobis(mean: np.ndarray, std: np.ndarray, gaussian: dict) -> np.
     return np.sqrt(np.maximum(squared, 0.0))
 
 
-def fitted_latent_gaussian(manifest: dict) -> dict | None:
+def latent_arrays(gaussian: dict) -> dict[str, np.ndarray]:
+    """A fitted Gaussian's mean [F] and precision [F, F] as its file keeps them and the service scores with them:
+    float32 (scores within 1e-6 relative of float64's for a flow's 784 features: tests)."""
+    return {key: np.asarray(gaussian[key], np.float32) for key in ("mean", "precision")}
+
+
+def latent_entry(gaussian: dict) -> dict:
+    """The calibration entry's `latent` for a fitted Gaussian whose arrays (latent_arrays) are written to LATENT_FILE
+    in the model's directory: what it measures and how it was fitted, and the file's name."""
+    return {"features": list(gaussian["features"]), "n": gaussian["n"], "ridge": gaussian["ridge"], "file": LATENT_FILE}
+
+
+def fitted_latent_gaussian(manifest: dict, directory: Path) -> dict | None:
     """The Gaussian of the training digits' posteriors that the latent Mahalanobis score measures from, its mean [F]
-    and precision [F, F] as float64 arrays: the engine builds it once when it loads the model (LoadedModel), not from
-    the manifest's JSON lists on every request. None where the manifest calibrates no latent Mahalanobis score."""
+    and precision [F, F] as float64 arrays, read from its file in the model's `directory` (or the manifest's JSON
+    lists where it has no file): the engine reads it once when it loads the model (LoadedModel), after the store
+    checked the file's sha256. None where the manifest calibrates no latent Mahalanobis score."""
     entry = manifest.get("calibration", {}).get("detectors", {}).get("latent_mahalanobis")
     if entry is None:
         return None
     latent = entry["latent"]
-    return {"features": list(latent["features"]), "mean": np.asarray(latent["mean"], np.float64),
-            "precision": np.asarray(latent["precision"], np.float64)}
+    arrays = load_file(str(Path(directory) / latent["file"])) if "file" in latent else latent
+    return {"features": list(latent["features"]), "mean": np.asarray(arrays["mean"], np.float64),
+            "precision": np.asarray(arrays["precision"], np.float64)}
 
 
 def hierarchical_ratio(log_w: np.ndarray, method: str, skip: int) -> np.ndarray:
@@ -221,7 +238,7 @@ def computable(manifest: dict, capability: dict, function_inputs, has_background
                 and "label" in function_inputs(conditional) and capability["procedure"] == "direct" \
                 and "noise" not in capability:
             detectors.add("class")
-    if "encode" in manifest["functions"] and 0 < latent_dim(manifest) <= LATENT_MAX_DIM:
+    if "encode" in manifest["functions"] and latent_dim(manifest) > 0:
         detectors.add("latent_mahalanobis")
     if inverts(manifest):
         detectors.add("inversion")

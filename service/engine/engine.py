@@ -70,7 +70,7 @@ class LoadedModel:
         # a sequence model scored by one pass over its values (charrnn, wavenet; not an importance-sampled vrnn,
         # whose score limits count samples k): its V2 x [rows, values] is held to those limits
         self.scores_values = self.is_sequence and self.capabilities.get("score", {}).get("procedure") == "direct"
-        self.latent_gaussian = anomaly.fitted_latent_gaussian(self.manifest)  # arrays, once: not per request
+        self.latent_gaussian = anomaly.fitted_latent_gaussian(self.manifest, entry.directory)  # once: not per request
         self.input_levels = self._input_levels()  # tensor name -> levels, once: not per request
         self.input_ranges = self._input_ranges()  # tensor name -> (low, high) of a float input, once
 

@@ -55,14 +55,22 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def used_files(manifest: dict) -> list[tuple[str, str]]:
+    """(what uses it, file name) of every file the manifest reads: each function's, and a calibration detector's
+    (the latent Mahalanobis score's Gaussian, `latent.file`)."""
+    used = [(f"function {function!r}", filename) for function, entry in manifest["functions"].items()
+            for filename in entry["files"].values()]
+    detectors = manifest.get("calibration", {}).get("detectors", {})
+    return used + [(f"calibration detector {detector!r}", entry["latent"]["file"])
+                   for detector, entry in detectors.items() if "file" in entry.get("latent", {})]
+
+
 def verify_files(directory: Path, manifest: dict) -> None:
-    """Every function file is listed, and every listed file exists with its recorded sha256."""
+    """Every file the manifest reads is listed, and every listed file exists with its recorded sha256."""
     listed = manifest["files"]
-    for function, entry in manifest["functions"].items():
-        for filename in entry["files"].values():
-            if filename not in listed:
-                raise StoreError(f"{directory}: function {function!r} uses {filename}, which has no sha256 in files",
-                             "manifest")
+    for user, filename in used_files(manifest):
+        if filename not in listed:
+            raise StoreError(f"{directory}: {user} uses {filename}, which has no sha256 in files", "manifest")
     for filename, expected in listed.items():
         path = directory / filename
         if not path.is_file():
