@@ -32,8 +32,10 @@ from service.engine.validation import (
     MIN_TEMPERATURE,
     check_batch,
     check_levels,
+    check_output_levels,
     check_range,
     check_sequence_work,
+    float_inputs,
 )
 from service.engine.workers import InProcess, WorkerPool
 from service.settings import Settings
@@ -386,4 +388,6 @@ class Engine(GenerationOperations, StateSpaceOperations, ScoringOperations, Late
         outputs = await self._batcher(m, function).submit(inputs)
         if function == m.capabilities.get("decode", {}).get("function"):
             check_decoding(outputs["mean"], m.data["levels"])
+        if "levels" in m.data:
+            check_output_levels(outputs, m.data["levels"], float_inputs(inputs))
         return outputs
