@@ -196,7 +196,7 @@ def decode_audio(value: Any, spec: dict, field: str) -> np.ndarray:
         except (binascii.Error, ValueError) as exc:
             raise InvalidInput(f"{field}: string is not valid base64", field=field) from exc
         return audio.from_wav(data, int(spec["sample_rate"]), field)
-    if not isinstance(value, list) or not value or not all(isinstance(v, int) for v in value):
+    if not isinstance(value, list) or not value or not all(type(v) is int for v in value):  # no JSON true/false
         raise InvalidInput(f"{field}: must be a base64 WAV string or a non-empty list of integer codes", field=field)
     x = np.array(value)
     check_range(x, int(spec["levels"]), field)

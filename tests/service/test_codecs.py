@@ -154,3 +154,11 @@ def test_images_that_are_not_finite_are_refused_naming_their_field():
                 codecs.encode_images(images, SPEC2, fmt)
     with pytest.raises(InvalidInput, match=r"^body\.inputs: "):
         codecs.encode_images(images, SPEC2, "array", field="body.inputs")
+
+
+@pytest.mark.parametrize("codes", [[True, False, True], [1, True], [0.0, 1]])
+def test_audio_codes_are_json_integers_not_booleans_or_floats(codes):
+    spec = {"kind": "audio", "shape": [16000], "levels": 256, "sample_rate": 16000}
+    with pytest.raises(InvalidInput, match=r"^body.inputs\[0\]: must be a base64 WAV string or a non-empty list"):
+        codecs.decode_inputs([codes], spec)
+    np.testing.assert_array_equal(codecs.decode_inputs([[0, 255, 7]], spec)[0], [0, 255, 7])
