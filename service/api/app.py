@@ -518,11 +518,12 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
 def _health_routes(engine: Any, metrics: ApiMetrics) -> APIRouter:
     router = APIRouter(tags=["health"])
 
-    @router.get("/healthz", response_model=schemas.Status)
+    @router.api_route("/healthz", methods=["GET", "HEAD"], response_model=schemas.Status)  # HEAD: some probes
     async def healthz() -> dict:
         return {"status": "ok"}
 
-    @router.get("/readyz", response_model=schemas.Status, responses={503: {"model": schemas.ErrorResponse}})
+    @router.api_route("/readyz", methods=["GET", "HEAD"], response_model=schemas.Status,
+                      responses={503: {"model": schemas.ErrorResponse}})
     async def readyz() -> Any:
         if engine.ready():
             return {"status": "ready"}

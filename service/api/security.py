@@ -2,11 +2,12 @@
 
 - With settings.api_keys_file set, every route but /healthz and /readyz (and /metrics when
   settings.metrics_public) needs `Authorization: Bearer <key>`; otherwise 401 with WWW-Authenticate: Bearer.
-- A POST body must be JSON (application/json) or the V2 binary extension's (application/octet-stream,
-  application/vnd.*, e.g. SageMaker's application/vnd.sagemaker-triton.binary+json); anything else is 415,
-  so a web page cannot drive the server with a form or a text/plain "simple request" that skips CORS.
-  tritonclient.http sends no Content-Type at all, so none is allowed too, unless the request carries an
-  Origin (every browser POST does): a page must say JSON, which makes its browser ask CORS first.
+- A POST body must be JSON (application/json), on the V2 routes also the binary extension's
+  (application/octet-stream, application/vnd.*, e.g. SageMaker's application/vnd.sagemaker-triton.binary+json);
+  anything else is 415, so a web page cannot drive the server with a form or a text/plain "simple request" that
+  skips CORS. tritonclient.http sends no Content-Type at all, so none is allowed on the V2 routes (elsewhere: only
+  without a body), unless the request carries an Origin (every browser POST does): a page must say JSON, which
+  makes its browser ask CORS first.
 - A coded body (Content-Encoding other than identity) is 415 except on V2 /infer, which inflates gzip and deflate.
 - CORS (Starlette's CORSMiddleware) only for settings.cors_origins; none by default, so no CORS headers.
 
@@ -67,18 +68,31 @@ class AuthMiddleware:
         await refuse(scope, receive, send)
 
 
-def content_type_problem(content_type: bytes | None, origin: bytes | None) -> str | None:
-    """Why a POST with these headers is refused (415), or None when its body may be read."""
+def content_type_problem(path: str, content_type: bytes | None, origin: bytes | None, has_body: bool) -> str | None:
+    """Why a POST with these headers is refused (415), or None when its body may be read. The V2 routes (/v2/...)
+    also take the binary extension's types, and no type from a client that is not a web page (tritonclient.http
+    sends none); every other route reads JSON only, and a body without a type there would be misread."""
+    v2 = path.startswith("/v2/")
     if content_type is None:
-        if origin is None:
+        if origin is not None:
+            return "content-type: missing; a request from a web page must send 'Content-Type: application/json'"
+        if v2 or not has_body:
             return None
-        return "content-type: missing; a request from a web page must send 'Content-Type: application/json'"
+        return "content-type: missing; send 'Content-Type: application/json'"
     media = content_type.partition(b";")[0].strip().lower()
-    if media in ACCEPTED_TYPES or media.startswith(VENDOR_TYPES):
+    if media == b"application/json" or (v2 and (media in ACCEPTED_TYPES or media.startswith(VENDOR_TYPES))):
         return None
     shown = media.decode("latin-1")[:SHOWN_TYPE_CHARS]
+    if not v2:
+        return f"content-type: {shown!r} is not accepted on {path[:SHOWN_TYPE_CHARS]!r}; send application/json"
     return (f"content-type: {shown!r} is not accepted; send application/json "
             "(V2 binary tensors: application/octet-stream)")
+
+
+def _has_body(scope: Scope) -> bool:
+    """Whether the request says it has a body: a Content-Length above 0, or a Transfer-Encoding (chunked)."""
+    length = (_header(scope, b"content-length") or b"").strip()
+    return _header(scope, b"transfer-encoding") is not None or length not in (b"0", b"")
 
 
 def content_encoding_problem(path: str, encoding: bytes | None) -> str | None:
@@ -103,7 +117,8 @@ class ContentTypeMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             for field, problem in (
-                    ("content-type", content_type_problem(_header(scope, b"content-type"), _header(scope, b"origin"))),
+                    ("content-type", content_type_problem(scope["path"], _header(scope, b"content-type"),
+                                                          _header(scope, b"origin"), _has_body(scope))),
                     ("content-encoding", content_encoding_problem(scope["path"], _header(scope, b"content-encoding")))):
                 if problem is not None:
                     await _refusal(scope, 415, "unsupported_media_type", problem, field)(scope, receive, send)

@@ -274,8 +274,10 @@ def test_health_and_readiness():
     with TestClient(create_app(engine, settings())) as client:
         assert client.get("/healthz").status_code == 200
         assert_error(client.get("/readyz"), 503, "engine", "not_ready")
+        assert [client.head(path).status_code for path in ("/healthz", "/readyz")] == [200, 503]  # probes' HEAD
         engine.is_ready = True
         assert client.get("/readyz").json() == {"status": "ready"}
+        assert client.head("/readyz").status_code == 200
 
 
 def test_docs_and_openapi(client):
@@ -427,7 +429,8 @@ def test_oversized_body_is_413(client):
             yield b"[" + b"0," * 500 + b"0],"
         yield b"[0]]}"
 
-    assert_error(client.post(SCORE, content=chunks()), 413, "body", "payload_too_large")
+    json_type = {"Content-Type": "application/json"}
+    assert_error(client.post(SCORE, content=chunks(), headers=json_type), 413, "body", "payload_too_large")
     assert 'code="413"' in client.get("/metrics").text
 
 

@@ -193,6 +193,19 @@ def test_json_and_v2_binary_bodies_pass_and_a_browser_must_say_json():
             assert response.status_code != 415, response.text  # the V2 route itself answers
 
 
+@pytest.mark.parametrize("headers", [{"Content-Type": "application/octet-stream"},
+                                     {"Content-Type": "application/vnd.foo+json"}, {}])
+def test_v1_reads_json_only_the_binary_types_and_no_type_are_v2s(headers):
+    body = b'{"n": 1, "seed": 3}'
+    with app_client() as client:
+        message = assert_refused(client.post(SAMPLE, content=body, headers=headers), 415, "unsupported_media_type",
+                                 "content-type")
+        assert "application/json" in message
+        assert client.post(V2_INFER, content=b"{}", headers=headers).status_code != 415  # the V2 route answers
+        response = client.post(SAMPLE)  # no body, no type: the route itself says what is missing
+        assert response.status_code == 422, response.text
+
+
 @pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", " GZip"])
 def test_a_coded_body_is_415_except_where_v2_infer_inflates_it(encoding):
     body = gzip.compress(b'{"n": 1, "seed": 3}')
