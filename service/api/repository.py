@@ -81,7 +81,8 @@ class VersionedRoutes:
                 await refusal(scope, receive, send)
                 return
             else:
-                path = f"/v1/models/{name}{rest or ''}"
+                # no trailing slash: the app's slash redirect would point at the unversioned route, unpinned
+                path = f"/v1/models/{name}{(rest or '').rstrip('/')}"
                 scope = {**scope, "path": path, "raw_path": path.encode()}
                 pinned = (name, int(version))
         elif match := _V2_MODEL.fullmatch(scope["path"]):

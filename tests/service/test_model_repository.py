@@ -116,6 +116,10 @@ def test_versions_served_at_once_answer_alike(store, keys):
             f"/v1/models/{MODEL}", f"/v1/models/{MODEL}/versions/1", f"/v1/models/{MODEL}/versions/2"))
         assert (latest["version"], v1["version"], v2["version"]) == (2, 1, 2)
         assert latest["samples"] == v1["samples"] == v2["samples"]  # the same files and seed: the same draw
+        slash = client.post(f"/v1/models/{MODEL}/versions/1/sample/", json={"n": 1, "seed": 11},
+                            follow_redirects=False)  # kept on version 1: no redirect to the unversioned route
+        assert slash.status_code == 200 and slash.json()["version"] == 1, slash.text
+        assert client.get(f"/v1/models/{MODEL}/versions/1/", follow_redirects=False).json()["version"] == 1
         missing = client.post(f"/v1/models/{MODEL}/versions/7/sample", json={"n": 1})
         assert missing.status_code == 404 and missing.json()["error"]["field"] == "version"
         x = np.array(v1["samples"], np.int64).reshape(1, 1, 28, 28)  # V2 infer on each version: the same answer
