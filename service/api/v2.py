@@ -46,6 +46,7 @@ from service.engine.oip import (
     output_tensor,
     platform,
     resolve,
+    served_versions,
     tensor_metadata,
     v2_datatype,
     wire_bytes,
@@ -357,11 +358,11 @@ def router(engine: Any) -> APIRouter:
 
     async def model_metadata(request: Request, model_name: str, model_version: str | None = None) -> Any:
         try:
-            _, _, spec, version = lookup(request, model_name, model_version)
+            model, _, spec, version = lookup(request, model_name, model_version)
         except EngineError as e:
             return from_engine_error(e)
-        return {"name": model_name, "versions": [version], "platform": platform(engine),
-                "inputs": [tensor_metadata(t) for t in spec["inputs"]],
+        return {"name": model_name, "versions": served_versions(engine, model) or [version],
+                "platform": platform(engine), "inputs": [tensor_metadata(t) for t in spec["inputs"]],
                 "outputs": [tensor_metadata(t) for t in spec["outputs"]]}
 
     async def model_ready(request: Request, model_name: str, model_version: str | None = None) -> Any:

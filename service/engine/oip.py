@@ -10,6 +10,7 @@ import numpy as np
 
 from service.engine.errors import InvalidInput, UnknownModel
 from service.engine.validation import brief
+from service.store import is_version_number
 
 SERVER_NAME = "genserve"
 EXTENSIONS = ["binary_tensor_data"]
@@ -77,9 +78,15 @@ def resolve(engine: Any, name: str, version: str | None, field: str = "model_nam
         spec = engine.function_spec(model, function)
     except UnknownModel as e:
         raise UnknownModel(f"{field}: unknown model {name!r} ({e.message})", field=field) from e
-    have = str(description["version"])
-    if version and version != have:
+    have = str(description["version"])  # the pinned one (service.model_control.v2_pin), else the latest
+    if version and not (is_version_number(version) and int(version) == int(have)):  # "01" is version 1, as on /v1
         field = "model_version" if field == "model_name" else "version"
-        raise UnknownModel(f"{field}: model {name!r} has no version {version!r}; it has [{have!r}]", field=field)
+        raise UnknownModel(f"{field}: model {name!r} has no version {version!r}; it has "
+                           f"{served_versions(engine, model) or [have]}", field=field)
     return model, function, spec, have
+
+
+def served_versions(engine: Any, model: str) -> list[str]:
+    """The versions of a model served now, oldest first, as V2 names them (model metadata's `versions`)."""
+    return [str(v) for v in sorted(getattr(engine, "versions", {}).get(model, {}))]
 

@@ -37,6 +37,7 @@ from service.engine.oip import (
     output_tensor,
     platform,
     resolve,
+    served_versions,
     tensor_metadata,
     v2_datatype,
     wire_bytes,
@@ -188,9 +189,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(self, request, context):
         async def work():
-            _, _, spec, version = resolve(self.engine, request.name, request.version, field="name")
+            model, _, spec, version = resolve(self.engine, request.name, request.version, field="name")
             return pb.ModelMetadataResponse(
-                name=request.name, versions=[version], platform=platform(self.engine),
+                name=request.name, versions=served_versions(self.engine, model) or [version],
+                platform=platform(self.engine),
                 inputs=[pb.ModelMetadataResponse.TensorMetadata(**tensor_metadata(t)) for t in spec["inputs"]],
                 outputs=[pb.ModelMetadataResponse.TensorMetadata(**tensor_metadata(t)) for t in spec["outputs"]],
             )

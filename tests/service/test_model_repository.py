@@ -127,6 +127,11 @@ def test_versions_served_at_once_answer_alike(store, keys):
         answers = [client.post(f"/v2/models/{MODEL}.log_prob/versions/{v}/infer", json=body).json() for v in (1, 2)]
         assert [a.get("model_version") for a in answers] == ["1", "2"], answers
         assert answers[0]["outputs"][0]["data"] == answers[1]["outputs"][0]["data"]
+        for path in ("", "/versions/1"):  # every served version is listed, whichever the request names
+            assert client.get(f"/v2/models/{MODEL}.log_prob{path}").json()["versions"] == ["1", "2"]
+        assert client.get(f"/v2/models/{MODEL}.log_prob/versions/01/ready").json()["ready"] is True  # as on /v1
+        refused = client.get(f"/v2/models/{MODEL}.log_prob/versions/3/ready").json()["error"]
+        assert refused.endswith("has no version '3'; it has ['1', '2']"), refused
         assert np.isfinite(answers[0]["outputs"][0]["data"]).all()
 
 
@@ -209,7 +214,7 @@ def test_grpc_load_and_unload_need_an_admin_key(store, keys):
         assert {m.version for m in ready} == {"1", "2"}
         metadata = stub.ModelMetadata(pb.ModelMetadataRequest(name=f"{MODEL}.log_prob", version="1"),
                                       timeout=TIMEOUT_S)
-        assert list(metadata.versions) == ["1"]
+        assert list(metadata.versions) == ["1", "2"]  # the spec's "versions that may be explicitly requested"
 
 
 def test_store_poll_loads_a_new_version(store):
