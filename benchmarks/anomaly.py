@@ -2,8 +2,9 @@
 
 1. CHOOSE: each model's default detector (service/engine/anomaly.py) is the one with the best worst-case AUROC
    over the CHOOSE kinds: constructions made from *training* digits only (erasures, pixel noise, mixtures of two
-   digits, halves of two digits, uniform noise), against training digits. Mixes standardize their parts by the
-   training digits' scores. Nothing else plays a part in the choice.
+   digits, halves of two digits, uniform noise, constant images: Serra et al. 2020's synthetic sets, the last
+   added on 2026-12-07 after the REPORT table showed smooth inputs rated as likely), against training digits.
+   Mixes standardize their parts by the training digits' scores. Nothing else plays a part in the choice.
 2. CALIBRATE: every detector's held-out quantiles from a seeded half of the test split (`--write` puts them in
    the manifests' `calibration.detectors`, with `calibration.default` from step 1; no model file changes).
 3. REPORT: the other half of the test split against the REPORT kinds, which played no part in steps 1-2
@@ -77,7 +78,7 @@ BOOTSTRAP = 200
 PERMUTATIONS = 2000
 FRESH_SEED = 10_000  # the fresh digits' noise: chunk seeds other than the calibration's
 MAX_FILE_BYTES = 8 << 20  # the store's limit on one artifact file (DESIGN.md): the latent Gaussian's
-CHOOSE_KINDS = ["erased", "pixel noise", "mixture", "two halves", "uniform noise"]
+CHOOSE_KINDS = ["erased", "pixel noise", "mixture", "two halves", "uniform noise", "constant"]
 REPORT_KINDS = ["letters", "symbols", "rotated", "flipped", "shrunk", "permuted pixels", "sklearn digits",
                 "inverted", "blurred", "random strokes"]
 NOTES = {
@@ -86,6 +87,7 @@ NOTES = {
     "mixture": "the pixelwise maximum of two training digits",
     "two halves": "the top half of one training digit over the bottom half of another",
     "uniform noise": "every pixel uniform over 0..255",
+    "constant": "every pixel one level, uniform over 0..255 per image (Serra et al. 2020's synthetic Constant set)",
     "letters": "A-Z rendered by Pillow's default font (size 22), centred in the 20x20 box",
     "symbols": "strokes of non-digit symbols (square, triangle, cross, plus, star, arrow, circle with cross), "
                "width 2-3, random size and position in the 20x20 box",
@@ -184,8 +186,10 @@ def choose_kinds(train: np.ndarray, n: int, rng: np.random.Generator) -> dict[st
         erased[i, 0, r:r + 14, c:c + 14] = 0
     noisy = np.where(rng.random(a.shape) < 0.2, rng.integers(0, 256, a.shape), a).astype(np.uint8)
     halves = np.concatenate([a[:, :, :14], b[:, :, 14:]], axis=2)
+    uniform = rng.integers(0, 256, a.shape, dtype=np.uint8)
+    constant = np.broadcast_to(rng.integers(0, 256, (n, 1, 1, 1), dtype=np.uint8), a.shape).copy()
     return {"erased": erased, "pixel noise": noisy, "mixture": np.maximum(a, b), "two halves": halves,
-            "uniform noise": rng.integers(0, 256, a.shape, dtype=np.uint8)}
+            "uniform noise": uniform, "constant": constant}
 
 
 def report_kinds(test: np.ndarray, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -38,9 +38,8 @@ Per-input detectors (from what the engine computes for the input):
   the request's seed) from a Gaussian fitted to the training digits' posteriors (mean, and covariance plus a small
   ridge: the calibration entry's `latent`, `{"features", "n", "ridge", "file"}`, whose `file` (LATENT_FILE, listed
   with its sha256 in the manifest's files and verified by the store like any artifact file) holds its `mean` [F] and
-  `precision` [F, F] in float32; a manifest written before the file holds them as JSON lists in `latent` instead,
-  the BiGAN's). For a model whose manifest has an `encode` function with a `mean` output of a fixed size (the VAEs,
-  the BiGAN, the flows, whose z is as large as x).
+  `precision` [F, F] in float32). For a model whose manifest has an `encode` function with a `mean` output of a
+  fixed size (the VAEs, the BiGAN, the flows, whose z is as large as x).
 - `mix:<a>+<b>...`: the sum of the named detectors' scores, each standardized by a mean and standard deviation
   stored in the calibration entry (fit on the choice data, never on the calibration data), beside any parameter the
   part's score needs (`typical_nll`'s `center`); served only where each part has its own calibration entry too.
@@ -199,14 +198,14 @@ def latent_entry(gaussian: dict) -> dict:
 
 def fitted_latent_gaussian(manifest: dict, directory: Path) -> dict | None:
     """The Gaussian of the training digits' posteriors that the latent Mahalanobis score measures from, its mean [F]
-    and precision [F, F] as float64 arrays, read from its file in the model's `directory` (or the manifest's JSON
-    lists where it has no file): the engine reads it once when it loads the model (LoadedModel), after the store
-    checked the file's sha256. None where the manifest calibrates no latent Mahalanobis score."""
+    and precision [F, F] as float64 arrays, read from its file in the model's `directory`: the engine reads it once
+    when it loads the model (LoadedModel), after the store checked the file's sha256. None where the manifest
+    calibrates no latent Mahalanobis score."""
     entry = manifest.get("calibration", {}).get("detectors", {}).get("latent_mahalanobis")
     if entry is None:
         return None
     latent = entry["latent"]
-    arrays = load_file(str(Path(directory) / latent["file"])) if "file" in latent else latent
+    arrays = load_file(str(Path(directory) / latent["file"]))
     return {"features": list(latent["features"]), "mean": np.asarray(arrays["mean"], np.float64),
             "precision": np.asarray(arrays["precision"], np.float64)}
 

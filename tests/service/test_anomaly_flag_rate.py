@@ -4,6 +4,7 @@ mix whose part has no calibration entry of its own is refused with a 4xx naming 
 (tests/conftest.py), where it used to fail inside the service."""
 
 import asyncio
+import hashlib
 import json
 import shutil
 
@@ -11,6 +12,7 @@ import grpc
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from safetensors.numpy import save_file
 from scipy import stats
 
 from service.api import create_app
@@ -97,9 +99,13 @@ def store_with(tiny_vae_store, tmp_path, digits, default: str | None, with_part:
     manifest = json.loads(path.read_text())
     detectors = {MIX: {**anomaly.calibration_for(anomaly.per_input_scores(MIX, feats, mix), "mix", "test 0-39",
                                                  QUANTILES), **mix}}
-    if with_part:
+    if with_part:  # the Gaussian in its file, listed with its sha256, as benchmarks/anomaly.py --write puts it
         detectors["latent_mahalanobis"] = {**anomaly.calibration_for(feats["latent_mahalanobis"], "mahalanobis",
-                                                                     "test 0-39", QUANTILES), "latent": gaussian}
+                                                                     "test 0-39", QUANTILES),
+                                           "latent": anomaly.latent_entry(gaussian)}
+        save_file(anomaly.latent_arrays(gaussian), str(path.parent / anomaly.LATENT_FILE))
+        manifest["files"][anomaly.LATENT_FILE] = hashlib.sha256((path.parent / anomaly.LATENT_FILE).read_bytes()
+                                                                ).hexdigest()
     manifest["calibration"]["detectors"] = detectors
     if default:
         manifest["calibration"]["default"] = default
