@@ -112,14 +112,15 @@ async def _engine(request: Request, exc: EngineError) -> JSONResponse:
 async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     status = exc.status_code
     code = _HTTP_CODES.get(status, "internal" if status >= 500 else "bad_request")
-    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-    if status == 400 and not detail.startswith("body"):  # FastAPI could not parse the body at all
-        detail = f"body: {detail}"
+    detail, field = exc.detail if isinstance(exc.detail, str) else str(exc.detail), None
+    if status == 400 and not detail.startswith("body"):  # FastAPI could not parse the body at all: say why
+        why = exc.__cause__  # not UTF-8, an integer of over 4,300 digits, nesting past Python's recursion limit
+        detail, field = (f"body: cannot be read as JSON: {str(why)[:200]}" if why else f"body: {detail}"), "body"
     elif status == 404 and detail == "Not Found":
         detail = f"path: no route {request.url.path}"
     elif status == 405:
         detail = f"method: {request.method} is not allowed on {request.url.path}"
-    return protocol_error(request.url.path, status, code, detail, headers=getattr(exc, "headers", None))
+    return protocol_error(request.url.path, status, code, detail, field, headers=getattr(exc, "headers", None))
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

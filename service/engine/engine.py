@@ -197,6 +197,8 @@ class Engine(GenerationOperations, StateSpaceOperations, ScoringOperations, Late
         self.unloaded.discard(name)
         self.unavailable = [u for u in self.unavailable if u["name"] != name]
         log.info("model %s: loaded, versions %s", name, sorted(loaded))
+        for refused in bad:  # served without them; the repository index says why too
+            log.warning("model %s: version %s not loaded: %s", name, refused.version, refused.reason)
         return sorted(loaded)
 
     def unload_model(self, name: str) -> None:

@@ -434,6 +434,14 @@ def test_oversized_body_is_413(client):
     assert 'code="413"' in client.get("/metrics").text
 
 
+@pytest.mark.parametrize("body, why", [(b'{"n": 1, "seed": "\xff"}', "can't decode byte 0xff"),
+                                       (b'{"n": ' + b"9" * 5000 + b"}", "4300")])
+def test_a_body_python_cannot_read_as_json_names_the_body_and_why(client, body, why):
+    response = client.post("/v1/models/binary/sample", content=body, headers={"Content-Type": "application/json"})
+    error = assert_error(response, 400, "body: cannot be read as JSON: ", "bad_request")
+    assert error["field"] == "body" and why in error["message"], error
+
+
 def test_unknown_route_and_method(client):
     assert_error(client.get("/v1/nothing"), 404, "/v1/nothing", "not_found")
     error = assert_error(client.get("/v1/models/binary/sample"), 405, "GET", "method_not_allowed")

@@ -4,6 +4,7 @@ and 2 (the same files: the same seed must give the same answer on both, only the
 
 import asyncio
 import json
+import logging
 import shutil
 import threading
 from collections.abc import Iterator
@@ -82,6 +83,15 @@ def test_store_keeps_every_version_and_rescans_one_model(store):
     good, bad = models.scan_model(MODEL)
     assert sorted(good) == [1, 2] and [b.version for b in bad] == ["3"] and "invalid manifest" in bad[0].reason
     assert models.scan_model("..") == ({}, [])  # only model directories of the store
+
+
+def test_a_live_load_logs_each_version_it_leaves_out(store, caplog):
+    engine = Engine(ModelStore(store), settings())
+    add_version(store, 2)
+    (store / MODEL / "2" / "manifest.json").write_text("{not json")
+    with caplog.at_level(logging.WARNING, logger="genserve.engine"):
+        assert engine.load_model(MODEL) == [1]  # the good versions are served
+    assert f"model {MODEL}: version 2 not loaded: " in caplog.text and "invalid manifest" in caplog.text
 
 
 def test_load_and_unload_need_an_admin_key(store, keys):
