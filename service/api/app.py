@@ -518,16 +518,18 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
 def _health_routes(engine: Any, metrics: ApiMetrics) -> APIRouter:
     router = APIRouter(tags=["health"])
 
-    @router.api_route("/healthz", methods=["GET", "HEAD"], response_model=schemas.Status)  # HEAD: some probes
+    @router.get("/healthz", response_model=schemas.Status)
     async def healthz() -> dict:
         return {"status": "ok"}
 
-    @router.api_route("/readyz", methods=["GET", "HEAD"], response_model=schemas.Status,
-                      responses={503: {"model": schemas.ErrorResponse}})
+    @router.get("/readyz", response_model=schemas.Status, responses={503: {"model": schemas.ErrorResponse}})
     async def readyz() -> Any:
         if engine.ready():
             return {"status": "ready"}
         return errors.error_response(503, "not_ready", "engine: models are not loaded yet")
+
+    for path, probe in (("/healthz", healthz), ("/readyz", readyz)):  # HEAD too, for probes that send it
+        router.add_api_route(path, probe, methods=["HEAD"], include_in_schema=False)
 
     @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
     async def prometheus() -> Response:

@@ -109,13 +109,21 @@ async def _engine(request: Request, exc: EngineError) -> JSONResponse:
     return protocol_error(request.url.path, exc.status, exc.code, exc.detail, exc.field, headers)
 
 
+def unreadable_json(why: BaseException) -> str:
+    """Why Python could not read a body as JSON, for a refusal naming the body: not UTF-8, nested past its recursion
+    limit, an integer of over 4,300 digits (not what its message says the server could do about that)."""
+    if isinstance(why, RecursionError):
+        return "body: cannot be read as JSON: nested too deeply"
+    return f"body: cannot be read as JSON: {str(why).partition(';')[0][:200] or type(why).__name__}"
+
+
 async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     status = exc.status_code
     code = _HTTP_CODES.get(status, "internal" if status >= 500 else "bad_request")
     detail, field = exc.detail if isinstance(exc.detail, str) else str(exc.detail), None
     if status == 400 and not detail.startswith("body"):  # FastAPI could not parse the body at all: say why
-        why = exc.__cause__  # not UTF-8, an integer of over 4,300 digits, nesting past Python's recursion limit
-        detail, field = (f"body: cannot be read as JSON: {str(why)[:200]}" if why else f"body: {detail}"), "body"
+        why = exc.__cause__
+        detail, field = (unreadable_json(why) if why else f"body: {detail}"), "body"
     elif status == 404 and detail == "Not Found":
         detail = f"path: no route {request.url.path}"
     elif status == 405:

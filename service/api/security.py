@@ -20,7 +20,8 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.api.errors import protocol_error
+from service.api.errors import is_v2, protocol_error
+from service.api.v2 import is_infer_path
 from service.credentials import ApiKeys, api_keys
 from service.settings import Settings
 
@@ -68,18 +69,18 @@ class AuthMiddleware:
         await refuse(scope, receive, send)
 
 
-def content_type_problem(path: str, content_type: bytes | None, origin: bytes | None, has_body: bool) -> str | None:
-    """Why a POST with these headers is refused (415), or None when its body may be read. The V2 routes (/v2/...)
-    also take the binary extension's types, and no type from a client that is not a web page (tritonclient.http
-    sends none); every other route reads JSON only, and a body without a type there would be misread."""
-    v2 = path.startswith("/v2/")
-    if content_type is None:
+def content_type_problem(path: str, media: bytes | None, origin: bytes | None, has_body: bool) -> str | None:
+    """Why a POST with this media type (content_type: lower case, no parameters) and these headers is refused (415),
+    or None when its body may be read. The V2 routes also take the binary extension's types, and no type from a
+    client that is not a web page (tritonclient.http sends none); every other route reads JSON only, and a body
+    without a type there would be misread."""
+    v2 = is_v2(path)
+    if media is None:
         if origin is not None:
             return "content-type: missing; a request from a web page must send 'Content-Type: application/json'"
         if v2 or not has_body:
             return None
         return "content-type: missing; send 'Content-Type: application/json'"
-    media = content_type.partition(b";")[0].strip().lower()
     if media == b"application/json" or (v2 and (media in ACCEPTED_TYPES or media.startswith(VENDOR_TYPES))):
         return None
     shown = media.decode("latin-1")[:SHOWN_TYPE_CHARS]
@@ -98,9 +99,7 @@ def _has_body(scope: Scope) -> bool:
 def content_encoding_problem(path: str, encoding: bytes | None) -> str | None:
     """Why a POST body's Content-Encoding is refused (415), or None: only V2 /infer inflates gzip and deflate
     (v2._decompress); every other route reads the body as it comes, so a coded one would be misread."""
-    if encoding is None or encoding.strip().lower() == b"identity":
-        return None
-    if path.startswith("/v2/") and path.endswith("/infer"):
+    if encoding is None or encoding.strip().lower() in (b"", b"identity") or is_infer_path(path):
         return None
     shown = encoding.decode("latin-1")[:SHOWN_TYPE_CHARS]
     return (f"content-encoding: {shown!r} is not accepted on {path[:SHOWN_TYPE_CHARS]!r}; send the body "
@@ -117,8 +116,8 @@ class ContentTypeMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             for field, problem in (
-                    ("content-type", content_type_problem(scope["path"], _header(scope, b"content-type"),
-                                                          _header(scope, b"origin"), _has_body(scope))),
+                    ("content-type", content_type_problem(scope["path"], content_type(scope), _header(scope, b"origin"),
+                                                          _has_body(scope))),
                     ("content-encoding", content_encoding_problem(scope["path"], _header(scope, b"content-encoding")))):
                 if problem is not None:
                     await _refusal(scope, 415, "unsupported_media_type", problem, field)(scope, receive, send)

@@ -34,7 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 import genserve
 from service.api.disconnect import CLIENT_CLOSED_REQUEST, ClientGone, unless_disconnected
-from service.api.errors import v2_error
+from service.api.errors import unreadable_json, v2_error
 from service.api.responses import dumps
 from service.engine.errors import RETRY_AFTER_S, EngineError, InvalidInput
 from service.engine.oip import (
@@ -122,8 +122,8 @@ def _stdlib_loads(head: bytes) -> Any:
         return json.loads(head)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InvalidInput(f"body: invalid JSON: {e}", field="body") from None
-    except (ValueError, RecursionError):  # Python's limits: 4,300 digits to an integer, about 1,000 levels
-        raise InvalidInput("body: JSON nested too deeply, or an integer of over 4300 digits", field="body") from None
+    except (ValueError, RecursionError) as e:  # Python's limits: 4,300 digits to an integer, about 1,000 levels
+        raise InvalidInput(unreadable_json(e), field="body") from None
 
 
 def _binary_size(tensor: dict, field: str) -> int | None:
@@ -159,9 +159,10 @@ def _json_array(data: Any, dtype: np.dtype, name: str) -> np.ndarray:
     datatype = v2_datatype(dtype.name)
     try:
         given = np.asarray(data)
-        if given.size and given.dtype.kind not in _KINDS[dtype.kind]:
-            if _whole_beyond(given, dtype) or (dtype.kind in "iuf" and _huge_integers(given)):
-                raise OverflowError  # orjson reads beyond 64 bits a float, beyond a double Python's int
+        python_ints = dtype.kind in "iuf" and _python_ints(given)  # the standard library's reading of big integers:
+        if given.size and given.dtype.kind not in _KINDS[dtype.kind] and not python_ints:  # converted below, where
+            if _whole_beyond(given, dtype):  # only a value beyond the datatype overflows
+                raise OverflowError  # orjson reads an integer beyond 64 bits as a float
             raise ValueError(f"got {given.dtype.name} values")
         with np.errstate(over="ignore"):  # a float beyond the datatype becomes inf, which check_finite refuses
             return np.asarray(data, dtype=dtype)
@@ -173,8 +174,9 @@ def _json_array(data: Any, dtype: np.dtype, name: str) -> np.ndarray:
         raise InvalidInput(f"{name}.data: not {datatype} values: {e}", field=name) from None
 
 
-def _huge_integers(given: np.ndarray) -> bool:
-    """Whether an object array holds only Python integers (JSON integers beyond a double's range)."""
+def _python_ints(given: np.ndarray) -> bool:
+    """Whether an object array holds only Python integers: the standard library's reading of a body with an
+    integer beyond 64 bits (orjson refuses one beyond a double's range, and the body falls back to it)."""
     return given.dtype.kind == "O" and all(type(value) is int for value in given.flat)
 
 
@@ -420,6 +422,11 @@ def router(engine: Any) -> APIRouter:
 # --- the infer fast path -------------------------------------------------------------------------------------------
 
 _INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
+
+
+def is_infer_path(path: str) -> bool:
+    """Whether a path is a V2 infer route's (a trailing slash too: the app redirects it there)."""
+    return _INFER_PATH.fullmatch(path.rstrip("/")) is not None
 INFER_ROUTES = ("/v2/models/{model_name}/infer", "/v2/models/{model_name}/versions/{model_version}/infer")
 
 

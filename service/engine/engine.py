@@ -35,7 +35,6 @@ from service.engine.validation import (
     check_output_levels,
     check_range,
     check_sequence_work,
-    float_inputs,
 )
 from service.engine.workers import InProcess, WorkerPool
 from service.settings import Settings
@@ -72,7 +71,10 @@ class LoadedModel:
         # a sequence model scored by one pass over its values (charrnn, wavenet; not an importance-sampled vrnn,
         # whose score limits count samples k): its V2 x [rows, values] is held to those limits
         self.scores_values = self.is_sequence and self.capabilities.get("score", {}).get("procedure") == "direct"
-        self.latent_gaussian = anomaly.fitted_latent_gaussian(self.manifest, entry.directory)  # once: not per request
+        try:
+            self.latent_gaussian = anomaly.fitted_latent_gaussian(self.manifest, entry.directory)  # once, at load
+        except ValueError as e:
+            raise UnsupportedModel(f"model {entry.name!r}: {e}; fix its files", field="model") from e
         self.input_levels = self._input_levels()  # tensor name -> levels, once: not per request
         self.input_ranges = self._input_ranges()  # tensor name -> (low, high) of a float input, once
 
@@ -391,5 +393,5 @@ class Engine(GenerationOperations, StateSpaceOperations, ScoringOperations, Late
         if function == m.capabilities.get("decode", {}).get("function"):
             check_decoding(outputs["mean"], m.data["levels"])
         if "levels" in m.data:
-            check_output_levels(outputs, m.data["levels"], float_inputs(inputs))
+            check_output_levels(outputs, m.data["levels"], inputs)
         return outputs

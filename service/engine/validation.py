@@ -99,15 +99,16 @@ def check_finite_outputs(outputs: dict[str, np.ndarray], field: str) -> None:
 DATA_OUTPUTS = ("x", "next_x")  # the naming conventions' outputs that hold data levels (procedures.py)
 
 
-def check_output_levels(outputs: dict[str, np.ndarray], levels: int, field: str) -> None:
-    """InvalidInput naming the input `field` when an integer data output (DATA_OUTPUTS) lies outside 0..levels-1:
-    finite inputs so large (noise of 1e38) that the model's floats overflowed before it cast them to levels, which
-    then come out as int64's least value; no answer ever carries a level the data cannot take."""
+def check_output_levels(outputs: dict[str, np.ndarray], levels: int, inputs: dict[str, np.ndarray]) -> None:
+    """InvalidInput naming the float inputs (float_inputs) when an integer data output (DATA_OUTPUTS) lies outside
+    0..levels-1: inputs the model cannot draw from (noise of 1e38, whose floats overflow before the model casts them
+    to levels, which then come out as int64's least value); no answer ever carries a level the data cannot take."""
     for name in DATA_OUTPUTS:
         value = outputs.get(name)
         if value is not None and value.dtype.kind in "iu" and value.size and (value.min() < 0 or value.max() >= levels):
+            field = float_inputs(inputs)
             raise InvalidInput(f"{field}: the model's output {name!r} is not in its levels 0..{levels - 1} for these "
-                               f"values (they overflowed inside it); give values nearer the model's range", field=field)
+                               "values; give values nearer the model's range", field=field)
 
 
 def float_inputs(inputs: dict[str, np.ndarray]) -> str:

@@ -125,8 +125,9 @@ def load_entry(directory: Path, validator: jsonschema.protocols.Validator) -> Mo
 
 
 def is_version_number(name: str) -> bool:
-    """A version named by digits 0-9 alone (str.isdigit also takes "²", which int() refuses)."""
-    return name.isascii() and name.isdigit()
+    """A version named by digits 0-9 alone (str.isdigit also takes "²", which int() refuses), at most 18 of them
+    after leading zeros: an int64, far below the 4,300 digits where int() gives up."""
+    return name.isascii() and name.isdigit() and len(name.lstrip("0")) <= 18
 
 
 def _version_key(directory: Path) -> tuple[int, int | str]:

@@ -130,6 +130,9 @@ def test_versions_served_at_once_answer_alike(store, keys):
                             follow_redirects=False)  # kept on version 1: no redirect to the unversioned route
         assert slash.status_code == 200 and slash.json()["version"] == 1, slash.text
         assert client.get(f"/v1/models/{MODEL}/versions/1/", follow_redirects=False).json()["version"] == 1
+        for huge in ("1" * 5000, "9" * 19):  # past int()'s 4,300 digits, past int64: no version, not a 500
+            assert client.post(f"/v1/models/{MODEL}/versions/{huge}/sample", json={"n": 1}).status_code == 404
+            assert client.get(f"/v2/models/{MODEL}.log_prob/versions/{huge}/ready").status_code == 404
         missing = client.post(f"/v1/models/{MODEL}/versions/7/sample", json={"n": 1})
         assert missing.status_code == 404 and missing.json()["error"]["field"] == "version"
         x = np.array(v1["samples"], np.int64).reshape(1, 1, 28, 28)  # V2 infer on each version: the same answer

@@ -48,11 +48,12 @@ def test_the_v2_route_answers_400_not_a_200_of_garbage(engine):
                                         ([np.iinfo(np.int64).min], True)])
 def test_levels_are_checked_on_integer_data_outputs_only(x, refused):
     outputs = {"x": np.array(x, np.int64), "mean": np.array([-5.0, 300.0]), "log_prob": np.array([-1e9])}
+    inputs = {"z": np.zeros((1, 4), np.float32), "label": np.zeros(1, np.int64)}  # the float inputs are named
     if refused:
         with pytest.raises(InvalidInput, match="^z: the model's output 'x'"):
-            check_output_levels(outputs, 256, "z")
+            check_output_levels(outputs, 256, inputs)
     else:
-        check_output_levels(outputs, 256, "z")  # floats and non-data outputs are not levels
-    check_output_levels({"next_x": np.array([0, 1])}, 2, "z")
+        check_output_levels(outputs, 256, inputs)  # floats and non-data outputs are not levels
+    check_output_levels({"next_x": np.array([0, 1])}, 2, inputs)
     with pytest.raises(InvalidInput):
-        check_output_levels({"next_x": np.array([2])}, 2, "z")
+        check_output_levels({"next_x": np.array([2])}, 2, inputs)

@@ -128,3 +128,8 @@ def test_an_integer_beyond_a_double_is_refused_for_other_datatypes(dtype, says):
     with pytest.raises(v2.InvalidInput, match="z.data: ") as refused:
         v2._json_array([1, 10**400], np.dtype(dtype), "z")  # the standard library's reading of such a body
     assert says in str(refused.value)
+
+
+def test_an_integer_beyond_64_bits_within_a_float_datatype_is_read_as_a_float():
+    """The standard library reads 10**20 as a Python int (a body orjson refuses falls back to it): in FP32's range."""
+    np.testing.assert_array_equal(v2._json_array([1, 10**20], np.dtype(np.float32), "z"), np.float32([1, 1e20]))
