@@ -77,7 +77,7 @@ HIERARCHY_SKIP = 1  # the hierarchical ratio's k: the lowest latent layer from i
 BOOTSTRAP = 200
 PERMUTATIONS = 2000
 FRESH_SEED = 10_000  # the fresh digits' noise: chunk seeds other than the calibration's
-MAX_FILE_BYTES = 8 << 20  # the store's limit on one artifact file (DESIGN.md): the latent Gaussian's
+MAX_FILE_BYTES = 8 << 20  # the project's bound on one committed artifact file (about 8 MB; no store check)
 CHOOSE_KINDS = ["erased", "pixel noise", "mixture", "two halves", "uniform noise", "constant"]
 REPORT_KINDS = ["letters", "symbols", "rotated", "flipped", "shrunk", "permuted pixels", "sklearn digits",
                 "inverted", "blurred", "random strokes"]
@@ -580,7 +580,8 @@ def latent_file(rows_json: Path, row: dict) -> bytes | None:
         raise SystemExit(f"{row['model']}: {source}, the latent Gaussian of these rows, is missing; rerun the model")
     data = source.read_bytes()
     if len(data) > MAX_FILE_BYTES:
-        raise SystemExit(f"{row['model']}: {source} is {len(data)} bytes, over the store's {MAX_FILE_BYTES} per file")
+        raise SystemExit(f"{row['model']}: {source} is {len(data)} bytes, over the project's {MAX_FILE_BYTES} per "
+                         "artifact file")
     return data
 
 

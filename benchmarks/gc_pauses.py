@@ -72,7 +72,10 @@ def main() -> None:
     parser.add_argument("--duration-s", type=float, default=5.0)
     parser.add_argument("--warmup-s", type=float, default=1.0)
     args = parser.parse_args()
-    require_h2load() if args.protocol == "grpc" else require_wrk()
+    if args.protocol == "grpc":
+        require_h2load()
+    else:
+        require_wrk()
     work = v2_work("vae.decode")
     with scratch_store("models", ["vae"]) as store:
         for _ in range(args.repeats):

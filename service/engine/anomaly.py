@@ -161,8 +161,8 @@ def latent_features(mean: np.ndarray, std: np.ndarray, parts: list[str]) -> np.n
 
 
 def latent_gaussian(mean: np.ndarray, std: np.ndarray, ridge: float = LATENT_RIDGE) -> dict:
-    """The training digits' posterior means and stds [N, D] each -> the fitted Gaussian, as JSON lists (its file's
-    arrays: latent_arrays; the entry's `latent` that names the file: latent_entry): which features it measures (the
+    """The training digits' posterior means and stds [N, D] each -> the fitted Gaussian (its file's float32 arrays:
+    latent_arrays; the entry's `latent` that names the file: latent_entry): which features it measures (the
     mean, and the log std where the encoder is stochastic: a deterministic encoder's std is 0), their mean [F], and
     the precision [F, F] of their covariance plus ridge x its mean variance on the diagonal."""
     parts = ["mean", "log_std"] if (np.asarray(std) > 0).all() else ["mean"]
@@ -170,15 +170,14 @@ def latent_gaussian(mean: np.ndarray, std: np.ndarray, ridge: float = LATENT_RID
     covariance = np.cov(f, rowvar=False)
     covariance += ridge * np.trace(covariance) / len(covariance) * np.eye(len(covariance))
     precision = np.linalg.inv(covariance)
-    return {"features": parts, "mean": f.mean(axis=0).tolist(), "precision": ((precision + precision.T) / 2).tolist(),
-            "n": len(f), "ridge": ridge}
+    return {"features": parts, "mean": f.mean(axis=0), "precision": (precision + precision.T) / 2, "n": len(f),
+            "ridge": ridge}
 
 
 def latent_mahalanobis(mean: np.ndarray, std: np.ndarray, gaussian: dict) -> np.ndarray:
     """q(z | x)'s mean and std [B, D] each -> sqrt((f - mu)^T precision (f - mu)) [B] of their features f: 0 at the
-    training digits' mean mu, higher farther from it. `gaussian`: a `latent` entry, its mean and precision as lists
-    (a fresh fit) or as float64 arrays, which np.asarray passes through without a copy (the served one:
-    fitted_latent_gaussian)."""
+    training digits' mean mu, higher farther from it. `gaussian`: a fit (latent_gaussian) or the served one
+    (fitted_latent_gaussian), its mean and precision arrays read as float64."""
     d = latent_features(mean, std, gaussian["features"]) - np.asarray(gaussian["mean"], np.float64)
     squared = np.einsum("bi,ij,bj->b", d, np.asarray(gaussian["precision"], np.float64), d)
     return np.sqrt(np.maximum(squared, 0.0))
@@ -186,7 +185,7 @@ def latent_mahalanobis(mean: np.ndarray, std: np.ndarray, gaussian: dict) -> np.
 
 def latent_arrays(gaussian: dict) -> dict[str, np.ndarray]:
     """A fitted Gaussian's mean [F] and precision [F, F] as its file keeps them and the service scores with them:
-    float32 (scores within 1e-6 relative of float64's for a flow's 784 features: tests)."""
+    float32 (scores within 1e-5 relative of float64's for a flow's 784 features: tests)."""
     return {key: np.asarray(gaussian[key], np.float32) for key in ("mean", "precision")}
 
 
@@ -200,12 +199,17 @@ def fitted_latent_gaussian(manifest: dict, directory: Path) -> dict | None:
     """The Gaussian of the training digits' posteriors that the latent Mahalanobis score measures from, its mean [F]
     and precision [F, F] as float64 arrays, read from its file in the model's `directory`: the engine reads it once
     when it loads the model (LoadedModel), after the store checked the file's sha256. None where the manifest
-    calibrates no latent Mahalanobis score."""
+    calibrates no latent Mahalanobis score; ValueError where the file's arrays do not fit the features it names."""
     entry = manifest.get("calibration", {}).get("detectors", {}).get("latent_mahalanobis")
     if entry is None:
         return None
     latent = entry["latent"]
     arrays = load_file(str(Path(directory) / latent["file"]))
+    size = len(latent["features"]) * latent_dim(manifest)  # F
+    shapes = {key: list(np.shape(arrays.get(key))) for key in ("mean", "precision")}
+    if shapes != {"mean": [size], "precision": [size, size]}:
+        raise ValueError(f"{latent['file']} holds {shapes}, not the {size} features its latent_mahalanobis entry "
+                         f"measures (mean [{size}], precision [{size}, {size}])")
     return {"features": list(latent["features"]), "mean": np.asarray(arrays["mean"], np.float64),
             "precision": np.asarray(arrays["precision"], np.float64)}
 

@@ -24,6 +24,7 @@ from benchmarks import anomaly as bench
 from service.api import create_app
 from service.engine import anomaly, procedures
 from service.engine.engine import Engine
+from service.engine.errors import UnsupportedModel
 from service.grpc.gen import genserve_pb2 as pb
 from service.grpc.genserve_servicer import to_tensor
 from service.settings import Settings
@@ -211,6 +212,21 @@ def test_a_gaussian_file_whose_sha256_does_not_match_is_refused_naming_it(store,
     assert error.value.kind == "sha256"
     kept = ModelStore(store, skip_bad=True)
     assert "vae" not in kept.names() and kept.unavailable["vae"].kind == "sha256"
+
+
+@pytest.mark.parametrize("arrays", [{"mean": np.zeros(5, np.float32), "precision": np.eye(5, dtype=np.float32)},
+                                    {"mean": np.zeros(64, np.float32)}])
+def test_a_gaussian_file_that_does_not_fit_its_features_is_refused_at_load(store, tmp_path, arrays):
+    """Listed with its sha256 but not the features the entry measures (an exporter's mistake): the engine refuses
+    the model when it loads it, naming the file, rather than a shape error in a request."""
+    store = copy_of(store, tmp_path)
+    path = store / "vae" / "1" / anomaly.LATENT_FILE
+    save_file(arrays, str(path))
+    manifest = manifest_of(store)
+    manifest["files"][anomaly.LATENT_FILE] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (store / "vae" / "1" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UnsupportedModel, match=f"model 'vae': {anomaly.LATENT_FILE} holds .* not the 8 features"):
+        engine_of(store)
 
 
 def test_a_gaussian_file_the_manifest_does_not_list_is_refused(store, tmp_path):
