@@ -110,7 +110,8 @@ def test_rest_makes_a_fresh_id_when_none_or_an_unusable_one_is_given(client, see
     ("GET", "/v1/models", None, 500),  # an unexpected error: Starlette's ServerErrorMiddleware answers
 ])
 def test_every_rest_answer_carries_the_id(client, method, path, body, status):
-    response = client.request(method, path, headers={"X-Request-ID": GIVEN},
+    typed = {"Content-Type": "application/json"} if isinstance(body, str) else {}  # a raw body says it is JSON
+    response = client.request(method, path, headers={"X-Request-ID": GIVEN, **typed},
                               **({"content": body} if isinstance(body, str) else {"json": body}))
     assert response.status_code == status and response.headers["x-request-id"] == GIVEN
     assert response.headers.get_list("x-request-id") == [GIVEN]  # once
