@@ -69,7 +69,10 @@ async def load(engine: Any, name: str) -> list[int]:
 
 
 def unload(engine: Any, name: str) -> None:
-    engine.unload_model(store_model(engine, name))
+    model = store_model(engine, name)
+    if model not in engine.versions:  # in the store, but not served (unloaded already, or never loaded)
+        raise UnknownModel(f"model_name: model {model!r} is not served; load it first", field="model_name")
+    engine.unload_model(model)
 
 
 def latest_pin(engine: Any, model: str) -> tuple[str, int] | None:

@@ -528,13 +528,13 @@ def _health_routes(engine: Any, metrics: ApiMetrics) -> APIRouter:
             return {"status": "ready"}
         return errors.error_response(503, "not_ready", "engine: models are not loaded yet")
 
-    for path, probe in (("/healthz", healthz), ("/readyz", readyz)):  # HEAD too, for probes that send it
-        router.add_api_route(path, probe, methods=["HEAD"], include_in_schema=False)
-
     @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
     async def prometheus() -> Response:
         body, content_type = metrics.render(getattr(getattr(engine, "metrics", None), "registry", None))
         return Response(body, media_type=content_type)
+
+    for path, probe in (("/healthz", healthz), ("/readyz", readyz), ("/metrics", prometheus)):  # probes' HEAD
+        router.add_api_route(path, probe, methods=["HEAD"], include_in_schema=False)
 
     return router
 

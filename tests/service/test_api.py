@@ -277,7 +277,7 @@ def test_health_and_readiness():
         assert [client.head(path).status_code for path in ("/healthz", "/readyz")] == [200, 503]  # probes' HEAD
         engine.is_ready = True
         assert client.get("/readyz").json() == {"status": "ready"}
-        assert client.head("/readyz").status_code == 200
+        assert client.head("/readyz").status_code == 200 and client.head("/metrics").status_code == 200
 
 
 def test_docs_and_openapi(client):

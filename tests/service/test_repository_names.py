@@ -55,6 +55,8 @@ def test_a_v2_model_names_its_store_model(engine):
     with TestClient(create_app(engine, engine.settings)) as client:
         assert control(client, f"{MODEL}.log_prob", "unload").status_code == 200
         assert MODEL not in engine.versions
+        again = control(client, MODEL, "unload")  # a second unload: 404 naming the field, as every V2 refusal
+        assert again.status_code == 404 and again.json()["error"].startswith("model_name: "), again.text
         refused = control(client, f"{MODEL}.nope", "load")
         assert refused.status_code == 404 and "log_prob" in refused.json()["error"]  # the functions it has
         assert MODEL not in engine.versions
