@@ -205,7 +205,7 @@ def fitted_latent_gaussian(manifest: dict, directory: Path) -> dict | None:
         return None
     latent = entry["latent"]
     arrays = load_file(str(Path(directory) / latent["file"]))
-    size = len(latent["features"]) * latent_dim(manifest)  # F
+    size = len(latent["features"]) * (latent_dim(manifest) if "encode" in manifest["functions"] else 0)  # F
     shapes = {key: list(np.shape(arrays.get(key))) for key in ("mean", "precision")}
     if shapes != {"mean": [size], "precision": [size, size]}:
         raise ValueError(f"{latent['file']} holds {shapes}, not the {size} features its latent_mahalanobis entry "

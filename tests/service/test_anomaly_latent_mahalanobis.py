@@ -229,6 +229,16 @@ def test_a_gaussian_file_that_does_not_fit_its_features_is_refused_at_load(store
         engine_of(store)
 
 
+def test_a_gaussian_for_a_model_without_an_encoder_is_refused_at_load(store, tmp_path):
+    store = copy_of(store, tmp_path)
+    manifest = manifest_of(store)
+    del manifest["functions"]["encode"]
+    manifest["capabilities"] = {k: c for k, c in manifest["capabilities"].items() if c.get("function") != "encode"}
+    (store / "vae" / "1" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UnsupportedModel, match="not the 0 features"):
+        engine_of(store)
+
+
 def test_a_gaussian_file_the_manifest_does_not_list_is_refused(store, tmp_path):
     """A file that the calibration names without a sha256 in files would load unverified."""
     store = copy_of(store, tmp_path)
