@@ -205,7 +205,7 @@ def fitted_latent_gaussian(manifest: dict, directory: Path) -> dict | None:
         return None
     latent = entry["latent"]
     arrays = load_file(str(Path(directory) / latent["file"]))
-    size = len(latent["features"]) * (latent_dim(manifest) if "encode" in manifest["functions"] else 0)  # F
+    size = len(latent["features"]) * latent_dim(manifest)  # F
     shapes = {key: list(np.shape(arrays.get(key))) for key in ("mean", "precision")}
     if shapes != {"mean": [size], "precision": [size, size]}:
         raise ValueError(f"{latent['file']} holds {shapes}, not the {size} features its latent_mahalanobis entry "
@@ -241,7 +241,7 @@ def computable(manifest: dict, capability: dict, function_inputs, has_background
                 and "label" in function_inputs(conditional) and capability["procedure"] == "direct" \
                 and "noise" not in capability:
             detectors.add("class")
-    if "encode" in manifest["functions"] and latent_dim(manifest) > 0:
+    if latent_dim(manifest) > 0:
         detectors.add("latent_mahalanobis")
     if inverts(manifest):
         detectors.add("inversion")
@@ -249,9 +249,10 @@ def computable(manifest: dict, capability: dict, function_inputs, has_background
 
 
 def latent_dim(manifest: dict) -> int:
-    """The size of the latent that the model's `encode` function's `mean` output gives per input (0: no such
-    output, or a size not fixed in the manifest)."""
-    mean = next((o for o in manifest["functions"]["encode"]["outputs"] if o["name"] == "mean"), None)
+    """The size of the latent that the model's `encode` function's `mean` output gives per input (0: no encode
+    function, no such output, or a size not fixed in the manifest)."""
+    encode = manifest["functions"].get("encode", {"outputs": []})
+    mean = next((o for o in encode["outputs"] if o["name"] == "mean"), None)
     return max(mean["shape"][-1], 0) if mean is not None and mean["shape"] else 0
 
 
