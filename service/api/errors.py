@@ -13,6 +13,7 @@ encodable first: a lone surrogate becomes the text "\\ud800", never an unencodab
 
 import logging
 from typing import Any
+from urllib.parse import unquote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -53,6 +54,13 @@ def error_body(code: str, message: str, field: str | None = None) -> dict[str, A
 
 def error_response(status: int, code: str, message: str, field: str | None = None, headers=None) -> JSONResponse:
     return JSONResponse(error_body(code, message, field), status_code=status, headers=headers)
+
+
+def sent_path(request: Request) -> str:
+    """The path as the client sent it: a versioned /v1 route runs under its unversioned path (service.api.repository
+    rewrites `path`), and ASGI's raw_path (optional) keeps the bytes received."""
+    raw = request.scope.get("raw_path")
+    return unquote(raw.decode("latin-1")) if raw else request.url.path
 
 
 def v2_error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -125,14 +133,14 @@ async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         why = exc.__cause__
         detail, field = (unreadable_json(why) if why else f"body: {detail}"), "body"
     elif status == 404 and detail == "Not Found":
-        detail = f"path: no route {request.url.path}"
+        detail = f"path: no route {sent_path(request)}"
     elif status == 405:
-        detail = f"method: {request.method} is not allowed on {request.url.path}"
+        detail = f"method: {request.method} is not allowed on {sent_path(request)}"
     return protocol_error(request.url.path, status, code, detail, field, headers=getattr(exc, "headers", None))
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    log.exception("unhandled error on %s %s", request.method, sent_path(request), exc_info=exc)
     # Starlette re-raises after this answer and uvicorn then drops the connection: say so, so that a client
     # does not send its next request on a connection that is about to close
     return protocol_error(request.url.path, 500, "internal", "internal error; it has been logged",

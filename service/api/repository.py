@@ -81,9 +81,9 @@ class VersionedRoutes:
                 await refusal(scope, receive, send)
                 return
             else:
-                # no trailing slash: the app's slash redirect would point at the unversioned route, unpinned
-                path = f"/v1/models/{name}{(rest or '').rstrip('/')}"
-                scope = {**scope, "path": path, "raw_path": path.encode()}
+                # no trailing slash: the app's slash redirect would point at the unversioned route, unpinned;
+                # raw_path stays the client's, which refusals name (service.api.errors.sent_path)
+                scope = {**scope, "path": f"/v1/models/{name}{(rest or '').rstrip('/')}"}
                 pinned = (name, int(version))
         elif match := _V2_MODEL.fullmatch(scope["path"]):
             pinned = v2_pin(self.engine, *match.groups())

@@ -148,6 +148,16 @@ def test_versions_served_at_once_answer_alike(store, keys):
         assert np.isfinite(answers[0]["outputs"][0]["data"]).all()
 
 
+def test_a_versioned_route_refused_names_the_path_sent(store):
+    """/v1/models/{name}/versions/{v}/... runs as the unversioned route; a 404 or 405 names the client's path."""
+    with TestClient(create_app(Engine(ModelStore(store), settings()), settings())) as client:
+        for method, path, status, words in (("POST", "nosuch", 404, "path: no route"),
+                                            ("GET", "sample", 405, "method: GET is not allowed on")):
+            refused = client.request(method, f"/v1/models/{MODEL}/versions/1/{path}")
+            message = refused.json()["error"]["message"]
+            assert refused.status_code == status and message == f"{words} /v1/models/{MODEL}/versions/1/{path}"
+
+
 def test_loading_a_version_mid_traffic_drops_no_request(store, keys):
     engine = Engine(ModelStore(store), settings(admin_keys_file=keys[0]))
     app = create_app(engine, engine.settings)
