@@ -295,6 +295,12 @@ async def _wav_stream(header: bytes, first: np.ndarray, stream: AsyncIterator[np
 # --- routes --------------------------------------------------------------------------------------------------------
 
 
+def _answer_head(router: APIRouter, path: str, endpoint: Any) -> None:
+    """HEAD on `path` answered as GET is (the server sends no body), out of the OpenAPI schema: a route of both
+    methods would list them under one operationId."""
+    router.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
+
+
 def _model_routes(engine: Any, settings: Settings) -> APIRouter:
     requests = schemas.request_models(settings)
     SampleRequest, ScoreRequest = requests.sample, requests.score
@@ -320,6 +326,8 @@ def _model_routes(engine: Any, settings: Settings) -> APIRouter:
     @router.get("/v1/models", response_model=schemas.ModelList, tags=["models"])
     async def list_models() -> dict:
         return {"models": engine.list_models(), "unavailable": engine.unavailable_models()}
+
+    _answer_head(router, "/v1/models", list_models)
 
     @router.get("/v1/models/{name}", response_model=schemas.ModelInfo, tags=["models"])
     async def describe(name: str, request: Request) -> dict:
@@ -534,7 +542,7 @@ def _health_routes(engine: Any, metrics: ApiMetrics) -> APIRouter:
         return Response(body, media_type=content_type)
 
     for path, probe in (("/healthz", healthz), ("/readyz", readyz), ("/metrics", prometheus)):  # probes' HEAD
-        router.add_api_route(path, probe, methods=["HEAD"], include_in_schema=False)
+        _answer_head(router, path, probe)
 
     return router
 

@@ -280,6 +280,12 @@ def test_health_and_readiness():
         assert client.head("/readyz").status_code == 200 and client.head("/metrics").status_code == 200
 
 
+def test_head_on_the_model_list_answers_as_get_without_a_body(client):
+    listed, head = client.get("/v1/models"), client.head("/v1/models")
+    assert head.status_code == 200 and head.content == b"", head.text
+    assert head.headers["content-length"] == listed.headers["content-length"]
+
+
 def test_docs_and_openapi(client):
     assert client.get("/docs").status_code == 200
     schema = client.get("/openapi.json").json()
