@@ -212,19 +212,23 @@ class Engine(GenerationOperations, StateSpaceOperations, ScoringOperations, Late
 
     def repository_index(self, ready: bool) -> list[dict]:
         """Every version of every V2 model ("<model>.<function>") in the store, Triton's way: name, version, state
-        READY or UNAVAILABLE, and the reason (a version that fails its checks: under its model's name). `ready`:
-        whether the server is (a served version is UNAVAILABLE while it is not)."""
+        READY or UNAVAILABLE, and the reason (a version that fails its checks: under each V2 name of its model's
+        good versions, or the model's name when none is good). `ready`: whether the server is (a served version is
+        UNAVAILABLE while it is not)."""
         index = []
         for name in self.store.model_names():
             good, bad = self.store.scan_model(name)
             served = self.versions.get(name, {})
+            v2_names = sorted({f"{name}.{function}" for entry in good.values()
+                               for function in entry.manifest["functions"]}) or [name]
             for version, entry in sorted(good.items()):
                 reason = ("" if ready else "the engine is not ready") if version in served else \
                     "unloaded" if name in self.unloaded else "not loaded; load the model to serve it"
                 index += [{"name": f"{name}.{function}", "version": str(version),
                            "state": "UNAVAILABLE" if reason else "READY", "reason": reason}
                           for function in entry.manifest["functions"]]
-            index += [{"name": name, "version": b.version, "state": "UNAVAILABLE", "reason": b.reason} for b in bad]
+            index += [{"name": v2_name, "version": b.version, "state": "UNAVAILABLE", "reason": b.reason}
+                      for b in bad for v2_name in v2_names]
         return index
 
     async def _poll_store(self, every_s: float) -> None:

@@ -94,6 +94,17 @@ def test_a_live_load_logs_each_version_it_leaves_out(store, caplog):
     assert f"model {MODEL}: version 2 not loaded: " in caplog.text and "invalid manifest" in caplog.text
 
 
+def test_the_index_lists_a_refused_version_under_the_v2_names(store):
+    with TestClient(create_app(Engine(ModelStore(store), settings()), settings())) as client:
+        add_version(store, 2)
+        (store / MODEL / "2" / "manifest.json").write_text("{not json")
+        index = client.post("/v2/repository/index").json()
+    served = {m["name"] for m in index if m["version"] == "1"}
+    refused = [m for m in index if m["version"] == "2"]
+    assert served and {m["name"] for m in refused} == served, index  # "pixelcnn.log_prob", ...: not "pixelcnn"
+    assert all(m["state"] == "UNAVAILABLE" and "invalid manifest" in m["reason"] for m in refused)
+
+
 def test_load_and_unload_need_an_admin_key(store, keys):
     admin_file, api_file = keys
     with TestClient(create_app(Engine(ModelStore(store), settings()), settings())) as client:
