@@ -2,9 +2,10 @@
 
 A manifest must validate against proto/manifest.schema.json, and every file
 it lists must match its sha256; otherwise the store refuses to load and the
-error names the file. With skip_bad, a model whose latest version fails those
-checks is left out instead and kept in `unavailable` with the reason, so that
-the rest of the store can be served.
+error names the file. With skip_bad, a version that fails those checks is left
+out instead, as a live load leaves it out: its model is served from its good
+versions, and a model with none is kept in `unavailable` with the reason, so
+that the rest of the store can be served.
 """
 
 import hashlib
@@ -139,9 +140,10 @@ class ModelStore:
     """The latest version of every model under `root`, verified at load time; `versions` holds every good
     version of each (name -> version -> entry), and scan_model() reads one model's directory again.
 
-    A version that fails its checks stops the load (StoreError), unless `skip_bad`: then it is kept in `bad`,
-    and a model whose latest version is bad is not served at all (no older version stands in for it) and is
-    listed in `unavailable` (name -> the BadEntry), so that the rest of the store can be served.
+    A version that fails its checks stops the load (StoreError), unless `skip_bad`: then it is kept in `bad` and
+    its model is served from its good versions (the newest good one on the unversioned routes), as a live load
+    (Engine.load_model) serves it; a model with no good version is listed in `unavailable` (name -> its latest
+    BadEntry), so that the rest of the store can be served.
     """
 
     def __init__(self, root: Path, skip_bad: bool = False):
@@ -152,12 +154,9 @@ class ModelStore:
         self.entries: dict[str, ModelEntry] = {}
         self.versions: dict[str, dict[int, ModelEntry]] = {}
         self.bad: list[BadEntry] = []
-        latest: dict[str, Path] = {}  # model name -> its latest version directory, good or bad
         for manifest_path in sorted(self.root.glob("*/*/manifest.json")):
             directory = manifest_path.parent
             name = directory.parent.name
-            if name not in latest or _version_key(directory) > _version_key(latest[name]):
-                latest[name] = directory
             try:
                 entry = load_entry(directory, self.validator)
             except StoreError as e:
@@ -169,12 +168,8 @@ class ModelStore:
             current = self.entries.get(entry.name)
             if current is None or entry.version > current.version:
                 self.entries[entry.name] = entry
-        self.unavailable: dict[str, BadEntry] = {}
-        for bad in self.bad:
-            if latest[bad.name] == bad.directory:
-                self.unavailable[bad.name] = bad
-                self.entries.pop(bad.name, None)
-                self.versions.pop(bad.name, None)
+        self.unavailable = {bad.name: bad for bad in sorted(self.bad, key=lambda b: _version_key(b.directory))
+                            if bad.name not in self.entries}  # the latest bad version stands for the model
 
     def model_names(self) -> list[str]:
         """Every model directory on disk now, served or not."""

@@ -219,12 +219,27 @@ def test_skip_bad_serves_the_rest_and_lists_the_bad_model_with_its_reason(store_
     assert 'genserve_model_unavailable{model="pixelcnn",reason="sha256",version="1"} 1.0' in exposition
 
 
-def test_skip_bad_does_not_serve_an_older_version_for_a_bad_latest_one(store_copy):
-    _add_version(store_copy, 2)
-    _corrupt(store_copy, 2)
+def test_skip_bad_serves_the_older_versions_of_a_bad_latest_one_as_a_live_load_does(store_copy):
+    from service.engine.engine import Engine
+    from service.settings import Settings
+
+    _add_version(store_copy, 3)
+    _add_version(store_copy, 10)  # after 3 by number, before it by name
+    _corrupt(store_copy, 10)
     store = ModelStore(store_copy, skip_bad=True)
-    assert store.names() == [] and list(store.unavailable) == [MODEL]
-    assert store.unavailable[MODEL].version == "2"
+    assert store.entries[MODEL].version == 3 and sorted(store.versions[MODEL]) == [1, 3] and store.unavailable == {}
+    assert [(b.name, b.version, b.kind) for b in store.bad] == [(MODEL, "10", "sha256")]  # each logged at start
+    engine = Engine(store, Settings(intra_op_threads=1))
+    assert sorted(engine.versions[MODEL]) == engine.load_model(MODEL) == [1, 3]
+
+
+def test_skip_bad_lists_a_model_with_no_good_version_under_its_latest(store_copy):
+    _add_version(store_copy, 10)
+    _add_version(store_copy, 3)
+    for version in (1, 3, 10):
+        _corrupt(store_copy, version)
+    store = ModelStore(store_copy, skip_bad=True)
+    assert store.names() == [] and store.versions == {} and store.unavailable[MODEL].version == "10"
 
 
 def test_skip_bad_serves_the_latest_version_over_a_bad_older_one(store_copy):
