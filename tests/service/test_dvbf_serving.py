@@ -163,16 +163,18 @@ def test_grpc_predict_stream_and_sample_agree_with_rest(store, sequences):
                                                         actions=to_tensor(u[0, :STEPS])), timeout=20)
             encoded = await stub.Encode(pb.EncodeRequest(model="dvbf", inputs=request.inputs,
                                                          actions=to_tensor(u[:, :OBSERVED - 1])), timeout=20)
+            unrolled = await stub.Predict(pb.PredictRequest(model="dvbf", inputs=request.inputs,  # S = 0
+                                                            actions=to_tensor(u[:, :OBSERVED - 1])), timeout=20)
             with pytest.raises(grpc.aio.AioRpcError) as bad:
                 await stub.Predict(pb.PredictRequest(model="dvbf", inputs=request.inputs,
                                                      actions=to_tensor(np.zeros((500, 1), np.float32))), timeout=20)
             assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "actions" in bad.value.details()
-            return whole, chunks, sample, encoded
+            return whole, chunks, sample, encoded, unrolled
         finally:
             await channel.close()
             await server.stop(grace=None)
 
-    whole, chunks, sample, encoded = asyncio.run(over_grpc())
+    whole, chunks, sample, encoded, unrolled = asyncio.run(over_grpc())
     frames = to_array(whole.frames, "frames")
     filtered = to_array(encoded.outputs["mean"], "mean")  # the observed frames' filtered states, as Predict's
     assert np.allclose(filtered, to_array(whole.states, "states")[:, :OBSERVED], atol=1e-5)
@@ -182,4 +184,10 @@ def test_grpc_predict_stream_and_sample_agree_with_rest(store, sequences):
     assert np.array_equal(np.stack([to_array(c.frames, "frames") for c in chunks], 1), frames)
     with TestClient(create_app(Engine(ModelStore(store[0]), settings), settings)) as client:
         rest = client.post("/v1/models/dvbf/sample", json={"n": 2, "seed": 11, "actions": u[0, :STEPS].tolist()})
+        rest_unrolled = client.post("/v1/models/dvbf/predict", json={"inputs": x[:, :OBSERVED, 0].tolist(),
+                                                                      "actions": u[:, :OBSERVED - 1].tolist()})
     assert np.array_equal(to_array(sample.samples, "samples")[:, :, 0], np.asarray(rest.json()["samples"]))
+    # S = 0 answers alike: the filtered states, and no frame (REST [[], []]; gRPC [2, 0, 1, 16, 16], no bytes)
+    assert rest_unrolled.status_code == 200 and rest_unrolled.json()["frames"] == [[], []]
+    assert list(unrolled.frames.shape) == [2, 0, 1, 16, 16] and unrolled.frames.data == b""
+    assert np.allclose(to_array(unrolled.states, "states"), rest_unrolled.json()["states"], atol=1e-6)
