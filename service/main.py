@@ -49,8 +49,9 @@ def run(
     """Serve the model store in `models` on host:port. Arguments left None come from GENSERVE_* / defaults.
 
     Refused at once, in one line: a port that is taken, a store with no model (unless allow_empty), a model
-    that fails its checks (unless settings.skip_bad_models: then the rest is served and it is listed as
-    unavailable in the log, in /v1/models and in the genserve_model_unavailable metric).
+    version that fails its checks (unless settings.skip_bad_models: then that version is left out and logged,
+    its model is served from its good versions, and a model with none is listed as unavailable in /v1/models
+    and in the genserve_model_unavailable metric).
     """
     from pydantic import ValidationError
 
@@ -78,9 +79,9 @@ def run(
     except StoreError as e:
         skip = "" if e.kind == "store" else " (GENSERVE_SKIP_BAD_MODELS=true serves the other models)"
         raise SystemExit(f"genserve: cannot load the model store: {e}{skip}") from e
-    for bad in store.bad:
-        served = "not served" if store.unavailable.get(bad.name) == bad else "an older version, skipped"
-        log.error("model %s version %s %s: %s", bad.name, bad.version, served, bad.reason)
+    for bad in store.bad:  # as Engine.load_model logs a version it leaves out
+        model = "not served" if bad.name in store.unavailable else "served from its good versions"
+        log.warning("model %s: version %s not loaded (%s): %s", bad.name, bad.version, model, bad.reason)
     if not store.entries and not settings.allow_empty:
         raise SystemExit(f"genserve: no model to serve: {store.empty_reason()}; give --allow-empty (or "
                          "GENSERVE_ALLOW_EMPTY=true) to serve it anyway")

@@ -53,7 +53,8 @@ class Settings(BaseSettings):
     access_log: bool = False  # one log line per HTTP request (off: it costs the hot path)
     log_format: Literal["text", "json"] = "text"  # "json": one JSON object per line (service.logs)
     # The store at start-up: a store with no model is refused unless allow_empty; a model that fails its checks
-    # (sha256, manifest) stops the server unless skip_bad_models, which serves the rest and lists it unavailable.
+    # (sha256, manifest) stops the server unless skip_bad_models, which leaves the bad version out, serves the
+    # model from its good versions and lists a model with none as unavailable.
     allow_empty: bool = False
     skip_bad_models: bool = False
     # The repository API (service.api.repository): load and unload need a key of admin_keys_file (same format as
