@@ -4,9 +4,12 @@
 closed-loop clients for `--rounds` points. Each point prints wrk's throughput, p50 and p99 beside the server's own
 view of the same requests, read from its /metrics before and after: the bucket that holds the p50 and the p99 of
 genserve_http_request_duration_seconds (from the request reaching the ASGI app to its answer being sent) and of
-genserve_inference_request_duration_seconds (from the engine's submit to the result), the point's warm-up included.
-Buckets are coarse (25, 50, 100 ms), so the server's quantiles are upper bounds; what wrk sees beyond them was spent
-outside the app: in the sockets, the event loop before the app reads the request, or the client.
+genserve_inference_request_duration_seconds (from the engine's submit to the result), the point's warm-up included,
+and of genserve_event_loop_lag_seconds: how late the API process's event loop resumed a task due every 10 ms (one
+observation per tick, not per request), which is how long anything ready, a request's bytes just arrived included,
+waits behind the work the loop runs first. Buckets are coarse (25, 50, 100 ms), so the server's quantiles are upper
+bounds; what wrk sees beyond the app's own was spent outside it: in the sockets, the event loop before the app
+reads the request (the lag), or the client.
 
     .venv/bin/python benchmarks/rest_tail.py [--rounds 3] [--clients 64]
 """
@@ -19,8 +22,9 @@ import httpx
 from v2load import Genserve, batching_env, point_line, require_wrk, rest_point, rest_request, scratch_store, v2_work
 
 HISTOGRAMS = {"genserve_http_request_duration_seconds": "server, HTTP",
-              "genserve_inference_request_duration_seconds": "server, engine"}
-BUCKET = re.compile(r'^(genserve_\w+_duration_seconds)_bucket\{(.*)\} ([0-9.e+]+)$', re.M)
+              "genserve_inference_request_duration_seconds": "server, engine",
+              "genserve_event_loop_lag_seconds": "event loop lag"}
+BUCKET = re.compile(r'^(genserve_\w+_seconds)_bucket\{(.*)\} ([0-9.e+]+)$', re.M)
 
 
 def buckets(base_url: str) -> dict[str, dict[float, float]]:

@@ -103,6 +103,15 @@ def run(
     event_loop.run(serve(app, engine, settings))
 
 
+def loop_lag_histogram(registry):
+    """genserve_event_loop_lag_seconds of `registry`: how late the API process's event loop runs what is ready
+    (service.event_loop.watch_lag; benchmarks/rest_tail.py reads it beside a load generator's latencies)."""
+    from prometheus_client import Histogram
+
+    return Histogram("genserve_event_loop_lag_seconds", "How late the API process's event loop resumed a task "
+                     f"due every {event_loop.LAG_TICK_S:g} s", buckets=event_loop.LAG_BUCKETS, registry=registry)
+
+
 GC_PAUSE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 
 
@@ -240,6 +249,7 @@ async def serve(app, engine, settings) -> None:
     signals = (signal.SIGINT, signal.SIGTERM)
     for sig in signals:
         loop.add_signal_handler(sig, on_signal, sig)
+    lag = asyncio.ensure_future(event_loop.watch_lag(loop_lag_histogram(engine.metrics.registry)))
     try:
         await engine.start()  # the workers load the models in the background; /readyz says when they are up
         await grpc_server.start()
@@ -247,6 +257,7 @@ async def serve(app, engine, settings) -> None:
         await web.serve()  # returns once drain_http() has set should_exit
         await start_drain()
     finally:
+        lag.cancel()
         for sig in signals:
             loop.remove_signal_handler(sig)
         await engine.stop()

@@ -200,6 +200,7 @@ def test_metrics_count_requests(client):
              and 'endpoint="/v1/models/{name}/sample"' in line and 'code="200"' in line]
     assert len(lines) == 1
     assert float(lines[0].rsplit(" ", 1)[1]) >= 1
+    assert "genserve_event_loop_lag_seconds_count" in text  # service.event_loop.watch_lag
     # `genserve serve` times each garbage collection of the API process, by generation (service.main.tune_gc)
     for generation in range(3):
         assert f'genserve_gc_pause_seconds_count{{generation="{generation}"}}' in text
