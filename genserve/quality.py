@@ -35,7 +35,8 @@ async def rows(models: Path, classifier_dir: Path, n: int) -> list[dict]:
         reference[levels] = classify(classifier, x_test, levels)[1]
         out.append({"model": f"real test split ({dataset})", **scores(classifier, x_test, levels, reference[levels])})
     for name, m in sorted(engine.models.items()):
-        if m.shape != [1, 28, 28] or "sample" not in m.capabilities or m.data["levels"] not in DATASETS:
+        if m.shape != [1, 28, 28] or "sample" not in m.capabilities or m.data["levels"] not in DATASETS \
+                or "prompt" in m.capabilities["sample"]:  # a caption's model (stackgan): stackgan_eval.py
             continue
         x = np.concatenate([await engine.sample(name, min(CHUNK, n - i), i, 1.0, None)  # seed i: chunk i
                             for i in range(0, n, CHUNK)])

@@ -17,3 +17,13 @@ def test_table_has_the_real_ceilings_and_each_sampling_model(tiny_store, tmp_pat
         assert 1.0 <= inception <= 10.0
     assert abs(float(rows[0][2])) < 1e-6 and float(rows[2][2]) > 0  # FID of the real split to itself is 0
     assert (tmp_path / "quality.json").is_file()
+
+
+def test_a_model_that_draws_from_a_caption_is_left_out(tmp_path):
+    """stackgan samples only from a prompt: the table leaves it to benchmarks/stackgan_eval.py instead of failing."""
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "stackgan").symlink_to(CLASSIFIER.parent / "stackgan")
+    text = table(store, CLASSIFIER, n=20)
+    assert "real test split (mnist5k)" in text
+    assert "stackgan" not in text
