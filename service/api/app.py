@@ -555,6 +555,8 @@ def create_app(engine: Any, settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = ApiMetrics()
     app = RequestIdApp(  # X-Request-ID on every response (service.api.request_id)
+        telemetry={"tracing": settings.opentelemetry, "metrics": settings.opentelemetry,
+                   "logs": settings.opentelemetry},
         title="genserve",
         version=VERSION,
         description="Deep generative models: sampling, likelihoods (exact or bounds) with anomaly flags, inpainting, "
