@@ -133,3 +133,39 @@ def test_an_integer_beyond_a_double_is_refused_for_other_datatypes(dtype, says):
 def test_an_integer_beyond_64_bits_within_a_float_datatype_is_read_as_a_float():
     """The standard library reads 10**20 as a Python int (a body orjson refuses falls back to it): in FP32's range."""
     np.testing.assert_array_equal(v2._json_array([1, 10**20], np.dtype(np.float32), "z"), np.float32([1, 1e20]))
+
+
+
+def test_the_repository_index_rescans_off_the_event_loop(engine):
+    """The index rescans and hashes the whole store (about 1.8 s for the shipped one): the health route is answered
+    while it runs, as gRPC's RepositoryIndex already did (the old code held the event loop until it returned)."""
+    import asyncio
+    import time
+
+    import httpx
+
+    returned = []
+
+    class SlowIndex:
+        def __getattr__(self, name):
+            return getattr(engine, name)
+
+        def repository_index(self, ready: bool) -> list:
+            time.sleep(0.5)  # a large store's rescan
+            returned.append(time.monotonic())
+            return engine.repository_index(ready)
+
+    app = FastAPI()
+    app.include_router(v2.router(SlowIndex()))
+
+    async def scenario() -> tuple[float, int, int]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            index = asyncio.ensure_future(client.post("/v2/repository/index"))
+            await asyncio.sleep(0.05)  # the index request is under way
+            live = await client.get("/v2/health/live")
+            answered = time.monotonic()
+            return answered, live.status_code, (await index).status_code
+
+    answered, live, index = asyncio.run(scenario())
+    assert (live, index) == (200, 200)
+    assert answered < returned[0]  # the health answer came while the index was still rescanning
