@@ -15,12 +15,18 @@ def _accept_weights(accept: str) -> dict[str, float]:
     return weights
 
 
+def _q(weights: dict[str, float], ranges: tuple[str, ...]) -> float:
+    """The q of the most specific of `ranges` (most specific first) that the header names (RFC 9110, 12.5.1)."""
+    return next((weights[media] for media in ranges if media in weights), 0.0)
+
+
 def wanted_file(accept: str, files: tuple[str, ...]) -> str | None:
     """The media type of `files` that an Accept header prefers to JSON: the one of highest q (a tie: the first),
     when that q is above 0 and no lower than JSON's (application/json, application/*, */*); a tie goes to the file,
-    so "audio/midi, application/json" is MIDI as before. None: JSON."""
+    so "audio/midi, application/json" is MIDI as before. A file's q is its own type's, else its type range's
+    ("audio/*" asks for audio/midi and audio/wav); "*/*" alone names no file, so it answers JSON. None: JSON."""
     weights = _accept_weights(accept)
-    best = max(files, key=lambda media: weights.get(media, 0.0))
-    json_q = next((weights[media] for media in ("application/json", "application/*", "*/*") if media in weights),
-                  0.0)  # the most specific range that names JSON decides (RFC 9110, 12.5.1)
-    return best if weights.get(best, 0.0) > 0 and weights.get(best, 0.0) >= json_q else None
+    file_q = {media: _q(weights, (media, media.split("/")[0] + "/*")) for media in files}
+    best = max(files, key=file_q.get)
+    json_q = _q(weights, ("application/json", "application/*", "*/*"))
+    return best if file_q[best] > 0 and file_q[best] >= json_q else None

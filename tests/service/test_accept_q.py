@@ -26,6 +26,11 @@ MUSIC = ("audio/midi", "image/png")
     ("audio/midi;q=0.5, application/json;q=0, */*", "audio/midi"),  # the most specific range decides JSON's q
     ("audio/midi;q=0.5, application/json;q=0.1, */*;q=0.8", "audio/midi"),
     ("", None),
+    ("audio/*", "audio/midi"),  # a type range asks for its files (RFC 9110, 12.5.1); was JSON
+    ("image/*", "image/png"),
+    ("audio/*;q=0.5, application/json", None),
+    ("audio/midi;q=0, audio/*", None),  # the file's own type is more specific than its range
+    ("audio/*, image/png;q=0.5", "audio/midi"),
 ])
 def test_the_file_only_when_preferred_to_json(accept, wanted):
     assert wanted_file(accept, MUSIC) == wanted
