@@ -64,8 +64,11 @@ def stored_functions(model_directory: Path) -> set[str]:
 
 
 async def load(engine: Any, name: str) -> list[int]:
-    """Load a model's versions (hashing its files off the event loop)."""
-    return await asyncio.to_thread(engine.load_model, store_model(engine, name))
+    """Load a model's versions (hashing its files off the event loop), then free what the versions it replaced
+    held."""
+    versions = await asyncio.to_thread(engine.load_model, store_model(engine, name))
+    engine.forget_retired()
+    return versions
 
 
 def unload(engine: Any, name: str) -> None:

@@ -20,7 +20,7 @@ import logging
 import numpy as np
 
 from service.engine import anomaly, latent, procedures, worker_procedures
-from service.engine.errors import InvalidInput, MissingCapability, UnknownModel, UnsupportedModel
+from service.engine.errors import EngineError, InvalidInput, MissingCapability, UnknownModel, UnsupportedModel
 from service.engine.generation import GenerationOperations
 from service.engine.latent_operations import LatentOperations, check_decoding
 from service.engine.metrics import EngineMetrics
@@ -36,7 +36,7 @@ from service.engine.validation import (
     check_range,
     check_sequence_work,
 )
-from service.engine.workers import InProcess, WorkerPool
+from service.engine.workers import InProcess, WorkerPool, version_id
 from service.settings import Settings
 from service.store import ModelEntry, ModelStore
 
@@ -54,7 +54,7 @@ class LoadedModel:
 
     def __init__(self, entry: ModelEntry, runner_id: str | None = None):
         """runner_id: how the runner knows this version (its model name for the version it started with, else
-        its directory, which a worker loads on first use)."""
+        workers.version_id: its directory and manifest digest, which a worker loads on first use)."""
         self.entry = entry
         self.version = entry.version
         self.runner_id = entry.name if runner_id is None else runner_id
@@ -133,14 +133,21 @@ class Engine(GenerationOperations, StateSpaceOperations, ScoringOperations, Late
         self.settings = settings
         self.metrics = metrics if metrics is not None else EngineMetrics()  # its own registry by default
         self.store = store
-        self.models = {name: LoadedModel(entry) for name, entry in store.entries.items()}  # the latest versions
-        self.versions = {name: {v: self.models[name] if entry == store.entries[name] else
-                                LoadedModel(entry, str(entry.directory.resolve())) for v, entry in versions.items()}
-                         for name, versions in getattr(store, "versions", {}).items() if name in self.models}
-        for name, m in self.models.items():  # a stand-in store (tests) may list its latest entries only
-            self.versions.setdefault(name, {m.version: m})
         self.unloaded: set[str] = set()  # models unloaded through the repository API
         self.unavailable = store.unavailable_models()  # left out of a store served with skip_bad, with the reason
+        # (model, version) -> (its entry, why it is not served): a good version in the store this engine cannot
+        # serve (UnsupportedModel), left out as a bad version is
+        self.refused: dict[tuple[str, int], tuple[ModelEntry, str]] = {}
+        self._retired: set[str] = set()  # runner ids of versions no longer served, to forget (forget_retired)
+        self.versions: dict[str, dict[int, LoadedModel]] = {}
+        for name, latest in store.entries.items():  # a stand-in store (tests) may list its latest entries only
+            entries = getattr(store, "versions", {}).get(name) or {latest.version: latest}
+            if loaded := self._load_versions(name, entries, {}, strict=not settings.skip_bad_models):
+                self.versions[name] = loaded
+            else:
+                self.unavailable.append({"name": name, "version": str(latest.version), "available": False,
+                                         "reason": self.refused[name, latest.version][1]})
+        self.models = {name: loaded[max(loaded)] for name, loaded in self.versions.items()}  # the latest versions
         self._poll: asyncio.Task | None = None
         if runner is None:
             directories = {name: entry.directory for name, entry in store.entries.items()}
@@ -183,32 +190,71 @@ class Engine(GenerationOperations, StateSpaceOperations, ScoringOperations, Late
 
     def load_model(self, name: str) -> list[int]:
         """Read the model's directory in the store again and serve every good version in it, the latest on the
-        unversioned routes; versions already served keep their schedulers and in-flight requests. Returns the
-        versions now served; UnknownModel when the directory holds no good version."""
+        unversioned routes; versions already served keep their schedulers and in-flight requests. A version that fails
+        the store's checks, or that this engine cannot serve (UnsupportedModel), is left out and logged. Returns the
+        versions now served; UnknownModel when the directory holds no version to serve. Off the event loop (it
+        hashes every file), then forget_retired() on it."""
         good, bad = self.store.scan_model(name)
-        if not good:
-            reasons = "; ".join(b.reason for b in bad) or f"no <version>/manifest.json under {name!r} in the store"
-            raise UnknownModel(f"model {name!r}: nothing to load: {reasons}", field="model")
+        for refused in bad:  # served without them; the repository index says why too
+            log.warning("model %s: version %s not loaded: %s", name, refused.version, refused.reason)
         served = self.versions.get(name, {})
-        try:
-            loaded = {v: served[v] if v in served and served[v].entry == entry else
-                      LoadedModel(entry, str(entry.directory.resolve())) for v, entry in good.items()}
-        except UnsupportedModel as e:  # a version this engine cannot serve: nothing is loaded, as for a bad one
-            raise UnknownModel(f"model {name!r}: nothing to load: {e.detail}", field="model") from e
+        loaded = self._load_versions(name, good, served, strict=False)
+        if not loaded:
+            reasons = [b.reason for b in bad] + [self.refused[name, v][1] for v in sorted(good)]
+            raise UnknownModel(f"model {name!r}: nothing to load: " + ("; ".join(reasons) or
+                               f"no <version>/manifest.json under {name!r} in the store"), field="model")
         self.versions[name], self.models[name] = loaded, loaded[max(loaded)]  # one assignment each: no torn read
+        self._retired.update(m.runner_id for v, m in served.items() if loaded.get(v) is not m)
         self.unloaded.discard(name)
         self.unavailable = [u for u in self.unavailable if u["name"] != name]
         log.info("model %s: loaded, versions %s", name, sorted(loaded))
-        for refused in bad:  # served without them; the repository index says why too
-            log.warning("model %s: version %s not loaded: %s", name, refused.version, refused.reason)
         return sorted(loaded)
 
+    def _load_versions(self, name: str, entries: dict[int, ModelEntry], served: dict[int, LoadedModel],
+                       strict: bool) -> dict[int, LoadedModel]:
+        """The versions of `entries` this engine can serve (those `served` with the same entry kept as they are);
+        one it cannot (UnsupportedModel) is left out, logged and kept in `refused`, or, `strict`, raised."""
+        loaded = {}
+        for version, entry in sorted(entries.items()):
+            if version in served and served[version].entry == entry:
+                loaded[version] = served[version]
+                continue
+            try:
+                loaded[version] = LoadedModel(entry, self._runner_id(entry))
+            except UnsupportedModel as e:
+                if strict:
+                    raise
+                self.refused[name, version] = (entry, e.detail)
+                log.warning("model %s: version %s not loaded: %s", name, version, e.detail)
+        return loaded
+
+    def _runner_id(self, entry: ModelEntry) -> str:
+        """How the runner knows a version: by its model's name for the version it started with (its workers load
+        those at once), else by the version's directory and manifest digest (workers.version_id), loaded on first
+        use: a version whose files were replaced is another id, so it never runs the runtimes of the old files."""
+        started_with = self.store.entries.get(entry.name) == entry
+        return entry.name if started_with else version_id(entry.directory, entry.manifest)
+
     def unload_model(self, name: str) -> None:
-        """Stop serving the model: new requests get UnknownModel; requests in flight finish (they hold it)."""
+        """Stop serving the model: new requests get UnknownModel; requests in flight finish (they hold it, and load
+        again what forget_retired() frees). Call it on the event loop."""
         self.model(name)
+        self._retired.update(m.runner_id for m in self.versions[name].values())
         del self.models[name], self.versions[name]
         self.unloaded.add(name)
+        self.forget_retired()
         log.info("model %s: unloaded", name)
+
+    def forget_retired(self) -> None:
+        """Free the schedulers and the runner's runtimes of the versions no longer served (unloaded, or replaced by
+        a load), so that memory does not grow with every version ever served. On the event loop: the schedulers
+        are its."""
+        served = {m.runner_id for versions in self.versions.values() for m in versions.values()}
+        retired, self._retired = self._retired - served, set()
+        for key in [key for key in self._batchers if key[0] in retired]:
+            del self._batchers[key]
+        for runner_id in retired:
+            self.runner.forget(runner_id)
 
     def repository_index(self, ready: bool) -> list[dict]:
         """Every version of every V2 model ("<model>.<function>") in the store, Triton's way: name, version, state
@@ -223,7 +269,8 @@ class Engine(GenerationOperations, StateSpaceOperations, ScoringOperations, Late
                                for function in entry.manifest["functions"]}) or [name]
             for version, entry in sorted(good.items()):
                 reason = ("" if ready else "the engine is not ready") if version in served else \
-                    "unloaded" if name in self.unloaded else "not loaded; load the model to serve it"
+                    "unloaded" if name in self.unloaded else self._refused_reason(name, version, entry) or \
+                    "not loaded; load the model to serve it"
                 index += [{"name": f"{name}.{function}", "version": str(version),
                            "state": "UNAVAILABLE" if reason else "READY", "reason": reason}
                           for function in entry.manifest["functions"]]
@@ -231,19 +278,32 @@ class Engine(GenerationOperations, StateSpaceOperations, ScoringOperations, Late
                       for b in bad for v2_name in v2_names]
         return index
 
+    def _refused_reason(self, name: str, version: int, entry: ModelEntry) -> str | None:
+        """Why this entry of a good version is not served, if this engine refused it (UnsupportedModel)."""
+        refused = self.refused.get((name, version))
+        return refused[1] if refused is not None and refused[0] == entry else None
+
     async def _poll_store(self, every_s: float) -> None:
         """Load every model whose directory holds a version newer than the one served (GENSERVE_STORE_POLL_S)."""
         while True:
             await asyncio.sleep(every_s)
             for name in self.store.model_names():
-                if name in self.unloaded:
-                    continue
-                try:
-                    good, _ = await asyncio.to_thread(self.store.scan_model, name)
-                    if good and (name not in self.models or max(good) > self.models[name].version):
-                        self.load_model(name)
-                except OSError as e:  # a directory being written or removed: the next poll sees it whole
-                    log.warning("store poll: model %s: %s", name, e)
+                if name not in self.unloaded:
+                    await self._poll_model(name)
+
+    async def _poll_model(self, name: str) -> None:
+        """Load the model if its directory holds a new version, hashing its files off the event loop. A version it
+        refused (logged once, at that load) is not tried again until its directory changes; no error ends the poll."""
+        try:
+            good, _ = await asyncio.to_thread(self.store.scan_model, name)
+            latest = self.models[name].version if name in self.models else -1
+            if any(v > latest and self._refused_reason(name, v, entry) is None for v, entry in good.items()):
+                await asyncio.to_thread(self.load_model, name)
+                self.forget_retired()
+        except (OSError, EngineError) as e:  # a directory being written or removed: the next poll sees it whole
+            log.warning("store poll: model %s: %s", name, e)
+        except Exception:
+            log.exception("store poll: model %s", name)
 
     def list_models(self) -> list[dict]:
         return [m.describe() for m in self.models.values()]

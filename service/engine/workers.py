@@ -37,10 +37,11 @@ import numpy as np
 
 from service import event_loop, logs
 from service.engine import channel
-from service.engine.errors import WorkerLost
+from service.engine.errors import EngineError, UnknownModel, WorkerLost
 from service.engine.runtimes import TensorFunction, import_torch, load_function
 from service.engine.worker_procedures import ProcedureFailed, WorkerProcedures, refusal
 from service.settings import Settings
+from service.store.store import file_sha256, manifest_digest
 
 log = logging.getLogger("genserve.workers")
 
@@ -53,40 +54,79 @@ class Functions:
 
     preload() loads them all, in manifest order; a call that needs a function not loaded yet loads it
     at once (or waits for the preload that is loading it), so a worker can answer before all are loaded.
-    A model is named as `directories` names it, or by its version directory (a version loaded after the
-    start, service.api.repository), which is read on first use.
+    A model is named as `directories` names it, or by a version's id (version_id(): a version loaded after the
+    start, service.api.repository), which is read on first use and runs only the files its manifest certified
+    when it was loaded; forget() frees a model's runtimes.
     """
 
     def __init__(self, directories: dict[str, Path], runtime: str, threads: int, device: int | None):
         self.runtime, self.threads, self.device = runtime, threads, device
-        self.specs: dict[tuple[str, str], tuple[dict, Path]] = {}
+        # (model, function) -> its manifest entry, directory, and (a version id's) the sha256 of each file
+        self.specs: dict[tuple[str, str], tuple[dict, Path, dict[str, str] | None]] = {}
         self.locks: dict[tuple[str, str], threading.Lock] = {}
         for model, directory in directories.items():
-            self._add(model, Path(directory))
+            self._add(model, Path(directory), json.loads((Path(directory) / "manifest.json").read_text()), None)
         self.loaded: dict[tuple[str, str], TensorFunction] = {}
         self.adding = threading.Lock()
 
-    def _add(self, model: str, directory: Path) -> None:
-        manifest = json.loads((directory / "manifest.json").read_text())
+    def _add(self, model: str, directory: Path, manifest: dict, certified: dict[str, str] | None) -> None:
         for name, spec in manifest["functions"].items():
-            self.specs[model, name] = (spec, directory)
+            self.specs[model, name] = (spec, directory, certified)
             self.locks[model, name] = threading.Lock()
 
+    def _add_version(self, version: str) -> None:
+        """A version named by its id: its manifest, if it is still the one the id names."""
+        directory, _, digest = version.rpartition("@")
+        try:
+            manifest = json.loads((Path(directory) / "manifest.json").read_text())
+        except (OSError, ValueError) as e:  # gone, being written
+            why = getattr(e, "strerror", None) or e
+            raise version_changed(directory, f"its manifest cannot be read: {why}") from None
+        if manifest_digest(manifest) != digest:
+            raise version_changed(directory, "its manifest is not the one loaded")
+        self._add(version, Path(directory), manifest, manifest["files"])
+
     def __getitem__(self, key: tuple[str, str]) -> TensorFunction:
-        if key not in self.locks and Path(key[0]).is_absolute() and (Path(key[0]) / "manifest.json").is_file():
+        if key not in self.locks and Path(key[0]).is_absolute() and "@" in key[0]:  # a version_id
             with self.adding:
                 if key not in self.locks:
-                    self._add(key[0], Path(key[0]))
-        if key not in self.loaded:
+                    self._add_version(key[0])
+        if (function := self.loaded.get(key)) is None:  # (forget() may drop it from another thread)
             with self.locks[key]:  # KeyError for a function no model has
-                if key not in self.loaded:
-                    spec, directory = self.specs[key]
-                    self.loaded[key] = load_function(key[1], spec, directory, self.runtime, self.threads, self.device)
-        return self.loaded[key]
+                if (function := self.loaded.get(key)) is None:
+                    function = self.loaded[key] = self._load(key)
+        return function
+
+    def _load(self, key: tuple[str, str]) -> TensorFunction:
+        spec, directory, certified = self.specs[key]
+        if certified is not None:  # a version loaded after the start: exactly the files its manifest certifies
+            for filename in spec["files"].values():
+                path = directory / filename
+                if not path.is_file() or file_sha256(path) != certified[filename]:
+                    raise version_changed(str(directory), f"{filename} is gone or not the file its manifest lists")
+        return load_function(key[1], spec, directory, self.runtime, self.threads, self.device)
 
     def preload(self) -> None:
-        for key in self.specs:
+        for key in list(self.specs):  # a call may add a version meanwhile
             self[key]
+
+    def forget(self, model: str) -> None:
+        """Free the runtimes loaded for `model` (a version no longer served); a call that names it loads them again."""
+        for key in [key for key in list(self.loaded) if key[0] == model]:
+            self.loaded.pop(key, None)
+
+
+def version_id(directory: Path, manifest: dict) -> str:
+    """How a runner knows a version loaded after the start: its directory and its manifest's digest (which holds
+    every file's sha256), so a version whose files were replaced is a new id, never the runtimes of the old files."""
+    return f"{Path(directory).resolve()}@{manifest_digest(manifest)}"
+
+
+def version_changed(directory: str, why: str) -> UnknownModel:
+    """The refusal of a call on a version whose directory changed or went since it was loaded."""
+    path = Path(directory)
+    return UnknownModel(f"version: model {path.parent.name!r} version {path.name}: its files in the store are gone "
+                        f"or changed since it was loaded ({why}); load the model again", field="version")
 
 
 class InProcess:
@@ -109,6 +149,9 @@ class InProcess:
 
     async def call(self, model: str, function: str, feeds: Arrays) -> Arrays:
         return await asyncio.to_thread(lambda: self.functions[model, function](**feeds))
+
+    def forget(self, model: str) -> None:
+        self.functions.forget(model)
 
     async def procedure(self, model: str, request: dict, arrays: Arrays) -> tuple[Arrays, dict]:
         """An iterative procedure's outputs and its schedulers' events (service.engine.worker_procedures)."""
@@ -174,6 +217,8 @@ async def _answer_calls(address: str, functions: Functions) -> None:
                 outputs = await call(header["model"], header["function"], feeds)
         except ProcedureFailed as e:  # refused or out of time: the caller gets the engine's own error
             reply_header.update(events=e.events, error=e.error.message, code=e.error.code, field=e.error.field)
+        except EngineError as e:  # a version whose files changed since its load (Functions)
+            reply_header.update(error=e.message, code=e.code, field=e.field)
         except Exception as e:  # noqa: BLE001 - the caller gets the error, the worker lives on
             reply_header["error"] = f"{type(e).__name__}: {e}"
         with contextlib.suppress(ConnectionError):  # the API process has gone: nobody to answer
@@ -186,6 +231,9 @@ async def _answer_calls(address: str, functions: Functions) -> None:
         if "cancel" in header:  # the caller went away: its procedure leaves at the next step
             if (task := tasks.get(header["cancel"])) is not None:
                 task.cancel()
+            return
+        if "forget" in header:  # a version no longer served
+            functions.forget(header["forget"])
             return
         task = tasks[header["id"]] = asyncio.create_task(answer(header, feeds))
         task.add_done_callback(lambda _, call_id=header["id"]: tasks.pop(call_id, None))
@@ -271,12 +319,17 @@ class Worker:
         if future is None or future.done():
             return  # its caller has gone
         if "code" in header:
-            future.set_exception(ProcedureFailed(refusal(header["code"], header["error"], header["field"]),
-                                                 header["events"]))
+            error = self._refusal(header["code"], header["error"], header["field"])
+            future.set_exception(ProcedureFailed(error, header["events"]) if "events" in header else error)
         elif "error" in header:
             future.set_exception(RuntimeError(f"engine worker {self.label}: {header['error']}"))
         else:
             future.set_result((header, outputs))
+
+    @staticmethod
+    def _refusal(code: str, message: str, field: str | None) -> EngineError:
+        """The engine's error of this code, as the worker raised it: a scheduler's, or UnknownModel (Functions)."""
+        return UnknownModel(message, field) if code == UnknownModel.code else refusal(code, message, field)
 
     def _died(self) -> None:
         """The process exited: fail its in-flight calls now, then start it again (unless stopping)."""
@@ -419,6 +472,13 @@ class WorkerPool:
     async def procedure(self, model: str, request: dict, arrays: Arrays) -> tuple[Arrays, dict]:
         """An iterative procedure run in a worker, beside the runtime: its outputs and its schedulers' events."""
         return await (await self._worker()).procedure(model, request, arrays)
+
+    def forget(self, model: str) -> None:
+        """Free a version's runtimes in every worker that is up (a worker that restarts has not loaded it)."""
+        for worker in self.workers:
+            if worker.up and worker.channel is not None:
+                with contextlib.suppress(ConnectionError):
+                    worker.channel.send(pack({"forget": model}, {}))
 
     async def stop(self) -> None:
         await asyncio.gather(*(worker.stop() for worker in self.workers))

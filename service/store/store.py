@@ -48,12 +48,18 @@ class ModelEntry:
         return self.directory / filename
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def manifest_digest(manifest: dict) -> str:
+    """A digest of a manifest's content, which holds every file's sha256: the same files under the same manifest
+    give the same digest, and a changed file (its sha256 updated) or manifest gives another."""
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def used_files(manifest: dict) -> list[tuple[str, str]]:
@@ -76,7 +82,7 @@ def verify_files(directory: Path, manifest: dict) -> None:
         path = directory / filename
         if not path.is_file():
             raise StoreError(f"{path}: listed in the manifest but missing", "missing")
-        actual = _sha256(path)
+        actual = file_sha256(path)
         if actual != expected:
             raise StoreError(f"{path}: sha256 {actual} does not match the manifest's {expected}; refusing to load",
                              "sha256")

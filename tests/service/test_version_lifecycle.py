@@ -1,0 +1,180 @@
+"""A version's life in the engine (service.engine.engine, service.engine.workers): a load serves exactly the files
+its manifest certifies, a version whose files go or change before its use is a clear refusal, a version the engine
+cannot serve (vector data) is left out as a bad version is, and the store poll survives it. One tiny PixelCNN,
+copied as versions; "new weights" are its log_prob.onnx with every float weight halved."""
+
+import asyncio
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from fastapi.testclient import TestClient
+from onnx import numpy_helper
+
+from service.api import create_app
+from service.engine.engine import Engine
+from service.engine.errors import UnknownModel, UnsupportedModel
+from service.engine.workers import WorkerPool, version_id
+from service.settings import Settings
+from service.store import ModelStore
+
+MODEL = "pixelcnn"
+X = np.random.default_rng(0).integers(0, 2, (2, 1, 28, 28))
+
+
+def settings(**kwargs) -> Settings:
+    return Settings(runtime="onnx", intra_op_threads=1, **kwargs)
+
+
+def add_version(store: Path, version: int, name: str = MODEL, kind: str | None = None) -> Path:
+    """<store>/<name>/<version>/: the tiny pixelcnn's files (`source`, beside the store) under a manifest naming
+    them so (and data.kind `kind`)."""
+    target = store / name / str(version)
+    shutil.copytree(store.parent / "source", target)
+    manifest = json.loads((target / "manifest.json").read_text())
+    manifest.update(name=name, version=version)
+    if kind is not None:
+        manifest["data"] = {**manifest["data"], "kind": kind}
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    return target
+
+
+@pytest.fixture
+def store(tiny_store, tmp_path) -> Path:
+    """A store holding the tiny pixelcnn as version 1 (its export kept beside it, as `source`)."""
+    shutil.copytree(next((tiny_store / MODEL).iterdir()), tmp_path / "source")
+    add_version(tmp_path / "store", 1)
+    return tmp_path / "store"
+
+
+def halve_weights(directory: Path, certify: bool = True) -> None:
+    """New weights for log_prob (every float initializer halved, saved whole); `certify`: its manifest's sha256 too."""
+    model = onnx.load(str(directory / "log_prob.onnx"))  # with its external data
+    for tensor in model.graph.initializer:
+        if tensor.data_type == onnx.TensorProto.FLOAT:
+            tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor) / 2, tensor.name))
+    onnx.save(model, str(directory / "log_prob.onnx"))
+    if certify:
+        manifest = json.loads((directory / "manifest.json").read_text())
+        manifest["files"]["log_prob.onnx"] = hashlib.sha256((directory / "log_prob.onnx").read_bytes()).hexdigest()
+        (directory / "manifest.json").write_text(json.dumps(manifest))
+
+
+def log_prob(engine: Engine) -> np.ndarray:
+    return asyncio.run(engine.infer(MODEL, "log_prob", {"x": X}))["log_prob"]
+
+
+def test_a_version_reloaded_with_new_files_runs_the_new_files_and_frees_the_old(store):
+    engine = Engine(ModelStore(store), settings())
+    version_two = add_version(store, 2)
+    assert engine.load_model(MODEL) == [1, 2]
+    old = log_prob(engine)  # version 2, the latest: its runtime is loaded now
+    engine.unload_model(MODEL)
+    assert not [key for key in engine.runner.functions.loaded if key[0] != MODEL]  # version 2's runtimes freed
+    assert not engine._batchers
+    halve_weights(version_two)
+    assert engine.load_model(MODEL) == [1, 2]
+    new = log_prob(engine)
+    assert not np.allclose(new, old)  # was: byte-equal to the old weights' answer
+    fresh = Engine(ModelStore(store), settings())  # version 2 as a fresh start reads it
+    assert np.array_equal(new, log_prob(fresh))
+
+
+def test_a_loaded_version_whose_files_go_or_change_before_its_use_is_refused_naming_the_version(store):
+    engine = Engine(ModelStore(store), settings())
+    version_two = add_version(store, 2)
+    engine.load_model(MODEL)
+    halve_weights(version_two, certify=False)  # weights replaced, the manifest left as it was
+    with pytest.raises(UnknownModel, match="version 2: its files in the store are gone or changed") as refused:
+        log_prob(engine)
+    assert refused.value.field == "version"
+    engine.load_model(MODEL)  # the store now refuses version 2 (sha256): version 1 is served
+    assert engine.model(MODEL).version == 1
+    add_version(store, 3)
+    engine.load_model(MODEL)
+    shutil.rmtree(store / MODEL / "3")
+    with TestClient(create_app(engine, engine.settings)) as client:
+        body = {"inputs": [{"name": "x", "shape": list(X.shape), "datatype": "INT64", "data": X.ravel().tolist()}]}
+        answer = client.post(f"/v2/models/{MODEL}.log_prob/versions/3/infer", json=body)
+        assert answer.status_code == 404 and "version 3: its files in the store are gone" in answer.text, answer.text
+        gone = client.post(f"/v1/models/{MODEL}/versions/3/sample", json={"n": 1, "seed": 1})
+        assert gone.status_code == 404 and gone.json()["error"]["field"] == "version", gone.text
+
+
+def test_a_worker_refuses_a_version_whose_directory_went_and_forgets_a_version(store):
+    directories = {MODEL: store / MODEL / "1"}
+    version_two = add_version(store, 2)
+    manifest = json.loads((version_two / "manifest.json").read_text())
+    two = version_id(version_two, manifest)
+
+    async def main() -> tuple:
+        pool = WorkerPool(directories, "onnx", 1)
+        await pool.start()
+        try:
+            for _ in range(600):  # bounded: 30 s
+                if pool.ready():
+                    break
+                await asyncio.sleep(0.05)
+            first = await pool.call(two, "log_prob", {"x": X})
+            pool.forget(two)
+            again = await pool.call(two, "log_prob", {"x": X})  # loaded again, from the same files
+            shutil.rmtree(version_two)
+            pool.forget(two)
+            with pytest.raises(UnknownModel, match="version 2: its files in the store are gone") as refused:
+                await pool.call(two, "log_prob", {"x": X})  # was: RuntimeError (a 500) naming a KeyError
+            return first, again, refused.value.field
+        finally:
+            await pool.stop()
+
+    first, again, field = asyncio.run(main())
+    assert np.array_equal(first["log_prob"], again["log_prob"]) and field == "version"
+
+
+def test_an_unservable_version_is_left_out_and_the_model_served_from_its_good_ones(store):
+    add_version(store, 2, kind="vector")
+    with pytest.raises(UnsupportedModel, match="vector data is not served"):  # as a bad version stops the start
+        Engine(ModelStore(store), settings())
+    engine = Engine(ModelStore(store), settings(skip_bad_models=True))  # was: refused whole
+    assert sorted(engine.versions[MODEL]) == [1] and engine.unavailable_models() == []
+    index = {m["version"]: m for m in engine.repository_index(True) if m["name"] == f"{MODEL}.log_prob"}
+    assert index["1"]["state"] == "READY"
+    assert index["2"]["state"] == "UNAVAILABLE" and "vector data is not served" in index["2"]["reason"]
+    assert engine.load_model(MODEL) == [1]  # was: 404 nothing to load
+
+    add_version(store, 1, name="gan", kind="vector")  # a model with no servable version: left out, listed
+    engine = Engine(ModelStore(store), settings(skip_bad_models=True))
+    assert "gan" not in engine.models and MODEL in engine.models
+    [unavailable] = engine.unavailable_models()
+    assert unavailable["name"] == "gan" and "vector data" in unavailable["reason"]
+    with pytest.raises(UnknownModel, match="nothing to load: .*vector data"):
+        engine.load_model("gan")
+
+
+def test_the_store_poll_outlives_a_version_it_cannot_serve(store, caplog):
+    add_version(store, 1, name="other")
+
+    async def poll() -> int:
+        engine = Engine(ModelStore(store), settings(store_poll_s=0.02))
+        await engine.start()
+        try:
+            add_version(store, 2, name="other", kind="vector")
+            await asyncio.sleep(0.2)  # about 10 polls
+            add_version(store, 2)
+            for _ in range(250):  # bounded: 5 s
+                if engine.model(MODEL).version == 2:
+                    break
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.1)
+            return engine.model(MODEL).version
+        finally:
+            await engine.stop()
+
+    with caplog.at_level(logging.WARNING, logger="genserve.engine"):
+        assert asyncio.run(poll()) == 2  # was: 1, the poll ended at other/2
+    refusals = [r for r in caplog.records if "other: version 2 not loaded" in r.getMessage()]
+    assert len(refusals) == 1 and "vector data" in refusals[0].getMessage()  # logged once, not every poll
