@@ -102,7 +102,8 @@ class GenerationOperations:
               prompt_field: str = "prompt") -> tuple[int, np.ndarray | None, np.ndarray | None, int]:
         """(steps, observed, mask, values): a sequence model generates `length` values after the prompt.
 
-        observed and mask are [rows, steps * values per step], 1 over the prompt; images take neither.
+        observed and mask are [rows, steps * values per step], 1 over the prompt; None without a prompt (nothing is
+        observed: procedures.autoregressive feeds zeros), as for images.
         `length_field` names the request field that set length (an audio request's seconds) in refusals,
         `prompt_field` the one that gave the prompt (a continued input's).
         """
@@ -133,6 +134,8 @@ class GenerationOperations:
                                f"{m.manifest['name']!r}'s limit of {most}", field=field)
         self._check_work(m, cap, rows, values, length_field if chose_length else "n", "samples x values")
         steps = math.ceil(values / per_step)
+        if not len(prompt):
+            return steps, None, None, values
         observed = np.zeros((rows, steps * per_step), np.int64)
         observed[:, : len(prompt)] = prompt
         mask = (np.arange(steps * per_step) < len(prompt)).astype(np.int64)

@@ -48,13 +48,15 @@ def autoregressive(
     steps = capability["steps"] if steps is None else steps
     noise_shape = capability.get("noise_shape", step_shape)  # more uniforms per value for some distributions
     layout = [rows, steps, *step_shape]
-    observed = np.zeros(layout, np.int64) if observed is None else observed.reshape(layout)
-    mask = np.zeros(layout, np.int64) if mask is None else mask.reshape(layout)
+    nothing = np.zeros([rows, *step_shape], np.int64)  # a step where nothing is observed: one for every step,
+    observed = None if observed is None else observed.reshape(layout)  # not [rows, steps, ...] zeros (20 s of
+    mask = None if mask is None else mask.reshape(layout)  # audio: 2.5 MB a row, held as long as the request)
     per_row = per_row or {}
 
     def feeds(t: int) -> dict[str, np.ndarray]:
         return {"noise": uniform_noise(rngs, noise_shape), "temperature": temperature,
-                "observed": observed[:, t], "mask": mask[:, t], **per_row,
+                "observed": nothing if observed is None else observed[:, t],
+                "mask": nothing if mask is None else mask[:, t], **per_row,
                 **{name: values[:, t] for name, values in (per_step or {}).items()}}
 
     state = {"x_prev": np.full([rows, *step_shape], capability.get("x_prev_init", 0), np.int64)}
