@@ -41,7 +41,7 @@ from service.engine.errors import EngineError, UnknownModel, WorkerLost
 from service.engine.runtimes import TensorFunction, import_torch, load_function
 from service.engine.worker_procedures import ProcedureFailed, WorkerProcedures, refusal
 from service.settings import Settings
-from service.store.store import file_sha256, manifest_digest
+from service.store.store import StoreError, manifest_digest, verify_files
 
 log = logging.getLogger("genserve.workers")
 
@@ -55,27 +55,28 @@ class Functions:
     preload() loads them all, in manifest order; a call that needs a function not loaded yet loads it
     at once (or waits for the preload that is loading it), so a worker can answer before all are loaded.
     A model is named as `directories` names it, or by a version's id (version_id(): a version loaded after the
-    start, service.api.repository), which is read on first use and runs only the files its manifest certified
-    when it was loaded; forget() frees a model's runtimes.
+    start, service.api.repository), which is read on first use, and again after forget() frees its runtimes: it
+    runs only if its manifest is still the one loaded and every file still has the sha256 that manifest lists.
     """
 
     def __init__(self, directories: dict[str, Path], runtime: str, threads: int, device: int | None):
         self.runtime, self.threads, self.device = runtime, threads, device
-        # (model, function) -> its manifest entry, directory, and (a version id's) the sha256 of each file
-        self.specs: dict[tuple[str, str], tuple[dict, Path, dict[str, str] | None]] = {}
+        self.specs: dict[tuple[str, str], tuple[dict, Path]] = {}
         self.locks: dict[tuple[str, str], threading.Lock] = {}
         for model, directory in directories.items():
-            self._add(model, Path(directory), json.loads((Path(directory) / "manifest.json").read_text()), None)
+            self._add(model, Path(directory), json.loads((Path(directory) / "manifest.json").read_text()))
         self.loaded: dict[tuple[str, str], TensorFunction] = {}
+        self.verified: set[str] = set()  # version ids checked since their last forget()
         self.adding = threading.Lock()
 
-    def _add(self, model: str, directory: Path, manifest: dict, certified: dict[str, str] | None) -> None:
+    def _add(self, model: str, directory: Path, manifest: dict) -> None:
         for name, spec in manifest["functions"].items():
-            self.specs[model, name] = (spec, directory, certified)
-            self.locks[model, name] = threading.Lock()
+            self.specs[model, name] = (spec, directory)
+            self.locks.setdefault((model, name), threading.Lock())
 
     def _add_version(self, version: str) -> None:
-        """A version named by its id: its manifest, if it is still the one the id names."""
+        """A version named by its id, if its manifest is still the one the id names and every file it lists still
+        has its sha256 (hashed once, in this process: what the load certified is what runs)."""
         directory, _, digest = version.rpartition("@")
         try:
             manifest = json.loads((Path(directory) / "manifest.json").read_text())
@@ -84,34 +85,35 @@ class Functions:
             raise version_changed(directory, f"its manifest cannot be read: {why}") from None
         if manifest_digest(manifest) != digest:
             raise version_changed(directory, "its manifest is not the one loaded")
-        self._add(version, Path(directory), manifest, manifest["files"])
+        try:
+            verify_files(Path(directory), manifest)
+        except (OSError, StoreError) as e:
+            raise version_changed(directory, str(e)) from None
+        self._add(version, Path(directory), manifest)
 
     def __getitem__(self, key: tuple[str, str]) -> TensorFunction:
-        if key not in self.locks and Path(key[0]).is_absolute() and "@" in key[0]:  # a version_id
+        model = key[0]
+        if model not in self.verified and "@" in model and Path(model).is_absolute():  # a version_id
             with self.adding:
-                if key not in self.locks:
-                    self._add_version(key[0])
+                if model not in self.verified:
+                    self._add_version(model)
+                    self.verified.add(model)
         if (function := self.loaded.get(key)) is None:  # (forget() may drop it from another thread)
             with self.locks[key]:  # KeyError for a function no model has
                 if (function := self.loaded.get(key)) is None:
-                    function = self.loaded[key] = self._load(key)
+                    spec, directory = self.specs[key]
+                    function = self.loaded[key] = load_function(key[1], spec, directory, self.runtime, self.threads,
+                                                                self.device)
         return function
-
-    def _load(self, key: tuple[str, str]) -> TensorFunction:
-        spec, directory, certified = self.specs[key]
-        if certified is not None:  # a version loaded after the start: exactly the files its manifest certifies
-            for filename in spec["files"].values():
-                path = directory / filename
-                if not path.is_file() or file_sha256(path) != certified[filename]:
-                    raise version_changed(str(directory), f"{filename} is gone or not the file its manifest lists")
-        return load_function(key[1], spec, directory, self.runtime, self.threads, self.device)
 
     def preload(self) -> None:
         for key in list(self.specs):  # a call may add a version meanwhile
             self[key]
 
     def forget(self, model: str) -> None:
-        """Free the runtimes loaded for `model` (a version no longer served); a call that names it loads them again."""
+        """Free the runtimes loaded for `model` (a version no longer served); a call that names it checks and loads
+        them again."""
+        self.verified.discard(model)
         for key in [key for key in list(self.loaded) if key[0] == model]:
             self.loaded.pop(key, None)
 

@@ -48,7 +48,7 @@ class ModelEntry:
         return self.directory / filename
 
 
-def file_sha256(path: Path) -> str:
+def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -82,7 +82,7 @@ def verify_files(directory: Path, manifest: dict) -> None:
         path = directory / filename
         if not path.is_file():
             raise StoreError(f"{path}: listed in the manifest but missing", "missing")
-        actual = file_sha256(path)
+        actual = _sha256(path)
         if actual != expected:
             raise StoreError(f"{path}: sha256 {actual} does not match the manifest's {expected}; refusing to load",
                              "sha256")
