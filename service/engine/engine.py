@@ -138,7 +138,10 @@ class Engine(GenerationOperations, StateSpaceOperations, ScoringOperations, Late
         # (model, version) -> (its entry, why it is not served): a good version in the store this engine cannot
         # serve (UnsupportedModel), left out as a bad version is
         self.refused: dict[tuple[str, int], tuple[ModelEntry, str]] = {}
-        self._retired: set[str] = set()  # runner ids of versions no longer served, to forget (forget_retired)
+        self._named = set(store.entries)  # the models the runner was started with, known to it by name
+        # runner ids of versions no longer served, to forget (forget_retired): at the start, a model the runner was
+        # started with whose version there is not served (UnsupportedModel)
+        self._retired: set[str] = set(store.entries)
         self.versions: dict[str, dict[int, LoadedModel]] = {}
         for name, latest in store.entries.items():  # a stand-in store (tests) may list its latest entries only
             entries = getattr(store, "versions", {}).get(name) or {latest.version: latest}
@@ -150,13 +153,15 @@ class Engine(GenerationOperations, StateSpaceOperations, ScoringOperations, Late
         self.models = {name: loaded[max(loaded)] for name, loaded in self.versions.items()}  # the latest versions
         self._poll: asyncio.Task | None = None
         if runner is None:
-            directories = {name: entry.directory for name, entry in store.entries.items()}
+            served = self._served_ids()  # (not a start version it cannot serve)
+            directories = {name: entry.directory for name, entry in store.entries.items() if name in served}
             runner = InProcess(directories, settings.runtime, settings.intra_op_threads)
         self.runner = runner
         self._loop: asyncio.AbstractEventLoop | None = None
         # (model, function, length, continuous?) -> its scheduler: a step function called directly (V2) and the
         # same function run as a sequence (sample, complete) need one scheduler of each kind
         self._batchers: dict[tuple[str, str, int | None, bool], DynamicBatcher | ContinuousBatcher] = {}
+        self.forget_retired()
 
     async def start(self) -> None:
         """Start the runner (worker processes load the models in the background: see ready())."""
@@ -232,7 +237,7 @@ class Engine(GenerationOperations, StateSpaceOperations, ScoringOperations, Late
         """How the runner knows a version: by its model's name for the version it started with (its workers load
         those at once), else by the version's directory and manifest digest (workers.version_id), loaded on first
         use: a version whose files were replaced is another id, so it never runs the runtimes of the old files."""
-        started_with = self.store.entries.get(entry.name) == entry
+        started_with = entry.name in self._named and self.store.entries[entry.name] == entry
         return entry.name if started_with else version_id(entry.directory, entry.manifest)
 
     def unload_model(self, name: str) -> None:
@@ -249,12 +254,15 @@ class Engine(GenerationOperations, StateSpaceOperations, ScoringOperations, Late
         """Free the schedulers and the runner's runtimes of the versions no longer served (unloaded, or replaced by
         a load), so that memory does not grow with every version ever served. On the event loop: the schedulers
         are its."""
-        served = {m.runner_id for versions in self.versions.values() for m in versions.values()}
-        retired, self._retired = self._retired - served, set()
+        retired, self._retired = self._retired - self._served_ids(), set()
+        self._named -= retired  # a worker started from now on does not load them: known by version_id from now on
         for key in [key for key in self._batchers if key[0] in retired]:
             del self._batchers[key]
         for runner_id in retired:
             self.runner.forget(runner_id)
+
+    def _served_ids(self) -> set[str]:
+        return {m.runner_id for versions in self.versions.values() for m in versions.values()}
 
     def repository_index(self, ready: bool) -> list[dict]:
         """Every version of every V2 model ("<model>.<function>") in the store, Triton's way: name, version, state

@@ -476,7 +476,8 @@ class WorkerPool:
         return await (await self._worker()).procedure(model, request, arrays)
 
     def forget(self, model: str) -> None:
-        """Free a version's runtimes in every worker that is up (a worker that restarts has not loaded it)."""
+        """Free a version's runtimes in every worker that is up; a worker started from now on does not load it."""
+        self.directories.pop(model, None)
         for worker in self.workers:
             if worker.up and worker.channel is not None:
                 with contextlib.suppress(ConnectionError):

@@ -81,6 +81,7 @@ def test_a_version_reloaded_with_new_files_runs_the_new_files_and_frees_the_old(
     assert engine.load_model(MODEL) == [1, 2]
     new = log_prob(engine)
     assert not np.allclose(new, old)  # was: byte-equal to the old weights' answer
+    assert engine.model(MODEL, 1).runner_id != MODEL  # unloaded: its runner (a restarted worker) may not know it
     fresh = Engine(ModelStore(store), settings())  # version 2 as a fresh start reads it
     assert np.array_equal(new, log_prob(fresh))
 
@@ -135,12 +136,20 @@ def test_a_worker_refuses_a_version_whose_directory_went_and_forgets_a_version(s
     assert np.array_equal(first["log_prob"], again["log_prob"]) and field == "version"
 
 
+def test_a_worker_pool_started_after_a_forget_does_not_load_what_it_forgot(store):
+    pool = WorkerPool({MODEL: store / MODEL / "1", "other": store / MODEL / "1"}, "onnx", 1)
+    pool.forget(MODEL)  # (a model whose version the engine cannot serve, at its start; an unloaded one)
+    assert list(pool.directories) == ["other"]
+
+
 def test_an_unservable_version_is_left_out_and_the_model_served_from_its_good_ones(store):
     add_version(store, 2, kind="vector")
     with pytest.raises(UnsupportedModel, match="vector data is not served"):  # as a bad version stops the start
         Engine(ModelStore(store), settings())
     engine = Engine(ModelStore(store), settings(skip_bad_models=True))  # was: refused whole
     assert sorted(engine.versions[MODEL]) == [1] and engine.unavailable_models() == []
+    assert engine.runner.functions.loaded == {}  # version 2, the start's latest, is not loaded; version 1 on first use
+    assert log_prob(engine).shape == (len(X),)
     index = {m["version"]: m for m in engine.repository_index(True) if m["name"] == f"{MODEL}.log_prob"}
     assert index["1"]["state"] == "READY"
     assert index["2"]["state"] == "UNAVAILABLE" and "vector data is not served" in index["2"]["reason"]
