@@ -86,7 +86,6 @@ def run(
         raise SystemExit(f"genserve: no model to serve: {store.empty_reason()}; give --allow-empty (or "
                          "GENSERVE_ALLOW_EMPTY=true) to serve it anyway")
     metrics = EngineMetrics()
-    store.register_metrics(metrics.registry)
     directories = {name: entry.directory for name, entry in store.entries.items()}
     try:
         workers = WorkerPool(directories, settings.runtime, settings.intra_op_threads, metrics.worker_restarted,
@@ -97,6 +96,7 @@ def run(
         engine = Engine(store, settings, metrics, runner=workers)
     except EngineError as e:
         raise SystemExit(f"genserve: cannot serve the model store: {e.detail}") from e
+    store.register_metrics(metrics.registry, [u for u in engine.unavailable if u["name"] not in store.unavailable])
     log.info("model store %s: %s", settings.models, ", ".join(store.names()) or "no models")
     app = create_app(engine, settings)
     tune_gc(settings.gc_young_threshold, metrics.registry)

@@ -205,15 +205,19 @@ class ModelStore:
         return [{"name": b.name, "version": b.version, "available": False, "reason": b.reason}
                 for b in sorted(self.unavailable.values(), key=lambda b: b.name)]
 
-    def register_metrics(self, registry) -> None:
+    def register_metrics(self, registry, unsupported: list[dict] = ()) -> None:
         """genserve_model_unavailable{model, version, reason} = 1 for each model left out, in a Prometheus
-        registry (the engine's, which /metrics renders); reason is short: sha256, missing, manifest, misplaced."""
+        registry (the engine's, which /metrics renders); reason is short: sha256, missing, manifest, misplaced, or
+        unsupported for each of `unsupported` (the engine's unavailable entries of models whose every version
+        passed the store's checks but that the engine cannot serve)."""
         from prometheus_client import Gauge
 
         gauge = Gauge("genserve_model_unavailable", "Models in the store not served because they failed their "
                       "checks (GENSERVE_SKIP_BAD_MODELS), 1 each", ("model", "version", "reason"), registry=registry)
         for bad in self.unavailable.values():
             gauge.labels(bad.name, bad.version, bad.kind).set(1)
+        for model in unsupported:
+            gauge.labels(model["name"], model["version"], "unsupported").set(1)
 
     def empty_reason(self) -> str:
         """Why a store with no model looks wrong: what `root` looks like instead (a model, a version, a training

@@ -15,6 +15,7 @@ import onnx
 import pytest
 from fastapi.testclient import TestClient
 from onnx import numpy_helper
+from prometheus_client import CollectorRegistry
 
 from service.api import create_app
 from service.engine.engine import Engine
@@ -156,10 +157,15 @@ def test_an_unservable_version_is_left_out_and_the_model_served_from_its_good_on
     assert engine.load_model(MODEL) == [1]  # was: 404 nothing to load
 
     add_version(store, 1, name="gan", kind="vector")  # a model with no servable version: left out, listed
-    engine = Engine(ModelStore(store), settings(skip_bad_models=True))
+    served = ModelStore(store)
+    engine = Engine(served, settings(skip_bad_models=True))
     assert "gan" not in engine.models and MODEL in engine.models
     [unavailable] = engine.unavailable_models()
     assert unavailable["name"] == "gan" and "vector data" in unavailable["reason"]
+    registry = CollectorRegistry()  # and counted in genserve_model_unavailable, as service.main registers it
+    served.register_metrics(registry, [u for u in engine.unavailable if u["name"] not in served.unavailable])
+    assert registry.get_sample_value("genserve_model_unavailable",
+                                     {"model": "gan", "version": "1", "reason": "unsupported"}) == 1
     with pytest.raises(UnknownModel, match="nothing to load: .*vector data"):
         engine.load_model("gan")
 
