@@ -2,7 +2,6 @@
 unload models (GENSERVE_ADMIN_KEYS_FILE), which store model a request names, and the version a request is pinned
 to for its whole run. The routes are in service/api/repository.py and service/grpc/inference.py."""
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -64,11 +63,8 @@ def stored_functions(model_directory: Path) -> set[str]:
 
 
 async def load(engine: Any, name: str) -> list[int]:
-    """Load a model's versions (hashing its files off the event loop), then free what the versions it replaced
-    held."""
-    versions = await asyncio.to_thread(engine.load_model, store_model(engine, name))
-    engine.forget_retired()
-    return versions
+    """Load a model's versions (hashing its files off the event loop)."""
+    return await engine.load(store_model(engine, name))
 
 
 def unload(engine: Any, name: str) -> None:

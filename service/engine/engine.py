@@ -16,6 +16,7 @@ import asyncio
 import contextvars
 import dataclasses
 import logging
+import time
 
 import numpy as np
 
@@ -141,7 +142,7 @@ class Engine(GenerationOperations, StateSpaceOperations, ScoringOperations, Late
         self._named = set(store.entries)  # the models the runner was started with, known to it by name
         # runner ids of versions no longer served, to forget (forget_retired): at the start, a model the runner was
         # started with whose version there is not served (UnsupportedModel)
-        self._retired: set[str] = set(store.entries)
+        self._retired: dict[str, float] = dict.fromkeys(store.entries, 0.0)  # runner id -> when it may be forgotten
         self.versions: dict[str, dict[int, LoadedModel]] = {}
         for name, latest in store.entries.items():  # a stand-in store (tests) may list its latest entries only
             entries = getattr(store, "versions", {}).get(name) or {latest.version: latest}
@@ -193,13 +194,17 @@ class Engine(GenerationOperations, StateSpaceOperations, ScoringOperations, Late
 
     # --- the repository (Triton's model-repository extension: service.api.repository) --------------------------
 
-    def load_model(self, name: str) -> list[int]:
-        """Read the model's directory in the store again and serve every good version in it, the latest on the
-        unversioned routes; versions already served keep their schedulers and in-flight requests. A version that fails
-        the store's checks, or that this engine cannot serve (UnsupportedModel), is left out and logged. Returns the
-        versions now served; UnknownModel when the directory holds no version to serve. Off the event loop (it
-        hashes every file), then forget_retired() on it."""
-        good, bad = self.store.scan_model(name)
+    async def load(self, name: str) -> list[int]:
+        """load_model, with the store's scan of the model's directory (it hashes every file) off the event loop."""
+        return self.load_model(name, await asyncio.to_thread(self.store.scan_model, name))
+
+    def load_model(self, name: str, scanned: tuple | None = None) -> list[int]:
+        """Read the model's directory in the store again (or take `scanned`, the store's scan_model(name)) and serve
+        every good version in it, the latest on the unversioned routes; versions already served keep their
+        schedulers and in-flight requests. A version that fails the store's checks, or that this engine cannot serve
+        (UnsupportedModel), is left out and logged. Returns the versions now served; UnknownModel when the directory
+        holds no version to serve. On the event loop, which owns the engine's state (load() scans off it)."""
+        good, bad = self.store.scan_model(name) if scanned is None else scanned
         for refused in bad:  # served without them; the repository index says why too
             log.warning("model %s: version %s not loaded: %s", name, refused.version, refused.reason)
         served = self.versions.get(name, {})
@@ -209,9 +214,10 @@ class Engine(GenerationOperations, StateSpaceOperations, ScoringOperations, Late
             raise UnknownModel(f"model {name!r}: nothing to load: " + ("; ".join(reasons) or
                                f"no <version>/manifest.json under {name!r} in the store"), field="model")
         self.versions[name], self.models[name] = loaded, loaded[max(loaded)]  # one assignment each: no torn read
-        self._retired.update(m.runner_id for v, m in served.items() if loaded.get(v) is not m)
+        self._retire(m for v, m in served.items() if loaded.get(v) is not m)
         self.unloaded.discard(name)
         self.unavailable = [u for u in self.unavailable if u["name"] != name]
+        self.forget_retired()
         log.info("model %s: loaded, versions %s", name, sorted(loaded))
         return sorted(loaded)
 
@@ -241,20 +247,31 @@ class Engine(GenerationOperations, StateSpaceOperations, ScoringOperations, Late
         return entry.name if started_with else version_id(entry.directory, entry.manifest)
 
     def unload_model(self, name: str) -> None:
-        """Stop serving the model: new requests get UnknownModel; requests in flight finish (they hold it, and load
-        again what forget_retired() frees). Call it on the event loop."""
+        """Stop serving the model: new requests get UnknownModel; requests in flight finish (they hold it, and its
+        runtimes stay until they are past their deadline: _retire). Call it on the event loop."""
         self.model(name)
-        self._retired.update(m.runner_id for m in self.versions[name].values())
+        self._retire(self.versions[name].values())
         del self.models[name], self.versions[name]
         self.unloaded.add(name)
         self.forget_retired()
         log.info("model %s: unloaded", name)
 
+    def _retire(self, models) -> None:
+        """Mark versions no longer served (unloaded, or replaced by a load) to be forgotten once every request that
+        began on them is past its deadline (twice the model's timeout_ms from now): until then they finish on the
+        runtimes they started on, never reloading (and re-verifying) a version that is gone."""
+        for m in models:
+            due = time.monotonic() + 2 * self._batching(m).timeout_ms / 1000
+            self._retired[m.runner_id] = max(self._retired.get(m.runner_id, 0.0), due)
+
     def forget_retired(self) -> None:
-        """Free the schedulers and the runner's runtimes of the versions no longer served (unloaded, or replaced by
-        a load), so that memory does not grow with every version ever served. On the event loop: the schedulers
-        are its."""
-        retired, self._retired = self._retired - self._served_ids(), set()
+        """Free the schedulers and the runner's runtimes of the retired versions that are due (_retire), so that
+        memory does not grow with every version ever served: at each load and unload, and each store poll. On the
+        event loop: the schedulers are its."""
+        served, now = self._served_ids(), time.monotonic()
+        retired = {runner_id for runner_id, due in self._retired.items() if due <= now or runner_id in served}
+        self._retired = {runner_id: due for runner_id, due in self._retired.items() if runner_id not in retired}
+        retired -= served  # served again (an unloaded model loaded back): nothing to free
         self._named -= retired  # a worker started from now on does not load them: known by version_id from now on
         for key in [key for key in self._batchers if key[0] in retired]:
             del self._batchers[key]
@@ -295,6 +312,7 @@ class Engine(GenerationOperations, StateSpaceOperations, ScoringOperations, Late
         """Load every model whose directory holds a version newer than the one served (GENSERVE_STORE_POLL_S)."""
         while True:
             await asyncio.sleep(every_s)
+            self.forget_retired()
             for name in self.store.model_names():
                 if name not in self.unloaded:
                     await self._poll_model(name)
@@ -303,11 +321,12 @@ class Engine(GenerationOperations, StateSpaceOperations, ScoringOperations, Late
         """Load the model if its directory holds a new version, hashing its files off the event loop. A version it
         refused (logged once, at that load) is not tried again until its directory changes; no error ends the poll."""
         try:
-            good, _ = await asyncio.to_thread(self.store.scan_model, name)
+            good, bad = await asyncio.to_thread(self.store.scan_model, name)
+            if name in self.unloaded:  # an admin unloaded it while the files were hashed
+                return
             latest = self.models[name].version if name in self.models else -1
             if any(v > latest and self._refused_reason(name, v, entry) is None for v, entry in good.items()):
-                await asyncio.to_thread(self.load_model, name)
-                self.forget_retired()
+                self.load_model(name, (good, bad))
         except (OSError, EngineError) as e:  # a directory being written or removed: the next poll sees it whole
             log.warning("store poll: model %s: %s", name, e)
         except Exception:

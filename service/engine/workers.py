@@ -97,7 +97,12 @@ class Functions:
             with self.adding:
                 if model not in self.verified:
                     self._add_version(model)
+                    for each in [k for k in self.specs if k[0] == model]:  # every runtime from the files just checked,
+                        self._load(each)  # not one read later, when a file may have changed
                     self.verified.add(model)
+        return self._load(key)
+
+    def _load(self, key: tuple[str, str]) -> TensorFunction:
         if (function := self.loaded.get(key)) is None:  # (forget() may drop it from another thread)
             with self.locks[key]:  # KeyError for a function no model has
                 if (function := self.loaded.get(key)) is None:
@@ -111,11 +116,15 @@ class Functions:
             self[key]
 
     def forget(self, model: str) -> None:
-        """Free the runtimes loaded for `model` (a version no longer served); a call that names it checks and loads
-        them again."""
+        """Free the runtimes loaded for `model` (a version no longer served) and, for a version id, what this process
+        knows of it; a call that names it checks and loads them again."""
         self.verified.discard(model)
         for key in [key for key in list(self.loaded) if key[0] == model]:
             self.loaded.pop(key, None)
+        if "@" in model:  # a version id: its manifest's entries go too (a model named at the start keeps them)
+            for key in [key for key in list(self.specs) if key[0] == model]:
+                self.specs.pop(key, None)
+                self.locks.pop(key, None)
 
 
 def version_id(directory: Path, manifest: dict) -> str:

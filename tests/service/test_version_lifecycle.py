@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -71,11 +72,14 @@ def log_prob(engine: Engine) -> np.ndarray:
 
 
 def test_a_version_reloaded_with_new_files_runs_the_new_files_and_frees_the_old(store):
-    engine = Engine(ModelStore(store), settings())
+    engine = Engine(ModelStore(store), settings(timeout_ms=1000))  # a retired version is freed 2 x 1 s after
     version_two = add_version(store, 2)
     assert engine.load_model(MODEL) == [1, 2]
     old = log_prob(engine)  # version 2, the latest: its runtime is loaded now
     engine.unload_model(MODEL)
+    assert [key for key in engine.runner.functions.loaded if key[0] != MODEL]  # kept for requests in flight
+    time.sleep(2.1)  # every request begun on it is past its deadline
+    engine.forget_retired()
     assert not [key for key in engine.runner.functions.loaded if key[0] != MODEL]  # version 2's runtimes freed
     assert not engine._batchers
     halve_weights(version_two)
@@ -193,3 +197,52 @@ def test_the_store_poll_outlives_a_version_it_cannot_serve(store, caplog):
         assert asyncio.run(poll()) == 2  # was: 1, the poll ended at other/2
     refusals = [r for r in caplog.records if "other: version 2 not loaded" in r.getMessage()]
     assert len(refusals) == 1 and "vector data" in refusals[0].getMessage()  # logged once, not every poll
+
+
+def test_a_replaced_version_keeps_its_runtimes_for_the_requests_in_flight(store):
+    """A load that replaces a version frees the old one's runtimes only once every request begun on it is past its
+    deadline, so a request in flight finishes on the files it began with (freed at once, the request reloaded the
+    version, failed its digest and was refused with 'load the model again')."""
+    engine = Engine(ModelStore(store), settings())
+    version_two = add_version(store, 2)
+    engine.load_model(MODEL)
+    log_prob(engine)
+    before = engine.model(MODEL, 2)
+    halve_weights(version_two)
+    engine.load_model(MODEL)
+    engine.forget_retired()  # as each load, unload and poll does
+    assert engine.model(MODEL, 2).runner_id != before.runner_id
+    assert (before.runner_id, "log_prob") in engine.runner.functions.loaded  # kept: the default deadline is 60 s
+    assert before.runner_id in engine._retired
+
+
+def test_an_unload_while_the_poll_hashes_the_files_stands(store):
+    """The poll hashes off the event loop; an admin's unload that lands meanwhile is not undone by the poll's load."""
+    engine = Engine(ModelStore(store), settings())
+    add_version(store, 2)
+    scan, unloads = engine.store.scan_model, []
+
+    def scan_then_unload(name: str):
+        found = scan(name)
+        if not unloads:  # the admin's unload, landing while the poll's thread hashes
+            unloads.append(engine.unload_model(name))
+        return found
+
+    engine.store.scan_model = scan_then_unload
+    asyncio.run(engine._poll_model(MODEL))
+    assert MODEL not in engine.models and MODEL in engine.unloaded
+
+
+def test_every_function_of_a_version_runs_the_files_checked_at_its_first_use(store):
+    """A version's first use checks its files and loads all its functions from them: a file changed later (its
+    manifest left as it was) is never run, even by a function first called after the change (it was: the review's
+    probe answered with the new weights)."""
+    engine = Engine(ModelStore(store), settings())
+    version_two = add_version(store, 2)  # the same files as version 1
+    certified = log_prob(Engine(ModelStore(store), settings()))  # version 2 as a fresh start reads it
+    engine.load_model(MODEL)
+    runner_id = engine.model(MODEL, 2).runner_id
+    other = next(function for function in engine.model(MODEL, 2).manifest["functions"] if function != "log_prob")
+    engine.runner.functions[runner_id, other]  # version 2's first use, by another function
+    halve_weights(version_two, certify=False)
+    assert np.array_equal(log_prob(engine), certified)
