@@ -48,9 +48,11 @@ def autoregressive(
     steps = capability["steps"] if steps is None else steps
     noise_shape = capability.get("noise_shape", step_shape)  # more uniforms per value for some distributions
     layout = [rows, steps, *step_shape]
-    nothing = np.zeros([rows, *step_shape], np.int64)  # a step where nothing is observed: one for every step,
-    observed = None if observed is None else observed.reshape(layout)  # not [rows, steps, ...] zeros (20 s of
-    mask = None if mask is None else mask.reshape(layout)  # audio: 2.5 MB a row, held as long as the request)
+    # a step where nothing is observed, one for every step: not [rows, steps, ...] zeros (20 s of audio: 2.5 MB
+    # a row, held as long as the request)
+    nothing = np.zeros([rows, *step_shape], np.int64)
+    observed = None if observed is None else observed.reshape(layout)
+    mask = None if mask is None else mask.reshape(layout)
     per_row = per_row or {}
 
     def feeds(t: int) -> dict[str, np.ndarray]:
@@ -63,7 +65,6 @@ def autoregressive(
     for name, spec in capability["state"].items():
         state[name] = np.zeros([rows, *spec["shape"]], DTYPES[spec["dtype"]])
     return Sequence(feeds, state, steps)
-
 
 
 def markov_chain(capability: dict, rngs: list[np.random.Generator], x: np.ndarray, observed: np.ndarray,

@@ -12,7 +12,7 @@ NAME = "genserve_event_loop_lag_seconds"
 
 
 def lag_samples(busy_s: float) -> tuple[float, float]:
-    """(ticks observed, ticks later than 100 ms) over 0.2 s of watching, the loop blocked once for busy_s."""
+    """(ticks observed, ticks later than 250 ms) over 0.2 s of watching and busy_s, the loop blocked once for busy_s."""
     registry = CollectorRegistry()
 
     async def watch() -> None:
@@ -24,11 +24,11 @@ def lag_samples(busy_s: float) -> tuple[float, float]:
 
     event_loop.run(watch())
     count = registry.get_sample_value(f"{NAME}_count")
-    return count, count - registry.get_sample_value(f"{NAME}_bucket", {"le": "0.1"})
+    return count, count - registry.get_sample_value(f"{NAME}_bucket", {"le": "0.25"})
 
 
 def test_a_blocked_loop_is_observed_late_by_about_the_time_it_was_blocked():
-    count, late = lag_samples(busy_s=0.3)
+    count, late = lag_samples(busy_s=0.6)
     assert count >= 5
     assert late >= 1  # the tick that fell due while the loop was blocked
 

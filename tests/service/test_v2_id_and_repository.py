@@ -135,7 +135,6 @@ def test_an_integer_beyond_64_bits_within_a_float_datatype_is_read_as_a_float():
     np.testing.assert_array_equal(v2._json_array([1, 10**20], np.dtype(np.float32), "z"), np.float32([1, 1e20]))
 
 
-
 def test_the_repository_index_rescans_off_the_event_loop(engine):
     """The index rescans and hashes the whole store (about 1.8 s for the shipped one): the health route is answered
     while it runs, as gRPC's RepositoryIndex already did (the old code held the event loop until it returned)."""
