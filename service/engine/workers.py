@@ -330,17 +330,12 @@ class Worker:
         if future is None or future.done():
             return  # its caller has gone
         if "code" in header:
-            error = self._refusal(header["code"], header["error"], header["field"])
+            error = refusal(header["code"], header["error"], header["field"])
             future.set_exception(ProcedureFailed(error, header["events"]) if "events" in header else error)
         elif "error" in header:
             future.set_exception(RuntimeError(f"engine worker {self.label}: {header['error']}"))
         else:
             future.set_result((header, outputs))
-
-    @staticmethod
-    def _refusal(code: str, message: str, field: str | None) -> EngineError:
-        """The engine's error of this code, as the worker raised it: a scheduler's, or UnknownModel (Functions)."""
-        return UnknownModel(message, field) if code == UnknownModel.code else refusal(code, message, field)
 
     def _died(self) -> None:
         """The process exited: fail its in-flight calls now, then start it again (unless stopping)."""

@@ -37,6 +37,12 @@ def test_a_short_piece_counts_at_the_positions_it_reaches():
     assert diversity["first_bars_repeat"] == pytest.approx(2 / 6) and diversity["later_bars_repeat"] == 1
 
 
+def test_one_bar_pieces_have_no_later_bars_to_compare():
+    """eval_bars 1: no later_bars_repeat (it was NaN, from the mean of nothing)."""
+    diversity = midinet.bar_diversity([np.array([bar(0)]), np.array([bar(1)])], bars=1)
+    assert diversity == {"first_bars_distinct": 1.0, "first_bars_repeat": 0.0}
+
+
 def pairs(previous: list[list[int]]) -> torch.Tensor:
     """Pairs x [B, 2, 16] with the given previous bars (the bars themselves all C)."""
     return torch.tensor([[p, bar(0)] for p in previous])

@@ -290,12 +290,13 @@ def bar_repeats(bars: np.ndarray) -> float:
 
 def bar_diversity(pieces, bars: int) -> dict:
     """How alike the pieces' bars at one position are: of the first bars, the share of distinct ones and
-    bar_repeats; of bars 2..bars, bar_repeats at each position averaged (positions that two pieces reach)."""
+    bar_repeats; of bars 2..bars, bar_repeats at each position averaged (positions that two pieces reach; none,
+    and no later_bars_repeat, for one bar)."""
     first = np.stack([piece[0] for piece in pieces])
     at = [[piece[t] for piece in pieces if len(piece) > t] for t in range(1, bars)]
     later = [bar_repeats(np.stack(these)) for these in at if len(these) > 1]
     return {"first_bars_distinct": len(np.unique(first, axis=0)) / len(first), "first_bars_repeat": bar_repeats(first),
-            "later_bars_repeat": float(np.mean(later))}
+            **({"later_bars_repeat": float(np.mean(later))} if later else {})}
 
 
 def evaluate_test(model: MidiNet, split) -> dict:
