@@ -26,6 +26,14 @@ DATASETS = {2: "mnist5k-binarized", 256: "mnist5k"}
 CHUNK = 100  # samples per request, under the batcher's queue limit
 
 
+def chunk_size(capability: dict) -> int:
+    """Samples per request: CHUNK, or fewer where the capability's per-request limit of rows x steps is lower (a
+    Markov chain's: rbm's 1000 Gibbs steps allow 52 chains)."""
+    if "max_row_steps" not in capability:
+        return CHUNK
+    return max(1, min(CHUNK, capability["max_row_steps"] // capability.get("steps", 1)))
+
+
 async def rows(models: Path, classifier_dir: Path, n: int) -> list[dict]:
     classifier, _ = load_classifier(classifier_dir)
     engine = Engine(ModelStore(models), Settings(intra_op_threads=1))
@@ -38,8 +46,9 @@ async def rows(models: Path, classifier_dir: Path, n: int) -> list[dict]:
         if m.shape != [1, 28, 28] or "sample" not in m.capabilities or m.data["levels"] not in DATASETS \
                 or "prompt" in m.capabilities["sample"]:  # a caption's model (stackgan): stackgan_eval.py
             continue
-        x = np.concatenate([await engine.sample(name, min(CHUNK, n - i), i, 1.0, None)  # seed i: chunk i
-                            for i in range(0, n, CHUNK)])
+        chunk = chunk_size(m.capabilities["sample"])
+        x = np.concatenate([await engine.sample(name, min(chunk, n - i), i, 1.0, None)  # seed i: chunk i
+                            for i in range(0, n, chunk)])
         out.append({"model": name, **scores(classifier, x, m.data["levels"], reference[m.data["levels"]])})
     return out
 

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from genserve.quality import table
+from genserve.quality import CHUNK, chunk_size, table
 
 CLASSIFIER = Path(__file__).resolve().parents[2] / "models" / "evaluation"
 
@@ -27,3 +27,10 @@ def test_a_model_that_draws_from_a_caption_is_left_out(tmp_path):
     text = table(store, CLASSIFIER, n=20)
     assert "real test split (mnist5k)" in text
     assert "stackgan" not in text
+
+
+def test_a_chunk_keeps_within_the_capability_s_limit_of_rows_x_steps():
+    """rbm's 1000 Gibbs steps with a limit of 52,000 rows x steps per request: chunks of 52 (100 were refused)."""
+    assert chunk_size({"procedure": "markov_chain", "steps": 1000, "max_row_steps": 52000}) == 52
+    assert chunk_size({"procedure": "ancestral"}) == CHUNK
+    assert chunk_size({"steps": 28, "max_row_steps": 1_000_000}) == CHUNK
