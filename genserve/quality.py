@@ -61,8 +61,8 @@ def table(models: Path, classifier: Path, n: int, json_path: Path | None = None)
     lines += [f"| {r['model']} | {r['inception_score']:.2f} ± {r['inception_score_std']:.2f} | {r['fid']:.1f} | "
               f"{r['classes_covered']:.1f} | {r['kl_to_uniform']:.3f} |" for r in measured]
     lines.append(f"\n{n} samples per model (requests of {CHUNK}, seeds 0, {CHUNK}, ...; fewer per request where a "
-                 "model's limit of rows x steps is lower: rbm 52, seeds 0, 52, ...); the real rows compare the test split "
-                 "with itself (FID 0 up to rounding).")
+                 "model's limit of rows x steps is lower: rbm 52, seeds 0, 52, ...); the real rows compare the test "
+                 "split with itself (FID 0 up to rounding).")
     if json_path:
         json_path.write_text(json.dumps([{k: v for k, v in r.items() if k != "histogram"} for r in measured],
                                         indent=2, default=float))
