@@ -10,6 +10,7 @@ that the rest of the store can be served.
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,11 +49,32 @@ class ModelEntry:
         return self.directory / filename
 
 
+_DIGESTS: dict[Path, tuple[tuple[int, ...], str]] = {}  # path -> (its stat key when hashed, its sha256)
+SETTLED_NS = 2_000_000_000  # a digest is kept only for a file unchanged this long before it was read
+
+
+def _stat_key(path: Path) -> tuple[int, ...]:
+    """What changes when a file's bytes may have: a replaced file (a new inode), a write (size, mtime) and any
+    change at all (ctime, which no user can set back)."""
+    st = path.stat()
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
 def _sha256(path: Path) -> str:
+    """The file's sha256, hashed again only when its stat key changed since this process last hashed it: a store
+    scan (each poll tick, each repository index) reads its files' metadata, not their bytes. A file changed less
+    than SETTLED_NS before the read is not remembered: the kernel stamps times by its clock tick, so a second write
+    within the same tick could leave the key as it was (git's "racily clean" entries)."""
+    key, started = _stat_key(path), time.time_ns()
+    cached = _DIGESTS.get(path)
+    if cached is not None and cached[0] == key:
+        return cached[1]
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
+    if _stat_key(path) == key and key[-1] < started - SETTLED_NS:
+        _DIGESTS[path] = (key, digest.hexdigest())
     return digest.hexdigest()
 
 
@@ -115,12 +137,17 @@ def manifest_validator() -> jsonschema.protocols.Validator:
     return cls(schema)
 
 
-def load_entry(directory: Path, validator: jsonschema.protocols.Validator) -> ModelEntry:
+def load_entry(directory: Path, validator: jsonschema.protocols.Validator, valid: set[bytes]) -> ModelEntry:
+    """The version in `directory`, checked; `valid` holds the sha256 of every manifest text that passed the schema
+    already (it is added to): schema validation is most of a scan's time, and the same bytes validate the same."""
     manifest_path = directory / "manifest.json"
     try:
-        manifest = json.loads(manifest_path.read_text())
-        if (error := jsonschema.exceptions.best_match(validator.iter_errors(manifest))) is not None:
-            raise error  # the most relevant error, as jsonschema.validate picks it
+        text = manifest_path.read_bytes()
+        manifest = json.loads(text)
+        if (text_digest := hashlib.sha256(text).digest()) not in valid:
+            if (error := jsonschema.exceptions.best_match(validator.iter_errors(manifest))) is not None:
+                raise error  # the most relevant error, as jsonschema.validate picks it
+            valid.add(text_digest)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, jsonschema.ValidationError) as e:
         raise StoreError(f"{manifest_path}: invalid manifest: {getattr(e, 'message', e)}", "manifest") from e
     if manifest["name"] != directory.parent.name or str(manifest["version"]) != directory.name:
@@ -157,6 +184,7 @@ class ModelStore:
         if not self.root.is_dir():
             raise StoreError(f"model store {self.root} is not a directory")
         self.validator = manifest_validator()
+        self.valid_manifests: set[bytes] = set()  # load_entry's: the sha256 of each manifest text that passed
         self.entries: dict[str, ModelEntry] = {}
         self.versions: dict[str, dict[int, ModelEntry]] = {}
         self.bad: list[BadEntry] = []
@@ -164,7 +192,7 @@ class ModelStore:
             directory = manifest_path.parent
             name = directory.parent.name
             try:
-                entry = load_entry(directory, self.validator)
+                entry = load_entry(directory, self.validator, self.valid_manifests)
             except StoreError as e:
                 if not skip_bad:
                     raise
@@ -190,7 +218,7 @@ class ModelStore:
         bad: list[BadEntry] = []
         for manifest_path in sorted((self.root / name).glob("*/manifest.json"), key=lambda p: _version_key(p.parent)):
             try:
-                entry = load_entry(manifest_path.parent, self.validator)
+                entry = load_entry(manifest_path.parent, self.validator, self.valid_manifests)
             except StoreError as e:
                 bad.append(BadEntry(name, manifest_path.parent.name, manifest_path.parent, str(e), e.kind))
                 continue
