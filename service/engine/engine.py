@@ -153,6 +153,7 @@ class Engine(GenerationOperations, StateSpaceOperations, ScoringOperations, Late
                                          "reason": self.refused[name, latest.version][1]})
         self.models = {name: loaded[max(loaded)] for name, loaded in self.versions.items()}  # the latest versions
         self._poll: asyncio.Task | None = None
+        self._forget_timer: asyncio.TimerHandle | None = None  # the next retired version's due time (forget_retired)
         if runner is None:
             served = self._served_ids()  # (not a start version it cannot serve)
             directories = {name: entry.directory for name, entry in store.entries.items() if name in served}
@@ -173,6 +174,8 @@ class Engine(GenerationOperations, StateSpaceOperations, ScoringOperations, Late
     async def stop(self) -> None:
         if self._poll is not None:
             self._poll.cancel()
+        if self._forget_timer is not None:
+            self._forget_timer.cancel()
         await self.runner.stop()
 
     def ready(self) -> bool:
@@ -266,8 +269,8 @@ class Engine(GenerationOperations, StateSpaceOperations, ScoringOperations, Late
 
     def forget_retired(self) -> None:
         """Free the schedulers and the runner's runtimes of the retired versions that are due (_retire), so that
-        memory does not grow with every version ever served: at each load and unload, and each store poll. On the
-        event loop: the schedulers are its."""
+        memory does not grow with every version ever served: at each load and unload, each store poll, and when the
+        next retired version is due (_arm_forget_timer). On the event loop: the schedulers are its."""
         served, now = self._served_ids(), time.monotonic()
         retired = {runner_id for runner_id, due in self._retired.items() if due <= now or runner_id in served}
         self._retired = {runner_id: due for runner_id, due in self._retired.items() if runner_id not in retired}
@@ -277,6 +280,20 @@ class Engine(GenerationOperations, StateSpaceOperations, ScoringOperations, Late
             del self._batchers[key]
         for runner_id in retired:
             self.runner.forget(runner_id)
+        self._arm_forget_timer(now)
+
+    def _arm_forget_timer(self, now: float) -> None:
+        """Call forget_retired when the next retired version is due, so that it is freed then, with no load, unload
+        or poll to wait for (on the event loop; outside one, as in a synchronous test, the next of those frees it)."""
+        if self._forget_timer is not None:
+            self._forget_timer.cancel()
+            self._forget_timer = None
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if self._retired:
+            self._forget_timer = loop.call_later(max(0.0, min(self._retired.values()) - now), self.forget_retired)
 
     def _served_ids(self) -> set[str]:
         return {m.runner_id for versions in self.versions.values() for m in versions.values()}

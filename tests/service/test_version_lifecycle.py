@@ -246,3 +246,22 @@ def test_every_function_of_a_version_runs_the_files_checked_at_its_first_use(sto
     engine.runner.functions[runner_id, other]  # version 2's first use, by another function
     halve_weights(version_two, certify=False)
     assert np.array_equal(log_prob(engine), certified)
+
+
+def test_a_retired_version_is_freed_when_due_with_no_load_unload_or_poll(store):
+    """Unloading retires a version; a timer frees its runtimes and schedulers once every request begun on it is past
+    its deadline (before, they waited for the next load, unload or poll tick, forever without GENSERVE_STORE_POLL_S)."""
+    engine = Engine(ModelStore(store), settings(timeout_ms=1000))  # freed 2 x 1 s after the unload
+    add_version(store, 2)
+
+    async def unload_then_wait() -> list:
+        engine.load_model(MODEL)
+        await engine.infer(MODEL, "log_prob", {"x": X})  # version 2's runtime and scheduler exist now
+        engine.unload_model(MODEL)
+        kept = [key for key in engine.runner.functions.loaded if key[0] != MODEL]
+        assert kept and engine._batchers  # kept for requests in flight
+        await asyncio.sleep(2.3)
+        return [key for key in engine.runner.functions.loaded if key[0] != MODEL]
+
+    assert asyncio.run(unload_then_wait()) == []  # was: version 2's log_prob still loaded
+    assert not engine._batchers and engine._retired == {}
