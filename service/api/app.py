@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, FastAPI, Request, Response
-from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -26,7 +25,7 @@ from service.api.disconnect import CLIENT_CLOSED_REQUEST, ClientGone, unless_dis
 from service.api.drain import Drain, DrainMiddleware
 from service.api.metrics import ApiMetrics, MetricsMiddleware
 from service.api.request_id import RequestIdApp
-from service.api.responses import FastJSONResponse
+from service.api.responses import FastJSONResponse, StreamingResponse
 from service.engine import audio, midi
 from service.engine.errors import EngineError, InvalidInput, MissingCapability
 from service.engine.validation import check_finite_outputs, check_stream_options

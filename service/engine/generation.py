@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+import traceback
 from collections.abc import AsyncIterator, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -38,12 +39,20 @@ MAX_CONTROL_NAME = 64  # characters in a control name (capabilities.sample.contr
 async def together(parts: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
     """The parts' results in order, run at once; the first part to fail cancels the others (asyncio.gather lets
     them run on), and its own error is raised rather than TaskGroup's ExceptionGroup."""
+    tasks: list[asyncio.Task[T]] = []
     try:
         async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(part) for part in parts]
-    except BaseExceptionGroup as failed:
-        raise failed.exceptions[0] from None
-    return [task.result() for task in tasks]
+            tasks.extend(group.create_task(part) for part in parts)
+    except BaseException as failed:  # a part's error, or this task's cancellation (its client left)
+        tasks.clear()  # a failed task holds its error, whose traceback will hold this frame
+        traceback.clear_frames(failed.__traceback__)  # Python 3.11's TaskGroup.__aexit__ raises from a local of it
+        error = failed.exceptions[0] if isinstance(failed, BaseExceptionGroup) else failed
+    else:
+        return [task.result() for task in tasks]
+    try:  # raised outside the except, so that the group is not its context (the group holds it: a cycle)
+        raise error
+    finally:
+        del error  # a local of the frame its traceback holds: a cycle
 
 
 class GenerationOperations:
