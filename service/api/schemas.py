@@ -139,11 +139,12 @@ def _control_value(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
     try:
         return handler(value)
     except ValidationError:
-        raise PydanticCustomError("control_value", "must be a finite number (a categorical control's class) or a "
-                                                   "list of finite numbers (a continuous one)") from None
+        raise PydanticCustomError("control_value", "must be a finite number or a name (a categorical control's "
+                                                   "class) or a list of finite numbers (a continuous one)") from None
 
 
-ControlValue = Annotated[int | float | list[Number], JsonNumber, WrapValidator(_control_value)]
+ControlValue = Annotated[int | float | list[Number] | Annotated[str, Field(max_length=64)],
+                         not_lax("a number or a class name", text_allowed=True), WrapValidator(_control_value)]
 ImageFormat = Annotated[Literal["array", "png"] | None,
                         Field(description="array (nested floats, [B, *data.shape], expected values in level units) "
                                           "or png (grayscale or RGB, levels scaled to 0..255); absent: array")]
@@ -335,8 +336,9 @@ def request_models(settings: Settings) -> RequestModels:
         controls: Annotated[dict[str, ControlValue] | None,
                             Field(max_length=16, description="models with sample controls (capabilities.sample."
                                                              "controls, e.g. an InfoGAN's codes): a value per "
-                                                             "control, an integer class for a categorical one, "
-                                                             "a list for a continuous one; absent ones are drawn")
+                                                             "control, a class for a categorical one (its integer "
+                                                             "index, or its name from the control's names), a list "
+                                                             "for a continuous one; absent ones are drawn")
                             ] = None
         actions: Actions = None
 

@@ -39,17 +39,20 @@ def extrapolation_range(spec: dict) -> tuple[float, float]:
     return spec["low"] - half, spec["high"] + half
 
 
-def control_values(spec: dict, given: float | list[float] | None, rngs: list[np.random.Generator],
+def control_values(spec: dict, given: float | list[float] | str | None, rngs: list[np.random.Generator],
                    field: str) -> np.ndarray:
     """One sample control for every row: the given value, or row r's draw from rngs[r].
 
-    categorical ({"classes": C}): int64 [rows] in 0..C-1; uniform ({"low", "high", "shape"}): float32
-    [rows, *shape] (a given value may lie outside [low, high], to extrapolate: see extrapolation_range).
+    categorical ({"classes": C}, optional "names"): int64 [rows] in 0..C-1, given as the index or the name; uniform
+    ({"low", "high", "shape"}): float32 [rows, *shape] (a given value may lie outside [low, high], to extrapolate:
+    see extrapolation_range).
     """
     if spec["kind"] == "categorical":
         classes = spec["classes"]
         if given is None:
             return np.array([rng.integers(classes) for rng in rngs], np.int64)
+        if isinstance(given, str):
+            given = class_index(spec, given, field)
         whole = isinstance(given, int) or isinstance(given, float) and given.is_integer()  # NaN, inf: not whole
         if not whole or not 0 <= given < classes:
             raise InvalidInput(f"{field}: must be an integer in 0..{classes - 1}", field=field)
@@ -65,6 +68,16 @@ def control_values(spec: dict, given: float | list[float] | None, rngs: list[np.
     if value.size != math.prod(shape) or not (np.abs(value) <= FLOAT32_MAX).all():  # NaN compares False
         raise refusal
     return np.broadcast_to(value.astype(np.float32).reshape(shape), (len(rngs), *shape)).copy()
+
+
+def class_index(spec: dict, name: str, field: str) -> int:
+    """A categorical control's class given by its name (the control's `names`)."""
+    names = spec.get("names", [])
+    if name not in names:
+        known = f"one of {names} or" if names else "this control has no class names:"
+        raise InvalidInput(f"{field}: unknown class {name!r}; give {known} an integer in 0..{spec['classes'] - 1}",
+                           field=field)
+    return names.index(name)
 
 
 async def ancestral(call: Call, cap: dict, rngs: list[np.random.Generator], temperature: float,

@@ -338,11 +338,12 @@ def _actions(request) -> np.ndarray | None:
     return to_array(request.actions, "actions") if request.HasField("actions") else None
 
 
-def _controls(request) -> dict[str, float | list[float]] | None:
-    """SampleRequest.controls: one value as a number (a categorical control's class), more as a list."""
+def _controls(request) -> dict[str, float | list[float] | str] | None:
+    """SampleRequest.controls: a name (a categorical control's class), one value as a number (its index), more as a
+    list."""
     if not request.controls:
         return None
-    return {name: value.values[0] if len(value.values) == 1 else list(value.values)
+    return {name: value.name if value.name else value.values[0] if len(value.values) == 1 else list(value.values)
             for name, value in request.controls.items()}
 
 

@@ -5,13 +5,20 @@ import asyncio
 import json
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from fastapi.testclient import TestClient
 
+from service.api import create_app
 from service.engine.engine import Engine
 from service.engine.errors import InvalidInput
+from service.grpc import build_grpc_server
+from service.grpc.gen import genserve_pb2 as pb
+from service.grpc.gen import genserve_pb2_grpc as pb_grpc
+from service.grpc.genserve_servicer import to_array
 from service.settings import Settings
 from service.store import ModelStore
 from training.export import export, export_function
@@ -127,3 +134,38 @@ def test_bad_class_is_refused_naming_the_field(served, kwargs, field):
     with pytest.raises(InvalidInput) as refused:
         asyncio.run(served.sample("lagan", 1, 0, 1.0, label, **kwargs))
     assert refused.value.field == field
+
+
+def test_a_class_given_by_name_is_the_class_of_that_index_over_engine_rest_and_grpc(served):
+    """controls {"class": "w"} is {"class": 1} (the control's names); an unknown name is a 4xx naming the field and
+    the names (before: 422, a name was not a number)."""
+    by_index = asyncio.run(served.sample("lagan", 3, 5, 1.0, None, controls={"class": 1}))
+    assert np.array_equal(asyncio.run(served.sample("lagan", 3, 5, 1.0, None, controls={"class": "w"})), by_index)
+    with pytest.raises(InvalidInput, match=r"controls.class: unknown class 'top'; give one of \['qcd', 'w'\]") as info:
+        asyncio.run(served.sample("lagan", 1, 0, 1.0, None, controls={"class": "top"}))
+    assert info.value.field == "controls.class"
+    settings = Settings(runtime="onnx", intra_op_threads=1, host="127.0.0.1", models=served.store.root)
+    with TestClient(create_app(served, settings)) as client:
+        body = {"n": 3, "seed": 5, "controls": {"class": "w"}}
+        response = client.post("/v1/models/lagan/sample", json=body)
+        assert response.status_code == 200, response.text
+        assert np.array_equal(np.asarray(response.json()["samples"]), by_index[:, 0])  # v1 drops the channel
+        response = client.post("/v1/models/lagan/sample", json={**body, "controls": {"class": "top"}})
+        assert response.status_code == 422 and "controls.class" in response.text and "'qcd'" in response.text
+
+    async def grpc_sample(name: str):
+        server = build_grpc_server(served, settings, 0)
+        await server.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.genserve_port}")
+        try:
+            request = pb.SampleRequest(model="lagan", n=3, seed=5, controls={"class": pb.ControlValue(name=name)})
+            return to_array((await pb_grpc.GenserveStub(channel).Sample(request, timeout=20)).samples, "samples")
+        except grpc.aio.AioRpcError as e:
+            return e
+        finally:
+            await channel.close()
+            await server.stop(grace=None)
+
+    assert np.array_equal(asyncio.run(grpc_sample("w")), by_index)
+    refused = asyncio.run(grpc_sample("top"))
+    assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT and refused.details().startswith("controls.class")

@@ -70,10 +70,12 @@ class ModelInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., family: _Optional[str] = ..., description: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., data: _Optional[_Union[DataSpec, _Mapping]] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., batching: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class ControlValue(_message.Message):
-    __slots__ = ("values",)
+    __slots__ = ("values", "name")
     VALUES_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
     values: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
+    name: str
+    def __init__(self, values: _Optional[_Iterable[float]] = ..., name: _Optional[str] = ...) -> None: ...
 
 class SampleRequest(_message.Message):
     __slots__ = ("model", "n", "seed", "temperature", "label", "length", "top_k", "prompt", "seconds", "chunk_ms", "voice", "steps", "controls", "actions", "bars", "chords")
