@@ -244,6 +244,16 @@ def measured_report(run_dir: Path, baseline: bool, reuse_eval: bool, loaded: tup
     return json.loads(saved.read_text())
 
 
+def training_sessions(run_dir: Path) -> dict:
+    """{"training": the sessions that trained the run's epochs} (training.train: each one's command, first and last
+    epoch, intra-op threads), or nothing for a run from before they were recorded."""
+    try:
+        sessions = json.loads((run_dir / "state.json").read_text()).get("sessions")
+    except (OSError, ValueError):
+        return {}
+    return {"training": sessions} if sessions else {}
+
+
 class VersionExists(FileExistsError):
     """The version to export is in the store already (a re-export needs force=True)."""
 
@@ -352,7 +362,7 @@ def export(run_dir: Path, models_dir: Path, name: str | None = None, version: in
             "dataset": split.name, "split": split.describe(), "seed": config["train"]["seed"],
             "config": config, "command": config.get("command"), "git_commit": git_commit(),
             "exported_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "torch_version": torch.__version__,
+            "torch_version": torch.__version__, **training_sessions(Path(run_dir)),
         },
     }
     if manifest["calibration"] is None:  # nothing to calibrate: the model does not score

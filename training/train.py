@@ -1,9 +1,11 @@
 """The training loop shared by every family: resumable, with progress and PNGs.
 
 A run directory holds:
-  config.json          the exact config and the command that started the run
+  config.json          the exact config and the command of the latest `genserve train` on the run (state.json's
+                       sessions: each call that trained epochs, its command, epochs, threads, CPU kernels, code commit)
   model.safetensors    the weights after the last finished epoch
-  optimizer.safetensors + state.json   what resuming needs (epoch, history)
+  optimizer.safetensors + state.json + rng.safetensors   what resuming needs (epoch, history, the global torch
+                       RNG state), so that a resumed run goes on as an uninterrupted one would (same intra-op threads)
   samples.png          a grid of samples, one row per class (samples.txt for text, samples.wav for audio)
   loss.png             train and test NLL per epoch
 
@@ -12,9 +14,19 @@ optimizers, saved as optimizer-<name>.safetensors) and `train_step(model, optimi
 float losses), by its own steps: a GAN's critic and generator updates. Such a family's `loss` need not be a
 likelihood: the epoch line then names the mean of each step loss and the test `loss` (a GAN's critic loss),
 and no NLL curve is drawn.
+
+On the CPU a run is reproducible from its config, seed and number of intra-op threads: bit-identical weights
+again, epoch k of a longer run the same as a k-epoch run (nothing here depends on the total), and a resumed run the
+same as an uninterrupted one (tests/training/test_reproducible_runs.py, on tiny midinet). The thread count
+matters: reductions split across threads sum in another order (a 3-epoch tiny midinet run on 1 and on 2 threads
+differs by 1e-3 in its weights, and a GAN's epochs carry such differences on); the CPU's kernels (AVX2 or
+AVX-512) may too (not tested here). So state.json records each session that trained epochs (its command, its
+first and last epoch, torch's intra-op threads, CPU capability and version, the code's commit), and `genserve
+export` copies them into the manifest's provenance as `training`.
 """
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -150,6 +162,53 @@ def _run_epoch(family, model, optimizers: dict, split: Split, settings: dict, ep
     return {"epoch": epoch + 1, "train_losses": train_losses, "test_loss": test_loss}
 
 
+RNG_FILE = "rng.safetensors"
+
+
+def _resume(run_dir: Path, model, optimizers: dict) -> dict:
+    """Load a run's checkpoint into `model` and `optimizers`, and the global torch RNG state where the run saved one
+    (runs from before rng.safetensors go on from the reseeded state, unlike an uninterrupted run); its state.json."""
+    state = json.loads((run_dir / "state.json").read_text())
+    model.load_state_dict(load_file(run_dir / "model.safetensors"))
+    for name, optimizer in optimizers.items():
+        _load_optimizer(optimizer, _optimizer_path(run_dir, name))
+    if (run_dir / RNG_FILE).is_file():
+        torch.set_rng_state(load_file(run_dir / RNG_FILE)["torch"])
+    else:
+        print(f"{run_dir} saved no RNG state: the resumed epochs differ from an uninterrupted run's")
+    state.setdefault("sessions", [])
+    threads = {s["threads"] for s in state["sessions"]} - {torch.get_num_threads()}
+    if threads:
+        print(f"{run_dir}: earlier epochs ran on {sorted(threads)} intra-op threads, these on "
+              f"{torch.get_num_threads()}: the weights will differ from an uninterrupted run's on either")
+    print(f"resuming {run_dir} after epoch {state['epoch']}")
+    return state
+
+
+def _code_version() -> dict:
+    """The commit checked out where this training code lies, and whether training/ differs from it (None for each
+    outside a git checkout)."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=here)
+        changed = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "."], capture_output=True, cwd=here)
+    except (OSError, subprocess.CalledProcessError):
+        return {"git_commit": None, "training_code_modified": None}
+    return {"git_commit": commit.stdout.strip(), "training_code_modified": changed.returncode != 0}
+
+
+def _session(state: dict, command: str | None, epochs: int) -> dict:
+    """This call's entry in state["sessions"] (its command, first and last epoch, torch's intra-op threads and the
+    CPU kernels it picks, the code's commit), added only when it has an epoch to train; the loop moves its last
+    epoch on."""
+    session = {"command": command, "epochs": [state["epoch"] + 1, state["epoch"]],
+               "threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+               "torch_version": torch.__version__, **_code_version()}
+    if state["epoch"] < epochs:
+        state["sessions"].append(session)
+    return session
+
+
 def train(config_path: Path, run_dir: Path, epochs: int | None = None) -> Path:
     """Train (or resume) the run in `run_dir` to the configured number of epochs."""
     config = load_config(config_path)
@@ -162,22 +221,21 @@ def train(config_path: Path, run_dir: Path, epochs: int | None = None) -> Path:
     torch.manual_seed(settings["seed"])
     model = build_model(config, split)
     optimizers = make_optimizers(family, model, settings)
-    state = {"epoch": 0, "history": []}
+    state = {"epoch": 0, "history": [], "sessions": []}
     if (run_dir / "state.json").exists():
-        state = json.loads((run_dir / "state.json").read_text())
-        model.load_state_dict(load_file(run_dir / "model.safetensors"))
-        for name, optimizer in optimizers.items():
-            _load_optimizer(optimizer, _optimizer_path(run_dir, name))
-        print(f"resuming {run_dir} after epoch {state['epoch']}")
+        state = _resume(run_dir, model, optimizers)
     (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+    session = _session(state, config["command"], settings["epochs"])
     for epoch in range(state["epoch"], settings["epochs"]):
         for group in (g for optimizer in optimizers.values() for g in optimizer.param_groups):
             group["lr"] = settings["lr"] * settings.get("lr_decay", 1.0) ** epoch
         state["history"].append(_run_epoch(family, model, optimizers, split, settings, epoch))
         state["epoch"] = epoch + 1
+        session["epochs"][1] = epoch + 1
         save_file(model.state_dict(), run_dir / "model.safetensors")
         for name, optimizer in optimizers.items():
             _save_optimizer(optimizer, _optimizer_path(run_dir, name))
+        save_file({"torch": torch.get_rng_state()}, run_dir / RNG_FILE)
         (run_dir / "state.json").write_text(json.dumps(state, indent=2))
         if "train_nll" in state["history"][-1]:
             save_curve(state["history"], run_dir / "loss.png")
