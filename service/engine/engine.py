@@ -154,6 +154,7 @@ class Engine(GenerationOperations, StateSpaceOperations, ScoringOperations, Late
         self.models = {name: loaded[max(loaded)] for name, loaded in self.versions.items()}  # the latest versions
         self._poll: asyncio.Task | None = None
         self._forget_timer: asyncio.TimerHandle | None = None  # the next retired version's due time (forget_retired)
+        self._stopped = False
         if runner is None:
             served = self._served_ids()  # (not a start version it cannot serve)
             directories = {name: entry.directory for name, entry in store.entries.items() if name in served}
@@ -174,6 +175,7 @@ class Engine(GenerationOperations, StateSpaceOperations, ScoringOperations, Late
     async def stop(self) -> None:
         if self._poll is not None:
             self._poll.cancel()
+        self._stopped = True  # no timer is armed from now on
         if self._forget_timer is not None:
             self._forget_timer.cancel()
         await self.runner.stop()
@@ -288,6 +290,8 @@ class Engine(GenerationOperations, StateSpaceOperations, ScoringOperations, Late
         if self._forget_timer is not None:
             self._forget_timer.cancel()
             self._forget_timer = None
+        if self._stopped:
+            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
