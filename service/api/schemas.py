@@ -26,6 +26,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from service.engine.latent import MAX_CLASS_NAME
 from service.engine.validation import (
     ANOMALY_METHOD_MAX,
     MAX_INT32,
@@ -143,7 +144,7 @@ def _control_value(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
                                                    "class) or a list of finite numbers (a continuous one)") from None
 
 
-ControlValue = Annotated[int | float | list[Number] | Annotated[str, Field(max_length=64)],
+ControlValue = Annotated[int | float | list[Number] | Annotated[str, Field(max_length=MAX_CLASS_NAME)],
                          not_lax("a number or a class name", text_allowed=True), WrapValidator(_control_value)]
 ImageFormat = Annotated[Literal["array", "png"] | None,
                         Field(description="array (nested floats, [B, *data.shape], expected values in level units) "

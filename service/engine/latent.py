@@ -16,6 +16,7 @@ from service.engine.errors import InvalidInput
 
 Call = Callable[[str, dict[str, np.ndarray]], Awaitable[dict[str, np.ndarray]]]
 CHUNK_ROWS = 128  # importance rows per call: memory stays bounded for any k
+MAX_CLASS_NAME = 64  # characters in a categorical control's class name (REST's bound too)
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -61,6 +62,8 @@ def control_values(spec: dict, given: float | list[float] | str | None, rngs: li
     if given is None:
         return np.stack([rng.uniform(spec["low"], spec["high"], shape).astype(np.float32) for rng in rngs])
     refusal = InvalidInput(f"{field}: must be {math.prod(shape)} finite float32 numbers", field=field)
+    if isinstance(given, str):  # numpy would read "0.5" as a number
+        raise refusal
     try:
         value = np.asarray(given, np.float64)
     except (TypeError, ValueError, OverflowError):
@@ -72,11 +75,14 @@ def control_values(spec: dict, given: float | list[float] | str | None, rngs: li
 
 def class_index(spec: dict, name: str, field: str) -> int:
     """A categorical control's class given by its name (the control's `names`)."""
-    names = spec.get("names", [])
-    if name not in names:
-        known = f"one of {names} or" if names else "this control has no class names:"
-        raise InvalidInput(f"{field}: unknown class {name!r}; give {known} an integer in 0..{spec['classes'] - 1}",
+    names, indices = spec.get("names", []), f"an integer in 0..{spec['classes'] - 1}"
+    if len(name) > MAX_CLASS_NAME:
+        raise InvalidInput(f"{field}: a class name has at most {MAX_CLASS_NAME} characters, got {len(name)}",
                            field=field)
+    if not names:
+        raise InvalidInput(f"{field}: this control's classes have no names; give {indices}", field=field)
+    if name not in names:
+        raise InvalidInput(f"{field}: unknown class {name!r}; give one of {names} or {indices}", field=field)
     return names.index(name)
 
 

@@ -343,6 +343,9 @@ def _controls(request) -> dict[str, float | list[float] | str] | None:
     list."""
     if not request.controls:
         return None
+    for name, value in request.controls.items():
+        if value.name and value.values:
+            raise InvalidInput(f"controls.{name}: give a class name or values, not both", field=f"controls.{name}")
     return {name: value.name if value.name else value.values[0] if len(value.values) == 1 else list(value.values)
             for name, value in request.controls.items()}
 

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from service.api import create_app
 from service.engine.engine import Engine
 from service.engine.errors import InvalidInput
+from service.engine.latent import control_values
 from service.grpc import build_grpc_server
 from service.grpc.gen import genserve_pb2 as pb
 from service.grpc.gen import genserve_pb2_grpc as pb_grpc
@@ -153,12 +154,13 @@ def test_a_class_given_by_name_is_the_class_of_that_index_over_engine_rest_and_g
         response = client.post("/v1/models/lagan/sample", json={**body, "controls": {"class": "top"}})
         assert response.status_code == 422 and "controls.class" in response.text and "'qcd'" in response.text
 
-    async def grpc_sample(name: str):
+    async def grpc_sample(name: str, values: tuple = ()):
         server = build_grpc_server(served, settings, 0)
         await server.start()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.genserve_port}")
         try:
-            request = pb.SampleRequest(model="lagan", n=3, seed=5, controls={"class": pb.ControlValue(name=name)})
+            value = pb.ControlValue(name=name, values=values)
+            request = pb.SampleRequest(model="lagan", n=3, seed=5, controls={"class": value})
             return to_array((await pb_grpc.GenserveStub(channel).Sample(request, timeout=20)).samples, "samples")
         except grpc.aio.AioRpcError as e:
             return e
@@ -169,3 +171,17 @@ def test_a_class_given_by_name_is_the_class_of_that_index_over_engine_rest_and_g
     assert np.array_equal(asyncio.run(grpc_sample("w")), by_index)
     refused = asyncio.run(grpc_sample("top"))
     assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT and refused.details().startswith("controls.class")
+    refused = asyncio.run(grpc_sample("w", values=[0]))
+    assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT and "not both" in refused.details()
+    refused = asyncio.run(grpc_sample("w" * 65))
+    assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT and "at most 64 characters" in refused.details()
+
+
+@pytest.mark.parametrize("spec, given, message", [
+    ({"kind": "categorical", "classes": 10}, "x", "this control's classes have no names; give an integer in 0..9"),
+    ({"kind": "uniform", "low": -1, "high": 1, "shape": [1]}, "0.5", "must be 1 finite float32 numbers"),
+])
+def test_a_name_where_no_class_name_belongs_is_refused_plainly(spec, given, message):
+    with pytest.raises(InvalidInput, match=message) as info:
+        control_values(spec, given, [np.random.default_rng(0)], "controls.c")
+    assert info.value.field == "controls.c"
