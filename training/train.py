@@ -186,15 +186,16 @@ def _resume(run_dir: Path, model, optimizers: dict) -> dict:
 
 
 def _code_version() -> dict:
-    """The commit checked out where this training code lies, and whether training/ differs from it (None for each
-    outside a git checkout)."""
+    """The commit checked out where this training code lies, and whether training/ differs from it, a new
+    untracked file included (None for each outside a git checkout)."""
     here = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=here)
-        changed = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "."], capture_output=True, cwd=here)
+        changed = subprocess.run(["git", "status", "--porcelain", "--", "."], capture_output=True, text=True,
+                                 check=True, cwd=here)
     except (OSError, subprocess.CalledProcessError):
         return {"git_commit": None, "training_code_modified": None}
-    return {"git_commit": commit.stdout.strip(), "training_code_modified": changed.returncode != 0}
+    return {"git_commit": commit.stdout.strip(), "training_code_modified": bool(changed.stdout.strip())}
 
 
 def _session(state: dict, command: str | None, epochs: int) -> dict:
