@@ -13,9 +13,14 @@ import contextlib
 import datetime
 import hashlib
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
+import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -37,6 +42,7 @@ DEFAULT_BATCHING = {"max_batch_size": 32, "max_queue_delay_us": 2000, "max_queue
 QUANTILES = [round(q, 3) for q in np.linspace(0, 1, 201)]
 BUNDLE, SHARED_WEIGHTS = "model.pt", "weights.onnx.data"
 WEIGHT_ALIGNMENT = 4096  # bytes: each tensor in the shared file starts on a page boundary
+MAX_VERSION = 10**18 - 1  # the store reads versions of at most 18 digits (service.store.store.is_version_number)
 
 
 def sha256(path: Path) -> str:
@@ -277,7 +283,7 @@ def check_free(out_dir: Path, force: bool) -> None:
 
 def check_name_and_version(name: str, version: int) -> None:
     """Refuse, before anything is written, a name outside the store's rule (the manifest schema's pattern: no
-    "..", no "/") or a version below 1."""
+    "..", no "/") or a version below 1 or above MAX_VERSION (one the store would not read)."""
     properties = json.loads(SCHEMA.read_text())["properties"]
     pattern = properties["name"]["pattern"]
     if not re.fullmatch(pattern, name):
@@ -286,6 +292,9 @@ def check_name_and_version(name: str, version: int) -> None:
     if version < properties["version"]["minimum"]:
         raise ValueError(f"--version {version} is not a version: it must be {properties['version']['minimum']} "
                          "or more")
+    if version > MAX_VERSION:
+        raise ValueError(f"--version {version} is not a version the store reads: it must be {MAX_VERSION} "
+                         "(18 digits) or less")
 
 
 class FamilyMismatch(ValueError):
@@ -312,13 +321,49 @@ def check_family(model_dir: Path, family: str, force: bool) -> None:
                              f"{family!r}: give another --name, or --force to export it under this name anyway")
 
 
+class DataMismatch(ValueError):
+    """The model name holds versions trained on other data (a re-export under it needs force=True)."""
+
+
+def stored_data(model_dir: Path, skip: Path) -> dict[str, dict]:
+    """The manifest `data` of each version stored under <models>/<name>/ but `skip` (unreadable ones left out)."""
+    found = {}
+    for manifest_path in sorted(Path(model_dir).glob("*/manifest.json")):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            data = json.loads(manifest_path.read_text()).get("data")
+            if manifest_path.parent != skip and isinstance(data, dict):
+                found[manifest_path.parent.name] = data
+    return found
+
+
+def data_differences(a: dict, b: dict) -> list[str]:
+    """The fields of two manifests' `data` that both have and that differ, but the class prior (a statistic of
+    the training split, not what the model's inputs and outputs mean)."""
+    return sorted(k for k in a.keys() & b.keys() - {"class_prior"} if a[k] != b[k])
+
+
+def check_data(out_dir: Path, data: dict, force: bool) -> None:
+    """Refuse, unless `force`, to add a version whose data (kind, shape, levels, classes, vocabulary...) differs
+    from that of the model's other versions: a model name stands for one kind of input."""
+    for version, stored in stored_data(out_dir.parent, out_dir).items():
+        differ = data_differences(data, stored)
+        if differ and not force:
+            shown = ", ".join(f"{k} {stored[k]!r} there, {data[k]!r} here" for k in differ if k != "vocabulary")
+            raise DataMismatch(f"{out_dir.parent / version} holds a model of other data than this run "
+                               f"({shown or 'another vocabulary'}): give this run another --name, or --force "
+                               "to add it under this name anyway")
+
+
 def export(run_dir: Path, models_dir: Path, name: str | None = None, version: int = 1, baseline: bool = True,
            reuse_eval: bool = False, force: bool = False) -> Path:
     """Export a training run into the model store as <models_dir>/<name>/<version>/.
 
-    A name outside the store's rule or a version below 1 is refused (ValueError) before anything is written. An
-    existing version, or a name that holds a model of another family, is refused (VersionExists, FamilyMismatch,
-    before anything is measured) unless `force`, which replaces the version whole. The test metrics are measured
+    A name outside the store's rule or a version the store would not read (below 1, over 18 digits) is refused
+    (ValueError) before anything is written. An existing version, or a name that holds a model of another family
+    or of other data (DataMismatch: kind, shape, levels, classes...), is refused (VersionExists, FamilyMismatch,
+    before anything is measured) unless `force`, which replaces the version whole. The version is written beside
+    the store's versions and renamed into place (`staged`): an export that fails or is stopped leaves the store
+    as it was. The test metrics are measured
     afresh (or read from the run's eval.json with reuse_eval), with the baseline beside them unless `baseline` is
     False (there is one for binary images only).
     """
@@ -335,11 +380,21 @@ def export(run_dir: Path, models_dir: Path, name: str | None = None, version: in
     family = family_module(config["family"])
     if not hasattr(family, "exported_functions"):
         raise ValueError(f"family {config['family']!r} trains but has no exporter yet")
+    data = family.data_spec(split) if hasattr(family, "data_spec") else data_spec(split)
+    check_data(out_dir, data, force)
     report = measured_report(run_dir, baseline, reuse_eval, (model, config, split))  # one load: RBM's AIS once
     check_free(out_dir, force)  # measuring takes a while: another export may have written it meanwhile
-    if out_dir.exists():  # a forced re-export replaces the version whole: no file of an old layout stays behind
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
+    with staged(out_dir) as stage:
+        write_version(stage, Path(run_dir), (model, config, split), report, name, version, data)
+    return out_dir
+
+
+def write_version(out_dir: Path, run_dir: Path, loaded: tuple, report: dict, name: str, version: int,
+                  data: dict) -> None:
+    """Write the loaded run's (model, config, split) as version `version` of model `name` into the empty
+    directory out_dir: functions, bundle, shared weights, and the manifest last."""
+    model, config, split = loaded
+    family = family_module(config["family"])
     fold_masks(model)
     functions, capabilities = family.exported_functions(model, split)
     bundle: dict[str, torch.jit.ScriptModule] = {}
@@ -350,8 +405,7 @@ def export(run_dir: Path, models_dir: Path, name: str | None = None, version: in
     files = sorted({f for e in entries.values() for f in e["files"].values()} | {SHARED_WEIGHTS})
     manifest = {
         "schema_version": 1, "name": name, "version": version, "family": config["family"],
-        "description": (family.__doc__ or "").strip().splitlines()[0],
-        "data": family.data_spec(split) if hasattr(family, "data_spec") else data_spec(split),
+        "description": first_paragraph(family.__doc__), "data": data,
         "functions": entries,
         "capabilities": capabilities,
         "batching": DEFAULT_BATCHING,
@@ -362,11 +416,60 @@ def export(run_dir: Path, models_dir: Path, name: str | None = None, version: in
             "dataset": split.name, "split": split.describe(), "seed": config["train"]["seed"],
             "config": config, "command": config.get("command"), "git_commit": git_commit(),
             "exported_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "torch_version": torch.__version__, **training_sessions(Path(run_dir)),
+            "torch_version": torch.__version__, **training_sessions(run_dir),
         },
     }
     if manifest["calibration"] is None:  # nothing to calibrate: the model does not score
         del manifest["calibration"]
     jsonschema.validate(manifest, json.loads(SCHEMA.read_text()))
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return out_dir
+
+
+def first_paragraph(doc: str | None) -> str:
+    """A family docstring's first paragraph, its lines joined: the manifest's description."""
+    return " ".join(line.strip() for line in (doc or "").strip().split("\n\n")[0].splitlines())
+
+
+@contextlib.contextmanager
+def sigterm_raises():
+    """Within the block, SIGTERM exits by SystemExit (143, as the signal would) so that cleanup runs; in the
+    main thread only, where Python runs signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        print("export: stopped by SIGTERM; the store is as it was", file=sys.stderr)
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def staged(out_dir: Path):
+    """A directory to write a version into, renamed to out_dir when the block ends without error; an existing
+    out_dir (a forced re-export) is moved aside first and removed after, so that no file of an old layout stays.
+
+    It lies in a scratch directory beside the version, <store>/<name>/.export-<version>-<random>/new/: on the
+    store's filesystem, so the renames are atomic, and one level deeper than the store scans
+    (<store>/<name>/<version>/manifest.json), so that a half-written version is never read. On an error, Ctrl-C
+    or SIGTERM, the scratch directory is removed and an old version stays as it was.
+    """
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".export-{out_dir.name}-", dir=out_dir.parent))
+    new, old = scratch / "new", scratch / "old"
+    try:
+        with sigterm_raises():
+            new.mkdir()
+            yield new
+            if out_dir.exists():
+                os.rename(out_dir, old)
+            os.rename(new, out_dir)
+    finally:
+        if old.exists() and not out_dir.exists():  # stopped between the two renames: put the old version back
+            os.rename(old, out_dir)
+        shutil.rmtree(scratch, ignore_errors=True)
