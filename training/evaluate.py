@@ -6,6 +6,7 @@ served, so what `genserve eval` reports is what the service computes.
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -92,22 +93,57 @@ PUBLISHED = {
 
 
 def store_table(models_dir: Path, dataset: str = "mnist5k-binarized") -> str:
-    """A Markdown table of every stored model's test metrics on `dataset`, measured by `genserve export`
+    """A Markdown table of every stored model version's test metrics on `dataset`, measured by `genserve export`
     (each manifest's provenance holds the training command and config), with published numbers beside.
-    The ± is the standard error over test images."""
-    rows = ["| model | family | method | -ELBO (nats) | test NLL (nats) | bits/dim | published, full MNIST |",
-            "|---|---|---|---|---|---|---|"]
-    for manifest_path in sorted(Path(models_dir).glob("*/*/manifest.json")):
-        manifest = json.loads(manifest_path.read_text())
-        metrics = manifest["metrics"]
-        if metrics.get("dataset") != dataset or "test_nll_nats" not in metrics:  # another dataset, or no likelihood
-            continue
-        bound = "test_iwae_eval_k_nats" in metrics  # a VAE's: the tightest bound measured
-        method = f"IWAE-{metrics['eval_k']}" if bound else metrics.get("method", "exact")
-        nll = metrics["test_iwae_eval_k_nats"] if bound else metrics["test_nll_nats"]
-        elbo = f"{metrics['test_elbo_nats']:.2f}" if "test_elbo_nats" in metrics else ""
-        bits = nll / (math.prod(manifest["data"]["shape"]) * math.log(2))
-        published = PUBLISHED.get(manifest["name"], "")
-        rows.append(f"| {manifest['name']} | {manifest['family']} | {method} | {elbo} | "
-                    f"{nll:.2f} ± {metrics['test_nll_stderr']:.2f} | {bits:.4f} | {published} |")
+    The ± is the standard error over test images (left out where a manifest does not record it). A manifest
+    that cannot be read is skipped, and said so in one line on stderr, as `genserve serve` names it."""
+    rows = ["| model | family | version | method | -ELBO (nats) | test NLL (nats) | bits/dim | published, full MNIST |",
+            "|---|---|---|---|---|---|---|---|"]
+    for manifest_path in sorted(Path(models_dir).glob("*/*/manifest.json"), key=_version_order):
+        try:
+            manifest = read_manifest(manifest_path)
+            metrics = manifest["metrics"]
+            if metrics.get("dataset") == dataset and "test_nll_nats" in metrics:  # this dataset, a likelihood
+                rows.append(table_row(manifest, manifest_path.parent.name))
+        except (ValueError, TypeError, KeyError) as e:  # unreadable, or a metric of the wrong type
+            print(f"skipped {manifest_path}: invalid manifest: {e}", file=sys.stderr)
     return "\n".join(rows)
+
+
+def _version_order(manifest_path: Path) -> tuple:
+    """Models by name, each one's versions by number (10 after 9)."""
+    version = manifest_path.parent.name
+    number = version.isascii() and version.isdigit()  # "²".isdigit(), but int("²") fails
+    return manifest_path.parent.parent.name, not number, int(version) if number else version
+
+
+def read_manifest(manifest_path: Path) -> dict:
+    """A manifest with what the table reads (name, family, metrics, data shape), else ValueError."""
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(str(e)) from e  # json.JSONDecodeError is a ValueError already
+    if not isinstance(manifest, dict):
+        raise ValueError("not a JSON object")
+    missing = [k for k in ("name", "family", "metrics", "data") if k not in manifest]
+    if missing:
+        raise ValueError(f"no {', no '.join(missing)}")
+    if not isinstance(manifest["metrics"], dict) or not isinstance(manifest["data"], dict) \
+            or "shape" not in manifest["data"]:
+        raise ValueError("metrics or data (with its shape) is not an object")
+    return manifest
+
+
+def table_row(manifest: dict, version: str) -> str:
+    """One version's row (`version`: its directory's name, as the store reads it): its tightest measured NLL (a
+    VAE's IWAE bound), ± where recorded, and bits/dim."""
+    metrics = manifest["metrics"]
+    bound = "test_iwae_eval_k_nats" in metrics  # a VAE's: the tightest bound measured
+    method = f"IWAE-{metrics['eval_k']}" if bound else metrics.get("method", "exact")
+    nll = metrics["test_iwae_eval_k_nats"] if bound else metrics["test_nll_nats"]
+    elbo = f"{metrics['test_elbo_nats']:.2f}" if "test_elbo_nats" in metrics else ""
+    stderr = f" ± {metrics['test_nll_stderr']:.2f}" if "test_nll_stderr" in metrics else ""
+    bits = nll / (math.prod(manifest["data"]["shape"]) * math.log(2))
+    published = PUBLISHED.get(manifest["name"], "")
+    return (f"| {manifest['name']} | {manifest['family']} | {version} | {method} | {elbo} | "
+            f"{nll:.2f}{stderr} | {bits:.4f} | {published} |")
