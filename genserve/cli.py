@@ -33,14 +33,17 @@ def _known() -> str:
 
 
 def _family_of(name: str) -> str | None:
-    """The family a `train` argument names: the family of training/configs/<name>.json, else the name itself
-    when it is a family (e.g. realnvp -> flow, wgan-gp -> gan, flow -> flow); None when it is neither."""
+    """The family a `train` argument names: the family of training/configs/<name>.json where <name> is a config
+    there (a name, never a path), else the name itself when it is a family (e.g. realnvp -> flow, wgan-gp -> gan,
+    flow -> flow); None when it is neither."""
     from training.families import FAMILIES
 
-    try:
-        return json.loads((CONFIGS / f"{name}.json").read_text())["family"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return name if name in FAMILIES else None
+    if name in {p.stem for p in CONFIGS.glob("*.json")}:
+        try:
+            return json.loads((CONFIGS / f"{name}.json").read_text())["family"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    return name if name in FAMILIES else None
 
 
 def _train_config(family: str, path: str | None, epochs: int | None = None) -> tuple[Path, dict]:
@@ -48,8 +51,11 @@ def _train_config(family: str, path: str | None, epochs: int | None = None) -> t
     loads: it exists, parses, names a known family, that family is the one the argument names, and its train
     settings are an object whose epochs (unless `epochs` overrides them) are 1 or more. Refusals are one line."""
     from training.families import FAMILIES
-    from training.train import load_config
+    from training.train import check_config, load_config
 
+    if "/" in family or os.sep in family or family.endswith(".json"):
+        raise SystemExit(f"genserve train: {family!r} is a path, not a config name or family: give the config's "
+                         f"family and the file as --config, e.g. `genserve train <family> --config {family}`")
     wanted = _family_of(family)
     if wanted is None:
         raise SystemExit(f"genserve train: unknown family or config {family!r}; {_known()}")
@@ -73,6 +79,10 @@ def _train_config(family: str, path: str | None, epochs: int | None = None) -> t
     if epochs is None and not _is_count(config["train"].get("epochs")):
         raise SystemExit(f"genserve train: {config_path}: not a usable config: train.epochs must be a whole number, "
                          f"1 or more, got {config['train'].get('epochs')!r} (or give --epochs)")
+    try:
+        check_config({**config, "train": {**config["train"], "epochs": epochs or config["train"]["epochs"]}})
+    except ValueError as e:
+        raise SystemExit(f"genserve train: {config_path}: not a usable config: {e}") from e
     return config_path, config
 
 
@@ -126,17 +136,39 @@ def _check_run_dir(run_dir: Path, config: dict) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from training.train import train
+    from training.train import Refused, train_run
 
     config_path, config = _train_config(args.family, args.config, args.epochs)
     run_dir = Path(args.run_dir or f"runs/{args.family}")
     _check_writable(run_dir, "train", "--run-dir")
     _check_run_dir(run_dir, config)
-    run_dir = train(config_path, run_dir, epochs=args.epochs)
-    print(f"checkpoint, samples (png or txt) and loss.png in {run_dir}")
-    note = _training_nll_note(run_dir, config["family"])
+    try:
+        trained = train_run(config_path, run_dir, epochs=args.epochs)
+    except Refused as e:  # the data cannot be made (no espeak-ng), the model does not fit it, fewer epochs than run
+        raise SystemExit(f"genserve train: {e}") from e
+    except KeyboardInterrupt:
+        _interrupted(run_dir)
+    if not trained.written:  # nothing to train: train_run said so
+        return
+    print(f"wrote {', '.join(trained.written)} in {run_dir}")
+    note = _training_nll_note(*trained.loaded)
     if note:
         print(note)
+
+
+def _interrupted(run_dir: Path) -> None:
+    """Ctrl-C during `genserve train`: which epoch the run saved last, that the same command resumes; status 130."""
+    from training.train import trained_epochs
+
+    try:
+        epoch = trained_epochs(run_dir)
+    except (OSError, ValueError, KeyError, TypeError):  # interrupted while state.json was written
+        epoch = None
+    said = (f"before {run_dir} saved an epoch; the same command starts it again" if epoch == 0 else
+            f"{run_dir} saved epoch {epoch} last; the same command resumes after it" if epoch else
+            f"the same command resumes {run_dir} after the last epoch it saved")
+    print(f"\ngenserve train: interrupted, {said}", file=sys.stderr)
+    raise SystemExit(130)
 
 
 def _scored_quantity(model, config: dict, split) -> str | None:
@@ -163,19 +195,19 @@ NLL_NOTES = {
 }
 
 
-def _training_nll_note(run_dir: Path, family_name: str) -> str | None:
-    """After training, which test NLL the epoch lines printed, beside what `genserve eval` will print."""
+def _training_nll_note(model, config: dict, split) -> str | None:
+    """After training, which test NLL the epoch lines printed, beside what `genserve eval` will print (for the
+    model just trained, not loaded again)."""
     from training.families import family_module
-    from training.train import load_model
 
-    family = family_module(family_name)
+    family = family_module(config["family"])
     if hasattr(family, "train_step"):  # the epoch lines name the family's own loss already
         return None
     if hasattr(family, "evaluate_test"):
         doc = (family.loss.__doc__ or "").strip().splitlines()[0]
         return (f"test NLL: training's epoch lines give the family's loss ({doc}); `genserve eval` gives the "
                 "bound or estimate that the service's score computes")
-    kind = _scored_quantity(*load_model(run_dir))
+    kind = _scored_quantity(model, config, split)
     return NLL_NOTES[kind]
 
 

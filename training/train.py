@@ -1,13 +1,16 @@
 """The training loop shared by every family: resumable, with progress and PNGs.
 
 A run directory holds:
-  config.json          the exact config and the command of the latest `genserve train` on the run (state.json's
-                       sessions: each call that trained epochs, its command, epochs, threads, CPU kernels, code commit)
+  config.json          the exact config and the command of the latest `genserve train` that trained epochs on the
+                       run (state.json's sessions: each such call, its command, epochs, threads, CPU kernels, commit)
   model.safetensors    the weights after the last finished epoch
   optimizer.safetensors + state.json + rng.safetensors   what resuming needs (epoch, history, the global torch
                        RNG state), so that a resumed run goes on as an uninterrupted one would (same intra-op threads)
   samples.png          a grid of samples, one row per class (samples.txt for text, samples.wav for audio)
-  loss.png             train and test NLL per epoch
+  loss.png             train and test NLL per epoch (not for a family with its own train_step: a GAN's)
+
+The config is checked (check_config) and the data and model made before anything is written; a call that has no
+epoch left to train, on a run with its samples, writes nothing, and asking fewer epochs than a run trained is refused.
 
 A family trains by one Adam on its `loss`, or, where it defines `optimizers(model, settings)` (a dict of named
 optimizers, saved as optimizer-<name>.safetensors) and `train_step(model, optimizers, x, y, step)` (a dict of
@@ -25,7 +28,9 @@ first and last epoch, torch's intra-op threads, CPU capability and version, the 
 export` copies them into the manifest's provenance as `training`.
 """
 
+import dataclasses
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -35,18 +40,75 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from training.data import SpeechSplit, Split, TextSplit, load
+from training.data import DATASETS, SpeechSplit, Split, TextSplit, load
 from training.data.speech import write_wav
 from training.families import family_module
 from training.plots import save_curve, save_grid
 
 
+class Refused(Exception):
+    """A run that cannot train as asked, said in one line: its data cannot be made, its model cannot be built, or
+    it has trained more epochs than asked."""
+
+
 def load_config(path: Path) -> dict:
     config = json.loads(Path(path).read_text())
+    if not isinstance(config, dict):
+        raise ValueError(f"the config is a JSON {type(config).__name__}, not an object")
     for key in ("family", "dataset", "model", "train"):
         if key not in config:
-            raise ValueError(f"{path}: config lacks the key {key!r}")
+            raise ValueError(f"the config lacks the key {key!r}")
     return config
+
+
+def _whole(low: int):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+TRAIN_NUMBERS = {  # key: (required, what it must be, its test)
+    "epochs": (True, "a whole number, 1 or more", _whole(1)),
+    "batch_size": (True, "a whole number, 1 or more", _whole(1)),
+    "seed": (True, "a whole number, 0 or more", _whole(0)),
+    "lr": (True, "a number above 0", lambda v: _number(v) and v > 0),
+    "lr_decay": (False, "a number above 0", lambda v: _number(v) and v > 0),
+    "max_train": (False, "a whole number, 1 or more", _whole(1)),
+    "perturb": (False, "a number from 0 to 1", lambda v: _number(v) and 0 <= v <= 1),
+}
+
+
+def model_settings(family) -> type:
+    """The dataclass of a family's model settings: the one *Config dataclass its module defines."""
+    (settings,) = [v for k, v in vars(family).items()
+                   if k.endswith("Config") and dataclasses.is_dataclass(v) and v.__module__ == family.__name__]
+    return settings
+
+
+def check_config(config: dict) -> None:
+    """Raise ValueError naming the key, before anything is loaded or written, for a config that could not train:
+    train settings that are not an object or lack (or mistype) a number the loop reads, an unknown dataset, model
+    settings that are not an object or name a key that the family's model settings lack."""
+    settings = config["train"]
+    if not isinstance(settings, dict):
+        raise ValueError("train must be an object")
+    for key, (required, what, test) in TRAIN_NUMBERS.items():
+        if key not in settings:
+            if required:
+                raise ValueError(f"train.{key} is missing: it must be {what}")
+        elif not test(settings[key]):
+            raise ValueError(f"train.{key} must be {what}, got {settings[key]!r}")
+    if config["dataset"] not in DATASETS:
+        raise ValueError(f"dataset {config['dataset']!r} is not one of {', '.join(sorted(DATASETS))}")
+    if not isinstance(config["model"], dict):
+        raise ValueError("model must be an object")
+    known = [field.name for field in dataclasses.fields(model_settings(family_module(config["family"])))]
+    unknown = [key for key in config["model"] if key not in known]
+    if unknown:
+        raise ValueError(f"model.{unknown[0]} is not a setting of a {config['family']} model; known: "
+                         f"{', '.join(known)}")
 
 
 def build_model(config: dict, split: Split) -> torch.nn.Module:
@@ -210,48 +272,124 @@ def _session(state: dict, command: str | None, epochs: int) -> dict:
     return session
 
 
+def trained_epochs(run_dir: Path) -> int:
+    """The epochs a run has saved (0 for a new one)."""
+    state = Path(run_dir) / "state.json"
+    return json.loads(state.read_text())["epoch"] if state.is_file() else 0
+
+
+SAMPLE_FILES = ("samples.png", "samples.txt", "samples.wav")
+
+
+@dataclasses.dataclass
+class Trained:
+    """What a call of `train_run` did: the files it wrote in run_dir and the model, config and split it trained (as
+    `load_model` gives them); no file and None when the run had all its epochs and samples already."""
+
+    run_dir: Path
+    written: list[str]
+    loaded: tuple[torch.nn.Module, dict, Split] | None
+
+
 def train(config_path: Path, run_dir: Path, epochs: int | None = None) -> Path:
     """Train (or resume) the run in `run_dir` to the configured number of epochs."""
-    config = load_config(config_path)
-    if epochs is not None:
-        config["train"]["epochs"] = epochs
+    return train_run(config_path, run_dir, epochs).run_dir
+
+
+def _configured(config_path: Path, epochs: int | None) -> dict:
+    """The config at `config_path`, checked (ValueError naming the file and the key), `epochs` overriding its own."""
+    try:
+        config = load_config(config_path)
+        if epochs is not None and isinstance(config["train"], dict):
+            config["train"]["epochs"] = epochs
+        check_config(config)
+    except ValueError as e:
+        raise ValueError(f"{config_path}: {e}") from e
     config["command"] = " ".join(["genserve"] + sys.argv[1:]) if sys.argv[0].endswith("genserve") else None
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    settings, family, split = config["train"], family_module(config["family"]), load(config["dataset"])
-    torch.manual_seed(settings["seed"])
-    model = build_model(config, split)
+    return config
+
+
+def _data_and_model(config: dict, config_path: Path) -> tuple[Split, torch.nn.Module]:
+    """The config's data and its model, seeded; Refused where the data cannot be made (the speech datasets need
+    espeak-ng) or the model does not fit the data."""
+    try:
+        split = load(config["dataset"])
+    except RuntimeError as e:
+        raise Refused(str(e)) from e
+    torch.manual_seed(config["train"]["seed"])
+    try:
+        return split, build_model(config, split)
+    except (TypeError, ValueError) as e:
+        raise Refused(f"{config_path}: the model cannot be built on {config['dataset']}: {e}") from e
+
+
+def train_run(config_path: Path, run_dir: Path, epochs: int | None = None) -> Trained:
+    """Train (or resume) the run in `run_dir` to the configured number of epochs; nothing is made before the config,
+    data and model are ready. Refused for a run that trained more epochs than asked; a run that has its epochs and
+    samples already is left alone."""
+    config = _configured(config_path, epochs)
+    run_dir, settings, family = Path(run_dir), config["train"], family_module(config["family"])
+    trained = trained_epochs(run_dir)
+    if trained > settings["epochs"]:
+        raise Refused(f"{run_dir} has trained {trained} epochs, more than the {settings['epochs']} asked: give "
+                      f"--epochs {trained} or more, or another --run-dir")
+    if trained == settings["epochs"] and any((run_dir / name).is_file() for name in SAMPLE_FILES):
+        print(f"nothing to train: {run_dir} is at epoch {trained} of {trained} (give --epochs above {trained} to "
+              "train on)")
+        return Trained(run_dir, [], None)
+    split, model = _data_and_model(config, config_path)
     optimizers = make_optimizers(family, model, settings)
+    run_dir.mkdir(parents=True, exist_ok=True)
     state = {"epoch": 0, "history": [], "sessions": []}
     if (run_dir / "state.json").exists():
         state = _resume(run_dir, model, optimizers)
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+    written = []
+    if state["epoch"] < settings["epochs"]:
+        (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+        written = ["config.json"]
     session = _session(state, config["command"], settings["epochs"])
+    saved: list[str] = []
     for epoch in range(state["epoch"], settings["epochs"]):
         for group in (g for optimizer in optimizers.values() for g in optimizer.param_groups):
             group["lr"] = settings["lr"] * settings.get("lr_decay", 1.0) ** epoch
         state["history"].append(_run_epoch(family, model, optimizers, split, settings, epoch))
         state["epoch"] = epoch + 1
         session["epochs"][1] = epoch + 1
-        save_file(model.state_dict(), run_dir / "model.safetensors")
-        for name, optimizer in optimizers.items():
-            _save_optimizer(optimizer, _optimizer_path(run_dir, name))
-        save_file({"torch": torch.get_rng_state()}, run_dir / RNG_FILE)
-        (run_dir / "state.json").write_text(json.dumps(state, indent=2))
-        if "train_nll" in state["history"][-1]:
-            save_curve(state["history"], run_dir / "loss.png")
-    _save_samples(family, model.eval(), split, run_dir, torch.Generator().manual_seed(settings["seed"]))
-    return run_dir
+        saved = _save_checkpoint(run_dir, model, optimizers, state)
+    written += saved
+    written.append(_save_samples(family, model.eval(), split, run_dir, torch.Generator().manual_seed(settings["seed"])))
+    return Trained(run_dir, written, (model, config, split))
 
 
-def _save_samples(family, model, split: Split, run_dir: Path, generator: torch.Generator) -> None:
+def _save_checkpoint(run_dir: Path, model, optimizers: dict, state: dict) -> list[str]:
+    """An epoch's weights, optimizer states, RNG state, state.json and (for a likelihood) loss.png: their names."""
+    paths = [run_dir / "model.safetensors"]
+    save_file(model.state_dict(), paths[0])
+    for name, optimizer in optimizers.items():
+        paths.append(_optimizer_path(run_dir, name))
+        _save_optimizer(optimizer, paths[-1])
+    paths += [run_dir / RNG_FILE, run_dir / "state.json"]
+    save_file({"torch": torch.get_rng_state()}, paths[-2])
+    paths[-1].write_text(json.dumps(state, indent=2))
+    if "train_nll" in state["history"][-1]:
+        paths.append(run_dir / "loss.png")
+        save_curve(state["history"], paths[-1])
+    return [path.name for path in paths]
+
+
+def _save_samples(family, model, split: Split, run_dir: Path, generator: torch.Generator) -> str:
     """samples.txt for text (a few continuations), samples.wav for audio (a clip per voice as long as a
-    training segment, one after the other), samples.png for images (one row per class)."""
+    training segment, one after the other), samples.png for images (one row per class): its name, said before
+    drawing (a grid can take a minute)."""
+    name = "samples.txt" if isinstance(split, TextSplit) else "samples.wav" if isinstance(split, SpeechSplit) \
+        else "samples.png"
+    print(f"drawing samples into {run_dir / name} ...", flush=True)
     if isinstance(split, TextSplit):
         texts = family.sample_text(model, generator)
-        (run_dir / "samples.txt").write_text("\n\n---\n\n".join(texts))
+        (run_dir / name).write_text("\n\n---\n\n".join(texts))
     elif isinstance(split, SpeechSplit):
         clips = family.sample_audio(model, generator, seconds=split.shape[0] / split.sample_rate)
-        write_wav(run_dir / "samples.wav", clips.numpy(), split.sample_rate)
+        write_wav(run_dir / name, clips.numpy(), split.sample_rate)
     else:
-        save_grid(family.sample_grid(model, generator).numpy(), split.levels, run_dir / "samples.png")
+        save_grid(family.sample_grid(model, generator).numpy(), split.levels, run_dir / name)
+    return name
