@@ -20,7 +20,7 @@ from service.engine.engine import Engine
 from service.settings import Settings
 from service.store import ModelStore
 from training.data import load
-from training.quality import classify, load_classifier, scores
+from training.quality import IS_SPLITS, MIN_SAMPLES, classify, load_classifier, scores
 
 DATASETS = {2: "mnist5k-binarized", 256: "mnist5k"}
 CHUNK = 100  # samples per request, under the batcher's queue limit
@@ -53,8 +53,22 @@ async def rows(models: Path, classifier_dir: Path, n: int) -> list[dict]:
     return out
 
 
+def check(classifier: Path, n: int) -> None:
+    """Refuse, in one line before anything is sampled, a store without the evaluation classifier, or an n too
+    small for the scores (each of the inception score's chunks needs two samples)."""
+    missing = [f for f in ("classifier.json", "classifier.safetensors") if not (Path(classifier) / f).is_file()]
+    if missing:
+        raise SystemExit(f"genserve eval --quality: {classifier} has no {' and no '.join(missing)} (the evaluation "
+                         f"classifier): train it with `python -m training.quality train --run-dir {classifier}`")
+    if n < MIN_SAMPLES:
+        raise SystemExit(f"genserve eval --quality: --n {n} is too few samples: the inception score's {IS_SPLITS} "
+                         f"chunks need {MIN_SAMPLES} or more")
+
+
 def table(models: Path, classifier: Path, n: int, json_path: Path | None = None) -> str:
-    """The Markdown table of every sampling 28x28 model's scores (and the real rows), optionally saved as JSON."""
+    """The Markdown table of every sampling 28x28 model's scores (and the real rows), optionally saved as JSON;
+    refused first (`check`) without the classifier or with too small an n."""
+    check(classifier, n)
     measured = asyncio.run(rows(models, classifier, n))
     lines = ["| model | IS (of 10) | FID to the real test split | classes covered | KL(class histogram, uniform) |",
              "|---|---|---|---|---|"]

@@ -42,6 +42,8 @@ from training.data import Split, load
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "evaluation"  # the classifier in the model store
 
 SIDE = 28  # image height = width; two 2x2 max-pools take it to 7
+IS_SPLITS = 10  # the inception score's chunks
+MIN_SAMPLES = 2 * IS_SPLITS  # the fewest images scored: two per chunk, so that a chunk's p(y) is not one p(y | x)
 
 
 @dataclass
@@ -129,13 +131,16 @@ def _kl_rows(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     return (p * (np.log(safe) - np.log(np.where(p > 0, q, 1.0)))).sum(-1)
 
 
-def inception_score(probs: np.ndarray, splits: int = 10, seed: int | None = 0) -> tuple[float, float]:
+def inception_score(probs: np.ndarray, splits: int = IS_SPLITS, seed: int | None = 0) -> tuple[float, float]:
     """p(y | x) [N, C] -> (mean, std) over `splits` chunks of exp(E_x KL(p(y | x) || p(y))).
 
     The rows are shuffled first (a fixed permutation; seed None keeps their order): each chunk's p(y) must see
     every class, and a class-sorted set (mnist5k's test split, a grid with one row per class) would score ~1.
+    Fewer rows than chunks are refused (ValueError): an empty chunk has no score.
     """
     probs = np.asarray(probs)
+    if len(probs) < splits:
+        raise ValueError(f"{len(probs)} samples: the inception score needs at least {splits}, one per chunk")
     if seed is not None:
         probs = probs[np.random.default_rng(seed).permutation(len(probs))]
     scores = [float(np.exp(_kl_rows(p, p.mean(0)).mean())) for p in np.array_split(probs, splits)]
@@ -148,7 +153,8 @@ def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: n
 
     (cov1 cov2)^(1/2) comes from scipy.linalg.sqrtm; where it is not finite (a singular product), eps * I is
     added to both covariances first. Rounding can give the root of a real PSD product tiny imaginary parts;
-    they are dropped when at most 1e-3 of its largest real entry, and an error is raised otherwise.
+    they are dropped when at most 1e-3 of its largest real entry. Where they are larger (singular covariances:
+    fewer samples than features), the trace of the root is taken from the eigenvalues instead (`trace_root`).
     """
     mu1, mu2, cov1, cov2 = (np.asarray(a, dtype=np.float64) for a in (mu1, mu2, cov1, cov2))
     with warnings.catch_warnings():  # a singular product (dead features, N < F) warns; its root is still used
@@ -157,12 +163,21 @@ def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: n
         if not np.isfinite(root).all():
             offset = eps * np.eye(len(cov1))
             root = scipy.linalg.sqrtm((cov1 + offset) @ (cov2 + offset))
-    if np.iscomplexobj(root):
-        if np.abs(root.imag).max() > 1e-3 * max(np.abs(root.real).max(), 1e-12):
-            raise ValueError(f"sqrtm has a large imaginary part: {np.abs(root.imag).max():.3g}")
-        root = root.real
+    trace = np.trace(root).real
+    if np.iscomplexobj(root) and np.abs(root.imag).max() > 1e-3 * max(np.abs(root.real).max(), 1e-12):
+        trace = trace_root(cov1, cov2)
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * np.trace(root))
+    return float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * trace)
+
+
+def trace_root(cov1: np.ndarray, cov2: np.ndarray) -> float:
+    """tr (cov1 cov2)^(1/2) of two covariances: the sum of the square roots of the eigenvalues of cov1 cov2, which
+    are those of the symmetric PSD cov1^(1/2) cov2 cov1^(1/2), so real and at least 0 (rounding's negative ones
+    taken as 0). Exact for singular covariances too, to about 1e-8 relative (square roots of rounding noise)."""
+    w, v = np.linalg.eigh(cov1)
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    inner = root1 @ cov2 @ root1
+    return float(np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0, None)).sum())
 
 
 def fid(features_a: np.ndarray, features_b: np.ndarray) -> float:
