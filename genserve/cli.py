@@ -258,12 +258,14 @@ def _eval(args: argparse.Namespace) -> None:
 
     if args.run_dir is None:
         _check_store(Path(args.models))
-        if args.quality and args.json:
-            _check_output_file(args.json, "eval", "--json")
+        if args.quality:
+            from genserve.quality import check, table
+
+            check(Path(args.models) / "evaluation", args.n)  # refused before the store table, not after it
+            if args.json:
+                _check_output_file(args.json, "eval", "--json")
         print(store_table(Path(args.models)))
         if args.quality:
-            from genserve.quality import table
-
             print("\nSample quality (every 28x28 model that samples, through the serving engine):\n")
             print(table(Path(args.models), Path(args.models) / "evaluation", args.n, args.json))
     else:

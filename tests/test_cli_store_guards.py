@@ -90,3 +90,11 @@ def test_eval_of_a_store_with_a_model_prints_its_table(tmp_path, capsys):
     (tmp_path / "models" / "charrnn" / "1" / "manifest.json").write_text(json.dumps({"metrics": {}}))
     cli.main(["eval", "--models", str(tmp_path / "models")])
     assert capsys.readouterr().out.startswith("| model | family |")
+
+
+def test_eval_quality_without_the_classifier_is_refused_before_the_store_table(tmp_path, capsys):
+    """The refusal comes before any output: it came after the store table was printed."""
+    _stored(tmp_path / "models", "charrnn", 1, "charrnn")
+    (tmp_path / "models" / "charrnn" / "1" / "manifest.json").write_text(json.dumps({"metrics": {}}))
+    message = refusal(["eval", "--models", str(tmp_path / "models"), "--quality"])
+    assert "has no classifier.json" in message and capsys.readouterr().out == ""
