@@ -261,9 +261,9 @@ def _eval(args: argparse.Namespace) -> None:
         if args.quality:
             from genserve.quality import check, table
 
-            check(Path(args.models) / "evaluation", args.n)  # refused before the store table, not after it
             if args.json:
                 _check_output_file(args.json, "eval", "--json")
+            check(Path(args.models) / "evaluation", args.n)  # refused before the store table, not after it
         print(store_table(Path(args.models)))
         if args.quality:
             print("\nSample quality (every 28x28 model that samples, through the serving engine):\n")
