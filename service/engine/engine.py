@@ -271,8 +271,8 @@ class Engine(GenerationOperations, StateSpaceOperations, ScoringOperations, Late
 
     def forget_retired(self) -> None:
         """Free the schedulers and the runner's runtimes of the retired versions that are due (_retire), so that
-        memory does not grow with every version ever served: at each load and unload, each store poll, and when the
-        next retired version is due (_arm_forget_timer). On the event loop: the schedulers are its."""
+        memory does not grow with every version ever served: at each load and unload, and when the next retired
+        version is due (_arm_forget_timer). On the event loop: the schedulers are its."""
         served, now = self._served_ids(), time.monotonic()
         retired = {runner_id for runner_id, due in self._retired.items() if due <= now or runner_id in served}
         self._retired = {runner_id: due for runner_id, due in self._retired.items() if runner_id not in retired}
@@ -333,7 +333,6 @@ class Engine(GenerationOperations, StateSpaceOperations, ScoringOperations, Late
         """Load every model whose directory holds a version newer than the one served (GENSERVE_STORE_POLL_S)."""
         while True:
             await asyncio.sleep(every_s)
-            self.forget_retired()
             for name in self.store.model_names():
                 if name not in self.unloaded:
                     await self._poll_model(name)

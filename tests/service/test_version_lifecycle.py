@@ -218,7 +218,7 @@ def test_a_replaced_version_keeps_its_runtimes_for_the_requests_in_flight(store)
     before = engine.model(MODEL, 2)
     halve_weights(version_two)
     engine.load_model(MODEL)
-    engine.forget_retired()  # as each load, unload and poll does
+    engine.forget_retired()  # as each load and unload does
     assert engine.model(MODEL, 2).runner_id != before.runner_id
     assert (before.runner_id, "log_prob") in engine.runner.functions.loaded  # kept: the default deadline is 60 s
     assert before.runner_id in engine._retired
