@@ -52,7 +52,10 @@ class StreamingResponse(responses.StreamingResponse):
     its traceback holds: a cycle that kept the whole cut stream (its generators' frames, the Sequence with its
     state arrays, about 0.5 MB for 2 rows of wavenet) until a full collection, rare at the young threshold of
     10,000 (service.main.tune_gc). Here the cancellation is caught without binding it, and its traceback is freed
-    with it."""
+    with it.
+
+    A server of ASGI 2.4 may instead report the disconnect by raising OSError from `send`; that too ends the
+    stream as a client that left (Starlette turns it into ClientDisconnect for the same reason)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -62,5 +65,13 @@ class StreamingResponse(responses.StreamingResponse):
             await unless_disconnected(Request(scope, receive), self.stream_response(send))
         except ClientGone:
             pass  # the client left: nothing more to send
+        except OSError:
+            if _spec_version(scope) < (2, 4):
+                raise
         if self.background is not None:
             await self.background()
+
+
+def _spec_version(scope: Scope) -> tuple[int, ...]:
+    """The ASGI HTTP spec version the server speaks (2.0 when it does not say)."""
+    return tuple(int(part) for part in scope.get("asgi", {}).get("spec_version", "2.0").split("."))
