@@ -162,7 +162,7 @@ def _interrupted(run_dir: Path) -> None:
 
     try:
         epoch = trained_epochs(run_dir)
-    except (OSError, ValueError, KeyError, TypeError):  # interrupted while state.json was written
+    except (OSError, ValueError, KeyError, TypeError):  # a state.json that is not a run's
         epoch = None
     said = (f"before {run_dir} saved an epoch; the same command starts it again" if epoch == 0 else
             f"{run_dir} saved epoch {epoch} last; the same command resumes after it" if epoch else

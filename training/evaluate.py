@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from training.families import family_module
-from training.train import load_model
+from training.train import load_model, replacing
 
 
 @torch.no_grad()
@@ -63,7 +63,7 @@ def evaluate(run_dir: Path, baseline: bool = True, loaded: tuple | None = None) 
         from training.baselines import fit_baseline
 
         report["baseline"] = fit_baseline(split)
-    (Path(run_dir) / "eval.json").write_text(json.dumps(report, indent=2))
+    write_report(run_dir, report)
     print(f"{config['family']} on {split.name} test ({len(nll)} examples): "
           f"{report['test_nll_nats']:.2f} ± {report['test_nll_stderr']:.2f} nats, "
           f"{report['test_bits_per_dim']:.4f} bits/dim")
@@ -74,9 +74,15 @@ def evaluate(run_dir: Path, baseline: bool = True, loaded: tuple | None = None) 
     return report
 
 
+def write_report(run_dir: Path, report: dict) -> None:
+    """The run's eval.json, whole or as it was (`replacing`): `genserve export --reuse-eval` reads it."""
+    with replacing(Path(run_dir) / "eval.json") as temporary:
+        temporary.write_text(json.dumps(report, indent=2))
+
+
 def likelihood_free_report(run_dir: Path, family: str, report: dict) -> dict:
     """An implicit model's report (sample quality, its critic's held-out scores), written to eval.json."""
-    (Path(run_dir) / "eval.json").write_text(json.dumps(report, indent=2))
+    write_report(run_dir, report)
     shown = {k: v for k, v in report.items() if not k.endswith("_per_example")}
     print(f"{family} on {report['dataset']} (no likelihood): " +
           ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()))

@@ -32,7 +32,7 @@ from onnx.external_data_helper import set_external_data
 from safetensors.torch import save_file
 
 from training.data import SpeechSplit, Split, TextSplit
-from training.evaluate import evaluate
+from training.evaluate import evaluate, write_report
 from training.families import family_module
 from training.nn.flows import fold_masks
 from training.train import load_model
@@ -241,7 +241,7 @@ def measured_report(run_dir: Path, baseline: bool, reuse_eval: bool, loaded: tup
         report = evaluate(run_dir, baseline=baseline and fitted is None, loaded=loaded)
         if fitted is not None and "test_nll_nats" in report:
             report["baseline"] = fitted
-            saved.write_text(json.dumps(report, indent=2))
+            write_report(run_dir, report)
             print(f"baseline {fitted['name']} (K={fitted['components']}): {fitted['test_nll_nats']:.2f} nats, "
                   f"{fitted['test_bits_per_dim']:.4f} bits/dim (from {saved}: it depends on the data split only)")
         return report

@@ -28,22 +28,46 @@ first and last epoch, torch's intra-op threads, CPU capability and version, the 
 export` copies them into the manifest's provenance as `training`.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import safetensors.torch
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm import tqdm
 
 from training.data import DATASETS, SpeechSplit, Split, TextSplit, load
 from training.data.speech import write_wav
 from training.families import family_module
 from training.plots import save_curve, save_grid
+
+
+@contextlib.contextmanager
+def replacing(path: Path):
+    """A temporary path beside `path` (same directory and suffix, so a writer that goes by the suffix still can)
+    to write the file to, renamed over `path` when the block ends without error and removed otherwise: a crash,
+    Ctrl-C or kill mid-write leaves the old file whole for the next resume (a kill may leave the hidden temporary
+    file too), never a truncated one. As `genserve export` writes a version aside and renames it into place."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def save_file(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors' save_file, through `replacing`: a checkpoint file is whole or as it was."""
+    with replacing(path) as temporary:
+        safetensors.torch.save_file(tensors, temporary)
 
 
 class Refused(Exception):
@@ -345,7 +369,8 @@ def train_run(config_path: Path, run_dir: Path, epochs: int | None = None) -> Tr
         state = _resume(run_dir, model, optimizers)
     written = []
     if state["epoch"] < settings["epochs"]:
-        (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+        with replacing(run_dir / "config.json") as temporary:
+            temporary.write_text(json.dumps(config, indent=2))
         written = ["config.json"]
     session = _session(state, config["command"], settings["epochs"])
     saved: list[str] = []
@@ -370,10 +395,12 @@ def _save_checkpoint(run_dir: Path, model, optimizers: dict, state: dict) -> lis
         _save_optimizer(optimizer, paths[-1])
     paths += [run_dir / RNG_FILE, run_dir / "state.json"]
     save_file({"torch": torch.get_rng_state()}, paths[-2])
-    paths[-1].write_text(json.dumps(state, indent=2))
+    with replacing(paths[-1]) as temporary:
+        temporary.write_text(json.dumps(state, indent=2))
     if "train_nll" in state["history"][-1]:
         paths.append(run_dir / "loss.png")
-        save_curve(state["history"], paths[-1])
+        with replacing(paths[-1]) as temporary:
+            save_curve(state["history"], temporary)
     return [path.name for path in paths]
 
 
@@ -386,10 +413,14 @@ def _save_samples(family, model, split: Split, run_dir: Path, generator: torch.G
     print(f"drawing samples into {run_dir / name} ...", flush=True)
     if isinstance(split, TextSplit):
         texts = family.sample_text(model, generator)
-        (run_dir / name).write_text("\n\n---\n\n".join(texts))
+        with replacing(run_dir / name) as temporary:
+            temporary.write_text("\n\n---\n\n".join(texts))
     elif isinstance(split, SpeechSplit):
         clips = family.sample_audio(model, generator, seconds=split.shape[0] / split.sample_rate)
-        write_wav(run_dir / name, clips.numpy(), split.sample_rate)
+        with replacing(run_dir / name) as temporary:
+            write_wav(temporary, clips.numpy(), split.sample_rate)
     else:
-        save_grid(family.sample_grid(model, generator).numpy(), split.levels, run_dir / name)
+        grid = family.sample_grid(model, generator).numpy()
+        with replacing(run_dir / name) as temporary:
+            save_grid(grid, split.levels, temporary)
     return name

@@ -1,0 +1,55 @@
+"""What the offline-CLI hunt left, each a defect a user could hit: a checkpoint or run file stopped mid-write was left
+truncated for the next resume to read."""
+
+import pathlib
+
+import pytest
+import safetensors.torch
+import torch
+
+import training.train as train
+
+
+def _checkpoint(run, weight: float, epoch: int) -> None:
+    model = torch.nn.Linear(2, 2)
+    torch.nn.init.constant_(model.weight, weight)
+    optimizers = {"optimizer": torch.optim.Adam(model.parameters())}
+    state = {"epoch": epoch, "history": [{"epoch": epoch, "train_losses": {}}], "sessions": []}  # no loss.png
+    train._save_checkpoint(run, model, optimizers, state)
+
+
+def _cut_tensors(real):
+    def cut(tensors, filename, metadata=None):  # safetensors' writer, stopped half way through the file
+        real(tensors, filename, metadata=metadata)
+        data = pathlib.Path(filename).read_bytes()
+        pathlib.Path(filename).write_bytes(data[: len(data) // 2])
+        raise KeyboardInterrupt
+
+    return cut
+
+
+def _cut_text(real):
+    def cut(self, data, *args, **kwargs):
+        real(self, data[: len(data) // 2], *args, **kwargs)
+        raise KeyboardInterrupt
+
+    return cut
+
+
+@pytest.mark.parametrize(("name", "patch"), [
+    ("model.safetensors", (safetensors.torch, "serialize_file", _cut_tensors(safetensors.torch.serialize_file))),
+    ("state.json", (pathlib.Path, "write_text", _cut_text(pathlib.Path.write_text))),
+])
+def test_a_checkpoint_file_stopped_mid_write_keeps_the_last_one_whole(name, patch, tmp_path, monkeypatch):
+    _checkpoint(tmp_path, 1.0, epoch=1)
+    before = (tmp_path / name).read_bytes()
+    monkeypatch.setattr(*patch)
+    with pytest.raises(KeyboardInterrupt):
+        _checkpoint(tmp_path, 2.0, epoch=2)
+    monkeypatch.undo()
+    assert (tmp_path / name).read_bytes() == before
+    assert torch.equal(safetensors.torch.load_file(tmp_path / "model.safetensors")["weight"],
+                       torch.full((2, 2), 1.0 if name == "model.safetensors" else 2.0))
+    assert train.trained_epochs(tmp_path) == 1  # what the next resume reads
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", "optimizer.safetensors",
+                                                         "rng.safetensors", "state.json"]  # no temporary file
