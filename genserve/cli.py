@@ -11,6 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from genserve import __version__
+
 
 def _serve(args: argparse.Namespace) -> None:
     from service.main import run
@@ -348,6 +350,7 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="genserve", description=__doc__.splitlines()[0], formatter_class=_Help)
+    top.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = top.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="serve the model store over REST and gRPC", formatter_class=_Help)

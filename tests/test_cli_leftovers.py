@@ -1,5 +1,5 @@
 """What the offline-CLI hunt left, each a defect a user could hit: a checkpoint or run file stopped mid-write was left
-truncated for the next resume to read."""
+truncated for the next resume to read; there was no `genserve --version`."""
 
 import pathlib
 
@@ -7,7 +7,9 @@ import pytest
 import safetensors.torch
 import torch
 
+import genserve
 import training.train as train
+from genserve import cli
 
 
 def _checkpoint(run, weight: float, epoch: int) -> None:
@@ -53,3 +55,9 @@ def test_a_checkpoint_file_stopped_mid_write_keeps_the_last_one_whole(name, patc
     assert train.trained_epochs(tmp_path) == 1  # what the next resume reads
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", "optimizer.safetensors",
                                                          "rng.safetensors", "state.json"]  # no temporary file
+
+
+def test_version_prints_the_package_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out == f"genserve {genserve.__version__}\n"
