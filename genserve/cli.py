@@ -15,9 +15,12 @@ from genserve import __version__
 
 
 def _serve(args: argparse.Namespace) -> None:
+    """Only what the command line gives goes to run(): the rest it reads from GENSERVE_* itself (the same values
+    as the parser's defaults), so that a bad value is named as the user set it, flag or variable."""
     from service.main import run
 
-    run(host=args.host, port=args.port, grpc_port=args.grpc_port, models=args.models, allow_empty=args.allow_empty)
+    settings = ("host", "port", "grpc_port", "models", "allow_empty")
+    run(**{key: getattr(args, key) if key in args.given else None for key in settings})
 
 
 CONFIGS = Path(__file__).resolve().parent.parent / "training" / "configs"
@@ -415,9 +418,23 @@ def parser() -> argparse.ArgumentParser:
 
 TRAINING_COMMANDS = {"train", "export", "eval"}  # they need the `train` extra (torch, ...), which serving lacks
 
+def _subcommand(top: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    return next(action for action in top._actions if action.dest == "command").choices[command]
+
+
+def _given(argv: list[str] | None, args: argparse.Namespace) -> set[str]:
+    """The options (and positionals) that the command line gives itself, not by default: argv parsed again with
+    every default of its subcommand suppressed."""
+    top = parser()
+    for action in _subcommand(top, args.command)._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(top.parse_args(argv))) - {"command", "run"}
+
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
+    top = parser()
+    args = top.parse_args(argv)
+    args.given = _given(argv, args)
     try:
         args.run(args)
     except ModuleNotFoundError as e:

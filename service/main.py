@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -14,17 +15,28 @@ log = logging.getLogger("genserve")
 CUT_ANSWER_S = 5.0  # once a drain is cut, how long cut work gets to end (an HTTP 503 sent, a gRPC step finished)
 
 
-def check_ports(settings) -> None:
-    """Refuse, in one line naming the flag, an HTTP or gRPC port that cannot be listened on (taken by another
-    process, or privileged), before anything starts: no worker, no gRPC server, no half-started uvicorn."""
+def named(key: str, given: dict) -> str:
+    """A setting as the user set it: its flag where run() was given it (`genserve serve`'s command line), its
+    GENSERVE_ variable where that is set or the setting has no flag, else the flag (the default was used)."""
+    env = f"GENSERVE_{key.upper()}"
+    if key not in given:  # no flag: only run()'s arguments have one
+        return env
+    from_env = given[key] is None and env in {name.upper() for name in os.environ}  # pydantic-settings: any case
+    return env if from_env else "--" + key.replace("_", "-")
+
+
+def check_ports(settings, given: dict) -> None:
+    """Refuse, in one line naming the flag or variable that set it (`named`), an HTTP or gRPC port that cannot be
+    listened on (taken by another process, or privileged), before anything starts: no worker, no gRPC server, no
+    half-started uvicorn."""
     import socket
 
     if settings.port == settings.grpc_port != 0:
-        raise SystemExit(f"genserve: --port and --grpc-port are both {settings.port}; give them different ports")
-    for flag, port in (("--port", settings.port), ("--grpc-port", settings.grpc_port)):
+        raise SystemExit(f"genserve: {named('port', given)} and {named('grpc_port', given)} are both "
+                         f"{settings.port}; give them different ports")
+    for key, port in (("port", settings.port), ("grpc_port", settings.grpc_port)):
         if port == 0:  # any free port
             continue
-        env = "GENSERVE_" + flag.removeprefix("--").replace("-", "_").upper()
         try:
             family, kind, proto, _, address = socket.getaddrinfo(settings.host, port, type=socket.SOCK_STREAM,
                                                                  flags=socket.AI_PASSIVE)[0]
@@ -36,7 +48,7 @@ def check_ports(settings) -> None:
                 probe.bind(address)
             except OSError as e:
                 raise SystemExit(f"genserve: cannot listen on {settings.host}:{port} ({e.strerror}); give another "
-                                 f"{flag} (or {env})") from e
+                                 f"{named(key, given)}") from e
 
 
 def run(
@@ -67,13 +79,13 @@ def run(
     given = {"host": host, "port": port, "grpc_port": grpc_port, "models": models, "allow_empty": allow_empty}
     try:
         settings = Settings(**{key: value for key, value in given.items() if value is not None})
-    except ValidationError as e:  # a bad GENSERVE_* value: one line per setting, named as it is set
+    except ValidationError as e:  # a bad value: one line per setting, named as it is set (flag or GENSERVE_*)
         raise SystemExit("genserve: bad setting: " + "; ".join(
-            f"GENSERVE_{'_'.join(map(str, error['loc'])).upper()}: {error['msg']} (got {error['input']!r})"
+            f"{named('_'.join(map(str, error['loc'])), given)}: {error['msg']} (got {error['input']!r})"
             for error in e.errors())) from None
     logs.configure(settings.log_format)
     check_security(settings)
-    check_ports(settings)
+    check_ports(settings, given)
     try:  # refuses a file whose sha256 differs, and names it (with skip_bad_models: leaves its model out)
         store = ModelStore(settings.models, skip_bad=settings.skip_bad_models)
     except StoreError as e:

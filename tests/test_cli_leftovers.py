@@ -1,7 +1,9 @@
 """What the offline-CLI hunt left, each a defect a user could hit: a checkpoint or run file stopped mid-write was left
-truncated for the next resume to read; there was no `genserve --version`."""
+truncated for the next resume to read; there was no `genserve --version`; `serve --port 70000` blamed GENSERVE_PORT,
+and a taken port from GENSERVE_PORT was named as --port first."""
 
 import pathlib
+import socket
 
 import pytest
 import safetensors.torch
@@ -61,3 +63,32 @@ def test_version_prints_the_package_version(capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(["--version"])
     assert info.value.code == 0 and capsys.readouterr().out == f"genserve {genserve.__version__}\n"
+
+
+def _serve_refusal(argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["serve", *argv])
+    message = info.value.code
+    assert isinstance(message, str) and "\n" not in message, message
+    return message
+
+
+@pytest.mark.parametrize("flag", ["--port", "--grpc-port"])
+def test_an_out_of_range_port_is_named_as_the_user_gave_it(flag, monkeypatch, tmp_path):
+    env = "GENSERVE_" + flag.removeprefix("--").replace("-", "_").upper()
+    monkeypatch.delenv(env, raising=False)
+    assert _serve_refusal([flag, "70000"]).startswith(f"genserve: bad setting: {flag}: ")
+    monkeypatch.setenv(env, "70000")
+    assert _serve_refusal([]).startswith(f"genserve: bad setting: {env}: ")
+    assert _serve_refusal([flag, "70001"]).startswith(f"genserve: bad setting: {flag}: ")  # the flag wins
+
+
+def test_a_taken_port_is_named_as_the_user_gave_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("GENSERVE_HOST", "127.0.0.1")
+    monkeypatch.delenv("GENSERVE_GRPC_PORT", raising=False)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        monkeypatch.setenv("GENSERVE_PORT", str(taken.getsockname()[1]))
+        from_env = _serve_refusal(["--grpc-port", "0", "--models", str(tmp_path)])
+    assert from_env.endswith("; give another GENSERVE_PORT"), from_env
