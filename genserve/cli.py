@@ -418,6 +418,19 @@ def parser() -> argparse.ArgumentParser:
 
 TRAINING_COMMANDS = {"train", "export", "eval"}  # they need the `train` extra (torch, ...), which serving lacks
 
+# Options that do nothing in some combination, refused as usage errors: command -> (option, the other, whether it
+# needs the other (True) or does nothing with it (False), why).
+IGNORED = {
+    "eval": [("quality", "run_dir", False, "it samples the store's models (--models), not a run"),
+             ("models", "run_dir", False, "a run is measured on its own data; --models is the store to table"),
+             ("no_baseline", "run_dir", True, "the store's table fits no baseline"),
+             ("n", "quality", True, "it is the number of samples that --quality draws"),
+             ("json", "quality", True, "it saves the scores that --quality measures")],
+    "export": [("no_baseline", "reuse_eval", False, "the metrics, baseline included, come from the run's eval.json "
+                "(`genserve eval --no-baseline <run_dir>` writes one without)")],
+}
+
+
 def _subcommand(top: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
     return next(action for action in top._actions if action.dest == "command").choices[command]
 
@@ -431,10 +444,24 @@ def _given(argv: list[str] | None, args: argparse.Namespace) -> set[str]:
     return set(vars(top.parse_args(argv))) - {"command", "run"}
 
 
+def _option(dest: str) -> str:
+    return dest if dest == "run_dir" else "--" + dest.replace("_", "-")
+
+
+def _refuse_ignored(top: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A usage error (status 2) naming both options, for an option that the other option, or its absence, makes
+    do nothing."""
+    for option, other, needs, why in IGNORED.get(args.command, []):
+        if option in args.given and (other in args.given) != needs:
+            said = "applies only with" if needs else "does nothing with"
+            _subcommand(top, args.command).error(f"{_option(option)} {said} {_option(other)}: {why}")
+
+
 def main(argv: list[str] | None = None) -> None:
     top = parser()
     args = top.parse_args(argv)
     args.given = _given(argv, args)
+    _refuse_ignored(top, args)
     try:
         args.run(args)
     except ModuleNotFoundError as e:

@@ -1,6 +1,7 @@
 """What the offline-CLI hunt left, each a defect a user could hit: a checkpoint or run file stopped mid-write was left
 truncated for the next resume to read; there was no `genserve --version`; `serve --port 70000` blamed GENSERVE_PORT,
-and a taken port from GENSERVE_PORT was named as --port first."""
+and a taken port from GENSERVE_PORT was named as --port first; options that do nothing in some combination were taken
+silently."""
 
 import pathlib
 import socket
@@ -92,3 +93,35 @@ def test_a_taken_port_is_named_as_the_user_gave_it(monkeypatch, tmp_path):
         monkeypatch.setenv("GENSERVE_PORT", str(taken.getsockname()[1]))
         from_env = _serve_refusal(["--grpc-port", "0", "--models", str(tmp_path)])
     assert from_env.endswith("; give another GENSERVE_PORT"), from_env
+
+
+IGNORED = [
+    (["eval", "runs/x", "--quality"], "--quality does nothing with run_dir"),
+    (["eval", "runs/x", "--models", "elsewhere"], "--models does nothing with run_dir"),
+    (["eval", "--no-baseline"], "--no-baseline applies only with run_dir"),
+    (["eval", "--n", "50"], "--n applies only with --quality"),
+    (["eval", "runs/x", "--n", "50"], "--n applies only with --quality"),
+    (["eval", "--json", "q.json"], "--json applies only with --quality"),
+    (["export", "runs/x", "--reuse-eval", "--no-baseline"], "--no-baseline does nothing with --reuse-eval"),
+]
+
+
+@pytest.mark.parametrize(("argv", "said"), IGNORED)
+def test_an_option_that_would_do_nothing_is_a_usage_error_naming_both(argv, said, capsys, monkeypatch):
+    for command in ("eval", "export"):  # refused before anything runs
+        monkeypatch.setattr(cli, f"_{command}", lambda args: pytest.fail("ran"))
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith(f"genserve {argv[0]}: error: {said}: ")
+
+
+@pytest.mark.parametrize("argv", [["eval", "runs/x", "--no-baseline"], ["eval", "--quality", "--n", "50", "--json",
+                                  "q.json", "--models", "m"], ["export", "runs/x", "--reuse-eval"],
+                                  ["export", "runs/x", "--no-baseline"], ["eval", "--models", "models"]])
+def test_the_combinations_that_act_are_taken(argv, monkeypatch):
+    ran = []
+    for command in ("eval", "export"):
+        monkeypatch.setattr(cli, f"_{command}", ran.append)
+    cli.main(argv)
+    assert [args.command for args in ran] == [argv[0]]
