@@ -1,7 +1,7 @@
 """What the offline-CLI hunt left, each a defect a user could hit: a checkpoint or run file stopped mid-write was left
 truncated for the next resume to read; there was no `genserve --version`; `serve --port 70000` blamed GENSERVE_PORT,
 and a taken port from GENSERVE_PORT was named as --port first; options that do nothing in some combination were taken
-silently."""
+silently; export suggested a version the store does not read."""
 
 import pathlib
 import socket
@@ -13,6 +13,7 @@ import torch
 import genserve
 import training.train as train
 from genserve import cli
+from training.export import VersionExists, check_free
 
 
 def _checkpoint(run, weight: float, epoch: int) -> None:
@@ -125,3 +126,10 @@ def test_the_combinations_that_act_are_taken(argv, monkeypatch):
         monkeypatch.setattr(cli, f"_{command}", ran.append)
     cli.main(argv)
     assert [args.command for args in ran] == [argv[0]]
+
+
+def test_export_suggests_only_a_version_the_store_reads(tmp_path):
+    for name in ("1", "2", "1" + "0" * 19):  # 20 digits: the store does not read it as a version
+        (tmp_path / "pixelcnn" / name).mkdir(parents=True)
+    with pytest.raises(VersionExists, match=r"export as --version 3 \(the next free version\)"):
+        check_free(tmp_path / "pixelcnn" / "1", force=False)

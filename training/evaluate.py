@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from service.store import is_version_number
 from training.families import family_module
 from training.train import load_model, replacing
 
@@ -117,9 +118,9 @@ def store_table(models_dir: Path, dataset: str = "mnist5k-binarized") -> str:
 
 
 def _version_order(manifest_path: Path) -> tuple:
-    """Models by name, each one's versions by number (10 after 9)."""
+    """Models by name, each one's versions by number (10 after 9) where the store reads them as numbers."""
     version = manifest_path.parent.name
-    number = version.isascii() and version.isdigit()  # "²".isdigit(), but int("²") fails
+    number = is_version_number(version)
     return manifest_path.parent.parent.name, not number, int(version) if number else version
 
 

@@ -31,6 +31,7 @@ import torch
 from onnx.external_data_helper import set_external_data
 from safetensors.torch import save_file
 
+from service.store import is_version_number
 from training.data import SpeechSplit, Split, TextSplit
 from training.evaluate import evaluate, write_report
 from training.families import family_module
@@ -42,7 +43,7 @@ DEFAULT_BATCHING = {"max_batch_size": 32, "max_queue_delay_us": 2000, "max_queue
 QUANTILES = [round(q, 3) for q in np.linspace(0, 1, 201)]
 BUNDLE, SHARED_WEIGHTS = "model.pt", "weights.onnx.data"
 WEIGHT_ALIGNMENT = 4096  # bytes: each tensor in the shared file starts on a page boundary
-MAX_VERSION = 10**18 - 1  # the store reads versions of at most 18 digits (service.store.store.is_version_number)
+MAX_VERSION = 10**18 - 1  # the largest the store reads (is_version_number; test_export_guards checks they agree)
 
 
 def sha256(path: Path) -> str:
@@ -265,9 +266,8 @@ class VersionExists(FileExistsError):
 
 
 def next_free_version(model_dir: Path) -> int:
-    """One more than the highest numbered version under <models>/<name>/ (1 for a new model)."""
-    versions = [int(p.name) for p in Path(model_dir).glob("*")
-                if p.is_dir() and p.name.isascii() and p.name.isdigit()]  # "²".isdigit(), but int("²") fails
+    """One more than the highest version under <models>/<name>/ that the store reads as one (1 for a new model)."""
+    versions = [int(p.name) for p in Path(model_dir).glob("*") if p.is_dir() and is_version_number(p.name)]
     return max(versions, default=0) + 1
 
 
@@ -292,7 +292,7 @@ def check_name_and_version(name: str, version: int) -> None:
     if version < properties["version"]["minimum"]:
         raise ValueError(f"--version {version} is not a version: it must be {properties['version']['minimum']} "
                          "or more")
-    if version > MAX_VERSION:
+    if not is_version_number(str(version)):
         raise ValueError(f"--version {version} is not a version the store reads: it must be {MAX_VERSION} "
                          "(18 digits) or less")
 
