@@ -1,8 +1,10 @@
 """What the offline-CLI hunt left, each a defect a user could hit: a checkpoint or run file stopped mid-write was left
 truncated for the next resume to read; there was no `genserve --version`; `serve --port 70000` blamed GENSERVE_PORT,
 and a taken port from GENSERVE_PORT was named as --port first; options that do nothing in some combination were taken
-silently; export suggested a version the store does not read."""
+silently; the store table gave a model the published figure of another family that shared its name, and export
+suggested a version the store does not read."""
 
+import json
 import pathlib
 import socket
 
@@ -13,6 +15,7 @@ import torch
 import genserve
 import training.train as train
 from genserve import cli
+from training.evaluate import store_table
 from training.export import VersionExists, check_free
 
 
@@ -126,6 +129,22 @@ def test_the_combinations_that_act_are_taken(argv, monkeypatch):
         monkeypatch.setattr(cli, f"_{command}", ran.append)
     cli.main(argv)
     assert [args.command for args in ran] == [argv[0]]
+
+
+def _manifest(root, name: str, family: str) -> None:
+    version = root / name / "1"
+    version.mkdir(parents=True)
+    (version / "manifest.json").write_text(json.dumps({
+        "name": name, "family": family, "data": {"shape": [1, 28, 28]},
+        "metrics": {"dataset": "mnist5k-binarized", "test_nll_nats": 90.0}}))
+
+
+def test_the_published_figure_goes_only_to_a_model_of_its_family(tmp_path):
+    _manifest(tmp_path, "vae", "hvae")  # an hvae exported as `--name vae`: no 1-layer VAE
+    _manifest(tmp_path, "pixelcnn", "pixelcnn")
+    rows = [[cell.strip() for cell in row.split("|")[1:-1]] for row in store_table(tmp_path).splitlines()[2:]]
+    assert [(row[0], row[1], row[-1]) for row in rows] == [
+        ("pixelcnn", "pixelcnn", "81.30 (PixelCNN; van den Oord et al. 2016)"), ("vae", "hvae", "")]
 
 
 def test_export_suggests_only_a_version_the_store_reads(tmp_path):
