@@ -4,7 +4,9 @@
    over the CHOOSE kinds: constructions made from *training* digits only (erasures, pixel noise, mixtures of two
    digits, halves of two digits, uniform noise, constant images: Serra et al. 2020's synthetic sets, the last
    added on 2026-12-07 after the REPORT table showed smooth inputs rated as likely), against training digits.
-   Mixes standardize their parts by the training digits' scores. Nothing else plays a part in the choice.
+   Mixes standardize their parts by the training digits' scores. One more candidate, the density of states of
+   every per-input detector the model has (`states:...`, Morningstar et al. 2021), is fitted on FIT_SIZE training
+   digits that no other step uses (nor the latent Gaussian's fit). Nothing else plays a part in the choice.
 2. CALIBRATE: every detector's held-out quantiles from a seeded half of the test split (`--write` puts them in
    the manifests' `calibration.detectors`, with `calibration.default` from step 1; no model file changes).
 3. REPORT: the other half of the test split against the REPORT kinds, which played no part in steps 1-2
@@ -72,6 +74,7 @@ SHAPE = [1, 28, 28]
 TEST_SIZE = 500
 CHUNK = 25
 FIT_CHUNK = 250
+FIT_SIZE = 250  # training digits the density of states is fitted on, apart from every other set
 QUANTILES = [round(q, 3) for q in np.linspace(0, 1, 201)]
 HIERARCHY_SKIP = 1  # the hierarchical ratio's k: the lowest latent layer from its conditional prior (hvae has two)
 BOOTSTRAP = 200
@@ -213,7 +216,8 @@ def score_options(engine: Engine, name: str, k: int) -> dict:
 
 
 def candidates(engine: Engine, name: str) -> list[str]:
-    """The per-input detectors the model can compute, and the mixes of two or more of them."""
+    """The per-input detectors the model can compute, the mixes of two or more of them, and the density of states
+    of all of them."""
     m = engine.model(name)
     cap = m.capability("score")
     manifest = {**m.manifest, "calibration": {**m.manifest["calibration"], "detectors": {
@@ -222,7 +226,7 @@ def candidates(engine: Engine, name: str) -> list[str]:
     base = [d for d in anomaly.available(manifest, cap, m.function_inputs, BACKGROUNDS[m.data["levels"]] in
                                          engine.models) if d != "typicality"]
     mixes = ["mix:" + "+".join(parts) for size in range(2, len(base) + 1) for parts in combinations(base, size)]
-    return base + mixes
+    return base + mixes + ["states:" + "+".join(base)]
 
 
 async def posterior(engine: Engine, name: str, x: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -305,10 +309,11 @@ def score_parameters(detector: str, feats: dict) -> dict:
     return {"center": float(np.mean(feats["nll"]))} if detector == "typical_nll" else {}
 
 
-def extra_entry(detector: str, feats: dict, levels: int, gaussian: dict | None) -> dict | None:
+def extra_entry(detector: str, feats: dict, levels: int, gaussian: dict | None, fit: dict) -> dict | None:
     """What a detector's calibration entry carries beside its quantiles: the likelihood ratio's background model;
     the hierarchical ratio's skip; the latent Mahalanobis score's Gaussian; typical_nll's center; a mix's
-    standardization, each part's mean and standard deviation on the training digits (and its score's parameters)."""
+    standardization, each part's mean and standard deviation on the training digits `feats` (and its score's
+    parameters); a density of states' standardization and precision, both on the training digits `fit`."""
     if detector == "typical_nll":
         return score_parameters(detector, feats)
     if detector == "likelihood_ratio":
@@ -317,11 +322,17 @@ def extra_entry(detector: str, feats: dict, levels: int, gaussian: dict | None) 
         return {"skip": HIERARCHY_SKIP}
     if detector == "latent_mahalanobis":
         return {"latent": anomaly.latent_entry(gaussian)}
-    if not detector.startswith("mix:"):
+    key = anomaly.combination(detector)
+    if key is None:
         return None
-    return {"mix": {p: {**own, "mean": float(v.mean()), "std": float(v.std() or 1.0)}
-                    for p in anomaly.components(detector)
-                    for own in [score_parameters(p, feats)] for v in [scores(p, feats, own)]}}
+    on = fit if key == "states" else feats
+    parts = anomaly.components(detector)
+    standardization = {p: {**own, "mean": float(v.mean()), "std": float(v.std() or 1.0)}
+                       for p in parts for own in [score_parameters(p, on)] for v in [scores(p, on, own)]}
+    if key == "mix":
+        return {"mix": standardization}
+    z = anomaly.standardized(parts, on, standardization)  # [FIT_SIZE, F]
+    return {"states": standardization, "precision": anomaly.states_precision(z).tolist(), "fit_n": len(z)}
 
 
 async def evaluate(engine: Engine, name: str, n: int, n_cal: int, seed: int, k: int) -> tuple[dict, dict | None]:
@@ -337,8 +348,10 @@ async def evaluate(engine: Engine, name: str, n: int, n_cal: int, seed: int, k: 
     order = rng.permutation(TEST_SIZE)  # test split: calibration half, report half
     cal_index, report_index = np.sort(order[:TEST_SIZE // 2][:n_cal]), np.sort(order[TEST_SIZE // 2:][:n])
     train_index = np.sort(rng.permutation(len(data.x_train))[:n])
+    rest = np.setdiff1d(np.arange(len(data.x_train)), train_index)  # the fit set's own stream: no other set moves
+    fit_index = np.sort(np.random.default_rng([seed, 4]).permutation(rest)[:FIT_SIZE])
     sets = {"choose/in": data.x_train[train_index], "calibrate/in": data.x_test[cal_index],
-            "report/in": data.x_test[report_index]}
+            "report/in": data.x_test[report_index], "fit/in": data.x_train[fit_index]}
     for kind, x in choose_kinds(gray.x_train, n, np.random.default_rng([seed, 1])).items():
         sets[f"choose/{kind}"] = quantize(x, levels, rng)
     report_gray = report_kinds(gray.x_test[np.sort(order[TEST_SIZE // 2:])], n, np.random.default_rng([seed, 2]))
@@ -350,13 +363,13 @@ async def evaluate(engine: Engine, name: str, n: int, n_cal: int, seed: int, k: 
             feats[key] = await features(engine, name, x, options, need)
             bar.update()
     gaussian = None
-    if "latent_mahalanobis" in need:  # fit on the training digits that are not the CHOOSE step's own
-        gaussian = await latent_fit(engine, name, np.delete(data.x_train, train_index, axis=0))
+    if "latent_mahalanobis" in need:  # fit on the training digits that are neither the CHOOSE step's nor FIT's
+        gaussian = await latent_fit(engine, name, np.delete(data.x_train, np.union1d(train_index, fit_index), axis=0))
         served = {**gaussian, **anomaly.latent_arrays(gaussian)}  # the arrays as the service reads them
         for f in feats.values():
             f["latent_mahalanobis"] = anomaly.latent_mahalanobis(f["latent_mean"], f["latent_std"], served)
     # 1. CHOOSE: training digits vs the CHOOSE kinds only
-    entries = {d: extra_entry(d, feats["choose/in"], levels, gaussian) for d in detectors}
+    entries = {d: extra_entry(d, feats["choose/in"], levels, gaussian, feats["fit/in"]) for d in detectors}
     choose = {d: {kind: auroc(scores(d, feats["choose/in"], entries[d]),
                               scores(d, feats[f"choose/{kind}"], entries[d])) for kind in CHOOSE_KINDS}
               for d in detectors}
@@ -367,7 +380,7 @@ async def evaluate(engine: Engine, name: str, n: int, n_cal: int, seed: int, k: 
     calibration = {}
     for d in detectors:
         held_out = scores(d, feats["calibrate/in"], entries[d])
-        kind = "mix_of_standardized_scores" if d.startswith("mix:") else anomaly.SCORE_KINDS[d]
+        kind = anomaly.COMBINATION_KINDS.get(anomaly.combination(d)) or anomaly.SCORE_KINDS[d]
         calibration[d] = {**anomaly.calibration_for(held_out, kind, f"{DATASETS[levels]}/test, "
                                                     f"{half_a_split(len(held_out), seed)}", QUANTILES),
                           **bound, **(entries[d] or {})}

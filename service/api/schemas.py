@@ -359,6 +359,7 @@ def request_models(settings: Settings) -> RequestModels:
             max_length=ANOMALY_METHOD_MAX,
             description="the anomaly detector: nll (a GAN: critic), typical_nll, complexity, class, reconstruction, "
                         "inversion, likelihood_ratio, hierarchical_ratio, latent_mahalanobis, mix:<a>+<b>[+<c>], "
+                        "states:<a>+<b>[+<c>] (density of states), "
                         "typicality (one p-value for the request's inputs); absent: the model's calibrated "
                         "default")] = None
 

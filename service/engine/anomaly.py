@@ -43,6 +43,14 @@ Per-input detectors (from what the engine computes for the input):
 - `mix:<a>+<b>...`: the sum of the named detectors' scores, each standardized by a mean and standard deviation
   stored in the calibration entry (fit on the choice data, never on the calibration data), beside any parameter the
   part's score needs (`typical_nll`'s `center`); served only where each part has its own calibration entry too.
+- `states:<a>+<b>...`: Morningstar et al. 2021's density of states (DoSE), "Density of States Estimation for
+  Out-of-Distribution Detection": the named detectors' scores are the model's summary statistics of x; each is
+  standardized (the entry's `states`, as a mix's `mix`) and the score is the squared Mahalanobis distance z' P z of
+  the standardized vector z [F] from the training digits', P the precision of their standardized scores (the entry's
+  `precision` [F, F], parts in the name's order). Unlike a sum it is two-sided in every statistic: an input the
+  model finds far *more* likely than any training digit (a smooth or blank image) is as atypical as one it finds
+  far less likely. Both are fitted on training digits that no other step uses; served where each part is
+  calibrated alone, as a mix's.
 
 Batch detector:
 - `typicality`: Nalisnick et al. 2019's typicality test over a request's inputs: the statistic |mean NLL - H|,
@@ -111,9 +119,17 @@ def calibration_entry(manifest: dict, detector: str) -> dict | None:
     return calibration.get("detectors", {}).get(detector)
 
 
+COMBINATIONS = {"mix:": "mix", "states:": "states"}  # a combination's prefix -> its entry's key for the parts
+
+
+def combination(detector: str) -> str | None:
+    """The entry key of a combination's parts' standardization ("mix", "states"), or None for a single detector."""
+    return next((key for prefix, key in COMBINATIONS.items() if detector.startswith(prefix)), None)
+
+
 def components(detector: str) -> list[str]:
-    """The per-input detectors a detector needs: itself, or a mix's parts."""
-    return detector[len("mix:"):].split("+") if detector.startswith("mix:") else [detector]
+    """The per-input detectors a detector needs: itself, or a combination's parts."""
+    return detector.split(":", 1)[1].split("+") if combination(detector) else [detector]
 
 
 def calibrated_detectors(manifest: dict) -> set[str]:
@@ -263,7 +279,7 @@ def available(manifest: dict, capability: dict, function_inputs, has_background:
     calibrated = calibrated_detectors(manifest)
     names = [d for d in sorted(can) if d == "typicality" or d in calibrated]
     names += [d for d in sorted(manifest["calibration"].get("detectors", {}))
-              if d.startswith("mix:") and set(components(d)) <= can and not uncalibrated_parts(manifest, d)]
+              if combination(d) and set(components(d)) <= can and not uncalibrated_parts(manifest, d)]
     return names
 
 
@@ -283,14 +299,17 @@ def default_problem(manifest: dict) -> str | None:
         return f"default anomaly detector {default!r}: the model cannot compute {cannot}"
     if missing:
         return f"default anomaly detector {default!r}: no calibration entry for {missing} in calibration.detectors"
-    if not default.startswith("mix:"):
+    key = combination(default)
+    if key is None:
         return None
     entry = manifest["calibration"].get("detectors", {}).get(default)
     if entry is None:
         return f"default anomaly detector {default!r}: no calibration entry of its own in calibration.detectors"
-    unstandardized = [part for part in parts if part not in entry.get("mix", {})]
+    unstandardized = [part for part in parts if part not in entry.get(key, {})]
     if unstandardized:
-        return f"default anomaly detector {default!r}: its entry has no `mix` standardization for {unstandardized}"
+        return f"default anomaly detector {default!r}: its entry has no `{key}` standardization for {unstandardized}"
+    if key == "states" and np.shape(entry.get("precision")) != (len(parts), len(parts)):
+        return f"default anomaly detector {default!r}: its entry's `precision` must be {len(parts)} x {len(parts)}"
     return None
 
 
@@ -346,14 +365,26 @@ def per_input_scores(detector: str, features: dict[str, np.ndarray], entry: dict
         return np.asarray(features["nll"], np.float64) - np.asarray(features["background_nll"], np.float64)
     if detector in ("hierarchical_ratio", "latent_mahalanobis", "inversion"):
         return np.asarray(features[detector], np.float64)
-    if detector.startswith("mix:"):
-        total = 0.0
-        for part in components(detector):
-            standardization = entry["mix"][part]
-            mean, std = standardization["mean"], standardization["std"]
-            total = total + (per_input_scores(part, features, standardization) - mean) / std
-        return np.asarray(total, np.float64)
-    raise ValueError(f"unknown detector {detector!r}")
+    key = combination(detector)
+    if key is None:
+        raise ValueError(f"unknown detector {detector!r}")
+    z = standardized(components(detector), features, entry[key])  # [B, F]
+    if key == "mix":
+        return z.sum(axis=1)
+    return np.einsum("bi,ij,bj->b", z, np.asarray(entry["precision"], np.float64), z)
+
+
+def standardized(parts: list[str], features: dict[str, np.ndarray], standardization: dict) -> np.ndarray:
+    """The parts' scores [B, F], each standardized by its entry's mean and std (which carry its parameters too)."""
+    return np.stack([(per_input_scores(part, features, standardization[part]) - standardization[part]["mean"])
+                     / standardization[part]["std"] for part in parts], axis=1)
+
+
+def states_precision(z: np.ndarray, ridge: float = LATENT_RIDGE) -> np.ndarray:
+    """Standardized scores z [n, F] of training digits -> the precision [F, F] of the density of states: the
+    inverse of their covariance plus `ridge` on the diagonal (z is standardized: its variances are about 1)."""
+    covariance = np.atleast_2d(np.cov(z, rowvar=False)) + ridge * np.eye(z.shape[1])
+    return np.linalg.inv(covariance)
 
 
 def percentile(entry: dict, scores: np.ndarray) -> np.ndarray:
@@ -415,3 +446,4 @@ SCORE_KINDS = {"nll": "nll_nats", "typical_nll": "abs_nll_minus_training_mean_na
                "hierarchical_ratio": "bound_minus_bound_with_lowest_latents_from_prior_nats",
                "latent_mahalanobis": "mahalanobis_distance_of_posterior_mean",
                "inversion": "cross_fitted_inversion_mse"}
+COMBINATION_KINDS = {"mix": "mix_of_standardized_scores", "states": "squared_mahalanobis_of_standardized_scores"}

@@ -142,7 +142,7 @@ class ScoringOperations:
         if anomaly_method in names:
             return anomaly_method
         missing = anomaly.uncalibrated_parts(m.manifest, anomaly_method)
-        parts = f" (no calibration entry for {missing})" if anomaly_method.startswith("mix:") and missing else ""
+        parts = f" (no calibration entry for {missing})" if anomaly.combination(anomaly_method) and missing else ""
         raise InvalidInput(f"anomaly_method: model {m.manifest['name']!r} has no calibrated detector "
                            f"{anomaly_method!r}{parts}; name one of {names}", field="anomaly_method")
 

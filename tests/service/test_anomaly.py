@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pytest
 from scipy import stats
+from scipy.spatial import distance
 
 from service.engine import anomaly
 from service.engine.engine import Engine
@@ -18,6 +19,7 @@ from service.settings import Settings
 from service.store import ModelStore
 
 MODEL = "pixelcnn"
+STATES = "states:class+complexity+nll"
 QUANTILES = [round(q, 3) for q in np.linspace(0, 1, 201)]
 
 
@@ -49,19 +51,36 @@ def halves(digits) -> tuple[np.ndarray, np.ndarray]:
     return order[:250], order[250:]
 
 
+def features(engine: Engine, x: np.ndarray) -> dict[str, np.ndarray]:
+    """What the class, complexity and nll detectors read, for inputs x."""
+    m = engine.model(MODEL)
+    results = run(engine.score(MODEL, x))
+    return {"nll": np.array([r["anomaly"]["score"] for r in results]), "png_bits": anomaly.png_bits(x, 2),
+            "log_joint": run(engine._class_log_joint(m, m.capability("score"), x))}
+
+
 @pytest.fixture(scope="module")
-def engine(tiny_store, tmp_path_factory, base_engine, digits, halves) -> Engine:
-    """The tiny store copied, with `complexity`, `class` and a mix calibrated on half A of the test split."""
+def states_entry(base_engine) -> dict:
+    """The density of states of class, complexity and nll, fitted on 250 training digits."""
+    from training.data import mnist5k_binarized
+
+    fit = features(base_engine, mnist5k_binarized().x_train[:250].astype(np.int64))
+    parts = anomaly.components(STATES)
+    standardization = {p: {"mean": float(v.mean()), "std": float(v.std())}
+                       for p in parts for v in [anomaly.per_input_scores(p, fit, None)]}
+    z = anomaly.standardized(parts, fit, standardization)
+    return {"states": standardization, "precision": anomaly.states_precision(z).tolist()}
+
+
+@pytest.fixture(scope="module")
+def engine(states_entry, tiny_store, tmp_path_factory, base_engine, digits, halves) -> Engine:
+    """The tiny store copied, with `complexity`, `class`, a mix and a density of states calibrated on half A of
+    the test split (the density of states fitted on training digits, as benchmarks/anomaly.py fits it)."""
     store = tmp_path_factory.mktemp("anomaly-store")
     shutil.copytree(tiny_store, store, dirs_exist_ok=True)
     path = store / MODEL / "1" / "manifest.json"
     manifest = json.loads(path.read_text())
-    x = digits[halves[0]]
-    results = run(base_engine.score(MODEL, x))
-    m = base_engine.model(MODEL)
-    joint = run(base_engine._class_log_joint(m, m.capability("score"), x))
-    feats = {"nll": np.array([r["anomaly"]["score"] for r in results]), "log_joint": joint,
-             "png_bits": anomaly.png_bits(x, 2)}
+    feats = features(base_engine, digits[halves[0]])
     detectors = {}
     for d in ("complexity", "class"):
         detectors[d] = anomaly.calibration_for(anomaly.per_input_scores(d, feats, None), anomaly.SCORE_KINDS[d],
@@ -70,6 +89,8 @@ def engine(tiny_store, tmp_path_factory, base_engine, digits, halves) -> Engine:
                    for p in ("class", "nll") for v in [anomaly.per_input_scores(p, feats, None)]}}
     detectors["mix:class+nll"] = {**anomaly.calibration_for(anomaly.per_input_scores("mix:class+nll", feats, mix),
                                                             "mix", "test half A", QUANTILES), **mix}
+    detectors[STATES] = {**anomaly.calibration_for(anomaly.per_input_scores(STATES, feats, states_entry),
+                                                   "states", "test half A", QUANTILES), **states_entry}
     manifest["calibration"]["detectors"] = detectors
     manifest["calibration"]["default"] = "complexity"
     path.write_text(json.dumps(manifest))
@@ -110,6 +131,38 @@ def test_a_mix_rises_with_each_part():
     assert s[1] - s[0] == pytest.approx(3.0)  # 30 nats = 3 standard deviations
 
 
+def test_a_density_of_states_is_the_squared_mahalanobis_distance_of_the_standardized_scores(states_entry):
+    rng = np.random.default_rng(3)
+    feats = {"nll": rng.normal(90, 10, 20), "png_bits": rng.normal(60, 5, 20),
+             "log_joint": rng.normal(-90, 9, (20, 10))}
+    parts = anomaly.components(STATES)
+    z = np.stack([(anomaly.per_input_scores(p, feats, None) - states_entry["states"][p]["mean"])
+                  / states_entry["states"][p]["std"] for p in parts], axis=1)
+    expected = [distance.mahalanobis(v, np.zeros(len(parts)), np.array(states_entry["precision"])) ** 2 for v in z]
+    np.testing.assert_allclose(anomaly.per_input_scores(STATES, feats, states_entry), expected, rtol=1e-10)
+
+
+def test_a_density_of_states_is_two_sided_where_a_mix_is_not():
+    # an input far MORE likely than any training digit (a blank or smooth image) is atypical too
+    entry = {"states": {"nll": {"mean": 90.0, "std": 10.0}}, "precision": [[1.0]],
+             "mix": {"nll": {"mean": 90.0, "std": 10.0}, "complexity": {"mean": 0.0, "std": 1.0}}}
+    feats = {"nll": np.array([40.0, 90.0, 140.0]), "png_bits": np.array([40.0, 90.0, 140.0]) / math.log(2)}
+    np.testing.assert_allclose(anomaly.per_input_scores("states:nll", feats, entry), [25.0, 0.0, 25.0])
+    mix = anomaly.per_input_scores("mix:nll+complexity", feats, entry)
+    assert mix[0] < mix[1] < mix[2]  # a sum ranks the likeliest input the most normal
+
+
+def test_the_states_precision_whitens_correlated_scores_to_chi_square_distances():
+    # fitted on one sample of correlated standardized scores, fresh draws' distances follow chi-square(F)
+    rng = np.random.default_rng(5)
+    covariance = np.array([[1.0, 0.8, -0.3], [0.8, 1.0, -0.1], [-0.3, -0.1, 1.0]])
+    fit, fresh = (rng.multivariate_normal(np.zeros(3), covariance, size) for size in (20_000, 2_000))
+    precision = anomaly.states_precision(fit)
+    d2 = np.einsum("bi,ij,bj->b", fresh, precision, fresh)
+    assert stats.kstest(d2, stats.chi2(3).cdf).pvalue > 0.001
+    np.testing.assert_allclose(precision @ covariance, np.eye(3), atol=0.05)
+
+
 def test_typicality_p_value_falls_as_the_batch_mean_moves_away():
     entry = {"quantiles": QUANTILES, "values": list(stats.norm.ppf(np.clip(QUANTILES, 1e-4, 1 - 1e-4), 100, 10))}
     p = [anomaly.typicality_p_value(np.full(8, 100.0 + shift), entry)[1] for shift in (0, 5, 10, -10)]
@@ -126,7 +179,7 @@ def test_the_default_detector_and_every_named_one_answer_with_the_contract(engin
     nll = run(engine.score(MODEL, x, anomaly_method="nll"))
     expected = np.array([-r["log_likelihood_nats"] for r in nll]) / math.log(2) - anomaly.png_bits(x, 2)
     np.testing.assert_allclose([r["anomaly"]["score"] for r in default], expected, rtol=1e-5)
-    for method in ("nll", "complexity", "class", "mix:class+nll", "typicality"):
+    for method in ("nll", "complexity", "class", "mix:class+nll", STATES, "typicality"):
         for r in run(engine.score(MODEL, x, anomaly_method=method)):
             a = r["anomaly"]
             assert a["method"] == method
@@ -155,7 +208,7 @@ def test_an_anomalous_input_scores_higher_than_digits_on_every_detector(engine, 
     # anomaly for the barely trained tiny model, which finds it about as likely as digits)
     modes = np.concatenate([run(engine.sample(MODEL, 1, seed=0, temperature=1e-4, label=y)) for y in range(4)])
     odd_inputs = 1 - modes
-    for method in ("nll", "complexity", "mix:class+nll"):
+    for method in ("nll", "complexity", "mix:class+nll", STATES):
         normal = [r["anomaly"]["score"] for r in run(engine.score(MODEL, digits[:4], anomaly_method=method))]
         odd = [r["anomaly"]["score"] for r in run(engine.score(MODEL, odd_inputs, anomaly_method=method))]
         assert min(odd) > max(normal), method
@@ -182,7 +235,7 @@ def test_the_flag_rate_on_fresh_digits_matches_the_threshold(engine, digits, hal
     # calibrated on half A; half B was never seen by the calibration
     fresh = digits[halves[1]]
     m = engine.model(MODEL)
-    for method in ("complexity", "class", "mix:class+nll"):
+    for method in ("complexity", "class", "mix:class+nll", STATES):
         scores = np.array([r["anomaly"]["score"] for r in run(engine.score(MODEL, fresh, anomaly_method=method))])
         entry = m.manifest["calibration"]["detectors"][method]
         pct = anomaly.percentile(entry, scores)

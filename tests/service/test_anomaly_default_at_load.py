@@ -7,6 +7,8 @@ import json
 import shutil
 from pathlib import Path
 
+import jsonschema
+import numpy as np
 import pytest
 
 from service.engine import anomaly
@@ -14,9 +16,11 @@ from service.engine.engine import Engine
 from service.engine.errors import UnknownModel, UnsupportedModel
 from service.settings import Settings
 from service.store import ModelStore
+from service.store.store import SCHEMA_PATH
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 MIX = "mix:complexity+nll"
+STATES = "states:complexity+nll"
 ENTRY = {"score": "s", "quantiles": [0.0, 1.0], "values": [0.0, 1.0], "n": 2, "split": "test"}
 
 
@@ -32,8 +36,12 @@ def with_calibration(manifest: dict, default: str, detectors: dict) -> dict:
     return out
 
 
-def standardized(parts: list[str]) -> dict:
-    return {**ENTRY, "mix": {p: {"mean": 0.0, "std": 1.0} for p in parts}}
+def standardized(parts: list[str], key: str = "mix") -> dict:
+    return {**ENTRY, key: {p: {"mean": 0.0, "std": 1.0} for p in parts}}
+
+
+def states(parts: list[str], size: int) -> dict:
+    return {**standardized(parts, "states"), "precision": np.eye(size).tolist()}
 
 
 @pytest.mark.parametrize(("default", "detectors", "problem"), [
@@ -43,6 +51,11 @@ def standardized(parts: list[str]) -> dict:
     (MIX, {"complexity": ENTRY, MIX: standardized(["nll"])}, "no `mix` standardization for ['complexity']"),
     ("class", {"class": ENTRY}, "the model cannot compute ['class']"),  # the VAE has no classes
     ("critic", {}, "the model cannot compute ['critic']"),
+    (STATES, {"complexity": ENTRY, STATES: standardized(["complexity", "nll"], "states")},
+     "`precision` must be 2 x 2"),
+    (STATES, {"complexity": ENTRY, STATES: states(["complexity", "nll"], 3)}, "`precision` must be 2 x 2"),
+    (STATES, {"complexity": ENTRY, STATES: states(["nll"], 2)}, "no `states` standardization for ['complexity']"),
+    (STATES, {STATES: states(["complexity", "nll"], 2)}, "no calibration entry for ['complexity']"),
 ])
 def test_a_default_that_could_never_answer_is_named_with_its_part(manifest, default, detectors, problem):
     assert problem in anomaly.default_problem(with_calibration(manifest, default, detectors))
@@ -50,6 +63,7 @@ def test_a_default_that_could_never_answer_is_named_with_its_part(manifest, defa
 
 @pytest.mark.parametrize(("default", "detectors"), [
     (MIX, {"complexity": ENTRY, MIX: standardized(["complexity", "nll"])}),
+    (STATES, {"complexity": ENTRY, STATES: states(["complexity", "nll"], 2)}),
     ("nll", {}),
     ("typicality", {}),  # rides on the top-level nll entry
     ("likelihood_ratio", {"likelihood_ratio": {**ENTRY, "background": "absent"}}),  # served: falls back to nll
@@ -82,3 +96,15 @@ def test_no_shipped_manifest_has_a_default_that_could_never_answer():
                 if "default" in m.get("calibration", {})}
     assert len(defaults) >= 13  # the shipped scoring image models' defaults, mixes among them
     assert {name: anomaly.default_problem(m) for name, m in manifests.items()} == dict.fromkeys(manifests)
+
+
+@pytest.mark.parametrize(("entry", "valid"), [
+    (states(["complexity", "nll"], 2), True),
+    (standardized(["complexity", "nll"], "states"), False),  # no precision
+    ({**ENTRY, "precision": np.eye(2).tolist()}, False),  # no standardization
+])
+def test_the_manifest_schema_requires_a_states_entry_to_carry_its_standardization_and_precision(manifest, entry,
+                                                                                                 valid):
+    schema = json.loads(SCHEMA_PATH.read_text())
+    candidate = with_calibration(manifest, "nll", {"complexity": ENTRY, STATES: entry})
+    assert jsonschema.Draft202012Validator(schema).is_valid(candidate) == valid
