@@ -6,7 +6,8 @@
    added on 2026-12-07 after the REPORT table showed smooth inputs rated as likely), against training digits.
    Mixes standardize their parts by the training digits' scores. One more candidate, the density of states of
    every per-input detector the model has (`states:...`, Morningstar et al. 2021), is fitted on FIT_SIZE training
-   digits that no other step uses (nor the latent Gaussian's fit). Nothing else plays a part in the choice.
+   digits apart from the choose step's in-distribution digits and from the latent Gaussian's fit (the constructions
+   draw their source digits from all of them). Nothing else plays a part in the choice.
 2. CALIBRATE: every detector's held-out quantiles from a seeded half of the test split (`--write` puts them in
    the manifests' `calibration.detectors`, with `calibration.default` from step 1; no model file changes).
 3. REPORT: the other half of the test split against the REPORT kinds, which played no part in steps 1-2

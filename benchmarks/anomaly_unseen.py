@@ -14,9 +14,11 @@ them; nothing here writes a manifest. Each is made from the test split's half B 
     stripes        a sinusoidal grating, period 4-10 pixels, any angle
     elastic        a test digit warped by a smooth random displacement field (sigma 4 pixels, up to about 8)
 
-Every detector is scored as the service scores it: its calibration entry as the manifest holds it (mix and states
-standardizations, the latent Gaussian, the background model), the model's features through the in-process Engine,
-at the k and seed of benchmarks/anomaly.py. The in-distribution set is its `report/in` (64 digits of half B).
+Every detector is scored from its calibration entry as the manifest holds it (mix and states standardizations, the
+latent Gaussian, typical_nll's center) and the model's features through the in-process Engine, with the k, seeds,
+background model and hierarchical skip of benchmarks/anomaly.py, checked equal to what each entry records (a bound-
+scored model's base `nll` alone is scored at --k, while its top-level calibration, training's test bound, is at
+k 1000). The in-distribution set is benchmarks/anomaly.py's `report/in` (the first --n digits of half B).
 
 Three questions were fixed before the run, with the rows of the latest benchmarks/anomaly.py run (--rows) for the
 choose step's AUROCs:
@@ -44,11 +46,14 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for benchmarks.anomaly
 from benchmarks.anomaly import (  # noqa: E402
+    BACKGROUNDS,
     DATASETS,
+    HIERARCHY_SKIP,
     REPORT_KINDS,
     TEST_SIZE,
     auroc,
     features,
+    halves,
     pil_map,
     quantize,
     score_options,
@@ -132,22 +137,28 @@ def unseen_kinds(half_b: np.ndarray, n: int, rng: np.random.Generator) -> dict[s
             "elastic": elastic(a, rng)}
 
 
-def served_entries(engine: Engine, name: str) -> dict[str, dict]:
-    """Every calibrated per-input detector of the model and its entry, as the manifest holds them."""
+def served_entries(engine: Engine, name: str, k: int) -> dict[str, dict]:
+    """Every calibrated per-input detector of the model and its entry, as the manifest holds them; SystemExit
+    where an entry of `detectors` records settings other than those `features` computes with."""
     m = engine.model(name)
     calibration = m.manifest["calibration"]
+    expected = {"k": k, "background": BACKGROUNDS[m.data["levels"]], "skip": HIERARCHY_SKIP}
+    for detector, entry in calibration.get("detectors", {}).items():
+        other = {key: entry[key] for key in expected if key in entry and entry[key] != expected[key]}
+        if other:
+            raise SystemExit(f"{name} {detector}: calibrated with {other}; this benchmark computes {expected}")
     return {anomaly.base_detector(m.manifest): calibration, **calibration.get("detectors", {})}
 
 
 async def evaluate(engine: Engine, name: str, n: int, seed: int, k: int) -> dict:
-    """The model's AUROC per detector and kind: report/in (64 digits of half B, as benchmarks/anomaly.py draws
+    """The model's AUROC per detector and kind: report/in (n digits of half B, as benchmarks/anomaly.py draws
     them) against each UNSEEN kind."""
     m = engine.model(name)
     levels = m.data["levels"]
-    entries = served_entries(engine, name)
+    entries = served_entries(engine, name, k)
     need = {p for d in entries for p in anomaly.components(d)}
     order = np.random.default_rng([seed, 17]).permutation(TEST_SIZE)  # benchmarks/anomaly.py's first draw
-    half_b = np.sort(order[TEST_SIZE // 2:])
+    half_b = halves(seed)[1]
     sets = {"in": load(DATASETS[levels]).x_test[np.sort(order[TEST_SIZE // 2:][:n])]}  # its report/in
     binarize = np.random.default_rng([seed, 7])
     for kind, x in unseen_kinds(load("mnist5k").x_test[half_b], n, np.random.default_rng([seed, 6])).items():
@@ -177,7 +188,7 @@ def summary(aurocs: dict[str, float]) -> tuple[float, float]:
 def tables(rows: list[dict], choice_rows: dict[str, dict], command: str, seconds: float) -> str:
     lines = ["# Anomaly detection on eight kinds nobody had seen\n", f"    {command}\n",
              f"{seconds / 60:.1f} min. AUROC, OOD the positive class, {rows[0]['n']} inputs per set; the "
-             "in-distribution set is the report step's (64 test digits of half B).\n",
+             f"in-distribution set is the report step's ({rows[0]['n']} test digits of half B).\n",
              "## 1. The defaults, per kind\n",
              "| model | default | " + " | ".join(UNSEEN_KINDS) + " | min | mean | report table: min / mean |",
              "|---|---|" + "---|" * (len(UNSEEN_KINDS) + 3)]
@@ -190,7 +201,7 @@ def tables(rows: list[dict], choice_rows: dict[str, dict], command: str, seconds
     lines += ["\n## 2. Min / mean over the eight kinds: the default, the density of states, the mean rule's pick\n",
               "| model | default | `states:` | mean rule: detector | mean rule: min / mean |", "|---|---|---|---|---|"]
     for r in rows:
-        states = next(d for d in r["auroc"] if d.startswith("states:"))
+        states = next(d for d in r["auroc"] if anomaly.combination(d) == "states")
         pick = mean_rule_default(choice_rows[r["model"]])
         lines.append(f"| {r['model']} | " + "{:.3f} / {:.3f} | ".format(*summary(r["auroc"][r["default"]]))
                      + "{:.3f} / {:.3f} | ".format(*summary(r["auroc"][states]))

@@ -60,11 +60,13 @@ Batch detector:
 The calibration of the manifest keeps its top-level entry (the model's first score, `nll` or `critic`); further
 detectors sit in `calibration["detectors"][name]` (score, quantiles, values, n, split; a mix's `mix`
 standardization; the likelihood ratio's `background`; the hierarchical ratio's `skip`; the latent Mahalanobis
-score's `latent`; typical_nll's `center`), and
+score's `latent`; typical_nll's `center`; a density of states' `states` standardization, its `precision` and `fit_n`,
+the training digits both were fitted on), and
 `calibration["default"]` names the detector that answers when a request names none; a default that could never
-answer (a part the model cannot compute or without a calibration entry of its own, a mix without its own entry) is
-an exporter's mistake that the engine refuses when it loads the model (default_problem), naming the model and the
-part.
+answer (a part the model cannot compute or without a calibration entry of its own, a combination without its own
+entry) or a combination entry that could not score (a part's standardization missing or flat, a precision of the
+wrong size) is an exporter's mistake that the engine refuses when it loads the model (calibration_problem), naming
+the model and the part.
 
 A model scored by an importance-sampled bound (IWAE_k rises with k) records in each entry the bound its held-out
 scores were computed with, `k` and `method` (no refinement): every detector of that entry, typicality included on
@@ -87,6 +89,7 @@ TYPICALITY_DRAWS = 4000
 TYPICALITY_SEED = 17
 QUANTILE_METHOD = "weibull"  # numpy's name for the quantile at rank q (n + 1): calibration_for
 LATENT_RIDGE = 1e-3  # added to the latent covariance's diagonal, times its mean variance
+STATES_RIDGE = 1e-3  # added to the diagonal of the standardized scores' covariance (variances about 1)
 # latent_mahalanobis's Gaussian, beside the manifest: its precision [F, F] in float32 is 2.5 MB for a flow's 784
 # features (its encoder is deterministic: the mean alone), not the 22 MB of JSON lists the manifest would parse
 LATENT_FILE = "latent_gaussian.safetensors"
@@ -139,9 +142,9 @@ def calibrated_detectors(manifest: dict) -> set[str]:
 
 
 def uncalibrated_parts(manifest: dict, detector: str) -> list[str]:
-    """The parts of a detector (itself, or a mix's parts) without a calibration entry of their own: a mix is served
-    only when each part is calibrated alone, which also holds what a part computes from (the latent Mahalanobis
-    score's Gaussian, the hierarchical ratio's skip, the likelihood ratio's background)."""
+    """The parts of a detector (itself, or a combination's parts) without a calibration entry of their own: a
+    combination is served only when each part is calibrated alone, which also holds what a part computes from (the
+    latent Mahalanobis score's Gaussian, the hierarchical ratio's skip, the likelihood ratio's background)."""
     calibrated = calibrated_detectors(manifest)
     return [part for part in components(detector) if part not in calibrated]
 
@@ -274,7 +277,7 @@ def latent_dim(manifest: dict) -> int:
 
 def available(manifest: dict, capability: dict, function_inputs, has_background: bool = False) -> list[str]:
     """Every detector this model can answer: computable, and calibrated (typicality rides on the `nll`
-    calibration; a mix: each part too)."""
+    calibration; a combination: each part too)."""
     can = computable(manifest, capability, function_inputs, has_background)
     calibrated = calibrated_detectors(manifest)
     names = [d for d in sorted(can) if d == "typicality" or d in calibrated]
@@ -285,7 +288,8 @@ def available(manifest: dict, capability: dict, function_inputs, has_background:
 
 def default_problem(manifest: dict) -> str | None:
     """Why the manifest's `calibration.default` could never answer, or None: a part the model cannot compute, a
-    part without a calibration entry of its own, or a mix without its own entry or a part's standardization. An
+    part without a calibration entry of its own, or a combination without its own entry or one that could not score
+    (combination_problem). An
     exporter's mistake, refused when the engine loads the model (a default whose background model is not served
     is none: the service falls back to the base detector and says so)."""
     default = manifest.get("calibration", {}).get("default")
@@ -299,17 +303,39 @@ def default_problem(manifest: dict) -> str | None:
         return f"default anomaly detector {default!r}: the model cannot compute {cannot}"
     if missing:
         return f"default anomaly detector {default!r}: no calibration entry for {missing} in calibration.detectors"
-    key = combination(default)
-    if key is None:
+    if combination(default) is None:
         return None
     entry = manifest["calibration"].get("detectors", {}).get(default)
     if entry is None:
         return f"default anomaly detector {default!r}: no calibration entry of its own in calibration.detectors"
+    problem = combination_problem(default, entry)
+    return None if problem is None else f"default anomaly detector {default!r}: {problem}"
+
+
+def combination_problem(detector: str, entry: dict) -> str | None:
+    """Why a combination's own entry could not score, or None: a part without its standardization or with a
+    standard deviation that is not positive, a density of states' precision that is not F x F."""
+    key, parts = combination(detector), components(detector)
     unstandardized = [part for part in parts if part not in entry.get(key, {})]
     if unstandardized:
-        return f"default anomaly detector {default!r}: its entry has no `{key}` standardization for {unstandardized}"
+        return f"its entry has no `{key}` standardization for {unstandardized}"
+    flat = [part for part in parts if not entry[key][part].get("std", 0) > 0]
+    if flat:
+        return f"its entry's `{key}` standard deviation must be positive for {flat}"
     if key == "states" and np.shape(entry.get("precision")) != (len(parts), len(parts)):
-        return f"default anomaly detector {default!r}: its entry's `precision` must be {len(parts)} x {len(parts)}"
+        return f"its entry's `precision` must be {len(parts)} x {len(parts)}"
+    return None
+
+
+def calibration_problem(manifest: dict) -> str | None:
+    """default_problem, else the first combination entry of `calibration.detectors` that could not score
+    (combination_problem): an exporter's mistake the engine refuses when it loads the model, not a 500 when a
+    request names that detector."""
+    if (problem := default_problem(manifest)) is not None:
+        return problem
+    for detector, entry in manifest.get("calibration", {}).get("detectors", {}).items():
+        if combination(detector) and (problem := combination_problem(detector, entry)) is not None:
+            return f"anomaly detector {detector!r}: {problem}"
     return None
 
 
@@ -347,8 +373,8 @@ def class_score(log_joint: np.ndarray) -> np.ndarray:
 
 def per_input_scores(detector: str, features: dict[str, np.ndarray], entry: dict | None) -> np.ndarray:
     """A per-input detector's scores from the computed features (nll, critic, png_bits, log_joint, reconstruction,
-    background_nll, hierarchical_ratio, latent_mahalanobis, inversion) and the parameters of its entry (a mix's
-    part: the part's standardization, which carries them too)."""
+    background_nll, hierarchical_ratio, latent_mahalanobis, inversion) and the parameters of its entry (a
+    combination's part: the part's standardization, which carries them too)."""
     if detector == "nll":
         return np.asarray(features["nll"], np.float64)
     if detector == "typical_nll":
@@ -380,11 +406,12 @@ def standardized(parts: list[str], features: dict[str, np.ndarray], standardizat
                      / standardization[part]["std"] for part in parts], axis=1)
 
 
-def states_precision(z: np.ndarray, ridge: float = LATENT_RIDGE) -> np.ndarray:
+def states_precision(z: np.ndarray, ridge: float = STATES_RIDGE) -> np.ndarray:
     """Standardized scores z [n, F] of training digits -> the precision [F, F] of the density of states: the
-    inverse of their covariance plus `ridge` on the diagonal (z is standardized: its variances are about 1)."""
-    covariance = np.atleast_2d(np.cov(z, rowvar=False)) + ridge * np.eye(z.shape[1])
-    return np.linalg.inv(covariance)
+    inverse of their covariance plus `ridge` on the diagonal (z is standardized: its variances are about 1),
+    symmetrized."""
+    precision = np.linalg.inv(np.atleast_2d(np.cov(z, rowvar=False)) + ridge * np.eye(z.shape[1]))
+    return (precision + precision.T) / 2
 
 
 def percentile(entry: dict, scores: np.ndarray) -> np.ndarray:

@@ -64,7 +64,7 @@ class LoadedModel:
         if self.data["kind"] not in SERVED_KINDS:
             raise UnsupportedModel(f"model {entry.name!r}: {self.data['kind']} data is not served yet "
                                    f"(served: {', '.join(SERVED_KINDS)}); remove it from the store", field="model")
-        if (problem := anomaly.default_problem(self.manifest)) is not None:  # else every request would be refused
+        if (problem := anomaly.calibration_problem(self.manifest)) is not None:  # else requests would be refused
             raise UnsupportedModel(f"model {entry.name!r}: {problem}; fix its manifest", field="model")
         self.shape = list(self.data["shape"])
         self.capabilities = self.manifest["capabilities"]

@@ -8,7 +8,7 @@ from service.engine.errors import InvalidInput
 
 MAX_DIMS = 32  # dimensions of a tensor on the wire (numpy itself stops at 64)
 # The request limits every protocol applies (REST through its schemas, gRPC in its adapter): one definition.
-ANOMALY_METHOD_MAX = 128  # characters of a detector's name (a mix of all eight parts has about 90; shipped: at most 54)
+ANOMALY_METHOD_MAX = 128  # characters of a detector's name (a combination of all ten has 126; shipped: at most 88)
 MAX_SEED = 2**63 - 1
 MAX_INT32 = 2**31 - 1  # the gRPC API's counts are int32: REST takes no more, so the two agree
 MAX_TEMPERATURE = 10.0

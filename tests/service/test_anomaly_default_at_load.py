@@ -72,6 +72,21 @@ def test_a_default_that_can_answer_passes(manifest, default, detectors):
     assert anomaly.default_problem(with_calibration(manifest, default, detectors)) is None
 
 
+@pytest.mark.parametrize(("detectors", "problem"), [
+    ({"complexity": ENTRY, STATES: states(["complexity", "nll"], 3)}, f"{STATES!r}: its entry's `precision` must be"),
+    ({"complexity": ENTRY, STATES: states(["nll"], 2)}, f"{STATES!r}: its entry has no `states` standardization"),
+    ({"complexity": ENTRY, MIX: {**ENTRY, "mix": {"complexity": {"mean": 0.0, "std": 0.0},
+                                                  "nll": {"mean": 0.0, "std": 1.0}}}},
+     f"{MIX!r}: its entry's `mix` standard deviation must be positive for ['complexity']"),
+])
+def test_a_combination_entry_that_could_not_score_is_refused_at_load_though_not_the_default(manifest, detectors,
+                                                                                           problem):
+    # the default (nll) answers; a request naming the broken detector would have failed with a 500
+    broken = with_calibration(manifest, "nll", detectors)
+    assert anomaly.default_problem(broken) is None
+    assert problem in anomaly.calibration_problem(broken)
+
+
 def test_the_engine_refuses_it_at_start_and_at_a_live_load_naming_the_model_and_the_part(tiny_vae_store, manifest,
                                                                                           tmp_path):
     """At start the engine is not built (`genserve serve` stops with the message); a live load of a version with
@@ -95,7 +110,7 @@ def test_no_shipped_manifest_has_a_default_that_could_never_answer():
     defaults = {name: m["calibration"]["default"] for name, m in manifests.items()
                 if "default" in m.get("calibration", {})}
     assert len(defaults) >= 13  # the shipped scoring image models' defaults, mixes among them
-    assert {name: anomaly.default_problem(m) for name, m in manifests.items()} == dict.fromkeys(manifests)
+    assert {name: anomaly.calibration_problem(m) for name, m in manifests.items()} == dict.fromkeys(manifests)
 
 
 @pytest.mark.parametrize(("entry", "valid"), [
