@@ -313,15 +313,13 @@ def default_problem(manifest: dict) -> str | None:
 
 
 def combination_problem(detector: str, entry: dict) -> str | None:
-    """Why a combination's own entry could not score, or None: a part without its standardization or with a
-    standard deviation that is not positive, a density of states' precision that is not F x F."""
+    """Why a combination's own entry could not score, or None: a part without its standardization, a density of
+    states' precision that is not F x F (the manifest schema holds each standardization to a number mean and a
+    positive std)."""
     key, parts = combination(detector), components(detector)
     unstandardized = [part for part in parts if part not in entry.get(key, {})]
     if unstandardized:
         return f"its entry has no `{key}` standardization for {unstandardized}"
-    flat = [part for part in parts if not entry[key][part].get("std", 0) > 0]
-    if flat:
-        return f"its entry's `{key}` standard deviation must be positive for {flat}"
     if key == "states" and np.shape(entry.get("precision")) != (len(parts), len(parts)):
         return f"its entry's `precision` must be {len(parts)} x {len(parts)}"
     return None

@@ -75,9 +75,6 @@ def test_a_default_that_can_answer_passes(manifest, default, detectors):
 @pytest.mark.parametrize(("detectors", "problem"), [
     ({"complexity": ENTRY, STATES: states(["complexity", "nll"], 3)}, f"{STATES!r}: its entry's `precision` must be"),
     ({"complexity": ENTRY, STATES: states(["nll"], 2)}, f"{STATES!r}: its entry has no `states` standardization"),
-    ({"complexity": ENTRY, MIX: {**ENTRY, "mix": {"complexity": {"mean": 0.0, "std": 0.0},
-                                                  "nll": {"mean": 0.0, "std": 1.0}}}},
-     f"{MIX!r}: its entry's `mix` standard deviation must be positive for ['complexity']"),
 ])
 def test_a_combination_entry_that_could_not_score_is_refused_at_load_though_not_the_default(manifest, detectors,
                                                                                            problem):
@@ -117,9 +114,21 @@ def test_no_shipped_manifest_has_a_default_that_could_never_answer():
     (states(["complexity", "nll"], 2), True),
     (standardized(["complexity", "nll"], "states"), False),  # no precision
     ({**ENTRY, "precision": np.eye(2).tolist()}, False),  # no standardization
+    ({**states(["complexity", "nll"], 2), "states": {"complexity": {"mean": 0.0, "std": 0.0},
+                                                     "nll": {"mean": 0.0, "std": 1.0}}}, False),  # a flat part
+    ({**states(["complexity", "nll"], 2), "states": {"complexity": {"mean": 0.0, "std": "1"},
+                                                     "nll": {"mean": 0.0, "std": 1.0}}}, False),  # not a number
 ])
 def test_the_manifest_schema_requires_a_states_entry_to_carry_its_standardization_and_precision(manifest, entry,
                                                                                                  valid):
     schema = json.loads(SCHEMA_PATH.read_text())
     candidate = with_calibration(manifest, "nll", {"complexity": ENTRY, STATES: entry})
     assert jsonschema.Draft202012Validator(schema).is_valid(candidate) == valid
+
+
+def test_the_manifest_schema_holds_every_mix_part_to_a_number_mean_and_a_positive_std(manifest):
+    schema = jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
+    good = standardized(["complexity", "nll"])
+    flat = {**good, "mix": {"complexity": {"mean": 0.0, "std": 0.0}, "nll": {"mean": 0.0, "std": 1.0}}}
+    assert schema.is_valid(with_calibration(manifest, "nll", {"complexity": ENTRY, MIX: good}))
+    assert not schema.is_valid(with_calibration(manifest, "nll", {"complexity": ENTRY, MIX: flat}))
