@@ -185,9 +185,10 @@ def summary(aurocs: dict[str, float]) -> tuple[float, float]:
     return min(values), float(np.mean(values))
 
 
-def tables(rows: list[dict], choice_rows: dict[str, dict], command: str, seconds: float) -> str:
+def tables(rows: list[dict], choice_rows: dict[str, dict], command: str, seconds: float | None) -> str:
+    took = "Rows merged from runs split by --models." if seconds is None else f"{seconds / 60:.1f} min."
     lines = ["# Anomaly detection on eight kinds nobody had seen\n", f"    {command}\n",
-             f"{seconds / 60:.1f} min. AUROC, OOD the positive class, {rows[0]['n']} inputs per set; the "
+             f"{took} AUROC, OOD the positive class, {rows[0]['n']} inputs per set; the "
              f"in-distribution set is the report step's ({rows[0]['n']} test digits of half B).\n",
              "## 1. The defaults, per kind\n",
              "| model | default | " + " | ".join(UNSEEN_KINDS) + " | min | mean | report table: min / mean |",
@@ -243,7 +244,7 @@ def main() -> None:
     rows = ([row for path in args.merge for row in json.loads(path.read_text())] if args.merge
             else asyncio.run(run(args)))
     choice_rows = {row["model"]: row for row in json.loads(args.rows.read_text())}
-    args.out.write_text(tables(rows, choice_rows, command, time.time() - start))
+    args.out.write_text(tables(rows, choice_rows, command, None if args.merge else time.time() - start))
     print(args.out.read_text())
 
 
