@@ -52,9 +52,10 @@ def _family_of(name: str) -> str | None:
 
 
 def _train_config(family: str, path: str | None, epochs: int | None = None) -> tuple[Path, dict]:
-    """The config that `genserve train family [--config path] [--epochs epochs]` runs, checked before anything
-    loads: it exists, parses, names a known family, that family is the one the argument names, and its train
-    settings are an object whose epochs (unless `epochs` overrides them) are 1 or more. Refusals are one line."""
+    """The config that `genserve train family [--config path] [--epochs epochs]` runs, with `epochs` in place, and
+    its path, checked before anything loads (the only check of a `genserve train`): it exists, parses, names a known
+    family, that family is the one the argument names, its train settings are an object whose epochs (unless `epochs`
+    overrides them) are 1 or more, and check_config passes it. Refusals are one line."""
     from training.families import FAMILIES
     from training.train import check_config, load_config
 
@@ -84,8 +85,9 @@ def _train_config(family: str, path: str | None, epochs: int | None = None) -> t
     if epochs is None and not _is_count(config["train"].get("epochs")):
         raise SystemExit(f"genserve train: {config_path}: not a usable config: train.epochs must be a whole number, "
                          f"1 or more, got {config['train'].get('epochs')!r} (or give --epochs)")
+    config = {**config, "train": {**config["train"], "epochs": epochs or config["train"]["epochs"]}}
     try:
-        check_config({**config, "train": {**config["train"], "epochs": epochs or config["train"]["epochs"]}})
+        check_config(config)
     except ValueError as e:
         raise SystemExit(f"genserve train: {config_path}: not a usable config: {e}") from e
     return config_path, config
@@ -148,7 +150,7 @@ def _train(args: argparse.Namespace) -> None:
     _check_writable(run_dir, "train", "--run-dir")
     _check_run_dir(run_dir, config)
     try:
-        trained = train_run(config_path, run_dir, epochs=args.epochs)
+        trained = train_run(config, config_path, run_dir)
     except Refused as e:  # the data cannot be made (no espeak-ng), the model does not fit it, fewer epochs than run
         raise SystemExit(f"genserve train: {e}") from e
     except KeyboardInterrupt:

@@ -316,8 +316,9 @@ class Trained:
 
 
 def train(config_path: Path, run_dir: Path, epochs: int | None = None) -> Path:
-    """Train (or resume) the run in `run_dir` to the configured number of epochs."""
-    return train_run(config_path, run_dir, epochs).run_dir
+    """Train (or resume) the run in `run_dir` to the configured number of epochs (`epochs` overriding the config's):
+    the entry point of tests and scripts, which checks the config first (ValueError naming the file and the key)."""
+    return train_run(_configured(config_path, epochs), config_path, run_dir).run_dir
 
 
 def _configured(config_path: Path, epochs: int | None) -> dict:
@@ -329,7 +330,6 @@ def _configured(config_path: Path, epochs: int | None) -> dict:
         check_config(config)
     except ValueError as e:
         raise ValueError(f"{config_path}: {e}") from e
-    config["command"] = " ".join(["genserve"] + sys.argv[1:]) if sys.argv[0].endswith("genserve") else None
     return config
 
 
@@ -347,11 +347,13 @@ def _data_and_model(config: dict, config_path: Path) -> tuple[Split, torch.nn.Mo
         raise Refused(f"{config_path}: the model cannot be built on {config['dataset']}: {e}") from e
 
 
-def train_run(config_path: Path, run_dir: Path, epochs: int | None = None) -> Trained:
-    """Train (or resume) the run in `run_dir` to the configured number of epochs; nothing is made before the config,
-    data and model are ready. Refused for a run that trained more epochs than asked; a run that has its epochs and
-    samples already is left alone."""
-    config = _configured(config_path, epochs)
+def train_run(config: dict, config_path: Path, run_dir: Path) -> Trained:
+    """Train (or resume) the run in `run_dir` to the epochs of `config`, the config read from `config_path` with any
+    epochs asked in place and passed by check_config (`train` and `genserve train` check it once, before this); nothing
+    is made before the data and model are ready. Refused for a run that trained more epochs than asked; a run that has
+    its epochs and samples already is left alone."""
+    command = " ".join(["genserve"] + sys.argv[1:]) if sys.argv[0].endswith("genserve") else None
+    config = {**config, "command": command}
     run_dir, settings, family = Path(run_dir), config["train"], family_module(config["family"])
     trained = trained_epochs(run_dir)
     if trained > settings["epochs"]:

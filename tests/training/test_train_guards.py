@@ -79,6 +79,39 @@ def test_training_checks_the_config_before_making_the_run_dir(tmp_path):
     assert files_under(tmp_path) == [path]
 
 
+def checks_counted(monkeypatch) -> list[dict]:
+    """The configs check_config is given from now on (copies), training stopping at 'past the checks' after them."""
+    checked, check = [], train.check_config
+
+    def counted(config):
+        checked.append(json.loads(json.dumps(config)))
+        check(config)
+
+    def past_the_checks(config, config_path):
+        checked.append({"trained": config})
+        raise RuntimeError("past the checks")
+
+    monkeypatch.setattr(train, "check_config", counted)
+    monkeypatch.setattr(train, "_data_and_model", past_the_checks)
+    return checked
+
+
+def test_genserve_train_checks_the_config_once_and_trains_the_config_it_checked(tmp_path, monkeypatch):
+    checked = checks_counted(monkeypatch)
+    with pytest.raises(RuntimeError, match="past the checks"):
+        cli.main(["train", "pixelcnn-tiny", "--run-dir", str(tmp_path / "run"), "--epochs", "3"])
+    assert checked[0] == {**TINY, "train": {**TINY["train"], "epochs": 3}}
+    assert checked[1:] == [{"trained": {**checked[0], "command": None}}]
+
+
+def test_a_direct_call_of_training_checks_the_config_once(tmp_path, monkeypatch):
+    checked = checks_counted(monkeypatch)
+    with pytest.raises(RuntimeError, match="past the checks"):
+        train.train(CONFIGS / "pixelcnn-tiny.json", tmp_path / "run", epochs=3)
+    assert checked[0] == {**TINY, "train": {**TINY["train"], "epochs": 3}}
+    assert checked[1:] == [{"trained": {**checked[0], "command": None}}]
+
+
 def test_every_shipped_config_passes_the_checks():
     for path in sorted(CONFIGS.glob("*.json")):
         train.check_config(train.load_config(path))
@@ -96,13 +129,12 @@ def test_data_that_cannot_be_made_is_one_line(tmp_path, monkeypatch):
 def test_ctrl_c_says_which_epoch_was_saved_and_exits_130(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
 
-    def interrupted(config_path, run_dir, epochs=None):
+    def interrupted(config, config_path, run_dir):
         Path(run_dir).mkdir()
         (Path(run_dir) / "state.json").write_text(json.dumps({"epoch": 2, "history": []}))
         raise KeyboardInterrupt
 
-    for name in ("train", "train_run"):
-        monkeypatch.setattr(train, name, interrupted, raising=False)
+    monkeypatch.setattr(train, "train_run", interrupted)
     with pytest.raises((SystemExit, KeyboardInterrupt)) as info:
         cli.main(["train", "pixelcnn-tiny", "--run-dir", str(run)])
     assert info.type is SystemExit and info.value.code == 130
