@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service.api.errors import error_response
 from service.api.v2 import from_engine_error, v2_error
 from service.engine.engine import PINNED_VERSION
-from service.engine.errors import EngineError, UnknownModel
+from service.engine.errors import VERSION_FIELD, EngineError, UnknownModel
 from service.model_control import AdminKeys, latest_pin, load, unload, v2_pin
 from service.settings import Settings
 from service.store import is_version_number
@@ -61,7 +61,8 @@ def router(engine: Any, admins: AdminKeys) -> APIRouter:
 
 class VersionedRoutes:
     """/v1/models/{name}/versions/{v}/...: the unversioned route, with version v pinned (PINNED_VERSION); an
-    unversioned /v1/models/{name}/... pinned to the latest; /v2/models/{name}[/versions/{v}]/...: as v2_pin."""
+    unversioned /v1/models/{name}/... pinned to the latest; /v2/models/{name}[/versions/{v}]/...: as v2_pin. The
+    field that chose the version (VERSION_FIELD) is `version` on a versioned /v1 route, else `model` (V2's: resolve)."""
 
     def __init__(self, app: ASGIApp, engine: Any) -> None:
         self.app, self.engine = app, engine
@@ -70,7 +71,7 @@ class VersionedRoutes:
         if scope["type"] != "http" or not scope["path"].startswith(("/v1/models/", "/v2/models/")):
             await self.app(scope, receive, send)
             return
-        pinned = None
+        pinned, chosen_by = None, "model"
         if match := _V1_MODEL.fullmatch(scope["path"]):
             name, version, rest = match.groups()
             if version is None:
@@ -84,14 +85,15 @@ class VersionedRoutes:
                 # no trailing slash: the app's slash redirect would point at the unversioned route, unpinned;
                 # raw_path stays the client's, which refusals name (service.api.errors.sent_path)
                 scope = {**scope, "path": f"/v1/models/{name}{(rest or '').rstrip('/')}"}
-                pinned = (name, int(version))
+                pinned, chosen_by = (name, int(version)), "version"
         elif match := _V2_MODEL.fullmatch(scope["path"]):
             pinned = v2_pin(self.engine, *match.groups())
-        token = PINNED_VERSION.set(pinned)
+        token, field_token = PINNED_VERSION.set(pinned), VERSION_FIELD.set(chosen_by)
         try:
             await self.app(scope, receive, send)
         finally:
             PINNED_VERSION.reset(token)
+            VERSION_FIELD.reset(field_token)
 
 
 def install(app: FastAPI, engine: Any, settings: Settings) -> None:

@@ -1,5 +1,7 @@
 """Errors the engine raises; every protocol adapter maps them to its own status codes."""
 
+import contextvars
+
 RETRY_AFTER_S = "1"  # the Retry-After (HTTP) / retry-after (gRPC metadata) sent with a 503 / UNAVAILABLE-like refusal
 
 
@@ -28,6 +30,32 @@ class EngineError(Exception):
 class UnknownModel(EngineError):
     status = 404
     code = "unknown_model"
+
+
+# The field of a request that chose the version it runs on: "version" where it named one (/v1/models/{name}/versions/
+# {v}/..., V2's version), else the field naming the model, whose latest version it runs on ("model"; V2's
+# "model_name"). The adapters set it per request; a refusal of that version names it (VersionGone).
+VERSION_FIELD: contextvars.ContextVar[str] = contextvars.ContextVar("version_field", default="model")
+
+
+class VersionGone(UnknownModel):
+    """A served version whose files went from the store or changed since it was loaded, as a runner refuses it
+    (UnknownModel naming `version`: workers.version_changed). It names the field that chose the version in the
+    request it answers (VERSION_FIELD, read where the refusal is written, since one refusal may answer every request
+    of a batch): a request that named no version is told about its model, not about a version it never gave. Made
+    from the runner's message and field."""
+
+    def __init__(self, message: str, field: str | None = "version"):
+        Exception.__init__(self, message)
+        self.gone = message.removeprefix(f"{field}: ")  # "model 'x' version 3: its files in the store are gone ..."
+
+    @property
+    def field(self) -> str:
+        return VERSION_FIELD.get()
+
+    @property
+    def message(self) -> str:
+        return f"{self.field}: {self.gone}"
 
 
 class MissingCapability(EngineError):

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from service.engine.errors import InvalidInput, UnknownModel
+from service.engine.errors import VERSION_FIELD, InvalidInput, UnknownModel
 from service.engine.validation import brief
 from service.store import is_version_number
 
@@ -68,7 +68,9 @@ def platform(engine: Any) -> str:
 
 
 def resolve(engine: Any, name: str, version: str | None, field: str = "model_name") -> tuple[str, str, dict, str]:
-    """V2 model name and version -> (model, function, function spec, version); UnknownModel if any is unknown."""
+    """V2 model name and version -> (model, function, function spec, version); UnknownModel if any is unknown. The
+    field that chose the version, for a refusal of it later in the request (VERSION_FIELD): `version` where the
+    request names one, else the model's `field`."""
     model, dot, function = name.rpartition(".")
     if not dot or not model:
         raise UnknownModel(f"{field}: unknown model {name!r}; V2 models are named <model>.<function>, "
@@ -83,6 +85,7 @@ def resolve(engine: Any, name: str, version: str | None, field: str = "model_nam
         field = "model_version" if field == "model_name" else "version"
         raise UnknownModel(f"{field}: model {name!r} has no version {version!r}; it has "
                            f"{served_versions(engine, model) or [have]}", field=field)
+    VERSION_FIELD.set("version" if version else field)
     return model, function, spec, have
 
 

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 
 from service.engine import latent
-from service.engine.errors import EngineError, Overloaded, UnknownModel
+from service.engine.errors import EngineError, Overloaded, VersionGone
 from service.engine.procedures import markov_chain, state_outputs
 from service.engine.scheduler import (
     BatchingConfig,
@@ -128,8 +128,8 @@ def _generators(states: list[dict]) -> list[np.random.Generator]:
 
 def refusal(code: str, message: str, field: str | None) -> EngineError:
     """The engine's error of this code, as raised in the worker: a scheduler's (a full queue, an expired deadline), or
-    UnknownModel (a version whose files went or changed: workers.Functions)."""
-    kind = {error.code: error for error in (Overloaded, DeadlineExceeded, UnknownModel)}.get(code, EngineError)
+    UnknownModel (a version whose files went or changed: workers.Functions), as VersionGone."""
+    kind = {error.code: error for error in (Overloaded, DeadlineExceeded, VersionGone)}.get(code, EngineError)
     return kind(message, field)
 
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from service import event_loop, logs
 from service.engine import channel
-from service.engine.errors import EngineError, UnknownModel, WorkerLost
+from service.engine.errors import EngineError, UnknownModel, VersionGone, WorkerLost
 from service.engine.runtimes import TensorFunction, import_torch, load_function
 from service.engine.worker_procedures import ProcedureFailed, WorkerProcedures, refusal
 from service.settings import Settings
@@ -159,7 +159,10 @@ class InProcess:
         return True
 
     async def call(self, model: str, function: str, feeds: Arrays) -> Arrays:
-        return await asyncio.to_thread(lambda: self.functions[model, function](**feeds))
+        try:
+            return await asyncio.to_thread(lambda: self.functions[model, function](**feeds))
+        except UnknownModel as e:  # a version whose files went or changed: as a worker's refusal reads (refusal())
+            raise VersionGone(e.message, e.field) from None
 
     def forget(self, model: str) -> None:
         self.functions.forget(model)

@@ -1,5 +1,6 @@
 """A version's life in the engine (service.engine.engine, service.engine.workers): a load serves exactly the files
-its manifest certifies, a version whose files go or change before its use is a clear refusal, a version the engine
+its manifest certifies, a version whose files go or change before its use is a clear refusal (naming the field that
+chose the version: `version` where the request named it, else the model's, over REST and gRPC), a version the engine
 cannot serve (vector data) is left out as a bad version is, and the store poll survives it. One tiny PixelCNN,
 copied as versions; "new weights" are its log_prob.onnx with every float weight halved."""
 
@@ -11,6 +12,7 @@ import shutil
 import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 import onnx
 import pytest
@@ -20,8 +22,13 @@ from prometheus_client import CollectorRegistry
 
 from service.api import create_app
 from service.engine.engine import Engine
-from service.engine.errors import UnknownModel, UnsupportedModel
+from service.engine.errors import VERSION_FIELD, UnknownModel, UnsupportedModel, VersionGone
 from service.engine.workers import WorkerPool, version_id
+from service.grpc.gen import genserve_pb2 as pb
+from service.grpc.gen import genserve_pb2_grpc as pb_grpc
+from service.grpc.gen_inference import grpc_predict_v2_pb2 as v2pb
+from service.grpc.gen_inference import grpc_predict_v2_pb2_grpc as v2pb_grpc
+from service.grpc.server import build_grpc_server
 from service.settings import Settings
 from service.store import ModelStore
 
@@ -106,7 +113,7 @@ def test_a_loaded_version_whose_files_go_or_change_before_its_use_is_refused_nam
     halve_weights(version_two, certify=False)  # weights replaced, the manifest left as it was
     with pytest.raises(UnknownModel, match="version 2: its files in the store are gone or changed") as refused:
         log_prob(engine)
-    assert refused.value.field == "version"
+    assert refused.value.field == "model"  # a call that named no version: it ran on the model's latest
     engine.load_model(MODEL)  # the store now refuses version 2 (sha256): version 1 is served
     assert engine.model(MODEL).version == 1
     add_version(store, 3)
@@ -139,14 +146,92 @@ def test_a_worker_refuses_a_version_whose_directory_went_and_forgets_a_version(s
             again = await pool.call(two, "log_prob", {"x": X})  # loaded again, from the same files
             shutil.rmtree(version_two)
             pool.forget(two)
-            with pytest.raises(UnknownModel, match="version 2: its files in the store are gone") as refused:
+            with pytest.raises(VersionGone, match="version 2: its files in the store are gone") as refused:
                 await pool.call(two, "log_prob", {"x": X})  # was: RuntimeError (a 500) naming a KeyError
-            return first, again, refused.value.field
+            return first, again, refused.value
         finally:
             await pool.stop()
 
-    first, again, field = asyncio.run(main())
-    assert np.array_equal(first["log_prob"], again["log_prob"]) and field == "version"
+    first, again, refused = asyncio.run(main())
+    assert np.array_equal(first["log_prob"], again["log_prob"])
+    assert refused.detail.startswith(f"model: model '{MODEL}' version 2: its files")  # no version named in this context
+
+
+GONE = f"model '{MODEL}' version 2: its files in the store are gone or changed since it was loaded"
+V2_BODY = {"inputs": [{"name": "x", "shape": list(X.shape), "datatype": "INT64", "data": X.ravel().tolist()}]}
+
+
+def latest_gone(store: Path) -> Engine:
+    """An engine serving versions 1 and 2 of the model, version 2 (its latest, loaded after the start) since gone from
+    the store."""
+    engine = Engine(ModelStore(store), settings())
+    add_version(store, 2)
+    engine.load_model(MODEL)
+    shutil.rmtree(store / MODEL / "2")
+    return engine
+
+
+def test_a_gone_version_is_named_by_the_field_that_chose_it_over_rest(store):
+    with TestClient(create_app(latest_gone(store), settings())) as client:
+        sample = client.post(f"/v1/models/{MODEL}/sample", json={"n": 1, "seed": 1})
+        versioned = client.post(f"/v1/models/{MODEL}/versions/2/sample", json={"n": 1, "seed": 1})
+        infer = client.post(f"/v2/models/{MODEL}.log_prob/infer", json=V2_BODY)
+        infer_versioned = client.post(f"/v2/models/{MODEL}.log_prob/versions/2/infer", json=V2_BODY)
+    assert {r.status_code for r in (sample, versioned, infer, infer_versioned)} == {404}
+    assert sample.json()["error"]["field"] == "model", sample.text  # was: version, which the request never named
+    assert sample.json()["error"]["message"].startswith(f"model: {GONE}"), sample.text
+    assert versioned.json()["error"]["field"] == "version", versioned.text
+    assert versioned.json()["error"]["message"].startswith(f"version: {GONE}"), versioned.text
+    assert infer.json()["error"].startswith(f"model_name: {GONE}"), infer.text  # was: version
+    assert infer_versioned.json()["error"].startswith(f"version: {GONE}"), infer_versioned.text
+
+
+def test_a_gone_version_is_named_by_the_field_that_chose_it_over_grpc(store):
+    engine = latest_gone(store)
+
+    def infer(version: str) -> v2pb.ModelInferRequest:
+        return v2pb.ModelInferRequest(
+            model_name=f"{MODEL}.log_prob", model_version=version, raw_input_contents=[X.astype("<i8").tobytes()],
+            inputs=[v2pb.ModelInferRequest.InferInputTensor(name="x", datatype="INT64", shape=X.shape)])
+
+    async def refusals() -> list[grpc.aio.AioRpcError]:
+        server = build_grpc_server(engine, engine.settings, 0)
+        await server.start()
+        answers = []
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.genserve_port}") as channel:
+                v2 = v2pb_grpc.GRPCInferenceServiceStub(channel)
+                for call in (pb_grpc.GenserveStub(channel).Sample(pb.SampleRequest(model=MODEL, n=1, seed=1)),
+                             v2.ModelInfer(infer("")), v2.ModelInfer(infer("2"))):
+                    with pytest.raises(grpc.aio.AioRpcError) as info:
+                        await asyncio.wait_for(call, 60)
+                    answers.append(info.value)
+        finally:
+            await server.stop(grace=None)
+        return answers
+
+    sample, infer_latest, infer_versioned = asyncio.run(refusals())
+    assert {e.code() for e in (sample, infer_latest, infer_versioned)} == {grpc.StatusCode.NOT_FOUND}
+    assert sample.details().startswith(f"model: {GONE}"), sample.details()  # was: version, which it cannot name
+    assert infer_latest.details().startswith(f"model_name: {GONE}"), infer_latest.details()  # was: version
+    assert infer_versioned.details().startswith(f"version: {GONE}"), infer_versioned.details()
+
+
+def test_one_refusal_answers_each_request_of_a_batch_with_the_field_that_chose_its_version(store):
+    engine = latest_gone(store)
+
+    async def request(field: str) -> tuple[Exception, str]:
+        VERSION_FIELD.set(field)  # as an adapter does for its request (each task has its own context)
+        with pytest.raises(VersionGone) as refused:
+            await engine.infer(MODEL, "log_prob", {"x": X})
+        return refused.value, refused.value.detail
+
+    async def both() -> list[tuple[Exception, str]]:
+        return await asyncio.gather(request("model"), request("version"))
+
+    (latest, latest_said), (named, named_said) = asyncio.run(both())
+    assert latest is named  # one batch, one refusal
+    assert latest_said.startswith(f"model: {GONE}") and named_said.startswith(f"version: {GONE}")
 
 
 def test_a_worker_pool_started_after_a_forget_does_not_load_what_it_forgot(store):
