@@ -48,6 +48,8 @@ k 1000). The in-distribution set is benchmarks/anomaly.py's `report/in` (the fir
 choose step's AUROCs come from the rows of the latest benchmarks/anomaly.py run (--rows).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/anomaly_unseen.py --set third [--models vae gan] --json ... --out ...
+
+(The second set's runs predate --set: their rows have no "set" key, which --merge reads as the second set.)
 """
 
 import argparse
@@ -349,7 +351,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=64, help="inputs per set (at most 250)")
     parser.add_argument("--k", type=int, default=100, help="importance samples for IWAE-scored models")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", choices=KIND_SETS, default="third", help="which held-out set to score")
+    parser.add_argument("--set", choices=KIND_SETS, help="which held-out set to score (not with --merge)")
     parser.add_argument("--earlier", nargs="*", type=Path, default=[], help="--json rows of the sets scored before "
                         "this one (for the summary over every held-out kind)")
     parser.add_argument("--rows", type=Path, default=Path("benchmarks/results/anomaly.json"),
@@ -358,6 +360,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/anomaly_unseen.md"))
     parser.add_argument("--merge", nargs="+", type=Path, help="instead of running: the tables of these --json files")
     args = parser.parse_args()
+    if (args.set is None) == (args.merge is None):
+        parser.error("give --set to score a set, or --merge to table scored rows")
     threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
     command = threads + shlex.join([os.path.relpath(sys.executable), *sys.argv])
     start = time.time()
