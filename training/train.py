@@ -9,6 +9,11 @@ A run directory holds:
   samples.png          a grid of samples, one row per class (samples.txt for text, samples.wav for audio)
   loss.png             train and test NLL per epoch (not for a family with its own train_step: a GAN's)
 
+Each file is written aside, synced and renamed into place (`replacing`), state.json last; every tensor file carries
+its epoch in its safetensors metadata, so that a set mixed by a save killed between two renames (the weights of
+epoch k+1 beside state.json of epoch k) is refused at resume rather than trained on (files from before the stamps
+resume unchecked).
+
 The config is checked (check_config) and the data and model made before anything is written; a call that has no
 epoch left to train, on a run with its samples, writes nothing, and asking fewer epochs than a run trained is refused.
 
@@ -38,6 +43,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import safetensors
 import safetensors.torch
 import torch
 from safetensors.torch import load_file
@@ -54,20 +60,40 @@ def replacing(path: Path):
     """A temporary path beside `path` (same directory and suffix, so a writer that goes by the suffix still can)
     to write the file to, renamed over `path` when the block ends without error and removed otherwise: a crash,
     Ctrl-C or kill mid-write leaves the old file whole for the next resume (a kill may leave the hidden temporary
-    file too), never a truncated one. As `genserve export` writes a version aside and renames it into place."""
+    file too), never a truncated one. As `genserve export` writes a version aside and renames it into place. The
+    file is synced before the rename (the writer may have written it through its own handle) and the directory
+    after it, so that a power cut too leaves the old file or the new one, each whole."""
     path = Path(path)
     temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     try:
         yield temporary
+        if temporary.is_file():
+            _sync(temporary, os.O_RDONLY)
         os.replace(temporary, path)
+        _sync(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     finally:
         temporary.unlink(missing_ok=True)
 
 
-def save_file(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """safetensors' save_file, through `replacing`: a checkpoint file is whole or as it was."""
+def _sync(path: Path, flags: int) -> None:
+    descriptor = os.open(path, flags)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def save_file(tensors: dict[str, torch.Tensor], path: Path, epoch: int) -> None:
+    """safetensors' save_file, through `replacing`: a checkpoint file is whole or as it was, stamped with the
+    epoch it holds (its metadata's "epoch", read by `_epoch_stamp`)."""
     with replacing(path) as temporary:
-        safetensors.torch.save_file(tensors, temporary)
+        safetensors.torch.save_file(tensors, temporary, metadata={"epoch": str(epoch)})
+
+
+def _epoch_stamp(path: Path) -> str | None:
+    """The epoch a checkpoint file was saved at, as save_file stamped it; None for a file from before the stamps."""
+    with safetensors.safe_open(path, framework="pt") as f:
+        return (f.metadata() or {}).get("epoch")
 
 
 class Refused(Exception):
@@ -148,9 +174,9 @@ def load_model(run_dir: Path) -> tuple[torch.nn.Module, dict, Split]:
     return model.eval(), config, split
 
 
-def _save_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+def _save_optimizer(optimizer: torch.optim.Optimizer, path: Path, epoch: int) -> None:
     flat = {f"{i}.{k}": v for i, s in optimizer.state_dict()["state"].items() for k, v in s.items()}
-    save_file({k: v.contiguous() for k, v in flat.items()}, path)
+    save_file({k: v.contiguous() for k, v in flat.items()}, path, epoch)
 
 
 def _load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
@@ -253,8 +279,10 @@ RNG_FILE = "rng.safetensors"
 
 def _resume(run_dir: Path, model, optimizers: dict) -> dict:
     """Load a run's checkpoint into `model` and `optimizers`, and the global torch RNG state where the run saved one
-    (runs from before rng.safetensors go on from the reseeded state, unlike an uninterrupted run); its state.json."""
+    (runs from before rng.safetensors go on from the reseeded state, unlike an uninterrupted run); its state.json.
+    Refused, before anything is loaded, where a file holds another epoch than state.json (`_check_one_epoch`)."""
     state = json.loads((run_dir / "state.json").read_text())
+    _check_one_epoch(run_dir, [_optimizer_path(run_dir, name) for name in optimizers], state["epoch"])
     model.load_state_dict(load_file(run_dir / "model.safetensors"))
     for name, optimizer in optimizers.items():
         _load_optimizer(optimizer, _optimizer_path(run_dir, name))
@@ -269,6 +297,19 @@ def _resume(run_dir: Path, model, optimizers: dict) -> dict:
               f"{torch.get_num_threads()}: the weights will differ from an uninterrupted run's on either")
     print(f"resuming {run_dir} after epoch {state['epoch']}")
     return state
+
+
+def _check_one_epoch(run_dir: Path, optimizer_paths: list[Path], epoch: int) -> None:
+    """Refused, naming each file and its epoch, where a checkpoint file's stamp is not state.json's epoch: a save
+    killed between two renames left files of two epochs, which resumed would silently differ from an uninterrupted
+    run. A file without a stamp (saved before the stamps) is taken as it is."""
+    paths = [run_dir / "model.safetensors", *optimizer_paths, run_dir / RNG_FILE]
+    stamps = {path.name: _epoch_stamp(path) for path in paths if path.is_file()}
+    mixed = [f"{name} (epoch {stamp})" for name, stamp in stamps.items() if stamp not in (None, str(epoch))]
+    if mixed:
+        raise Refused(f"{run_dir} holds files of another epoch than its state.json's {epoch}: {', '.join(mixed)} "
+                      "(a save was interrupted between files); they cannot be resumed as one run: train again "
+                      "in another --run-dir, or after removing this one")
 
 
 def _code_version() -> dict:
@@ -389,14 +430,15 @@ def train_run(config: dict, config_path: Path, run_dir: Path) -> Trained:
 
 
 def _save_checkpoint(run_dir: Path, model, optimizers: dict, state: dict) -> list[str]:
-    """An epoch's weights, optimizer states, RNG state, state.json and (for a likelihood) loss.png: their names."""
+    """An epoch's weights, optimizer states, RNG state (each stamped with the epoch), state.json and (for a
+    likelihood) loss.png: their names."""
     paths = [run_dir / "model.safetensors"]
-    save_file(model.state_dict(), paths[0])
+    save_file(model.state_dict(), paths[0], state["epoch"])
     for name, optimizer in optimizers.items():
         paths.append(_optimizer_path(run_dir, name))
-        _save_optimizer(optimizer, paths[-1])
+        _save_optimizer(optimizer, paths[-1], state["epoch"])
     paths += [run_dir / RNG_FILE, run_dir / "state.json"]
-    save_file({"torch": torch.get_rng_state()}, paths[-2])
+    save_file({"torch": torch.get_rng_state()}, paths[-2], state["epoch"])
     with replacing(paths[-1]) as temporary:
         temporary.write_text(json.dumps(state, indent=2))
     if "train_nll" in state["history"][-1]:
