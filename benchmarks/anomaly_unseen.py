@@ -89,7 +89,7 @@ from service.settings import Settings  # noqa: E402
 from service.store import ModelStore  # noqa: E402
 from training.data import load  # noqa: E402
 
-UNSEEN_KINDS = ["shifted", "bold", "faint", "two digits", "crossed out", "smooth field", "stripes", "elastic"]
+SECOND_KINDS = ["shifted", "bold", "faint", "two digits", "crossed out", "smooth field", "stripes", "elastic"]
 
 
 def shifted(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -152,7 +152,7 @@ def elastic(a: np.ndarray, rng: np.random.Generator, sigma: float = 4.0, alpha: 
     return out
 
 
-def unseen_kinds(half_b: np.ndarray, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def second_kinds(half_b: np.ndarray, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Gray [n, 1, 28, 28] sets of every UNSEEN kind, the digit ones from half B's gray digits."""
     a, b = (half_b[rng.permutation(len(half_b))[:n]] for _ in range(2))
     return {"shifted": shifted(a, rng), "bold": pil_map(a, lambda im: im.filter(ImageFilter.MaxFilter(5))),
@@ -184,17 +184,20 @@ def zoomed_in(a: np.ndarray) -> np.ndarray:
 
 
 def framed(a: np.ndarray) -> np.ndarray:
+    """a [n, 1, 28, 28] -> each inside a 2-pixel white border at the canvas edge."""
     out = a.copy()
     out[:, :, :2], out[:, :, -2:], out[:, :, :, :2], out[:, :, :, -2:] = 255, 255, 255, 255
     return out
 
 
 def low_contrast(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """a [n, 1, 28, 28] -> each one's ink scaled by a factor in 0.25-0.45."""
     scale = rng.uniform(0.25, 0.45, (len(a), 1, 1, 1))
     return np.round(a * scale).astype(np.uint8)
 
 
 def checkerboard(n: int, rng: np.random.Generator) -> np.ndarray:
+    """[n, 1, 28, 28] black and white squares of 2-7 pixels, each board at its own offset."""
     rows, cols = np.indices((28, 28))
     out = np.zeros((n, 1, 28, 28), np.uint8)
     for i in range(n):
@@ -204,6 +207,7 @@ def checkerboard(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def blobs(n: int, rng: np.random.Generator) -> np.ndarray:
+    """[n, 1, 28, 28] sums of 3-6 Gaussian blobs (sigma 1.5-3.5 pixels, centres in 4..24), stretched to 0..255."""
     rows, cols = np.indices((28, 28))
     out = np.zeros((n, 1, 28, 28), np.uint8)
     for i in range(n):
@@ -224,7 +228,9 @@ def third_kinds(half_b: np.ndarray, n: int, rng: np.random.Generator) -> dict[st
 
 
 THIRD_KINDS = ["upside down", "sheared", "hollow", "zoomed in", "framed", "low contrast", "checkerboard", "blobs"]
-KIND_SETS = {"second": (UNSEEN_KINDS, unseen_kinds, 6), "third": (THIRD_KINDS, third_kinds, 8)}  # kinds, maker, seed
+# each set: its kinds, their maker, and its seed stream (the next one binarizes)
+KIND_SETS = {"second": (SECOND_KINDS, second_kinds, 6), "third": (THIRD_KINDS, third_kinds, 8)}
+RESULTS = {"second": Path("benchmarks/results/anomaly_unseen"), "third": Path("benchmarks/results/anomaly_third")}
 
 
 def served_entries(engine: Engine, name: str, k: int) -> dict[str, dict]:
@@ -320,7 +326,7 @@ def tables(rows: list[dict], choice_rows: dict[str, dict], earlier: list[dict], 
 def everything(rows: list[dict], choice_rows: dict[str, dict], earlier: list[dict]) -> list[str]:
     """Section 3: each model's default over every held-out kind (REPORT, the earlier sets', this set's) and
     whether it meets issue 17's thresholds (min >= 0.95, mean >= 0.98)."""
-    table, count = [], 0
+    table, counts = [], {}
     for r in rows:
         d = r["default"]
         aurocs = {kind: v["auroc"][0] for kind, v in choice_rows[r["model"]]["report"][d].items()}
@@ -328,10 +334,13 @@ def everything(rows: list[dict], choice_rows: dict[str, dict], earlier: list[dic
             aurocs.update(other["auroc"][d])
         aurocs.update(r["auroc"][d])
         low, mean = summary(aurocs)
-        count = max(count, len(aurocs))
+        counts[r["model"]] = len(aurocs)
         meets = "yes" if low >= 0.95 and mean >= 0.98 else "no"
         table.append(f"| {r['model']} | {d} | {low:.3f} / {mean:.3f} | {meets} |")
-    return [f"\n## 3. The defaults over all {count} held-out kinds (REPORT kinds, earlier sets, this set)\n",
+    if len(set(counts.values())) > 1:  # a model without --earlier rows would be summed over fewer kinds
+        raise SystemExit(f"held-out kinds per model differ (--earlier rows missing for some?): {counts}")
+    return [f"\n## 3. The defaults over all {max(counts.values())} held-out kinds (REPORT kinds, earlier sets, "
+            "this set)\n",
             "| model | default | min / mean | meets 0.95 / 0.98 |", "|---|---|---|---|", *table]
 
 
@@ -356,8 +365,8 @@ def main() -> None:
                         "this one (for the summary over every held-out kind)")
     parser.add_argument("--rows", type=Path, default=Path("benchmarks/results/anomaly.json"),
                         help="benchmarks/anomaly.py's rows: the choose step's AUROCs and the report table")
-    parser.add_argument("--json", default="benchmarks/results/anomaly_unseen.json")  # split runs: --merge
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/anomaly_unseen.md"))
+    parser.add_argument("--json", help="the rows (default: RESULTS of the set, .json)")
+    parser.add_argument("--out", type=Path, help="the tables (default: RESULTS of the set, .md)")
     parser.add_argument("--merge", nargs="+", type=Path, help="instead of running: the tables of these --json files")
     args = parser.parse_args()
     if (args.set is None) == (args.merge is None):
@@ -365,8 +374,10 @@ def main() -> None:
     threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
     command = threads + shlex.join([os.path.relpath(sys.executable), *sys.argv])
     start = time.time()
-    rows = ([row for path in args.merge for row in json.loads(path.read_text())] if args.merge
-            else asyncio.run(run(args)))
+    merged = [row for path in args.merge or [] for row in json.loads(path.read_text())]
+    results = RESULTS[args.set or merged[0].get("set", "second")]  # the second set's rows predate the key
+    args.json, args.out = args.json or str(results.with_suffix(".json")), args.out or results.with_suffix(".md")
+    rows = merged or asyncio.run(run(args))
     choice_rows = {row["model"]: row for row in json.loads(args.rows.read_text())}
     earlier = [row for path in args.earlier for row in json.loads(path.read_text())]
     args.out.write_text(tables(rows, choice_rows, earlier, command, None if args.merge else time.time() - start))
