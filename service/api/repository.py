@@ -24,6 +24,7 @@ from service.api.errors import error_response
 from service.api.v2 import from_engine_error, v2_error
 from service.engine.engine import PINNED_VERSION
 from service.engine.errors import VERSION_FIELD, EngineError, UnknownModel
+from service.engine.oip import chosen_by
 from service.model_control import AdminKeys, latest_pin, load, unload, v2_pin
 from service.settings import Settings
 from service.store import is_version_number
@@ -62,7 +63,8 @@ def router(engine: Any, admins: AdminKeys) -> APIRouter:
 class VersionedRoutes:
     """/v1/models/{name}/versions/{v}/...: the unversioned route, with version v pinned (PINNED_VERSION); an
     unversioned /v1/models/{name}/... pinned to the latest; /v2/models/{name}[/versions/{v}]/...: as v2_pin. The
-    field that chose the version (VERSION_FIELD) is `version` on a versioned /v1 route, else `model` (V2's: resolve)."""
+    field that chose the version (VERSION_FIELD) is `version` on a versioned /v1 route, else `model`; on V2,
+    `model_version` where the path names a version, else `model_name` (oip.chosen_by)."""
 
     def __init__(self, app: ASGIApp, engine: Any) -> None:
         self.app, self.engine = app, engine
@@ -71,7 +73,7 @@ class VersionedRoutes:
         if scope["type"] != "http" or not scope["path"].startswith(("/v1/models/", "/v2/models/")):
             await self.app(scope, receive, send)
             return
-        pinned, chosen_by = None, "model"
+        pinned, field = None, "model"
         if match := _V1_MODEL.fullmatch(scope["path"]):
             name, version, rest = match.groups()
             if version is None:
@@ -85,10 +87,11 @@ class VersionedRoutes:
                 # no trailing slash: the app's slash redirect would point at the unversioned route, unpinned;
                 # raw_path stays the client's, which refusals name (service.api.errors.sent_path)
                 scope = {**scope, "path": f"/v1/models/{name}{(rest or '').rstrip('/')}"}
-                pinned, chosen_by = (name, int(version)), "version"
+                pinned, field = (name, int(version)), "version"
         elif match := _V2_MODEL.fullmatch(scope["path"]):
-            pinned = v2_pin(self.engine, *match.groups())
-        token, field_token = PINNED_VERSION.set(pinned), VERSION_FIELD.set(chosen_by)
+            name, version = match.groups()
+            pinned, field = v2_pin(self.engine, name, version), chosen_by("model_name", version)
+        token, field_token = PINNED_VERSION.set(pinned), VERSION_FIELD.set(field)
         try:
             await self.app(scope, receive, send)
         finally:

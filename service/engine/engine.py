@@ -21,7 +21,14 @@ import time
 import numpy as np
 
 from service.engine import anomaly, latent, procedures, worker_procedures
-from service.engine.errors import EngineError, InvalidInput, MissingCapability, UnknownModel, UnsupportedModel
+from service.engine.errors import (
+    VERSION_FIELD,
+    EngineError,
+    InvalidInput,
+    MissingCapability,
+    UnknownModel,
+    UnsupportedModel,
+)
 from service.engine.generation import GenerationOperations
 from service.engine.latent_operations import LatentOperations, check_decoding
 from service.engine.metrics import EngineMetrics
@@ -185,16 +192,19 @@ class Engine(GenerationOperations, StateSpaceOperations, ScoringOperations, Late
         return self.runner.ready()
 
     def model(self, name: str, version: int | None = None) -> LoadedModel:
-        """The model's `version`, else the version the request pins (PINNED_VERSION), else its latest."""
+        """The model's `version`, else the version the request pins (PINNED_VERSION), else its latest. A version not
+        served is refused naming `version`; a pinned one (an unload, a reload or the store poll dropped it since the
+        request came) naming the field of the request that chose it (VERSION_FIELD)."""
         if name not in self.models:
             raise UnknownModel(f"unknown model {name!r}; known: {sorted(self.models)}", field="model")
-        pinned = PINNED_VERSION.get()
-        version = pinned[1] if version is None and pinned is not None and pinned[0] == name else version
+        pinned, field, since = PINNED_VERSION.get(), "version", ""
+        if version is None and pinned is not None and pinned[0] == name:
+            version, field, since = pinned[1], VERSION_FIELD.get(), " now (dropped since this request came)"
         if version is None:
             return self.models[name]
         if version not in self.versions[name]:
-            raise UnknownModel(f"version: model {name!r} has no version {version}; it has "
-                               f"{sorted(self.versions[name])}", field="version")
+            raise UnknownModel(f"{field}: model {name!r} has no version {version}{since}; it has "
+                               f"{sorted(self.versions[name])}", field=field)
         return self.versions[name][version]
 
     # --- the repository (Triton's model-repository extension: service.api.repository) --------------------------

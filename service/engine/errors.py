@@ -32,9 +32,11 @@ class UnknownModel(EngineError):
     code = "unknown_model"
 
 
-# The field of a request that chose the version it runs on: "version" where it named one (/v1/models/{name}/versions/
-# {v}/..., V2's version), else the field naming the model, whose latest version it runs on ("model"; V2's
-# "model_name"). The adapters set it per request; a refusal of that version names it (VersionGone).
+# The field of a request that chose the version it runs on: the one naming the version where it named one ("version":
+# /v1/models/{name}/versions/{v}/...; V2's "model_version", gRPC ModelMetadata/ModelReady's "version"), else the field
+# naming the model, whose latest version it runs on ("model"; V2's "model_name", gRPC ModelMetadata/ModelReady's
+# "name"). The adapters set and reset it per request (service.api.repository.VersionedRoutes, service.grpc.inference's
+# _on_version; service.engine.oip.chosen_by); a refusal of that version names it (VersionGone, Engine.model).
 VERSION_FIELD: contextvars.ContextVar[str] = contextvars.ContextVar("version_field", default="model")
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from service.engine.errors import VERSION_FIELD, InvalidInput, UnknownModel
+from service.engine.errors import InvalidInput, UnknownModel
 from service.engine.validation import brief
 from service.store import is_version_number
 
@@ -67,10 +67,21 @@ def platform(engine: Any) -> str:
     return PLATFORMS.get(runtime, runtime)
 
 
+def version_field(field: str) -> str:
+    """The field of a V2 request that names its version, beside `field`, the one naming its model: `model_version`
+    beside `model_name` (REST, gRPC ModelInfer), else `version` (gRPC ModelMetadata and ModelReady: `name`)."""
+    return "model_version" if field == "model_name" else "version"
+
+
+def chosen_by(field: str, version: str | None) -> str:
+    """The field of a V2 request that chose the version it runs on (VERSION_FIELD, which the adapters set for the
+    request): its version field where it names one, else `field`, naming the model, whose latest it runs on."""
+    return version_field(field) if version else field
+
+
 def resolve(engine: Any, name: str, version: str | None, field: str = "model_name") -> tuple[str, str, dict, str]:
-    """V2 model name and version -> (model, function, function spec, version); UnknownModel if any is unknown. The
-    field that chose the version, for a refusal of it later in the request (VERSION_FIELD): `version` where the
-    request names one, else the model's `field`."""
+    """V2 model name and version -> (model, function, function spec, version); UnknownModel if any is unknown,
+    naming `field` (the model's) or its version field (version_field)."""
     model, dot, function = name.rpartition(".")
     if not dot or not model:
         raise UnknownModel(f"{field}: unknown model {name!r}; V2 models are named <model>.<function>, "
@@ -82,10 +93,9 @@ def resolve(engine: Any, name: str, version: str | None, field: str = "model_nam
         raise UnknownModel(f"{field}: unknown model {name!r} ({e.message})", field=field) from e
     have = str(description["version"])  # the pinned one (service.model_control.v2_pin), else the latest
     if version and not (is_version_number(version) and int(version) == int(have)):  # "01" is version 1, as on /v1
-        field = "model_version" if field == "model_name" else "version"
+        field = version_field(field)
         raise UnknownModel(f"{field}: model {name!r} has no version {version!r}; it has "
                            f"{served_versions(engine, model) or [have]}", field=field)
-    VERSION_FIELD.set("version" if version else field)
     return model, function, spec, have
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from service.engine import anomaly, latent, procedures, worker_procedures
-from service.engine.errors import InvalidInput
+from service.engine.errors import InvalidInput, UnknownModel
 from service.engine.generation import together
 from service.engine.validation import ANOMALY_METHOD_MAX, check_levels, check_sequence, check_sequence_work
 
@@ -27,6 +27,12 @@ UNITS = {"text": "char", "audio": "sample"}  # what one value of a sequence is
 def no_labels(name: str) -> InvalidInput:
     """The refusal of labels sent to a model whose score takes none."""
     return InvalidInput(f"labels: model {name!r} scores without labels", field="labels")
+
+
+class BackgroundGone(InvalidInput):
+    """The likelihood ratio's background model, served when the request's detector was chosen, gone before its score
+    (unloaded, or its version's files gone from the store): refused as a detector the model cannot answer is, naming
+    `anomaly_method`, not the request's model or version, which did not choose the background."""
 
 
 class ScoringOperations:
@@ -43,7 +49,23 @@ class ScoringOperations:
         `anomaly_method` names the anomaly detector (service/engine/anomaly.py; default: the manifest's
         calibration `default`); the answer's `anomaly` names it as `method`. A bound's detector scores the bound
         at the k and method its calibration records, whatever the request's (anomaly.bound_settings).
+
+        A background model gone since the detector was chosen is as one not served: a default that needs it falls
+        back to the base detector (scored again; the answer's `method` says so), a detector the request names that
+        needs it is refused (BackgroundGone).
         """
+        options = {"method": method, "k": k, "refine_steps": refine_steps, "seed": seed, "refine": refine}
+        try:
+            return await self._score(name, x, labels, anomaly_method, **options)
+        except BackgroundGone:
+            if anomaly_method is not None:
+                raise
+            return await self._score(name, x, labels, anomaly.base_detector(self.model(name).manifest), **options)
+
+    async def _score(self, name: str, x: np.ndarray | list[np.ndarray], labels: list[int | None] | None,
+                     anomaly_method: str | None, *, method: str | None, k: int | None, refine_steps: int, seed: int,
+                     refine: str) -> list[dict]:
+        """score, its detector named by `anomaly_method` (None: the model's default)."""
         m = self.model(name)
         cap = m.capability("score")
         detector = self._detector(m, cap, anomaly_method)
@@ -228,9 +250,8 @@ class ScoringOperations:
                 features["log_joint"] = log_joint if log_joint is not None else await self._class_log_joint(m, cap, x)
             if "reconstruction" in parts:
                 features["reconstruction"] = await self._reconstruction(m, x)
-            if "likelihood_ratio" in parts:  # the background's own NLL, per input (sequences: per value)
-                background = await self.score(anomaly.background(m.manifest), x, anomaly_method="nll")
-                features["background_nll"] = np.array([r["anomaly"]["score"] for r in background])
+            if "likelihood_ratio" in parts:
+                features["background_nll"] = await self._background_nll(m, cap, x, detector)
             if "hierarchical_ratio" in parts:  # at the k and method it was calibrated with
                 skip, k, method = anomaly.hierarchy_options(m.manifest)
                 log_w = await self._hierarchy_log_weights(m, cap, x, k, seed)
@@ -246,6 +267,19 @@ class ScoringOperations:
         for result, answer in zip(results, answers, strict=True):
             result["anomaly"] = answer
         return results
+
+    async def _background_nll(self, m: LoadedModel, cap: dict, x, detector: str) -> np.ndarray:
+        """The background model's own NLL per input (sequences: per value), at its latest version; BackgroundGone
+        where it went since the detector was chosen."""
+        name = anomaly.background(m.manifest)
+        try:
+            background = await self.score(name, x, anomaly_method="nll")
+        except UnknownModel as e:  # unloaded, or its files gone or changed (VersionGone)
+            names = anomaly.available(m.manifest, cap, m.function_inputs)
+            raise BackgroundGone(f"anomaly_method: model {m.manifest['name']!r}'s detector {detector!r} needs its "
+                                 f"background model {name!r}, which is not available now (unloaded, or its files in "
+                                 f"the store gone or changed); name one of {names}", field="anomaly_method") from e
+        return np.array([r["anomaly"]["score"] for r in background])
 
     async def _log_prob(self, m: LoadedModel, cap: dict, x, labels: list[int | None]) -> np.ndarray:
         """log p(x) per input; sequence models batch inputs of equal length together."""

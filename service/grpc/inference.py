@@ -16,9 +16,10 @@ that version when it is served.
 """
 
 import asyncio
+import contextlib
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -26,7 +27,7 @@ import numpy as np
 
 import genserve
 from service.engine.engine import PINNED_VERSION
-from service.engine.errors import EngineError, InvalidInput
+from service.engine.errors import VERSION_FIELD, EngineError, InvalidInput
 from service.engine.oip import (
     EXTENSIONS,
     NUMPY,
@@ -34,6 +35,7 @@ from service.engine.oip import (
     WIRE,
     check_output_name,
     check_rows,
+    chosen_by,
     output_tensor,
     platform,
     resolve,
@@ -152,15 +154,18 @@ async def _answer(context: grpc.aio.ServicerContext, method: str, work: Callable
         await context.abort(grpc.StatusCode.INTERNAL, "internal error; it has been logged")
 
 
-def _on_version(engine: Any, name: str, version: str, work: Callable[[], Awaitable[Any]]):
-    """`work` with the V2 model's `version` pinned (PINNED_VERSION) when that version is served."""
-    async def pinned() -> Any:
-        token = PINNED_VERSION.set(v2_pin(engine, name, version))
-        try:
-            return await work()
-        finally:
-            PINNED_VERSION.reset(token)
-    return pinned
+@contextlib.contextmanager
+def _on_version(engine: Any, name: str, version: str, field: str = "model_name") -> Iterator[None]:
+    """The V2 model's `version` pinned (PINNED_VERSION) when that version is served, and the field that chose it
+    (VERSION_FIELD: oip.chosen_by, `field` naming the model), around a call's _answer: its refusal is written
+    within."""
+    token = PINNED_VERSION.set(v2_pin(engine, name, version))
+    field_token = VERSION_FIELD.set(chosen_by(field, version))
+    try:
+        yield
+    finally:
+        PINNED_VERSION.reset(token)
+        VERSION_FIELD.reset(field_token)
 
 
 # --- the servicer --------------------------------------------------------------------------------------------------
@@ -182,7 +187,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             resolve(self.engine, request.name, request.version, field="name")
             return pb.ModelReadyResponse(ready=bool(self.engine.ready()))
 
-        return await _answer(context, "ModelReady", _on_version(self.engine, request.name, request.version, work))
+        with _on_version(self.engine, request.name, request.version, "name"):
+            return await _answer(context, "ModelReady", work)
 
     async def ServerMetadata(self, request, context):
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=genserve.__version__, extensions=EXTENSIONS)
@@ -197,7 +203,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 outputs=[pb.ModelMetadataResponse.TensorMetadata(**tensor_metadata(t)) for t in spec["outputs"]],
             )
 
-        return await _answer(context, "ModelMetadata", _on_version(self.engine, request.name, request.version, work))
+        with _on_version(self.engine, request.name, request.version, "name"):
+            return await _answer(context, "ModelMetadata", work)
 
     async def ModelInfer(self, request, context):
         async def work():
@@ -210,8 +217,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             encode_outputs(response, outputs, spec, wanted, raw=bool(request.raw_input_contents))
             return response
 
-        return await _answer(context, "ModelInfer",
-                             _on_version(self.engine, request.model_name, request.model_version, work))
+        with _on_version(self.engine, request.model_name, request.model_version):
+            return await _answer(context, "ModelInfer", work)
 
     async def RepositoryIndex(self, request, context):
         async def work():

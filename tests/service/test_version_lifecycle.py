@@ -21,8 +21,9 @@ from onnx import numpy_helper
 from prometheus_client import CollectorRegistry
 
 from service.api import create_app
-from service.engine.engine import Engine
-from service.engine.errors import VERSION_FIELD, UnknownModel, UnsupportedModel, VersionGone
+from service.engine.engine import PINNED_VERSION, Engine
+from service.engine.errors import VERSION_FIELD, InvalidInput, UnknownModel, UnsupportedModel, VersionGone
+from service.engine.oip import resolve
 from service.engine.workers import WorkerPool, version_id
 from service.grpc.gen import genserve_pb2 as pb
 from service.grpc.gen import genserve_pb2_grpc as pb_grpc
@@ -177,13 +178,16 @@ def test_a_gone_version_is_named_by_the_field_that_chose_it_over_rest(store):
         versioned = client.post(f"/v1/models/{MODEL}/versions/2/sample", json={"n": 1, "seed": 1})
         infer = client.post(f"/v2/models/{MODEL}.log_prob/infer", json=V2_BODY)
         infer_versioned = client.post(f"/v2/models/{MODEL}.log_prob/versions/2/infer", json=V2_BODY)
-    assert {r.status_code for r in (sample, versioned, infer, infer_versioned)} == {404}
+        infer_unknown = client.post(f"/v2/models/{MODEL}.log_prob/versions/9/infer", json=V2_BODY)
+    assert {r.status_code for r in (sample, versioned, infer, infer_versioned, infer_unknown)} == {404}
     assert sample.json()["error"]["field"] == "model", sample.text  # was: version, which the request never named
     assert sample.json()["error"]["message"].startswith(f"model: {GONE}"), sample.text
     assert versioned.json()["error"]["field"] == "version", versioned.text
     assert versioned.json()["error"]["message"].startswith(f"version: {GONE}"), versioned.text
     assert infer.json()["error"].startswith(f"model_name: {GONE}"), infer.text  # was: version
-    assert infer_versioned.json()["error"].startswith(f"version: {GONE}"), infer_versioned.text
+    # V2's version field has one name, whether the version it names is gone (was: version) or unknown
+    assert infer_versioned.json()["error"].startswith(f"model_version: {GONE}"), infer_versioned.text
+    assert infer_unknown.json()["error"].startswith("model_version: "), infer_unknown.text
 
 
 def test_a_gone_version_is_named_by_the_field_that_chose_it_over_grpc(store):
@@ -202,7 +206,7 @@ def test_a_gone_version_is_named_by_the_field_that_chose_it_over_grpc(store):
             async with grpc.aio.insecure_channel(f"127.0.0.1:{server.genserve_port}") as channel:
                 v2 = v2pb_grpc.GRPCInferenceServiceStub(channel)
                 for call in (pb_grpc.GenserveStub(channel).Sample(pb.SampleRequest(model=MODEL, n=1, seed=1)),
-                             v2.ModelInfer(infer("")), v2.ModelInfer(infer("2"))):
+                             v2.ModelInfer(infer("")), v2.ModelInfer(infer("2")), v2.ModelInfer(infer("9"))):
                     with pytest.raises(grpc.aio.AioRpcError) as info:
                         await asyncio.wait_for(call, 60)
                     answers.append(info.value)
@@ -210,11 +214,12 @@ def test_a_gone_version_is_named_by_the_field_that_chose_it_over_grpc(store):
             await server.stop(grace=None)
         return answers
 
-    sample, infer_latest, infer_versioned = asyncio.run(refusals())
-    assert {e.code() for e in (sample, infer_latest, infer_versioned)} == {grpc.StatusCode.NOT_FOUND}
+    sample, infer_latest, infer_versioned, infer_unknown = asyncio.run(refusals())
+    assert {e.code() for e in (sample, infer_latest, infer_versioned, infer_unknown)} == {grpc.StatusCode.NOT_FOUND}
     assert sample.details().startswith(f"model: {GONE}"), sample.details()  # was: version, which it cannot name
     assert infer_latest.details().startswith(f"model_name: {GONE}"), infer_latest.details()  # was: version
-    assert infer_versioned.details().startswith(f"version: {GONE}"), infer_versioned.details()
+    assert infer_versioned.details().startswith(f"model_version: {GONE}"), infer_versioned.details()  # was: version
+    assert infer_unknown.details().startswith("model_version: "), infer_unknown.details()
 
 
 def test_one_refusal_answers_each_request_of_a_batch_with_the_field_that_chose_its_version(store):
@@ -232,6 +237,74 @@ def test_one_refusal_answers_each_request_of_a_batch_with_the_field_that_chose_i
     (latest, latest_said), (named, named_said) = asyncio.run(both())
     assert latest is named  # one batch, one refusal
     assert latest_said.startswith(f"model: {GONE}") and named_said.startswith(f"version: {GONE}")
+
+
+def test_a_pinned_version_dropped_before_its_use_is_named_by_the_field_that_chose_it(store):
+    engine = latest_gone(store)
+    engine.load_model(MODEL)  # the store holds version 1 only now: version 2, pinned below, is dropped
+
+    async def request(field: str) -> UnknownModel:
+        PINNED_VERSION.set((MODEL, 2))  # as VersionedRoutes (v2_pin) pinned the latest when the request came
+        VERSION_FIELD.set(field)
+        with pytest.raises(UnknownModel) as refused:
+            await engine.infer(MODEL, "log_prob", {"x": X})
+        return refused.value
+
+    for field in ("model", "model_name", "model_version"):
+        refused = asyncio.run(request(field))  # (each run in a context of its own)
+        assert refused.field == field, refused.detail  # was: version, whatever chose it
+        assert refused.detail.startswith(f"{field}: model '{MODEL}' has no version 2 now"), refused.detail
+    with pytest.raises(UnknownModel, match=r"^version: model 'pixelcnn' has no version 2; it has \[1\]") as named:
+        engine.model(MODEL, 2)  # a version given by the caller: named `version`
+    assert named.value.field == "version"
+
+
+def test_resolve_leaves_the_version_field_to_the_adapters_that_set_and_reset_it(store):
+    engine = Engine(ModelStore(store), settings())
+
+    async def after(version: str) -> str:
+        resolve(engine, f"{MODEL}.log_prob", version)
+        return VERSION_FIELD.get()
+
+    assert [asyncio.run(after(version)) for version in ("", "1")] == ["model", "model"]  # was: model_name, version
+
+
+BACKGROUND = "background"
+
+
+def gone_background(store: Path) -> Engine:
+    """An engine serving the model with the likelihood ratio as its default detector over BACKGROUND (the tiny
+    pixelcnn again), whose latest version (2, loaded after the start) is since gone from the store."""
+    path = store / MODEL / "1" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    entry = {"score": "nll_minus_background_nll_nats", "quantiles": [0.0, 1.0], "values": [-50.0, 50.0], "n": 2,
+             "split": "test", "background": BACKGROUND}
+    manifest["calibration"] |= {"default": "likelihood_ratio", "detectors": {"likelihood_ratio": entry}}
+    path.write_text(json.dumps(manifest))
+    add_version(store, 1, BACKGROUND)
+    engine = Engine(ModelStore(store), settings())
+    add_version(store, 2, BACKGROUND)
+    engine.load_model(BACKGROUND)
+    shutil.rmtree(store / BACKGROUND / "2")
+    return engine
+
+
+def test_a_gone_background_is_as_a_missing_one_a_default_falls_back_a_named_detector_is_refused(store):
+    engine = gone_background(store)
+
+    async def scores(anomaly_method: str | None) -> list[dict]:
+        return await engine.score(MODEL, X, anomaly_method=anomaly_method)
+
+    fallback = asyncio.run(scores(None))  # was: 404 naming `model`, which chose the model, not its background
+    assert fallback == asyncio.run(scores("nll")) and {r["anomaly"]["method"] for r in fallback} == {"nll"}
+    with pytest.raises(InvalidInput) as refused:
+        asyncio.run(scores("likelihood_ratio"))
+    assert refused.value.field == "anomaly_method", refused.value.detail
+    assert f"background model {BACKGROUND!r}, which is not available now" in refused.value.detail
+    with TestClient(create_app(engine, settings())) as client:
+        body = {"inputs": X.tolist(), "anomaly_method": "likelihood_ratio"}
+        named = client.post(f"/v1/models/{MODEL}/score", json=body)
+    assert named.status_code == 422 and named.json()["error"]["field"] == "anomaly_method", named.text
 
 
 def test_a_worker_pool_started_after_a_forget_does_not_load_what_it_forgot(store):
