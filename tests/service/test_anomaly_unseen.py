@@ -22,14 +22,16 @@ def centre(x: np.ndarray) -> np.ndarray:
     return np.stack([(ink * rows).sum(axis=(1, 2)) / total, (ink * cols).sum(axis=(1, 2)) / total], axis=1)
 
 
-def test_every_kind_is_a_seeded_set_of_gray_images(digits):
-    first, again = (unseen.second_kinds(digits, 12, np.random.default_rng(3)) for _ in range(2))
-    assert list(first) == unseen.SECOND_KINDS
+@pytest.mark.parametrize("kind_set", list(unseen.KIND_SETS))
+def test_every_kind_of_each_set_is_a_seeded_set_of_gray_images(digits, kind_set):
+    kinds, make, _ = unseen.KIND_SETS[kind_set]
+    first, again = (make(digits, 12, np.random.default_rng(3)) for _ in range(2))
+    assert list(first) == kinds
     for kind, x in first.items():
         assert x.shape == (12, 1, 28, 28) and x.dtype == np.uint8, kind
         np.testing.assert_array_equal(x, again[kind])
-    other = unseen.second_kinds(digits, 12, np.random.default_rng(4))
-    assert all(not np.array_equal(first[k], other[k]) for k in unseen.SECOND_KINDS)
+    other = make(digits, 12, np.random.default_rng(4))
+    assert all(not np.array_equal(first[k], other[k]) for k in kinds)
 
 
 def test_the_digit_kinds_change_the_digits_as_named(digits):
@@ -44,16 +46,10 @@ def test_the_digit_kinds_change_the_digits_as_named(digits):
     assert not np.array_equal(warped, a) and abs(int(warped.sum()) - int(a.sum())) < 0.2 * int(a.sum())
 
 
-def test_the_third_set_is_seeded_gray_images_of_its_kinds(digits):
-    first, again = (unseen.third_kinds(digits, 12, np.random.default_rng(3)) for _ in range(2))
-    assert list(first) == unseen.THIRD_KINDS
-    for kind, x in first.items():
-        assert x.shape == (12, 1, 28, 28) and x.dtype == np.uint8, kind
-        np.testing.assert_array_equal(x, again[kind])
-    other = unseen.third_kinds(digits, 12, np.random.default_rng(4))
-    assert all(not np.array_equal(first[k], other[k]) for k in unseen.THIRD_KINDS)
-    assert set(np.unique(first["checkerboard"])) == {0, 255}
-    assert first["blobs"].reshape(12, -1).max(axis=1).tolist() == [255] * 12
+def test_the_third_sets_patterns_are_as_named(digits):
+    made = unseen.third_kinds(digits, 12, np.random.default_rng(3))
+    assert set(np.unique(made["checkerboard"])) == {0, 255}
+    assert made["blobs"].reshape(12, -1).max(axis=1).tolist() == [255] * 12
 
 
 def test_the_third_set_changes_the_digits_as_named(digits):
