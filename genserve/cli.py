@@ -220,6 +220,7 @@ def _training_nll_note(model, config: dict, split) -> str | None:
 
 def _export(args: argparse.Namespace) -> None:
     from training.export import VersionExists, export
+    from training.train import Refused
 
     _check_writable(Path(args.models), "export", "--models")
     try:
@@ -227,8 +228,8 @@ def _export(args: argparse.Namespace) -> None:
                      baseline=not args.no_baseline, reuse_eval=args.reuse_eval, force=args.force)
     except VersionExists as e:
         raise SystemExit(f"genserve export: {e}") from e
-    except (FileNotFoundError, ValueError) as e:  # not a run directory, no exporter, a stale eval.json
-        raise SystemExit(f"genserve export: {e}") from e
+    except (FileNotFoundError, ValueError, Refused) as e:  # not a run directory, no exporter, a stale eval.json;
+        raise SystemExit(f"genserve export: {e}") from e  # Refused: a training run holds it, or it mixes two epochs
     print(f"exported to {out}")
 
 
@@ -276,10 +277,13 @@ def _eval(args: argparse.Namespace) -> None:
             print("\nSample quality (every 28x28 model that samples, through the serving engine):\n")
             print(table(Path(args.models), Path(args.models) / "evaluation", args.n, args.json))
     else:
-        from training.train import load_model
+        from training.train import Refused, load_model
 
         _check_run(Path(args.run_dir))
-        loaded = load_model(Path(args.run_dir))
+        try:
+            loaded = load_model(Path(args.run_dir))
+        except Refused as e:  # a training run holds the run, or its checkpoint mixes two epochs
+            raise SystemExit(f"genserve eval: {e}") from e
         evaluate(Path(args.run_dir), baseline=not args.no_baseline, loaded=loaded)
         kind = _scored_quantity(*loaded)
         if kind:

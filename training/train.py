@@ -12,7 +12,13 @@ A run directory holds:
 Each file is written aside, synced and renamed into place (`replacing`), state.json last; every tensor file carries
 its epoch in its safetensors metadata, so that a set mixed by a save killed between two renames (the weights of
 epoch k+1 beside state.json of epoch k) is refused at resume rather than trained on (files from before the stamps
-resume unchecked).
+resume unchecked), and so is it by `genserve export` and `genserve eval` (load_model).
+
+One training run at a time: a run holds an exclusive flock on its run directory (`run_lock`) from start to end, so
+that a second `genserve train` (or a resume) into it is refused at once instead of interleaving its checkpoint
+writes; load_model reads under a shared one, so an export or eval neither reads a checkpoint a training run is
+renaming into place nor lets one start under it. The kernel drops a lock with its process, killed or not: there is
+no stale lock to clean up, and no lock file (Linux flock, on a local file system).
 
 The config is checked (check_config) and the data and model made before anything is written; a call that has no
 epoch left to train, on a run with its samples, writes nothing, and asking fewer epochs than a run trained is refused.
@@ -35,6 +41,7 @@ export` copies them into the manifest's provenance as `training`.
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import math
 import os
@@ -97,8 +104,32 @@ def _epoch_stamp(path: Path) -> str | None:
 
 
 class Refused(Exception):
-    """A run that cannot train as asked, said in one line: its data cannot be made, its model cannot be built, or
-    it has trained more epochs than asked."""
+    """A run that cannot train (or load) as asked, said in one line: its data cannot be made, its model cannot be
+    built, it has trained more epochs than asked, its checkpoint mixes two epochs, or another process holds it."""
+
+
+LOCKED = {  # run_lock's refusal, by whether the refused lock was shared (a reader's)
+    False: "{run_dir} is locked: another training run (or an export or eval reading it) holds it; wait for it to "
+           "end, or train in another --run-dir",
+    True: "{run_dir} is locked: a training run holds it; export or evaluate it once that run ends",
+}
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path, shared: bool = False):
+    """Hold a flock on the run directory itself for the block: exclusive for a training run, shared for a reader
+    (load_model). Refused at once, naming the directory, where another process (or another open of the directory
+    in this one) holds a lock that conflicts. The kernel drops it when the descriptor closes, as it does when its
+    process ends or is killed; nothing is written into the run. Linux flock, on a local file system."""
+    descriptor = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(descriptor, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            raise Refused(LOCKED[shared].format(run_dir=run_dir)) from e
+        yield
+    finally:
+        os.close(descriptor)
 
 
 def load_config(path: Path) -> dict:
@@ -166,11 +197,19 @@ def build_model(config: dict, split: Split) -> torch.nn.Module:
 
 
 def load_model(run_dir: Path) -> tuple[torch.nn.Module, dict, Split]:
-    """The model of a finished (or interrupted) run, in eval mode, with its config and data."""
-    config = json.loads((Path(run_dir) / "config.json").read_text())
+    """The model of a finished (or interrupted) run, in eval mode, with its config and data; its files read under a
+    shared `run_lock` (Refused while a training run holds the directory). Refused, as a resume is, where a
+    checkpoint file holds another epoch than state.json (`_check_one_epoch`; a run without state.json, or saved
+    before the stamps, loads unchecked)."""
+    run_dir = Path(run_dir)
+    with run_lock(run_dir, shared=True):
+        config = json.loads((run_dir / "config.json").read_text())
+        if (run_dir / "state.json").is_file():
+            _check_one_epoch(run_dir, json.loads((run_dir / "state.json").read_text())["epoch"])
+        weights = load_file(run_dir / "model.safetensors")
     split = load(config["dataset"])
     model = build_model(config, split)
-    model.load_state_dict(load_file(Path(run_dir) / "model.safetensors"))
+    model.load_state_dict(weights)
     return model.eval(), config, split
 
 
@@ -282,7 +321,7 @@ def _resume(run_dir: Path, model, optimizers: dict) -> dict:
     (runs from before rng.safetensors go on from the reseeded state, unlike an uninterrupted run); its state.json.
     Refused, before anything is loaded, where a file holds another epoch than state.json (`_check_one_epoch`)."""
     state = json.loads((run_dir / "state.json").read_text())
-    _check_one_epoch(run_dir, [_optimizer_path(run_dir, name) for name in optimizers], state["epoch"])
+    _check_one_epoch(run_dir, state["epoch"])
     model.load_state_dict(load_file(run_dir / "model.safetensors"))
     for name, optimizer in optimizers.items():
         _load_optimizer(optimizer, _optimizer_path(run_dir, name))
@@ -299,17 +338,18 @@ def _resume(run_dir: Path, model, optimizers: dict) -> dict:
     return state
 
 
-def _check_one_epoch(run_dir: Path, optimizer_paths: list[Path], epoch: int) -> None:
-    """Refused, naming each file and its epoch, where a checkpoint file's stamp is not state.json's epoch: a save
-    killed between two renames left files of two epochs, which resumed would silently differ from an uninterrupted
-    run. A file without a stamp (saved before the stamps) is taken as it is."""
-    paths = [run_dir / "model.safetensors", *optimizer_paths, run_dir / RNG_FILE]
+def _check_one_epoch(run_dir: Path, epoch: int) -> None:
+    """Refused, naming each file and its epoch, where a checkpoint file's stamp (weights, each optimizer's state,
+    RNG state) is not state.json's `epoch`: a save killed between two renames left files of two epochs, which
+    resumed would silently differ from an uninterrupted run, and exported would pair the weights with another
+    epoch's history. A file without a stamp (saved before the stamps) is taken as it is."""
+    paths = [run_dir / "model.safetensors", *sorted(run_dir.glob("optimizer*.safetensors")), run_dir / RNG_FILE]
     stamps = {path.name: _epoch_stamp(path) for path in paths if path.is_file()}
     mixed = [f"{name} (epoch {stamp})" for name, stamp in stamps.items() if stamp not in (None, str(epoch))]
     if mixed:
         raise Refused(f"{run_dir} holds files of another epoch than its state.json's {epoch}: {', '.join(mixed)} "
-                      "(a save was interrupted between files); they cannot be resumed as one run: train again "
-                      "in another --run-dir, or after removing this one")
+                      "(a save was interrupted between files); they are not one checkpoint, to resume, export or "
+                      "evaluate: train again in another --run-dir, or after removing this one")
 
 
 def _code_version() -> dict:
@@ -392,21 +432,34 @@ def train_run(config: dict, config_path: Path, run_dir: Path) -> Trained:
     """Train (or resume) the run in `run_dir` to the epochs of `config`, the config read from `config_path` with any
     epochs asked in place and passed by check_config (`train` and `genserve train` check it once, before this); nothing
     is made before the data and model are ready. Refused for a run that trained more epochs than asked; a run that has
-    its epochs and samples already is left alone."""
+    its epochs and samples already is left alone. Refused at once where another process holds run_dir (`run_lock`);
+    this call holds it to its end, from its start (a new directory: from its making)."""
     command = " ".join(["genserve"] + sys.argv[1:]) if sys.argv[0].endswith("genserve") else None
     config = {**config, "command": command}
-    run_dir, settings, family = Path(run_dir), config["train"], family_module(config["family"])
-    trained = trained_epochs(run_dir)
-    if trained > settings["epochs"]:
-        raise Refused(f"{run_dir} has trained {trained} epochs, more than the {settings['epochs']} asked: give "
-                      f"--epochs {trained} or more, or another --run-dir")
-    if trained == settings["epochs"] and any((run_dir / name).is_file() for name in SAMPLE_FILES):
-        print(f"nothing to train: {run_dir} is at epoch {trained} of {trained} (give --epochs above {trained} to "
-              "train on)")
-        return Trained(run_dir, [], None)
-    split, model = _data_and_model(config, config_path)
-    optimizers = make_optimizers(family, model, settings)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir, settings = Path(run_dir), config["train"]
+    new = not run_dir.is_dir()
+    with contextlib.ExitStack() as held:
+        if not new:
+            held.enter_context(run_lock(run_dir))
+        trained = trained_epochs(run_dir)
+        if trained > settings["epochs"]:
+            raise Refused(f"{run_dir} has trained {trained} epochs, more than the {settings['epochs']} asked: give "
+                          f"--epochs {trained} or more, or another --run-dir")
+        if trained == settings["epochs"] and any((run_dir / name).is_file() for name in SAMPLE_FILES):
+            print(f"nothing to train: {run_dir} is at epoch {trained} of {trained} (give --epochs above {trained} "
+                  "to train on)")
+            return Trained(run_dir, [], None)
+        split, model = _data_and_model(config, config_path)
+        optimizers = make_optimizers(family_module(config["family"]), model, settings)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if new:
+            held.enter_context(run_lock(run_dir))
+        return _train_epochs(config, run_dir, split, model, optimizers)
+
+
+def _train_epochs(config: dict, run_dir: Path, split: Split, model, optimizers: dict) -> Trained:
+    """train_run's work once run_dir is made and held: resume, train the epochs left, save each, draw samples."""
+    settings, family = config["train"], family_module(config["family"])
     state = {"epoch": 0, "history": [], "sessions": []}
     if (run_dir / "state.json").exists():
         state = _resume(run_dir, model, optimizers)
