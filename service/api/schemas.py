@@ -14,9 +14,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -27,34 +25,30 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from service.engine.latent import MAX_CLASS_NAME
-from service.engine.validation import (
-    ANOMALY_METHOD_MAX,
-    MAX_INT32,
-    MAX_SECONDS,
-    MAX_SEED,
-    MAX_TEMPERATURE,
-    MIN_TEMPERATURE,
+from service.engine.options import (
+    AnomalyMethod,
+    Bars,
+    ChainSteps,
+    Chords,
+    ChunkMs,
+    Direction,
+    JsonNumber,
+    K,
+    Label,
+    NoiseSeed,
+    Number,
+    Refine,
+    RefineSteps,
+    ScoreMethod,
+    Seconds,
+    Seed,
+    Temperature,
+    TopK,
+    length,
+    not_lax,
+    samples,
 )
 from service.settings import Settings
-
-
-def not_lax(what: str, text_allowed: bool = False) -> BeforeValidator:
-    """A validator refusing JSON true or false where `what` belongs, and a string unless `what` may be text:
-    pydantic's lax mode would read true as 1 and "3" as 3."""
-    def refuse(value: Any) -> Any:
-        if isinstance(value, bool):
-            raise PydanticCustomError("number_not_boolean", f"must be {what}, not true or false")
-        if isinstance(value, str) and not text_allowed:
-            raise PydanticCustomError("number_not_string", f"must be {what}, not a string")
-        return value
-
-    return BeforeValidator(refuse)
-
-
-# On every number of a request, after its Field (so that the OpenAPI schema keeps its minimum and maximum): 3 (and
-# 3.0) is 3; true and "3" are 422s naming the field.
-JsonNumber = not_lax("a number")
-Number = Annotated[float, JsonNumber]  # a number without bounds (a latent, a control's value)
 
 # An input: for an image model a base64 PNG or nested integer levels, for a text model a string.
 # The codecs check the structure themselves, so that every problem gets one message naming the input's index.
@@ -94,45 +88,6 @@ Actions = Annotated[list[Any] | None,
 Voice = Annotated[int | str | None, Field(description="audio models: the voice, by index or name (data.classes); "
                                                       "absent: drawn from the voice prior"),
                   not_lax("a voice's index or name", text_allowed=True)]
-TopK = Annotated[int | None, Field(ge=0, le=MAX_INT32,
-                                   description="text models: sample among the k likeliest characters (0 or absent: "
-                                               "all)"), JsonNumber]
-Seed = Annotated[int | None, Field(ge=0, le=MAX_SEED, description="random seed; drawn and echoed when absent"),
-                 JsonNumber]
-
-
-def _at_least_min_temperature(value: float) -> float:
-    """Refuse a temperature under MIN_TEMPERATURE in words (Field(ge=1e-30) would write it out in 30 decimals)."""
-    if value < MIN_TEMPERATURE:
-        raise PydanticCustomError("temperature_too_low", f"must be at least {MIN_TEMPERATURE:g} (below, logits / "
-                                                         "temperature overflow float32)")
-    return value
-
-
-Temperature = Annotated[float, Field(le=MAX_TEMPERATURE, description="sampling temperature",
-                                     json_schema_extra={"minimum": MIN_TEMPERATURE}), JsonNumber,
-                        AfterValidator(_at_least_min_temperature)]
-NoiseSeed = Annotated[int, Field(ge=0, le=MAX_SEED, description="seed of the noise (importance samples, posterior "
-                                                                 "refinement); absent: 0, so answers are "
-                                                                 "reproducible"), JsonNumber]
-RefineSteps = Annotated[int, Field(ge=0, le=MAX_INT32,
-                                   description="latent-variable models: gradient steps refining q(z given x) before "
-                                               "use, 0..the model's max (encode.refine.max_steps)"), JsonNumber]
-Refine = Annotated[str, Field(max_length=32, description="latent-variable models: the refinement rule, gradient "
-                                                       "(ascent on the ELBO) or one in encode.refine.updates "
-                                                       "(learned: a trained update, Marino et al. 2017)")]
-Bars = Annotated[int | None, Field(ge=1, le=MAX_INT32, description="music models: bars to generate, 1..the model's "
-                                                                   "max_steps; absent: one per chord, else the "
-                                                                   "model's default"), JsonNumber]
-Chords = Annotated[list[Annotated[str, Field(max_length=16)]] | None,
-                   Field(max_length=4096, description="music models: a chord per bar by name (capabilities.sample."
-                                                      "step_controls.chords.names, e.g. C, Am, F#m; N: none); "
-                                                      "absent: none")]
-ChainSteps = Annotated[int | None, Field(ge=1, le=MAX_INT32,
-                                         description="models that run a Markov chain (capability procedure "
-                                                     "markov_chain): its number of steps, 1..max_steps; absent: the "
-                                                     "model's default"), JsonNumber]
-Label = Annotated[int, Field(ge=0, le=MAX_INT32), JsonNumber]
 
 
 def _control_value(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
@@ -300,16 +255,8 @@ class RequestModels:
 
 def request_models(settings: Settings) -> RequestModels:
     """Request bodies with this deployment's limits baked in."""
-    Samples = Annotated[int, Field(ge=1, le=settings.max_samples_per_request, description="number of samples"),
-                        JsonNumber]
+    Samples, Length = samples(settings.max_samples_per_request), length(settings.max_sequence_length)
     Inputs = Annotated[list[Input], Field(min_length=1, max_length=settings.max_inputs_per_request)]
-    Length = Annotated[int | None, Field(ge=1, le=settings.max_sequence_length,
-                                         description="text and audio models: characters or audio samples to "
-                                                     "generate after the prompt or input (absent: the model's "
-                                                     "default)"), JsonNumber]
-    Seconds = Annotated[float | None, Field(gt=0, le=MAX_SECONDS,
-                                            description="audio models: seconds to generate (instead of length)"),
-                        JsonNumber]
     Labels = Annotated[
         list[Label | None] | None,
         Field(max_length=settings.max_inputs_per_request, description="class label per input; null: marginalize"),
@@ -329,8 +276,7 @@ def request_models(settings: Settings) -> RequestModels:
                                                         "the caption, in the model's words")] = None
         seconds: Seconds = None
         voice: Voice = None
-        chunk_ms: Annotated[int | None, Field(ge=1, le=60000, description="audio streams: milliseconds of audio "
-                                                                         "per chunk (absent: 100)"), JsonNumber] = None
+        chunk_ms: ChunkMs = None
         steps: ChainSteps = None
         bars: Bars = None
         chords: Chords = None
@@ -346,22 +292,12 @@ def request_models(settings: Settings) -> RequestModels:
     class ScoreRequest(_Request):
         inputs: Inputs
         labels: Labels = None
-        method: Annotated[str | None, Field(max_length=32, description="latent-variable models: the bound, one of "
-                                                                       "capabilities.score.methods (iwae, elbo); "
-                                                                       "absent: the model's default")] = None
-        k: Annotated[int | None, Field(ge=1, le=MAX_INT32, description="importance samples per input, 1..max_k; "
-                                                                       "absent: the model's default"),
-                     JsonNumber] = None
+        method: ScoreMethod = None
+        k: K = None
         refine_steps: RefineSteps = 0
         refine: Refine = "gradient"
         seed: NoiseSeed = 0
-        anomaly_method: Annotated[str | None, Field(
-            max_length=ANOMALY_METHOD_MAX,
-            description="the anomaly detector: nll (a GAN: critic), typical_nll, complexity, class, reconstruction, "
-                        "inversion, likelihood_ratio, hierarchical_ratio, latent_mahalanobis, mix:<a>+<b>[+<c>], "
-                        "states:<a>+<b>[+<c>] (density of states), "
-                        "typicality (one p-value for the request's inputs); absent: the model's calibrated "
-                        "default")] = None
+        anomaly_method: AnomalyMethod = None
 
     class NamedScoreRequest(ScoreRequest):
         model: str = Field(max_length=256, description="model name")
@@ -403,9 +339,7 @@ def request_models(settings: Settings) -> RequestModels:
     class TranslateRequest(_Request):
         inputs: Annotated[list[Input], Field(min_length=1, max_length=settings.max_inputs_per_request,
                                              description="images of capabilities.translate.input's shape and levels")]
-        direction: Annotated[str | None, Field(max_length=64, description="one of capabilities.translate."
-                                               "directions (cyclegan: a_to_b, b_to_a); left out: the capability's "
-                                               "function")] = None
+        direction: Direction = None
         format: Annotated[Literal["array", "png"] | None,
                           Field(description="array (nested integer levels, [B, *data.shape]) or png (levels "
                                             "scaled to 0..255); absent: array")] = None

@@ -24,11 +24,24 @@ import numpy as np
 
 from service.engine import audio, midi, text
 from service.engine.errors import EngineError, InvalidInput, MissingCapability
+from service.engine.options import (
+    AnomalyMethod,
+    Bars,
+    ChainSteps,
+    ChunkMs,
+    Direction,
+    K,
+    Refine,
+    RefineSteps,
+    ScoreMethod,
+    Seconds,
+    Seed,
+    Temperature,
+    TopK,
+    checked,
+    samples,
+)
 from service.engine.validation import (
-    MAX_SECONDS,
-    MAX_SEED,
-    MAX_TEMPERATURE,
-    MIN_TEMPERATURE,
     check_finite,
     check_finite_outputs,
     check_no_mask,
@@ -166,33 +179,35 @@ def mask_batch(tensor: pb.Tensor, spec: dict, batch: int, field: str = "mask") -
 # --- request fields ------------------------------------------------------------------------------------------------
 
 
+# The options REST also takes, checked against the same types (service/engine/options.py): one definition of bounds.
+
+
 def _samples(request: Any, settings: Settings) -> int:
-    n = request.n if request.HasField("n") else 1
-    if not 1 <= n <= settings.max_samples_per_request:
-        raise InvalidInput(f"n: must be in 1..{settings.max_samples_per_request}, got {n}", field="n")
-    return n
+    return checked(samples(settings.max_samples_per_request), request.n if request.HasField("n") else 1, "n")
 
 
 def _temperature(request: Any) -> float:
-    t = request.temperature if request.HasField("temperature") else 1.0
-    if not MIN_TEMPERATURE <= t <= MAX_TEMPERATURE:  # also refuses NaN
-        raise InvalidInput(f"temperature: must be in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}], got {t}",
-                           field="temperature")
-    return t
+    return checked(Temperature, request.temperature if request.HasField("temperature") else 1.0, "temperature")
 
 
 def _seed(request: Any, absent: int | None = None) -> int:
     """The request's seed; absent: `absent`, or (None) a fresh one that the response echoes."""
     if not request.HasField("seed"):
         return secrets.randbits(32) if absent is None else absent
-    if request.seed > MAX_SEED:
-        raise InvalidInput(f"seed: must be in 0..{MAX_SEED}, got {request.seed}", field="seed")
-    return request.seed
+    return checked(Seed, request.seed, "seed")
+
+
+OPTIONS = {"steps": ChainSteps, "bars": Bars, "top_k": TopK, "seconds": Seconds, "chunk_ms": ChunkMs, "k": K,
+           "refine_steps": RefineSteps, "refine": Refine, "method": ScoreMethod, "anomaly_method": AnomalyMethod,
+           "direction": Direction}
 
 
 def _optional(request: Any, field: str, absent: Any = None) -> Any:
-    """An optional field's value, or `absent` when it is not set."""
-    return getattr(request, field) if request.HasField(field) else absent
+    """An optional field's value, checked as REST checks it (OPTIONS), or `absent` when it is not set."""
+    if not request.HasField(field):
+        return absent
+    value = getattr(request, field)
+    return checked(OPTIONS[field], value, field) if field in OPTIONS else value
 
 
 def _labels(request: pb.ScoreRequest, batch: int) -> list[int | None] | None:
@@ -209,18 +224,7 @@ def _labels(request: pb.ScoreRequest, batch: int) -> list[int | None] | None:
 
 def _length(request: Any, spec: dict) -> int | None:
     """Values to generate: `length`, or for audio `seconds` at the model's sample rate (absent: None)."""
-    seconds = request.seconds if request.HasField("seconds") else None
-    if seconds is not None and not 0 < seconds <= MAX_SECONDS:  # also refuses NaN
-        raise InvalidInput(f"seconds: must be in (0, {MAX_SECONDS}], got {seconds}", field="seconds")
-    return audio.length_of(seconds, request.length if request.HasField("length") else None, spec, "seconds")
-
-
-def _top_k(request: Any) -> int | None:
-    """Text models: sample among the k likeliest characters (0: all); absent: None. As REST, k >= 0."""
-    top_k = _optional(request, "top_k")
-    if top_k is not None and top_k < 0:
-        raise InvalidInput(f"top_k: must be >= 0 (0: all characters), got {top_k}", field="top_k")
-    return top_k
+    return audio.length_of(_optional(request, "seconds"), _optional(request, "length"), spec, "seconds")
 
 
 def _label(request: Any, spec: dict) -> int | None:
@@ -235,9 +239,9 @@ def _generation(request: pb.SampleRequest, spec: dict) -> dict:
     prompt = request.prompt if request.HasField("prompt") else None
     if prompt is not None and spec.get("kind") == "text":
         prompt = text.encode(prompt, spec["vocabulary"], "prompt")  # other models' prompts are captions (the engine's)
-    return {"length": _length(request, spec), "top_k": _top_k(request), **_length_field(request), "prompt": prompt,
-            "bars": _optional(request, "bars"), "step_controls": {"chords": list(request.chords)} if request.chords
-            else None}
+    return {"length": _length(request, spec), "top_k": _optional(request, "top_k"), **_length_field(request),
+            "prompt": prompt, "bars": _optional(request, "bars"),
+            "step_controls": {"chords": list(request.chords)} if request.chords else None}
 
 
 def _length_field(request: Any) -> dict:
@@ -417,9 +421,9 @@ class GenserveServicer(pb_grpc.GenserveServicer):
             description, spec = self._lookup(name, "sample")
             n, temperature, seed = _samples(request, self.settings), _temperature(request), _seed(request)
             dtype, version, kind = wire_dtype(spec), str(description["version"]), spec.get("kind")
-            if request.HasField("chunk_ms") and (kind != "audio" or not 1 <= request.chunk_ms <= 60000):
-                raise InvalidInput("chunk_ms: 1..60000, for audio models only", field="chunk_ms")
-            chunk_ms = request.chunk_ms if request.HasField("chunk_ms") else 100
+            chunk_ms = _optional(request, "chunk_ms", 100)
+            if request.HasField("chunk_ms") and kind != "audio":
+                raise InvalidInput("chunk_ms: for audio models only", field="chunk_ms")
             check_stream_options("", request.HasField("steps"), bool(request.controls), request.HasField("actions"))
             chunk = max(1, int(spec["sample_rate"]) * chunk_ms // 1000) if kind == "audio" else None
             generation = _generation(request, spec)
@@ -461,7 +465,8 @@ class GenserveServicer(pb_grpc.GenserveServicer):
                 with _sequence_fields(spec):
                     out = await self.engine.complete(name, prefixes, None, n, seed, temperature,
                                                      _label(request, spec), length=_length(request, spec),
-                                                     top_k=_top_k(request), steps=_optional(request, "steps"),
+                                                     top_k=_optional(request, "top_k"),
+                                                     steps=_optional(request, "steps"),
                                                      **_length_field(request))  # per input [n, T_b]
                 files = [_as_files(rows, spec) for rows in out]
                 key = SEQUENCE_FIELDS[spec["kind"]]
@@ -521,7 +526,8 @@ class GenserveServicer(pb_grpc.GenserveServicer):
             name = request.model
             description, spec = self._lookup(name, "encode")
             _require(description, "decode", name)
-            out = await self.engine.interpolate(name, self._inputs(request, spec), _optional(request, "steps", 8))
+            out = await self.engine.interpolate(name, self._inputs(request, spec),
+                                                request.steps if request.HasField("steps") else 8)
             return pb.InterpolateResponse(model=name, version=str(description["version"]),
                                           z=to_tensor(out["z"], np.float32),
                                           images=to_tensor(out["images"], np.float32))
@@ -530,7 +536,7 @@ class GenserveServicer(pb_grpc.GenserveServicer):
         async with engine_errors(context, "Translate"):
             name = request.model
             description, _ = self._lookup(name, "translate")
-            direction = request.direction if request.HasField("direction") else None
+            direction = _optional(request, "direction")
             images = await self.engine.translate(name, self._inputs(request, self.engine.translate_input(name)),
                                                  direction)
             return pb.TranslateResponse(model=name, version=str(description["version"]),
