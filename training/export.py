@@ -253,12 +253,14 @@ def measured_report(run_dir: Path, baseline: bool, reuse_eval: bool, loaded: tup
 
 def training_sessions(run_dir: Path) -> dict:
     """{"training": the sessions that trained the run's epochs} (training.train: each one's command, first and last
-    epoch, intra-op threads), or nothing for a run from before they were recorded."""
+    epoch, intra-op threads), or nothing for a run from before they were recorded; and for a run that selected its
+    epoch (train.select), "selection": the rule, every epoch's score and the selected epoch (the exported weights)."""
     try:
-        sessions = json.loads((run_dir / "state.json").read_text()).get("sessions")
+        state = json.loads((run_dir / "state.json").read_text())
     except (OSError, ValueError):
         return {}
-    return {"training": sessions} if sessions else {}
+    return ({"training": state["sessions"]} if state.get("sessions") else {}) | (
+        {"selection": state["selection"]} if "selection" in state else {})
 
 
 class VersionExists(FileExistsError):

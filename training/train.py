@@ -8,11 +8,17 @@ A run directory holds:
                        RNG state), so that a resumed run goes on as an uninterrupted one would (same intra-op threads)
   samples.png          a grid of samples, one row per class (samples.txt for text, samples.wav for audio)
   loss.png             train and test NLL per epoch (not for a family with its own train_step: a GAN's)
+  selected.safetensors with train.select (a family that defines `selection_score(model, split)`, lower better,
+                       from the training data only): the weights of the epoch with the lowest score so far, each
+                       epoch's score in state.json's "selection" (with the rule: the score's docstring, and the best
+                       epoch); load_model (export, eval) and the samples take these weights, not the last epoch's.
+                       A GAN's samples swing from epoch to epoch; the rule picks one, as declared before training
 
 Each file is written aside, synced and renamed into place (`replacing`), state.json last; every tensor file carries
 its epoch in its safetensors metadata, so that a set mixed by a save killed between two renames (the weights of
 epoch k+1 beside state.json of epoch k) is refused at resume rather than trained on (files from before the stamps
-resume unchecked), and so is it by `genserve export` and `genserve eval` (load_model).
+resume unchecked), and so is it by `genserve export` and `genserve eval` (load_model). selected.safetensors,
+written before state.json, carries the selected epoch (state.json's selection.best_epoch).
 
 One training run at a time: a run holds an exclusive flock on its run directory (`run_lock`) from start to end, so
 that a second `genserve train` (or a resume) into it is refused at once instead of interleaving its checkpoint
@@ -171,7 +177,8 @@ def model_settings(family) -> type:
 def check_config(config: dict) -> None:
     """Raise ValueError naming the key, before anything is loaded or written, for a config that could not train:
     train settings that are not an object or lack (or mistype) a number the loop reads, an unknown dataset, model
-    settings that are not an object or name a key that the family's model settings lack."""
+    settings that are not an object or name a key that the family's model settings lack, train.select that is not
+    true or false, or true for a family without selection_score."""
     settings = config["train"]
     if not isinstance(settings, dict):
         raise ValueError("train must be an object")
@@ -181,6 +188,11 @@ def check_config(config: dict) -> None:
                 raise ValueError(f"train.{key} is missing: it must be {what}")
         elif not test(settings[key]):
             raise ValueError(f"train.{key} must be {what}, got {settings[key]!r}")
+    if settings.get("select", False) not in (True, False):
+        raise ValueError(f"train.select must be true or false, got {settings['select']!r}")
+    if settings.get("select") and not hasattr(family_module(config["family"]), "selection_score"):
+        raise ValueError(f"train.select is true, but the {config['family']} family defines no selection_score to "
+                         "select epochs by; leave select out")
     if config["dataset"] not in DATASETS:
         raise ValueError(f"dataset {config['dataset']!r} is not one of {', '.join(sorted(DATASETS))}")
     if not isinstance(config["model"], dict):
@@ -197,7 +209,8 @@ def build_model(config: dict, split: Split) -> torch.nn.Module:
 
 
 def load_model(run_dir: Path) -> tuple[torch.nn.Module, dict, Split]:
-    """The model of a finished (or interrupted) run, in eval mode, with its config and data; its files read under a
+    """The model of a finished (or interrupted) run, in eval mode, with its config and data: the selected epoch's
+    weights where the run selected (train.select), else the last epoch's; its files read under a
     shared `run_lock` (Refused while a training run holds the directory). Refused, as a resume is, where a
     checkpoint file holds another epoch than state.json (`_check_one_epoch`; a run without state.json, or saved
     before the stamps, loads unchecked)."""
@@ -205,8 +218,8 @@ def load_model(run_dir: Path) -> tuple[torch.nn.Module, dict, Split]:
     with run_lock(run_dir, shared=True):
         config = json.loads((run_dir / "config.json").read_text())
         if (run_dir / "state.json").is_file():
-            _check_one_epoch(run_dir, json.loads((run_dir / "state.json").read_text())["epoch"])
-        weights = load_file(run_dir / "model.safetensors")
+            _check_one_epoch(run_dir, json.loads((run_dir / "state.json").read_text()))
+        weights = load_file(run_dir / (SELECTED if config["train"].get("select") else "model.safetensors"))
     split = load(config["dataset"])
     model = build_model(config, split)
     model.load_state_dict(weights)
@@ -314,6 +327,7 @@ def _run_epoch(family, model, optimizers: dict, split: Split, settings: dict, ep
 
 
 RNG_FILE = "rng.safetensors"
+SELECTED = "selected.safetensors"
 
 
 def _resume(run_dir: Path, model, optimizers: dict) -> dict:
@@ -321,7 +335,7 @@ def _resume(run_dir: Path, model, optimizers: dict) -> dict:
     (runs from before rng.safetensors go on from the reseeded state, unlike an uninterrupted run); its state.json.
     Refused, before anything is loaded, where a file holds another epoch than state.json (`_check_one_epoch`)."""
     state = json.loads((run_dir / "state.json").read_text())
-    _check_one_epoch(run_dir, state["epoch"])
+    _check_one_epoch(run_dir, state)
     model.load_state_dict(load_file(run_dir / "model.safetensors"))
     for name, optimizer in optimizers.items():
         _load_optimizer(optimizer, _optimizer_path(run_dir, name))
@@ -338,15 +352,19 @@ def _resume(run_dir: Path, model, optimizers: dict) -> dict:
     return state
 
 
-def _check_one_epoch(run_dir: Path, epoch: int) -> None:
+def _check_one_epoch(run_dir: Path, state: dict) -> None:
     """Refused, naming each file and its epoch, where a checkpoint file's stamp (weights, each optimizer's state,
-    RNG state) is not state.json's `epoch`: a save killed between two renames left files of two epochs, which
-    resumed would silently differ from an uninterrupted run, and exported would pair the weights with another
-    epoch's history. A file without a stamp (saved before the stamps) is taken as it is."""
-    paths = [run_dir / "model.safetensors", *sorted(run_dir.glob("optimizer*.safetensors")), run_dir / RNG_FILE]
-    stamps = {path.name: _epoch_stamp(path) for path in paths if path.is_file()}
-    mixed = [f"{name} (epoch {stamp})" for name, stamp in stamps.items() if stamp not in (None, str(epoch))]
+    RNG state) is not the `epoch` of state.json (`state`), or selected.safetensors' not its selection's best_epoch:
+    a save killed between two renames left files of two epochs, which resumed would silently differ from an
+    uninterrupted run, and exported would pair the weights with another epoch's history. A file without a stamp
+    (saved before the stamps) is taken as it is."""
+    names = ["model.safetensors", *sorted(p.name for p in run_dir.glob("optimizer*.safetensors")), RNG_FILE]
+    expected = {name: state["epoch"] for name in names} | (
+        {SELECTED: state["selection"]["best_epoch"]} if "selection" in state else {})
+    stamps = {name: _epoch_stamp(run_dir / name) for name in expected if (run_dir / name).is_file()}
+    mixed = [f"{name} (epoch {stamp})" for name, stamp in stamps.items() if stamp not in (None, str(expected[name]))]
     if mixed:
+        epoch = state["epoch"]
         raise Refused(f"{run_dir} holds files of another epoch than its state.json's {epoch}: {', '.join(mixed)} "
                       "(a save was interrupted between files); they are not one checkpoint, to resume, export or "
                       "evaluate: train again in another --run-dir, or after removing this one")
@@ -463,23 +481,47 @@ def _train_epochs(config: dict, run_dir: Path, split: Split, model, optimizers: 
     state = {"epoch": 0, "history": [], "sessions": []}
     if (run_dir / "state.json").exists():
         state = _resume(run_dir, model, optimizers)
+    if state["epoch"] and bool(settings.get("select")) != ("selection" in state):
+        raise Refused(f"{run_dir} trained {state['epoch']} epochs {'without' if settings.get('select') else 'with'} "
+                      "train.select, which must stay as it was for the whole run: train in another --run-dir")
     written = []
     if state["epoch"] < settings["epochs"]:
         with replacing(run_dir / "config.json") as temporary:
             temporary.write_text(json.dumps(config, indent=2))
         written = ["config.json"]
     session = _session(state, config["command"], settings["epochs"])
-    saved: list[str] = []
+    saved: dict[str, None] = {}  # the names of the files the epochs wrote, in order
     for epoch in range(state["epoch"], settings["epochs"]):
         for group in (g for optimizer in optimizers.values() for g in optimizer.param_groups):
             group["lr"] = settings["lr"] * settings.get("lr_decay", 1.0) ** epoch
         state["history"].append(_run_epoch(family, model, optimizers, split, settings, epoch))
         state["epoch"] = epoch + 1
         session["epochs"][1] = epoch + 1
-        saved = _save_checkpoint(run_dir, model, optimizers, state)
+        selected = _select(family, model, split, run_dir, state) if settings.get("select") else []
+        saved |= dict.fromkeys(selected + _save_checkpoint(run_dir, model, optimizers, state))
     written += saved
+    if "selection" in state:
+        model.load_state_dict(load_file(run_dir / SELECTED))
     written.append(_save_samples(family, model.eval(), split, run_dir, torch.Generator().manual_seed(settings["seed"])))
     return Trained(run_dir, written, (model, config, split))
+
+
+def _select(family, model, split: Split, run_dir: Path, state: dict) -> list[str]:
+    """Score the epoch just trained (family.selection_score: lower is better) into state["selection"] (its rule,
+    every epoch's score, the best epoch: the first of the lowest; a NaN never improves on a score), and where it is
+    the best so far write its weights as selected.safetensors, stamped with its epoch: [that name], else []. Before
+    the checkpoint, so that the state.json that names the best epoch is written after its weights."""
+    rule = f"{family.__name__}.selection_score: {' '.join(family.selection_score.__doc__.split())}"
+    selection = state.setdefault("selection", {"rule": rule, "scores": [], "best_epoch": None})
+    scores, best = selection["scores"], selection["best_epoch"]
+    scores.append(float(family.selection_score(model, split)))
+    improved = best is None or scores[-1] < scores[best - 1]
+    selection["best_epoch"] = state["epoch"] if improved else best
+    print(f"epoch {state['epoch']}: selection score {scores[-1]:.4f} (best: epoch {selection['best_epoch']})")
+    if not improved:
+        return []
+    save_file(model.state_dict(), run_dir / SELECTED, state["epoch"])
+    return [SELECTED]
 
 
 def _save_checkpoint(run_dir: Path, model, optimizers: dict, state: dict) -> list[str]:

@@ -331,6 +331,41 @@ def evaluate_test(model: MidiNet, split) -> dict:
     return report
 
 
+SELECTION_MEASURES = ("pitch_class_tv", "in_key", "empty_bars", "first_bars_repeat", "later_bars_repeat")
+
+
+def selection_score(model: MidiNet, split) -> float:
+    """How far the model's melodies are from the training pieces: the rule that picks a run's epoch (train.select,
+    training/configs/midinet-select.json), declared before that run trained. Generated from rests (seed 1,
+    temperature 1): eval_pieces pieces of eval_bars bars without chords, then as many with the training pieces'
+    chords (each piece's repeated to eval_bars, the pieces cycled). The score is the sum of the absolute gaps to the
+    training pieces' own values of, for each of the two sets: the total-variation distance of the pitch-class
+    histogram to the training pieces' histogram (theirs 0), the share of notes in key (0 where there is no note),
+    the share of empty bars, and how alike the first bars and the later bars are (bar_diversity's
+    first_bars_repeat and later_bars_repeat; the training pieces' at their first eval_bars bars); and, for the set
+    with chords, of the share of chord tones under its chords (the training pieces' under theirs). Lower is
+    better, 0 a match. The test pieces play no part."""
+    c, train = model.config, split.pieces_train
+    chords = np.stack([np.resize(these, c.eval_bars) for _, these in train])[np.arange(c.eval_pieces) % len(train)]
+    reference = music.pitch_class_histogram([bars for bars, _ in train])
+    corpus = _melodies([bars for bars, _ in train], [these for _, these in train], reference, c.eval_bars)
+    g = torch.Generator().manual_seed(1)
+    free, given = (_melodies(list(generate(model, torch.from_numpy(these), g).numpy()), chords, reference, c.eval_bars)
+                   for these in (np.full_like(chords, CHORDS - 1), chords))
+    gaps = [abs(measured[key] - corpus[key]) for measured in (free, given) for key in SELECTION_MEASURES]
+    return float(sum(gaps) + abs(given["chord_tones"] - corpus["chord_tones"]))
+
+
+def _melodies(pieces, chords, reference: np.ndarray, bars: int) -> dict:
+    """What selection_score compares of pieces (each [T, STEPS]) under chords (each [T]): SELECTION_MEASURES
+    (the pitch-class distance to `reference`) and chord_tones."""
+    pitches = np.array([p for piece in pieces for p, _, _ in music.notes(piece)], dtype=np.int64)
+    return {"pitch_class_tv": 0.5 * np.abs(music.pitch_class_histogram(pieces) - reference).sum(),
+            "in_key": np.isin(pitches % 12, music.IN_KEY).mean() if len(pitches) else 0.0,
+            "empty_bars": (np.concatenate(pieces) == REST).all(1).mean(),
+            "chord_tones": music.chord_tones(pieces, chords), **bar_diversity(pieces, bars)}
+
+
 def exported_functions(model: MidiNet, split) -> tuple[dict, dict]:
     """(functions, capabilities): see the module docstring."""
     model.eval()
