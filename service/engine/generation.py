@@ -35,6 +35,40 @@ T = TypeVar("T")
 
 MAX_CONTROL_NAME = 64  # characters in a control name (capabilities.sample.controls)
 
+# The options each procedure takes, by capability: any other option a request gives is refused, naming it
+# (`refuse_untaken`). What depends on the model besides its procedure (a label without classes, top_k without a top_k
+# input, a length for an image) is checked where the option is used.
+TAKES = {
+    ("sample", "autoregressive"): {"temperature", "label", "length", "top_k", "prompt", "bars", "step_controls"},
+    ("sample", "ancestral"): {"temperature", "label", "controls", "prompt"},
+    ("sample", "markov_chain"): {"steps"},
+    ("complete", "autoregressive"): {"temperature", "label", "length", "top_k"},
+    ("complete", "markov_chain"): {"steps"},
+    ("complete", "direct"): set(),
+}
+HOW = {"autoregressive": "step by step", "ancestral": "in one call from its prior", "markov_chain": "by a Markov chain",
+       "direct": "by optimization"}
+VERB = {"sample": "samples", "complete": "completes"}
+
+
+def _given(field: str, value: Any) -> bool:
+    """Whether a request gave the option: a temperature other than 1 (its default), step controls with a value ({
+    "chords": []} is gRPC's unset field), anything else not None and not {}."""
+    if field == "temperature":
+        return value != 1.0
+    if field == "step_controls":
+        return any(len(values) for values in (value or {}).values())
+    return value is not None and value != {}
+
+
+def refuse_untaken(name: str, capability: str, procedure: str, **options: Any) -> None:
+    """Refuse, naming it, the first option given that `procedure` does not take for `capability` (TAKES)."""
+    takes = TAKES.get((capability, procedure), set())
+    for field, value in options.items():
+        if field not in takes and _given(field, value):
+            raise InvalidInput(f"{field}: model {name!r} {VERB[capability]} {HOW.get(procedure, procedure)} and "
+                               f"takes no {field}", field=field)
+
 
 async def together(parts: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
     """The parts' results in order, run at once; the first part to fail cancels the others (asyncio.gather lets
@@ -261,28 +295,24 @@ class GenerationOperations:
                        "top_k": top_k, "prompt": prompt, "steps": steps, "controls": controls, "bars": bars,
                        "chords": step_controls or None}
             return await self.rollouts(m, cap, n, seed, actions, options)
-        chosen, per_step = plan_steps(name, cap, n, bars, step_controls)
+        refuse_untaken(name, "sample", cap["procedure"], temperature=temperature, label=label, length=length,
+                       top_k=top_k, prompt=prompt, steps=steps, controls=controls, bars=bars,
+                       step_controls=step_controls)
         if controls and "controls" not in cap:
             raise InvalidInput(f"controls: model {name!r} takes no controls", field="controls")
-        if cap["procedure"] != "autoregressive":
-            self._no_sequence_options(m, length=length, top_k=top_k)
-            if n < 1:
-                raise InvalidInput("n: must be at least 1", field="n")
+        chosen, per_step = plan_steps(name, cap, n, bars, step_controls)
+        if n < 1:
+            raise InvalidInput("n: must be at least 1", field="n")
+        if cap["procedure"] == "ancestral":
             rngs = procedures.row_generators(seed, n)
-            if cap["procedure"] == "ancestral":
-                self._no_steps(m, cap, steps)
-                conditions = {**self._conditions(m, cap, label, controls or {}, rngs),
-                              **captions.condition(cap, prompt, n, name)}
-                return await latent.ancestral(self._caller(m), cap, rngs, temperature, conditions)
-            self._no_sequence_options(m, label=label, prompt=prompt)
-            if temperature != 1.0:
-                raise InvalidInput(f"temperature: model {name!r} samples by a Markov chain and takes none",
-                                   field="temperature")
-            zeros = np.zeros([n, *m.shape], np.int64)
+            conditions = {**self._conditions(m, cap, label, controls or {}, rngs),
+                          **captions.condition(cap, prompt, n, name)}
+            return await latent.ancestral(self._caller(m), cap, rngs, temperature, conditions)
+        if cap["procedure"] == "markov_chain":
+            rngs, zeros = procedures.row_generators(seed, n), np.zeros([n, *m.shape], np.int64)
             return await self._chain(m, cap, rngs, self._chain_start(m, rngs), zeros, zeros,
                                      self._chain_steps(m, cap, steps, n))
-        self._no_steps(m, cap, steps)
-        steps, observed, mask, values = self._plan(m, m.capability("sample"), prompt, length, n, length_field)
+        steps, observed, mask, values = self._plan(m, cap, prompt, length, n, length_field)
         chunks = [v async for v in self._generate(m, "sample", seed, n, temperature, label, observed, mask,
                                                   chosen or steps, top_k, per_step=per_step)]
         if chosen is not None:
@@ -303,23 +333,14 @@ class GenerationOperations:
         """
         m = self.model(name)
         cap = m.capability("complete")
-        if cap["procedure"] == "direct":
-            self._no_steps(m, cap, steps)
-            self._no_sequence_options(m, length=length, top_k=top_k, label=label)
-            if temperature != 1.0:
-                raise InvalidInput(f"temperature: model {name!r} completes by optimization and takes none",
-                                   field="temperature")
-        elif cap["procedure"] == "markov_chain":
-            self._no_sequence_options(m, length=length, top_k=top_k, label=label)
-            if temperature != 1.0:
-                raise InvalidInput(f"temperature: model {name!r} completes by a Markov chain and takes none",
-                                   field="temperature")
-        else:
-            self._no_steps(m, cap, steps)
+        refuse_untaken(name, "complete", cap["procedure"], temperature=temperature, label=label, length=length,
+                       top_k=top_k, steps=steps)
         if m.is_sequence:
             check_no_mask(m.data["kind"], mask is not None, "mask")  # a direct caller's; the adapters check first
             return await self._continue(m, x, n, seed, temperature, label, length, top_k, length_field)
-        self._no_sequence_options(m, length=length)  # an image's completion has the image's size
+        if length is not None:  # an image's completion has the image's size
+            raise InvalidInput(f"length: model {name!r} completes fixed-shape {m.data['kind']} data and takes no "
+                               "length", field="length")
         x = check_levels(x, m.shape, m.data["levels"], "inputs")
         if mask is None:
             raise InvalidInput("mask: image completion needs a mask (1 = observed)", field="mask")

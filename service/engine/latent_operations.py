@@ -163,16 +163,3 @@ class LatentOperations:
             raise InvalidInput(f"{field}: {what} is {rows} x {steps} = {rows * steps}, over model "
                                f"{m.manifest['name']!r}'s limit of {most} per request; send fewer, or in parts",
                                field=field)
-
-    @staticmethod
-    def _no_steps(m: LoadedModel, cap: dict, steps: int | None) -> None:
-        if steps is not None:
-            raise InvalidInput(f"steps: model {m.manifest['name']!r} runs no Markov chain here ({cap['procedure']})",
-                               field="steps")
-
-    @staticmethod
-    def _no_sequence_options(m: LoadedModel, **options) -> None:
-        """Options of autoregressive generation, which a latent-variable model's procedures do not take."""
-        for field, value in options.items():
-            if value is not None:
-                raise InvalidInput(f"{field}: model {m.manifest['name']!r} takes no {field}", field=field)
