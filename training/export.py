@@ -36,7 +36,7 @@ from training.data import SpeechSplit, Split, TextSplit
 from training.evaluate import evaluate, write_report
 from training.families import family_module
 from training.nn.flows import fold_masks
-from training.train import load_model
+from training.train import load_model, run_lock
 
 SCHEMA = Path(__file__).resolve().parent.parent / "proto" / "manifest.schema.json"
 DEFAULT_BATCHING = {"max_batch_size": 32, "max_queue_delay_us": 2000, "max_queue_size": 256, "timeout_ms": 60000}
@@ -378,16 +378,17 @@ def export(run_dir: Path, models_dir: Path, name: str | None = None, version: in
     out_dir = Path(models_dir) / name / str(version)
     check_free(out_dir, force)
     check_family(out_dir.parent, run_family, force)
-    model, config, split = load_model(run_dir)
-    family = family_module(config["family"])
-    if not hasattr(family, "exported_functions"):
-        raise ValueError(f"family {config['family']!r} trains but has no exporter yet")
-    data = family.data_spec(split) if hasattr(family, "data_spec") else data_spec(split)
-    check_data(out_dir, data, force)
-    report = measured_report(run_dir, baseline, reuse_eval, (model, config, split))  # one load: RBM's AIS once
-    check_free(out_dir, force)  # measuring takes a while: another export may have written it meanwhile
-    with staged(out_dir) as stage:
-        write_version(stage, Path(run_dir), (model, config, split), report, name, version, data)
+    with run_lock(Path(run_dir), shared=True):  # to the end: eval.json and state.json are the weights' too
+        model, config, split = load_model(run_dir)
+        family = family_module(config["family"])
+        if not hasattr(family, "exported_functions"):
+            raise ValueError(f"family {config['family']!r} trains but has no exporter yet")
+        data = family.data_spec(split) if hasattr(family, "data_spec") else data_spec(split)
+        check_data(out_dir, data, force)
+        report = measured_report(run_dir, baseline, reuse_eval, (model, config, split))  # one load: RBM's AIS once
+        check_free(out_dir, force)  # measuring takes a while: another export may have written it meanwhile
+        with staged(out_dir) as stage:
+            write_version(stage, Path(run_dir), (model, config, split), report, name, version, data)
     return out_dir
 
 

@@ -124,3 +124,21 @@ def test_the_lock_of_a_killed_run_is_gone_with_it_and_leaves_no_file(tmp_path):
     with training_loop.run_lock(run):
         pass
     assert list(run.iterdir()) == []
+
+
+def test_no_training_run_starts_while_an_export_measures_and_writes(run, tmp_path, monkeypatch):
+    """The export holds its shared lock past load_model, to its end: the eval.json it reads or writes and the
+    state.json whose sessions it copies stay the weights' own."""
+    from training import export as exporting
+
+    refusals, measure = [], exporting.measured_report
+
+    def measured_beside_a_training_run(*args):
+        with pytest.raises(training_loop.Refused) as refused:
+            training_loop.train(CONFIG, run, epochs=2)
+        refusals.append(str(refused.value))
+        return measure(*args)
+
+    monkeypatch.setattr(exporting, "measured_report", measured_beside_a_training_run)
+    exporting.export(run, tmp_path / "models", name="midinet")
+    assert refusals == [training_holds(run)]
