@@ -277,14 +277,15 @@ def _eval(args: argparse.Namespace) -> None:
             print("\nSample quality (every 28x28 model that samples, through the serving engine):\n")
             print(table(Path(args.models), Path(args.models) / "evaluation", args.n, args.json))
     else:
-        from training.train import Refused, load_model
+        from training.train import Refused, load_model, run_lock
 
         _check_run(Path(args.run_dir))
-        try:
-            loaded = load_model(Path(args.run_dir))
+        try:  # the shared lock to the end: eval.json is written beside the weights it measured
+            with run_lock(Path(args.run_dir), shared=True):
+                loaded = load_model(Path(args.run_dir))
+                evaluate(Path(args.run_dir), baseline=not args.no_baseline, loaded=loaded)
         except Refused as e:  # a training run holds the run, or its checkpoint mixes two epochs
             raise SystemExit(f"genserve eval: {e}") from e
-        evaluate(Path(args.run_dir), baseline=not args.no_baseline, loaded=loaded)
         kind = _scored_quantity(*loaded)
         if kind:
             print(NLL_NOTES[kind])

@@ -142,3 +142,21 @@ def test_no_training_run_starts_while_an_export_measures_and_writes(run, tmp_pat
     monkeypatch.setattr(exporting, "measured_report", measured_beside_a_training_run)
     exporting.export(run, tmp_path / "models", name="midinet")
     assert refusals == [training_holds(run)]
+
+
+def test_no_training_run_starts_while_eval_measures(run, monkeypatch):
+    """genserve eval holds its shared lock to its end too: the eval.json it writes is the weights' it read."""
+    import training.evaluate as evaluating
+    from genserve.cli import main
+
+    refusals, measure = [], evaluating.evaluate
+
+    def measured_beside_a_training_run(*args, **kwargs):
+        with pytest.raises(training_loop.Refused) as refused:
+            training_loop.train(CONFIG, run, epochs=2)
+        refusals.append(str(refused.value))
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(evaluating, "evaluate", measured_beside_a_training_run)
+    main(["eval", str(run)])
+    assert refusals == [training_holds(run)]
