@@ -188,7 +188,7 @@ def check_config(config: dict) -> None:
                 raise ValueError(f"train.{key} is missing: it must be {what}")
         elif not test(settings[key]):
             raise ValueError(f"train.{key} must be {what}, got {settings[key]!r}")
-    if settings.get("select", False) not in (True, False):
+    if not isinstance(settings.get("select", False), bool):
         raise ValueError(f"train.select must be true or false, got {settings['select']!r}")
     if settings.get("select") and not hasattr(family_module(config["family"]), "selection_score"):
         raise ValueError(f"train.select is true, but the {config['family']} family defines no selection_score to "
@@ -515,7 +515,8 @@ def _select(family, model, split: Split, run_dir: Path, state: dict) -> list[str
     selection = state.setdefault("selection", {"rule": rule, "scores": [], "best_epoch": None})
     scores, best = selection["scores"], selection["best_epoch"]
     scores.append(float(family.selection_score(model, split)))
-    improved = best is None or scores[-1] < scores[best - 1]
+    improved = best is None or scores[-1] < scores[best - 1] or (math.isnan(scores[best - 1]) and
+                                                                 not math.isnan(scores[-1]))
     selection["best_epoch"] = state["epoch"] if improved else best
     print(f"epoch {state['epoch']}: selection score {scores[-1]:.4f} (best: epoch {selection['best_epoch']})")
     if not improved:

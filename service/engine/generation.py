@@ -52,8 +52,8 @@ VERB = {"sample": "samples", "complete": "completes"}
 
 
 def _given(field: str, value: Any) -> bool:
-    """Whether a request gave the option: a temperature other than 1 (its default), step controls with a value ({
-    "chords": []} is gRPC's unset field), anything else not None and not {}."""
+    """Whether a request gave the option: a temperature other than 1 (its default), step controls with a value (REST's
+    "chords": [] is none), anything else not None and not {}."""
     if field == "temperature":
         return value != 1.0
     if field == "step_controls":
@@ -64,8 +64,10 @@ def _given(field: str, value: Any) -> bool:
 def refuse_untaken(name: str, capability: str, procedure: str, **options: Any) -> None:
     """Refuse, naming it, the first option given that `procedure` does not take for `capability` (TAKES)."""
     takes = TAKES.get((capability, procedure), set())
-    for field, value in options.items():
-        if field not in takes and _given(field, value):
+    for option, value in options.items():
+        if option not in takes and _given(option, value):
+            # step controls are named by the request's own field (a music model's chords)
+            field = next(k for k, v in value.items() if len(v)) if option == "step_controls" else option
             raise InvalidInput(f"{field}: model {name!r} {VERB[capability]} {HOW.get(procedure, procedure)} and "
                                f"takes no {field}", field=field)
 
@@ -364,7 +366,7 @@ class GenerationOperations:
                                     self._chain_steps(m, cap, steps, len(rows_x)))
             return out.reshape(len(x), n, *m.shape)
         values = [v async for v in self._generate(m, "complete", seed, len(rows_x), temperature, label,
-                                                  rows_x, rows_mask)]
+                                                  rows_x, rows_mask, top_k=top_k)]
         return np.stack(values, axis=1).reshape(len(x), n, *m.shape)
 
     async def _continue(self, m: LoadedModel, prefixes: list[np.ndarray], n: int, seed: int, temperature: float,

@@ -474,8 +474,9 @@ class GenserveServicer(pb_grpc.GenserveServicer):
                                            **{key: [f for per_input in files for f in per_input[key]]})
             x = data_batch(request.inputs, spec, self.settings.max_inputs_per_request, "inputs")
             mask = mask_batch(request.mask, spec, len(x))
-            out = await self.engine.complete(name, x, mask, n, seed, temperature,
-                                             steps=_optional(request, "steps"))  # [B, n, *shape]
+            out = await self.engine.complete(name, x, mask, n, seed, temperature, length=_length(request, spec),
+                                             top_k=_optional(request, "top_k"), steps=_optional(request, "steps"),
+                                             **_length_field(request))  # [B, n, *shape]
             return pb.CompleteResponse(model=name, version=str(description["version"]), seed=seed,
                                        completions=to_tensor(out, wire_dtype(spec)))
 

@@ -151,9 +151,18 @@ def test_select_for_a_family_without_selection_score_is_refused(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_select_must_be_true_or_false(tmp_path):
-    with pytest.raises(ValueError, match=r"train\.select must be true or false, got 'yes'"):
-        training_loop.train(select_config(tmp_path, select="yes"), tmp_path / "run")
+@pytest.mark.parametrize("select", ["yes", 1])
+def test_select_must_be_true_or_false(tmp_path, select):
+    with pytest.raises(ValueError, match=rf"train\.select must be true or false, got {select!r}"):
+        training_loop.train(select_config(tmp_path, select=select), tmp_path / "run")
+
+
+def test_a_nan_first_score_is_beaten_by_any_number(tmp_path, one_thread, monkeypatch):
+    """Scores NaN, 0.5, NaN, 0.1: epoch 2 replaces the NaN epoch 1, a NaN never replaces a number, epoch 4 wins."""
+    scripted(monkeypatch, [float("nan"), 0.5, float("nan"), 0.1])
+    training_loop.train(select_config(tmp_path), tmp_path / "run", epochs=4)
+    assert state(tmp_path / "run")["selection"]["best_epoch"] == 4
+    assert stamp(tmp_path / "run" / training_loop.SELECTED) == "4"
 
 
 def test_the_midinet_score_does_not_read_the_test_pieces(one_thread):
