@@ -508,9 +508,10 @@ def _train_epochs(config: dict, run_dir: Path, split: Split, model, optimizers: 
 
 def _select(family, model, split: Split, run_dir: Path, state: dict) -> list[str]:
     """Score the epoch just trained (family.selection_score: lower is better) into state["selection"] (its rule,
-    every epoch's score, the best epoch: the first of the lowest; a NaN never improves on a score), and where it is
-    the best so far write its weights as selected.safetensors, stamped with its epoch: [that name], else []. Before
-    the checkpoint, so that the state.json that names the best epoch is written after its weights."""
+    every epoch's score, the best epoch: the first of the lowest; a NaN never replaces a number, any number replaces a
+    NaN), and where it is the best so far write its weights as selected.safetensors, stamped with its epoch: [that
+    name], else []. Before the checkpoint, so that the state.json that names the best epoch is written after its
+    weights."""
     rule = f"{family.__name__}.selection_score: {' '.join(family.selection_score.__doc__.split())}"
     selection = state.setdefault("selection", {"rule": rule, "scores": [], "best_epoch": None})
     scores, best = selection["scores"], selection["best_epoch"]
