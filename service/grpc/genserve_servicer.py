@@ -39,6 +39,7 @@ from service.engine.options import (
     Temperature,
     TopK,
     checked,
+    length,
     samples,
 )
 from service.engine.validation import (
@@ -222,9 +223,12 @@ def _labels(request: pb.ScoreRequest, batch: int) -> list[int | None] | None:
     return [None if label == -1 else int(label) for label in request.labels]
 
 
-def _length(request: Any, spec: dict) -> int | None:
-    """Values to generate: `length`, or for audio `seconds` at the model's sample rate (absent: None)."""
-    return audio.length_of(_optional(request, "seconds"), _optional(request, "length"), spec, "seconds")
+def _length(request: Any, spec: dict, settings: Settings) -> int | None:
+    """Values to generate: `length` (checked as REST checks it), or for audio `seconds` at the model's sample rate
+    (absent: None)."""
+    given = checked(length(settings.max_sequence_length), request.length, "length") if request.HasField("length") \
+        else None
+    return audio.length_of(_optional(request, "seconds"), given, spec, "seconds")
 
 
 def _label(request: Any, spec: dict) -> int | None:
@@ -233,13 +237,13 @@ def _label(request: Any, spec: dict) -> int | None:
     return audio.voice_label(request.voice if request.HasField("voice") else None, label, spec, "voice")
 
 
-def _generation(request: pb.SampleRequest, spec: dict) -> dict:
+def _generation(request: pb.SampleRequest, spec: dict, settings: Settings) -> dict:
     """The sequence-model knobs of a sample request (music: bars and a chord per bar), as engine keyword
     arguments (absent: None)."""
     prompt = request.prompt if request.HasField("prompt") else None
     if prompt is not None and spec.get("kind") == "text":
         prompt = text.encode(prompt, spec["vocabulary"], "prompt")  # other models' prompts are captions (the engine's)
-    return {"length": _length(request, spec), "top_k": _optional(request, "top_k"), **_length_field(request),
+    return {"length": _length(request, spec, settings), "top_k": _optional(request, "top_k"), **_length_field(request),
             "prompt": prompt, "bars": _optional(request, "bars"),
             "step_controls": {"chords": list(request.chords)} if request.chords else None}
 
@@ -411,7 +415,7 @@ class GenserveServicer(pb_grpc.GenserveServicer):
                 raise InvalidInput("chunk_ms: only SampleStream chunks audio by time", field="chunk_ms")
             x = await self.engine.sample(name, n, seed, temperature, _label(request, spec),
                                          steps=_optional(request, "steps"), controls=_controls(request),
-                                         actions=_actions(request), **_generation(request, spec))
+                                         actions=_actions(request), **_generation(request, spec, self.settings))
             return pb.SampleResponse(model=name, version=str(description["version"]), seed=seed,
                                      samples=to_tensor(x, wire_dtype(spec)), **_as_files(x, spec))
 
@@ -426,7 +430,7 @@ class GenserveServicer(pb_grpc.GenserveServicer):
                 raise InvalidInput("chunk_ms: for audio models only", field="chunk_ms")
             check_stream_options("", request.HasField("steps"), bool(request.controls), request.HasField("actions"))
             chunk = max(1, int(spec["sample_rate"]) * chunk_ms // 1000) if kind == "audio" else None
-            generation = _generation(request, spec)
+            generation = _generation(request, spec, self.settings)
             stream = self.engine.sample_stream(name, n, seed, temperature, _label(request, spec), chunk=chunk,
                                                **generation)
             # the engine's plan: an image's rows, a music model's bars; 0 for text and audio (chunks of values)
@@ -460,11 +464,12 @@ class GenserveServicer(pb_grpc.GenserveServicer):
             name = request.model
             description, spec = self._lookup(name, "complete")
             n, temperature, seed = _samples(request, self.settings), _temperature(request), _seed(request)
+            generated = _length(request, spec, self.settings)
             prefixes = _sequences(request, spec, self.settings.max_inputs_per_request)
             if prefixes is not None:
                 with _sequence_fields(spec):
                     out = await self.engine.complete(name, prefixes, None, n, seed, temperature,
-                                                     _label(request, spec), length=_length(request, spec),
+                                                     _label(request, spec), length=generated,
                                                      top_k=_optional(request, "top_k"),
                                                      steps=_optional(request, "steps"),
                                                      **_length_field(request))  # per input [n, T_b]
@@ -474,7 +479,7 @@ class GenserveServicer(pb_grpc.GenserveServicer):
                                            **{key: [f for per_input in files for f in per_input[key]]})
             x = data_batch(request.inputs, spec, self.settings.max_inputs_per_request, "inputs")
             mask = mask_batch(request.mask, spec, len(x))
-            out = await self.engine.complete(name, x, mask, n, seed, temperature, length=_length(request, spec),
+            out = await self.engine.complete(name, x, mask, n, seed, temperature, length=generated,
                                              top_k=_optional(request, "top_k"), steps=_optional(request, "steps"),
                                              **_length_field(request))  # [B, n, *shape]
             return pb.CompleteResponse(model=name, version=str(description["version"]), seed=seed,

@@ -21,6 +21,7 @@ from service.store import ModelStore
 
 MODEL = "pixelcnn"
 MAX_SAMPLES = 8
+MAX_LENGTH = 64
 
 # (method, field, a value both protocols can carry and must refuse)
 BAD = [
@@ -33,6 +34,9 @@ BAD = [
     ("Sample", "steps", 0),
     ("Sample", "bars", 0),
     ("Sample", "seconds", -1.0),
+    ("Sample", "length", 0),
+    ("Sample", "length", MAX_LENGTH + 1),
+    ("Complete", "length", 0),
     ("Score", "k", 0),
     ("Score", "refine_steps", -1),
     ("Score", "seed", MAX_SEED + 1),
@@ -44,7 +48,8 @@ BAD = [
 
 @pytest.fixture(scope="module")
 def served(tiny_store):
-    settings = Settings(host="127.0.0.1", models=tiny_store, intra_op_threads=1, max_samples_per_request=MAX_SAMPLES)
+    settings = Settings(host="127.0.0.1", models=tiny_store, intra_op_threads=1, max_samples_per_request=MAX_SAMPLES,
+                        max_sequence_length=MAX_LENGTH)
     engine = Engine(ModelStore(tiny_store), settings)
     spec = engine.data_spec(MODEL)
     digit = np.zeros([1, *spec["shape"]], np.uint8)  # [1, *shape]: one valid input
@@ -52,14 +57,14 @@ def served(tiny_store):
 
 
 def rest_refusal(engine, settings, digit, method: str, field: str, value) -> tuple[int, dict]:
-    body = {field: value} | ({"inputs": digit.tolist()} if method == "Score" else {})
+    body = {field: value} | ({"inputs": digit.tolist()} if method in ("Score", "Complete") else {})
     with TestClient(create_app(engine, settings)) as client:
         response = client.post(f"/v1/models/{MODEL}/{method.lower()}", json=body)
     return response.status_code, response.json()["error"]
 
 
 def grpc_refusal(engine, settings, digit, method: str, field: str, value) -> grpc.aio.AioRpcError:
-    inputs = {"inputs": to_tensor(digit, np.uint8)} if method == "Score" else {}
+    inputs = {"inputs": to_tensor(digit, np.uint8)} if method in ("Score", "Complete") else {}
     request = getattr(pb, f"{method}Request")(model=MODEL, **{field: value}, **inputs)
 
     async def run() -> grpc.aio.AioRpcError:
