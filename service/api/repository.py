@@ -21,7 +21,7 @@ from fastapi import APIRouter, FastAPI, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.errors import error_response
-from service.api.v2 import from_engine_error, v2_error
+from service.api.v2 import ERRORS, V2Error, from_engine_error, v2_error
 from service.engine.engine import PINNED_VERSION
 from service.engine.errors import VERSION_FIELD, EngineError, UnknownModel
 from service.engine.oip import chosen_by
@@ -33,8 +33,13 @@ _V1_MODEL = re.compile(r"/v1/models/([^/]+)(?:/versions/([^/]+))?(/.*)?")
 _V2_MODEL = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(?:/.*)?")
 
 
+# what load and unload answer besides 200: the V2 errors, and 403 for a caller without an admin key
+CONTROL_ERRORS = {**ERRORS, 403: {"model": V2Error, "description": "no admin key, or model control is off (no "
+                                                                 "GENSERVE_ADMIN_KEYS_FILE)"}}
+
+
 def router(engine: Any, admins: AdminKeys) -> APIRouter:
-    r = APIRouter(prefix="/v2/repository", tags=["model repository"])
+    r = APIRouter(prefix="/v2/repository", tags=["model repository"], responses=CONTROL_ERRORS)
 
     async def control(request: Request, model_name: str, action: str) -> Any:
         problem = admins.problem(request.headers.get("authorization"))

@@ -127,6 +127,14 @@ def test_load_and_unload_need_an_admin_key(store, keys):
         assert all(m["state"] == "READY" for m in engine.repository_index(True))
 
 
+def test_the_openapi_schema_documents_what_load_and_unload_answer(store):
+    with TestClient(create_app(Engine(ModelStore(store), settings()), settings())) as client:
+        paths = client.get("/openapi.json").json()["paths"]
+    for action in ("load", "unload"):
+        documented = set(paths[f"/v2/repository/models/{{model_name}}/{action}"]["post"]["responses"])
+        assert {"200", "401", "403", "404", "400", "503"} <= documented, (action, documented)
+
+
 def test_versions_served_at_once_answer_alike(store, keys):
     engine = Engine(ModelStore(store), settings(admin_keys_file=keys[0]))
     with TestClient(create_app(engine, engine.settings)) as client:
