@@ -9,7 +9,8 @@ bytes, repeated fields of 0..3 items, maps, nested messages and oneofs. Half the
 well-formed tensor of its shape, so cases get past NOT_FOUND. Each call has a timeout; DEADLINE_EXCEEDED is
 recorded as a possible hang. Prints (markdown) the cases by method and status code and every INTERNAL, UNKNOWN or
 DEADLINE_EXCEEDED with its request (text format, truncated) and details, then whether the server still answers
-health SERVING. Exits non-zero if any such status was seen or the server did not survive.
+health SERVING. Exits non-zero if any such status was seen, the server's log holds a traceback, or the server did
+not survive.
 
     .venv/bin/python benchmarks/grpc_fuzz.py [--max-cases 3000] [--max-time 600] [--out grpc_fuzz.md]
     .venv/bin/python benchmarks/grpc_fuzz.py --only pixelcnn,vae --max-cases 300 --max-time 60   # quick
@@ -459,7 +460,7 @@ def keep(args, rec: Record, log: Path) -> None:
 
 
 def summarize(args, rec: Record, known: Served, ok: bool, seconds: float, log_text: str) -> int:
-    cases = sum(sum(c.values()) for c in rec.codes.values())
+    cases, tracebacks = sum(sum(c.values()) for c in rec.codes.values()), log_text.count("Traceback")
     lines = ["# gRPC fuzz: hypothesis requests for every unary method of a real `genserve serve`", "",
              f"- run: {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC (end), revision {revision()}",
              f"- command: `{' '.join(sys.argv)}`",
@@ -468,7 +469,7 @@ def summarize(args, rec: Record, known: Served, ok: bool, seconds: float, log_te
              f"- cases: **{cases}** in {seconds:.0f} s (limits {args.max_cases} cases, {args.max_time:.0f} s; "
              f"{args.timeout:.0f} s per call); seed {args.seed}",
              f"- INTERNAL / UNKNOWN / DEADLINE_EXCEEDED: **{len(rec.failures)}**; tracebacks in the server's log: "
-             f"{log_text.count('Traceback')}",
+             f"{tracebacks}",
              f"- server alive and health SERVING afterwards: {'yes' if ok else '**no**'}", "",
              "| method | cases | status codes |", "|---|---|---|"]
     for method, codes in rec.codes.items():
@@ -479,7 +480,7 @@ def summarize(args, rec: Record, known: Served, ok: bool, seconds: float, log_te
     print(text)
     if args.out:
         args.out.write_text(text)
-    failed = bool(rec.failures) or not ok
+    failed = bool(rec.failures) or bool(tracebacks) or not ok
     print("grpc_fuzz: " + ("FAIL" if failed else "OK"))
     return 1 if failed else 0
 

@@ -4,9 +4,9 @@ REST's request bodies (service/api/schemas.py) are built from these types, so th
 and a violation is a 422 naming the field; the gRPC adapter checks the fields of its OPTIONS (and n, seed,
 temperature, length) with `checked`, so the same value is refused for the same reason, as an INVALID_ARGUMENT naming the
 field. What depends on the model (a label's class count, a length's limit, a chord's name, k's maximum, a chain's
-steps) the engine checks, for both; `length` both adapters check against the deployment's limit (`length`), and for
-`label` and `chords` REST's schema refuses the values outside its bounds first, so there the two protocols' words
-can differ.
+steps) the engine checks, for both; both adapters check `length` against the deployment's limit (`length` below)
+before the engine's checks, and for `label` and `chords` REST's schema refuses the values outside its bounds first,
+so there the two protocols' words can differ.
 
 A number refuses JSON true or false and a string (pydantic's lax mode would read true as 1 and "3" as 3), and NaN
 and infinity; integers stay within the gRPC API's int32 where it has one.

@@ -464,12 +464,12 @@ class GenserveServicer(pb_grpc.GenserveServicer):
             name = request.model
             description, spec = self._lookup(name, "complete")
             n, temperature, seed = _samples(request, self.settings), _temperature(request), _seed(request)
-            generated = _length(request, spec, self.settings)
             prefixes = _sequences(request, spec, self.settings.max_inputs_per_request)
             if prefixes is not None:
                 with _sequence_fields(spec):
                     out = await self.engine.complete(name, prefixes, None, n, seed, temperature,
-                                                     _label(request, spec), length=generated,
+                                                     _label(request, spec),
+                                                     length=_length(request, spec, self.settings),
                                                      top_k=_optional(request, "top_k"),
                                                      steps=_optional(request, "steps"),
                                                      **_length_field(request))  # per input [n, T_b]
@@ -479,7 +479,8 @@ class GenserveServicer(pb_grpc.GenserveServicer):
                                            **{key: [f for per_input in files for f in per_input[key]]})
             x = data_batch(request.inputs, spec, self.settings.max_inputs_per_request, "inputs")
             mask = mask_batch(request.mask, spec, len(x))
-            out = await self.engine.complete(name, x, mask, n, seed, temperature, length=generated,
+            out = await self.engine.complete(name, x, mask, n, seed, temperature,
+                                             length=_length(request, spec, self.settings),
                                              top_k=_optional(request, "top_k"), steps=_optional(request, "steps"),
                                              **_length_field(request))  # [B, n, *shape]
             return pb.CompleteResponse(model=name, version=str(description["version"]), seed=seed,

@@ -36,7 +36,6 @@ BAD = [
     ("Sample", "seconds", -1.0),
     ("Sample", "length", 0),
     ("Sample", "length", MAX_LENGTH + 1),
-    ("Complete", "length", 0),
     ("Score", "k", 0),
     ("Score", "refine_steps", -1),
     ("Score", "seed", MAX_SEED + 1),
@@ -57,14 +56,14 @@ def served(tiny_store):
 
 
 def rest_refusal(engine, settings, digit, method: str, field: str, value) -> tuple[int, dict]:
-    body = {field: value} | ({"inputs": digit.tolist()} if method in ("Score", "Complete") else {})
+    body = {field: value} | ({"inputs": digit.tolist()} if method == "Score" else {})
     with TestClient(create_app(engine, settings)) as client:
         response = client.post(f"/v1/models/{MODEL}/{method.lower()}", json=body)
     return response.status_code, response.json()["error"]
 
 
 def grpc_refusal(engine, settings, digit, method: str, field: str, value) -> grpc.aio.AioRpcError:
-    inputs = {"inputs": to_tensor(digit, np.uint8)} if method in ("Score", "Complete") else {}
+    inputs = {"inputs": to_tensor(digit, np.uint8)} if method == "Score" else {}
     request = getattr(pb, f"{method}Request")(model=MODEL, **{field: value}, **inputs)
 
     async def run() -> grpc.aio.AioRpcError:
@@ -90,3 +89,27 @@ def test_rest_and_grpc_refuse_an_option_alike(served, method, field, value):
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
     assert dict(error.trailing_metadata())["genserve-error-field"] == field
     assert rest["message"] == f"body.{error.details()}"  # the same reason, word for word
+
+
+def test_a_complete_without_inputs_is_refused_for_its_inputs_before_its_length(served):
+    """The length is checked where the engine is called, after the inputs are decoded, in both protocols."""
+    engine, settings, _ = served
+    with TestClient(create_app(engine, settings)) as client:
+        rest = client.post(f"/v1/models/{MODEL}/complete", json={"seconds": 0.5}).json()["error"]
+    request = pb.CompleteRequest(model=MODEL, seconds=0.5)
+
+    async def run() -> grpc.aio.AioRpcError:
+        server = build_grpc_server(engine, settings, 0)
+        await server.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.genserve_port}")
+        try:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await pb_grpc.GenserveStub(channel).Complete(request, timeout=20)
+            return refused.value
+        finally:
+            await channel.close()
+            await server.stop(grace=None)
+
+    error = asyncio.run(asyncio.wait_for(run(), 60))
+    assert rest["field"] == "body.inputs", rest
+    assert dict(error.trailing_metadata())["genserve-error-field"] == "inputs", error.details()
