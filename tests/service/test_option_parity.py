@@ -62,10 +62,8 @@ def rest_refusal(engine, settings, digit, method: str, field: str, value) -> tup
     return response.status_code, response.json()["error"]
 
 
-def grpc_refusal(engine, settings, digit, method: str, field: str, value) -> grpc.aio.AioRpcError:
-    inputs = {"inputs": to_tensor(digit, np.uint8)} if method == "Score" else {}
-    request = getattr(pb, f"{method}Request")(model=MODEL, **{field: value}, **inputs)
-
+def grpc_refused(engine, settings, method: str, request) -> grpc.aio.AioRpcError:
+    """`request` sent to `method` of an in-process gRPC server, which must refuse it: the refusal."""
     async def run() -> grpc.aio.AioRpcError:
         server = build_grpc_server(engine, settings, 0)
         await server.start()
@@ -79,6 +77,12 @@ def grpc_refusal(engine, settings, digit, method: str, field: str, value) -> grp
             await server.stop(grace=None)
 
     return asyncio.run(asyncio.wait_for(run(), 60))
+
+
+def grpc_refusal(engine, settings, digit, method: str, field: str, value) -> grpc.aio.AioRpcError:
+    inputs = {"inputs": to_tensor(digit, np.uint8)} if method == "Score" else {}
+    request = getattr(pb, f"{method}Request")(model=MODEL, **{field: value}, **inputs)
+    return grpc_refused(engine, settings, method, request)
 
 
 @pytest.mark.parametrize(("method", "field", "value"), BAD, ids=[f"{m}.{f}={str(v)[:12]}" for m, f, v in BAD])
@@ -96,20 +100,6 @@ def test_a_complete_without_inputs_is_refused_for_its_inputs_before_its_length(s
     engine, settings, _ = served
     with TestClient(create_app(engine, settings)) as client:
         rest = client.post(f"/v1/models/{MODEL}/complete", json={"seconds": 0.5}).json()["error"]
-    request = pb.CompleteRequest(model=MODEL, seconds=0.5)
-
-    async def run() -> grpc.aio.AioRpcError:
-        server = build_grpc_server(engine, settings, 0)
-        await server.start()
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.genserve_port}")
-        try:
-            with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await pb_grpc.GenserveStub(channel).Complete(request, timeout=20)
-            return refused.value
-        finally:
-            await channel.close()
-            await server.stop(grace=None)
-
-    error = asyncio.run(asyncio.wait_for(run(), 60))
+    error = grpc_refused(engine, settings, "Complete", pb.CompleteRequest(model=MODEL, seconds=0.5))
     assert rest["field"] == "body.inputs", rest
     assert dict(error.trailing_metadata())["genserve-error-field"] == "inputs", error.details()
